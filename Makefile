@@ -1,0 +1,52 @@
+# LatentSR: `make demo` and `make test` set everything up on a bare Debian 12 (run as root, or with sudo).
+SHELL := /bin/bash
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+PLUGINS := $(ROOT)/build/plugins
+SITE := $(VENV)/lib/python3.11/site-packages
+APT_PACKAGES := qgis python3-qgis qgis-providers gdal-bin python3-gdal python3-venv xvfb
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+QGIS_ENV := QT_QPA_PLATFORM=offscreen QGIS_PLUGINPATH=$(PLUGINS) PYTHONPATH=$(SITE)
+SAMPLE := resources/sample/naip_2020_crop.tif
+DEMO_OUT := $(ROOT)/build/demo/naip_2020_crop_x2.5.tif
+
+.PHONY: setup system venv plugin env demo test
+
+setup: system venv plugin
+
+system:
+	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(APT_PACKAGES); }
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+plugin: system venv
+	mkdir -p $(PLUGINS)
+	ln -sfn $(ROOT) $(PLUGINS)/latentsr
+	@$(QGIS_ENV) /usr/bin/qgis_process.bin plugins enable latentsr >/dev/null 2>&1 || true
+	@$(QGIS_ENV) /usr/bin/qgis_process.bin plugins 2>/dev/null | grep -q '^\* latentsr' \
+	  || { echo "error: qgis_process could not enable the latentsr plugin" >&2; exit 1; }
+
+env:
+	@echo "export QT_QPA_PLATFORM=offscreen"
+	@echo "export QGIS_PLUGINPATH=$(PLUGINS)"
+	@echo "export PYTHONPATH=$(SITE)"
+
+demo: setup
+	mkdir -p $(dir $(DEMO_OUT))
+	$(QGIS_ENV) /usr/bin/qgis_process.bin run latentsr:superresolve -- \
+	  INPUT=$(ROOT)/$(SAMPLE) SCALE=2.5 METHOD=3 OUTPUT=$(DEMO_OUT) >$(DEMO_OUT).log 2>&1 \
+	  || { tail -5 $(DEMO_OUT).log >&2; exit 1; }
+	@for f in $(ROOT)/$(SAMPLE) $(DEMO_OUT); do echo "$$f"; gdalinfo $$f 2>/dev/null \
+	  | grep -E '^(Size|Pixel Size|Upper Left|Lower Right)|^    ID\["EPSG"' | sed 's/^ */  /'; done
+	@echo "$(DEMO_OUT)"
+
+test: setup
+	cd $(ROOT) && $(QGIS_ENV) $(PY) -m pytest -q tests

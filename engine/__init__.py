@@ -1,0 +1,1 @@
+"""LatentSR engine: tiled, georeferenced super-resolution of GDAL rasters. Never imports qgis."""

@@ -1,0 +1,235 @@
+"""The tiled super-resolution run: validate the request, stream tiles through a method, blend
+them, and write a georeferenced GeoTIFF. Shared by the CLI and the Processing algorithm."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import raster
+from .errors import Cancelled, LatentSRError
+from .grid import Grid, centres, output_size
+from .methods import METHODS, MethodOptions, build_method
+from .resample import nearest_indices
+from .tiling import axis_plan, required_margin
+
+log = logging.getLogger(__name__)
+
+MAX_SCALE = 8.0
+MIN_TILE = 16
+FILL_ITERATIONS = 2  # nodata is filled from valid neighbours this many pixels deep
+BACKENDS = ("auto", "torch", "onnx")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class Request:
+    """Everything a run needs; the same fields as the CLI flags and the Processing parameters."""
+
+    input: str
+    output: str
+    scale: float | None = None
+    target_resolution: float | None = None
+    method: str = "lcmsr"
+    bands: Sequence[int] | None = None
+    steps: int | None = None
+    backend: str = "auto"
+    device: str = "auto"
+    tile: int = 256
+    overlap: int = 32
+    seed: int = 0
+    samples: int = 1
+    uncertainty: str | None = None
+    cog: bool = False
+    model: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Validate what can be validated without opening the input."""
+        if self.method not in METHODS:
+            raise LatentSRError(f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
+        if self.backend not in BACKENDS:
+            raise LatentSRError(f"unknown backend '{self.backend}': choose one of {', '.join(BACKENDS)}")
+        if self.device not in DEVICES:
+            raise LatentSRError(f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+        if self.target_resolution is None:
+            if self.scale is None:
+                raise LatentSRError("give a scale or a target resolution")
+            check_scale(self.scale)
+        elif not (math.isfinite(self.target_resolution) and self.target_resolution > 0):
+            raise LatentSRError(f"target resolution must be a positive number, got {self.target_resolution}")
+        if self.tile < MIN_TILE:
+            raise LatentSRError(f"tile size must be at least {MIN_TILE} pixels, got {self.tile}")
+        if self.overlap < 0:
+            raise LatentSRError(f"overlap must not be negative, got {self.overlap}")
+        if self.overlap >= self.tile:
+            raise LatentSRError(f"overlap ({self.overlap}) must be smaller than the tile size ({self.tile})")
+        if self.steps is not None and self.steps < 1:
+            raise LatentSRError(f"steps must be at least 1, got {self.steps}")
+        if self.samples < 1:
+            raise LatentSRError(f"samples must be at least 1, got {self.samples}")
+        if self.samples > 1 or self.uncertainty:
+            raise LatentSRError("several samples and an uncertainty output are not available in this version")
+        if self.seed < 0:
+            raise LatentSRError(f"seed must not be negative, got {self.seed}")
+
+
+def check_scale(scale: float) -> None:
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise LatentSRError(f"scale must be a number, got {scale}")
+    if not 1.0 < scale <= MAX_SCALE:
+        raise LatentSRError(f"scale must be greater than 1 and at most {MAX_SCALE:g}, got {scale:g}")
+
+
+def scale_for_resolution(geotransform: tuple[float, ...] | None, target: float) -> float:
+    """The scale that turns the input's pixel size into ``target`` map units (geometric mean of x and y)."""
+    if geotransform is None:
+        raise LatentSRError("the input has no geotransform, so a target resolution has no meaning: give a scale")
+    px, py = raster.pixel_size(geotransform)
+    scale = math.sqrt(px * py) / target
+    if scale <= 1.0:
+        raise LatentSRError(f"target resolution {target:g} is not finer than the input's pixel size {math.sqrt(px * py):g}")
+    if scale > MAX_SCALE:
+        raise LatentSRError(f"target resolution {target:g} needs scale {scale:.3g}, above the maximum {MAX_SCALE:g}")
+    return scale
+
+
+def fill_invalid(x: np.ndarray, valid: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Nodata pixels take the mean of their valid 3×3 neighbours, ``FILL_ITERATIONS`` deep; what is
+    still empty after that takes the band's fill value. Local, so tiles agree, and the SR kernel sees
+    plausible values instead of the nodata value next to valid pixels."""
+    if valid.all():
+        return x
+    x = np.where(valid, x, 0.0).astype(np.float32)
+    known = valid.astype(np.float32)
+    for _ in range(FILL_ITERATIONS):
+        if known.all():
+            break
+        xp = np.pad(x * known, ((0, 0), (1, 1), (1, 1)))
+        kp = np.pad(known, ((0, 0), (1, 1), (1, 1)))
+        h, w = x.shape[1:]
+        total = sum(xp[:, i:i + h, j:j + w] for i in range(3) for j in range(3))
+        count = sum(kp[:, i:i + h, j:j + w] for i in range(3) for j in range(3))
+        grow = (known == 0) & (count > 0)
+        x = np.where(grow, total / np.maximum(count, 1), x)
+        known = np.maximum(known, grow.astype(np.float32))
+    return np.where(known > 0, x, fill[:, None, None]).astype(np.float32)
+
+
+def to_storage(x: np.ndarray, norms: list[raster.BandNorm], dtype: np.dtype,
+               nodata: Sequence[float | None], valid: np.ndarray) -> np.ndarray:
+    """Normalised SR values back to the input's units and type; invalid pixels get nodata, and a
+    valid pixel that would land on the nodata value is moved one step off it."""
+    out = np.empty(x.shape, dtype=dtype)
+    for c, norm in enumerate(norms):
+        v = norm.inverse(x[c])
+        nd = nodata[c]
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            v = np.clip(np.rint(v), info.min, info.max)
+            if nd is not None:
+                v[(v == nd) & valid[c]] = nd + 1 if nd < info.max else nd - 1
+            v[~valid[c]] = nd if nd is not None else 0
+        else:
+            v = v.astype(dtype)
+            if nd is not None and not np.isnan(nd):
+                v[(v == nd) & valid[c]] = np.nextafter(dtype.type(nd), dtype.type(np.inf))
+            v[~valid[c]] = nd if nd is not None else np.nan
+        out[c] = v
+    return out
+
+
+@dataclass
+class Result:
+    output: str
+    width: int
+    height: int
+    scale: float
+    method: str
+    tiles: int
+    seconds: float
+
+
+def superresolve(req: Request, progress: Callable[[float], None] | None = None,
+                 is_cancelled: Callable[[], bool] | None = None) -> Result:
+    """Run ``req``. ``progress`` gets a fraction in [0, 1]; ``is_cancelled`` is asked before every
+    tile. On any failure or cancel no output file is left behind."""
+    start = time.perf_counter()
+    progress = progress or (lambda f: None)
+    is_cancelled = is_cancelled or (lambda: False)
+    req.check()
+    src = raster.open_raster(req.input)
+    info = raster.describe(src, list(req.bands) if req.bands else None)
+    scale = req.scale if req.target_resolution is None else scale_for_resolution(info.geotransform, req.target_resolution)
+    raster.check_writable(req.output, req.input)
+    out_w, out_h = output_size(info.width, scale), output_size(info.height, scale)
+    method = build_method(req.method, MethodOptions(req.steps, req.seed, req.backend, req.device, req.model))
+    norms = raster.band_norms(src, info)
+    fill = np.array([n.fill for n in norms], dtype=np.float32)
+    margin = required_margin(method.context + FILL_ITERATIONS, req.overlap)
+    rows = axis_plan(info.height, out_h, req.tile, req.overlap, margin)
+    cols = axis_plan(info.width, out_w, req.tile, req.overlap, margin)
+    row_edges = [t.out_start for t in rows] + [out_h]
+    col_edges = [t.out_start for t in cols] + [out_w]
+    log.info("%s ×%.4g: %d×%d -> %d×%d, %d tiles", method.name, scale, info.width, info.height, out_w, out_h, len(rows) * len(cols))
+    out = raster.OutputRaster(req.output, src, info, out_w, out_h, cog=req.cog)
+    pending: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    n_bands = len(info.bands)
+    try:
+        total = len(rows) * len(cols)
+        for iy, ty in enumerate(rows):
+            for ix, tx in enumerate(cols):
+                if is_cancelled():
+                    raise Cancelled()
+                stored = raster.read_window(src, info, tx.in_start, ty.in_start, tx.in_stop - tx.in_start, ty.in_stop - ty.in_start)
+                valid = np.stack([raster.valid_mask(stored[c], info.nodata[c]) for c in range(n_bands)])
+                x = np.stack([norms[c].forward(stored[c].astype(np.float64)) for c in range(n_bands)])
+                x = fill_invalid(x, valid, fill)
+                grid = Grid(
+                    ys=centres(info.height, out_h, ty.out_start, ty.out_stop, ty.in_start),
+                    xs=centres(info.width, out_w, tx.out_start, tx.out_stop, tx.in_start),
+                    scale=scale, out_y0=ty.out_start, out_x0=tx.out_start, in_y0=ty.in_start, in_x0=tx.in_start)
+                sr = method(x, grid)
+                if sr.shape != (n_bands, *grid.shape):
+                    raise LatentSRError(f"method {method.name} returned shape {sr.shape}, expected {(n_bands, *grid.shape)}")
+                sr = sr * ty.weights[:, None] * tx.weights[None, :]
+                out_valid = valid[:, nearest_indices(grid.ys, valid.shape[1])][:, :, nearest_indices(grid.xs, valid.shape[2])]
+                scatter(pending, sr, out_valid, ty.out_start, tx.out_start, iy, ix, row_edges, col_edges, n_bands)
+                acc, ok = pending.pop((iy, ix))
+                out.write(to_storage(acc, norms, info.dtype, info.nodata, ok), col_edges[ix], row_edges[iy])
+                progress(0.95 * (iy * len(cols) + ix + 1) / total)
+        if is_cancelled():
+            raise Cancelled()
+        out.commit()
+    except BaseException:
+        out.discard()
+        raise
+    progress(1.0)
+    seconds = time.perf_counter() - start
+    return Result(req.output, out_w, out_h, scale, method.name, total, seconds)
+
+
+def scatter(pending: dict, sr: np.ndarray, valid: np.ndarray, y0: int, x0: int, iy: int, ix: int,
+            row_edges: list[int], col_edges: list[int], n_bands: int) -> None:
+    """Add a weighted tile into the output cells it overlaps. Cell (i, j) spans rows
+    row_edges[i]:row_edges[i+1] and columns col_edges[j]:col_edges[j+1]; only tiles (≤ i, ≤ j)
+    reach it, so it is final once tile (i, j) is added."""
+    h, w = sr.shape[1:]
+    cy = iy
+    while cy < len(row_edges) - 1 and row_edges[cy] < y0 + h:
+        cx = ix
+        while cx < len(col_edges) - 1 and col_edges[cx] < x0 + w:
+            r0, r1 = row_edges[cy], min(row_edges[cy + 1], y0 + h)
+            c0, c1 = col_edges[cx], min(col_edges[cx + 1], x0 + w)
+            if (cy, cx) not in pending:
+                shape = (n_bands, row_edges[cy + 1] - row_edges[cy], col_edges[cx + 1] - col_edges[cx])
+                pending[(cy, cx)] = (np.zeros(shape, np.float32), np.zeros(shape, bool))
+            acc, ok = pending[(cy, cx)]
+            acc[:, :r1 - r0, :c1 - c0] += sr[:, r0 - y0:r1 - y0, c0 - x0:c1 - x0]
+            ok[:, :r1 - r0, :c1 - c0] = valid[:, r0 - y0:r1 - y0, c0 - x0:c1 - x0]
+            cx += 1
+        cy += 1

@@ -1,0 +1,266 @@
+"""GDAL raster I/O: open and describe the input, sampled band statistics, windowed reads, and an
+output GeoTIFF that appears under its final name only when it is complete."""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from osgeo import gdal
+
+from .errors import LatentSRError
+
+gdal.UseExceptions()
+log = logging.getLogger(__name__)
+
+SUPPORTED_TYPES = {
+    gdal.GDT_Byte: np.uint8,
+    gdal.GDT_UInt16: np.uint16,
+    gdal.GDT_Int16: np.int16,
+    gdal.GDT_UInt32: np.uint32,
+    gdal.GDT_Int32: np.int32,
+    gdal.GDT_Float32: np.float32,
+    gdal.GDT_Float64: np.float64,
+}
+STATS_SAMPLE = 1024  # statistics are computed on at most this many pixels per side
+
+
+def open_raster(path: str) -> gdal.Dataset:
+    """The dataset at ``path`` opened read-only, or a one-line LatentSRError."""
+    if not path:
+        raise LatentSRError("no input raster given")
+    if os.path.exists(path) and os.path.isdir(path):
+        raise LatentSRError(f"input is a folder, not a raster: {path}")
+    if os.path.exists(path) and os.path.getsize(path) == 0:
+        raise LatentSRError(f"input is an empty file: {path}")
+    try:
+        ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+    except RuntimeError as exc:
+        if not os.path.exists(path) and "://" not in path and not path.startswith("/vsi"):
+            raise LatentSRError(f"input not found: {path}") from None
+        raise LatentSRError(f"cannot read the input as a raster: {one_line(exc)}") from None
+    if ds is None or ds.RasterCount == 0:
+        raise LatentSRError(f"the input has no raster bands: {path}")
+    return ds
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class BandNorm:
+    """An affine map between stored values and the normalised units the methods see."""
+
+    offset: float
+    scale: float
+    fill: float  # normalised value used where no neighbour can fill a nodata pixel
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.offset) / self.scale).astype(np.float32)
+
+    def inverse(self, x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float64) * self.scale + self.offset
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    width: int
+    height: int
+    bands: tuple[int, ...]  # 1-based indices of the selected bands
+    dtype: np.dtype
+    gdal_type: int
+    nodata: tuple[float | None, ...]
+    geotransform: tuple[float, ...] | None
+    projection: str
+
+
+def describe(ds: gdal.Dataset, bands: list[int] | None) -> RasterInfo:
+    """Geometry and types of the selected bands, validated."""
+    count = ds.RasterCount
+    bands = list(bands) if bands else list(range(1, count + 1))
+    for b in bands:
+        if not 1 <= b <= count:
+            raise LatentSRError(f"band {b} does not exist: the input has {count} band(s)")
+    if len(set(bands)) != len(bands):
+        raise LatentSRError("a band is selected twice")
+    types = {ds.GetRasterBand(b).DataType for b in bands}
+    if len(types) != 1:
+        raise LatentSRError("the selected bands have different data types")
+    gdal_type = types.pop()
+    if gdal_type not in SUPPORTED_TYPES:
+        raise LatentSRError(f"data type {gdal.GetDataTypeName(gdal_type)} is not supported")
+    return RasterInfo(
+        width=ds.RasterXSize,
+        height=ds.RasterYSize,
+        bands=tuple(bands),
+        dtype=np.dtype(SUPPORTED_TYPES[gdal_type]),
+        gdal_type=gdal_type,
+        nodata=tuple(ds.GetRasterBand(b).GetNoDataValue() for b in bands),
+        geotransform=ds.GetGeoTransform(can_return_null=True),
+        projection=ds.GetProjection() or "",
+    )
+
+
+def valid_mask(x: np.ndarray, nodata: float | None) -> np.ndarray:
+    """True where a pixel holds data: not the nodata value and finite."""
+    valid = np.isfinite(x) if x.dtype.kind == "f" else np.ones(x.shape, dtype=bool)
+    if nodata is not None:
+        if np.isnan(nodata):
+            return valid
+        valid &= x != nodata
+    return valid
+
+
+def band_norms(ds: gdal.Dataset, info: RasterInfo) -> list[BandNorm]:
+    """Per-band normalisation from statistics of the whole raster (a decimated read).
+
+    Byte bands map their full range 0..255 to 0..1, as the models were trained. Other types map
+    their 0.1 and 99.9 percentiles to 0..1. The map is affine, so it never bends radiometry.
+    """
+    step = max(1, int(np.ceil(max(info.width, info.height) / STATS_SAMPLE)))
+    bw, bh = max(1, info.width // step), max(1, info.height // step)
+    norms = []
+    for b, nodata in zip(info.bands, info.nodata):
+        sample = ds.GetRasterBand(b).ReadAsArray(buf_xsize=bw, buf_ysize=bh, resample_alg=gdal.GRIORA_NearestNeighbour)
+        values = sample[valid_mask(sample, nodata)].astype(np.float64)
+        if values.size == 0:
+            raise LatentSRError(f"band {b} has no valid pixels (all nodata)")
+        if info.dtype == np.uint8:
+            offset, scale = 0.0, 255.0
+        else:
+            lo, hi = np.percentile(values, [0.1, 99.9])
+            offset, scale = float(lo), float(hi - lo) if hi > lo else 1.0
+        norms.append(BandNorm(offset, scale, float((values.mean() - offset) / scale)))
+    return norms
+
+
+def read_window(ds: gdal.Dataset, info: RasterInfo, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    """The selected bands of a window, as stored (C×h×w)."""
+    return np.stack([ds.GetRasterBand(b).ReadAsArray(x0, y0, w, h) for b in info.bands])
+
+
+def output_geotransform(gt: tuple[float, ...], in_w: int, in_h: int, out_w: int, out_h: int) -> tuple[float, ...]:
+    """The geotransform of an out_w×out_h grid over exactly the same extent (rotation terms included)."""
+    rx, ry = in_w / out_w, in_h / out_h
+    return (gt[0], gt[1] * rx, gt[2] * ry, gt[3], gt[4] * rx, gt[5] * ry)
+
+
+def pixel_size(gt: tuple[float, ...]) -> tuple[float, float]:
+    """Ground size of one pixel along its columns and rows, in map units (rotation-safe)."""
+    return float(np.hypot(gt[1], gt[4])), float(np.hypot(gt[2], gt[5]))
+
+
+def check_writable(output: str, input_path: str) -> None:
+    """Fail early, in one line, when the output cannot be written where asked."""
+    if not output:
+        raise LatentSRError("no output path given")
+    if os.path.exists(input_path) and os.path.exists(output) and os.path.samefile(input_path, output):
+        raise LatentSRError("the output would overwrite the input: choose another output path")
+    if os.path.abspath(output) == os.path.abspath(input_path):
+        raise LatentSRError("the output would overwrite the input: choose another output path")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise LatentSRError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK):
+        raise LatentSRError(f"output folder is not writable: {folder}")
+    if os.path.isdir(output):
+        raise LatentSRError(f"output is a folder: {output}")
+
+
+class OutputRaster:
+    """A GeoTIFF written window by window into a hidden uncompressed scratch file, then packed
+    (tiled, compressed, BigTIFF when needed, or COG) into a second hidden file that is renamed to
+    the final name only on success. ``discard`` removes everything; nothing half-written remains."""
+
+    def __init__(self, path: str, src: gdal.Dataset, info: RasterInfo, width: int, height: int,
+                 dtype: int | None = None, nodata: list[float | None] | None = None, cog: bool = False):
+        self.path = path
+        self.cog = cog
+        folder, name = os.path.split(os.path.abspath(path))
+        tag = uuid.uuid4().hex[:8]
+        self.scratch = os.path.join(folder, f".{name}.{tag}.scratch.tif")
+        self.packed = os.path.join(folder, f".{name}.{tag}.part.tif")
+        self.dtype = info.gdal_type if dtype is None else dtype
+        options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "BIGTIFF=IF_NEEDED", "INTERLEAVE=BAND"]
+        try:
+            self.ds = gdal.GetDriverByName("GTiff").Create(self.scratch, width, height, len(info.bands), self.dtype, options)
+        except RuntimeError as exc:
+            raise LatentSRError(f"cannot create the output: {one_line(exc)}") from None
+        gt = info.geotransform
+        if gt is not None:
+            self.ds.SetGeoTransform(output_geotransform(gt, info.width, info.height, width, height))
+        elif src.GetGCPCount():
+            self.ds.SetGCPs(scaled_gcps(src.GetGCPs(), width / info.width, height / info.height), src.GetGCPProjection())
+        if info.projection:
+            self.ds.SetProjection(info.projection)
+        nodata = list(info.nodata) if nodata is None else nodata
+        for i, b in enumerate(info.bands):
+            sband, oband = src.GetRasterBand(b), self.ds.GetRasterBand(i + 1)
+            if nodata[i] is not None:
+                oband.SetNoDataValue(nodata[i])
+            oband.SetDescription(sband.GetDescription())
+            oband.SetColorInterpretation(sband.GetColorInterpretation())
+            if sband.GetScale() not in (None, 1.0) or sband.GetOffset() not in (None, 0.0):
+                oband.SetScale(sband.GetScale() or 1.0)
+                oband.SetOffset(sband.GetOffset() or 0.0)
+            if sband.GetUnitType():
+                oband.SetUnitType(sband.GetUnitType())
+        metadata = src.GetMetadata() or {}
+        if metadata:
+            self.ds.SetMetadata(metadata)
+
+    def write(self, data: np.ndarray, x0: int, y0: int) -> None:
+        """Write C×h×w ``data`` at column x0, row y0."""
+        try:
+            for i in range(data.shape[0]):
+                self.ds.GetRasterBand(i + 1).WriteArray(data[i], x0, y0)
+        except RuntimeError as exc:
+            raise LatentSRError(f"writing the output failed: {one_line(exc)}") from None
+
+    def commit(self) -> None:
+        """Pack the scratch file into the final GeoTIFF and move it into place."""
+        try:
+            self.ds.FlushCache()
+            self.ds = None
+            predictor = "3" if gdal.GetDataTypeName(self.dtype).startswith("Float") else "2"
+            if self.cog:
+                options = gdal.TranslateOptions(format="COG", creationOptions=[
+                    "COMPRESS=DEFLATE", f"PREDICTOR={predictor}", "BIGTIFF=IF_SAFER"])
+            else:
+                options = gdal.TranslateOptions(format="GTiff", creationOptions=[
+                    "TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE",
+                    f"PREDICTOR={predictor}", "BIGTIFF=IF_SAFER"])
+            out = gdal.Translate(self.packed, self.scratch, options=options)
+            if out is None:
+                raise RuntimeError("GDAL could not write the packed GeoTIFF")
+            out.FlushCache()
+            out = None
+            os.replace(self.packed, self.path)
+            for sidecar in (self.path + ".aux.xml", self.path + ".ovr"):
+                if os.path.exists(sidecar):  # stale statistics or overviews of an older file
+                    os.remove(sidecar)
+        except (RuntimeError, OSError) as exc:
+            self.discard()
+            raise LatentSRError(f"writing the output failed: {one_line(exc)}") from None
+        finally:
+            self._remove(self.scratch)
+
+    def discard(self) -> None:
+        self.ds = None
+        for p in (self.scratch, self.packed):
+            self._remove(p)
+
+    @staticmethod
+    def _remove(path: str) -> None:
+        for p in (path, path + ".aux.xml"):
+            if os.path.exists(p):
+                os.remove(p)
+
+
+def scaled_gcps(gcps, fx: float, fy: float) -> list:
+    """Ground control points moved onto the output pixel grid."""
+    return [gdal.GCP(g.GCPX, g.GCPY, g.GCPZ, g.GCPPixel * fx, g.GCPLine * fy, g.Info, g.Id) for g in gcps]

@@ -1,0 +1,92 @@
+"""Tile plans and blend weights (pure math, no I/O).
+
+The input is cut along each axis into windows of ``tile`` pixels that overlap by ``overlap``. Each
+window owns the output pixels whose centres fall inside it, and a blend weight for each of them.
+Between two neighbouring windows the weight moves from one to the other across a transition
+centred in their overlap. The weights of an axis are built as differences of cumulative ramps,
+so they are never negative and sum to exactly 1 at every output pixel, and the first ``margin``
+input pixels inside an interior window edge get weight 0, which is where a method lacks context.
+A 2-D tile's weight is the outer product of its row and column weights, so it sums to 1 too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .grid import centres
+
+RAMPS = ("cosine", "linear")
+
+
+@dataclass(frozen=True)
+class AxisTile:
+    """One window along an axis: input pixels [in_start, in_stop), output pixels [out_start, out_stop)."""
+
+    in_start: int
+    in_stop: int
+    out_start: int
+    out_stop: int
+    weights: np.ndarray  # float32, one per output pixel in [out_start, out_stop); all > 0 at both ends
+
+
+def window_starts(n: int, tile: int, overlap: int) -> list[int]:
+    """Starts of windows of ``tile`` pixels stepping by ``tile - overlap``; the last one ends at n."""
+    if tile <= overlap:
+        raise ValueError(f"tile ({tile}) must be larger than overlap ({overlap})")
+    if n <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, n - tile, step))
+    starts.append(n - tile)
+    return starts
+
+
+def ramp(t: np.ndarray, kind: str = "cosine") -> np.ndarray:
+    """A rise from 0 (t ≤ 0) to 1 (t ≥ 1), linear or raised-cosine."""
+    t = np.clip(t, 0.0, 1.0)
+    if kind == "linear":
+        return t
+    if kind == "cosine":
+        return 0.5 - 0.5 * np.cos(np.pi * t)
+    raise ValueError(f"unknown ramp '{kind}': choose one of {', '.join(RAMPS)}")
+
+
+def axis_plan(n_in: int, n_out: int, tile: int, overlap: int, margin: float, kind: str = "cosine") -> list[AxisTile]:
+    """The windows of one axis and the blend weights of their output pixels.
+
+    ``margin`` (input pixels) is how far inside an interior window edge the weight stays 0; it is
+    capped at half the overlap. The transition between two windows is centred in their overlap and
+    spans ``overlap - 2 * margin`` input pixels (a hard switch when that is 0).
+    """
+    starts = window_starts(n_in, tile, overlap)
+    stops = [min(s + tile, n_in) for s in starts]
+    margin = min(float(margin), overlap / 2.0)
+    half = overlap / 2.0 - margin
+    # Edge coordinate (input pixel i spans [i, i+1)) of every output pixel centre.
+    edge = centres(n_in, n_out, 0, n_out) + 0.5
+    cumulative = []  # S_k: how far the hand-over from window k to k+1 has gone, per output pixel
+    for k in range(len(starts) - 1):
+        mid = (starts[k + 1] + stops[k]) / 2.0
+        if half > 0:
+            cumulative.append(ramp((edge - (mid - half)) / (2 * half), kind))
+        else:
+            cumulative.append((edge >= mid).astype(np.float64))
+    plan = []
+    for k, (a, b) in enumerate(zip(starts, stops)):
+        w = np.ones(n_out)
+        if k > 0:
+            w = cumulative[k - 1].copy()
+        if k < len(starts) - 1:
+            w = w - cumulative[k]
+        idx = np.flatnonzero((edge >= a) & (edge < b) & (w > 0))
+        if idx.size == 0:  # a window squeezed between its neighbours owns no output pixel
+            continue
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        plan.append(AxisTile(a, b, lo, hi, w[lo:hi].astype(np.float32)))
+    return plan
+
+
+def required_margin(context: int, overlap: int) -> float:
+    """The margin a method with ``context`` halo pixels gets from an overlap."""
+    return min(float(context), overlap / 2.0)

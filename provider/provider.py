@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import os
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from .superresolve import SuperResolveAlgorithm
+
+ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "icon.png")
+
+
+class LatentSRProvider(QgsProcessingProvider):
+    def id(self):
+        return "latentsr"
+
+    def name(self):
+        return "LatentSR"
+
+    def longName(self):  # noqa: N802 - QGIS API
+        return "LatentSR super-resolution"
+
+    def icon(self):
+        return QIcon(ICON)
+
+    def loadAlgorithms(self):  # noqa: N802 - QGIS API
+        self.addAlgorithm(SuperResolveAlgorithm())
+
+    def supportedOutputRasterLayerExtensions(self):  # noqa: N802 - QGIS API
+        return ["tif"]

@@ -1,0 +1,90 @@
+"""Shared fixtures. The repo root is on sys.path for the engine (`import engine`), build/plugins
+for the plugin package (`import latentsr`), and QGIS's own Python plugins for `processing`."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from osgeo import gdal, osr
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGINS = os.path.join(ROOT, "build", "plugins")
+DATA = os.path.abspath(os.path.join(ROOT, "..", "shared", "data"))
+NAIP = os.path.join(DATA, "geotiff", "naip", "m_4709963_se_14_1_20200831.tif")
+LANDSAT = os.path.join(DATA, "geotiff", "landsat", "2020.tif")
+COG_F64 = os.path.join(DATA, "geotiff", "cog.tif")
+SAMPLE = os.path.join(ROOT, "resources", "sample", "naip_2020_crop.tif")
+
+for path in (ROOT, "/usr/share/qgis/python/plugins"):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+if not os.path.isdir(os.path.join(PLUGINS, "latentsr")):
+    os.makedirs(PLUGINS, exist_ok=True)
+    os.symlink(ROOT, os.path.join(PLUGINS, "latentsr"))
+sys.path.insert(0, PLUGINS)
+gdal.UseExceptions()
+
+
+def write_raster(path, array, dtype=gdal.GDT_Byte, nodata=None, geotransform=(500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0),
+                 epsg=32614, descriptions=None):
+    """A GeoTIFF from a C×H×W array."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[None]
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), array.shape[2], array.shape[1], array.shape[0], dtype)
+    if geotransform is not None:
+        ds.SetGeoTransform(geotransform)
+    if epsg is not None:
+        srs = osr.SpatialReference()
+        srs.ImportFromEPSG(epsg)
+        ds.SetProjection(srs.ExportToWkt())
+    for i in range(array.shape[0]):
+        band = ds.GetRasterBand(i + 1)
+        band.WriteArray(array[i])
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+        if descriptions:
+            band.SetDescription(descriptions[i])
+    ds = None
+    return str(path)
+
+
+def read(path):
+    ds = gdal.Open(str(path))
+    return ds.ReadAsArray(), ds
+
+
+@pytest.fixture(scope="session")
+def qgis_env():
+    """Environment for a qgis_process.bin subprocess that sees the plugin and the venv."""
+    env = dict(os.environ)
+    site = os.path.join(ROOT, ".venv", "lib", "python3.11", "site-packages")
+    env.update(QT_QPA_PLATFORM="offscreen", QGIS_PLUGINPATH=PLUGINS,
+               PYTHONPATH=os.pathsep.join(p for p in (site, env.get("PYTHONPATH", "")) if p))
+    subprocess.run(["/usr/bin/qgis_process.bin", "plugins", "enable", "latentsr"], env=env, capture_output=True)
+    return env
+
+
+@pytest.fixture(scope="session")
+def provider(qgis_app, qgis_processing):
+    """The LatentSR provider registered in the test's QgsApplication."""
+    from qgis.core import QgsApplication
+
+    from latentsr.provider.provider import LatentSRProvider
+
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("latentsr") is None:
+        registry.addProvider(LatentSRProvider())
+    yield registry.providerById("latentsr")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def collect_gdal_objects_before_qgis_exits(qgis_app):
+    """exitQgis() tears down GDAL's drivers; a GDAL object collected after that crashes Python."""
+    yield
+    import gc
+
+    gc.collect()

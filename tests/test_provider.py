@@ -1,0 +1,59 @@
+"""latentsr:superresolve through Processing, in process and headless with qgis_process.bin."""
+import json
+import os
+import subprocess
+
+import pytest
+from osgeo import gdal
+
+from tests.conftest import LANDSAT, SAMPLE
+
+
+def test_algorithm_parameters(provider):
+    alg = provider.algorithm("superresolve")
+    names = [p.name() for p in alg.parameterDefinitions()]
+    for name in ("INPUT", "BANDS", "SCALE", "TARGET_RESOLUTION", "METHOD", "STEPS", "BACKEND", "DEVICE",
+                 "TILE_SIZE", "OVERLAP", "SEED", "SAMPLES", "OUTPUT", "OUTPUT_UNCERTAINTY"):
+        assert name in names
+        assert alg.parameterDefinition(name).help()
+    assert alg.parameterDefinition("METHOD").options()[0].startswith("LCMSR")
+    assert alg.parameterDefinition("METHOD").defaultValue() == 0
+    advanced = {p.name() for p in alg.parameterDefinitions() if p.flags() & p.FlagAdvanced}
+    assert {"TILE_SIZE", "OVERLAP", "SEED", "BACKEND"} <= advanced
+
+
+def test_processing_run(provider, tmp_path):
+    import processing
+
+    out = str(tmp_path / "sr.tif")
+    result = processing.run("latentsr:superresolve", {"INPUT": LANDSAT, "SCALE": 2.5, "METHOD": 3, "BANDS": [3, 2],
+                                                       "TILE_SIZE": 128, "OVERLAP": 16, "OUTPUT": out})
+    assert result["OUTPUT"] == out
+    src, ds = gdal.Open(LANDSAT), gdal.Open(out)
+    assert (ds.RasterXSize, ds.RasterYSize, ds.RasterCount) == (1743, 943, 2)
+    assert ds.GetGeoTransform()[0] == src.GetGeoTransform()[0] and ds.GetGeoTransform()[3] == src.GetGeoTransform()[3]
+
+
+def test_processing_bad_input_raises(provider, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    out = tmp_path / "sr.tif"
+    with pytest.raises(QgsProcessingException, match="greater than 1"):
+        processing.run("latentsr:superresolve", {"INPUT": SAMPLE, "SCALE": 1.0, "METHOD": 3, "OUTPUT": str(out)})
+    with pytest.raises(QgsProcessingException, match="smaller than the tile"):
+        processing.run("latentsr:superresolve", {"INPUT": SAMPLE, "SCALE": 2.0, "METHOD": 3, "TILE_SIZE": 32,
+                                                 "OVERLAP": 40, "OUTPUT": str(out)})
+    assert os.listdir(tmp_path) == []
+
+
+def test_qgis_process_headless(qgis_env, tmp_path):
+    out = tmp_path / "sr.tif"
+    r = subprocess.run(["/usr/bin/qgis_process.bin", "--json", "run", "latentsr:superresolve", "--",
+                        f"INPUT={SAMPLE}", "SCALE=3.7", "METHOD=3", f"OUTPUT={out}"],
+                       env=qgis_env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout[r.stdout.index("{"):])
+    assert result["results"]["OUTPUT"] == str(out)
+    ds = gdal.Open(str(out))
+    assert (ds.RasterXSize, ds.RasterYSize) == (947, 947)

@@ -1,0 +1,75 @@
+"""The tile plan and its blend weights (pure math)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.grid import Grid, centres, output_size
+from engine.tiling import axis_plan, ramp, required_margin, window_starts
+
+
+def coverage(plan, n_out):
+    total = np.zeros(n_out)
+    for t in plan:
+        total[t.out_start:t.out_stop] += t.weights
+    return total
+
+
+@settings(max_examples=300, deadline=None)
+@given(n_in=st.integers(1, 700), scale=st.floats(1.01, 8.0), tile=st.integers(16, 300),
+       overlap_frac=st.floats(0, 0.95), context=st.integers(0, 12), kind=st.sampled_from(["cosine", "linear"]))
+def test_plan_partitions_every_output_pixel(n_in, scale, tile, overlap_frac, context, kind):
+    overlap = min(int(tile * overlap_frac), tile - 1)
+    n_out = output_size(n_in, scale)
+    plan = axis_plan(n_in, n_out, tile, overlap, required_margin(context, overlap), kind)
+    np.testing.assert_allclose(coverage(plan, n_out), 1.0, atol=1e-6)
+    pos = centres(n_in, n_out, 0, n_out) + 0.5
+    margin = required_margin(context, overlap)
+    for k, t in enumerate(plan):
+        assert 0 <= t.in_start < t.in_stop <= n_in and t.in_stop - t.in_start <= tile
+        assert 0 <= t.out_start < t.out_stop <= n_out
+        assert (t.weights >= 0).all() and t.weights[0] > 0 and t.weights[-1] > 0
+        p = pos[t.out_start:t.out_stop]
+        assert (p >= t.in_start).all() and (p <= t.in_stop).all()
+        used = p[t.weights > 0]
+        if t.in_start > 0:  # an interior edge: no weight within the margin
+            assert (used - t.in_start >= margin - 1e-9).all()
+        if t.in_stop < n_in:
+            assert (t.in_stop - used >= margin - 1e-9).all()
+    starts = [t.out_start for t in plan]
+    assert starts == sorted(set(starts)) and starts[0] == 0
+
+
+def test_window_starts():
+    assert window_starts(100, 256, 32) == [0]
+    assert window_starts(500, 256, 32) == [0, 224, 244]
+    assert window_starts(448, 256, 32) == [0, 192]
+    with pytest.raises(ValueError):
+        window_starts(500, 32, 32)
+
+
+def test_ramps_rise_from_zero_to_one_symmetrically():
+    t = np.linspace(-0.5, 1.5, 101)
+    for kind in ("cosine", "linear"):
+        r = ramp(t, kind)
+        assert r[0] == 0 and r[-1] == 1 and (np.diff(r) >= 0).all()
+        np.testing.assert_allclose(r + ramp(1 - t, kind), 1.0, atol=1e-12)
+
+
+def test_no_overlap_gives_hard_edges():
+    plan = axis_plan(100, 250, 50, 0, 0)
+    assert [(t.out_start, t.out_stop) for t in plan] == [(0, 125), (125, 250)]
+    assert all((t.weights == 1).all() for t in plan)
+
+
+def test_whole_grid_keeps_extent():
+    g = Grid.whole(10, 7, 2.5)
+    assert g.shape == (25, 18)
+    # first and last output centres sit symmetrically inside the input extent [-0.5, n - 0.5]
+    assert g.ys[0] + 0.5 == pytest.approx(10 - 0.5 - g.ys[-1])
+    assert g.xs[0] + 0.5 == pytest.approx(7 - 0.5 - g.xs[-1])
+
+
+@pytest.mark.parametrize("n,s,expected", [(256, 2.5, 640), (377, 3.7, 1395), (1, 1.3, 1), (3, 1.5, 5), (697, 4, 2788)])
+def test_output_size_rounds(n, s, expected):
+    assert output_size(n, s) == expected
