@@ -7,13 +7,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+
+from osgeo import gdal
 
 from .errors import Cancelled, LatentSRError
 from .methods import METHODS
 from .pipeline import BACKENDS, DEVICES, Request, superresolve
 
 log = logging.getLogger("engine")
+GDAL_CACHE_BYTES = 256 * 1024 * 1024  # GDAL's default (5 % of RAM) would let the block cache dominate peak memory
+
+
+def gdal_to_logging(err_class: int, err_no: int, message: str) -> None:
+    """GDAL's own messages go to the debug log, so stderr keeps to the one-line contract (its
+    failures reach the user as LatentSRError messages)."""
+    logging.getLogger("gdal").debug("GDAL error class %d, number %d: %s", err_class, err_no, message.strip())
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -58,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    gdal.PushErrorHandler(gdal_to_logging)
+    if "GDAL_CACHEMAX" not in os.environ:
+        gdal.SetCacheMax(GDAL_CACHE_BYTES)
     try:
         args = parser().parse_args(argv)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

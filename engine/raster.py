@@ -125,7 +125,10 @@ def band_norms(ds: gdal.Dataset, info: RasterInfo) -> list[BandNorm]:
     bw, bh = max(1, info.width // step), max(1, info.height // step)
     norms = []
     for b, nodata in zip(info.bands, info.nodata):
-        sample = ds.GetRasterBand(b).ReadAsArray(buf_xsize=bw, buf_ysize=bh, resample_alg=gdal.GRIORA_NearestNeighbour)
+        try:
+            sample = ds.GetRasterBand(b).ReadAsArray(buf_xsize=bw, buf_ysize=bh, resample_alg=gdal.GRIORA_NearestNeighbour)
+        except RuntimeError as exc:
+            raise LatentSRError(f"reading the input failed: {one_line(exc)}") from None
         values = sample[valid_mask(sample, nodata)].astype(np.float64)
         if values.size == 0:
             raise LatentSRError(f"band {b} has no valid pixels (all nodata)")
@@ -140,7 +143,10 @@ def band_norms(ds: gdal.Dataset, info: RasterInfo) -> list[BandNorm]:
 
 def read_window(ds: gdal.Dataset, info: RasterInfo, x0: int, y0: int, w: int, h: int) -> np.ndarray:
     """The selected bands of a window, as stored (C×h×w)."""
-    return np.stack([ds.GetRasterBand(b).ReadAsArray(x0, y0, w, h) for b in info.bands])
+    try:
+        return np.stack([ds.GetRasterBand(b).ReadAsArray(x0, y0, w, h) for b in info.bands])
+    except RuntimeError as exc:
+        raise LatentSRError(f"reading the input failed: {one_line(exc)}") from None
 
 
 def output_geotransform(gt: tuple[float, ...], in_w: int, in_h: int, out_w: int, out_h: int) -> tuple[float, ...]:

@@ -44,3 +44,28 @@ def cubic_resample(x: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
 def nearest_indices(pos: np.ndarray, n: int) -> np.ndarray:
     """Index of the input pixel whose area holds each position (ties go up), clamped to the axis."""
     return np.clip(np.floor(pos + 0.5).astype(np.int64), 0, n - 1)
+
+
+def antialias_cubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """The n_out×n_in matrix of a PIL-style antialiased bicubic resize (Keys a = -0.5 stretched by
+    the downscale factor, weights normalised per output pixel, edges renormalised): the training
+    degradation, the same as torch's interpolate(mode="bicubic", antialias=True)."""
+    factor = n_in / n_out
+    support = 2.0 * max(factor, 1.0)
+    stretch = max(factor, 1.0)
+    centre = (np.arange(n_out) + 0.5) * factor  # in input pixel-edge coordinates
+    lo = np.maximum(np.floor(centre - support + 0.5).astype(np.int64), 0)
+    hi = np.minimum(np.floor(centre + support + 0.5).astype(np.int64), n_in)
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    for j in range(n_out):
+        idx = np.arange(lo[j], hi[j])
+        w = keys_cubic((idx - centre[j] + 0.5) / stretch)
+        m[j, idx] = w / w.sum()
+    return m
+
+
+def downsample(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Antialiased bicubic resize of C×h×w to C×out_h×out_w (the degradation LR = D(HR))."""
+    my = antialias_cubic_matrix(x.shape[1], out_h)
+    mx = antialias_cubic_matrix(x.shape[2], out_w)
+    return np.einsum("yh,chw,xw->cyx", my, x.astype(np.float64), mx).astype(np.float32)

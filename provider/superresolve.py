@@ -152,6 +152,10 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("Cancelled: no output was written.") from None
         except LatentSRError as exc:
             raise QgsProcessingException(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - Processing shows one clear line, the log keeps the detail
+            logging.getLogger(__name__).exception("super-resolution failed")
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise QgsProcessingException(f"Super-resolution failed: {type(exc).__name__}: {first}") from None
         finally:
             logger.removeHandler(handler)
         feedback.pushInfo(f"Wrote {result.width}×{result.height} pixels (scale {result.scale:.4g}, {result.method}) "
