@@ -11,7 +11,7 @@ QGIS_ENV := QT_QPA_PLATFORM=offscreen QGIS_PLUGINPATH=$(PLUGINS) PYTHONPATH=$(SI
 SAMPLE := resources/sample/naip_2020_crop.tif
 DEMO_OUT := $(ROOT)/build/demo/naip_2020_crop_x2.5.tif
 
-.PHONY: setup system venv plugin env demo test
+.PHONY: setup system venv plugin env demo test train bench
 
 setup: system venv plugin
 
@@ -50,3 +50,23 @@ demo: setup
 
 test: setup
 	cd $(ROOT) && $(QGIS_ENV) $(PY) -m pytest -q tests
+
+# Training: resumable (run it again after an interruption). On a GPU: make train TRAIN_ARGS="--device cuda --batch 64 --workers 8"
+TRAIN_DATA ?= $(ROOT)/../shared/data/ucmerced/train
+VAL_DATA ?= $(ROOT)/../shared/data/ucmerced/val
+RUNS ?= $(ROOT)/runs
+STAGE1_STEPS ?= 10000
+STAGE2_STEPS ?= 1500
+TRAIN_ARGS ?=
+
+train: venv
+	cd $(ROOT) && $(PY) -m training stage1 --data $(TRAIN_DATA) --val $(VAL_DATA) --out $(RUNS)/stage1 \
+	  --steps $(STAGE1_STEPS) --resume $(TRAIN_ARGS)
+	cd $(ROOT) && $(PY) -m training e2diffsr --stage1 $(RUNS)/stage1 --data $(TRAIN_DATA) --val $(VAL_DATA) \
+	  --out $(RUNS)/e2diffsr --steps $(STAGE2_STEPS) --resume $(TRAIN_ARGS)
+	cd $(ROOT) && $(PY) -m training lcmsr --stage1 $(RUNS)/stage1 --data $(TRAIN_DATA) --val $(VAL_DATA) \
+	  --out $(RUNS)/lcmsr --steps $(STAGE2_STEPS) --resume $(TRAIN_ARGS)
+	cd $(ROOT) && $(PY) -m training bundle --stage1 $(RUNS)/stage1 --e2diffsr $(RUNS)/e2diffsr --lcmsr $(RUNS)/lcmsr
+
+bench: setup
+	cd $(ROOT) && $(PY) -m training.evaluate --val $(VAL_DATA) --out docs/BENCHMARKS.md

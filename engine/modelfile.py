@@ -1,0 +1,118 @@
+"""Model bundles: one safetensors weights file plus a JSON model card, in one folder.
+
+The card (model.json) holds the format version, the networks (kind + constructor config), the
+methods the bundle can run and which networks each uses, the bands, the scale range, the input
+normalisation, where the training data came from, and the SHA-256 of the weights file. Weight
+names are ``<network>.<parameter>``. The checksum is verified before anything is parsed, and the
+weights are read with safetensors only (never pickle, never torch.load).
+
+Bundles are looked up by name in resources/models/<name>/ (resources/ beside engine/), or given
+as a folder path.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .errors import LatentSRError
+
+FORMAT = "latentsr-model"
+VERSION = 1
+CARD = "model.json"
+WEIGHTS = "model.safetensors"
+DEFAULT_MODEL = "latentsr-rgb"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "resources" / "models"
+
+
+def resolve(ref: str | os.PathLike | None) -> Path:
+    """The folder of a bundle given by name (under resources/models) or by path."""
+    ref = DEFAULT_MODEL if ref is None else str(ref)
+    path = Path(ref).expanduser()
+    if os.sep in ref or (os.altsep and os.altsep in ref) or path.is_dir():
+        if not (path / CARD).is_file():
+            raise LatentSRError(f"no model found in '{ref}': the folder needs {CARD} and {WEIGHTS}")
+        return path
+    path = MODELS_DIR / ref
+    if not (path / CARD).is_file():
+        raise LatentSRError(f"no bundled model '{ref}' found in resources/models: train one with `make train` "
+                            f"or pass a model folder")
+    return path
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_card(folder: Path) -> dict:
+    try:
+        card = json.loads((folder / CARD).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LatentSRError(f"cannot read the model card {folder / CARD}: {e}") from None
+    if not isinstance(card, dict) or card.get("format") != FORMAT:
+        raise LatentSRError(f"{folder / CARD} is not a LatentSR model card")
+    if card.get("version") != VERSION:
+        raise LatentSRError(f"{folder / CARD} has format version {card.get('version')}, this LatentSR reads version {VERSION}")
+    return card
+
+
+def load(ref: str | os.PathLike | None) -> tuple[dict, dict]:
+    """(card, {name: torch tensor}) of a bundle, after checking the weights' SHA-256."""
+    from safetensors.torch import load as load_safetensors
+
+    folder = resolve(ref)
+    card = read_card(folder)
+    try:
+        data = (folder / WEIGHTS).read_bytes()
+    except OSError as e:
+        raise LatentSRError(f"cannot read the model weights {folder / WEIGHTS}: {e.strerror}") from None
+    expected = card.get("weights", {}).get("sha256")
+    if sha256(data) != expected:
+        raise LatentSRError(f"the weights in {folder / WEIGHTS} do not match the SHA-256 in the model card: "
+                            f"the file is damaged or was changed")
+    try:
+        return card, load_safetensors(data)
+    except Exception as e:  # safetensors raises its own error types for malformed files
+        raise LatentSRError(f"cannot read the model weights {folder / WEIGHTS}: {e}") from None
+
+
+def save(folder: str | os.PathLike, card: dict, tensors: dict) -> Path:
+    """Write ``tensors`` (name -> torch tensor) and ``card`` (its checksum filled in) to ``folder``."""
+    from safetensors.torch import save as save_safetensors
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    card = dict(card, format=FORMAT, version=VERSION, weights={"file": WEIGHTS, "sha256": sha256(data)})
+    tmp_w, tmp_c = folder / (WEIGHTS + ".tmp"), folder / (CARD + ".tmp")
+    tmp_w.write_bytes(data)
+    tmp_c.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp_w, folder / WEIGHTS)
+    os.replace(tmp_c, folder / CARD)
+    return folder
+
+
+def network_tensors(tensors: dict, network: str) -> dict:
+    """The state dict of one network out of a bundle's tensors."""
+    prefix = network + "."
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def build_networks(card: dict, tensors: dict, names, device) -> dict:
+    """The named networks of a bundle, built from the card and loaded with their weights."""
+    from .models import build
+
+    nets = {}
+    for name in names:
+        spec = card.get("networks", {}).get(name)
+        if spec is None:
+            raise LatentSRError(f"the model '{card.get('name')}' has no network '{name}'")
+        net = build(spec["kind"], spec["config"])
+        try:
+            net.load_state_dict(network_tensors(tensors, name), strict=True)
+        except RuntimeError as e:
+            raise LatentSRError(f"the weights of network '{name}' do not fit its configuration: "
+                                f"{str(e).splitlines()[0]}") from None
+        nets[name] = net.to(device).eval()
+    return nets

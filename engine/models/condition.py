@@ -1,0 +1,36 @@
+"""Conditioning net (stage 2): bicubic-upsampled LR -> a latent-sized guess of the clean latent.
+
+The LR is bicubically sampled at the HR positions of the tile's latent cells (8×8 per cell, see
+engine.models.sampling), folded into channels (pixel unshuffle by 8) and refined by a few residual
+blocks modulated by 1/scale. Its output is the diffusion condition and the regression latent.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import Embedding, ResBlock, resample2d
+from .sampling import LATENT_FACTOR
+
+
+class ConditionNet(nn.Module):
+    def __init__(self, bands: int = 3, latent: int = 4, channels: int = 64, blocks: int = 2, emb_dim: int = 64):
+        super().__init__()
+        self.config = {"bands": bands, "latent": latent, "channels": channels, "blocks": blocks, "emb_dim": emb_dim}
+        self.scale_emb = Embedding(1, emb_dim)
+        self.head = nn.Conv2d(bands * LATENT_FACTOR ** 2, channels, 1)
+        self.blocks = nn.ModuleList(ResBlock(channels, channels, emb_dim) for _ in range(blocks))
+        self.out = nn.Conv2d(channels, latent, 3, padding=1)
+
+    def upsample(self, lr, hr_y_idx, hr_y_w, hr_x_idx, hr_x_w) -> torch.Tensor:
+        """The bicubic LR at the latent-aligned HR positions (B, bands, 8·h_lat, 8·w_lat)."""
+        return resample2d(lr, hr_y_idx, hr_y_w, hr_x_idx, hr_x_w)
+
+    def forward(self, lr, inv_scale, hr_y_idx, hr_y_w, hr_x_idx, hr_x_w) -> torch.Tensor:
+        up = self.upsample(lr, hr_y_idx, hr_y_w, hr_x_idx, hr_x_w)
+        x = self.head(F.pixel_unshuffle(up, LATENT_FACTOR))
+        emb = self.scale_emb(inv_scale)
+        for block in self.blocks:
+            x = block(x, emb)
+        return self.out(F.silu(x))

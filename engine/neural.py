@@ -1,0 +1,201 @@
+"""The learned methods: regression, E²DiffSR and LCMSR on one latent backbone (torch backend).
+
+All three run the conditioning net on the bicubic LR to get a latent, turn it into a clean latent
+(regression: as is; e2diffsr: an N-step DDPM chain; lcmsr: a 1–4 step consistency sampler), and
+decode it with the continuous-scale decoder at the grid's exact output positions.
+
+Bands. A model has a fixed band count m (3 for latentsr-rgb). The input bands are processed in
+groups of m consecutive bands (1-3, 4-6, ...); a last group with fewer than m bands is filled by
+cycling through its own bands (a single band is repeated m times), and only the outputs of its
+real bands are kept. Group g draws its noise from latent channels g·latent .. g·latent+latent-1.
+
+Noise is a fixed function of (seed, sampler step, channel, global latent cell) (engine.noise,
+aligned as in engine.models.sampling), so overlapping tiles get the same noise and blend without
+seams; the same seed gives the same output.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import modelfile
+from .errors import LatentSRError
+from .grid import Grid
+from .noise import gaussian
+from .schedulers import consistency, ddpm
+
+log = logging.getLogger(__name__)
+
+CONTEXT = 16  # LR halo: the decoder's feature branch sees ±10 LR pixels, the latent nets a few cells more
+MAX_CONSISTENCY_STEPS = 4
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise LatentSRError("device 'cuda' was requested but PyTorch sees no CUDA GPU: use device cpu or auto")
+        return torch.device("cuda")
+    raise LatentSRError(f"unknown device '{name}': choose one of auto, cpu, cuda")
+
+
+def band_groups(n: int, bands: int) -> list[list[int]]:
+    """Input band indices of each group of ``bands`` (the last one filled by cycling its own bands)."""
+    groups = []
+    for start in range(0, n, bands):
+        real = list(range(start, min(start + bands, n)))
+        groups.append([real[k % len(real)] for k in range(bands)])
+    return groups
+
+
+def e2diffsr_sample(denoiser, cond, inv_scale, steps: int, noise, betas=ddpm.DEFAULT_BETAS, eta: float = 1.0):
+    """Clean latent from an n-step run of the short DDPM chain, starting from pure noise.
+
+    ``noise(k)`` gives a standard normal tensor shaped like ``cond``: k = 0 the start, k ≥ 1 the
+    fresh noise of step k. Differentiable (training unrolls it)."""
+    import torch
+
+    abar = ddpm.alphas_bar(betas)
+    total = len(abar) - 1
+    x = noise(0)
+    for k, (t, t_prev) in enumerate(ddpm.chain(total, steps), start=1):
+        eps = denoiser(x, cond, torch.full_like(inv_scale, t / total), inv_scale)
+        sigma = ddpm.step_coefficients(abar[t], abar[t_prev], eta)[2]
+        x, _ = ddpm.step(x, eps, abar[t], abar[t_prev], noise(k) if sigma > 0 else None, eta)
+    return x
+
+
+def lcmsr_sample(denoiser, cond, inv_scale, steps: int, noise, total: int = consistency.T,
+                 sigma_data: float = consistency.SIGMA_DATA):
+    """Clean latent from the consistency function: z0 = f(noise, T), then re-noise and call again
+    for each further step. ``noise(k)`` as in e2diffsr_sample."""
+    import torch
+
+    x = torch.zeros_like(cond)
+    for k, t in enumerate(consistency.timesteps(steps, total)):
+        a, b = consistency.noise_coefficients(t, total)
+        z = float(a) * x + float(b) * noise(k)
+        f_out = denoiser(z, cond, torch.full_like(inv_scale, t / total), inv_scale)
+        x = consistency.consistency(z, f_out, t, total, sigma_data)
+    return x
+
+
+@dataclass
+class LatentMethod:
+    """A learned SR method over a loaded bundle (see the module docstring)."""
+
+    name: str
+    nets: dict
+    spec: dict  # the card's entry for this method
+    bands: int
+    latent: int
+    steps: int
+    seed: int
+    device: object
+    context: int = CONTEXT
+
+    @property
+    def deterministic(self) -> bool:
+        return self.name == "regression"
+
+    @property
+    def multiple(self) -> int:
+        """The latent grid's alignment (the denoiser's downsampling factor)."""
+        den = self.nets.get("denoiser")
+        return den.multiple if den is not None else 1
+
+    def _noise(self, plan, groups: int, step: int):
+        import torch
+
+        channels = np.arange(groups * self.latent)
+        z = gaussian(self.seed, channels, plan.rows.cells, plan.cols.cells, stream=step)
+        return torch.from_numpy(z.reshape(groups, self.latent, *plan.latent_shape)).to(self.device)
+
+    def __call__(self, tile: np.ndarray, grid: Grid) -> np.ndarray:
+        import torch
+
+        from .models.sampling import Plan
+
+        n, h, w = tile.shape
+        groups = band_groups(n, self.bands)
+        plan = Plan.build(h, w, grid, self.multiple)
+        t = plan.tensors(self.device)
+        lr = torch.from_numpy(np.ascontiguousarray(tile[np.array(groups)], dtype=np.float32)).to(self.device)
+        inv_scale = torch.full((len(groups), 1), 1.0 / grid.scale, device=self.device)
+        with torch.inference_mode():
+            cond = self.nets["condition"](lr, inv_scale, t["hr_y_idx"], t["hr_y_w"], t["hr_x_idx"], t["hr_x_w"])
+
+            def noise(k):
+                return self._noise(plan, len(groups), k)
+
+            if self.name == "e2diffsr":
+                x0 = e2diffsr_sample(self.nets["denoiser"], cond, inv_scale, self.steps, noise,
+                                     self.spec.get("betas", ddpm.DEFAULT_BETAS), self.spec.get("eta", 1.0))
+            elif self.name == "lcmsr":
+                x0 = lcmsr_sample(self.nets["denoiser"], cond, inv_scale, self.steps, noise,
+                                  self.spec.get("T", consistency.T), self.spec.get("sigma_data", consistency.SIGMA_DATA))
+            else:
+                x0 = cond
+            z = x0 / float(self.spec.get("latent_scale", 1.0))
+            sr = self.nets["decoder"](lr, z, inv_scale, t["out_y_idx"], t["out_y_w"], t["out_x_idx"], t["out_x_w"],
+                                      t["lat_y_idx"], t["lat_y_w"], t["lat_x_idx"], t["lat_x_w"])
+        sr = sr.float().cpu().numpy()
+        out = np.empty((n, *grid.shape), dtype=np.float32)
+        for g, members in enumerate(groups):
+            real = sorted(set(members))
+            out[real] = sr[g, :len(real)]
+        return out
+
+
+def check_steps(name: str, steps: int | None, spec: dict) -> int:
+    if name == "regression":
+        return 0
+    if name == "e2diffsr":
+        top = len(spec.get("betas", ddpm.DEFAULT_BETAS))
+    else:
+        top = int(spec.get("max_steps", MAX_CONSISTENCY_STEPS))
+    steps = int(spec.get("steps", 4 if name == "e2diffsr" else 1)) if steps is None else steps
+    if not 1 <= steps <= top:
+        raise LatentSRError(f"steps must be between 1 and {top} for {name}, got {steps}")
+    return steps
+
+
+def from_bundle(name: str, card: dict, tensors: dict, steps: int | None = None, seed: int = 0,
+                device: str = "auto") -> LatentMethod:
+    """The method ``name`` over an already loaded bundle."""
+    spec = card.get("methods", {}).get(name)
+    if spec is None:
+        raise LatentSRError(f"the model '{card.get('name')}' cannot run method '{name}': "
+                            f"it has {', '.join(card.get('methods', {})) or 'no methods'}")
+    steps = check_steps(name, steps, spec)
+    dev = pick_device(device)
+    roles = {"decoder": card.get("decoder", "decoder"), "condition": spec["condition"]}
+    if name != "regression":
+        roles["denoiser"] = spec["denoiser"]
+    built = modelfile.build_networks(card, tensors, sorted(set(roles.values())), dev)
+    nets = {role: built[net] for role, net in roles.items()}
+    return LatentMethod(name, nets, spec, int(card["bands"]), int(card.get("latent", 4)), steps, seed, dev)
+
+
+def build_method(name: str, options) -> LatentMethod:
+    """Entry point of engine.methods for the learned methods (options: methods.MethodOptions)."""
+    if options.backend == "onnx":
+        raise LatentSRError("backend 'onnx' is not available yet: use backend torch or auto")
+    if options.backend not in ("auto", "torch"):
+        raise LatentSRError(f"unknown backend '{options.backend}': choose one of auto, torch, onnx")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise LatentSRError(f"method '{name}' needs PyTorch, which is not installed: install it or use bicubic") from None
+    card, tensors = modelfile.load(options.model)
+    method = from_bundle(name, card, tensors, options.steps, options.seed, options.device)
+    log.info("%s: model %s on %s, %s", name, card.get("name"), method.device,
+             f"{method.steps} steps" if method.steps else "one pass")
+    return method

@@ -1,0 +1,1 @@
+"""Noise schedules and sampler steps as pure functions (floats, numpy arrays or torch tensors)."""

@@ -1,0 +1,56 @@
+"""LCMSR's consistency parameterisation, noise schedule and samplers (pure math).
+
+f(z_t, t) = c_skip(t)·z_t + c_out(t)·F(z_t, t), with c_skip = σd²/((10t/T)²+σd²) and
+c_out = (10t/T)/sqrt((10t/T)²+σd²), σd = 0.5, T = 1000: at t = 0, c_skip = 1 and c_out = 0, so
+f(z, 0) = z exactly (the boundary condition). The forward process is the cosine variance-preserving
+schedule, with ᾱ(0) = 1 and ᾱ(T) = 0 (pure noise), so one-step sampling is z0 = f(noise, T).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+T = 1000
+SIGMA_DATA = 0.5
+DELTA = 250
+COSINE_OFFSET = 0.008
+
+
+def c_skip(t, total: int = T, sigma_data: float = SIGMA_DATA):
+    u = 10.0 * t / total
+    return sigma_data ** 2 / (u ** 2 + sigma_data ** 2)
+
+
+def c_out(t, total: int = T, sigma_data: float = SIGMA_DATA):
+    u = 10.0 * t / total
+    return u / (u ** 2 + sigma_data ** 2) ** 0.5
+
+
+def consistency(z_t, f_out, t, total: int = T, sigma_data: float = SIGMA_DATA):
+    """f(z_t, t) from the network output F."""
+    return c_skip(t, total, sigma_data) * z_t + c_out(t, total, sigma_data) * f_out
+
+
+def alpha_bar(t, total: int = T) -> np.ndarray:
+    """Cosine schedule ᾱ(t) in [0, 1], exactly 1 at t = 0 and 0 at t = T."""
+    t = np.asarray(t, dtype=np.float64)
+    s = COSINE_OFFSET
+    f = np.cos((t / total + s) / (1 + s) * np.pi / 2) ** 2 / np.cos(s / (1 + s) * np.pi / 2) ** 2
+    return np.where(t <= 0, 1.0, np.where(t >= total, 0.0, np.clip(f, 0.0, 1.0)))
+
+
+def noise_coefficients(t, total: int = T) -> tuple[np.ndarray, np.ndarray]:
+    """(sqrt(ᾱ), sqrt(1-ᾱ)) so that z_t = a·z0 + b·noise."""
+    ab = alpha_bar(t, total)
+    return np.sqrt(ab), np.sqrt(1.0 - ab)
+
+
+def earlier(t2, delta: int = DELTA):
+    """The target timestep of consistency training: t1 = max(t2 - Δ, 0)."""
+    return np.maximum(np.asarray(t2) - delta, 0)
+
+
+def timesteps(n: int, total: int = T) -> list[int]:
+    """Timesteps of an n-step sampler: T, then evenly spaced re-noising levels (n=2: T, T/2)."""
+    if n < 1:
+        raise ValueError(f"steps must be at least 1, got {n}")
+    return [int(round(total * (n - k) / n)) for k in range(n)]

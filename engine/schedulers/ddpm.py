@@ -1,0 +1,63 @@
+"""E²DiffSR's short, steep DDPM chain (T = 4, ε-prediction) and its N-step sampler.
+
+Timesteps are integers 1..T; t = 0 is the clean latent (ᾱ = 1). ``step`` moves from t to an
+earlier t_prev with the DDIM update; eta = 1 is the DDPM posterior (ancestral sampling), eta = 0
+the deterministic DDIM path. The arithmetic works on floats, numpy arrays and torch tensors alike.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+DEFAULT_BETAS = (0.1, 0.3, 0.6, 0.9)
+
+
+def alphas_bar(betas: Sequence[float] = DEFAULT_BETAS) -> np.ndarray:
+    """ᾱ_t for t = 0..T (index t), with ᾱ_0 = 1."""
+    b = np.asarray(betas, dtype=np.float64)
+    if b.ndim != 1 or b.size == 0 or np.any(b <= 0) or np.any(b >= 1):
+        raise ValueError(f"betas must be a non-empty list of numbers in (0, 1), got {list(betas)}")
+    return np.concatenate([[1.0], np.cumprod(1.0 - b)])
+
+
+def timesteps(T: int, n: int) -> list[int]:
+    """The n timesteps an n-step sampler visits, from T down (evenly spaced, distinct, ≥ 1)."""
+    if not 1 <= n <= T:
+        raise ValueError(f"steps must be between 1 and {T}, got {n}")
+    return [int(t) for t in np.round(np.linspace(T, 0, n + 1))[:n]]
+
+
+def chain(T: int, n: int) -> list[tuple[int, int]]:
+    """(t, t_prev) pairs of an n-step sampler; the last t_prev is 0."""
+    ts = timesteps(T, n) + [0]
+    return list(zip(ts[:-1], ts[1:]))
+
+
+def q_sample(x0, noise, abar_t: float):
+    """x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·noise."""
+    return math.sqrt(abar_t) * x0 + math.sqrt(1.0 - abar_t) * noise
+
+
+def predict_x0(x_t, eps, abar_t: float):
+    """The clean latent implied by an ε prediction."""
+    return (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
+
+
+def step_coefficients(abar_t: float, abar_prev: float, eta: float = 1.0) -> tuple[float, float, float]:
+    """(a, b, sigma) of x_prev = a·x0 + b·eps + sigma·noise."""
+    var = eta ** 2 * (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)
+    sigma = math.sqrt(max(var, 0.0))
+    return math.sqrt(abar_prev), math.sqrt(max(1.0 - abar_prev - sigma ** 2, 0.0)), sigma
+
+
+def step(x_t, eps, abar_t: float, abar_prev: float, noise=None, eta: float = 1.0):
+    """One sampler step from t to t_prev: returns (x_prev, x0_hat). ``noise`` may be None when
+    sigma is 0 (eta = 0, or t_prev = 0)."""
+    x0 = predict_x0(x_t, eps, abar_t)
+    a, b, sigma = step_coefficients(abar_t, abar_prev, eta)
+    x_prev = a * x0 + b * eps
+    if sigma > 0:
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0

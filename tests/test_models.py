@@ -1,0 +1,179 @@
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import LatentSRError
+from engine.grid import Grid, centres, output_size
+from engine.methods import MethodOptions, build_method
+from engine.models import KINDS, build, preset
+from engine.models.sampling import Plan
+from engine.neural import band_groups, from_bundle
+from engine.resample import cubic_resample
+from engine.tiling import axis_plan, required_margin
+from training.bundle import random_bundle, write
+
+SCALES = (1.3, 2.0, 2.5, 3.7, 4.0, 8.0)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return random_bundle("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_dir(bundle, tmp_path_factory):
+    return str(write(tmp_path_factory.mktemp("models") / "tiny", *bundle))
+
+
+def lr(c=3, h=23, w=17, seed=0):
+    return np.random.default_rng(seed).random((c, h, w), dtype=np.float32)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("name", ["regression", "lcmsr", "e2diffsr"])
+def test_output_size_for_any_scale_and_odd_input(bundle, name, scale):
+    method = from_bundle(name, *bundle, device="cpu")
+    x = lr(h=23, w=17)
+    grid = Grid.whole(23, 17, scale)
+    out = method(x, grid)
+    assert out.shape == (3, output_size(23, scale), output_size(17, scale))
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))
+
+
+def test_plan_covers_the_tile_and_aligns_the_latent():
+    grid = Grid(centres(100, 250, 40, 90, 10), centres(60, 150, 0, 150), 2.5, out_y0=40, in_y0=10)
+    plan = Plan.build(30, 60, grid, 4)
+    h_lat, w_lat = plan.latent_shape
+    assert h_lat % 4 == 0 and w_lat % 4 == 0 and plan.rows.cells[0] % 4 == 0
+    # the latent covers every output row centred on the 30 LR rows: global rows 25..99
+    assert plan.rows.cells[0] <= 25 // 8 and plan.rows.cells[-1] >= 99 // 8
+    assert plan.rows.hr_idx.shape == (4, 8 * h_lat)
+    assert plan.rows.out_idx.shape == (12, 50) and plan.rows.lat_idx.shape == (2, 30)
+    assert plan.rows.out_idx.max() < 30 * 8 and plan.rows.out_idx.min() >= 0
+
+
+def test_decoder_skip_is_the_engine_bicubic():
+    torch.manual_seed(0)
+    dec = build("decoder", preset("tiny", "decoder"))
+    torch.nn.init.zeros_(dec.tail[-1].weight)
+    torch.nn.init.zeros_(dec.tail[-1].bias)
+    x = lr(h=13, w=11)
+    grid = Grid.whole(13, 11, 3.7)
+    t = Plan.build(13, 11, grid, 1).tensors("cpu")
+    z = torch.randn(1, 4, *Plan.build(13, 11, grid, 1).latent_shape)
+    with torch.no_grad():
+        out = dec(torch.from_numpy(x)[None], z, torch.tensor([[1 / 3.7]]), t["out_y_idx"], t["out_y_w"], t["out_x_idx"],
+                  t["out_x_w"], t["lat_y_idx"], t["lat_y_w"], t["lat_x_idx"], t["lat_x_w"])[0].numpy()
+    np.testing.assert_allclose(out, cubic_resample(x, grid.ys, grid.xs), atol=1e-5)
+
+
+def test_network_shapes():
+    torch.manual_seed(0)
+    enc = build("encoder", preset("tiny", "encoder"))
+    mean, logvar = enc(torch.rand(2, 3, 64, 32), torch.rand(2, 3, 64, 32))
+    assert mean.shape == logvar.shape == (2, 4, 8, 4)
+    den = build("denoiser", preset("tiny", "denoiser"))
+    assert den.multiple == 4
+    z = torch.randn(2, 4, 12, 8)
+    assert den(z, z, torch.rand(2, 1), torch.rand(2, 1)).shape == z.shape
+    for kind in KINDS:
+        cfg = preset("default", kind)
+        assert 1e5 < sum(p.numel() for p in build(kind, cfg).parameters()) < 2.5e6
+
+
+def test_seeds(model_dir):
+    x = lr()
+    grid = Grid.whole(23, 17, 2.5)
+
+    def run(name, seed):
+        return build_method(name, MethodOptions(seed=seed, model=model_dir))(x, grid)
+
+    for name in ("e2diffsr", "lcmsr"):
+        a, b, c = run(name, 1), run(name, 1), run(name, 2)
+        np.testing.assert_array_equal(a, b)
+        assert np.abs(a - c).mean() > 1e-6  # a random tiny decoder barely listens to its latent
+        assert not build_method(name, MethodOptions(model=model_dir)).deterministic
+    np.testing.assert_array_equal(run("regression", 1), run("regression", 2))
+    assert build_method("regression", MethodOptions(model=model_dir)).deterministic
+
+
+def test_steps(model_dir):
+    x, grid = lr(), Grid.whole(23, 17, 2.0)
+    one = build_method("lcmsr", MethodOptions(steps=1, model=model_dir))
+    two = build_method("lcmsr", MethodOptions(steps=2, model=model_dir))
+    assert one.steps == 1 and build_method("e2diffsr", MethodOptions(model=model_dir)).steps == 4
+    assert np.abs(one(x, grid) - two(x, grid)).mean() > 1e-5
+    for name, steps in (("lcmsr", 5), ("e2diffsr", 5), ("e2diffsr", 0)):
+        with pytest.raises(LatentSRError, match="steps must be between"):
+            build_method(name, MethodOptions(steps=steps, model=model_dir))
+
+
+def test_band_groups():
+    assert band_groups(3, 3) == [[0, 1, 2]]
+    assert band_groups(1, 3) == [[0, 0, 0]]
+    assert band_groups(4, 3) == [[0, 1, 2], [3, 3, 3]]
+    assert band_groups(5, 3) == [[0, 1, 2], [3, 4, 3]]
+
+
+def test_other_band_counts(model_dir):
+    method = build_method("regression", MethodOptions(model=model_dir))
+    x4 = lr(c=4)
+    grid = Grid.whole(23, 17, 2.0)
+    out = method(x4, grid)
+    assert out.shape == (4, 46, 34)
+    np.testing.assert_allclose(out[:3], method(x4[:3], grid), atol=1e-6)
+    np.testing.assert_allclose(out[3:], method(x4[3:], grid), atol=1e-6)
+    assert method(x4[:2], grid).shape == (2, 46, 34)
+
+
+def test_user_errors(model_dir, monkeypatch):
+    with pytest.raises(LatentSRError, match="backend 'onnx' is not available yet"):
+        build_method("lcmsr", MethodOptions(backend="onnx", model=model_dir))
+    with pytest.raises(LatentSRError, match="no bundled model 'nothing-here'"):
+        build_method("lcmsr", MethodOptions(model="nothing-here"))
+    with pytest.raises(LatentSRError, match="unknown device"):
+        build_method("lcmsr", MethodOptions(device="tpu", model=model_dir))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(LatentSRError, match="device 'cuda'"):
+        build_method("lcmsr", MethodOptions(device="cuda", model=model_dir))
+    assert build_method("lcmsr", MethodOptions(device="auto", model=model_dir)).device.type == "cpu"
+
+
+def tiled_run(x, scale, method_for_tile, tile=(40, 36), overlap=24, context=16):
+    """Overlapping tiles blended as the engine's tiler does (engine.tiling weights)."""
+    _, h, w = x.shape
+    h_out, w_out = output_size(h, scale), output_size(w, scale)
+    margin = required_margin(context, overlap)
+    rows, cols = axis_plan(h, h_out, tile[0], overlap, margin), axis_plan(w, w_out, tile[1], overlap, margin)
+    assert len(rows) > 1 and len(cols) > 1
+    out = np.zeros((x.shape[0], h_out, w_out), dtype=np.float32)
+    for iy, ty in enumerate(rows):
+        for ix, tx in enumerate(cols):
+            grid = Grid(centres(h, h_out, ty.out_start, ty.out_stop, ty.in_start),
+                        centres(w, w_out, tx.out_start, tx.out_stop, tx.in_start),
+                        scale, ty.out_start, tx.out_start, ty.in_start, tx.in_start)
+            sr = method_for_tile(iy, ix)(x[:, ty.in_start:ty.in_stop, tx.in_start:tx.in_stop], grid)
+            out[:, ty.out_start:ty.out_stop, tx.out_start:tx.out_stop] += sr * ty.weights[:, None] * tx.weights[None]
+    return out
+
+
+@pytest.mark.parametrize("name", ["e2diffsr", "lcmsr"])
+def test_tiled_run_has_no_seams(bundle, name):
+    method = from_bundle(name, *bundle, seed=5, device="cpu")
+    x = lr(h=64, w=56, seed=3)
+    whole = method(x, Grid.whole(64, 56, 2.5))
+    tiled = tiled_run(x, 2.5, lambda iy, ix: method, context=method.context)
+    assert np.abs(tiled - whole).max() < 5e-4
+
+
+def test_noise_drawn_per_tile_would_show_seams(bundle):
+    """The control of the seam test: a seed per tile instead of noise per global position."""
+    method = from_bundle("e2diffsr", *bundle, seed=5, device="cpu")
+    x = lr(h=64, w=56, seed=3)
+    whole = method(x, Grid.whole(64, 56, 2.5))
+    per_tile = {}
+
+    def method_for_tile(iy, ix):
+        return per_tile.setdefault((iy, ix), from_bundle("e2diffsr", *bundle, seed=100 + 10 * iy + ix, device="cpu"))
+
+    assert np.abs(tiled_run(x, 2.5, method_for_tile, context=method.context) - whole).max() > 5e-3

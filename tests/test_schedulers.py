@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from engine.schedulers import consistency as cm
+from engine.schedulers import ddpm
+
+
+def test_boundary_condition_is_exact():
+    assert cm.c_skip(0) == 1.0 and cm.c_out(0) == 0.0
+    z = np.random.default_rng(0).normal(size=(4, 8, 8))
+    f_out = np.random.default_rng(1).normal(size=(4, 8, 8)) * 100
+    np.testing.assert_array_equal(cm.consistency(z, f_out, 0), z)
+    zt = torch.from_numpy(z)
+    assert torch.equal(cm.consistency(zt, torch.from_numpy(f_out), torch.zeros(1, 1, 1)), zt)
+
+
+def test_published_coefficients():
+    t = 100.0  # 10t/T = 1
+    assert cm.c_skip(t) == pytest.approx(0.25 / 1.25)
+    assert cm.c_out(t) == pytest.approx(1 / np.sqrt(1.25))
+
+
+def test_c_skip_falls_and_c_out_rises():
+    t = np.arange(cm.T + 1, dtype=np.float64)
+    assert np.all(np.diff(cm.c_skip(t)) < 0)
+    assert np.all(np.diff(cm.c_out(t)) > 0)
+    assert cm.c_skip(cm.T) < 0.01 and cm.c_out(cm.T) > 0.99
+
+
+def test_consistency_schedule_ends_in_pure_noise():
+    ab = cm.alpha_bar(np.arange(cm.T + 1))
+    assert ab[0] == 1.0 and ab[-1] == 0.0
+    assert np.all(np.diff(ab) < 0)
+    a, b = cm.noise_coefficients(cm.T)
+    assert a == 0.0 and b == 1.0
+    assert list(cm.earlier(np.array([1, 250, 251, 1000]))) == [0, 0, 1, 750]
+
+
+def test_consistency_sampler_timesteps():
+    assert cm.timesteps(1) == [1000]
+    assert cm.timesteps(2) == [1000, 500]
+    assert cm.timesteps(4) == [1000, 750, 500, 250]
+    with pytest.raises(ValueError):
+        cm.timesteps(0)
+
+
+def test_short_chain():
+    ab = ddpm.alphas_bar()
+    assert len(ab) == 5 and ab[0] == 1.0
+    assert np.all(np.diff(ab) < 0) and ab[-1] < 0.05
+    assert ddpm.chain(4, 4) == [(4, 3), (3, 2), (2, 1), (1, 0)]
+    assert ddpm.chain(4, 2) == [(4, 2), (2, 0)]
+    assert ddpm.chain(4, 1) == [(4, 0)]
+    assert [t for t, _ in ddpm.chain(4, 3)] == [4, 3, 1]
+    with pytest.raises(ValueError):
+        ddpm.timesteps(4, 5)
+    with pytest.raises(ValueError):
+        ddpm.alphas_bar([0.5, 1.0])
+
+
+def test_ddpm_step_with_the_true_noise_recovers_x0():
+    rng = np.random.default_rng(0)
+    x0, eps = rng.normal(size=(2, 16)), rng.normal(size=(2, 16))
+    ab = ddpm.alphas_bar()
+    x = ddpm.q_sample(x0, eps, ab[4])
+    np.testing.assert_allclose(ddpm.predict_x0(x, eps, ab[4]), x0, atol=1e-12)
+    x_prev, x0_hat = ddpm.step(x, eps, ab[4], ab[0])
+    np.testing.assert_allclose(x_prev, x0, atol=1e-12)
+    np.testing.assert_allclose(x0_hat, x0, atol=1e-12)
+
+
+def test_ddpm_posterior_variance():
+    ab = ddpm.alphas_bar()
+    betas = np.asarray(ddpm.DEFAULT_BETAS)
+    for t in range(2, 5):
+        _, _, sigma = ddpm.step_coefficients(ab[t], ab[t - 1], eta=1.0)
+        assert sigma ** 2 == pytest.approx((1 - ab[t - 1]) / (1 - ab[t]) * betas[t - 1])
+        assert ddpm.step_coefficients(ab[t], ab[t - 1], eta=0.0)[2] == 0.0
+    assert ddpm.step_coefficients(ab[1], ab[0])[2] == 0.0

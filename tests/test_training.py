@@ -1,0 +1,162 @@
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from engine.grid import Grid
+from engine.methods import MethodOptions, build_method
+from training import data
+from training.batch import make_pair
+from training.cli import main
+from training.stage1 import Stage1
+from training.trainer import Settings, ema_decay, learning_rate
+
+DATA = Path(__file__).parent / "data"
+
+
+def texture(h: int, w: int, seed: int, bands: int = 3) -> np.ndarray:
+    """A synthetic aerial-like uint8 image H×W×bands: smooth shading, stripes and blocks."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.zeros((h, w, bands))
+    for c in range(bands):
+        for _ in range(4):
+            f, a, b = rng.uniform(2, 12), rng.uniform(-1, 1), rng.uniform(-1, 1)
+            img[..., c] += np.sin(2 * np.pi * f * (a * x + b * y) + rng.uniform(0, 6)) / 4
+        for _ in range(3):
+            y0, x0 = rng.integers(0, h - 8), rng.integers(0, w - 8)
+            img[y0:y0 + rng.integers(4, 16), x0:x0 + rng.integers(4, 16), c] += rng.uniform(-1, 1)
+    return np.clip(127 + 60 * img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    (root / "train" / "a").mkdir(parents=True)
+    (root / "val").mkdir()
+    Image.fromarray(texture(64, 72, 0)).save(root / "train" / "a" / "one.png")
+    Image.fromarray(texture(70, 64, 1)).save(root / "train" / "two.webp", lossless=True)
+    Image.fromarray(texture(64, 64, 2, bands=4)).save(root / "train" / "four.tif")
+    Image.fromarray(texture(48, 40, 3)[..., 0]).save(root / "train" / "grey.png")
+    Image.fromarray(texture(64, 64, 4)).save(root / "val" / "v.png")
+    (root / "train" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_reading_images(images):
+    files = data.list_images(images / "train")
+    assert [f.name for f in files] == ["one.png", "four.tif", "grey.png", "two.webp"]
+    shapes = {f.name: data.read_image(f).shape for f in files}
+    assert shapes == {"one.png": (3, 64, 72), "four.tif": (4, 64, 64), "grey.png": (1, 48, 40), "two.webp": (3, 70, 64)}
+    img = data.read_image(files[0])
+    assert img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
+    np.testing.assert_allclose(img[:, 0, 0], texture(64, 72, 0)[0, 0] / 255, atol=1e-7)
+    assert data.normalise(np.array([65535], dtype=np.uint16))[0] == 1.0
+
+
+def test_bands_and_crops(images):
+    grey = np.zeros((1, 4, 4), np.float32)
+    assert data.pick_bands(grey, 3, None).shape == (3, 4, 4)
+    four = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 2), np.float32)
+    assert list(data.pick_bands(four, 3, None)[:, 0, 0]) == [0, 1, 2]
+    ds = data.CropDataset(data.list_images(images / "train"), 64, 3, seed=1)
+    a, b = ds[(5, 0)], ds[(5, 0)]
+    assert a.shape == (3, 64, 64) and torch.equal(a, b)
+    assert not torch.equal(ds[(5, 0)], ds[(6, 0)])
+    scales = [data.batch_scale(0, s, 1.0, 8.0) for s in range(200)]
+    assert 1.0 <= min(scales) < 2 and 7 < max(scales) <= 8.0
+
+
+def test_pairs():
+    hr = torch.rand(2, 3, 64, 96)
+    pair = make_pair(hr, 3.7, 4)
+    assert pair.lr.shape == (2, 3, 17, 26) and pair.lr_up.shape == hr.shape
+    assert pair.inv_scale.shape == (2, 1) and abs(pair.scale - 64 / 17) < 1e-9
+    with pytest.raises(ValueError):
+        make_pair(torch.rand(1, 3, 40, 64), 2.0, 4)
+
+
+def test_schedules():
+    lrs = [learning_rate(s, 1.0, 10, 100) for s in range(120)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.02)
+    assert ema_decay(0, 0.999) == pytest.approx(0.1) and ema_decay(10 ** 6, 0.999) == 0.999
+
+
+def test_overfitting_one_batch():
+    """From plain bicubic (the decoder's last layer starts at zero), 200 steps on four real 64×64
+    UC Merced crops at ×4 must cut the loss well below bicubic's."""
+    torch.manual_seed(0)
+    crops = data.read_image(DATA / "ucmerced_crops.png")
+    hr = torch.from_numpy(np.stack([crops[:, :, 64 * i:64 * i + 64] for i in range(4)]))
+    stage = Stage1(Settings(data="", out="", preset="small"), torch.device("cpu"), None)
+    stage.setup()
+    opt = torch.optim.Adam([p for m in stage.nets.values() for p in m.parameters()], lr=2e-3)
+    pair = make_pair(hr, 4.0, 1)
+    losses = []
+    for step in range(200):
+        loss, _ = stage.loss(pair, torch.Generator().manual_seed(step), None)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-10:]) < 0.7 * losses[0]
+
+
+def train_args(command, images, out, steps, *extra):
+    return [command, "--data", str(images / "train"), "--val", str(images / "val"), "--out", str(out),
+            "--steps", str(steps), "--crop", "32", "--batch", "2", "--ckpt-every", "2", "--val-every", "2",
+            "--val-images", "1", "--val-crop", "32", "--warmup", "2", "--no-progress", "--preset", "tiny", *extra]
+
+
+@pytest.fixture(scope="module")
+def stage1(images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "stage1"
+    assert main(train_args("stage1", images, out, 2)) == 0
+    return out
+
+
+def test_training_stages_and_bundle(images, stage1, tmp_path):
+    for stage in ("e2diffsr", "lcmsr"):
+        assert main(train_args(stage, images, tmp_path / stage, 2, "--stage1", str(stage1))) == 0
+    for run in (stage1, tmp_path / "e2diffsr", tmp_path / "lcmsr"):
+        state = json.loads((run / "checkpoint.json").read_text())
+        assert state["step"] == 2 and len(state["history"]["loss"]) == 2 and len(state["history"]["val"]) == 1
+        assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+        assert math.isfinite(state["history"]["val"][0][1])
+    assert main(["bundle", "--stage1", str(stage1), "--e2diffsr", str(tmp_path / "e2diffsr"),
+                 "--lcmsr", str(tmp_path / "lcmsr"), "--name", "test-rgb", "--out", str(tmp_path / "models")]) == 0
+    folder = tmp_path / "models" / "test-rgb"
+    card = json.loads((folder / "model.json").read_text())
+    assert set(card["methods"]) == {"e2diffsr", "lcmsr", "regression"}
+    assert not any(k.startswith("encoder") for k in load_file(str(folder / "model.safetensors")))
+    x = np.random.default_rng(0).random((4, 19, 21), dtype=np.float32)
+    for name in ("regression", "lcmsr", "e2diffsr"):
+        out = build_method(name, MethodOptions(model=str(folder)))(x, Grid.whole(19, 21, 3.0))
+        assert out.shape == (4, 57, 63) and np.all(np.isfinite(out))
+
+
+def test_an_existing_run_needs_resume(images, stage1):
+    with pytest.raises(SystemExit, match="--resume"):
+        main(train_args("stage1", images, stage1, 4))
+
+
+@pytest.mark.parametrize("stage", ["stage1", "lcmsr"])
+def test_resume_continues_exactly(images, stage1, tmp_path, stage):
+    extra = [] if stage == "stage1" else ["--stage1", str(stage1)]
+    assert main(train_args(stage, images, tmp_path / "straight", 4, *extra)) == 0
+    assert main(train_args(stage, images, tmp_path / "resumed", 2, "--schedule-steps", "4", *extra)) == 0
+    assert main(train_args(stage, images, tmp_path / "resumed", 4, "--resume", *extra)) == 0
+    a = load_file(str(tmp_path / "straight" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "checkpoint.safetensors"))
+    assert a.keys() == b.keys() and any(k.startswith("optim.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa = json.loads((tmp_path / "straight" / "checkpoint.json").read_text())
+    sb = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
+    assert sa["history"] == sb["history"] and sa["step"] == sb["step"] == 4

@@ -1,0 +1,84 @@
+"""Inference bundles for the engine: resources/models/<name>/ with model.json + model.safetensors.
+
+A bundle holds the stage-1 decoder and, per diffusion method, its conditioning net and denoiser;
+no encoder. ``regression`` uses the LCMSR conditioning net when there is one, else E²DiffSR's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine import modelfile
+from engine.models import build, preset
+from engine.schedulers import consistency, ddpm
+
+NORMALISATION = "the engine's normalised units: value/255 for 8-bit imagery"
+
+
+def make_card(name: str, bands: int, latent: int, networks: dict, methods: dict, training: dict) -> dict:
+    return {"name": name, "bands": bands, "latent": latent, "scale_range": [1, 8],
+            "normalisation": NORMALISATION, "decoder": "decoder", "networks": networks,
+            "methods": methods, "training": training}
+
+
+def method_spec(method: str, latent_scale: float, stage_card: dict | None = None) -> dict:
+    """The card entry of a diffusion method (its networks are '<method>.condition/denoiser')."""
+    spec = {"condition": f"{method}.condition", "denoiser": f"{method}.denoiser", "latent_scale": latent_scale}
+    if method == "e2diffsr":
+        spec.update(betas=list(ddpm.DEFAULT_BETAS), eta=1.0, steps=4)
+    else:
+        spec.update(T=consistency.T, sigma_data=consistency.SIGMA_DATA, steps=1, max_steps=4)
+    if stage_card:
+        spec.update({k: stage_card[k] for k in ("betas", "eta", "steps", "T", "sigma_data", "max_steps") if k in stage_card})
+    return spec
+
+
+def with_regression(methods: dict) -> dict:
+    source = methods.get("lcmsr") or methods["e2diffsr"]
+    return dict(methods, regression={"condition": source["condition"], "latent_scale": source["latent_scale"]})
+
+
+def random_bundle(preset_name: str = "default", bands: int = 3, seed: int = 0, name: str = "random") -> tuple[dict, dict]:
+    """A randomly initialised bundle (card, tensors): for tests and speed benchmarks."""
+    torch.manual_seed(seed)
+    networks, tensors = {}, {}
+    kinds = {"decoder": "decoder", "e2diffsr.condition": "condition", "e2diffsr.denoiser": "denoiser",
+             "lcmsr.condition": "condition", "lcmsr.denoiser": "denoiser"}
+    for net_name, kind in kinds.items():
+        config = preset(preset_name, kind, bands=bands)
+        net = build(kind, config)
+        networks[net_name] = {"kind": kind, "config": config}
+        tensors.update({f"{net_name}.{k}": v for k, v in net.state_dict().items()})
+    methods = with_regression({m: method_spec(m, 1.0) for m in ("e2diffsr", "lcmsr")})
+    card = make_card(name, bands, 4, networks, methods, {"data": "none: random initialisation", "seed": seed})
+    return card, tensors
+
+
+def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str) -> tuple[dict, dict]:
+    """(card, tensors) of an inference bundle made from the output folders of the training stages."""
+    if not (e2diffsr or lcmsr):
+        raise SystemExit("give at least one of --e2diffsr and --lcmsr")
+    card1, t1 = modelfile.load(stage1)
+    networks = {"decoder": card1["networks"]["decoder"]}
+    tensors = {f"decoder.{k}": v for k, v in modelfile.network_tensors(t1, "decoder").items()}
+    methods, training = {}, {"stage1": card1.get("training", {})}
+    for method, folder in (("e2diffsr", e2diffsr), ("lcmsr", lcmsr)):
+        if not folder:
+            continue
+        card, t = modelfile.load(folder)
+        if card.get("kind") != method:
+            raise SystemExit(f"{folder} is not the output of an {method} run")
+        if card.get("stage1", {}).get("sha256") != card1["weights"]["sha256"]:
+            raise SystemExit(f"{folder} was trained on another stage-1 model than {stage1}")
+        for net in ("condition", "denoiser"):
+            networks[f"{method}.{net}"] = card["networks"][net]
+            tensors.update({f"{method}.{net}.{k}": v for k, v in modelfile.network_tensors(t, net).items()})
+        methods[method] = method_spec(method, card["latent_scale"], card)
+        training[method] = card.get("training", {})
+    card = make_card(name, int(card1["bands"]), int(card1.get("latent", 4)), networks, with_regression(methods), training)
+    return card, tensors
+
+
+def write(folder: str | Path, card: dict, tensors: dict) -> Path:
+    return modelfile.save(folder, card, tensors)

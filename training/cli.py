@@ -1,0 +1,126 @@
+"""Command line: python -m training stage1|e2diffsr|lcmsr|bundle|bench-speed."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from engine.errors import LatentSRError
+from engine.modelfile import DEFAULT_MODEL, MODELS_DIR
+
+STAGE_DEFAULTS = {"stage1": {"lr": 5e-4, "steps": 3000}, "e2diffsr": {"lr": 3e-4, "steps": 3000},
+                  "lcmsr": {"lr": 3e-4, "steps": 3000}}
+
+
+def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    d = STAGE_DEFAULTS[name]
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--data", required=True, help="folder of training images (PNG, WebP, TIFF, GeoTIFF; searched recursively)")
+    p.add_argument("--val", help="folder of validation images")
+    p.add_argument("--out", required=True, help="run folder: checkpoint, curves.png, and the stage's model.json/model.safetensors")
+    p.add_argument("--steps", type=int, default=d["steps"], help="train up to this step (default %(default)s)")
+    p.add_argument("--schedule-steps", type=int, help="horizon of the cosine LR schedule (default: --steps of the first run)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--crop", type=int, default=96, help="HR crop size, a multiple of 32 (default %(default)s)")
+    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scales", type=float, nargs=2, default=(1.0, 8.0), metavar=("MIN", "MAX"),
+                   help="range of the per-batch scale (default 1 8)")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--val-images", type=int, default=16)
+    p.add_argument("--val-crop", type=int, default=128)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--preset", default="default", help="network sizes: default, small or tiny")
+    if name == "stage1":
+        p.add_argument("--bands", type=int, default=3, help="band count of the model")
+        p.add_argument("--kl-weight", type=float, default=1e-4)
+        p.add_argument("--fft-weight", type=float, default=0.05)
+    else:
+        p.add_argument("--stage1", required=True, help="the --out folder of a stage-1 run")
+        p.add_argument("--cond-weight", type=float, default=1.0, help="weight of the conditioning net's L2 loss")
+    return p
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m training", description="Train, bundle and benchmark LatentSR models.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    _train_parser(sub, "stage1", "stage 1: residual autoencoder with the continuous-scale decoder")
+    _train_parser(sub, "e2diffsr", "stage 2, E²DiffSR: conditioning net + short-chain latent diffusion")
+    _train_parser(sub, "lcmsr", "stage 2, LCMSR: conditioning net + latent consistency model")
+    b = sub.add_parser("bundle", help="write an inference bundle for the engine")
+    b.add_argument("--stage1", help="stage-1 run folder")
+    b.add_argument("--e2diffsr", help="E²DiffSR run folder")
+    b.add_argument("--lcmsr", help="LCMSR run folder")
+    b.add_argument("--random", action="store_true", help="randomly initialised networks instead of trained ones")
+    b.add_argument("--preset", default="default", help="network sizes of --random")
+    b.add_argument("--name", default=DEFAULT_MODEL)
+    b.add_argument("--out", default=str(MODELS_DIR), help="parent folder of the bundle (default resources/models)")
+    s = sub.add_parser("bench-speed", help="parameters and time per LR tile of each method, random weights")
+    s.add_argument("--tile", type=int, default=256)
+    s.add_argument("--scale", type=float, default=4.0)
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--preset", default="default")
+    s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    return ap
+
+
+def train(args) -> None:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .trainer import Settings, Trainer
+
+    if args.command == "stage1":
+        from .stage1 import Stage1 as stage
+        options = {"kl_weight": args.kl_weight, "fft_weight": args.fft_weight}
+    elif args.command == "e2diffsr":
+        from .e2diffsr import E2DiffSRStage as stage
+        options = {"cond_weight": args.cond_weight}
+    else:
+        from .lcmsr import LCMSRStage as stage
+        options = {"cond_weight": args.cond_weight}
+    settings = Settings(
+        data=args.data, val=args.val, out=args.out, steps=args.steps, schedule_steps=args.schedule_steps,
+        batch=args.batch, lr=args.lr, warmup=args.warmup, resume=args.resume, device=args.device,
+        ckpt_every=args.ckpt_every, val_every=args.val_every, crop=args.crop, workers=args.workers, seed=args.seed,
+        scale_min=args.scales[0], scale_max=args.scales[1], ema_decay=args.ema_decay, preset=args.preset,
+        bands=getattr(args, "bands", 3), val_images=args.val_images, val_crop=args.val_crop,
+        progress=not args.no_progress, stage1=getattr(args, "stage1", None), options=options)
+    with logging_redirect_tqdm():
+        Trainer(stage, settings).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parser().parse_args(argv)
+    try:
+        run(args)
+    except LatentSRError as e:
+        raise SystemExit(f"error: {e}") from None
+    return 0
+
+
+def run(args) -> None:
+    if args.command in STAGE_DEFAULTS:
+        train(args)
+    elif args.command == "bundle":
+        from . import bundle
+
+        if args.random:
+            card, tensors = bundle.random_bundle(args.preset, name=args.name)
+        elif args.stage1:
+            card, tensors = bundle.from_stages(args.stage1, args.e2diffsr, args.lcmsr, args.name)
+        else:
+            raise SystemExit("give --stage1 (with --e2diffsr and/or --lcmsr), or --random")
+        folder = bundle.write(Path(args.out) / args.name, card, tensors)
+        logging.getLogger(__name__).info("wrote %s (methods: %s)", folder, ", ".join(card["methods"]))
+    else:
+        from . import bench
+
+        bench.run(args.tile, args.scale, args.repeats, args.device, args.preset, args.threads)

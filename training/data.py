@@ -1,0 +1,143 @@
+"""Image folders for training: random HR crops with flips and 90° rotations, any band count.
+
+Every random choice of a sample is drawn from numpy's generator seeded by (seed, step, index), so
+a batch is a pure function of its step: a resumed run sees exactly the batches it would have seen,
+with any number of loader workers.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (".png", ".webp", ".tif", ".tiff", ".jpg", ".jpeg")
+GDAL_EXTENSIONS = (".tif", ".tiff")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(EXTENSIONS)}) under {folder}")
+    return files
+
+
+def normalise(a: np.ndarray) -> np.ndarray:
+    """Integer data divided by its type's maximum (8-bit: /255), floats kept: float32."""
+    if a.dtype.kind in "iu":
+        return a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
+    return a.astype(np.float32)
+
+
+def _read_gdal(path: Path) -> np.ndarray | None:
+    try:
+        from osgeo import gdal
+    except ImportError:
+        return None
+    gdal.UseExceptions()
+    a = gdal.Open(str(path)).ReadAsArray()
+    return a[None] if a.ndim == 2 else a
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode in ("P", "PA") or (im.mode == "RGBA" and path.suffix.lower() not in GDAL_EXTENSIONS):
+            im = im.convert("RGB")  # a palette or an alpha channel is not a band
+        elif im.mode in ("1", "LA"):
+            im = im.convert("L")
+        a = np.asarray(im)
+    return a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """C×H×W float32 in normalised units; TIFFs through GDAL when it is importable, else Pillow."""
+    path = Path(path)
+    a = _read_gdal(path) if path.suffix.lower() in GDAL_EXTENSIONS else None
+    if a is None:
+        a = _read_pillow(path)
+    return normalise(np.ascontiguousarray(a))
+
+
+def pick_bands(img: np.ndarray, bands: int, rng: np.random.Generator | None) -> np.ndarray:
+    """``bands`` bands of an image: a random window of consecutive bands (the first ones without
+    rng), or its bands repeated cyclically when it has fewer."""
+    n = img.shape[0]
+    if n >= bands:
+        start = int(rng.integers(n - bands + 1)) if rng is not None else 0
+        return img[start:start + bands]
+    return img[[k % n for k in range(bands)]]
+
+
+def fit(img: np.ndarray, crop: int) -> np.ndarray:
+    """Reflect-pad an image smaller than ``crop`` on a side."""
+    ph, pw = max(0, crop - img.shape[1]), max(0, crop - img.shape[2])
+    if ph or pw:
+        img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(img.shape[1:]) > 1 else "edge")
+    return img
+
+
+class CropDataset:
+    """Map-style dataset indexed by (step, i): a random crop of a random file, randomly flipped and
+    rotated, as a float32 tensor C×crop×crop."""
+
+    def __init__(self, files: list[Path], crop: int, bands: int, seed: int):
+        self.files, self.crop, self.bands, self.seed = files, crop, bands, seed
+
+    def __getitem__(self, key: tuple[int, int]):
+        import torch
+
+        step, i = key
+        rng = np.random.default_rng([self.seed, step, i])
+        img = fit(pick_bands(read_image(self.files[rng.integers(len(self.files))]), self.bands, rng), self.crop)
+        y = int(rng.integers(img.shape[1] - self.crop + 1))
+        x = int(rng.integers(img.shape[2] - self.crop + 1))
+        img = np.rot90(img[:, y:y + self.crop, x:x + self.crop], int(rng.integers(4)), axes=(1, 2))
+        if rng.integers(2):
+            img = img[:, :, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(img))
+
+
+class StepBatches:
+    """Batch sampler: the keys of steps start .. stop-1, ``batch`` samples each."""
+
+    def __init__(self, start: int, stop: int, batch: int):
+        self.start, self.stop, self.batch = start, stop, batch
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield [(step, i) for i in range(self.batch)]
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def loader(files: list[Path], crop: int, bands: int, batch: int, seed: int, start: int, stop: int, workers: int):
+    """Batches (B×C×crop×crop tensors) of steps start .. stop-1."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(CropDataset(files, crop, bands, seed), batch_sampler=StepBatches(start, stop, batch),
+                      num_workers=workers)
+
+
+def batch_scale(seed: int, step: int, low: float, high: float) -> float:
+    """The scale of a step's batch, uniform in [low, high]."""
+    return float(np.random.default_rng([seed, step, 1 << 30]).uniform(low, high))
+
+
+def centre_crops(files: list[Path], crop: int, bands: int, count: int) -> np.ndarray:
+    """Centre crops of up to ``count`` files evenly spread over the list: N×C×crop×crop."""
+    picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int))
+    out = []
+    for k in picks:
+        img = fit(pick_bands(read_image(files[k]), bands, None), crop)
+        y, x = (img.shape[1] - crop) // 2, (img.shape[2] - crop) // 2
+        out.append(img[:, y:y + crop, x:x + crop])
+    return np.stack(out)

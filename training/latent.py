@@ -1,0 +1,71 @@
+"""What both stage-2 methods share: the frozen stage-1 autoencoder, the latent scale, and the
+conditioning net trained with an L2 ("knowledge distillation") loss against the true latent.
+
+Diffusion runs on the normalised latent x0 = latent_scale · mean(encoder), with latent_scale =
+1/std of the encoder means over LATENT_BATCHES training batches, fixed when the run starts.
+"""
+from __future__ import annotations
+
+import torch
+
+from engine import modelfile
+
+from . import data
+from .batch import make_pair
+from .trainer import Stage
+
+LATENT_BATCHES = 8
+COND_WEIGHT = 1.0
+STATS_STEP = 1 << 40  # data keys of the latent statistics, far from any training step
+
+
+class LatentStage(Stage):
+    method = ""
+
+    def __init__(self, settings, device, specs):
+        if not settings.stage1:
+            raise SystemExit("--stage1 is required: the folder of a stage-1 run")
+        card, tensors = modelfile.load(settings.stage1)
+        if card.get("kind") != "stage1":
+            raise SystemExit(f"{settings.stage1} is not the output of a stage-1 run")
+        settings.bands = int(card["bands"])
+        frozen = modelfile.build_networks(card, tensors, ["encoder", "decoder"], device)
+        self.encoder, self.decoder = (frozen[n].requires_grad_(False) for n in ("encoder", "decoder"))
+        self.stage1_card = card
+        super().__init__(settings, device, specs)
+        self.latent_scale = 1.0
+
+    def setup(self) -> None:
+        ds = data.CropDataset(data.list_images(self.settings.data), self.settings.crop, self.settings.bands, self.settings.seed)
+        means = []
+        with torch.no_grad():
+            for k in range(LATENT_BATCHES):
+                hr = torch.stack([ds[(STATS_STEP + k, i)] for i in range(self.settings.batch)]).to(self.device)
+                scale = data.batch_scale(self.settings.seed, STATS_STEP + k, self.settings.scale_min, self.settings.scale_max)
+                pair = make_pair(hr, scale, self.multiple)
+                means.append(self.encoder(pair.hr, pair.lr_up)[0].flatten())
+        self.latent_scale = float(1.0 / torch.cat(means).std().clamp_min(1e-6))
+
+    def state(self) -> dict:
+        return {"latent_scale": self.latent_scale}
+
+    def load_state(self, state: dict) -> None:
+        self.latent_scale = state["latent_scale"]
+
+    def target(self, pair) -> torch.Tensor:
+        """The normalised true latent x0 of a batch."""
+        with torch.no_grad():
+            return self.encoder(pair.hr, pair.lr_up)[0] * self.latent_scale
+
+    def condition(self, nets: dict, pair) -> torch.Tensor:
+        return nets["condition"](pair.lr, pair.inv_scale, *pair.hr_tables())
+
+    def cond_loss(self, cond: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        return self.settings.options.get("cond_weight", COND_WEIGHT) * torch.mean((cond - x0) ** 2)
+
+    def decode(self, pair, x0: torch.Tensor) -> torch.Tensor:
+        return self.decoder(pair.lr, x0 / self.latent_scale, pair.inv_scale, *pair.decoder_tables())
+
+    def base_card(self) -> dict:
+        return {"kind": self.method, "latent": self.stage1_card.get("latent", 4), "latent_scale": self.latent_scale,
+                "stage1": {"sha256": self.stage1_card["weights"]["sha256"]}}

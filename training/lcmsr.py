@@ -1,0 +1,59 @@
+"""LCMSR stage 2: consistency training of the latent denoiser, no teacher.
+
+Per sample t2 ~ U{1..T} and t1 = max(t2 - Δ, 0); z0 is noised to both with the same noise; the
+loss is the MSE between f_θ(z_t2, t2) and the EMA target f_EMA(z_t1, t1) (no gradient; at t1 = 0 it
+is z0 itself by the boundary condition), plus the conditioning net's L2 loss against z0.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.neural import lcmsr_sample
+from engine.schedulers import consistency as cm
+
+from .latent import LatentStage
+
+SAMPLE_STEPS = 1
+MAX_STEPS = 4
+
+
+class LCMSRStage(LatentStage):
+    name = method = "lcmsr"
+    NETWORKS = {"condition": "condition", "denoiser": "denoiser"}
+
+    def f(self, nets, z, cond, t: torch.Tensor, inv_scale):
+        """The consistency function with the networks ``nets`` at per-sample timesteps t (B,)."""
+        t4 = t.float().reshape(-1, 1, 1, 1)
+        return cm.consistency(z, nets["denoiser"](z, cond, t.float()[:, None] / cm.T, inv_scale), t4, cm.T)
+
+    def loss(self, pair, gen, ema):
+        x0 = self.target(pair)
+        cond = self.condition(self.nets, pair)
+        b = x0.shape[0]
+        t2 = torch.randint(1, cm.T + 1, (b,), generator=gen, device=gen.device).cpu()
+        t1 = torch.clamp(t2 - cm.DELTA, min=0)
+        noise = torch.randn(x0.shape, generator=gen, device=x0.device)
+
+        def noised(t):
+            a, s = (torch.from_numpy(np.asarray(c, dtype=np.float32)).to(x0.device).reshape(-1, 1, 1, 1)
+                    for c in cm.noise_coefficients(t.numpy(), cm.T))
+            return a * x0 + s * noise
+
+        pred = self.f(self.nets, noised(t2), cond, t2.to(x0.device), pair.inv_scale)
+        with torch.no_grad():
+            target = self.f(ema, noised(t1), self.condition(ema, pair), t1.to(x0.device), pair.inv_scale)
+        consistency = torch.mean((pred - target) ** 2)
+        return consistency + self.cond_loss(cond, x0), {"consistency": consistency.item()}
+
+    def predict(self, pair, ema):
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        cond = self.condition(ema, pair)
+
+        def noise(k):
+            return torch.randn(cond.shape, generator=gen, device=cond.device)
+
+        return self.decode(pair, lcmsr_sample(ema["denoiser"], cond, pair.inv_scale, SAMPLE_STEPS, noise))
+
+    def export_card(self):
+        return dict(self.base_card(), T=cm.T, sigma_data=cm.SIGMA_DATA, steps=SAMPLE_STEPS, max_steps=MAX_STEPS)

@@ -1,0 +1,267 @@
+"""The training loop shared by all stages: data, LR schedule, EMA, validation, checkpoints.
+
+Resuming is exact: every random draw of step k (crops, flips, scale, noise) is seeded by
+(seed, k), and a checkpoint holds the weights, their EMA and the optimizer state (safetensors)
+plus the step, the schedule horizon, the stage state and the history (JSON).
+"""
+from __future__ import annotations
+
+import abc
+import copy
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine import modelfile
+from engine.models import build, preset
+
+from . import curves, data
+from .batch import make_pair
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.safetensors"
+STATE = "checkpoint.json"
+CURVES = "curves.png"
+VAL_SCALES = (2.0, 3.0, 4.0)
+GRAD_CLIP = 1.0
+LR_FLOOR = 0.02  # the cosine schedule ends at this fraction of the peak learning rate
+
+
+@dataclass
+class Settings:
+    data: str
+    out: str
+    val: str | None = None
+    steps: int = 2000
+    schedule_steps: int | None = None
+    batch: int = 8
+    lr: float = 5e-4
+    warmup: int = 100
+    resume: bool = False
+    device: str = "cpu"
+    ckpt_every: int = 250
+    val_every: int = 250
+    crop: int = 96
+    workers: int = 0
+    seed: int = 0
+    scale_min: float = 1.0
+    scale_max: float = 8.0
+    ema_decay: float = 0.999
+    preset: str = "default"
+    bands: int = 3
+    val_images: int = 16
+    val_crop: int = 128
+    progress: bool = True
+    stage1: str | None = None
+    options: dict = field(default_factory=dict)  # stage-specific loss weights
+
+
+def learning_rate(step: int, peak: float, warmup: int, horizon: int) -> float:
+    """Linear warmup, then cosine decay to LR_FLOOR·peak at ``horizon``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, horizon - warmup))
+    return peak * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def ema_decay(step: int, decay: float) -> float:
+    """The EMA decay at a step, warmed up so that early averages follow the weights."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def step_generator(device: torch.device, seed: int, step: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(np.random.default_rng([seed, step, 1 << 31]).integers(1 << 62)))
+    return g
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, border: int) -> torch.Tensor:
+    """Per-image PSNR (dB) of [0, 1] images after cropping ``border`` pixels."""
+    if border:
+        a, b = a[..., border:-border, border:-border], b[..., border:-border, border:-border]
+    mse = ((a.clamp(0, 1) - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)
+    return -10.0 * torch.log10(mse)
+
+
+class Stage(abc.ABC):
+    """What a stage adds to the loop. ``NETWORKS`` maps the trainable networks' export names to
+    their kinds; they are built from the preset, or from the specs stored in a checkpoint."""
+
+    name = ""
+    NETWORKS: dict[str, str] = {}
+
+    def __init__(self, settings: Settings, device: torch.device, specs: dict | None):
+        self.settings, self.device = settings, device
+        self.specs = specs or {n: {"kind": k, "config": preset(settings.preset, k, bands=settings.bands)}
+                               for n, k in self.NETWORKS.items()}
+        self.nets = {n: build(s["kind"], s["config"]).to(self.device) for n, s in self.specs.items()}
+
+    @property
+    def multiple(self) -> int:
+        """The latent alignment the stage's networks need."""
+        return max([getattr(m, "multiple", 1) for m in self.nets.values()])
+
+    def setup(self) -> None:
+        """Once, before the first step of a fresh run."""
+
+    def state(self) -> dict:
+        """JSON-able state to keep in checkpoints."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what ``state`` returned."""
+
+    @abc.abstractmethod
+    def loss(self, pair, gen: torch.Generator, ema: dict) -> tuple[torch.Tensor, dict]:
+        """The training loss of one batch and a few named values to show."""
+
+    @abc.abstractmethod
+    def predict(self, pair, ema: dict) -> torch.Tensor:
+        """The SR of a batch with the EMA networks (validation)."""
+
+    @abc.abstractmethod
+    def export_card(self) -> dict:
+        """Card fields of the stage's output model folder, besides networks and training."""
+
+
+class Trainer:
+    def __init__(self, stage_cls, settings: Settings):
+        self.s = settings
+        self.out = Path(settings.out)
+        self.device = torch.device(settings.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda was given but PyTorch sees no CUDA GPU")
+        if settings.crop % 32:
+            raise SystemExit(f"--crop must be a multiple of 32, got {settings.crop}")
+        if settings.val_crop % 32:
+            raise SystemExit(f"--val-crop must be a multiple of 32, got {settings.val_crop}")
+        self.files = data.list_images(settings.data)
+        ckpt = self.out / STATE
+        saved = None
+        if ckpt.exists():
+            if not settings.resume:
+                raise SystemExit(f"{self.out} already holds a checkpoint: pass --resume to continue it or choose another --out")
+            saved = json.loads(ckpt.read_text())
+        torch.manual_seed(settings.seed)
+        self.stage = stage_cls(settings, self.device, saved["networks"] if saved else None)
+        self.ema = {n: copy.deepcopy(m).requires_grad_(False).eval() for n, m in self.stage.nets.items()}
+        self.params = [p for m in self.stage.nets.values() for p in m.parameters()]
+        self.opt = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=0.0)
+        self.step = 0
+        self.horizon = settings.schedule_steps or settings.steps
+        self.history = {"loss": [], "val": []}
+        if saved:
+            self._restore(saved)
+        else:
+            self.stage.setup()
+        self.val = None
+        if settings.val:
+            crops = data.centre_crops(data.list_images(settings.val), settings.val_crop, settings.bands, settings.val_images)
+            self.val = torch.from_numpy(crops)
+
+    def _restore(self, saved: dict) -> None:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(self.out / CHECKPOINT), device=str(self.device))
+        for prefix, nets in (("model", self.stage.nets), ("ema", self.ema)):
+            for name, net in nets.items():
+                net.load_state_dict(modelfile.network_tensors(tensors, f"{prefix}.{name}"))
+        state = {}
+        for key, v in tensors.items():
+            if key.startswith("optim."):
+                _, idx, what = key.split(".", 2)
+                state.setdefault(int(idx), {})[what] = v.cpu() if what == "step" else v
+        self.opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        self.step = saved["step"]
+        self.horizon = self.s.schedule_steps or saved["horizon"]
+        self.history = saved["history"]
+        self.stage.load_state(saved["stage"])
+        log.info("resumed %s at step %d", self.out, self.step)
+
+    def checkpoint(self) -> None:
+        from safetensors.torch import save_file
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for prefix, nets in (("model", self.stage.nets), ("ema", self.ema)):
+            for name, net in nets.items():
+                tensors.update({f"{prefix}.{name}.{k}": v.detach().contiguous() for k, v in net.state_dict().items()})
+        opt = self.opt.state_dict()
+        for idx, st in opt["state"].items():
+            for what, v in st.items():
+                tensors[f"optim.{idx}.{what}"] = v.detach().contiguous()
+        settings = {k: v for k, v in asdict(self.s).items() if k != "resume"}
+        state = {"step": self.step, "horizon": self.horizon, "networks": self.stage.specs,
+                 "param_groups": opt["param_groups"], "stage": self.stage.state(), "settings": settings,
+                 "history": self.history}
+        save_file(tensors, str(self.out / (CHECKPOINT + ".tmp")), metadata={"step": str(self.step)})
+        (self.out / (STATE + ".tmp")).write_text(json.dumps(state))
+        os.replace(self.out / (CHECKPOINT + ".tmp"), self.out / CHECKPOINT)
+        os.replace(self.out / (STATE + ".tmp"), self.out / STATE)
+        self.export()
+        curves.write(self.out / CURVES, self.history["loss"], self.history["val"])
+
+    def export(self) -> None:
+        """The stage's EMA networks as a model folder (model.json + model.safetensors) in --out."""
+        card = self.stage.export_card()
+        card["networks"] = self.stage.specs
+        card["training"] = {"stage": self.stage.name, "step": self.step, "data": str(self.s.data),
+                            "crop": self.s.crop, "batch": self.s.batch, "scales": [self.s.scale_min, self.s.scale_max],
+                            "seed": self.s.seed}
+        tensors = {f"{n}.{k}": v for n, m in self.ema.items() for k, v in m.state_dict().items()}
+        modelfile.save(self.out, dict(card, name=f"{self.stage.name}-stage", bands=self.s.bands), tensors)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        """Mean PSNR of the EMA model and of bicubic over the validation crops at VAL_SCALES."""
+        model, bicubic = [], []
+        for scale in VAL_SCALES:
+            for i in range(0, len(self.val), self.s.batch):
+                pair = make_pair(self.val[i:i + self.s.batch].to(self.device), scale, self.stage.multiple)
+                border = math.ceil(scale)
+                model.append(psnr(self.stage.predict(pair, self.ema), pair.hr, border))
+                bicubic.append(psnr(pair.lr_up, pair.hr, border))
+        return float(torch.cat(model).mean()), float(torch.cat(bicubic).mean())
+
+    def run(self) -> None:
+        s = self.s
+        if self.step >= s.steps:
+            log.info("%s is already at step %d of %d", self.out, self.step, s.steps)
+            return
+        batches = data.loader(self.files, s.crop, s.bands, s.batch, s.seed, self.step, s.steps, s.workers)
+        bar = tqdm(total=s.steps, initial=self.step, desc=self.stage.name, disable=not s.progress, dynamic_ncols=True)
+        for hr in batches:
+            for group in self.opt.param_groups:
+                group["lr"] = learning_rate(self.step, s.lr, s.warmup, self.horizon)
+            pair = make_pair(hr.to(self.device), data.batch_scale(s.seed, self.step, s.scale_min, s.scale_max),
+                             self.stage.multiple)
+            loss, logs = self.stage.loss(pair, step_generator(self.device, s.seed, self.step), self.ema)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP)
+            self.opt.step()
+            decay = ema_decay(self.step, s.ema_decay)
+            with torch.no_grad():
+                for name, net in self.stage.nets.items():
+                    for e, p in zip(self.ema[name].parameters(), net.parameters()):
+                        e.lerp_(p, 1.0 - decay)
+            self.step += 1
+            value = loss.item()
+            self.history["loss"].append([self.step, value])
+            bar.update(1)
+            bar.set_postfix({"loss": f"{value:.4g}", **{k: f"{v:.3g}" for k, v in logs.items()}})
+            if self.val is not None and (self.step % s.val_every == 0 or self.step == s.steps):
+                model, bicubic = self.validate()
+                self.history["val"].append([self.step, model, bicubic])
+                log.info("step %d: validation PSNR %.2f dB (bicubic %.2f, %+.2f)", self.step, model, bicubic, model - bicubic)
+            if self.step % s.ckpt_every == 0 or self.step == s.steps:
+                self.checkpoint()
+        bar.close()
