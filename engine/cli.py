@@ -43,6 +43,14 @@ def parse_bands(text: str) -> list[int]:
     return bands
 
 
+def parse_extent(text: str) -> tuple[float, float, float, float]:
+    try:
+        xmin, ymin, xmax, ymax = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"extent must be xmin,ymin,xmax,ymax, got '{text}'") from None
+    return xmin, ymin, xmax, ymax
+
+
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m engine", description="LatentSR: super-resolution of GDAL rasters.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress and debugging detail")
@@ -63,6 +71,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--uncertainty", help="GeoTIFF for the per-pixel standard deviation of the samples")
     s.add_argument("--bands", type=parse_bands, help="1-based bands to use, e.g. 1,2,3 (default: all)")
     s.add_argument("--model", help="bundled model name or model folder (default: the bundled default)")
+    s.add_argument("--extent", type=parse_extent, help="only this part: xmin,ymin,xmax,ymax in the input's CRS")
     s.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     return p
 
@@ -81,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                       target_resolution=args.target_resolution, method=args.method, bands=args.bands,
                       steps=args.steps, backend=args.backend, device=args.device, tile=args.tile,
                       overlap=args.overlap, seed=args.seed, samples=args.samples,
-                      uncertainty=args.uncertainty, cog=args.cog, model=args.model)
+                      uncertainty=args.uncertainty, cog=args.cog, model=args.model,
+                      extent=args.extent)
         result = superresolve(req)
     except Cancelled as exc:
         print(f"error: {exc}", file=sys.stderr)

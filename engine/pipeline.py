@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -46,7 +46,7 @@ class Request:
     uncertainty: str | None = None
     cog: bool = False
     model: str | None = None
-    extra: dict = field(default_factory=dict)
+    extent: tuple[float, float, float, float] | None = None  # (xmin, ymin, xmax, ymax) in the input's CRS
 
     def check(self) -> None:
         """Validate what can be validated without opening the input."""
@@ -162,13 +162,27 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     progress = progress or (lambda f: None)
     is_cancelled = is_cancelled or (lambda: False)
     req.check()
-    src = raster.open_raster(req.input)
-    info = raster.describe(src, list(req.bands) if req.bands else None)
+    bands = list(req.bands) if req.bands else None
+    whole = raster.open_raster(req.input)
+    info = raster.describe(whole, bands)
+    window = raster.extent_window(info, req.extent) if req.extent else None
     scale = req.scale if req.target_resolution is None else scale_for_resolution(info.geotransform, req.target_resolution)
     raster.check_writable(req.output, req.input)
-    out_w, out_h = output_size(info.width, scale), output_size(info.height, scale)
     method = build_method(req.method, MethodOptions(req.steps, req.seed, req.backend, req.device, req.model))
-    norms = raster.band_norms(src, info)
+    norms = raster.band_norms(whole, info)  # from the whole raster, also when only a window is processed
+    src = raster.clipped(whole, window) if window else whole
+    try:
+        return run_tiles(req, src, raster.describe(src, bands) if window else info, norms, method, scale, start,
+                         progress, is_cancelled)
+    finally:
+        if window:
+            raster.release_clip(src)
+
+
+def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNorm], method, scale: float,
+              start: float, progress: Callable[[float], None], is_cancelled: Callable[[], bool]) -> Result:
+    """Stream the tiles of ``src`` through ``method`` into the output GeoTIFF."""
+    out_w, out_h = output_size(info.width, scale), output_size(info.height, scale)
     fill = np.array([n.fill for n in norms], dtype=np.float32)
     margin = required_margin(method.context + FILL_ITERATIONS, req.overlap)
     rows = axis_plan(info.height, out_h, req.tile, req.overlap, margin)

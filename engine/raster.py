@@ -155,6 +155,35 @@ def output_geotransform(gt: tuple[float, ...], in_w: int, in_h: int, out_w: int,
     return (gt[0], gt[1] * rx, gt[2] * ry, gt[3], gt[4] * rx, gt[5] * ry)
 
 
+def extent_window(info: RasterInfo, extent: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """The pixel window (x0, y0, width, height) of the raster that covers ``extent`` = (xmin, ymin,
+    xmax, ymax) in the raster's CRS, clipped to the raster."""
+    gt = info.geotransform
+    if gt is None:
+        raise LatentSRError("the input has no geotransform, so it cannot be clipped to an extent")
+    if gt[2] != 0 or gt[4] != 0:
+        raise LatentSRError("clipping to an extent needs a north-up raster (this one is rotated)")
+    xmin, ymin, xmax, ymax = extent
+    cols = sorted(((xmin - gt[0]) / gt[1], (xmax - gt[0]) / gt[1]))
+    rows = sorted(((ymax - gt[3]) / gt[5], (ymin - gt[3]) / gt[5]))
+    x0, x1 = max(0, int(np.floor(cols[0]))), min(info.width, int(np.ceil(cols[1])))
+    y0, y1 = max(0, int(np.floor(rows[0]))), min(info.height, int(np.ceil(rows[1])))
+    if x1 <= x0 or y1 <= y0:
+        raise LatentSRError("the extent does not overlap the input raster")
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def clipped(ds: gdal.Dataset, window: tuple[int, int, int, int]) -> gdal.Dataset:
+    """A virtual raster of a pixel window of ``ds`` (kept in memory; see release_clip)."""
+    return gdal.Translate(f"/vsimem/latentsr-{uuid.uuid4().hex}.vrt", ds, srcWin=list(window), format="VRT")
+
+
+def release_clip(ds: gdal.Dataset) -> None:
+    name = ds.GetDescription()
+    if name.startswith("/vsimem/"):
+        gdal.Unlink(name)
+
+
 def pixel_size(gt: tuple[float, ...]) -> tuple[float, float]:
     """Ground size of one pixel along its columns and rows, in map units (rotation-safe)."""
     return float(np.hypot(gt[1], gt[4])), float(np.hypot(gt[2], gt[5]))

@@ -11,6 +11,7 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -44,7 +45,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
     INPUT, BANDS, SCALE, TARGET_RESOLUTION = "INPUT", "BANDS", "SCALE", "TARGET_RESOLUTION"
     METHOD, STEPS, BACKEND, DEVICE = "METHOD", "STEPS", "BACKEND", "DEVICE"
     TILE_SIZE, OVERLAP, SEED, SAMPLES = "TILE_SIZE", "OVERLAP", "SEED", "SAMPLES"
-    COG, OUTPUT, OUTPUT_UNCERTAINTY = "COG", "OUTPUT", "OUTPUT_UNCERTAINTY"
+    EXTENT, COG, OUTPUT, OUTPUT_UNCERTAINTY = "EXTENT", "COG", "OUTPUT", "OUTPUT_UNCERTAINTY"
 
     def name(self):
         return "superresolve"
@@ -106,6 +107,8 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
             "The same seed gives the same result for the diffusion methods.", advanced=True)
         add(QgsProcessingParameterNumber(self.SAMPLES, "Samples", QgsProcessingParameterNumber.Integer, 1, minValue=1),
             "Number of diffusion samples; with more than one, the output is their mean and the uncertainty their standard deviation.")
+        add(QgsProcessingParameterExtent(self.EXTENT, "Clip to extent", optional=True),
+            "Only super-resolve the part of the raster inside this extent (for a quick preview).", advanced=True)
         add(QgsProcessingParameterBoolean(self.COG, "Write a Cloud Optimized GeoTIFF", False),
             "Write the output as a COG (with overviews) instead of a tiled GeoTIFF.", advanced=True)
         add(QgsProcessingParameterRasterDestination(self.OUTPUT, "Super-resolved raster"),
@@ -123,6 +126,10 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
         target = self.parameterAsDouble(parameters, self.TARGET_RESOLUTION, context)
         has_target = parameters.get(self.TARGET_RESOLUTION) not in (None, "") and target > 0
         steps = self.parameterAsInt(parameters, self.STEPS, context)
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
         uncertainty = self.parameterAsOutputLayer(parameters, self.OUTPUT_UNCERTAINTY, context) or None
         request = pipeline.Request(
             input=layer.source(),
@@ -140,6 +147,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
             samples=self.parameterAsInt(parameters, self.SAMPLES, context),
             uncertainty=uncertainty,
             cog=self.parameterAsBool(parameters, self.COG, context),
+            extent=extent,
         )
         handler = FeedbackHandler(feedback)
         logger = logging.getLogger(pipeline.__name__.rsplit(".", 1)[0])

@@ -167,3 +167,19 @@ def test_cog_output(tmp_path):
     run(LANDSAT, tmp_path / "cog.tif", scale=2, bands=[1], cog=True)
     ds = gdal.Open(str(tmp_path / "cog.tif"))
     assert ds.GetMetadata("IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+def test_clip_to_extent_keeps_grid_and_whole_raster_statistics(tmp_path):
+    data = np.stack([np.arange(80 * 60, dtype=np.uint16).reshape(60, 80) * 3])
+    src = write_raster(tmp_path / "in.tif", data, dtype=gdal.GDT_UInt16, descriptions=["swir"])
+    # pixels 10..29 (x) and 5..24 (y) of a 10 m grid starting at (500000, 4000000)
+    run(src, tmp_path / "clip.tif", scale=2, extent=(500100.0, 3999750.0, 500300.0, 3999950.0))
+    run(src, tmp_path / "whole.tif", scale=2)
+    clip, ds = read(tmp_path / "clip.tif")
+    whole, _ = read(tmp_path / "whole.tif")
+    assert clip.shape == (40, 40)
+    assert ds.GetGeoTransform() == (500100.0, 5.0, 0.0, 3999950.0, 0.0, -5.0)
+    assert ds.GetRasterBand(1).GetDescription() == "swir"
+    np.testing.assert_array_equal(clip[8:-8, 8:-8], whole[18:42, 28:52])
+    with pytest.raises(LatentSRError, match="does not overlap"):
+        run(src, tmp_path / "none.tif", scale=2, extent=(0.0, 0.0, 10.0, 10.0))
