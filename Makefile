@@ -11,7 +11,7 @@ QGIS_ENV := QT_QPA_PLATFORM=offscreen QGIS_PLUGINPATH=$(PLUGINS) PYTHONPATH=$(SI
 SAMPLE := resources/sample/naip_2020_crop.tif
 DEMO_OUT := $(ROOT)/build/demo/naip_2020_crop_x2.5.tif
 
-.PHONY: setup system venv plugin env demo test train bench
+.PHONY: setup system venv plugin env demo test train bench package screenshots deploy
 
 setup: system venv plugin
 
@@ -55,8 +55,8 @@ test: setup
 TRAIN_DATA ?= $(ROOT)/../shared/data/ucmerced/train
 VAL_DATA ?= $(ROOT)/../shared/data/ucmerced/val
 RUNS ?= $(ROOT)/runs
-STAGE1_STEPS ?= 10000
-STAGE2_STEPS ?= 1500
+STAGE1_STEPS ?= 7000
+STAGE2_STEPS ?= 1000
 TRAIN_ARGS ?=
 
 train: venv
@@ -70,3 +70,28 @@ train: venv
 
 bench: setup
 	cd $(ROOT) && $(PY) -m training.evaluate --val $(VAL_DATA) --out docs/BENCHMARKS.md
+
+# Plugin zip for QGIS's "Install from ZIP": latentsr/ with metadata, LICENSE, code and resources.
+package:
+	/usr/bin/python3 $(ROOT)/scripts/package.py --output $(ROOT)/latentsr.zip
+
+# docs/dock.png from a real QGIS under Xvfb (a throwaway profile; the log is build/screenshots/qgis.log).
+SHOTS := $(ROOT)/build/screenshots
+screenshots: setup
+	rm -rf $(SHOTS) && mkdir -p $(SHOTS)/profile
+	LATENTSR_ROOT=$(ROOT) LATENTSR_SCREENSHOT=$(ROOT)/docs/dock.png QGIS_CUSTOM_CONFIG_PATH=$(SHOTS)/profile \
+	  QGIS_PLUGINPATH=$(PLUGINS) PYTHONPATH=$(SITE) xvfb-run -a -s "-screen 0 1440x900x24" \
+	  qgis --nologo --noversioncheck --code $(ROOT)/scripts/screenshot.py >$(SHOTS)/qgis.log 2>&1 \
+	  || { grep '^screenshot:' $(SHOTS)/qgis.log >&2; exit 1; }
+	@echo "$(ROOT)/docs/dock.png"
+
+# Install the zip into a QGIS profile (default: yours); the plugin's deps/ folder (installed PyTorch or
+# ONNX Runtime) is kept. Then enable LatentSR in Plugins → Manage and Install Plugins.
+QGIS_PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
+DEPLOY_DIR := $(QGIS_PROFILE)/python/plugins/latentsr
+deploy: package
+	if [ -L $(DEPLOY_DIR) ]; then rm $(DEPLOY_DIR); fi
+	mkdir -p $(DEPLOY_DIR)
+	find $(DEPLOY_DIR) -mindepth 1 -maxdepth 1 ! -name deps -exec rm -rf {} +
+	/usr/bin/python3 -m zipfile -e $(ROOT)/latentsr.zip $(QGIS_PROFILE)/python/plugins
+	@echo "$(DEPLOY_DIR)"

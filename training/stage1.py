@@ -2,6 +2,8 @@
 
 Loss: L1 on the SR, a small L1 on its orthonormal 2-D spectrum (sharper detail without LPIPS),
 and a tiny KL of the latent Gaussian against N(0, I). Scales s ~ U(scale_min, scale_max) per batch.
+Latent dropout: a share of the samples is decoded with the latent set to zero, so the decoder is
+also a plain regression SR model (DESIGN.md) and stays sane on the conditioning net's guess.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from .trainer import Stage
 
 KL_WEIGHT = 1e-4
 FFT_WEIGHT = 0.05
+LATENT_DROPOUT = 0.25
 
 
 def spectrum_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -32,6 +35,10 @@ class Stage1(Stage):
         mean, logvar = self.nets["encoder"](pair.hr, pair.lr_up)
         eps = torch.randn(mean.shape, generator=gen, device=mean.device)
         z = mean + torch.exp(0.5 * logvar) * eps
+        drop = o.get("latent_dropout", LATENT_DROPOUT)
+        if drop > 0:
+            keep = torch.rand((z.shape[0], 1, 1, 1), generator=gen, device=z.device) >= drop
+            z = z * keep.to(z.dtype)
         sr = self.nets["decoder"](pair.lr, z, pair.inv_scale, *pair.decoder_tables())
         l1 = (sr - pair.hr).abs().mean()
         kl = 0.5 * (mean ** 2 + logvar.exp() - 1.0 - logvar).mean()

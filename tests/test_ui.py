@@ -1,0 +1,306 @@
+"""The dock, its background runs, the dependency notice and installer, and the plugin's start-up."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsSettings, QgsVectorLayer
+from qgis.PyQt.QtCore import Qt
+
+from tests.conftest import PLUGINS, ROOT, write_raster
+
+TIMEOUT = 60
+
+
+def wait_for(condition, timeout=TIMEOUT):
+    """Process Qt events until ``condition()`` holds; False on timeout."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        QgsApplication.processEvents()
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.fixture
+def fresh_settings():
+    QgsSettings().remove("latentsr/dock")
+    yield
+    QgsSettings().remove("latentsr/dock")
+
+
+@pytest.fixture
+def make_dock(provider, qgis_iface, qgis_new_project, fresh_settings):
+    """A factory of docks on the test iface; they are shut down and deleted after the test."""
+    from latentsr.ui.dock import SuperResolveDock
+
+    docks = []
+
+    def make():
+        dock = SuperResolveDock(qgis_iface)
+        docks.append(dock)
+        return dock
+
+    yield make
+    for dock in docks:
+        dock.shutdown()
+        dock.deleteLater()
+    QgsApplication.processEvents()
+
+
+@pytest.fixture
+def small_raster(tmp_path_factory):
+    """A 100×50 4-band Byte raster, 10 m pixels, UTM 14N."""
+    rng = np.random.default_rng(1)
+    path = tmp_path_factory.mktemp("input") / "small.tif"
+    return write_raster(path, rng.integers(0, 255, (4, 50, 100), dtype=np.uint8))
+
+
+def add_raster(path, name):
+    layer = QgsRasterLayer(path, name, "gdal")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+def result_layers(name_prefix):
+    return [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.name().startswith(name_prefix + " ×")]
+
+
+def test_dock_lists_only_raster_layers(make_dock, small_raster):
+    vector = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")
+    QgsProject.instance().addMapLayer(vector)
+    raster = add_raster(small_raster, "small")
+    dock = make_dock()
+    combo = dock.layer_combo
+    assert combo.count() == 1
+    assert combo.layer(0) is raster
+    assert dock.bands.count() == 4
+    assert dock.method.currentIndex() == 0  # LCMSR by default
+    assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+
+
+def test_size_label_follows_scale(make_dock, small_raster):
+    add_raster(small_raster, "small")
+    dock = make_dock()
+    dock.scale.setValue(2.5)
+    assert dock.size_label.text().startswith("250 × 125 px, pixel 4 × 4 m")
+    dock.scale.setValue(3)
+    assert dock.size_label.text().startswith("300 × 150 px, pixel 3.333 × 3.333 m")
+    dock.by_resolution.setChecked(True)
+    dock.resolution.setValue(5.0)
+    assert dock.size_label.text() == "200 × 100 px, pixel 5 × 5 m\n×2 of 100 × 50 px"
+    assert dock.parameters()["TARGET_RESOLUTION"] == 5.0
+    dock.resolution.setValue(20.0)
+    assert "out of range" in dock.size_label.text()
+
+
+def test_controls_and_settings_persist(make_dock, small_raster, qgis_iface):
+    source = add_raster(small_raster, "small")
+    qgis_iface.mapCanvas().setDestinationCrs(source.crs())
+    dock = make_dock()
+    assert dock.steps.isEnabled() and not dock.uncertainty.isEnabled()
+    dock.method.setCurrentIndex(3)
+    assert not dock.steps.isEnabled()
+    dock.samples.setValue(4)
+    assert dock.uncertainty.isEnabled()
+    dock.scale.setValue(3.5)
+    dock.tile.setValue(128)
+    dock.preview.setChecked(True)
+    params = dock.parameters()
+    assert params["METHOD"] == 3 and params["SAMPLES"] == 4 and params["TILE_SIZE"] == 128
+    assert params["OUTPUT_UNCERTAINTY"] == "TEMPORARY_OUTPUT" and params["OUTPUT"] == "TEMPORARY_OUTPUT"
+    assert params["EXTENT"].crs() == source.crs()
+    again = make_dock()
+    assert (again.method.currentIndex(), again.scale.value(), again.tile.value(), again.samples.value()) == (3, 3.5, 128, 4)
+    assert again.preview.isChecked()
+
+
+def test_run_adds_layer_above_source(make_dock, small_raster, tmp_path, qgis_iface):
+    source = add_raster(small_raster, "small")
+    below = add_raster(small_raster, "other")
+    dock = make_dock()
+    dock.layer_combo.setLayer(source)
+    dock.method.setCurrentIndex(3)
+    dock.scale.setValue(2.5)
+    out = str(tmp_path / "sr.tif")
+    dock.output.setFilePath(out)
+    dock.run_button.click()
+    assert dock.cancel_button.isEnabled() and not dock.run_button.isEnabled()
+    assert wait_for(lambda: dock.run is None), "the run did not finish"
+    layers = result_layers("small")
+    assert [lyr.name() for lyr in layers] == ["small ×2.5 Bicubic"], qgis_iface.messageBar().get_messages(Qgis.Critical)
+    layer = layers[0]
+    assert layer.source() == out
+    assert (layer.width(), layer.height()) == (250, 125)
+    assert layer.extent() == source.extent()
+    assert layer.renderer().type() == source.renderer().type()
+    order = [node.layerId() for node in QgsProject.instance().layerTreeRoot().findLayers()]
+    assert order.index(layer.id()) == order.index(source.id()) - 1
+    assert below.id() in order
+    assert dock.progress.value() == 100
+    assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+
+
+def test_preview_runs_on_the_visible_extent(make_dock, small_raster, tmp_path, qgis_iface):
+    from qgis.core import QgsRectangle
+
+    source = add_raster(small_raster, "small")
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(source.crs())
+    canvas.setExtent(QgsRectangle(500100, 3999700, 500300, 3999900))
+    dock = make_dock()
+    dock.method.setCurrentIndex(3)
+    dock.preview.setChecked(True)
+    dock.output.setFilePath(str(tmp_path / "preview.tif"))
+    dock.run_button.click()
+    assert wait_for(lambda: dock.run is None)
+    (layer,) = result_layers("small")
+    assert layer.name() == "small ×2 Bicubic (preview)"
+    assert source.extent().contains(layer.extent()) and layer.width() < 2 * source.width()
+
+
+def test_run_with_band_subset_keeps_default_style(make_dock, small_raster, tmp_path):
+    source = add_raster(small_raster, "small")
+    dock = make_dock()
+    dock.method.setCurrentIndex(3)
+    dock.bands.setItemCheckState(2, Qt.Checked)  # band 3 only
+    assert dock.parameters()["BANDS"] == [3]
+    dock.output.setFilePath(str(tmp_path / "band3.tif"))
+    dock.run_button.click()
+    assert wait_for(lambda: dock.run is None)
+    (layer,) = result_layers("small")
+    assert layer.bandCount() == 1 and layer.renderer().type() == "singlebandgray"
+    assert source.renderer().type() == "multibandcolor"
+
+
+def test_error_goes_to_message_bar(make_dock, small_raster, tmp_path, qgis_iface):
+    add_raster(small_raster, "small")
+    dock = make_dock()
+    dock.method.setCurrentIndex(3)
+    dock.tile.setValue(32)
+    dock.overlap.setValue(40)
+    dock.output.setFilePath(str(tmp_path / "bad.tif"))
+    dock.run_button.click()
+    assert wait_for(lambda: dock.run is None)
+    assert any("smaller than the tile" in m for m in qgis_iface.messageBar().get_messages(Qgis.Critical))
+    assert result_layers("small") == [] and os.listdir(tmp_path) == []
+
+
+def test_cancel_leaves_nothing(make_dock, tmp_path_factory, qgis_iface):
+    rng = np.random.default_rng(2)
+    big = write_raster(tmp_path_factory.mktemp("input") / "big.tif", rng.integers(0, 255, (1, 1024, 1024), dtype=np.uint8))
+    add_raster(big, "big")
+    out_dir = tmp_path_factory.mktemp("out")
+    dock = make_dock()
+    dock.method.setCurrentIndex(3)
+    dock.tile.setValue(16)
+    dock.overlap.setValue(0)
+    dock.output.setFilePath(str(out_dir / "sr.tif"))
+    dock.run_button.click()
+    run = dock.run
+    assert wait_for(lambda: run.feedback.progress() > 0 or dock.run is None)
+    assert dock.run is run, "the run ended before it could be cancelled"
+    dock.cancel_button.click()
+    assert wait_for(lambda: dock.run is None)
+    assert run.feedback.isCanceled()
+    assert result_layers("big") == []
+    assert os.listdir(out_dir) == []
+    assert any("Cancelled" in m for m in qgis_iface.messageBar().get_messages(Qgis.Info))
+
+
+def test_missing_dependencies_are_explained(make_dock, monkeypatch, small_raster):
+    add_raster(small_raster, "small")
+    dock = make_dock()
+    assert dock.deps_frame.isHidden()  # the test environment has torch and onnxruntime
+    for name in ("torch", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)
+    dock = make_dock()
+    assert not dock.deps_frame.isHidden()
+    assert "Neither PyTorch nor ONNX Runtime" in dock.deps_label.text()
+    assert [dock.backend.itemData(i) for i in range(dock.backend.count())] == ["auto"]
+    monkeypatch.undo()
+    dock.refresh_dependencies()
+    assert dock.deps_frame.isHidden() and dock.backend.count() == 3
+
+
+def test_cuda_probe_is_lazy(make_dock, monkeypatch, small_raster):
+    from latentsr.ui import deps
+
+    calls = []
+    monkeypatch.setattr(deps, "cuda_available", lambda backend: calls.append(backend) or True)
+    add_raster(small_raster, "small")
+    dock = make_dock()
+    assert calls == [] and dock.device.findData("cuda") == -1
+    dock.device.popup_requested.emit()
+    dock.device.popup_requested.emit()
+    assert calls == ["auto"] and dock.device.findData("cuda") == 2
+
+
+def test_installer_runs_pip_pinned_with_live_log(qgis_app, tmp_path):
+    from latentsr.ui import deps
+    from latentsr.ui.installer import InstallDialog
+
+    args = deps.pip_arguments(["torch", "onnxruntime"], str(tmp_path))
+    assert args[:3] == ["-m", "pip", "install"] and args[args.index("--target") + 1] == str(tmp_path)
+    assert {"torch==2.13.0+cpu", "safetensors==0.8.0", "onnxruntime==1.31.1"} <= set(args)
+    assert not any(a.startswith("torch") for a in deps.pip_arguments(["onnxruntime"], str(tmp_path)))
+    dialog = InstallDialog(python=sys.executable, target=str(tmp_path))
+    assert dialog.selected() in ([], ["torch"])
+    outcome = []
+    dialog.finished_install.connect(outcome.append)
+    dialog.run_command(sys.executable, ["-c", "import sys; sys.stdout.write('Collecting torch==2.13.0\\nInstalled\\n')"])
+    assert wait_for(lambda: outcome, 30)
+    assert outcome == [True]
+    assert "Collecting torch==2.13.0" in dialog.log.toPlainText()
+    assert deps.DEPS_DIR in sys.path
+    dialog.run_command(sys.executable, ["-c", "raise SystemExit(3)"])
+    assert wait_for(lambda: len(outcome) == 2, 30)
+    assert outcome[1] is False and "exit code 3" in dialog.status.text()
+    dialog.deleteLater()
+
+
+def test_plugin_loads_without_heavy_imports_and_unloads(tmp_path):
+    """In a fresh Python: the plugin's load and initGui import neither torch nor onnxruntime, add the
+    dock and menu entries, and unload removes them."""
+    script = """
+import sys
+from qgis.core import QgsApplication
+app = QgsApplication([], True)
+app.initQgis()
+from qgis.gui import QgsMapCanvas, QgsMessageBar
+from qgis.PyQt.QtWidgets import QMainWindow
+
+
+class Iface:
+    def __init__(self):
+        self.window, self.canvas, self.bar, self.menu, self.tools = QMainWindow(), QgsMapCanvas(), QgsMessageBar(), [], []
+        self.mainWindow, self.mapCanvas, self.messageBar = lambda: self.window, lambda: self.canvas, lambda: self.bar
+        self.addDockWidget, self.removeDockWidget = self.window.addDockWidget, self.window.removeDockWidget
+        self.addPluginToRasterMenu = lambda menu, action: self.menu.append(action)
+        self.removePluginRasterMenu = lambda menu, action: self.menu.remove(action)
+        self.addRasterToolBarIcon, self.removeRasterToolBarIcon = self.tools.append, self.tools.remove
+
+
+iface = Iface()
+import latentsr
+plugin = latentsr.classFactory(iface)
+plugin.initGui()
+assert QgsApplication.processingRegistry().algorithmById("latentsr:superresolve") is not None
+assert plugin.dock.parent() is iface.window and len(iface.menu) == 2 and len(iface.tools) == 1
+heavy = [m for m in ("torch", "onnxruntime") if m in sys.modules]
+plugin.unload()
+assert plugin.dock is None and iface.menu == [] and iface.tools == []
+assert QgsApplication.processingRegistry().providerById("latentsr") is None
+assert not heavy, heavy
+sys.stdout.write("ok\\n")
+"""
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

@@ -1,0 +1,126 @@
+"""Optional deep-learning dependencies (PyTorch, ONNX Runtime): cheap detection, the plugin-private
+install folder, the pinned pip command, and a lazy CUDA probe.
+
+Detection uses ``importlib.util.find_spec`` only, so nothing heavy is imported when QGIS starts or
+when the dock is built. CUDA is probed lazily by ``cuda_available``, which the dock calls the first
+time the user opens the device list (importing ONNX Runtime, then PyTorch if still needed).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import platform
+import sys
+
+DEPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deps")
+
+TORCH_VERSION = "2.13.0"
+ONNXRUNTIME_VERSION = "1.31.1"
+SAFETENSORS_VERSION = "0.8.0"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+# What each installable choice puts into DEPS_DIR, as a label and the pip requirements.
+PACKAGES = {
+    "torch": "PyTorch {} (CPU build) and safetensors {}: runs LCMSR, E²DiffSR and Regression".format(
+        TORCH_VERSION, SAFETENSORS_VERSION),
+    "torch-cuda": "PyTorch {} with CUDA (NVIDIA GPU, Linux; several GB) and safetensors {}".format(
+        TORCH_VERSION, SAFETENSORS_VERSION),
+    "onnxruntime": "ONNX Runtime {} (CPU): the onnx backend, the faster one on CPU".format(ONNXRUNTIME_VERSION),
+}
+
+
+def add_to_path() -> bool:
+    """Append the plugin-private folder to sys.path (after QGIS's own packages, so it never shadows
+    them) and let the import system see what was installed there since start-up. True if added."""
+    importlib.invalidate_caches()
+    if DEPS_DIR in sys.path:
+        return False
+    sys.path.append(DEPS_DIR)
+    return True
+
+
+def installed(name: str) -> bool:
+    """Whether ``name`` is importable, without importing it (a ``None`` entry in sys.modules hides it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def detect() -> dict[str, bool]:
+    return {"torch": installed("torch"), "onnxruntime": installed("onnxruntime")}
+
+
+def backends(found: dict[str, bool]) -> list[str]:
+    """The backend choices that can run here (``auto`` always: it also serves Bicubic)."""
+    return ["auto"] + [name for name, module in (("torch", "torch"), ("onnx", "onnxruntime")) if found[module]]
+
+
+def missing_message(found: dict[str, bool]) -> str:
+    """What is missing, for the dock; empty when a learned method can run."""
+    if found["torch"] or found["onnxruntime"]:
+        return ""
+    return ("Neither PyTorch nor ONNX Runtime is installed in QGIS's Python, so LCMSR, E²DiffSR and Regression "
+            "cannot run; Bicubic works. Use “Install dependencies…” to install them into the plugin's folder.")
+
+
+def cuda_available(backend: str) -> bool:
+    """Whether the backend (auto/torch/onnx) can run on a CUDA GPU; for auto, either of them.
+    Imports the backend: ONNX Runtime first (lighter), PyTorch only when still needed."""
+    if backend in ("auto", "onnx") and installed("onnxruntime"):
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            return True
+    if backend in ("auto", "torch") and installed("torch"):
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return False
+
+
+def python_executable() -> str:
+    """The Python interpreter QGIS embeds (sys.executable is the QGIS binary inside QGIS)."""
+    if os.path.basename(sys.executable).lower().startswith("python"):
+        return sys.executable
+    version = "{}.{}".format(*sys.version_info[:2])
+    for candidate in (os.path.join(sys.exec_prefix, "python.exe"), os.path.join(sys.exec_prefix, "python3.exe"),
+                      os.path.join(sys.exec_prefix, "bin", "python" + version),
+                      os.path.join(sys.exec_prefix, "bin", "python3")):
+        if os.path.isfile(candidate):
+            return candidate
+    return "python3"
+
+
+def requirements(choices: list[str]) -> tuple[list[str], list[str]]:
+    """Pinned requirements and extra pip options for the chosen packages (keys of PACKAGES)."""
+    reqs, options = [], []
+    if "torch-cuda" in choices:
+        reqs += ["torch=={}".format(TORCH_VERSION), "safetensors=={}".format(SAFETENSORS_VERSION)]
+    elif "torch" in choices:
+        if platform.system() == "Darwin":
+            reqs.append("torch=={}".format(TORCH_VERSION))
+        else:
+            reqs.append("torch=={}+cpu".format(TORCH_VERSION))
+            options += ["--extra-index-url", TORCH_CPU_INDEX]
+        reqs.append("safetensors=={}".format(SAFETENSORS_VERSION))
+    if "onnxruntime" in choices:
+        reqs.append("onnxruntime=={}".format(ONNXRUNTIME_VERSION))
+    return reqs, options
+
+
+def pip_arguments(choices: list[str], target: str = DEPS_DIR) -> list[str]:
+    """Arguments after the interpreter: pip installs the pinned packages into ``target``. ONNX Runtime
+    needs numpy; it is kept at QGIS's version (GDAL's bindings are built against it)."""
+    reqs, options = requirements(choices)
+    args = ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--upgrade", "--target", target]
+    if "onnxruntime" in choices and numpy_pin():
+        args.append("numpy=={}".format(numpy_pin()))
+    return args + options + reqs
+
+
+def numpy_pin() -> str:
+    """The numpy version QGIS runs with (already imported by QGIS's GDAL and Processing)."""
+    module = sys.modules.get("numpy")
+    return getattr(module, "__version__", "") if module is not None else ""

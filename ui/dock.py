@@ -1,0 +1,450 @@
+"""The LatentSR dock: builds the parameters of ``latentsr:superresolve`` and runs that algorithm in
+the background (ui.task). No raster or model logic here."""
+from __future__ import annotations
+
+import math
+
+from qgis.core import (
+    Qgis,
+    QgsMapLayerProxyModel,
+    QgsMessageLog,
+    QgsProcessing,
+    QgsProviderRegistry,
+    QgsReferencedRectangle,
+    QgsSettings,
+    QgsUnitTypes,
+)
+from qgis.gui import (
+    QgsCheckableComboBox,
+    QgsCollapsibleGroupBox,
+    QgsDockWidget,
+    QgsDoubleSpinBox,
+    QgsFileWidget,
+    QgsMapLayerComboBox,
+    QgsSpinBox,
+)
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..engine.grid import output_size
+from ..engine.pipeline import MAX_SCALE, MIN_TILE
+from ..provider.superresolve import BACKENDS, DEVICES, METHODS
+from . import deps
+from .task import SuperResolveRun, add_result_layer
+
+SETTINGS = "latentsr/dock/"
+LOG_TAG = "LatentSR"
+METHOD_NAMES = ("LCMSR", "E²DiffSR", "Regression", "Bicubic")  # short names, in METHOD enum order
+DIFFUSION_METHODS = (0, 1)
+TEMPORARY = "[Save to temporary file]"
+
+
+class DeviceComboBox(QComboBox):
+    """A combo that says when its list is about to open (the CUDA probe waits for that)."""
+
+    popup_requested = pyqtSignal()
+
+    def showPopup(self):  # noqa: N802 - Qt API
+        self.popup_requested.emit()
+        super().showPopup()
+
+
+class SuperResolveDock(QgsDockWidget):
+    """Two clicks: pick a raster, press Run. ``install_requested`` asks the plugin for the installer."""
+
+    install_requested = pyqtSignal()
+
+    def __init__(self, iface, parent=None):
+        super().__init__("LatentSR super-resolution", parent)
+        self.setObjectName("LatentSRDock")
+        self.iface = iface
+        self.run: SuperResolveRun | None = None
+        self.result_info: tuple[str, str, bool] = ("", "", False)  # name, source layer id, copy the style
+        self.found = deps.detect()
+        self.cuda_probed = False
+        self._build()
+        self.refresh_dependencies()
+        self.restore_settings()
+        self._connect()
+        self.layer_changed()
+
+    # ---------------------------------------------------------------- widgets
+    def _build(self) -> None:
+        body = QWidget()
+        layout = QVBoxLayout(body)
+
+        self.deps_frame = QFrame()
+        self.deps_frame.setFrameShape(QFrame.StyledPanel)
+        deps_layout = QVBoxLayout(self.deps_frame)
+        self.deps_label = QLabel()
+        self.deps_label.setWordWrap(True)
+        self.deps_label.setObjectName("dependencyNotice")
+        self.install_button = QPushButton("Install dependencies…")
+        deps_layout.addWidget(self.deps_label)
+        deps_layout.addWidget(self.install_button)
+        layout.addWidget(self.deps_frame)
+
+        form = QFormLayout()
+        self.layer_combo = QgsMapLayerComboBox()
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.layer_combo.setExcludedProviders(
+            [p for p in QgsProviderRegistry.instance().providerList() if p != "gdal"])
+        form.addRow("Raster", self.layer_combo)
+        self.bands = QgsCheckableComboBox()
+        self.bands.setDefaultText("All bands")
+        form.addRow("Bands", self.bands)
+
+        self.by_scale = QRadioButton("Scale")
+        self.by_resolution = QRadioButton("Target resolution")
+        self.scale = QgsDoubleSpinBox()
+        self.scale.setRange(1.01, MAX_SCALE)
+        self.scale.setDecimals(2)
+        self.scale.setSingleStep(0.5)
+        self.scale.setClearValue(2.0)
+        self.scale.setPrefix("× ")
+        self.resolution = QgsDoubleSpinBox()
+        self.resolution.setRange(0.0001, 1e6)
+        self.resolution.setDecimals(4)
+        self.resolution.setValue(1.0)
+        form.addRow(self.by_scale, self.scale)
+        form.addRow(self.by_resolution, self.resolution)
+        self.size_label = QLabel()
+        self.size_label.setWordWrap(True)
+        self.size_label.setObjectName("sizeLabel")
+        form.addRow("Output", self.size_label)
+
+        self.method = QComboBox()
+        self.method.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.method.setMinimumContentsLength(12)
+        for label, _ in METHODS:
+            self.method.addItem(label)
+        form.addRow("Method", self.method)
+        self.steps = QgsSpinBox()
+        self.steps.setRange(0, 50)
+        self.steps.setSpecialValueText("method default")
+        self.steps.setClearValue(0)
+        form.addRow("Steps", self.steps)
+        self.samples = QgsSpinBox()
+        self.samples.setRange(1, 64)
+        self.samples.setClearValue(1)
+        form.addRow("Samples", self.samples)
+        self.uncertainty = QgsFileWidget()
+        self.uncertainty.setStorageMode(QgsFileWidget.SaveFile)
+        self.uncertainty.setFilter("GeoTIFF (*.tif *.tiff)")
+        self.uncertainty.lineEdit().setPlaceholderText(TEMPORARY)
+        self.uncertainty.setToolTip("Per-pixel standard deviation of the samples (needs 2 or more samples)")
+        form.addRow("Uncertainty", self.uncertainty)
+        self.output = QgsFileWidget()
+        self.output.setStorageMode(QgsFileWidget.SaveFile)
+        self.output.setFilter("GeoTIFF (*.tif *.tiff)")
+        self.output.lineEdit().setPlaceholderText(TEMPORARY)
+        form.addRow("Output file", self.output)
+        self.preview = QCheckBox("Visible map extent only (preview)")
+        form.addRow(self.preview)
+        layout.addLayout(form)
+
+        self.advanced = QgsCollapsibleGroupBox("Advanced")
+        self.advanced.setObjectName("latentsrAdvanced")
+        self.advanced.setCollapsed(True)
+        advanced = QFormLayout(self.advanced)
+        self.backend = QComboBox()
+        advanced.addRow("Backend", self.backend)
+        self.device = DeviceComboBox()
+        advanced.addRow("Device", self.device)
+        self.tile = QgsSpinBox()
+        self.tile.setRange(MIN_TILE, 8192)
+        self.tile.setValue(256)
+        self.tile.setClearValue(256)
+        self.tile.setSuffix(" px")
+        advanced.addRow("Tile size", self.tile)
+        self.overlap = QgsSpinBox()
+        self.overlap.setRange(0, 1024)
+        self.overlap.setValue(32)
+        self.overlap.setClearValue(32)
+        self.overlap.setSuffix(" px")
+        advanced.addRow("Tile overlap", self.overlap)
+        self.seed = QgsSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setClearValue(0)
+        advanced.addRow("Random seed", self.seed)
+        self.cog = QCheckBox("Cloud Optimized GeoTIFF")
+        advanced.addRow(self.cog)
+        layout.addWidget(self.advanced)
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        layout.addWidget(self.progress)
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.setDefault(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        layout.addStretch(1)
+
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
+
+    def _connect(self) -> None:
+        self.layer_combo.layerChanged.connect(self.layer_changed)
+        for radio in (self.by_scale, self.by_resolution):
+            radio.toggled.connect(self.update_state)
+        for spin in (self.scale, self.resolution):
+            spin.valueChanged.connect(self.update_state)
+        self.bands.checkedItemsChanged.connect(self.update_state)
+        self.method.currentIndexChanged.connect(self.update_state)
+        self.samples.valueChanged.connect(self.update_state)
+        self.preview.toggled.connect(self.update_state)
+        self.backend.currentIndexChanged.connect(self.backend_changed)
+        self.device.popup_requested.connect(self.probe_cuda)
+        for spin in (self.steps, self.tile, self.overlap, self.seed):
+            spin.valueChanged.connect(self.save_settings)
+        self.device.currentIndexChanged.connect(self.save_settings)
+        self.cog.toggled.connect(self.save_settings)
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.install_button.clicked.connect(self.install_requested)
+
+    # ---------------------------------------------------------- dependencies
+    def refresh_dependencies(self) -> None:
+        """Detect torch / onnxruntime again (cheap) and offer only the backends found."""
+        self.found = deps.detect()
+        message = deps.missing_message(self.found)
+        self.deps_label.setText(message)
+        self.deps_frame.setVisible(bool(message))
+        current = self.backend.currentData()
+        self.backend.blockSignals(True)
+        self.backend.clear()
+        for name in deps.backends(self.found):
+            self.backend.addItem(name, name)
+        index = self.backend.findData(current)
+        self.backend.setCurrentIndex(max(index, 0))
+        self.backend.blockSignals(False)
+        self.cuda_probed = False
+        self._fill_devices(cuda=self.device.currentData() == "cuda")
+
+    def _fill_devices(self, cuda: bool) -> None:
+        current = self.device.currentData()
+        self.device.blockSignals(True)
+        self.device.clear()
+        for name in ("auto", "cpu") + (("cuda",) if cuda else ()):
+            self.device.addItem(name, name)
+        self.device.setCurrentIndex(max(self.device.findData(current), 0))
+        self.device.blockSignals(False)
+
+    def probe_cuda(self) -> None:
+        """Offer cuda only when the backend sees a GPU; asked once per backend, when the list opens."""
+        if self.cuda_probed:
+            return
+        self.cuda_probed = True
+        try:
+            cuda = deps.cuda_available(self.backend.currentData() or "auto")
+        except (ImportError, OSError, RuntimeError) as exc:
+            QgsMessageLog.logMessage(f"CUDA probe failed: {exc}", LOG_TAG, Qgis.Warning)
+            cuda = False
+        self._fill_devices(cuda)
+
+    def backend_changed(self) -> None:
+        self.cuda_probed = False
+        self.save_settings()
+
+    # ----------------------------------------------------------------- state
+    def layer_changed(self) -> None:
+        layer = self.layer_combo.currentLayer()
+        self.bands.clear()
+        if layer is not None:
+            for band in range(1, layer.bandCount() + 1):
+                self.bands.addItemWithCheckState(layer.bandName(band), Qt.Unchecked, band)
+            if not self.by_resolution.isChecked():
+                self.resolution.setValue(self.pixel_size(layer) / self.scale.value())
+            units = QgsUnitTypes.toAbbreviatedString(layer.crs().mapUnits())
+            self.resolution.setSuffix(f" {units}" if units else "")
+        self.update_state()
+
+    @staticmethod
+    def pixel_size(layer) -> float:
+        return math.sqrt(layer.rasterUnitsPerPixelX() * layer.rasterUnitsPerPixelY())
+
+    def effective_scale(self) -> float | None:
+        """The scale the run will use (from the target resolution when that is chosen)."""
+        if not self.by_resolution.isChecked():
+            return self.scale.value()
+        layer = self.layer_combo.currentLayer()
+        if layer is None:
+            return None
+        return self.pixel_size(layer) / self.resolution.value()
+
+    def size_text(self) -> str:
+        layer = self.layer_combo.currentLayer()
+        if layer is None:
+            return "Choose a raster layer."
+        scale = self.effective_scale()
+        if not 1.0 < scale <= MAX_SCALE:
+            return f"Scale ×{scale:.4g} is out of range: it must be above 1 and at most {MAX_SCALE:g}."
+        width, height = output_size(layer.width(), scale), output_size(layer.height(), scale)
+        extent = layer.extent()
+        units = QgsUnitTypes.toAbbreviatedString(layer.crs().mapUnits())
+        text = (f"{width} × {height} px, pixel {extent.width() / width:.4g} × {extent.height() / height:.4g} {units}\n"
+                f"×{scale:.4g} of {layer.width()} × {layer.height()} px")
+        if self.preview.isChecked():
+            text += ", preview: the visible part only"
+        return text
+
+    def update_state(self) -> None:
+        self.scale.setEnabled(not self.by_resolution.isChecked())
+        self.resolution.setEnabled(self.by_resolution.isChecked())
+        self.steps.setEnabled(self.method.currentIndex() in DIFFUSION_METHODS)
+        self.uncertainty.setEnabled(self.samples.value() > 1)
+        self.size_label.setText(self.size_text())
+        idle = self.run is None
+        self.run_button.setEnabled(idle and self.layer_combo.currentLayer() is not None)
+        self.cancel_button.setEnabled(not idle)
+        self.save_settings()
+
+    # -------------------------------------------------------------- settings
+    def save_settings(self) -> None:
+        s = QgsSettings()
+        s.setValue(SETTINGS + "method", self.method.currentIndex())
+        s.setValue(SETTINGS + "scale", self.scale.value())
+        s.setValue(SETTINGS + "by_resolution", self.by_resolution.isChecked())
+        s.setValue(SETTINGS + "resolution", self.resolution.value())
+        s.setValue(SETTINGS + "steps", self.steps.value())
+        s.setValue(SETTINGS + "samples", self.samples.value())
+        s.setValue(SETTINGS + "preview", self.preview.isChecked())
+        s.setValue(SETTINGS + "backend", self.backend.currentData() or "auto")
+        s.setValue(SETTINGS + "device", self.device.currentData() or "auto")
+        s.setValue(SETTINGS + "tile", self.tile.value())
+        s.setValue(SETTINGS + "overlap", self.overlap.value())
+        s.setValue(SETTINGS + "seed", self.seed.value())
+        s.setValue(SETTINGS + "cog", self.cog.isChecked())
+
+    def restore_settings(self) -> None:
+        """The last choices; a saved cuda device is kept until the device list is opened and probed."""
+        s = QgsSettings()
+        method = s.value(SETTINGS + "method", 0, type=int)
+        self.method.setCurrentIndex(method if 0 <= method < self.method.count() else 0)
+        self.scale.setValue(s.value(SETTINGS + "scale", 2.0, type=float))
+        by_resolution = s.value(SETTINGS + "by_resolution", False, type=bool)
+        (self.by_resolution if by_resolution else self.by_scale).setChecked(True)
+        self.resolution.setValue(s.value(SETTINGS + "resolution", 1.0, type=float))
+        self.steps.setValue(s.value(SETTINGS + "steps", 0, type=int))
+        self.samples.setValue(s.value(SETTINGS + "samples", 1, type=int))
+        self.preview.setChecked(s.value(SETTINGS + "preview", False, type=bool))
+        self.backend.setCurrentIndex(max(self.backend.findData(s.value(SETTINGS + "backend", "auto")), 0))
+        device = s.value(SETTINGS + "device", "auto")
+        self._fill_devices(cuda=device == "cuda")
+        self.device.setCurrentIndex(max(self.device.findData(device), 0))
+        self.tile.setValue(s.value(SETTINGS + "tile", 256, type=int))
+        self.overlap.setValue(s.value(SETTINGS + "overlap", 32, type=int))
+        self.seed.setValue(s.value(SETTINGS + "seed", 0, type=int))
+        self.cog.setChecked(s.value(SETTINGS + "cog", False, type=bool))
+
+    # ------------------------------------------------------------------- run
+    def selected_bands(self) -> list[int]:
+        """The checked bands; empty when none or all are checked (all bands, in order)."""
+        bands = [int(b) for b in self.bands.checkedItemsData()]
+        return [] if len(bands) == self.bands.count() else bands
+
+    def parameters(self) -> dict:
+        """The ``latentsr:superresolve`` parameters for the current choices."""
+        layer = self.layer_combo.currentLayer()
+        params = {
+            "INPUT": layer.source(),
+            "SCALE": self.scale.value(),
+            "METHOD": self.method.currentIndex(),
+            "STEPS": self.steps.value() if self.method.currentIndex() in DIFFUSION_METHODS else 0,
+            "BACKEND": BACKENDS.index(self.backend.currentData() or "auto"),
+            "DEVICE": DEVICES.index(self.device.currentData() or "auto"),
+            "TILE_SIZE": self.tile.value(),
+            "OVERLAP": self.overlap.value(),
+            "SEED": self.seed.value(),
+            "SAMPLES": self.samples.value(),
+            "COG": self.cog.isChecked(),
+            "OUTPUT": self.output.filePath() or QgsProcessing.TEMPORARY_OUTPUT,
+        }
+        if self.selected_bands():
+            params["BANDS"] = self.selected_bands()
+        if self.by_resolution.isChecked():
+            params["TARGET_RESOLUTION"] = self.resolution.value()
+        if self.samples.value() > 1:
+            params["OUTPUT_UNCERTAINTY"] = self.uncertainty.filePath() or QgsProcessing.TEMPORARY_OUTPUT
+        if self.preview.isChecked():
+            canvas = self.iface.mapCanvas()
+            params["EXTENT"] = QgsReferencedRectangle(canvas.extent(), canvas.mapSettings().destinationCrs())
+        return params
+
+    def result_name(self) -> str:
+        layer = self.layer_combo.currentLayer()
+        name = f"{layer.name()} ×{self.effective_scale():.4g} {METHOD_NAMES[self.method.currentIndex()]}"
+        return name + (" (preview)" if self.preview.isChecked() else "")
+
+    def start(self) -> None:
+        """Run the algorithm in the background with the current choices."""
+        layer = self.layer_combo.currentLayer()
+        if layer is None or self.run is not None:
+            return
+        self.save_settings()
+        try:
+            self.run = SuperResolveRun(self.parameters())
+        except RuntimeError as exc:
+            self.iface.messageBar().pushMessage("LatentSR", str(exc), level=Qgis.Critical)
+            return
+        self.result_info = (self.result_name(), layer.id(), not self.selected_bands())
+        self.run.feedback.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
+        self.run.finished.connect(self.finished)
+        self.progress.setValue(0)
+        self.update_state()
+        self.run.start()
+
+    def cancel(self) -> None:
+        if self.run is not None:
+            self.cancel_button.setEnabled(False)
+            self.run.cancel()
+
+    def finished(self, ok: bool, results: dict, message: str) -> None:
+        run, self.run = self.run, None
+        self.update_state()
+        if not ok:
+            self.progress.setValue(0)
+            cancelled = run.feedback.isCanceled()
+            self.iface.messageBar().pushMessage("LatentSR", message, level=Qgis.Info if cancelled else Qgis.Critical,
+                                                duration=5 if cancelled else 0)
+            return
+        self.progress.setValue(100)
+        name, source_id, copy_style = self.result_info
+        layer = add_result_layer(results["OUTPUT"], name, source_id, copy_style)
+        if layer is None:
+            self.iface.messageBar().pushMessage("LatentSR", f"The result {results['OUTPUT']} could not be loaded.",
+                                                level=Qgis.Critical)
+            return
+        uncertainty = results.get("OUTPUT_UNCERTAINTY")
+        if uncertainty:
+            add_result_layer(uncertainty, f"{name} uncertainty", layer.id(), False)
+        self.iface.messageBar().pushMessage("LatentSR", f"Added “{name}”.", level=Qgis.Success, duration=5)
+
+    def shutdown(self) -> None:
+        """Cancel a running job (plugin unload); it ends on its own and loads nothing."""
+        if self.run is not None:
+            self.run.finished.disconnect(self.finished)
+            self.run.cancel()
+            self.run = None
