@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -23,6 +24,7 @@ MAX_SCALE = 8.0
 MIN_TILE = 16
 FILL_ITERATIONS = 2  # nodata is filled from valid neighbours this many pixels deep
 BACKENDS = ("auto", "torch", "onnx")
+STOCHASTIC = ("lcmsr", "e2diffsr")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -72,8 +74,13 @@ class Request:
             raise LatentSRError(f"steps must be at least 1, got {self.steps}")
         if self.samples < 1:
             raise LatentSRError(f"samples must be at least 1, got {self.samples}")
-        if self.samples > 1 or self.uncertainty:
-            raise LatentSRError("several samples and an uncertainty output are not available in this version")
+        if self.samples > 1 and self.method not in STOCHASTIC:
+            raise LatentSRError(f"several samples need a diffusion method ({' or '.join(STOCHASTIC)}); {self.method} is deterministic")
+        if self.uncertainty:
+            if self.samples < 2:
+                raise LatentSRError("an uncertainty output needs at least 2 samples")
+            if os.path.abspath(self.uncertainty) in (os.path.abspath(self.output), os.path.abspath(self.input)):
+                raise LatentSRError("the uncertainty output must differ from the input and the output")
         if self.seed < 0:
             raise LatentSRError(f"seed must not be negative, got {self.seed}")
 
@@ -168,6 +175,8 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     window = raster.extent_window(info, req.extent) if req.extent else None
     scale = req.scale if req.target_resolution is None else scale_for_resolution(info.geotransform, req.target_resolution)
     raster.check_writable(req.output, req.input)
+    if req.uncertainty:
+        raster.check_writable(req.uncertainty, req.input)
     method = build_method(req.method, MethodOptions(req.steps, req.seed, req.backend, req.device, req.model))
     norms = raster.band_norms(whole, info)  # from the whole raster, also when only a window is processed
     src = raster.clipped(whole, window) if window else whole
@@ -190,9 +199,17 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
     row_edges = [t.out_start for t in rows] + [out_h]
     col_edges = [t.out_start for t in cols] + [out_w]
     log.info("%s ×%.4g: %d×%d -> %d×%d, %d tiles", method.name, scale, info.width, info.height, out_w, out_h, len(rows) * len(cols))
-    out = raster.OutputRaster(req.output, src, info, out_w, out_h, cog=req.cog)
-    pending: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     n_bands = len(info.bands)
+    outputs = [raster.OutputRaster(req.output, src, info, out_w, out_h, cog=req.cog)]
+    try:
+        if req.uncertainty:
+            outputs.append(raster.OutputRaster(req.uncertainty, src, info, out_w, out_h, dtype=raster.FLOAT32,
+                                               nodata=[math.nan] * n_bands, cog=req.cog))
+    except BaseException:
+        outputs[0].discard()
+        raise
+    seeds = sample_seeds(req.seed, req.samples)
+    pending: dict[tuple[int, int], tuple[list[np.ndarray], np.ndarray]] = {}
     try:
         total = len(rows) * len(cols)
         for iy, ty in enumerate(rows):
@@ -207,32 +224,65 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
                     ys=centres(info.height, out_h, ty.out_start, ty.out_stop, ty.in_start),
                     xs=centres(info.width, out_w, tx.out_start, tx.out_stop, tx.in_start),
                     scale=scale, out_y0=ty.out_start, out_x0=tx.out_start, in_y0=ty.in_start, in_x0=tx.in_start)
-                sr = method(x, grid)
-                if sr.shape != (n_bands, *grid.shape):
-                    raise LatentSRError(f"method {method.name} returned shape {sr.shape}, expected {(n_bands, *grid.shape)}")
-                sr = sr * ty.weights[:, None] * tx.weights[None, :]
+                layers = sample_layers(method, x, grid, seeds, n_bands, bool(req.uncertainty))
+                weight = ty.weights[:, None] * tx.weights[None, :]
                 out_valid = valid[:, nearest_indices(grid.ys, valid.shape[1])][:, :, nearest_indices(grid.xs, valid.shape[2])]
-                scatter(pending, sr, out_valid, ty.out_start, tx.out_start, iy, ix, row_edges, col_edges, n_bands)
-                acc, ok = pending.pop((iy, ix))
-                out.write(to_storage(acc, norms, info.dtype, info.nodata, ok), col_edges[ix], row_edges[iy])
+                scatter(pending, [layer * weight for layer in layers], out_valid, ty.out_start, tx.out_start, iy, ix,
+                        row_edges, col_edges)
+                (acc, *extra), ok = pending.pop((iy, ix))
+                outputs[0].write(to_storage(acc, norms, info.dtype, info.nodata, ok), col_edges[ix], row_edges[iy])
+                if extra:
+                    std = np.stack([extra[0][c] * norms[c].scale for c in range(n_bands)]).astype(np.float32)
+                    outputs[1].write(np.where(ok, std, np.float32(np.nan)), col_edges[ix], row_edges[iy])
                 progress(0.95 * (iy * len(cols) + ix + 1) / total)
         if is_cancelled():
             raise Cancelled()
-        out.commit()
+        for out in reversed(outputs):  # the main output appears last, once everything else is in place
+            out.commit()
     except BaseException:
-        out.discard()
+        for out in outputs:
+            out.discard()
+        if len(outputs) > 1 and os.path.exists(req.uncertainty) and not os.path.exists(req.output):
+            os.remove(req.uncertainty)
         raise
     progress(1.0)
     seconds = time.perf_counter() - start
     return Result(req.output, out_w, out_h, scale, method.name, total, seconds)
 
 
-def scatter(pending: dict, sr: np.ndarray, valid: np.ndarray, y0: int, x0: int, iy: int, ix: int,
-            row_edges: list[int], col_edges: list[int], n_bands: int) -> None:
-    """Add a weighted tile into the output cells it overlaps. Cell (i, j) spans rows
+def sample_seeds(seed: int, samples: int) -> list[int]:
+    """The seed itself for one sample; for K samples, K seeds derived from it (independent streams)."""
+    if samples == 1:
+        return [seed]
+    return [int(s) for s in np.random.SeedSequence([seed, samples]).generate_state(samples, dtype=np.uint32)]
+
+
+def sample_layers(method, x: np.ndarray, grid: Grid, seeds: list[int], n_bands: int, with_std: bool) -> list[np.ndarray]:
+    """The SR of a tile (the mean of the samples when there are several) and, if asked, the
+    per-pixel standard deviation of the samples (ddof = 1), both in normalised units."""
+    runs = []
+    for seed in seeds:
+        if len(seeds) > 1:
+            method.seed = seed
+        sr = method(x, grid)
+        if sr.shape != (n_bands, *grid.shape):
+            raise LatentSRError(f"method {method.name} returned shape {sr.shape}, expected {(n_bands, *grid.shape)}")
+        runs.append(sr)
+    if len(runs) == 1:
+        return runs
+    stack = np.stack(runs)
+    layers = [stack.mean(axis=0)]
+    if with_std:
+        layers.append(stack.std(axis=0, ddof=1))
+    return layers
+
+
+def scatter(pending: dict, layers: list[np.ndarray], valid: np.ndarray, y0: int, x0: int, iy: int, ix: int,
+            row_edges: list[int], col_edges: list[int]) -> None:
+    """Add the weighted layers of a tile into the output cells they overlap. Cell (i, j) spans rows
     row_edges[i]:row_edges[i+1] and columns col_edges[j]:col_edges[j+1]; only tiles (≤ i, ≤ j)
     reach it, so it is final once tile (i, j) is added."""
-    h, w = sr.shape[1:]
+    n_bands, h, w = layers[0].shape
     cy = iy
     while cy < len(row_edges) - 1 and row_edges[cy] < y0 + h:
         cx = ix
@@ -241,9 +291,10 @@ def scatter(pending: dict, sr: np.ndarray, valid: np.ndarray, y0: int, x0: int, 
             c0, c1 = col_edges[cx], min(col_edges[cx + 1], x0 + w)
             if (cy, cx) not in pending:
                 shape = (n_bands, row_edges[cy + 1] - row_edges[cy], col_edges[cx + 1] - col_edges[cx])
-                pending[(cy, cx)] = (np.zeros(shape, np.float32), np.zeros(shape, bool))
-            acc, ok = pending[(cy, cx)]
-            acc[:, :r1 - r0, :c1 - c0] += sr[:, r0 - y0:r1 - y0, c0 - x0:c1 - x0]
+                pending[(cy, cx)] = ([np.zeros(shape, np.float32) for _ in layers], np.zeros(shape, bool))
+            accs, ok = pending[(cy, cx)]
+            for acc, layer in zip(accs, layers):
+                acc[:, :r1 - r0, :c1 - c0] += layer[:, r0 - y0:r1 - y0, c0 - x0:c1 - x0]
             ok[:, :r1 - r0, :c1 - c0] = valid[:, r0 - y0:r1 - y0, c0 - x0:c1 - x0]
             cx += 1
         cy += 1

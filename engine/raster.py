@@ -24,6 +24,7 @@ SUPPORTED_TYPES = {
     gdal.GDT_Float32: np.float32,
     gdal.GDT_Float64: np.float64,
 }
+FLOAT32 = gdal.GDT_Float32
 STATS_SAMPLE = 1024  # statistics are computed on at most this many pixels per side
 
 
@@ -219,11 +220,15 @@ class OutputRaster:
         tag = uuid.uuid4().hex[:8]
         self.scratch = os.path.join(folder, f".{name}.{tag}.scratch.tif")
         self.packed = os.path.join(folder, f".{name}.{tag}.part.tif")
+        self.lock = os.path.join(folder, f".{name}.latentsr-lock")
         self.dtype = info.gdal_type if dtype is None else dtype
+        self.ds = None
+        take_lock(self.lock, path)
         options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "BIGTIFF=IF_NEEDED", "INTERLEAVE=BAND"]
         try:
             self.ds = gdal.GetDriverByName("GTiff").Create(self.scratch, width, height, len(info.bands), self.dtype, options)
         except RuntimeError as exc:
+            self.discard()
             raise LatentSRError(f"cannot create the output: {one_line(exc)}") from None
         gt = info.geotransform
         if gt is not None:
@@ -283,10 +288,11 @@ class OutputRaster:
             raise LatentSRError(f"writing the output failed: {one_line(exc)}") from None
         finally:
             self._remove(self.scratch)
+            self._remove(self.lock)
 
     def discard(self) -> None:
         self.ds = None
-        for p in (self.scratch, self.packed):
+        for p in (self.scratch, self.packed, self.lock):
             self._remove(p)
 
     @staticmethod
@@ -294,6 +300,32 @@ class OutputRaster:
         for p in (path, path + ".aux.xml"):
             if os.path.exists(p):
                 os.remove(p)
+
+
+def take_lock(lock: str, path: str) -> None:
+    """Claim the output for this process; a second run writing the same output is refused. A lock
+    left by a process that no longer exists is taken over."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(lock) as f:
+                    owner = int(f.read().strip() or 0)
+                os.kill(owner, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                if os.path.exists(lock):
+                    os.remove(lock)
+                continue
+            except PermissionError:
+                pass
+            raise LatentSRError(f"another run is already writing {path}") from None
+        except OSError as exc:
+            raise LatentSRError(f"cannot create the output in {os.path.dirname(lock)}: {exc.strerror}") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return
+    raise LatentSRError(f"another run is already writing {path}")
 
 
 def scaled_gcps(gcps, fx: float, fy: float) -> list:
