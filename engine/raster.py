@@ -2,6 +2,7 @@
 output GeoTIFF that appears under its final name only when it is complete."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -258,40 +259,48 @@ class OutputRaster:
         try:
             for i in range(data.shape[0]):
                 self.ds.GetRasterBand(i + 1).WriteArray(data[i], x0, y0)
+            return
         except RuntimeError as exc:
-            raise LatentSRError(f"writing the output failed: {one_line(exc)}") from None
+            message = one_line(exc)
+            with quiet_gdal():  # as in commit(): the failed call's frames must not outlive discard()
+                exc.__traceback__ = None
+        raise LatentSRError(f"writing the output failed: {message}")
 
     def commit(self) -> None:
         """Pack the scratch file into the final GeoTIFF and move it into place."""
         try:
-            self.ds.FlushCache()
-            self.ds = None
-            predictor = "3" if gdal.GetDataTypeName(self.dtype).startswith("Float") else "2"
-            if self.cog:
-                options = gdal.TranslateOptions(format="COG", creationOptions=[
-                    "COMPRESS=DEFLATE", f"PREDICTOR={predictor}", "BIGTIFF=IF_SAFER"])
-            else:
-                options = gdal.TranslateOptions(format="GTiff", creationOptions=[
-                    "TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE",
-                    f"PREDICTOR={predictor}", "BIGTIFF=IF_SAFER"])
-            out = gdal.Translate(self.packed, self.scratch, options=options)
-            if out is None:
-                raise RuntimeError("GDAL could not write the packed GeoTIFF")
-            out.FlushCache()
-            out = None
-            os.replace(self.packed, self.path)
-            for sidecar in (self.path + ".aux.xml", self.path + ".ovr"):
-                if os.path.exists(sidecar):  # stale statistics or overviews of an older file
-                    os.remove(sidecar)
+            self._pack()
+            return
         except (RuntimeError, OSError) as exc:
-            self.discard()
-            raise LatentSRError(f"writing the output failed: {one_line(exc)}") from None
-        finally:
-            self._remove(self.scratch)
-            self._remove(self.lock)
+            message = one_line(exc)
+            with quiet_gdal():  # drop the failed call's frames, and the datasets they hold, without noise
+                exc.__traceback__ = None
+        self.discard()
+        raise LatentSRError(f"writing the output failed: {message}")
+
+    def _pack(self) -> None:
+        self.ds.FlushCache()
+        self.ds = None
+        predictor = "3" if gdal.GetDataTypeName(self.dtype).startswith("Float") else "2"
+        if self.cog:
+            options = gdal.TranslateOptions(format="COG", creationOptions=[
+                "COMPRESS=DEFLATE", f"PREDICTOR={predictor}", "BIGTIFF=IF_SAFER"])
+        else:
+            options = gdal.TranslateOptions(format="GTiff", creationOptions=[
+                "TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE",
+                f"PREDICTOR={predictor}", "BIGTIFF=IF_SAFER"])
+        out = gdal.Translate(self.packed, self.scratch, options=options)
+        if out is None:
+            raise RuntimeError("GDAL could not write the packed GeoTIFF")
+        out.FlushCache()
+        out = None
+        os.replace(self.packed, self.path)
+        for stale in (self.path + ".aux.xml", self.path + ".ovr", self.scratch, self.lock):
+            self._remove(stale)  # the scratch file, the lock, and sidecars of an older output
 
     def discard(self) -> None:
-        self.ds = None
+        with quiet_gdal():  # closing flushes what is cached; on a full disk that fails, and it does not matter now
+            self.ds = None
         for p in (self.scratch, self.packed, self.lock):
             self._remove(p)
 
@@ -300,6 +309,20 @@ class OutputRaster:
         for p in (path, path + ".aux.xml"):
             if os.path.exists(p):
                 os.remove(p)
+
+
+@contextlib.contextmanager
+def quiet_gdal():
+    """GDAL errors neither raised nor printed inside the block."""
+    raising = gdal.GetUseExceptions()
+    gdal.DontUseExceptions()
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        yield
+    finally:
+        gdal.PopErrorHandler()
+        if raising:
+            gdal.UseExceptions()
 
 
 def take_lock(lock: str, path: str) -> None:

@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
+    QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -45,7 +46,8 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
     INPUT, BANDS, SCALE, TARGET_RESOLUTION = "INPUT", "BANDS", "SCALE", "TARGET_RESOLUTION"
     METHOD, STEPS, BACKEND, DEVICE = "METHOD", "STEPS", "BACKEND", "DEVICE"
     TILE_SIZE, OVERLAP, SEED, SAMPLES = "TILE_SIZE", "OVERLAP", "SEED", "SAMPLES"
-    EXTENT, COG, OUTPUT, OUTPUT_UNCERTAINTY = "EXTENT", "COG", "OUTPUT", "OUTPUT_UNCERTAINTY"
+    EXTENT, COG, MODEL = "EXTENT", "COG", "MODEL"
+    OUTPUT, OUTPUT_UNCERTAINTY = "OUTPUT", "OUTPUT_UNCERTAINTY"
 
     def name(self):
         return "superresolve"
@@ -109,6 +111,9 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
             "Number of diffusion samples; with more than one, the output is their mean and the uncertainty their standard deviation.")
         add(QgsProcessingParameterExtent(self.EXTENT, "Clip to extent", optional=True),
             "Only super-resolve the part of the raster inside this extent (for a quick preview).", advanced=True)
+        add(QgsProcessingParameterFile(self.MODEL, "Model folder (empty: the bundled model)",
+                                       behavior=QgsProcessingParameterFile.Folder, optional=True),
+            "A model bundle folder (model.json + model.safetensors), e.g. one you trained with `make train`.", advanced=True)
         add(QgsProcessingParameterBoolean(self.COG, "Write a Cloud Optimized GeoTIFF", False),
             "Write the output as a COG (with overviews) instead of a tiled GeoTIFF.", advanced=True)
         add(QgsProcessingParameterRasterDestination(self.OUTPUT, "Super-resolved raster"),
@@ -148,6 +153,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
             uncertainty=uncertainty,
             cog=self.parameterAsBool(parameters, self.COG, context),
             extent=extent,
+            model=self.parameterAsFile(parameters, self.MODEL, context) or None,
         )
         handler = FeedbackHandler(feedback)
         logger = logging.getLogger(pipeline.__name__.rsplit(".", 1)[0])
