@@ -55,7 +55,7 @@ test: setup
 TRAIN_DATA ?= $(ROOT)/../shared/data/ucmerced/train
 VAL_DATA ?= $(ROOT)/../shared/data/ucmerced/val
 RUNS ?= $(ROOT)/runs
-STAGE1_STEPS ?= 7000
+STAGE1_STEPS ?= 5000
 STAGE2_STEPS ?= 1000
 TRAIN_ARGS ?=
 
@@ -67,9 +67,12 @@ train: venv
 	cd $(ROOT) && $(PY) -m training lcmsr --stage1 $(RUNS)/stage1 --data $(TRAIN_DATA) --val $(VAL_DATA) \
 	  --out $(RUNS)/lcmsr --steps $(STAGE2_STEPS) --resume $(TRAIN_ARGS)
 	cd $(ROOT) && $(PY) -m training bundle --stage1 $(RUNS)/stage1 --e2diffsr $(RUNS)/e2diffsr --lcmsr $(RUNS)/lcmsr
+	cd $(ROOT) && $(PY) -m training export-onnx
 
 bench: setup
 	cd $(ROOT) && $(PY) -m training.evaluate --val $(VAL_DATA) --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training bench-onnx --model latentsr-rgb --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training bench-onnx --model latentsr-rgb --threads 1 --out docs/BENCHMARKS.md
 
 # Plugin zip for QGIS's "Install from ZIP": latentsr/ with metadata, LICENSE, code and resources.
 package:

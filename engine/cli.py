@@ -72,6 +72,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--bands", type=parse_bands, help="1-based bands to use, e.g. 1,2,3 (default: all)")
     s.add_argument("--model", help="bundled model name or model folder (default: the bundled default)")
     s.add_argument("--extent", type=parse_extent, help="only this part: xmin,ymin,xmax,ymax in the input's CRS")
+    s.add_argument("--consistency", action="store_true",
+                   help="project the SR so that its bicubic downsampling matches the input exactly")
     s.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     return p
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                       steps=args.steps, backend=args.backend, device=args.device, tile=args.tile,
                       overlap=args.overlap, seed=args.seed, samples=args.samples,
                       uncertainty=args.uncertainty, cog=args.cog, model=args.model,
-                      extent=args.extent)
+                      extent=args.extent, consistency=args.consistency)
         result = superresolve(req)
     except Cancelled as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,6 +31,7 @@ class Grid:
     scale: the nominal scale the user asked for (what a model is conditioned on).
     out_y0, out_x0: global output row and column of the tile's first output pixel.
     in_y0, in_x0: global input row and column of the tile's first input pixel.
+    in_h, in_w: size of the whole input (0 when unknown).
     """
 
     ys: np.ndarray
@@ -40,6 +41,8 @@ class Grid:
     out_x0: int = 0
     in_y0: int = 0
     in_x0: int = 0
+    in_h: int = 0
+    in_w: int = 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -49,4 +52,4 @@ class Grid:
     def whole(cls, h: int, w: int, scale: float) -> "Grid":
         """The grid of an untiled run on an h×w input."""
         oh, ow = output_size(h, scale), output_size(w, scale)
-        return cls(centres(h, oh, 0, oh), centres(w, ow, 0, ow), scale)
+        return cls(centres(h, oh, 0, oh), centres(w, ow, 0, ow), scale, in_h=h, in_w=w)

@@ -7,7 +7,8 @@ names are ``<network>.<parameter>``. The checksum is verified before anything is
 weights are read with safetensors only (never pickle, never torch.load).
 
 Bundles are looked up by name in resources/models/<name>/ (resources/ beside engine/), or given
-as a folder path.
+as a folder path. Without either, the bundle named by the environment variable LATENTSR_MODEL is used,
+else latentsr-rgb.
 """
 from __future__ import annotations
 
@@ -23,12 +24,14 @@ VERSION = 1
 CARD = "model.json"
 WEIGHTS = "model.safetensors"
 DEFAULT_MODEL = "latentsr-rgb"
+MODEL_ENV = "LATENTSR_MODEL"
 MODELS_DIR = Path(__file__).resolve().parent.parent / "resources" / "models"
 
 
 def resolve(ref: str | os.PathLike | None) -> Path:
-    """The folder of a bundle given by name (under resources/models) or by path."""
-    ref = DEFAULT_MODEL if ref is None else str(ref)
+    """The folder of a bundle given by name (under resources/models) or by path; None means the
+    environment variable LATENTSR_MODEL (a name or a path) when it is set, else the default model."""
+    ref = (os.environ.get(MODEL_ENV) or DEFAULT_MODEL) if ref is None else str(ref)
     path = Path(ref).expanduser()
     if os.sep in ref or (os.altsep and os.altsep in ref) or path.is_dir():
         if not (path / CARD).is_file():

@@ -1,4 +1,4 @@
-"""The learned methods: regression, E²DiffSR and LCMSR on one latent backbone (torch backend).
+"""The learned methods: regression, E²DiffSR and LCMSR on one latent backbone, and the choice of backend.
 
 All three run the conditioning net on the bicubic LR to get a latent, turn it into a clean latent
 (regression: as is; e2diffsr: an N-step DDPM chain; lcmsr: a 1–4 step consistency sampler), and
@@ -12,10 +12,19 @@ real bands are kept. Group g draws its noise from latent channels g·latent .. g
 Noise is a fixed function of (seed, sampler step, channel, global latent cell) (engine.noise,
 aligned as in engine.models.sampling), so overlapping tiles get the same noise and blend without
 seams; the same seed gives the same output.
+
+Backends. ``torch`` runs the networks in PyTorch (LatentMethod below); ``onnx`` runs the graphs that
+``python -m training export-onnx`` wrote into the bundle with ONNX Runtime (engine.onnx_backend),
+without importing torch. Both draw the same noise and share the samplers below, which work on torch
+tensors and numpy arrays alike. ``auto`` follows the CPU benchmark in docs/MODELS.md (see
+choose_backend).
 """
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import logging
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +37,7 @@ from .schedulers import consistency, ddpm
 
 log = logging.getLogger(__name__)
 
+BACKENDS = ("auto", "torch", "onnx")
 CONTEXT = 16  # LR halo: the decoder's feature branch sees ±10 LR pixels, the latent nets a few cells more
 MAX_CONSISTENCY_STEPS = 4
 
@@ -55,18 +65,26 @@ def band_groups(n: int, bands: int) -> list[list[int]]:
     return groups
 
 
+def constant_like(like, value: float):
+    """``value`` in the shape, dtype and device of ``like`` (a torch tensor or a numpy array)."""
+    if isinstance(like, np.ndarray):
+        return np.full_like(like, value)
+    import torch
+
+    return torch.full_like(like, value)
+
+
 def e2diffsr_sample(denoiser, cond, inv_scale, steps: int, noise, betas=ddpm.DEFAULT_BETAS, eta: float = 1.0):
     """Clean latent from an n-step run of the short DDPM chain, starting from pure noise.
 
     ``noise(k)`` gives a standard normal tensor shaped like ``cond``: k = 0 the start, k ≥ 1 the
-    fresh noise of step k. Differentiable (training unrolls it)."""
-    import torch
-
+    fresh noise of step k. Works on torch tensors (differentiable: training unrolls it) and on
+    numpy arrays (the ONNX backend)."""
     abar = ddpm.alphas_bar(betas)
     total = len(abar) - 1
     x = noise(0)
     for k, (t, t_prev) in enumerate(ddpm.chain(total, steps), start=1):
-        eps = denoiser(x, cond, torch.full_like(inv_scale, t / total), inv_scale)
+        eps = denoiser(x, cond, constant_like(inv_scale, t / total), inv_scale)
         sigma = ddpm.step_coefficients(abar[t], abar[t_prev], eta)[2]
         x, _ = ddpm.step(x, eps, abar[t], abar[t_prev], noise(k) if sigma > 0 else None, eta)
     return x
@@ -76,20 +94,45 @@ def lcmsr_sample(denoiser, cond, inv_scale, steps: int, noise, total: int = cons
                  sigma_data: float = consistency.SIGMA_DATA):
     """Clean latent from the consistency function: z0 = f(noise, T), then re-noise and call again
     for each further step. ``noise(k)`` as in e2diffsr_sample."""
-    import torch
-
-    x = torch.zeros_like(cond)
+    x = constant_like(cond, 0.0)
     for k, t in enumerate(consistency.timesteps(steps, total)):
         a, b = consistency.noise_coefficients(t, total)
         z = float(a) * x + float(b) * noise(k)
-        f_out = denoiser(z, cond, torch.full_like(inv_scale, t / total), inv_scale)
+        f_out = denoiser(z, cond, constant_like(inv_scale, t / total), inv_scale)
         x = consistency.consistency(z, f_out, t, total, sigma_data)
     return x
 
 
+def latent_noise(seed: int, plan, groups: int, latent: int, step: int) -> np.ndarray:
+    """The noise of sampler step ``step`` on a tile's latent (groups, latent, h_lat, w_lat), float32."""
+    z = gaussian(seed, np.arange(groups * latent), plan.rows.cells, plan.cols.cells, stream=step)
+    return z.reshape(groups, latent, *plan.latent_shape)
+
+
+def sample_latent(name: str, spec: dict, steps: int, denoiser, cond, inv_scale, noise):
+    """The clean (normalised) latent of method ``name`` from its condition: the condition itself for
+    regression, else the method's sampler (torch tensors or numpy arrays alike)."""
+    if name == "e2diffsr":
+        return e2diffsr_sample(denoiser, cond, inv_scale, steps, noise,
+                               spec.get("betas", ddpm.DEFAULT_BETAS), spec.get("eta", 1.0))
+    if name == "lcmsr":
+        return lcmsr_sample(denoiser, cond, inv_scale, steps, noise,
+                            spec.get("T", consistency.T), spec.get("sigma_data", consistency.SIGMA_DATA))
+    return cond
+
+
+def ungroup(sr: np.ndarray, groups: list[list[int]], n: int) -> np.ndarray:
+    """The n output bands from the per-group outputs ``sr`` (groups, bands, H, W)."""
+    out = np.empty((n, *sr.shape[2:]), dtype=np.float32)
+    for g, members in enumerate(groups):
+        real = sorted(set(members))
+        out[real] = sr[g, :len(real)]
+    return out
+
+
 @dataclass
 class LatentMethod:
-    """A learned SR method over a loaded bundle (see the module docstring)."""
+    """A learned SR method over a loaded bundle, run by torch (see the module docstring)."""
 
     name: str
     nets: dict
@@ -111,13 +154,6 @@ class LatentMethod:
         den = self.nets.get("denoiser")
         return den.multiple if den is not None else 1
 
-    def _noise(self, plan, groups: int, step: int):
-        import torch
-
-        channels = np.arange(groups * self.latent)
-        z = gaussian(self.seed, channels, plan.rows.cells, plan.cols.cells, stream=step)
-        return torch.from_numpy(z.reshape(groups, self.latent, *plan.latent_shape)).to(self.device)
-
     def __call__(self, tile: np.ndarray, grid: Grid) -> np.ndarray:
         import torch
 
@@ -133,25 +169,13 @@ class LatentMethod:
             cond = self.nets["condition"](lr, inv_scale, t["hr_y_idx"], t["hr_y_w"], t["hr_x_idx"], t["hr_x_w"])
 
             def noise(k):
-                return self._noise(plan, len(groups), k)
+                return torch.from_numpy(latent_noise(self.seed, plan, len(groups), self.latent, k)).to(self.device)
 
-            if self.name == "e2diffsr":
-                x0 = e2diffsr_sample(self.nets["denoiser"], cond, inv_scale, self.steps, noise,
-                                     self.spec.get("betas", ddpm.DEFAULT_BETAS), self.spec.get("eta", 1.0))
-            elif self.name == "lcmsr":
-                x0 = lcmsr_sample(self.nets["denoiser"], cond, inv_scale, self.steps, noise,
-                                  self.spec.get("T", consistency.T), self.spec.get("sigma_data", consistency.SIGMA_DATA))
-            else:
-                x0 = cond
+            x0 = sample_latent(self.name, self.spec, self.steps, self.nets.get("denoiser"), cond, inv_scale, noise)
             z = x0 / float(self.spec.get("latent_scale", 1.0))
             sr = self.nets["decoder"](lr, z, inv_scale, t["out_y_idx"], t["out_y_w"], t["out_x_idx"], t["out_x_w"],
                                       t["lat_y_idx"], t["lat_y_w"], t["lat_x_idx"], t["lat_x_w"])
-        sr = sr.float().cpu().numpy()
-        out = np.empty((n, *grid.shape), dtype=np.float32)
-        for g, members in enumerate(groups):
-            real = sorted(set(members))
-            out[real] = sr[g, :len(real)]
-        return out
+        return ungroup(sr.float().cpu().numpy(), groups, n)
 
 
 def check_steps(name: str, steps: int | None, spec: dict) -> int:
@@ -184,18 +208,67 @@ def from_bundle(name: str, card: dict, tensors: dict, steps: int | None = None, 
     return LatentMethod(name, nets, spec, int(card["bands"]), int(card.get("latent", 4)), steps, seed, dev)
 
 
-def build_method(name: str, options) -> LatentMethod:
+def importable(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked or half-initialised module
+        return False
+
+
+def cpu_only_torch() -> bool:
+    """Whether the installed torch is a build without CUDA, known without importing it (a +cpu wheel, macOS)."""
+    try:
+        return sys.platform == "darwin" or importlib.metadata.version("torch").endswith("+cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def torch_sees_cuda(device: str) -> bool:
+    """Whether the torch backend would run on a CUDA GPU for ``device`` (auto imports torch to ask, unless
+    the installed torch is a CPU-only build)."""
+    if device == "cuda":
+        return True
+    if device != "auto" or not importable("torch") or cpu_only_torch():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_backend(backend: str, device: str, card: dict) -> str:
+    """The backend that runs: ``torch`` or ``onnx``.
+
+    auto, by the CPU benchmark in docs/MODELS.md (ONNX Runtime is the faster one on CPU): torch when it
+    would run on a CUDA GPU, else ONNX Runtime when it is installed and the bundle has ONNX graphs,
+    else torch when it is installed, else ONNX Runtime (which then says what is missing)."""
+    if backend not in BACKENDS:
+        raise LatentSRError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    has_torch = importable("torch")
+    if has_torch and torch_sees_cuda(device):
+        return "torch"
+    if importable("onnxruntime") and card.get("onnx"):
+        return "onnx"
+    return "torch" if has_torch else "onnx"
+
+
+def build_method(name: str, options):
     """Entry point of engine.methods for the learned methods (options: methods.MethodOptions)."""
-    if options.backend == "onnx":
-        raise LatentSRError("backend 'onnx' is not available yet: use backend torch or auto")
-    if options.backend not in ("auto", "torch"):
-        raise LatentSRError(f"unknown backend '{options.backend}': choose one of auto, torch, onnx")
+    card = modelfile.read_card(modelfile.resolve(options.model))
+    backend = choose_backend(options.backend, options.device, card)
+    if backend == "onnx":
+        from . import onnx_backend
+
+        return onnx_backend.build_method(name, options, card)
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise LatentSRError(f"method '{name}' needs PyTorch, which is not installed: install it or use bicubic") from None
+        raise LatentSRError(f"backend 'torch' needs PyTorch, which cannot be imported here: install it, "
+                            f"or use backend onnx") from None
     card, tensors = modelfile.load(options.model)
     method = from_bundle(name, card, tensors, options.steps, options.seed, options.device)
-    log.info("%s: model %s on %s, %s", name, card.get("name"), method.device,
-             f"{method.steps} steps" if method.steps else "one pass")
+    log.info("%s: model %s, backend torch on %s, %s", name, card.get("name"), method.device,
+             f"{method.steps} step{'s' * (method.steps > 1)}" if method.steps else "one pass")
     return method

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import raster
+from .consistency import Consistent
 from .errors import Cancelled, LatentSRError
 from .grid import Grid, centres, output_size
 from .methods import METHODS, MethodOptions, build_method
@@ -49,6 +50,7 @@ class Request:
     cog: bool = False
     model: str | None = None
     extent: tuple[float, float, float, float] | None = None  # (xmin, ymin, xmax, ymax) in the input's CRS
+    consistency: bool = False  # project each tile so that its degradation matches the LR (engine.consistency)
 
     def check(self) -> None:
         """Validate what can be validated without opening the input."""
@@ -178,6 +180,8 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     if req.uncertainty:
         raster.check_writable(req.uncertainty, req.input)
     method = build_method(req.method, MethodOptions(req.steps, req.seed, req.backend, req.device, req.model))
+    if req.consistency:
+        method = Consistent(method)
     norms = raster.band_norms(whole, info)  # from the whole raster, also when only a window is processed
     src = raster.clipped(whole, window) if window else whole
     try:
@@ -223,7 +227,8 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
                 grid = Grid(
                     ys=centres(info.height, out_h, ty.out_start, ty.out_stop, ty.in_start),
                     xs=centres(info.width, out_w, tx.out_start, tx.out_stop, tx.in_start),
-                    scale=scale, out_y0=ty.out_start, out_x0=tx.out_start, in_y0=ty.in_start, in_x0=tx.in_start)
+                    scale=scale, out_y0=ty.out_start, out_x0=tx.out_start, in_y0=ty.in_start, in_x0=tx.in_start,
+                    in_h=info.height, in_w=info.width)
                 layers = sample_layers(method, x, grid, seeds, n_bands, bool(req.uncertainty))
                 weight = ty.weights[:, None] * tx.weights[None, :]
                 out_valid = valid[:, nearest_indices(grid.ys, valid.shape[1])][:, :, nearest_indices(grid.xs, valid.shape[2])]

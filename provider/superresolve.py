@@ -46,7 +46,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
     INPUT, BANDS, SCALE, TARGET_RESOLUTION = "INPUT", "BANDS", "SCALE", "TARGET_RESOLUTION"
     METHOD, STEPS, BACKEND, DEVICE = "METHOD", "STEPS", "BACKEND", "DEVICE"
     TILE_SIZE, OVERLAP, SEED, SAMPLES = "TILE_SIZE", "OVERLAP", "SEED", "SAMPLES"
-    EXTENT, COG, MODEL = "EXTENT", "COG", "MODEL"
+    CONSISTENCY, EXTENT, COG, MODEL = "CONSISTENCY", "EXTENT", "COG", "MODEL"
     OUTPUT, OUTPUT_UNCERTAINTY = "OUTPUT", "OUTPUT_UNCERTAINTY"
 
     def name(self):
@@ -96,7 +96,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
                                          QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=50),
             "Steps of the diffusion methods: LCMSR defaults to 1, E²DiffSR to 4. Ignored by Regression and Bicubic.")
         add(QgsProcessingParameterEnum(self.BACKEND, "Backend", BACKENDS, defaultValue=0),
-            "auto picks PyTorch when it is installed, else ONNX Runtime.", advanced=True)
+            "auto: PyTorch on a CUDA GPU, else ONNX Runtime when the model has ONNX graphs (faster on CPU), else PyTorch.", advanced=True)
         add(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0),
             "auto uses CUDA when available, else the CPU.", advanced=True)
         add(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (input pixels)", QgsProcessingParameterNumber.Integer,
@@ -109,6 +109,9 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
             "The same seed gives the same result for the diffusion methods.", advanced=True)
         add(QgsProcessingParameterNumber(self.SAMPLES, "Samples", QgsProcessingParameterNumber.Integer, 1, minValue=1),
             "Number of diffusion samples; with more than one, the output is their mean and the uncertainty their standard deviation.")
+        add(QgsProcessingParameterBoolean(self.CONSISTENCY, "Radiometric consistency", False),
+            "Project the result so that its bicubic downsampling gives back the input exactly: the SR adds detail "
+            "but never changes the input's radiometry at its own resolution.")
         add(QgsProcessingParameterExtent(self.EXTENT, "Clip to extent", optional=True),
             "Only super-resolve the part of the raster inside this extent (for a quick preview).", advanced=True)
         add(QgsProcessingParameterFile(self.MODEL, "Model folder (empty: the bundled model)",
@@ -153,6 +156,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
             uncertainty=uncertainty,
             cog=self.parameterAsBool(parameters, self.COG, context),
             extent=extent,
+            consistency=self.parameterAsBool(parameters, self.CONSISTENCY, context),
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
         )
         handler = FeedbackHandler(feedback)

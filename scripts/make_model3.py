@@ -59,7 +59,7 @@ def build_model():
     for name, source in (("INPUT", "input"), ("SCALE", "scale"), ("METHOD", "method")):
         sr.addParameterSources(name, [QgsProcessingModelChildParameterSource.fromModelParameter(source)])
     for name, value in (("STEPS", 0), ("BACKEND", 0), ("DEVICE", 0), ("TILE_SIZE", 256), ("OVERLAP", 32),
-                        ("SEED", 0), ("SAMPLES", 1), ("COG", False)):
+                        ("SEED", 0), ("SAMPLES", 1), ("CONSISTENCY", False), ("COG", False)):
         sr.addParameterSources(name, [QgsProcessingModelChildParameterSource.fromStaticValue(value)])
     sr_output = QgsProcessingModelOutput("super_resolved", "Super-resolved raster")
     sr_output.setChildOutputName("OUTPUT")

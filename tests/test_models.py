@@ -127,7 +127,7 @@ def test_other_band_counts(model_dir):
 
 
 def test_user_errors(model_dir, monkeypatch):
-    with pytest.raises(LatentSRError, match="backend 'onnx' is not available yet"):
+    with pytest.raises(LatentSRError, match="has no ONNX graphs: run `python -m training export-onnx"):
         build_method("lcmsr", MethodOptions(backend="onnx", model=model_dir))
     with pytest.raises(LatentSRError, match="no bundled model 'nothing-here'"):
         build_method("lcmsr", MethodOptions(model="nothing-here"))

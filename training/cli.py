@@ -1,4 +1,4 @@
-"""Command line: python -m training stage1|e2diffsr|lcmsr|bundle|bench-speed."""
+"""Command line: python -m training stage1|e2diffsr|lcmsr|bundle|export-onnx|bench-onnx|bench-speed."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +41,8 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--bands", type=int, default=3, help="band count of the model")
         p.add_argument("--kl-weight", type=float, default=1e-4)
         p.add_argument("--fft-weight", type=float, default=0.05)
+        p.add_argument("--latent-dropout", type=float, default=0.25,
+                       help="share of samples decoded with a zero latent, so the decoder also works as plain regression")
     else:
         p.add_argument("--stage1", required=True, help="the --out folder of a stage-1 run")
         p.add_argument("--cond-weight", type=float, default=1.0, help="weight of the conditioning net's L2 loss")
@@ -61,6 +63,15 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", default="default", help="network sizes of --random")
     b.add_argument("--name", default=DEFAULT_MODEL)
     b.add_argument("--out", default=str(MODELS_DIR), help="parent folder of the bundle (default resources/models)")
+    e = sub.add_parser("export-onnx", help="export a bundle's inference graphs to ONNX, into the bundle folder")
+    e.add_argument("--model", help=f"bundle name under resources/models or bundle folder (default {DEFAULT_MODEL})")
+    o = sub.add_parser("bench-onnx", help="ONNX Runtime against torch on CPU: time per output MP and peak RSS")
+    o.add_argument("--model", help="bundle with ONNX graphs (default: a random default-size bundle, exported here)")
+    o.add_argument("--tile", type=int, default=256)
+    o.add_argument("--scale", type=float, default=4.0)
+    o.add_argument("--repeats", type=int, default=3)
+    o.add_argument("--threads", type=int, help="threads of both backends (default: os.cpu_count(), as the engine)")
+    o.add_argument("--out", help="append the markdown table to this file (e.g. docs/BENCHMARKS.md)")
     s = sub.add_parser("bench-speed", help="parameters and time per LR tile of each method, random weights")
     s.add_argument("--tile", type=int, default=256)
     s.add_argument("--scale", type=float, default=4.0)
@@ -78,7 +89,7 @@ def train(args) -> None:
 
     if args.command == "stage1":
         from .stage1 import Stage1 as stage
-        options = {"kl_weight": args.kl_weight, "fft_weight": args.fft_weight}
+        options = {"kl_weight": args.kl_weight, "fft_weight": args.fft_weight, "latent_dropout": args.latent_dropout}
     elif args.command == "e2diffsr":
         from .e2diffsr import E2DiffSRStage as stage
         options = {"cond_weight": args.cond_weight}
@@ -120,6 +131,14 @@ def run(args) -> None:
             raise SystemExit("give --stage1 (with --e2diffsr and/or --lcmsr), or --random")
         folder = bundle.write(Path(args.out) / args.name, card, tensors)
         logging.getLogger(__name__).info("wrote %s (methods: %s)", folder, ", ".join(card["methods"]))
+    elif args.command == "export-onnx":
+        from . import export
+
+        export.export(args.model)
+    elif args.command == "bench-onnx":
+        from . import bench_onnx
+
+        bench_onnx.run(args.model, args.tile, args.scale, args.repeats, args.threads, args.out)
     else:
         from . import bench
 

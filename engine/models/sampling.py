@@ -91,13 +91,17 @@ class Plan:
     def latent_shape(self) -> tuple[int, int]:
         return len(self.rows.cells), len(self.cols.cells)
 
+    def arrays(self) -> dict:
+        """The tables as numpy arrays (int64 indices, float32 weights), named as the networks' arguments."""
+        out = {}
+        for axis, p in (("y", self.rows), ("x", self.cols)):
+            for name in ("out", "lat", "hr"):
+                out[f"{name}_{axis}_idx"] = getattr(p, f"{name}_idx")
+                out[f"{name}_{axis}_w"] = getattr(p, f"{name}_w")
+        return out
+
     def tensors(self, device) -> dict:
         """The tables as torch tensors, named as the networks' arguments."""
         import torch
 
-        out = {}
-        for axis, p in (("y", self.rows), ("x", self.cols)):
-            for name in ("out", "lat", "hr"):
-                out[f"{name}_{axis}_idx"] = torch.from_numpy(getattr(p, f"{name}_idx")).to(device)
-                out[f"{name}_{axis}_w"] = torch.from_numpy(getattr(p, f"{name}_w")).to(device)
-        return out
+        return {name: torch.from_numpy(a).to(device) for name, a in self.arrays().items()}

@@ -1,0 +1,248 @@
+"""ONNX Runtime backend: the learned methods with numpy and onnxruntime only (torch is never imported).
+
+``python -m training export-onnx`` writes the inference graphs beside the bundle's weights:
+
+- ``regression.onnx``: LR in, SR out (conditioning net and decoder);
+- ``lcmsr.onestep.onnx``: LR and noise in, SR out (one-step LCMSR);
+- per diffusion method, ``<method>.condition.onnx`` and ``<method>.denoiser.onnx``, and
+  ``decoder.onnx``: the engine composes them for the N-step samplers of engine.neural.
+
+The graphs hold no network weights. Every parameter is an external initializer named as in
+model.safetensors and stored there, so the weights exist once and both backends use the same numbers.
+The card's ``onnx`` entry names each graph's file, SHA-256 and networks, and the weights' SHA-256 the
+graphs were exported against. Before a session is made, the graph's bytes and the weights' bytes are
+checked against the card; the weights are read with numpy from those verified bytes and handed to ONNX
+Runtime, which therefore loads nothing that was not verified.
+
+Sessions use every CPU core and full graph optimisation, run on CUDAExecutionProvider when the device
+allows it and it starts (else CPU), and are made once per method object, so all tiles reuse them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import modelfile
+from .errors import LatentSRError
+from .grid import Grid
+from .neural import CONTEXT, band_groups, check_steps, latent_noise, sample_latent, ungroup
+
+log = logging.getLogger(__name__)
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+ORT_DEFAULT_LOG_SEVERITY = 2  # warnings
+SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32}
+INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+FUSED = {"regression": "regression", "lcmsr": "lcmsr.onestep"}  # method -> its single-call graph
+
+
+def export_hint(folder: Path) -> str:
+    ref = folder.name if folder.parent == modelfile.MODELS_DIR else str(folder)
+    return f"run `python -m training export-onnx --model {ref}`"
+
+
+def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors file as numpy arrays (copies, aligned and writable)."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + size])
+        tensors = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            flat = np.frombuffer(data, dtype, count=(end - begin) // dtype.itemsize, offset=8 + size + begin)
+            tensors[name] = flat.reshape(info["shape"]).copy()
+        return tensors
+    except (ValueError, KeyError, TypeError) as e:
+        raise LatentSRError(f"cannot read the model weights: {e}") from None
+
+
+def verified_bytes(path: Path, expected: str | None, what: str, hint: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise LatentSRError(f"cannot read the {what} {path}: {e.strerror}: {hint}") from None
+    if modelfile.sha256(data) != expected:
+        raise LatentSRError(f"the {what} {path} does not match the SHA-256 in the model card: "
+                            f"the file is damaged or was changed: {hint}")
+    return data
+
+
+def providers_for(device: str, available: list[str]) -> list[str]:
+    if device == "cpu":
+        return [CPU]
+    if device not in ("auto", "cuda"):
+        raise LatentSRError(f"unknown device '{device}': choose one of auto, cpu, cuda")
+    if CUDA in available:
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise LatentSRError("device 'cuda' was requested but this ONNX Runtime has no CUDA provider: "
+                            "install onnxruntime-gpu, or use device cpu or auto")
+    return [CPU]
+
+
+@dataclass
+class Graph:
+    """One ONNX Runtime session; called with named numpy arrays, returns its first output."""
+
+    session: object
+    weights: list = field(repr=False)  # the OrtValues the session's initializers point to: keep them alive
+
+    def __post_init__(self):
+        self.inputs = {i.name: INPUT_DTYPES[i.type] for i in self.session.get_inputs()}
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def __call__(self, **arrays) -> np.ndarray:
+        feed = {name: np.ascontiguousarray(arrays[name], dtype=dtype) for name, dtype in self.inputs.items()}
+        return self.session.run(None, feed)[0]
+
+
+class Sessions:
+    """Makes the sessions of one bundle: verified graphs, verified weights, one provider choice."""
+
+    def __init__(self, folder: Path, card: dict, device: str, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.ort, self.folder, self.card = ort, folder, card
+        self.onnx = card["onnx"]
+        if self.onnx.get("weights_sha256") != card.get("weights", {}).get("sha256"):
+            raise LatentSRError(f"the ONNX graphs of the model '{card.get('name')}' were exported from other "
+                                f"weights: {export_hint(folder)}")
+        weights = verified_bytes(folder / modelfile.WEIGHTS, card.get("weights", {}).get("sha256"),
+                                 "model weights", "reinstall the model")
+        self.tensors = read_safetensors(weights)
+        self.providers = providers_for(device, ort.get_available_providers())
+        self.device = device
+        self.threads = threads or os.cpu_count() or 1
+
+    def options(self):
+        so = self.ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.enable_cpu_mem_arena = False  # the arena keeps every peak: -40 % peak RSS for ~10 % time (docs/MODELS.md)
+        so.log_severity_level = 3
+        return so
+
+    def graph(self, key: str) -> Graph:
+        entry = self.onnx.get("graphs", {}).get(key)
+        if entry is None:
+            raise LatentSRError(f"the model '{self.card.get('name')}' has no ONNX graph '{key}': "
+                                f"{export_hint(self.folder)}")
+        data = verified_bytes(self.folder / entry["file"], entry.get("sha256"), "ONNX graph", export_hint(self.folder))
+        so = self.options()
+        names = sorted(k for k in self.tensors if any(k.startswith(net + ".") for net in entry["networks"]))
+        values = [self.ort.OrtValue.ortvalue_from_numpy(self.tensors[k]) for k in names]
+        so.add_external_initializers(names, values)
+        quiet = CUDA in self.providers
+        if quiet:  # a CUDA provider that cannot start logs its failure as an error before falling back to CPU
+            self.ort.set_default_logger_severity(4)
+        try:
+            session = self.ort.InferenceSession(data, so, providers=self.providers)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise LatentSRError(f"ONNX Runtime cannot load {entry['file']}: {str(e).strip().splitlines()[0]}") from None
+        finally:
+            if quiet:
+                self.ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
+        graph = Graph(session, values)
+        if CUDA in self.providers and graph.provider != CUDA:
+            if self.device == "cuda":
+                raise LatentSRError("device 'cuda' was requested but ONNX Runtime cannot start CUDA here "
+                                    "(no GPU, or CUDA/cuDNN libraries missing): use device cpu or auto")
+            log.info("ONNX Runtime's CUDA provider cannot start here: running on the CPU")
+            self.providers = [CPU]
+        return graph
+
+
+@dataclass
+class OnnxMethod:
+    """A learned SR method run by ONNX Runtime: the same interface and numbers as neural.LatentMethod."""
+
+    name: str
+    graphs: dict  # role -> Graph: "fused", or "condition", "denoiser", "decoder"
+    spec: dict
+    bands: int
+    latent: int
+    steps: int
+    seed: int
+    multiple: int
+    context: int = CONTEXT
+
+    @property
+    def deterministic(self) -> bool:
+        return self.name == "regression"
+
+    @property
+    def provider(self) -> str:
+        return next(iter(self.graphs.values())).provider
+
+    def __call__(self, tile: np.ndarray, grid: Grid) -> np.ndarray:
+        from .models.sampling import Plan
+
+        n, h, w = tile.shape
+        groups = band_groups(n, self.bands)
+        plan = Plan.build(h, w, grid, self.multiple)
+        tables = plan.arrays()
+        lr = np.ascontiguousarray(tile[np.array(groups)], dtype=np.float32)
+        inv_scale = np.full((len(groups), 1), 1.0 / grid.scale, dtype=np.float32)
+
+        def noise(k):
+            return latent_noise(self.seed, plan, len(groups), self.latent, k)
+
+        if "fused" in self.graphs:
+            start = {"noise": noise(0)} if self.name == "lcmsr" else {}
+            sr = self.graphs["fused"](lr=lr, inv_scale=inv_scale, **start, **tables)
+        else:
+            cond = self.graphs["condition"](lr=lr, inv_scale=inv_scale, **tables)
+
+            def denoiser(z_t, c, t_frac, inv):
+                return self.graphs["denoiser"](z_t=z_t, cond=c, t_frac=t_frac, inv_scale=inv)
+
+            x0 = sample_latent(self.name, self.spec, self.steps, denoiser, cond, inv_scale, noise)
+            z = x0 / float(self.spec.get("latent_scale", 1.0))
+            sr = self.graphs["decoder"](lr=lr, z=z, inv_scale=inv_scale, **tables)
+        return ungroup(sr, groups, n)
+
+
+def build_method(name: str, options, card: dict, threads: int | None = None) -> OnnxMethod:
+    """The method ``name`` of the bundle ``options.model`` (card already read) on ONNX Runtime, with
+    ``threads`` intra-op threads (default: os.cpu_count())."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        if options.backend == "onnx":
+            raise LatentSRError("backend 'onnx' needs onnxruntime, which is not installed: install onnxruntime "
+                                "(or onnxruntime-gpu), or use backend torch") from None
+        raise LatentSRError(f"method '{name}' needs ONNX Runtime or PyTorch, and neither is installed: "
+                            f"install onnxruntime, or use bicubic") from None
+    spec = card.get("methods", {}).get(name)
+    if spec is None:
+        raise LatentSRError(f"the model '{card.get('name')}' cannot run method '{name}': "
+                            f"it has {', '.join(card.get('methods', {})) or 'no methods'}")
+    folder = modelfile.resolve(options.model)
+    if not card.get("onnx"):
+        raise LatentSRError(f"the model '{card.get('name')}' has no ONNX graphs: {export_hint(folder)}")
+    steps = check_steps(name, options.steps, spec)
+    sessions = Sessions(folder, card, options.device, threads)
+    if name in FUSED and steps <= 1:
+        graphs = {"fused": sessions.graph(FUSED[name])}
+    else:
+        graphs = {"condition": sessions.graph(spec["condition"]), "denoiser": sessions.graph(spec["denoiser"]),
+                  "decoder": sessions.graph(card.get("decoder", "decoder"))}
+    multiple = 1
+    if name != "regression":
+        multiple = 2 ** (len(card["networks"][spec["denoiser"]]["config"]["channels"]) - 1)
+    method = OnnxMethod(name, graphs, spec, int(card["bands"]), int(card.get("latent", 4)), steps, options.seed,
+                        multiple)
+    log.info("%s: model %s, backend onnx on %s, %s", name, card.get("name"), method.provider,
+             f"{steps} step{'s' * (steps > 1)}" if steps else "one pass")
+    return method

@@ -1,0 +1,164 @@
+"""ONNX export and the ONNX Runtime backend: parity with torch, verification, backend choice."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from engine import modelfile
+from engine.errors import LatentSRError
+from engine.grid import Grid, centres
+from engine.methods import MethodOptions, build_method
+from engine.neural import choose_backend, from_bundle
+from engine.onnx_backend import OnnxMethod
+from training import export
+from training.bundle import random_bundle, write
+
+RUNS = [("regression", None), ("e2diffsr", 2), ("e2diffsr", 4), ("lcmsr", 1), ("lcmsr", 2)]
+SEED = 7
+
+
+def exported_bundle(folder):
+    """A tiny random bundle in ``folder`` with its ONNX graphs: (card, tensors, folder). Its latent scale
+    is not 1, as in a trained bundle."""
+    card, tensors = random_bundle("tiny", seed=2, name="tiny")
+    for spec in card["methods"].values():
+        spec["latent_scale"] = 1.7
+    write(folder, card, tensors)
+    export.export(str(folder))
+    return card, tensors, str(folder)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return exported_bundle(tmp_path_factory.mktemp("onnx") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def methods(exported):
+    """(name, steps) -> (torch method, onnx method), built once: the sessions are reused across tiles."""
+    card, tensors, folder = exported
+    return {(name, steps): (from_bundle(name, card, tensors, steps, SEED, "cpu"),
+                            build_method(name, MethodOptions(steps, SEED, "onnx", "cpu", folder)))
+            for name, steps in RUNS}
+
+
+def tile(c=4, h=21, w=26, seed=0):
+    return np.random.default_rng(seed).random((c, h, w), dtype=np.float32)
+
+
+@pytest.mark.parametrize("scale", [2.0, 2.5, 4.0])
+@pytest.mark.parametrize("name,steps", RUNS)
+def test_parity_with_torch(methods, name, steps, scale):
+    torch_method, onnx_method = methods[name, steps]
+    assert isinstance(onnx_method, OnnxMethod) and onnx_method.steps == torch_method.steps
+    assert onnx_method.multiple == torch_method.multiple and onnx_method.deterministic == torch_method.deterministic
+    x = tile()
+    whole = Grid.whole(21, 26, scale)
+    # a tile inside a larger raster: offset output rows, a latent aligned to the global grid
+    part = Grid(centres(60, round(60 * scale), 17, 17 + round(15 * scale), 20), whole.xs, scale, out_y0=17, in_y0=20)
+    for grid in (whole, part):
+        ref, out = torch_method(x, grid), onnx_method(x, grid)
+        assert out.shape == ref.shape == (4, *grid.shape) and out.dtype == np.float32
+        # 1e-3 is the requirement; the graphs match to about 1e-7, and a tiny random decoder moves only
+        # about 1e-4 with its latent, so 1e-5 also catches a wrong latent, noise or latent scale
+        assert np.abs(out - ref).max() <= 1e-5
+
+
+def test_same_seed_same_noise_across_backends(exported, methods):
+    """The outputs match because both backends draw the same noise: another seed on one side breaks it."""
+    card, tensors, folder = exported
+    x, grid = tile(seed=3), Grid.whole(21, 26, 2.5)
+    for name in ("lcmsr", "e2diffsr"):
+        steps = 2
+        ref = from_bundle(name, card, tensors, steps, SEED, "cpu")(x, grid)
+        same = methods[name, steps][1](x, grid)
+        other = build_method(name, MethodOptions(steps, SEED + 1, "onnx", "cpu", folder))(x, grid)
+        assert np.abs(same - ref).max() < 1e-5 < np.abs(other - ref).max()
+
+
+def test_card_lists_verified_graphs_and_the_graphs_carry_the_card(exported):
+    _, _, folder = exported
+    folder = modelfile.resolve(folder)
+    card = json.loads((folder / modelfile.CARD).read_text())
+    graphs = card["onnx"]["graphs"]
+    assert set(graphs) == {"decoder", "regression", "lcmsr.onestep", "lcmsr.condition", "lcmsr.denoiser",
+                           "e2diffsr.condition", "e2diffsr.denoiser"}
+    assert card["onnx"]["weights_sha256"] == card["weights"]["sha256"]
+    for key, entry in graphs.items():
+        data = (folder / entry["file"]).read_bytes()
+        assert modelfile.sha256(data) == entry["sha256"]
+        model = onnx.load_from_string(data)
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert json.loads(meta["latentsr.card"]) == {k: v for k, v in card.items() if k != "onnx"}
+        assert meta["latentsr.graph"] == key
+        # every parameter of the graph's networks lives in model.safetensors, none in the graph file
+        assert all(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
+        assert {i.external_data[0].value for i in model.graph.initializer} == {modelfile.WEIGHTS}
+        assert all(any(i.name.startswith(net + ".") for net in entry["networks"]) for i in model.graph.initializer)
+        assert max(onnx.numpy_helper.to_array(n.attribute[0].t).size for n in model.graph.node
+                   if n.op_type == "Constant") <= 64
+        for i in model.graph.input:  # batch, tile and latent sizes and table lengths are dynamic, not channels
+            symbolic = [bool(d.dim_param) for d in i.type.tensor_type.shape.dim]
+            if i.name.endswith(("_idx", "_w")):
+                assert symbolic == [False, True]
+            else:
+                assert symbolic == ([True, False] if i.name in ("inv_scale", "t_frac") else [True, False, True, True])
+
+
+def test_damaged_or_stale_graphs_are_refused(exported, tmp_path):
+    _, _, folder = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    path = copy / "lcmsr.onestep.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(LatentSRError, match="lcmsr.onestep.onnx does not match the SHA-256"):
+        build_method("lcmsr", MethodOptions(backend="onnx", model=str(copy)))
+    build_method("lcmsr", MethodOptions(steps=2, backend="onnx", model=str(copy)))  # other graphs still load
+    path.unlink()
+    with pytest.raises(LatentSRError, match="cannot read the ONNX graph .* run `python -m training export-onnx"):
+        build_method("lcmsr", MethodOptions(backend="onnx", model=str(copy)))
+    card_path = copy / modelfile.CARD
+    card = json.loads(card_path.read_text())
+    card["onnx"]["weights_sha256"] = "0" * 64
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(LatentSRError, match="exported from other weights: run `python -m training export-onnx"):
+        build_method("regression", MethodOptions(backend="onnx", model=str(copy)))
+
+
+def test_missing_graphs_give_one_clear_line(tmp_path):
+    folder = write(tmp_path / "plain", *random_bundle("tiny", name="plain"))
+    with pytest.raises(LatentSRError) as err:
+        build_method("lcmsr", MethodOptions(backend="onnx", model=str(folder)))
+    hint = f"run `python -m training export-onnx --model {folder}`"
+    assert str(err.value) == f"the model 'plain' has no ONNX graphs: {hint}"
+    assert build_method("lcmsr", MethodOptions(model=str(folder))).__class__.__name__ == "LatentMethod"
+
+
+def test_auto_follows_the_cpu_benchmark(exported, monkeypatch):
+    card = modelfile.read_card(modelfile.resolve(exported[2]))
+    plain = {k: v for k, v in card.items() if k != "onnx"}
+    assert choose_backend("auto", "cpu", card) == "onnx"
+    assert choose_backend("auto", "cpu", plain) == "torch"
+    assert choose_backend("auto", "cuda", card) == "torch"
+    assert choose_backend("onnx", "cuda", card) == "onnx" and choose_backend("torch", "cpu", card) == "torch"
+    with pytest.raises(LatentSRError, match="unknown backend"):
+        choose_backend("tensorrt", "cpu", card)
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("engine.neural.cpu_only_torch", lambda: False)
+    assert choose_backend("auto", "auto", card) == "torch"  # a CUDA torch that sees a GPU
+    monkeypatch.setattr("engine.neural.cpu_only_torch", lambda: True)
+    assert choose_backend("auto", "auto", card) == "onnx"  # a +cpu wheel is not even imported to ask
+    monkeypatch.setattr("engine.neural.importable", lambda module: module != "torch")
+    assert choose_backend("auto", "auto", plain) == "onnx"
+
+
+def test_default_model_from_the_environment(exported, monkeypatch):
+    monkeypatch.setenv(modelfile.MODEL_ENV, exported[2])
+    assert modelfile.resolve(None) == modelfile.resolve(exported[2])
+    assert build_method("regression", MethodOptions(backend="onnx")).name == "regression"
