@@ -56,7 +56,7 @@ TRAIN_DATA ?= $(ROOT)/../shared/data/ucmerced/train
 VAL_DATA ?= $(ROOT)/../shared/data/ucmerced/val
 RUNS ?= $(ROOT)/runs
 STAGE1_STEPS ?= 5000
-STAGE2_STEPS ?= 1000
+STAGE2_STEPS ?= 2500
 TRAIN_ARGS ?=
 
 train: venv

@@ -12,6 +12,7 @@ import sys
 
 from osgeo import gdal
 
+from . import evaluate
 from .errors import Cancelled, LatentSRError
 from .methods import METHODS
 from .pipeline import BACKENDS, DEVICES, Request, superresolve
@@ -75,7 +76,46 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--consistency", action="store_true",
                    help="project the SR so that its bicubic downsampling matches the input exactly")
     s.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
+    e = sub.add_parser("evaluate", help="score an SR raster against a reference HR raster (or degrade the reference, "
+                                        "super-resolve it and score that, with bicubic beside it)")
+    e.add_argument("--hr", required=True, help="reference HR raster")
+    e.add_argument("--sr", help="SR raster on the reference's grid; without it the reference is degraded by --scale "
+                                "and super-resolved with --method")
+    e.add_argument("--lr", help="LR raster for the consistency PSNR (default: the reference degraded by --scale)")
+    e.add_argument("--scale", type=float, help="scale factor of the SR (default with --lr: the size ratio)")
+    e.add_argument("--bands", type=parse_bands, help="1-based bands used in every raster, e.g. 1,2,3 (default: all)")
+    e.add_argument("--method", choices=METHODS, default="lcmsr", help="SR method without --sr (default lcmsr)")
+    e.add_argument("--steps", type=int, help="sampling steps for the diffusion methods (without --sr)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--backend", choices=BACKENDS, default="auto")
+    e.add_argument("--device", choices=DEVICES, default="auto")
+    e.add_argument("--model", help="bundled model name or model folder (without --sr)")
+    e.add_argument("--html", help="write the HTML report here")
+    e.add_argument("--difference", help="write SR - HR here (Float32 GeoTIFF, NaN where either has no data)")
+    e.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p
+
+
+def run_superresolve(args) -> str:
+    if args.scale is None and args.target_resolution is None:
+        raise LatentSRError("give --scale or --target-resolution")
+    req = Request(input=args.input, output=args.output, scale=args.scale,
+                  target_resolution=args.target_resolution, method=args.method, bands=args.bands,
+                  steps=args.steps, backend=args.backend, device=args.device, tile=args.tile,
+                  overlap=args.overlap, seed=args.seed, samples=args.samples,
+                  uncertainty=args.uncertainty, cog=args.cog, model=args.model,
+                  extent=args.extent, consistency=args.consistency)
+    result = superresolve(req)
+    log.info("%d×%d written in %.1f s", result.width, result.height, result.seconds)
+    return result.output
+
+
+def run_evaluate(args) -> str:
+    report = evaluate.evaluate(evaluate.EvaluateRequest(
+        reference=args.hr, sr=args.sr, lr=args.lr, scale=args.scale, bands=args.bands, method=args.method,
+        steps=args.steps, seed=args.seed, backend=args.backend, device=args.device, model=args.model,
+        html=args.html, difference=args.difference))
+    return evaluate.render_json(report) if args.json else evaluate.render_text(report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,15 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
-        if args.scale is None and args.target_resolution is None:
-            raise LatentSRError("give --scale or --target-resolution")
-        req = Request(input=args.input, output=args.output, scale=args.scale,
-                      target_resolution=args.target_resolution, method=args.method, bands=args.bands,
-                      steps=args.steps, backend=args.backend, device=args.device, tile=args.tile,
-                      overlap=args.overlap, seed=args.seed, samples=args.samples,
-                      uncertainty=args.uncertainty, cog=args.cog, model=args.model,
-                      extent=args.extent, consistency=args.consistency)
-        result = superresolve(req)
+        text = run_evaluate(args) if args.command == "evaluate" else run_superresolve(args)
     except Cancelled as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 130
@@ -108,6 +140,5 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("unexpected failure", exc_info=True)
         print(f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}", file=sys.stderr)
         return 1
-    print(result.output)
-    log.info("%d×%d written in %.1f s", result.width, result.height, result.seconds)
+    print(text)
     return 0

@@ -51,8 +51,8 @@ def project(sr: np.ndarray, lr: np.ndarray, grid: Grid) -> np.ndarray:
     if len(ry) == 0 or len(rx) == 0:
         return sr
     sr64 = sr.astype(np.float64)
-    residual = lr[:, ry][:, :, rx] - np.einsum("yh,chw,xw->cyx", dy, sr64, dx)
-    return (sr64 + np.einsum("hy,cyx,wx->chw", pseudo_inverse(dy), residual, pseudo_inverse(dx))).astype(np.float32)
+    residual = lr[:, ry][:, :, rx] - dy @ sr64 @ dx.T
+    return (sr64 + pseudo_inverse(dy) @ residual @ pseudo_inverse(dx).T).astype(np.float32)
 
 
 @dataclass

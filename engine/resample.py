@@ -68,4 +68,4 @@ def downsample(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Antialiased bicubic resize of C×h×w to C×out_h×out_w (the degradation LR = D(HR))."""
     my = antialias_cubic_matrix(x.shape[1], out_h)
     mx = antialias_cubic_matrix(x.shape[2], out_w)
-    return np.einsum("yh,chw,xw->cyx", my, x.astype(np.float64), mx).astype(np.float32)
+    return (my @ x.astype(np.float64) @ mx.T).astype(np.float32)

@@ -5,6 +5,7 @@ import os
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .evaluate import EvaluateAlgorithm
 from .superresolve import SuperResolveAlgorithm
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "icon.png")
@@ -25,6 +26,7 @@ class LatentSRProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):  # noqa: N802 - QGIS API
         self.addAlgorithm(SuperResolveAlgorithm())
+        self.addAlgorithm(EvaluateAlgorithm())
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802 - QGIS API
         return ["tif"]

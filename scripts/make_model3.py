@@ -1,6 +1,6 @@
 """Write resources/processing_models/superresolve_and_evaluate.model3, the Model Builder example:
-latentsr:superresolve, then native:rasterlayerstatistics on its output (a quick check of the
-result's values; latentsr:evaluate takes that place once it exists).
+latentsr:superresolve on an LR raster, then latentsr:evaluate of the result against a reference
+HR raster (with the LR for the consistency PSNR): an HTML report and an SR − HR difference raster.
 
 Built with QgsProcessingModelAlgorithm so the XML is what QGIS itself writes. Run it after
 `make setup` (it imports the plugin from build/plugins):
@@ -35,14 +35,18 @@ def build_model():
 
     model = QgsProcessingModelAlgorithm("Super-resolve and evaluate", "LatentSR")
     model.setHelpContent({
-        "ALG_DESC": "Super-resolves a raster with LatentSR, then reports the statistics of the result "
-                    "(minimum, maximum, mean, standard deviation) as a quick check of its values.",
-        "input": "Any GDAL raster layer.",
+        "ALG_DESC": "Super-resolves a low-resolution raster with LatentSR, then scores the result against a "
+                    "reference high-resolution raster of the same area (PSNR, SSIM, ERGAS, SAM, consistency PSNR, "
+                    "high-frequency ratio) in an HTML report, with an SR − reference difference raster.",
+        "input": "The low-resolution raster (any GDAL raster layer).",
+        "reference": "The high-resolution reference: round(input size × scale) pixels over the same extent, "
+                     "for example the raster the input was degraded from.",
         "scale": "Continuous scale, greater than 1 and at most 8.",
         "method": "LCMSR (default), E²DiffSR, Regression or Bicubic.",
     })
     inputs = [
         QgsProcessingParameterRasterLayer("input", "Input raster"),
+        QgsProcessingParameterRasterLayer("reference", "Reference (high-resolution) raster"),
         QgsProcessingParameterNumber("scale", "Scale factor", QgsProcessingParameterNumber.Double, 2.0,
                                      minValue=1.0, maxValue=8.0),
         QgsProcessingParameterEnum("method", "Method", [m[0] for m in METHODS], defaultValue=0),
@@ -68,18 +72,26 @@ def build_model():
     sr.setModelOutputs({"super_resolved": sr_output})
     model.addChildAlgorithm(sr)
 
-    stats = QgsProcessingModelChildAlgorithm("native:rasterlayerstatistics")
-    stats.setChildId("statistics")
-    stats.setDescription("Statistics of the result")
-    stats.setPosition(QPointF(420, 300))
-    stats.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromChildOutput("superresolve", "OUTPUT")])
-    stats.addParameterSources("BAND", [QgsProcessingModelChildParameterSource.fromStaticValue(1)])
-    stats_output = QgsProcessingModelOutput("statistics", "Statistics of the super-resolved raster")
-    stats_output.setChildOutputName("OUTPUT_HTML_FILE")
-    stats_output.setChildId("statistics")
-    stats_output.setPosition(QPointF(620, 340))
-    stats.setModelOutputs({"statistics": stats_output})
-    model.addChildAlgorithm(stats)
+    evaluate = QgsProcessingModelChildAlgorithm("latentsr:evaluate")
+    evaluate.setChildId("evaluate")
+    evaluate.setDescription("Evaluate super-resolution")
+    evaluate.setPosition(QPointF(420, 330))
+    evaluate.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromChildOutput("superresolve", "OUTPUT")])
+    for name, source in (("REFERENCE", "reference"), ("LR", "input"), ("SCALE", "scale")):
+        evaluate.addParameterSources(name, [QgsProcessingModelChildParameterSource.fromModelParameter(source)])
+    for name, value in (("METHOD", 0), ("STEPS", 0), ("SEED", 0), ("BACKEND", 0), ("DEVICE", 0)):
+        evaluate.addParameterSources(name, [QgsProcessingModelChildParameterSource.fromStaticValue(value)])
+    outputs = {}
+    for row, (name, child_output, description) in enumerate((
+            ("report", "OUTPUT_HTML", "Evaluation report"),
+            ("difference", "OUTPUT_DIFFERENCE", "Difference (SR − reference)"))):
+        output = QgsProcessingModelOutput(name, description)
+        output.setChildOutputName(child_output)
+        output.setChildId("evaluate")
+        output.setPosition(QPointF(640, 300 + 60 * row))
+        outputs[name] = output
+    evaluate.setModelOutputs(outputs)
+    model.addChildAlgorithm(evaluate)
     return model
 
 
@@ -91,16 +103,14 @@ def main(argv=None) -> int:
     for path in (os.path.join(ROOT, "build", "plugins"), "/usr/share/qgis/python/plugins"):
         if path not in sys.path:
             sys.path.insert(0, path)
-    from qgis.analysis import QgsNativeAlgorithms
     from qgis.core import QgsApplication
 
     app = QgsApplication([], False)
     app.initQgis()
     from latentsr.provider.provider import LatentSRProvider
 
-    providers = [QgsNativeAlgorithms(), LatentSRProvider()]  # kept referenced while the model is built
-    for provider in providers:
-        QgsApplication.processingRegistry().addProvider(provider)
+    provider = LatentSRProvider()  # kept referenced while the model is built
+    QgsApplication.processingRegistry().addProvider(provider)
     model = build_model()
     ok, errors = model.validate()
     if not ok:

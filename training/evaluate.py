@@ -27,13 +27,17 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from engine import metrics
+from engine.consistency import Consistent
 from engine.grid import Grid
 from engine.methods import MethodOptions, build_method
+from engine.pipeline import sample_seeds
 from engine.resample import downsample
 
 log = logging.getLogger(__name__)
 
-ROWS = (("bicubic", None), ("regression", None), ("e2diffsr", 4), ("lcmsr", 1), ("lcmsr", 2))
+ROWS = (("bicubic", None), ("regression", None), ("e2diffsr", 4), ("lcmsr", 1), ("lcmsr", 2),
+        ("regression+consistency", None), ("lcmsr+consistency", 1))
+CALIBRATION = ("lcmsr", 1, 4, 4.0)  # method, steps, samples, scale of the uncertainty calibration
 SCALES = (2.0, 2.5, 3.0, 4.0)
 COMPARE = (("buildings", 84), ("denseresidential", 81), ("harbor", 85), ("freeway", 83))
 COMPARE_SCALE = 4.0
@@ -67,11 +71,19 @@ def quantise(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def worker(method_name: str, steps: int | None, files: list[Path], scales, model: str | None, crops_dir: Path) -> dict:
+BACKEND_NAMES = {"Bicubic": "numpy", "LatentMethod": "torch", "OnnxMethod": "onnx"}
+
+
+def worker(method_name: str, steps: int | None, files: list[Path], scales, model: str | None, crops_dir: Path,
+           backend: str) -> dict:
     """Metrics (means over images) and timing of one method at each scale, plus its peak RSS."""
-    method = build_method(method_name, MethodOptions(steps=steps, seed=0, backend="torch", device="cpu", model=model))
+    base_name, _, variant = method_name.partition("+")
+    method = build_method(base_name, MethodOptions(steps=steps, seed=0, backend=backend, device="cpu", model=model))
+    if variant == "consistency":
+        method = Consistent(method)
     compare = {f"{c}{i:02d}" for c, i in COMPARE}
-    out = {"scales": {}}
+    runner = type(getattr(method, "inner", method)).__name__
+    out = {"scales": {}, "backend": BACKEND_NAMES.get(runner, runner)}
     for scale in scales:
         sums, seconds, pixels = {}, 0.0, 0
         for path in files:
@@ -88,10 +100,39 @@ def worker(method_name: str, steps: int | None, files: list[Path], scales, model
             if scale == COMPARE_SCALE and path.stem in compare:
                 np.save(crops_dir / f"{path.stem}.npy", sr8)
         row = {k: v / len(files) for k, v in sums.items()}
+        if not math.isfinite(row["consistency_psnr"]):
+            row["consistency_psnr"] = math.inf
         row["s_per_mp"] = seconds / (pixels / 1e6)
         out["scales"][str(scale)] = row
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return out
+
+
+def calibration(files: list[Path], model: str | None, backend: str) -> dict:
+    """Pearson correlation, pooled over all pixels of all images, between the per-pixel std of K
+    samples and the absolute error of their mean against HR (8-bit units)."""
+    name, steps, samples, scale = CALIBRATION
+    method = build_method(name, MethodOptions(steps=steps, seed=0, backend=backend, device="cpu", model=model))
+    stds, errors, per_image = [], [], []
+    for path in files:
+        hr, lr = hr_lr(path, scale)
+        grid = Grid.whole(lr.shape[1], lr.shape[2], scale)
+        runs = []
+        for seed in sample_seeds(0, samples):
+            method.seed = seed
+            runs.append(method(lr, grid) * 255.0)
+        runs = np.stack(runs)
+        b = math.ceil(scale)
+        std = metrics.crop_border(runs.std(axis=0, ddof=1), b).ravel()
+        err = np.abs(metrics.crop_border(runs.mean(axis=0) - hr, b)).ravel()
+        stds.append(std)
+        errors.append(err)
+        if std.std() > 0:
+            per_image.append(float(np.corrcoef(std, err)[0, 1]))
+    pooled = float(np.corrcoef(np.concatenate(stds), np.concatenate(errors))[0, 1])
+    return {"method": label(name, steps), "samples": samples, "scale": scale, "pooled": pooled,
+            "per_image_median": float(np.median(per_image)) if per_image else math.nan,
+            "mean_std": float(np.mean(np.concatenate(stds)))}
 
 
 def machine() -> str:
@@ -111,7 +152,7 @@ def label(name: str, steps: int | None) -> str:
 
 def compare_picture(val: Path, crops_dir: Path, rows, out: Path) -> None:
     """LR, bicubic, regression, e2diffsr, lcmsr, HR for a few classes (×4, centre crops, 2× zoom)."""
-    cols = [("LR", None)] + [(label(n, s), f"{n}-{s or 0}") for n, s in rows if (n, s) != ("lcmsr", 2)] + [("HR", None)]
+    cols = [("LR", None)] + [(label(n, s), f"{n}-{s or 0}") for n, s in rows if (n, s) != ("lcmsr", 2) and "+" not in n] + [("HR", None)]
     zoom, pad, head = 2, 4, 18
     tile = CROP * zoom
     sheet = Image.new("RGB", (len(cols) * (tile + pad) + pad, len(COMPARE) * (tile + pad) + pad + head), "white")
@@ -144,19 +185,26 @@ def report(results: dict, rows, scales, n_images: int, command: str, card: dict 
     lines += ["Protocol: LR = antialiased bicubic downsampling of HR; outputs quantised to 8 bits; PSNR/SSIM/ERGAS/SAM/HF "
               "ratio on RGB with a border crop of ceil(scale); consistency = PSNR of downsample(SR) against LR; "
               "HF ratio = spectral energy above a quarter of Nyquist, SR over HR; time per output megapixel of the "
-              "method call on CPU (one 256² image at a time); peak RSS of the process running that method.", ""]
+              "method call on CPU (one 256² image at a time, all threads); peak RSS of the process running that method.", ""]
     for scale in scales:
         key = str(scale)
         base = results[label("bicubic", None)]["scales"][key]["psnr"]
-        lines += [f"## ×{scale:g}", "", "| method | PSNR | ΔPSNR vs bicubic | SSIM | ERGAS | SAM (°) | consistency PSNR | HF ratio | s / output MP | peak RSS (MB) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## ×{scale:g}", "", "| method | backend | PSNR | ΔPSNR vs bicubic | SSIM | ERGAS | SAM (°) | consistency PSNR | HF ratio | s / output MP | peak RSS (MB) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, steps in rows:
             r = results[label(name, steps)]
             m = r["scales"][key]
-            lines.append(f"| {label(name, steps)} | {m['psnr']:.2f} | {m['psnr'] - base:+.2f} | {m['ssim']:.4f} | {m['ergas']:.3f} | "
+            lines.append(f"| {label(name, steps)} | {r['backend']} | {m['psnr']:.2f} | {m['psnr'] - base:+.2f} | {m['ssim']:.4f} | {m['ergas']:.3f} | "
                          f"{m['sam']:.3f} | {m['consistency_psnr']:.2f} | {m['hf_ratio']:.3f} | {m['s_per_mp']:.3f} | {r['peak_rss_mb']:.0f} |")
         lines.append("")
     lines += ["![LR, bicubic, regression, E²DiffSR, LCMSR and HR at ×4](compare.png)", ""]
+    cal = results.get("calibration")
+    if cal:
+        lines += ["## Uncertainty calibration", "",
+                  f"{cal['method']}, {cal['samples']} samples at ×{cal['scale']:g}: correlation between the per-pixel "
+                  f"standard deviation of the samples and the absolute error of their mean against HR, pooled over all "
+                  f"pixels of all images: **{cal['pooled']:.3f}** (median per image {cal['per_image_median']:.3f}; "
+                  f"mean std {cal['mean_std']:.2f} DN).", ""]
     return "\n".join(lines)
 
 
@@ -167,13 +215,18 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="model name or folder (default: the bundled default)")
     ap.add_argument("--per-class", type=int, help="images per class (default: all)")
     ap.add_argument("--scales", type=float, nargs="+", default=list(SCALES))
+    ap.add_argument("--backend", default="auto", help="backend of the learned methods (default: auto, as users get)")
     ap.add_argument("--worker", nargs=3, metavar=("METHOD", "STEPS", "CROPS"), help=argparse.SUPPRESS)
+    ap.add_argument("--calibration-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     files = images(args.val, args.per_class)
+    if args.calibration_worker:
+        json.dump(calibration(files, args.model, args.backend), sys.stdout)
+        return 0
     if args.worker:
         name, steps, crops = args.worker
-        result = worker(name, int(steps) or None, files, args.scales, args.model, Path(crops))
+        result = worker(name, int(steps) or None, files, args.scales, args.model, Path(crops), args.backend)
         json.dump(result, sys.stdout)
         return 0
     command = "make bench  # python -m training.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -184,7 +237,7 @@ def main(argv=None) -> int:
             crops.mkdir()
             log.info("%s on %d images at ×%s", label(name, steps), len(files), ", ×".join(f"{s:g}" for s in args.scales))
             cmd = [sys.executable, "-m", "training.evaluate", "--val", str(args.val), "--scales", *map(str, args.scales),
-                   "--worker", name, str(steps or 0), str(crops)]
+                   "--backend", args.backend, "--worker", name, str(steps or 0), str(crops)]
             if args.per_class:
                 cmd += ["--per-class", str(args.per_class)]
             if args.model:
@@ -194,6 +247,15 @@ def main(argv=None) -> int:
                 log.error("%s failed: %s", label(name, steps), done.stderr.strip().splitlines()[-1:] or "")
                 return 1
             results[label(name, steps)] = json.loads(done.stdout)
+        log.info("uncertainty calibration")
+        cmd = [sys.executable, "-m", "training.evaluate", "--val", str(args.val), "--backend", args.backend,
+               "--calibration-worker"] + (["--per-class", str(args.per_class)] if args.per_class else []) + \
+            (["--model", args.model] if args.model else [])
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            log.error("calibration failed: %s", done.stderr.strip().splitlines()[-1:] or "")
+            return 1
+        results["calibration"] = json.loads(done.stdout)
         card = None
         try:
             from engine import modelfile

@@ -1,0 +1,423 @@
+"""Evaluation of super-resolution against a reference, in two modes. Shared by the CLI
+(``python -m engine evaluate``) and the Processing algorithm ``latentsr:evaluate``.
+
+**Reference mode** (an SR raster is given): the SR raster is compared with the reference HR raster
+on the same pixel grid (the same width and height; bands matched in order). The LR for the
+consistency PSNR is the LR raster when one is given, else the reference degraded to
+round(HR size / scale) by the training degradation (engine.resample.downsample), else nothing.
+
+**Degradation mode** (no SR raster): the reference is cropped top-left to a size that is exactly
+LR × scale when such an LR size exists (else round(LR × scale)), degraded to that LR, written to a
+temporary GeoTIFF with the matching geotransform, super-resolved by the chosen method through the
+normal pipeline, and by bicubic for comparison; both are scored against the cropped reference.
+
+Conventions:
+- Values are compared as stored (no band scale/offset). ``data_range`` is 255 for a Byte
+  reference, else the reference's valid max − min over the selected bands (1 if it is constant).
+- PSNR, SSIM, ERGAS, SAM and the HF ratio use a border crop of ceil(scale) pixels, as
+  engine.metrics.all_metrics; the consistency PSNR uses the whole SR.
+- A pixel of a band counts when it is valid (not nodata, finite) in both rasters. PSNR and ERGAS
+  use only those pixels, SAM only pixels valid in every band, the consistency PSNR only LR pixels
+  whose centre falls on such a pixel (and that are valid in a given LR). SSIM and the HF ratio need
+  whole images: they run on the full crop with the excluded pixels set, in both rasters, to the
+  reference band's valid mean, so those pixels add no difference.
+- Overall values: PSNR from the pooled squared error of all bands; SSIM the mean of the bands;
+  ERGAS Wald's over the bands; the HF ratio the ratio of energies summed over the bands; SAM needs
+  at least two bands. Without a scale (no SCALE and no LR) ERGAS and the consistency PSNR are not
+  available and no border is cropped. A metric that is not available is NaN.
+- Whole rasters are read into memory: each raster may hold at most ``MAX_VALUES`` values
+  (bands × width × height); at that limit an evaluation peaks at about 3 GB of memory.
+"""
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import metrics, raster
+from .errors import Cancelled, LatentSRError
+from .grid import output_size
+from .pipeline import Request, check_scale, superresolve, to_storage
+from .resample import downsample, nearest_indices
+
+log = logging.getLogger(__name__)
+
+MAX_VALUES = 40_000_000
+METRICS = ("psnr", "ssim", "ergas", "sam", "consistency_psnr", "hf_ratio")
+HEADINGS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "ergas": "ERGAS", "sam": "SAM (°)",
+            "consistency_psnr": "Consistency PSNR (dB)", "hf_ratio": "HF ratio"}
+SSIM_WINDOW = 11  # metrics.ssim's Gaussian window needs this many pixels a side
+IDENTITY = raster.BandNorm(0.0, 1.0, 0.0)
+
+
+@dataclass
+class EvaluateRequest:
+    """What an evaluation needs; the same fields as the CLI flags and the Processing parameters."""
+
+    reference: str
+    sr: str | None = None  # None: degradation mode
+    lr: str | None = None
+    scale: float | None = None
+    bands: Sequence[int] | None = None
+    method: str = "lcmsr"  # degradation mode only, like steps, seed, backend, device and model
+    steps: int | None = None
+    seed: int = 0
+    backend: str = "auto"
+    device: str = "auto"
+    model: str | None = None
+    html: str | None = None
+    difference: str | None = None
+
+
+@dataclass
+class Scores:
+    """The metrics of one SR result: per band (in band order) and overall."""
+
+    label: str
+    bands: list[dict[str, float]]
+    overall: dict[str, float]
+
+
+@dataclass
+class Report:
+    mode: str  # "reference" or "degradation"
+    reference: str
+    band_numbers: list[int]
+    band_names: list[str]
+    scale: float | None
+    data_range: float
+    border: int
+    rows: list[Scores]
+    notes: list[str] = field(default_factory=list)
+    html: str | None = None
+    difference: str | None = None
+
+    @property
+    def main(self) -> Scores:
+        """The SR raster's (reference mode) or the method's (degradation mode) scores."""
+        return self.rows[0]
+
+
+@dataclass
+class Loaded:
+    """The selected bands of a raster read whole, with their validity."""
+
+    ds: object
+    info: raster.RasterInfo
+    data: np.ndarray  # float64 C×H×W as stored
+    valid: np.ndarray  # bool C×H×W
+
+
+def load(path: str, bands: Sequence[int] | None, role: str) -> Loaded:
+    ds = raster.open_raster(path)
+    info = raster.describe(ds, list(bands) if bands else None)
+    values = len(info.bands) * info.width * info.height
+    if values > MAX_VALUES:
+        raise LatentSRError(f"the {role} has {len(info.bands)}×{info.width}×{info.height} = {values:,} values; evaluate "
+                            f"reads whole rasters and accepts at most {MAX_VALUES:,}: clip it or select fewer bands")
+    data = raster.read_window(ds, info, 0, 0, info.width, info.height).astype(np.float64)
+    valid = np.stack([raster.valid_mask(data[c], info.nodata[c]) for c in range(len(info.bands))])
+    return Loaded(ds, info, data, valid)
+
+
+def data_range(ref: Loaded, valid: np.ndarray) -> float:
+    """255 for Byte; else the reference's valid max − min over the selected bands (1 if constant)."""
+    if ref.info.dtype == np.uint8:
+        return 255.0
+    values = ref.data[valid]
+    span = float(values.max() - values.min())
+    return span if span > 0 else 1.0
+
+
+def joint_fill(sr: np.ndarray, hr: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays with the pixels outside ``valid`` set to the reference band's valid mean."""
+    fill = np.array([hr[c][valid[c]].mean() for c in range(hr.shape[0])])[:, None, None]
+    return np.where(valid, sr, fill), np.where(valid, hr, fill)
+
+
+def lr_validity(valid: np.ndarray, lr_h: int, lr_w: int) -> np.ndarray:
+    """For each LR pixel, whether the HR pixel under its centre is valid (C×lr_h×lr_w)."""
+    h, w = valid.shape[1:]
+    ys = nearest_indices((np.arange(lr_h) + 0.5) * h / lr_h - 0.5, h)
+    xs = nearest_indices((np.arange(lr_w) + 0.5) * w / lr_w - 0.5, w)
+    return valid[:, ys][:, :, xs]
+
+
+def check_crop(width: int, height: int, scale: float | None) -> None:
+    border = math.ceil(scale) if scale else 0
+    if min(width, height) <= 2 * border:
+        raise LatentSRError(f"the rasters ({width}×{height}) are too small for a border crop of {border} pixels "
+                            f"at scale {scale:g}")
+
+
+def score(label: str, sr: np.ndarray, hr: np.ndarray, valid: np.ndarray, lr: np.ndarray | None,
+          lr_valid: np.ndarray | None, scale: float | None, drange: float) -> Scores:
+    """The metrics of ``sr`` against ``hr`` (both filled, C×H×W float64; see the module notes)."""
+    n = sr.shape[0]
+    s, h, v = (metrics.crop_border(a, math.ceil(scale) if scale else 0) for a in (sr, hr, valid))
+    if not v.any(axis=(1, 2)).all():
+        raise LatentSRError("a band has no pixel that is valid in both rasters (after the border crop)")
+    with_ssim = min(s.shape[-2:]) >= SSIM_WINDOW
+    down = downsample(sr, lr.shape[-2], lr.shape[-1]) if lr is not None else None
+    bands = []
+    for c in range(n):
+        row = {"psnr": metrics.psnr(s[c][v[c]], h[c][v[c]], drange),
+               "ssim": metrics.ssim(s[c:c + 1], h[c:c + 1], drange) if with_ssim else math.nan,
+               "ergas": metrics.ergas(s[c][v[c]][None], h[c][v[c]][None], scale) if scale else math.nan,
+               "sam": math.nan,
+               "consistency_psnr": math.nan,
+               "hf_ratio": metrics.hf_ratio(s[c], h[c])}
+        if down is not None and lr_valid[c].any():
+            row["consistency_psnr"] = metrics.psnr(down[c][lr_valid[c]], lr[c][lr_valid[c]], drange)
+        bands.append(row)
+    every = v.all(axis=0)
+    overall = {"psnr": metrics.psnr(s[v], h[v], drange),
+               "ssim": float(np.mean([b["ssim"] for b in bands])),
+               "ergas": math.sqrt(np.mean([b["ergas"] ** 2 for b in bands])),
+               "sam": metrics.sam(s[:, every], h[:, every]) if n >= 2 and every.any() else math.nan,
+               "consistency_psnr": math.nan,
+               "hf_ratio": metrics.hf_ratio(s, h)}
+    if down is not None and lr_valid.any():
+        overall["consistency_psnr"] = metrics.psnr(down[lr_valid], lr[lr_valid], drange)
+    return Scores(label, bands, overall)
+
+
+def evaluate(req: EvaluateRequest, progress: Callable[[float], None] | None = None,
+             is_cancelled: Callable[[], bool] | None = None) -> Report:
+    """Run ``req``: reference mode when ``req.sr`` is given, else degradation mode. Writes the HTML
+    report and the difference raster when asked."""
+    progress = progress or (lambda f: None)
+    is_cancelled = is_cancelled or (lambda: False)
+    if req.scale is not None:
+        check_scale(req.scale)
+    for path in (req.html, req.difference):
+        if path:
+            raster.check_writable(path, req.reference)
+    report = reference_mode(req) if req.sr else degradation_mode(req, progress, is_cancelled)
+    report.difference = req.difference or None
+    for note in report.notes:
+        log.info("%s", note)
+    if req.html:
+        with open(req.html, "w", encoding="utf-8") as f:
+            f.write(render_html(report))
+        report.html = req.html
+    progress(1.0)
+    return report
+
+
+def reference_mode(req: EvaluateRequest) -> Report:
+    ref = load(req.reference, req.bands, "reference")
+    sr = load(req.sr, req.bands, "SR raster")
+    if (sr.info.width, sr.info.height) != (ref.info.width, ref.info.height):
+        raise LatentSRError(f"the SR raster is {sr.info.width}×{sr.info.height} pixels and the reference "
+                            f"{ref.info.width}×{ref.info.height}: they must be on the same grid")
+    if len(sr.info.bands) != len(ref.info.bands):
+        raise LatentSRError(f"the SR raster has {len(sr.info.bands)} band(s) and the reference {len(ref.info.bands)}: "
+                            "select the same number of bands")
+    notes = []
+    if sr.info.geotransform and ref.info.geotransform and not np.allclose(
+            sr.info.geotransform, ref.info.geotransform, rtol=0, atol=0.01 * abs(ref.info.geotransform[1])):
+        notes.append("The SR raster and the reference have different geotransforms; they are compared pixel by pixel.")
+    valid = sr.valid & ref.valid
+    if not valid.any():
+        raise LatentSRError("no pixel is valid in both the SR raster and the reference")
+    drange = data_range(ref, valid)
+    s, h = joint_fill(sr.data, ref.data, valid)
+    scale, lr, lr_valid = req.scale, None, None
+    if req.lr:
+        low = load(req.lr, req.bands, "LR raster")
+        if len(low.info.bands) != len(ref.info.bands):
+            raise LatentSRError(f"the LR raster has {len(low.info.bands)} band(s) and the reference {len(ref.info.bands)}")
+        if low.info.width >= ref.info.width or low.info.height >= ref.info.height:
+            raise LatentSRError(f"the LR raster ({low.info.width}×{low.info.height}) must be smaller than the reference "
+                                f"({ref.info.width}×{ref.info.height})")
+        lr = low.data
+        lr_valid = low.valid & lr_validity(valid, low.info.height, low.info.width)
+        if scale is None:
+            scale = math.sqrt(ref.info.width / low.info.width * ref.info.height / low.info.height)
+        notes.append(f"Consistency PSNR: downsample(SR) against the LR raster {req.lr}.")
+    elif scale is not None:
+        lr_h, lr_w = max(1, round(ref.info.height / scale)), max(1, round(ref.info.width / scale))
+        lr = downsample(h, lr_h, lr_w)
+        lr_valid = lr_validity(valid, lr_h, lr_w)
+        notes.append(f"Consistency PSNR: no LR raster given, so the LR is the reference degraded to {lr_w}×{lr_h}.")
+    else:
+        notes.append("No scale and no LR raster: ERGAS and the consistency PSNR are not available, no border is cropped.")
+    check_crop(ref.info.width, ref.info.height, scale)
+    rows = [score(os.path.basename(req.sr), s, h, valid, lr, lr_valid, scale, drange)]
+    if req.difference:
+        write_difference(req.difference, sr.ds, sr.info, sr.data - ref.data, valid)
+    return make_report("reference", req, ref, scale, drange, rows, notes, band_names(ref, sr))
+
+
+def degraded_size(n: int, scale: float) -> int:
+    """The LR size for an HR axis of n pixels: the largest m with m × scale a whole number of pixels
+    not above n, or floor(n / scale) when there is none."""
+    m = int(n // scale)
+    if m < 1:
+        raise LatentSRError(f"the reference ({n} pixels a side) is too small for scale {scale:g}")
+    exact = m
+    while exact >= 1 and abs(exact * scale - round(exact * scale)) > 1e-9:
+        exact -= 1
+    return exact if exact >= 1 else m
+
+
+def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
+                     is_cancelled: Callable[[], bool]) -> Report:
+    if req.scale is None:
+        raise LatentSRError("without an SR raster, evaluate degrades the reference itself and needs a scale")
+    if req.lr:
+        raise LatentSRError("an LR raster is only used with an SR raster; without one the LR is made from the reference")
+    scale = req.scale
+    Request(input=req.reference, output="", scale=scale, method=req.method, steps=req.steps, seed=req.seed,
+            backend=req.backend, device=req.device, model=req.model).check()
+    full = load(req.reference, req.bands, "reference")
+    lr_w, lr_h = degraded_size(full.info.width, scale), degraded_size(full.info.height, scale)
+    hr_w, hr_h = output_size(lr_w, scale), output_size(lr_h, scale)
+    check_crop(hr_w, hr_h, scale)
+    info = replace(full.info, width=hr_w, height=hr_h)
+    ref = Loaded(full.ds, info, full.data[:, :hr_h, :hr_w], full.valid[:, :hr_h, :hr_w])
+    if not ref.valid.any():
+        raise LatentSRError("the reference has no valid pixel")
+    drange = data_range(ref, ref.valid)
+    _, hr_filled = joint_fill(ref.data, ref.data, ref.valid)
+    lr_valid = lr_validity(ref.valid, lr_h, lr_w)
+    lr = to_storage(downsample(hr_filled, lr_h, lr_w), [IDENTITY] * len(info.bands), info.dtype, info.nodata, lr_valid)
+    methods = [req.method] if req.method == "bicubic" else [req.method, "bicubic"]
+    notes = [f"The reference was cropped to its top-left {hr_w}×{hr_h} pixels and degraded to {lr_w}×{lr_h} "
+             f"(antialiased bicubic, the training degradation); each method super-resolved that LR ×{scale:g}."]
+    rows, difference = [], None
+    with tempfile.TemporaryDirectory(prefix="latentsr-evaluate-") as tmp:
+        lr_path = os.path.join(tmp, "lr.tif")
+        out = raster.OutputRaster(lr_path, ref.ds, info, lr_w, lr_h)
+        try:
+            out.write(lr, 0, 0)
+        except BaseException:
+            out.discard()
+            raise
+        out.commit()
+        lr_data = lr.astype(np.float64)
+        for k, method in enumerate(methods):
+            if is_cancelled():
+                raise Cancelled()
+            sr_path = os.path.join(tmp, f"sr-{method}.tif")
+            superresolve(Request(input=lr_path, output=sr_path, scale=scale, method=method, steps=req.steps,
+                                 seed=req.seed, backend=req.backend, device=req.device, model=req.model),
+                         progress=lambda f, k=k: progress(0.9 * (k + f) / len(methods)), is_cancelled=is_cancelled)
+            sr = load(sr_path, None, "SR raster")
+            valid = sr.valid & ref.valid
+            s, h = joint_fill(sr.data, ref.data, valid)
+            rows.append(score(method, s, h, valid, lr_data, lr_validity(valid, lr_h, lr_w), scale, drange))
+            if k == 0 and req.difference:  # the method's, on the reference's grid; written once all ran
+                difference = (sr.ds, sr.info, sr.data - ref.data, valid)
+            sr = None
+        if difference:
+            write_difference(req.difference, *difference)
+        difference = None  # closes the SR dataset before its folder is removed
+    return make_report("degradation", req, ref, scale, drange, rows, notes, band_names(ref))
+
+
+def band_names(*rasters: Loaded) -> list[str]:
+    """Per selected band, the first description found in ``rasters`` ('' when none has one)."""
+    return [next((d for d in descriptions if d), "") for descriptions in
+            zip(*([r.ds.GetRasterBand(b).GetDescription() for b in r.info.bands] for r in rasters))]
+
+
+def make_report(mode: str, req: EvaluateRequest, ref: Loaded, scale: float | None, drange: float,
+                rows: list[Scores], notes: list[str], names: list[str]) -> Report:
+    notes.append(f"Data range {drange:g} ({'Byte' if ref.info.dtype == np.uint8 else 'valid max − min of the reference'}); "
+                 f"border crop {math.ceil(scale) if scale else 0} pixels; nodata pixels of either raster are excluded.")
+    return Report(mode, req.reference, list(ref.info.bands), names, scale, drange,
+                  math.ceil(scale) if scale else 0, rows, notes)
+
+
+def write_difference(path: str, src, info: raster.RasterInfo, diff: np.ndarray, valid: np.ndarray) -> None:
+    """SR − HR as Float32 on the SR's grid and georeferencing, NaN where either raster has no data."""
+    n = len(info.bands)
+    out = raster.OutputRaster(path, src, info, info.width, info.height, dtype=raster.FLOAT32, nodata=[math.nan] * n)
+    try:
+        out.write(np.where(valid, diff, np.nan).astype(np.float32), 0, 0)
+    except BaseException:
+        out.discard()
+        raise
+    out.commit()
+
+
+def fmt(value: float, key: str) -> str:
+    if math.isnan(value):
+        return "—"
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.4f}" if key in ("ssim", "hf_ratio") else f"{value:.2f}"
+
+
+def band_label(report: Report, i: int) -> str:
+    name = report.band_names[i]
+    return f"band {report.band_numbers[i]}" + (f" ({name})" if name else "")
+
+
+def render_text(report: Report) -> str:
+    """A compact fixed-width table: one line per result and band, then the overall line."""
+    widths = [max(len(r.label) for r in report.rows) + 2, 10] + [11] * len(METRICS)
+    head = ["method", "band", "PSNR", "SSIM", "ERGAS", "SAM", "cons.PSNR", "HF ratio"]
+    lines = ["".join(t.ljust(w) if i < 2 else t.rjust(w) for i, (t, w) in enumerate(zip(head, widths)))]
+    for row in report.rows:
+        for label, values in [(str(b), row.bands[i]) for i, b in enumerate(report.band_numbers)] + [("overall", row.overall)]:
+            cells = [row.label, label] + [fmt(values[k], k).replace("—", "-").replace("∞", "inf") for k in METRICS]
+            lines.append("".join(t.ljust(w) if i < 2 else t.rjust(w) for i, (t, w) in enumerate(zip(cells, widths))))
+    return "\n".join(lines)
+
+
+def json_value(value: float) -> float | str | None:
+    """NaN (not available) as null, infinity (identical images) as the string "inf"."""
+    if math.isnan(value):
+        return None
+    return "inf" if math.isinf(value) else value
+
+
+def render_json(report: Report) -> str:
+    def values(d):
+        return {k: json_value(d[k]) for k in METRICS}
+
+    return json.dumps({
+        "mode": report.mode, "reference": report.reference, "scale": report.scale, "data_range": report.data_range,
+        "border": report.border, "notes": report.notes, "html": report.html, "difference": report.difference,
+        "results": [{"method": r.label, "overall": values(r.overall),
+                     "bands": [{"band": b, **values(v)} for b, v in zip(report.band_numbers, r.bands)]}
+                    for r in report.rows]}, indent=2)
+
+
+def render_html(report: Report) -> str:
+    esc = html.escape
+    heads = "".join(f"<th>{esc(HEADINGS[k])}</th>" for k in METRICS)
+
+    def cells(values):
+        return "".join(f"<td>{esc(fmt(values[k], k))}</td>" for k in METRICS)
+
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>LatentSR evaluation</title>",
+             "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin-bottom:1em}"
+             "th,td{border:1px solid #999;padding:3px 8px}td{text-align:right}td.l{text-align:left}"
+             "tr.overall{font-weight:bold}</style></head><body>",
+             "<h2>LatentSR evaluation</h2>",
+             f"<p>Reference: {esc(report.reference)}<br>Mode: {esc(report.mode)}"
+             + (f"; scale {report.scale:g}" if report.scale else "") + "</p>"]
+    if len(report.rows) > 1:
+        parts.append(f"<h3>Overall</h3><table><tr><th>Method</th>{heads}</tr>")
+        parts += [f"<tr><td class='l'>{esc(r.label)}</td>{cells(r.overall)}</tr>" for r in report.rows]
+        parts.append("</table>")
+    for r in report.rows:
+        parts.append(f"<h3>{esc(r.label)}</h3><table><tr><th>Band</th>{heads}</tr>")
+        parts += [f"<tr><td class='l'>{esc(band_label(report, i))}</td>{cells(v)}</tr>" for i, v in enumerate(r.bands)]
+        parts.append(f"<tr class='overall'><td class='l'>overall</td>{cells(r.overall)}</tr></table>")
+    parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in report.notes) + "</ul>")
+    parts.append("<p>— not available. PSNR and SSIM use the data range; ERGAS is Wald's (100/scale × relative RMSE); "
+                 "SAM is the mean spectral angle; the consistency PSNR compares downsample(SR) with the LR; the HF ratio "
+                 "compares the energy above 0.125 cycles/pixel (below 1: blurrier than the reference).</p></body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,166 @@
+"""Processing algorithm ``latentsr:evaluate``: a thin mapping of parameters onto engine.evaluate."""
+from __future__ import annotations
+
+import logging
+import math
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from ..engine import evaluate, pipeline
+from ..engine.errors import Cancelled, LatentSRError
+from .superresolve import BACKENDS, DEVICES, METHODS, FeedbackHandler
+
+NUMBERS = (("PSNR", "psnr", "PSNR (dB)"), ("SSIM", "ssim", "SSIM"), ("ERGAS", "ergas", "ERGAS"),
+           ("SAM", "sam", "SAM (degrees)"), ("CONSISTENCY_PSNR", "consistency_psnr", "Consistency PSNR (dB)"),
+           ("HF_RATIO", "hf_ratio", "High-frequency energy ratio"))
+
+
+class EvaluateAlgorithm(QgsProcessingAlgorithm):
+    INPUT, REFERENCE, LR, SCALE, BANDS = "INPUT", "REFERENCE", "LR", "SCALE", "BANDS"
+    METHOD, STEPS, SEED, BACKEND, DEVICE, MODEL = "METHOD", "STEPS", "SEED", "BACKEND", "DEVICE", "MODEL"
+    OUTPUT_HTML, OUTPUT_DIFFERENCE = "OUTPUT_HTML", "OUTPUT_DIFFERENCE"
+
+    def name(self):
+        return "evaluate"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return "Evaluate super-resolution"
+
+    def group(self):
+        return "Super-resolution"
+
+    def groupId(self):  # noqa: N802 - QGIS API
+        return "superresolution"
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return (
+            "Scores super-resolution against a reference high-resolution raster: PSNR, SSIM, ERGAS, SAM, the "
+            "consistency PSNR (downsample(SR) against the LR) and the high-frequency energy ratio, per band and "
+            "overall, in an HTML report, with an optional SR − HR difference raster.<br>"
+            "<b>With an SR raster</b> (INPUT set): it is compared with the reference on the same pixel grid. The "
+            "consistency PSNR uses the LR raster, or the reference degraded by SCALE when there is no LR; with "
+            "neither it is not available.<br>"
+            "<b>Without an SR raster</b> (INPUT empty): the reference is degraded by SCALE (antialiased bicubic, "
+            "the training degradation), super-resolved with METHOD, and scored with bicubic beside it.<br>"
+            "PSNR and SSIM use a data range of 255 for Byte rasters, else the reference's valid max − min. A border "
+            "of ceil(scale) pixels is left out. Nodata pixels of either raster are left out of PSNR, ERGAS and SAM; "
+            "SSIM and the HF ratio see them as equal in both rasters. Rasters are read whole, up to "
+            f"{evaluate.MAX_VALUES:,} values (bands × width × height) each (about 3 GB of memory at that limit)."
+        )
+
+    def createInstance(self):  # noqa: N802 - QGIS API
+        return EvaluateAlgorithm()
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        def add(param, help_text, advanced=False):
+            param.setHelp(help_text)
+            if advanced:
+                param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(param)
+
+        add(QgsProcessingParameterRasterLayer(self.INPUT, "Super-resolved raster (empty: degrade the reference)",
+                                              optional=True),
+            "The SR raster to score, on the reference's pixel grid. Leave it empty to degrade the reference by "
+            "SCALE, super-resolve it with METHOD and score that against bicubic.")
+        add(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference (high-resolution) raster"),
+            "The ground truth at the SR's resolution.")
+        add(QgsProcessingParameterRasterLayer(self.LR, "Low-resolution raster", optional=True),
+            "The LR the SR was made from, for the consistency PSNR. Empty: the reference degraded by SCALE. "
+            "Only used with an SR raster.")
+        add(QgsProcessingParameterNumber(self.SCALE, "Scale factor", QgsProcessingParameterNumber.Double, None,
+                                         optional=True, minValue=1.0, maxValue=pipeline.MAX_SCALE),
+            "The SR's scale (1 < scale ≤ 8): sets the border crop, ERGAS and the degraded LR. Needed without an SR "
+            "raster; with an LR raster it defaults to the size ratio.")
+        add(QgsProcessingParameterBand(self.BANDS, "Bands", None, self.REFERENCE, optional=True, allowMultiple=True),
+            "Band numbers used in every raster (SR, reference and LR), matched in order. Empty means all bands.")
+        add(QgsProcessingParameterEnum(self.METHOD, "Method (without an SR raster)", [m[0] for m in METHODS],
+                                       defaultValue=0),
+            "The SR method run on the degraded reference when INPUT is empty; ignored otherwise.")
+        add(QgsProcessingParameterNumber(self.STEPS, "Sampling steps (0 = method default)",
+                                         QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=50),
+            "Steps of the diffusion methods when INPUT is empty: LCMSR defaults to 1, E²DiffSR to 4.")
+        add(QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0, minValue=0),
+            "Seed of the diffusion methods when INPUT is empty.", advanced=True)
+        add(QgsProcessingParameterEnum(self.BACKEND, "Backend", BACKENDS, defaultValue=0),
+            "Backend of the learned methods when INPUT is empty (as in Super-resolve raster).", advanced=True)
+        add(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0),
+            "Device of the learned methods when INPUT is empty; auto uses CUDA when available.", advanced=True)
+        add(QgsProcessingParameterFile(self.MODEL, "Model folder (empty: the bundled model)",
+                                       behavior=QgsProcessingParameterFile.Folder, optional=True),
+            "A model bundle folder for the learned methods when INPUT is empty.", advanced=True)
+        add(QgsProcessingParameterFileDestination(self.OUTPUT_HTML, "Evaluation report", "HTML files (*.html)"),
+            "The HTML report: the metrics per band and overall (the method and bicubic side by side without an SR raster).")
+        add(QgsProcessingParameterRasterDestination(self.OUTPUT_DIFFERENCE, "Difference (SR − reference)",
+                                                    optional=True, createByDefault=False),
+            "SR − reference as Float32 on the SR's grid (without an SR raster: the method's result on the cropped "
+            "reference's grid), NaN where either raster has no data.")
+        for name, _, description in NUMBERS:
+            self.addOutput(QgsProcessingOutputNumber(name, f"Overall {description}"))
+
+    def layer_path(self, parameters, name, context):
+        """The GDAL source of a raster layer parameter, or None when it is empty."""
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        if layer is None:
+            return None
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(f"Only GDAL rasters are supported, not '{layer.providerType()}' layers.")
+        return layer.source()
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        reference = self.layer_path(parameters, self.REFERENCE, context)
+        if reference is None:
+            raise QgsProcessingException("The reference raster could not be loaded.")
+        steps = self.parameterAsInt(parameters, self.STEPS, context)
+        has_scale = parameters.get(self.SCALE) not in (None, "")
+        difference = self.parameterAsOutputLayer(parameters, self.OUTPUT_DIFFERENCE, context) or None
+        request = evaluate.EvaluateRequest(
+            reference=reference,
+            sr=self.layer_path(parameters, self.INPUT, context),
+            lr=self.layer_path(parameters, self.LR, context),
+            scale=self.parameterAsDouble(parameters, self.SCALE, context) if has_scale else None,
+            bands=self.parameterAsInts(parameters, self.BANDS, context) or None,
+            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][1],
+            steps=steps or None,
+            seed=self.parameterAsInt(parameters, self.SEED, context),
+            backend=BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)],
+            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            model=self.parameterAsFile(parameters, self.MODEL, context) or None,
+            html=self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context),
+            difference=difference,
+        )
+        handler = FeedbackHandler(feedback)
+        logger = logging.getLogger(pipeline.__name__.rsplit(".", 1)[0])
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            report = evaluate.evaluate(request, progress=lambda f: feedback.setProgress(100.0 * f),
+                                       is_cancelled=feedback.isCanceled)
+        except Cancelled:
+            raise QgsProcessingException("Cancelled: no output was written.") from None
+        except LatentSRError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - Processing shows one clear line, the log keeps the detail
+            logging.getLogger(__name__).exception("evaluation failed")
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise QgsProcessingException(f"Evaluation failed: {type(exc).__name__}: {first}") from None
+        finally:
+            logger.removeHandler(handler)
+        for line in evaluate.render_text(report).splitlines():
+            feedback.pushInfo(line)
+        results = {self.OUTPUT_HTML: report.html, self.OUTPUT_DIFFERENCE: difference}
+        for name, key, _ in NUMBERS:
+            value = report.main.overall[key]
+            results[name] = None if math.isnan(value) else value
+        return results
