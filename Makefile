@@ -42,7 +42,7 @@ env:
 demo: setup
 	mkdir -p $(dir $(DEMO_OUT))
 	$(QGIS_ENV) /usr/bin/qgis_process.bin run latentsr:superresolve -- \
-	  INPUT=$(ROOT)/$(SAMPLE) SCALE=2.5 METHOD=3 OUTPUT=$(DEMO_OUT) >$(DEMO_OUT).log 2>&1 \
+	  INPUT=$(ROOT)/$(SAMPLE) SCALE=2.5 METHOD=0 OUTPUT=$(DEMO_OUT) >$(DEMO_OUT).log 2>&1 \
 	  || { tail -5 $(DEMO_OUT).log >&2; exit 1; }
 	@for f in $(ROOT)/$(SAMPLE) $(DEMO_OUT); do echo "$$f"; gdalinfo $$f 2>/dev/null \
 	  | grep -E '^(Size|Pixel Size|Upper Left|Lower Right)|^    ID\["EPSG"' | sed 's/^ */  /'; done
@@ -73,6 +73,7 @@ bench: setup
 	cd $(ROOT) && $(PY) -m training.evaluate --val $(VAL_DATA) --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training bench-onnx --model latentsr-rgb --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training bench-onnx --model latentsr-rgb --threads 1 --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training.bench_scale --out docs/BENCHMARKS.md
 
 # Plugin zip for QGIS's "Install from ZIP": latentsr/ with metadata, LICENSE, code and resources.
 package:

@@ -67,6 +67,8 @@ CASES = [
          alg={"METHOD": 2, "MODEL": "{tampered}"}, error="do not match the SHA-256"),
     Case("card-bands-mismatch", cli=["--method", "regression", "--model", "{wrongbands}"],
          alg={"METHOD": 2, "MODEL": "{wrongbands}"}, error="do not fit"),
+    Case("truncated-onnx", cli=["--method", "lcmsr", "--backend", "onnx", "--model", "{truncatedonnx}"],
+         alg={"METHOD": 0, "BACKEND": 2, "MODEL": "{truncatedonnx}"}, error="does not match the SHA-256"),
     Case("no-model-folder", cli=["--method", "lcmsr", "--model", "{tmp}/nomodel"],
          alg={"METHOD": 0, "MODEL": "{tmp}"}, error="no model found"),
     # behaviour chosen and documented in the README's Limits
@@ -122,7 +124,14 @@ def inputs(tmp_path_factory):
         if "bands" in spec["config"]:
             spec["config"]["bands"] = 4
     (wrong / "model.json").write_text(json.dumps(meta))
-    paths.update(corrupt=str(corrupt), tampered=str(tampered), wrongbands=str(wrong), good=str(good))
+    from training.export import export
+
+    truncated = write(d / "models" / "truncatedonnx", card, tensors)
+    export(str(truncated))
+    graph = truncated / "lcmsr.onestep.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    paths.update(corrupt=str(corrupt), tampered=str(tampered), wrongbands=str(wrong), good=str(good),
+                 truncatedonnx=str(truncated))
     return paths
 
 
