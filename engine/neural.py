@@ -265,8 +265,8 @@ def build_method(name: str, options):
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise LatentSRError(f"backend 'torch' needs PyTorch, which cannot be imported here: install it, "
-                            f"or use backend onnx") from None
+        raise LatentSRError("backend 'torch' needs PyTorch, which cannot be imported here: install it, "
+                            "or use backend onnx") from None
     card, tensors = modelfile.load(options.model)
     method = from_bundle(name, card, tensors, options.steps, options.seed, options.device)
     log.info("%s: model %s, backend torch on %s, %s", name, card.get("name"), method.device,

@@ -1,7 +1,6 @@
 """Processing algorithm ``latentsr:evaluate``: a thin mapping of parameters onto engine.evaluate."""
 from __future__ import annotations
 
-import logging
 import math
 
 from qgis.core import (
@@ -19,8 +18,8 @@ from qgis.core import (
 )
 
 from ..engine import evaluate, pipeline
-from ..engine.errors import Cancelled, LatentSRError
-from .superresolve import BACKENDS, DEVICES, METHODS, FeedbackHandler
+from .engine_run import run_engine
+from .superresolve import BACKENDS, DEVICES, METHODS
 
 NUMBERS = (("PSNR", "psnr", "PSNR (dB)"), ("SSIM", "ssim", "SSIM"), ("ERGAS", "ergas", "ERGAS"),
            ("SAM", "sam", "SAM (degrees)"), ("CONSISTENCY_PSNR", "consistency_psnr", "Consistency PSNR (dB)"),
@@ -140,23 +139,7 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
             html=self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context),
             difference=difference,
         )
-        handler = FeedbackHandler(feedback)
-        logger = logging.getLogger(pipeline.__name__.rsplit(".", 1)[0])
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        try:
-            report = evaluate.evaluate(request, progress=lambda f: feedback.setProgress(100.0 * f),
-                                       is_cancelled=feedback.isCanceled)
-        except Cancelled:
-            raise QgsProcessingException("Cancelled: no output was written.") from None
-        except LatentSRError as exc:
-            raise QgsProcessingException(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - Processing shows one clear line, the log keeps the detail
-            logging.getLogger(__name__).exception("evaluation failed")
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise QgsProcessingException(f"Evaluation failed: {type(exc).__name__}: {first}") from None
-        finally:
-            logger.removeHandler(handler)
+        report = run_engine("Evaluation", evaluate.evaluate, request, feedback)
         for line in evaluate.render_text(report).splitlines():
             feedback.pushInfo(line)
         results = {self.OUTPUT_HTML: report.html, self.OUTPUT_DIFFERENCE: difference}

@@ -1,10 +1,7 @@
 """Processing algorithm ``latentsr:superresolve``: a thin mapping of parameters onto the engine."""
 from __future__ import annotations
 
-import logging
-
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterBand,
@@ -19,27 +16,12 @@ from qgis.core import (
 )
 
 from ..engine import pipeline
-from ..engine.errors import Cancelled, LatentSRError
+from .engine_run import run_engine
 
 METHODS = [("LCMSR (one-step latent consistency)", "lcmsr"), ("E²DiffSR (few-step latent diffusion)", "e2diffsr"),
            ("Regression (deterministic decoder)", "regression"), ("Bicubic", "bicubic")]
 BACKENDS = list(pipeline.BACKENDS)
 DEVICES = list(pipeline.DEVICES)
-
-
-class FeedbackHandler(logging.Handler):
-    """Engine log records shown in the Processing log."""
-
-    def __init__(self, feedback):
-        super().__init__(logging.INFO)
-        self.feedback = feedback
-
-    def emit(self, record):
-        text = record.getMessage()
-        if record.levelno >= logging.WARNING:
-            self.feedback.reportError(text, fatalError=False)
-        else:
-            self.feedback.pushInfo(text)
 
 
 class SuperResolveAlgorithm(QgsProcessingAlgorithm):
@@ -159,23 +141,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
             consistency=self.parameterAsBool(parameters, self.CONSISTENCY, context),
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
         )
-        handler = FeedbackHandler(feedback)
-        logger = logging.getLogger(pipeline.__name__.rsplit(".", 1)[0])
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        try:
-            result = pipeline.superresolve(request, progress=lambda f: feedback.setProgress(100.0 * f),
-                                           is_cancelled=feedback.isCanceled)
-        except Cancelled:
-            raise QgsProcessingException("Cancelled: no output was written.") from None
-        except LatentSRError as exc:
-            raise QgsProcessingException(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - Processing shows one clear line, the log keeps the detail
-            logging.getLogger(__name__).exception("super-resolution failed")
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise QgsProcessingException(f"Super-resolution failed: {type(exc).__name__}: {first}") from None
-        finally:
-            logger.removeHandler(handler)
+        result = run_engine("Super-resolution", pipeline.superresolve, request, feedback)
         feedback.pushInfo(f"Wrote {result.width}×{result.height} pixels (scale {result.scale:.4g}, {result.method}) "
                           f"in {result.seconds:.1f} s.")
         return {self.OUTPUT: result.output, self.OUTPUT_UNCERTAINTY: uncertainty}
