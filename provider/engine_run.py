@@ -1,15 +1,32 @@
-"""How the algorithms call the engine: its log in the Processing log, progress and cancel through
-the feedback, and every failure as a one-line QgsProcessingException."""
+"""What the algorithms share: parameters with help text, GDAL-only raster inputs, and the engine
+call (its log in the Processing log, progress and cancel through the feedback, and every failure
+as a one-line QgsProcessingException)."""
 from __future__ import annotations
 
 import logging
 
-from qgis.core import QgsProcessingException
+from qgis.core import QgsProcessingException, QgsProcessingParameterDefinition
 
 from ..engine import pipeline
 from ..engine.errors import Cancelled, LatentSRError
 
 ENGINE_LOGGER = pipeline.__name__.rsplit(".", 1)[0]
+
+
+def add_parameter(alg, param, help_text: str, advanced: bool = False) -> None:
+    """Add ``param`` to ``alg`` with its help text, in the advanced section if asked."""
+    param.setHelp(help_text)
+    if advanced:
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    alg.addParameter(param)
+
+
+def gdal_layer(alg, parameters, name: str, context):
+    """The raster layer of parameter ``name`` (None when empty); other providers than GDAL are refused."""
+    layer = alg.parameterAsRasterLayer(parameters, name, context)
+    if layer is not None and layer.providerType() != "gdal":
+        raise QgsProcessingException(f"Only GDAL rasters are supported, not '{layer.providerType()}' layers.")
+    return layer
 
 
 class FeedbackHandler(logging.Handler):

@@ -8,7 +8,6 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBand,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -18,7 +17,7 @@ from qgis.core import (
 )
 
 from ..engine import evaluate, pipeline
-from .engine_run import run_engine
+from .engine_run import add_parameter, gdal_layer, run_engine
 from .superresolve import BACKENDS, DEVICES, METHODS
 
 NUMBERS = (("PSNR", "psnr", "PSNR (dB)"), ("SSIM", "ssim", "SSIM"), ("ERGAS", "ergas", "ERGAS"),
@@ -64,10 +63,7 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         def add(param, help_text, advanced=False):
-            param.setHelp(help_text)
-            if advanced:
-                param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(param)
+            add_parameter(self, param, help_text, advanced)
 
         add(QgsProcessingParameterRasterLayer(self.INPUT, "Super-resolved raster (empty: degrade the reference)",
                                               optional=True),
@@ -110,12 +106,8 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
 
     def layer_path(self, parameters, name, context):
         """The GDAL source of a raster layer parameter, or None when it is empty."""
-        layer = self.parameterAsRasterLayer(parameters, name, context)
-        if layer is None:
-            return None
-        if layer.providerType() != "gdal":
-            raise QgsProcessingException(f"Only GDAL rasters are supported, not '{layer.providerType()}' layers.")
-        return layer.source()
+        layer = gdal_layer(self, parameters, name, context)
+        return None if layer is None else layer.source()
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         reference = self.layer_path(parameters, self.REFERENCE, context)

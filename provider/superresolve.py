@@ -6,7 +6,6 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
@@ -16,7 +15,7 @@ from qgis.core import (
 )
 
 from ..engine import pipeline
-from .engine_run import run_engine
+from .engine_run import add_parameter, gdal_layer, run_engine
 
 METHODS = [("LCMSR (one-step latent consistency)", "lcmsr"), ("E²DiffSR (few-step latent diffusion)", "e2diffsr"),
            ("Regression (deterministic decoder)", "regression"), ("Bicubic", "bicubic")]
@@ -57,10 +56,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         def add(param, help_text, advanced=False):
-            param.setHelp(help_text)
-            if advanced:
-                param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(param)
+            add_parameter(self, param, help_text, advanced)
 
         add(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"),
             "Any GDAL-readable raster layer (GeoTIFF, PNG, JPEG, VRT...).")
@@ -108,11 +104,9 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
             "Per-pixel standard deviation of the samples (needs Samples ≥ 2).")
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        layer = gdal_layer(self, parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException("The input raster could not be loaded.")
-        if layer.providerType() != "gdal":
-            raise QgsProcessingException(f"Only GDAL rasters are supported, not '{layer.providerType()}' layers.")
         target = self.parameterAsDouble(parameters, self.TARGET_RESOLUTION, context)
         has_target = parameters.get(self.TARGET_RESOLUTION) not in (None, "") and target > 0
         steps = self.parameterAsInt(parameters, self.STEPS, context)
