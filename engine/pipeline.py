@@ -213,6 +213,7 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
         outputs[0].discard()
         raise
     seeds = sample_seeds(req.seed, req.samples)
+    committed: list[str] = []
     pending: dict[tuple[int, int], tuple[list[np.ndarray], np.ndarray]] = {}
     try:
         total = len(rows) * len(cols)
@@ -244,11 +245,12 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
             raise Cancelled()
         for out in reversed(outputs):  # the main output appears last, once everything else is in place
             out.commit()
+            committed.append(out.path)
     except BaseException:
         for out in outputs:
             out.discard()
-        if len(outputs) > 1 and os.path.exists(req.uncertainty) and not os.path.exists(req.output):
-            os.remove(req.uncertainty)
+        for path in committed:  # a sibling this run already put in place must not outlive the failure
+            os.remove(path)
         raise
     progress(1.0)
     seconds = time.perf_counter() - start
