@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .allocator import fix_mmap_threshold
 from .errors import LatentSRError
 from .grid import Grid
 from .resample import cubic_resample
@@ -58,5 +59,6 @@ def build_method(name: str, options: MethodOptions = MethodOptions()) -> SRMetho
             from . import neural
         except ImportError:
             raise LatentSRError(f"method '{name}' is not available in this version: use bicubic") from None
+        fix_mmap_threshold()  # the networks' large, short-lived tensors must not pile up in the heap
         return neural.build_method(name, options)
     raise LatentSRError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")

@@ -241,6 +241,8 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
                     std = np.stack([extra[0][c] * norms[c].scale for c in range(n_bands)]).astype(np.float32)
                     outputs[1].write(np.where(ok, std, np.float32(np.nan)), col_edges[ix], row_edges[iy])
                 progress(0.95 * (iy * len(cols) + ix + 1) / total)
+            for out in outputs:  # this row of cells is final: out of the block cache with it
+                out.flush()
         if is_cancelled():
             raise Cancelled()
         for out in reversed(outputs):  # the main output appears last, once everything else is in place

@@ -256,9 +256,21 @@ class OutputRaster:
 
     def write(self, data: np.ndarray, x0: int, y0: int) -> None:
         """Write C×h×w ``data`` at column x0, row y0."""
-        try:
+        def write_bands():
             for i in range(data.shape[0]):
                 self.ds.GetRasterBand(i + 1).WriteArray(data[i], x0, y0)
+        self._writing(write_bands)
+
+    def flush(self) -> None:
+        """Write the blocks GDAL holds for this output to the scratch file and drop them from its
+        cache, so that the cache does not grow with the raster."""
+        self._writing(lambda: self.ds.FlushCache())  # not the bound method: it would keep the dataset alive
+
+    @staticmethod
+    def _writing(action) -> None:
+        """Run a GDAL write; its failure becomes a one-line LatentSRError."""
+        try:
+            action()
             return
         except RuntimeError as exc:
             message = one_line(exc)
