@@ -48,11 +48,12 @@ def smooth(points: list[tuple[float, float]], window: int = 50) -> list[tuple[fl
     return out
 
 
-def write(path: str | Path, loss: list[tuple[float, float]], val: list[tuple[float, float, float]]) -> None:
-    """loss: (step, loss); val: (step, model PSNR, bicubic PSNR)."""
+def write(path: str | Path, loss: list[tuple[float, float]], val: list[list[float]]) -> None:
+    """loss: (step, loss); val: (step, model PSNR, bicubic PSNR[, the stage's reference PSNR])."""
     img = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(img)
     _panel(draw, PAD, "training loss (running mean, log scale)", [("loss", smooth(loss))], log_y=True)
     _panel(draw, WIDTH // 2 + PAD, "validation PSNR (dB)",
-           [("model", [(s, p) for s, p, _ in val]), ("bicubic", [(s, b) for s, _, b in val])], log_y=False)
+           [("model", [(v[0], v[1]) for v in val]), ("bicubic", [(v[0], v[2]) for v in val])]
+           + ([("reference", [(v[0], v[3]) for v in val])] if val and len(val[0]) > 3 else []), log_y=False)
     img.save(path)

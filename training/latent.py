@@ -1,7 +1,7 @@
 """What both stage-2 methods share: the frozen stage-1 autoencoder, the latent scale, and the
 conditioning net trained with an L2 ("knowledge distillation") loss against the true latent.
 
-Diffusion runs on the normalised latent x0 = latent_scale · mean(encoder), with latent_scale =
+Diffusion runs on the normalised latent x0 = latent_scale · encoder(HR, LR), with latent_scale =
 1/std of the encoder means over LATENT_BATCHES training batches, fixed when the run starts.
 """
 from __future__ import annotations
@@ -10,13 +10,10 @@ import torch
 
 from engine import modelfile
 
-from . import data
-from .batch import make_pair
 from .trainer import Stage
 
 LATENT_BATCHES = 8
 COND_WEIGHT = 1.0
-STATS_STEP = 1 << 40  # data keys of the latent statistics, far from any training step
 
 
 class LatentStage(Stage):
@@ -36,14 +33,8 @@ class LatentStage(Stage):
         self.latent_scale = 1.0
 
     def setup(self) -> None:
-        ds = data.CropDataset(data.list_images(self.settings.data), self.settings.crop, self.settings.bands, self.settings.seed)
-        means = []
         with torch.no_grad():
-            for k in range(LATENT_BATCHES):
-                hr = torch.stack([ds[(STATS_STEP + k, i)] for i in range(self.settings.batch)]).to(self.device)
-                scale = data.batch_scale(self.settings.seed, STATS_STEP + k, self.settings.scale_min, self.settings.scale_max)
-                pair = make_pair(hr, scale, self.multiple)
-                means.append(self.encoder(pair.hr, pair.lr_up)[0].flatten())
+            means = [self.encoder(pair.hr, pair.lr_up).flatten() for pair in self.stats_pairs(LATENT_BATCHES)]
         self.latent_scale = float(1.0 / torch.cat(means).std().clamp_min(1e-6))
 
     def state(self) -> dict:
@@ -55,7 +46,7 @@ class LatentStage(Stage):
     def target(self, pair) -> torch.Tensor:
         """The normalised true latent x0 of a batch."""
         with torch.no_grad():
-            return self.encoder(pair.hr, pair.lr_up)[0] * self.latent_scale
+            return self.encoder(pair.hr, pair.lr_up) * self.latent_scale
 
     def condition(self, nets: dict, pair) -> torch.Tensor:
         return nets["condition"](pair.lr, pair.inv_scale, *pair.hr_tables())

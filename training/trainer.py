@@ -33,6 +33,7 @@ CURVES = "curves.png"
 VAL_SCALES = (2.0, 3.0, 4.0)
 GRAD_CLIP = 1.0
 LR_FLOOR = 0.02  # the cosine schedule ends at this fraction of the peak learning rate
+STATS_STEP = 1 << 40  # data keys of the batches that set statistics before training, far from any step
 
 
 @dataclass
@@ -112,6 +113,14 @@ class Stage(abc.ABC):
     def setup(self) -> None:
         """Once, before the first step of a fresh run."""
 
+    def stats_pairs(self, count: int):
+        """``count`` training pairs outside the steps' data, for statistics taken before training."""
+        s = self.settings
+        ds = data.CropDataset(data.list_images(s.data), s.crop, s.bands, s.seed)
+        for k in range(count):
+            hr = torch.stack([ds[(STATS_STEP + k, i)] for i in range(s.batch)]).to(self.device)
+            yield make_pair(hr, data.batch_scale(s.seed, STATS_STEP + k, s.scale_min, s.scale_max), self.multiple)
+
     def state(self) -> dict:
         """JSON-able state to keep in checkpoints."""
         return {}
@@ -126,6 +135,10 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     def predict(self, pair, ema: dict) -> torch.Tensor:
         """The SR of a batch with the EMA networks (validation)."""
+
+    def reference(self, pair, ema: dict) -> torch.Tensor | None:
+        """A second SR of a batch that validation compares the model with, or None."""
+        return None
 
     @abc.abstractmethod
     def export_card(self) -> dict:
@@ -220,16 +233,18 @@ class Trainer:
         modelfile.save(self.out, dict(card, name=f"{self.stage.name}-stage", bands=self.s.bands), tensors)
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
-        """Mean PSNR of the EMA model and of bicubic over the validation crops at VAL_SCALES."""
-        model, bicubic = [], []
+    def validate(self) -> list[float]:
+        """Mean PSNR of the EMA model, of bicubic and, if the stage has one, of its reference SR,
+        over the validation crops at VAL_SCALES."""
+        rows = []
         for scale in VAL_SCALES:
             for i in range(0, len(self.val), self.s.batch):
                 pair = make_pair(self.val[i:i + self.s.batch].to(self.device), scale, self.stage.multiple)
                 border = math.ceil(scale)
-                model.append(psnr(self.stage.predict(pair, self.ema), pair.hr, border))
-                bicubic.append(psnr(pair.lr_up, pair.hr, border))
-        return float(torch.cat(model).mean()), float(torch.cat(bicubic).mean())
+                ref = self.stage.reference(pair, self.ema)
+                rows.append([psnr(self.stage.predict(pair, self.ema), pair.hr, border), psnr(pair.lr_up, pair.hr, border)]
+                            + ([] if ref is None else [psnr(ref, pair.hr, border)]))
+        return [float(torch.cat(col).mean()) for col in zip(*rows)]
 
     def run(self) -> None:
         s = self.s
@@ -259,9 +274,10 @@ class Trainer:
             bar.update(1)
             bar.set_postfix({"loss": f"{value:.4g}", **{k: f"{v:.3g}" for k, v in logs.items()}})
             if self.val is not None and (self.step % s.val_every == 0 or self.step == s.steps):
-                model, bicubic = self.validate()
-                self.history["val"].append([self.step, model, bicubic])
-                log.info("step %d: validation PSNR %.2f dB (bicubic %.2f, %+.2f)", self.step, model, bicubic, model - bicubic)
+                val = self.validate()
+                self.history["val"].append([self.step, *val])
+                log.info("step %d: validation PSNR %.2f dB (bicubic %.2f, %+.2f)%s", self.step, val[0], val[1], val[0] - val[1],
+                         f"; reference {val[2]:.2f} dB, the model {val[0] - val[2]:+.2f} above it" if len(val) > 2 else "")
             if self.step % s.ckpt_every == 0 or self.step == s.steps:
                 self.checkpoint()
         bar.close()
