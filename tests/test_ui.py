@@ -214,6 +214,29 @@ def test_cancel_leaves_nothing(make_dock, tmp_path_factory, qgis_iface):
     assert any("Cancelled" in m for m in qgis_iface.messageBar().get_messages(Qgis.Info))
 
 
+def test_removing_the_input_layer_mid_run_cancels_cleanly(make_dock, tmp_path_factory, qgis_iface):
+    rng = np.random.default_rng(3)
+    big = write_raster(tmp_path_factory.mktemp("input") / "big.tif", rng.integers(0, 255, (1, 1024, 1024), dtype=np.uint8))
+    layer_id = add_raster(big, "doomed").id()
+    out_dir = tmp_path_factory.mktemp("out")
+    dock = make_dock()
+    dock.method.setCurrentIndex(3)
+    dock.tile.setValue(16)
+    dock.overlap.setValue(0)
+    dock.output.setFilePath(str(out_dir / "sr.tif"))
+    dock.run_button.click()
+    run = dock.run
+    assert wait_for(lambda: run.feedback.progress() > 0 or dock.run is None)
+    assert dock.run is run, "the run ended before the layer could be removed"
+    QgsProject.instance().removeMapLayer(layer_id)
+    assert wait_for(lambda: dock.run is None)
+    assert run.feedback.isCanceled()
+    assert result_layers("doomed") == []
+    assert os.listdir(out_dir) == []
+    assert any("input layer was removed" in m for m in qgis_iface.messageBar().get_messages(Qgis.Info))
+    assert dock.layer_combo.currentLayer() is None or dock.layer_combo.currentLayer().id() != layer_id
+
+
 def test_missing_dependencies_are_explained(make_dock, monkeypatch, small_raster):
     add_raster(small_raster, "small")
     dock = make_dock()

@@ -39,10 +39,9 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", help="network sizes: default, small or tiny")
     if name == "stage1":
         p.add_argument("--bands", type=int, default=3, help="band count of the model")
-        p.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the latent's KL against N(0, I)")
-        p.add_argument("--latent-noise", type=float, default=0.1, help="standard deviation of the latent posterior, relative to the spread of its means")
+        p.add_argument("--kl-weight", type=float, default=1e-4)
         p.add_argument("--fft-weight", type=float, default=0.05)
-        p.add_argument("--latent-dropout", type=float, default=0.1,
+        p.add_argument("--latent-dropout", type=float, default=0.25,
                        help="share of samples decoded with a zero latent, so the decoder also works as plain regression")
     else:
         p.add_argument("--stage1", required=True, help="the --out folder of a stage-1 run")
@@ -90,8 +89,7 @@ def train(args) -> None:
 
     if args.command == "stage1":
         from .stage1 import Stage1 as stage
-        options = {"kl_weight": args.kl_weight, "fft_weight": args.fft_weight, "latent_dropout": args.latent_dropout,
-                   "latent_noise": args.latent_noise}
+        options = {"kl_weight": args.kl_weight, "fft_weight": args.fft_weight, "latent_dropout": args.latent_dropout}
     elif args.command == "e2diffsr":
         from .e2diffsr import E2DiffSRStage as stage
         options = {"cond_weight": args.cond_weight}

@@ -9,6 +9,7 @@ from qgis.core import (
     QgsMapLayerProxyModel,
     QgsMessageLog,
     QgsProcessing,
+    QgsProject,
     QgsProviderRegistry,
     QgsReferencedRectangle,
     QgsSettings,
@@ -73,11 +74,13 @@ class SuperResolveDock(QgsDockWidget):
         self.iface = iface
         self.run: SuperResolveRun | None = None
         self.result_info: tuple[str, str, bool] = ("", "", False)  # name, source layer id, copy the style
+        self.input_removed = False  # the run's input layer left the project, so the run was cancelled
         self.found = deps.detect()
         self.cuda_probed = False
         self._build()
         self.refresh_dependencies()
         self.restore_settings()
+        QgsProject.instance().layersWillBeRemoved.connect(self.layers_removed)
         self._connect()
         self.layer_changed()
 
@@ -410,6 +413,7 @@ class SuperResolveDock(QgsDockWidget):
             self.iface.messageBar().pushMessage("LatentSR", str(exc), level=Qgis.Critical)
             return
         self.result_info = (self.result_name(), layer.id(), not self.selected_bands())
+        self.input_removed = False
         self.run.feedback.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
         self.run.finished.connect(self.finished)
         self.progress.setValue(0)
@@ -421,12 +425,20 @@ class SuperResolveDock(QgsDockWidget):
             self.cancel_button.setEnabled(False)
             self.run.cancel()
 
+    def layers_removed(self, layer_ids) -> None:
+        """A run whose input layer leaves the project stops: its result would have no place."""
+        if self.run is not None and self.result_info[1] in layer_ids:
+            self.input_removed = True
+            self.cancel()
+
     def finished(self, ok: bool, results: dict, message: str) -> None:
         run, self.run = self.run, None
         self.update_state()
         if not ok:
             self.progress.setValue(0)
             cancelled = run.feedback.isCanceled()
+            if cancelled and self.input_removed:
+                message = "The input layer was removed from the project during the run: it was cancelled and nothing was written."
             self.iface.messageBar().pushMessage("LatentSR", message, level=Qgis.Info if cancelled else Qgis.Critical,
                                                 duration=5 if cancelled else 0)
             return
@@ -444,6 +456,7 @@ class SuperResolveDock(QgsDockWidget):
 
     def shutdown(self) -> None:
         """Cancel a running job (plugin unload); it ends on its own and loads nothing."""
+        QgsProject.instance().layersWillBeRemoved.disconnect(self.layers_removed)
         if self.run is not None:
             self.run.finished.disconnect(self.finished)
             self.run.cancel()

@@ -1,9 +1,7 @@
 """Residual autoencoder encoder (stage 1, training only): HR and the bicubic LR -> latent.
 
-It sees HR−LR and the bicubic LR, and encodes what the LR lacks into ``latent`` channels at HR/8
-(three stride-2 stages): the mean of a Gaussian posterior whose variance is fixed in training
-(training/stage1.py), so the encoder has nothing to gain by drowning its message in noise.
-HR height and width must be multiples of 8.
+It sees HR−LR and the bicubic LR, and encodes what the LR lacks into a diagonal Gaussian of
+``latent`` channels at HR/8 (three stride-2 stages). HR height and width must be multiples of 8.
 """
 from __future__ import annotations
 
@@ -23,8 +21,10 @@ class Encoder(nn.Module):
             stages += [nn.Conv2d(c_in, c, 3, padding=1), nn.SiLU(), nn.Conv2d(c, c, 4, stride=2, padding=1), nn.SiLU()]
             c_in = c
         self.body = nn.Sequential(*stages)
-        self.out = nn.Conv2d(c_in, latent, 3, padding=1)
+        self.out = nn.Conv2d(c_in, 2 * latent, 3, padding=1)
 
-    def forward(self, hr: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
-        """The latent (B, latent, H/8, W/8)."""
-        return self.out(self.body(F.silu(self.head(torch.cat([hr - lr_up, lr_up], dim=1)))))
+    def forward(self, hr: torch.Tensor, lr_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, logvar) of the latent, each (B, latent, H/8, W/8)."""
+        h = self.body(F.silu(self.head(torch.cat([hr - lr_up, lr_up], dim=1))))
+        mean, logvar = self.out(h).chunk(2, dim=1)
+        return mean, logvar.clamp(-20.0, 10.0)
