@@ -129,6 +129,8 @@ def test_training_stages_and_bundle(images, stage1, tmp_path):
         assert state["step"] == 2 and len(state["history"]["loss"]) == 2 and len(state["history"]["val"]) == 1
         assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
         assert math.isfinite(state["history"]["val"][0][1])
+        # stage 1 also validates the decoder with a zero latent: the latent's worth, in dB
+        assert len(state["history"]["val"][0]) == (4 if run == stage1 else 3)
     assert main(["bundle", "--stage1", str(stage1), "--e2diffsr", str(tmp_path / "e2diffsr"),
                  "--lcmsr", str(tmp_path / "lcmsr"), "--name", "test-rgb", "--out", str(tmp_path / "models")]) == 0
     folder = tmp_path / "models" / "test-rgb"

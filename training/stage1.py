@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from engine.models.sampling import LATENT_FACTOR
+
 from .trainer import Stage
 
 KL_WEIGHT = 1e-4
@@ -46,9 +48,18 @@ class Stage1(Stage):
         loss = l1 + o.get("kl_weight", KL_WEIGHT) * kl + o.get("fft_weight", FFT_WEIGHT) * fft
         return loss, {"l1": l1.item(), "kl": kl.item()}
 
+    def _decode(self, pair, ema, z):
+        return ema["decoder"](pair.lr, z, pair.inv_scale, *pair.decoder_tables())
+
     def predict(self, pair, ema):
-        mean, _ = ema["encoder"](pair.hr, pair.lr_up)
-        return ema["decoder"](pair.lr, mean, pair.inv_scale, *pair.decoder_tables())
+        return self._decode(pair, ema, ema["encoder"](pair.hr, pair.lr_up)[0])
+
+    def reference(self, pair, ema):
+        """The decoder with a zero latent: validation shows how much the latent adds (0 dB when the
+        latent has collapsed, and the diffusion stages would have nothing to sample)."""
+        shape = (pair.lr.shape[0], self.specs["decoder"]["config"]["latent"],
+                 pair.hr.shape[-2] // LATENT_FACTOR, pair.hr.shape[-1] // LATENT_FACTOR)
+        return self._decode(pair, ema, torch.zeros(shape, device=pair.lr.device))
 
     def export_card(self):
         return {"kind": "stage1", "latent": self.specs["decoder"]["config"]["latent"]}
