@@ -94,7 +94,7 @@ def test_overfitting_one_batch():
     torch.manual_seed(0)
     crops = data.read_image(DATA / "ucmerced_crops.png")
     hr = torch.from_numpy(np.stack([crops[:, :, 64 * i:64 * i + 64] for i in range(4)]))
-    stage = Stage1(Settings(data="", out="", preset="small"), torch.device("cpu"), None)
+    stage = Stage1(Settings(data=str(DATA), out="", preset="small", crop=64, batch=4), torch.device("cpu"), None)
     stage.setup()
     opt = torch.optim.Adam([p for m in stage.nets.values() for p in m.parameters()], lr=2e-3)
     pair = make_pair(hr, 4.0, 1)
@@ -106,6 +106,29 @@ def test_overfitting_one_batch():
         opt.step()
         losses.append(loss.item())
     assert np.mean(losses[-10:]) < 0.7 * losses[0]
+
+
+def test_encoder_starts_as_its_analysis_and_init_keeps_the_regression(stage1):
+    """A fresh stage 1 encodes the standardised residual analysis (the learned part starts at
+    zero); --init starts the decoder as the given model's decoder for a zero latent."""
+    from engine import modelfile
+    from engine.models.encoder import analysis
+
+    card, tensors = modelfile.load(stage1)
+    old = modelfile.build_networks(card, tensors, ["decoder"], "cpu")["decoder"]
+    settings = Settings(data=str(DATA), out="", preset="tiny", crop=64, batch=2, options={"init": str(stage1)})
+    stage = Stage1(settings, torch.device("cpu"), None)
+    stage.setup()
+    torch.manual_seed(1)
+    pair = make_pair(torch.rand(2, 3, 64, 64), 3.0, 1)
+    enc = stage.nets["encoder"]
+    with torch.no_grad():
+        expected = (analysis(pair.hr, pair.lr_up) - enc.shift) / enc.spread
+        torch.testing.assert_close(enc(pair.hr, pair.lr_up), expected)
+        z0 = torch.zeros(2, 4, 8, 8)
+        torch.testing.assert_close(stage.nets["decoder"](pair.lr, z0, pair.inv_scale, *pair.decoder_tables()),
+                                   old(pair.lr, z0, pair.inv_scale, *pair.decoder_tables()), atol=1e-5, rtol=1e-5)
+    assert (enc.spread > 0).all()
 
 
 def train_args(command, images, out, steps, *extra):
@@ -131,6 +154,8 @@ def test_training_stages_and_bundle(images, stage1, tmp_path):
         assert math.isfinite(state["history"]["val"][0][1])
         # stage 1 also validates the decoder with a zero latent: the latent's worth, in dB
         assert len(state["history"]["val"][0]) == (4 if run == stage1 else 3)
+    exported = load_file(str(stage1 / "model.safetensors"))  # the EMA networks carry the encoder's statistics
+    assert exported["encoder.spread"].ne(1).all() and exported["encoder.shift"].ne(0).all()
     assert main(["bundle", "--stage1", str(stage1), "--e2diffsr", str(tmp_path / "e2diffsr"),
                  "--lcmsr", str(tmp_path / "lcmsr"), "--name", "test-rgb", "--out", str(tmp_path / "models")]) == 0
     folder = tmp_path / "models" / "test-rgb"

@@ -39,9 +39,12 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", help="network sizes: default, small or tiny")
     if name == "stage1":
         p.add_argument("--bands", type=int, default=3, help="band count of the model")
-        p.add_argument("--kl-weight", type=float, default=1e-4)
+        p.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the latent's KL against N(0, I)")
+        p.add_argument("--latent-noise", type=float, default=0.1,
+                       help="standard deviation of the latent posterior, relative to the spread of its means")
+        p.add_argument("--init", help="start the decoder from this stage-1 model folder (default: from bicubic)")
         p.add_argument("--fft-weight", type=float, default=0.05)
-        p.add_argument("--latent-dropout", type=float, default=0.25,
+        p.add_argument("--latent-dropout", type=float, default=0.0,
                        help="share of samples decoded with a zero latent, so the decoder also works as plain regression")
     else:
         p.add_argument("--stage1", required=True, help="the --out folder of a stage-1 run")
@@ -89,7 +92,8 @@ def train(args) -> None:
 
     if args.command == "stage1":
         from .stage1 import Stage1 as stage
-        options = {"kl_weight": args.kl_weight, "fft_weight": args.fft_weight, "latent_dropout": args.latent_dropout}
+        options = {"kl_weight": args.kl_weight, "fft_weight": args.fft_weight, "latent_dropout": args.latent_dropout,
+                   "latent_noise": args.latent_noise, "init": args.init}
     elif args.command == "e2diffsr":
         from .e2diffsr import E2DiffSRStage as stage
         options = {"cond_weight": args.cond_weight}

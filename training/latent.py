@@ -1,7 +1,7 @@
 """What both stage-2 methods share: the frozen stage-1 autoencoder, the latent scale, and the
 conditioning net trained with an L2 ("knowledge distillation") loss against the true latent.
 
-Diffusion runs on the normalised latent x0 = latent_scale · mean(encoder), with latent_scale =
+Diffusion runs on the normalised latent x0 = latent_scale · encoder(HR, LR), with latent_scale =
 1/std of the encoder means over LATENT_BATCHES training batches, fixed when the run starts.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ class LatentStage(Stage):
 
     def setup(self) -> None:
         with torch.no_grad():
-            means = [self.encoder(pair.hr, pair.lr_up)[0].flatten() for pair in self.stats_pairs(LATENT_BATCHES)]
+            means = [self.encoder(pair.hr, pair.lr_up).flatten() for pair in self.stats_pairs(LATENT_BATCHES)]
         self.latent_scale = float(1.0 / torch.cat(means).std().clamp_min(1e-6))
 
     def state(self) -> dict:
@@ -46,7 +46,7 @@ class LatentStage(Stage):
     def target(self, pair) -> torch.Tensor:
         """The normalised true latent x0 of a batch."""
         with torch.no_grad():
-            return self.encoder(pair.hr, pair.lr_up)[0] * self.latent_scale
+            return self.encoder(pair.hr, pair.lr_up) * self.latent_scale
 
     def condition(self, nets: dict, pair) -> torch.Tensor:
         return nets["condition"](pair.lr, pair.inv_scale, *pair.hr_tables())

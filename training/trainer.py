@@ -165,6 +165,8 @@ class Trainer:
             saved = json.loads(ckpt.read_text())
         torch.manual_seed(settings.seed)
         self.stage = stage_cls(settings, self.device, saved["networks"] if saved else None)
+        if not saved:
+            self.stage.setup()
         self.ema = {n: copy.deepcopy(m).requires_grad_(False).eval() for n, m in self.stage.nets.items()}
         self.params = [p for m in self.stage.nets.values() for p in m.parameters()]
         self.opt = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=0.0)
@@ -173,8 +175,6 @@ class Trainer:
         self.history = {"loss": [], "val": []}
         if saved:
             self._restore(saved)
-        else:
-            self.stage.setup()
         self.val = None
         if settings.val:
             crops = data.centre_crops(data.list_images(settings.val), settings.val_crop, settings.bands, settings.val_images)
@@ -268,6 +268,8 @@ class Trainer:
                 for name, net in self.stage.nets.items():
                     for e, p in zip(self.ema[name].parameters(), net.parameters()):
                         e.lerp_(p, 1.0 - decay)
+                    for e, b in zip(self.ema[name].buffers(), net.buffers()):  # statistics, not averaged
+                        e.copy_(b)
             self.step += 1
             value = loss.item()
             self.history["loss"].append([self.step, value])
