@@ -192,10 +192,12 @@ def test_error_goes_to_message_bar(make_dock, small_raster, tmp_path, qgis_iface
     assert result_layers("small") == [] and os.listdir(tmp_path) == []
 
 
-def test_cancel_leaves_nothing(make_dock, tmp_path_factory, qgis_iface):
+def start_long_run(make_dock, tmp_path_factory, name):
+    """A dock running bicubic on a 1024² raster in 16-pixel tiles, caught while it is running:
+    (dock, run, layer id, output folder)."""
     rng = np.random.default_rng(2)
-    big = write_raster(tmp_path_factory.mktemp("input") / "big.tif", rng.integers(0, 255, (1, 1024, 1024), dtype=np.uint8))
-    add_raster(big, "big")
+    big = write_raster(tmp_path_factory.mktemp("input") / f"{name}.tif", rng.integers(0, 255, (1, 1024, 1024), dtype=np.uint8))
+    layer_id = add_raster(big, name).id()
     out_dir = tmp_path_factory.mktemp("out")
     dock = make_dock()
     dock.method.setCurrentIndex(3)
@@ -205,34 +207,28 @@ def test_cancel_leaves_nothing(make_dock, tmp_path_factory, qgis_iface):
     dock.run_button.click()
     run = dock.run
     assert wait_for(lambda: run.feedback.progress() > 0 or dock.run is None)
-    assert dock.run is run, "the run ended before it could be cancelled"
-    dock.cancel_button.click()
+    assert dock.run is run, "the run ended before the test could interrupt it"
+    return dock, run, layer_id, out_dir
+
+
+def assert_stopped_cleanly(dock, run, name, out_dir):
     assert wait_for(lambda: dock.run is None)
     assert run.feedback.isCanceled()
-    assert result_layers("big") == []
+    assert result_layers(name) == []
     assert os.listdir(out_dir) == []
+
+
+def test_cancel_leaves_nothing(make_dock, tmp_path_factory, qgis_iface):
+    dock, run, _, out_dir = start_long_run(make_dock, tmp_path_factory, "big")
+    dock.cancel_button.click()
+    assert_stopped_cleanly(dock, run, "big", out_dir)
     assert any("Cancelled" in m for m in qgis_iface.messageBar().get_messages(Qgis.Info))
 
 
 def test_removing_the_input_layer_mid_run_cancels_cleanly(make_dock, tmp_path_factory, qgis_iface):
-    rng = np.random.default_rng(3)
-    big = write_raster(tmp_path_factory.mktemp("input") / "big.tif", rng.integers(0, 255, (1, 1024, 1024), dtype=np.uint8))
-    layer_id = add_raster(big, "doomed").id()
-    out_dir = tmp_path_factory.mktemp("out")
-    dock = make_dock()
-    dock.method.setCurrentIndex(3)
-    dock.tile.setValue(16)
-    dock.overlap.setValue(0)
-    dock.output.setFilePath(str(out_dir / "sr.tif"))
-    dock.run_button.click()
-    run = dock.run
-    assert wait_for(lambda: run.feedback.progress() > 0 or dock.run is None)
-    assert dock.run is run, "the run ended before the layer could be removed"
+    dock, run, layer_id, out_dir = start_long_run(make_dock, tmp_path_factory, "doomed")
     QgsProject.instance().removeMapLayer(layer_id)
-    assert wait_for(lambda: dock.run is None)
-    assert run.feedback.isCanceled()
-    assert result_layers("doomed") == []
-    assert os.listdir(out_dir) == []
+    assert_stopped_cleanly(dock, run, "doomed", out_dir)
     assert any("input layer was removed" in m for m in qgis_iface.messageBar().get_messages(Qgis.Info))
     assert dock.layer_combo.currentLayer() is None or dock.layer_combo.currentLayer().id() != layer_id
 
