@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBand,
@@ -17,7 +16,7 @@ from qgis.core import (
 )
 
 from ..engine import evaluate, pipeline
-from .engine_run import add_parameter, gdal_layer, run_engine
+from .engine_run import LatentSRAlgorithm, run_engine
 from .superresolve import BACKENDS, DEVICES, METHODS
 
 NUMBERS = (("PSNR", "psnr", "PSNR (dB)"), ("SSIM", "ssim", "SSIM"), ("ERGAS", "ergas", "ERGAS"),
@@ -25,7 +24,7 @@ NUMBERS = (("PSNR", "psnr", "PSNR (dB)"), ("SSIM", "ssim", "SSIM"), ("ERGAS", "e
            ("HF_RATIO", "hf_ratio", "High-frequency energy ratio"))
 
 
-class EvaluateAlgorithm(QgsProcessingAlgorithm):
+class EvaluateAlgorithm(LatentSRAlgorithm):
     INPUT, REFERENCE, LR, SCALE, BANDS = "INPUT", "REFERENCE", "LR", "SCALE", "BANDS"
     METHOD, STEPS, SEED, BACKEND, DEVICE, MODEL = "METHOD", "STEPS", "SEED", "BACKEND", "DEVICE", "MODEL"
     OUTPUT_HTML, OUTPUT_DIFFERENCE = "OUTPUT_HTML", "OUTPUT_DIFFERENCE"
@@ -35,12 +34,6 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
 
     def displayName(self):  # noqa: N802 - QGIS API
         return "Evaluate super-resolution"
-
-    def group(self):
-        return "Super-resolution"
-
-    def groupId(self):  # noqa: N802 - QGIS API
-        return "superresolution"
 
     def shortHelpString(self):  # noqa: N802 - QGIS API
         return (
@@ -58,12 +51,8 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
             f"{evaluate.MAX_VALUES:,} values (bands × width × height) each (about 3 GB of memory at that limit)."
         )
 
-    def createInstance(self):  # noqa: N802 - QGIS API
-        return EvaluateAlgorithm()
-
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
-        def add(param, help_text, advanced=False):
-            add_parameter(self, param, help_text, advanced)
+        add = self.add_parameter
 
         add(QgsProcessingParameterRasterLayer(self.INPUT, "Super-resolved raster (empty: degrade the reference)",
                                               optional=True),
@@ -106,7 +95,7 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
 
     def layer_path(self, parameters, name, context):
         """The GDAL source of a raster layer parameter, or None when it is empty."""
-        layer = gdal_layer(self, parameters, name, context)
+        layer = self.gdal_layer(parameters, name, context)
         return None if layer is None else layer.source()
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API

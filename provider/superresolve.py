@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
@@ -15,7 +14,7 @@ from qgis.core import (
 )
 
 from ..engine import pipeline
-from .engine_run import add_parameter, gdal_layer, run_engine
+from .engine_run import LatentSRAlgorithm, run_engine
 
 METHODS = [("LCMSR (one-step latent consistency)", "lcmsr"), ("E²DiffSR (few-step latent diffusion)", "e2diffsr"),
            ("Regression (deterministic decoder)", "regression"), ("Bicubic", "bicubic")]
@@ -23,7 +22,7 @@ BACKENDS = list(pipeline.BACKENDS)
 DEVICES = list(pipeline.DEVICES)
 
 
-class SuperResolveAlgorithm(QgsProcessingAlgorithm):
+class SuperResolveAlgorithm(LatentSRAlgorithm):
     INPUT, BANDS, SCALE, TARGET_RESOLUTION = "INPUT", "BANDS", "SCALE", "TARGET_RESOLUTION"
     METHOD, STEPS, BACKEND, DEVICE = "METHOD", "STEPS", "BACKEND", "DEVICE"
     TILE_SIZE, OVERLAP, SEED, SAMPLES = "TILE_SIZE", "OVERLAP", "SEED", "SAMPLES"
@@ -36,12 +35,6 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
     def displayName(self):  # noqa: N802 - QGIS API
         return "Super-resolve raster"
 
-    def group(self):
-        return "Super-resolution"
-
-    def groupId(self):  # noqa: N802 - QGIS API
-        return "superresolution"
-
     def shortHelpString(self):  # noqa: N802 - QGIS API
         return (
             "Super-resolves a raster at a continuous scale (1 < scale ≤ 8) and writes a tiled, compressed GeoTIFF.<br>"
@@ -51,12 +44,8 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
             "Regression (deterministic decoder) and Bicubic (Keys cubic convolution)."
         )
 
-    def createInstance(self):  # noqa: N802 - QGIS API
-        return SuperResolveAlgorithm()
-
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
-        def add(param, help_text, advanced=False):
-            add_parameter(self, param, help_text, advanced)
+        add = self.add_parameter
 
         add(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"),
             "Any GDAL-readable raster layer (GeoTIFF, PNG, JPEG, VRT...).")
@@ -104,7 +93,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
             "Per-pixel standard deviation of the samples (needs Samples ≥ 2).")
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
-        layer = gdal_layer(self, parameters, self.INPUT, context)
+        layer = self.gdal_layer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException("The input raster could not be loaded.")
         target = self.parameterAsDouble(parameters, self.TARGET_RESOLUTION, context)

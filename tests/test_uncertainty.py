@@ -1,7 +1,6 @@
 """SAMPLES / OUTPUT_UNCERTAINTY: the mean of K diffusion samples and their per-pixel std."""
 import numpy as np
 import pytest
-from osgeo import gdal
 
 from engine.errors import LatentSRError
 from engine.pipeline import Request, sample_seeds, superresolve
