@@ -56,7 +56,7 @@ class Stage1(Stage):
         if card.get("kind") != "stage1":
             raise SystemExit(f"{folder} is not the output of a stage-1 run")
         dec = self.nets["decoder"]
-        dec.load_state_dict(modelfile.build_networks(card, tensors, ["decoder"], self.device)["decoder"].state_dict())
+        dec.load_state_dict(modelfile.network_tensors(tensors, "decoder"))
         with torch.no_grad():
             constant = dec.guide(torch.zeros(1, dec.config["latent"], 1, 1, device=self.device))[0, :, 0, 0]
             for block in dec.blocks:

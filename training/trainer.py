@@ -167,6 +167,7 @@ class Trainer:
         self.stage = stage_cls(settings, self.device, saved["networks"] if saved else None)
         if not saved:
             self.stage.setup()
+        # after setup, so the EMA networks start from, and keep, what setup set (weights and buffers)
         self.ema = {n: copy.deepcopy(m).requires_grad_(False).eval() for n, m in self.stage.nets.items()}
         self.params = [p for m in self.stage.nets.values() for p in m.parameters()]
         self.opt = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=0.0)
@@ -268,8 +269,6 @@ class Trainer:
                 for name, net in self.stage.nets.items():
                     for e, p in zip(self.ema[name].parameters(), net.parameters()):
                         e.lerp_(p, 1.0 - decay)
-                    for e, b in zip(self.ema[name].buffers(), net.buffers()):  # statistics, not averaged
-                        e.copy_(b)
             self.step += 1
             value = loss.item()
             self.history["loss"].append([self.step, value])
