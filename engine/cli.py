@@ -13,6 +13,7 @@ import sys
 from osgeo import gdal
 
 from . import evaluate
+from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError
 from .methods import METHODS
 from .pipeline import BACKENDS, DEVICES, Request, superresolve
@@ -119,6 +120,7 @@ def run_evaluate(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    fix_mmap_threshold()  # this process is the engine's: the networks' short-lived tensors must not pile up in the heap
     gdal.PushErrorHandler(gdal_to_logging)
     if "GDAL_CACHEMAX" not in os.environ:
         gdal.SetCacheMax(GDAL_CACHE_BYTES)

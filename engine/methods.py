@@ -1,24 +1,69 @@
-"""The SR methods the engine can run, behind one interface.
+"""The SR methods the engine can run: one table of them, the request defaults, and the registry that
+builds a method on a backend.
 
-A method is a callable ``method(tile, grid) -> sr`` where ``tile`` is a float32 C×h×w LR tile in
-normalised units and ``grid`` (engine.grid.Grid) says where each output pixel centre falls on the
-tile. It returns float32 C×len(grid.ys)×len(grid.xs). ``context`` is the halo, in LR pixels, that
-the method needs around the part of a tile it is trusted on; the tiler never gives it less.
+A method is a callable ``method(tile, grid, seed) -> sr`` where ``tile`` is a float32 C×h×w LR tile in
+normalised units, ``grid`` (engine.grid.Grid) says where each output pixel centre falls on the tile,
+and ``seed`` draws the noise of the stochastic methods (the others ignore it). It returns float32
+C×len(grid.ys)×len(grid.xs). ``context`` is the halo, in LR pixels, that the method needs around the
+part of a tile it is trusted on; the tiler never gives it less.
+
+The CLI, the Processing provider and the dock take the method names, labels, step ranges and the
+defaults from here.
 """
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import logging
+import sys
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from .allocator import fix_mmap_threshold
+from . import latent, modelfile
 from .errors import LatentSRError
 from .grid import Grid
 from .resample import cubic_resample
 
-METHODS = ("lcmsr", "e2diffsr", "regression", "bicubic")
-LEARNED = ("lcmsr", "e2diffsr", "regression")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    label: str
+    stochastic: bool  # draws noise: seed and samples matter
+    default_steps: int  # 0: no steps (when the model card does not say otherwise)
+    max_steps: int
+    learned: bool = True
+
+
+TABLE = {
+    "lcmsr": MethodInfo("LCMSR (one-step latent consistency)", True, 1, 4),
+    "e2diffsr": MethodInfo("E²DiffSR (few-step latent diffusion)", True, 4, 4),
+    "regression": MethodInfo("Regression (deterministic decoder)", False, 0, 0),
+    "bicubic": MethodInfo("Bicubic", False, 0, 0, learned=False),
+}
+METHODS = tuple(TABLE)  # the Processing enum's order; the first is the default
+LEARNED = tuple(name for name, info in TABLE.items() if info.learned)
+STOCHASTIC = tuple(name for name, info in TABLE.items() if info.stochastic)
+BACKENDS = ("auto", "torch", "onnx")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The defaults of a request, for every front end."""
+
+    method: str = METHODS[0]
+    tile: int = 256  # input pixels
+    overlap: int = 32
+    backend: str = BACKENDS[0]
+    device: str = DEVICES[0]
+    seed: int = 0
+
+
+DEFAULTS = Defaults()
 
 
 class SRMethod(Protocol):
@@ -26,7 +71,7 @@ class SRMethod(Protocol):
     deterministic: bool
     context: int
 
-    def __call__(self, tile: np.ndarray, grid: Grid) -> np.ndarray: ...
+    def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray: ...
 
 
 @dataclass
@@ -37,28 +82,118 @@ class Bicubic:
     deterministic: bool = True
     context: int = 2
 
-    def __call__(self, tile: np.ndarray, grid: Grid) -> np.ndarray:
+    def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray:
         return cubic_resample(tile, grid.ys, grid.xs)
 
 
 @dataclass(frozen=True)
 class MethodOptions:
     steps: int | None = None
-    seed: int = 0
-    backend: str = "auto"
-    device: str = "auto"
+    backend: str = DEFAULTS.backend
+    device: str = DEFAULTS.device
     model: str | None = None
+    threads: int | None = None  # ONNX Runtime's intra-op threads (default: every core)
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (a ``None`` entry in sys.modules hides it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked or half-initialised module
+        return False
+
+
+def cpu_only_torch() -> bool:
+    """Whether the installed torch is a build without CUDA, known without importing it (a +cpu wheel, macOS)."""
+    try:
+        return sys.platform == "darwin" or importlib.metadata.version("torch").endswith("+cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def torch_sees_cuda(device: str) -> bool:
+    """Whether the torch backend would run on a CUDA GPU for ``device`` (auto imports torch to ask, unless
+    the installed torch is a CPU-only build)."""
+    if device == "cuda":
+        return True
+    if device != "auto" or not importable("torch") or cpu_only_torch():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_backend(backend: str, device: str, card: dict) -> str:
+    """The backend that runs: ``torch`` or ``onnx``.
+
+    auto, by the CPU benchmark in docs/MODELS.md (ONNX Runtime is the faster one on CPU): torch when it
+    would run on a CUDA GPU, else ONNX Runtime when it is installed and the bundle has ONNX graphs,
+    else torch when it is installed, else ONNX Runtime (which then says what is missing)."""
+    if backend not in BACKENDS:
+        raise LatentSRError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    has_torch = importable("torch")
+    if has_torch and torch_sees_cuda(device):
+        return "torch"
+    if importable("onnxruntime") and card.get("onnx"):
+        return "onnx"
+    return "torch" if has_torch else "onnx"
+
+
+def learned(name: str, card: dict, spec: dict, nets, steps: int) -> latent.LatentMethod:
+    """The learned method ``name`` of a bundle (its card and the method's entry) over a backend's networks."""
+    return latent.LatentMethod(name, nets, spec, int(card["bands"]), int(card.get("latent", 4)), steps,
+                               latent.latent_multiple(card, spec), not TABLE[name].stochastic)
+
+
+def method_steps(name: str, steps: int | None, spec: dict) -> int:
+    info = TABLE[name]
+    return latent.check_steps(name, steps, spec, info.default_steps, info.max_steps)
+
+
+def from_bundle(name: str, card: dict, tensors: dict, steps: int | None = None,
+                device: str = "auto") -> latent.LatentMethod:
+    """The method ``name`` over an already loaded bundle, on torch."""
+    from . import torch_backend
+
+    spec = latent.method_spec(card, name)
+    steps = method_steps(name, steps, spec)
+    return learned(name, card, spec, torch_backend.networks(card, tensors, spec, device), steps)
+
+
+def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
+    folder = modelfile.resolve(options.model)
+    card = modelfile.read_card(folder)
+    if choose_backend(options.backend, options.device, card) == "onnx":
+        from . import onnx_backend
+
+        onnx_backend.require(name, options.backend)
+        spec = latent.method_spec(card, name)
+        onnx_backend.require_graphs(card, folder)
+        steps = method_steps(name, options.steps, spec)
+        nets = onnx_backend.networks(name, steps, folder, card, spec, options.device, options.threads)
+    else:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise LatentSRError("backend 'torch' needs PyTorch, which cannot be imported here: install it, "
+                                "or use backend onnx") from None
+        from . import torch_backend
+
+        card, tensors = modelfile.load(str(folder))
+        spec = latent.method_spec(card, name)
+        steps = method_steps(name, options.steps, spec)
+        nets = torch_backend.networks(card, tensors, spec, options.device)
+    method = learned(name, card, spec, nets, steps)
+    latent.describe(method, card.get("name"), nets.where)
+    return method
 
 
 def build_method(name: str, options: MethodOptions = MethodOptions()) -> SRMethod:
     """The method called ``name``; a LatentSRError if it cannot run here."""
-    if name == "bicubic":
+    if name not in TABLE:
+        raise LatentSRError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
+    if not TABLE[name].learned:
         return Bicubic()
-    if name in LEARNED:
-        try:
-            from . import neural
-        except ImportError:
-            raise LatentSRError(f"method '{name}' is not available in this version: use bicubic") from None
-        fix_mmap_threshold()  # the networks' large, short-lived tensors must not pile up in the heap
-        return neural.build_method(name, options)
-    raise LatentSRError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
+    return build_learned(name, options)

@@ -15,7 +15,7 @@ from . import raster
 from .consistency import Consistent
 from .errors import Cancelled, LatentSRError
 from .grid import Grid, centres, output_size
-from .methods import METHODS, MethodOptions, build_method
+from .methods import BACKENDS, DEFAULTS, DEVICES, METHODS, STOCHASTIC, MethodOptions, build_method
 from .resample import nearest_indices
 from .tiling import axis_plan, required_margin
 
@@ -24,9 +24,6 @@ log = logging.getLogger(__name__)
 MAX_SCALE = 8.0
 MIN_TILE = 16
 FILL_ITERATIONS = 2  # nodata is filled from valid neighbours this many pixels deep
-BACKENDS = ("auto", "torch", "onnx")
-STOCHASTIC = ("lcmsr", "e2diffsr")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -37,14 +34,14 @@ class Request:
     output: str
     scale: float | None = None
     target_resolution: float | None = None
-    method: str = "lcmsr"
+    method: str = DEFAULTS.method
     bands: Sequence[int] | None = None
     steps: int | None = None
-    backend: str = "auto"
-    device: str = "auto"
-    tile: int = 256
-    overlap: int = 32
-    seed: int = 0
+    backend: str = DEFAULTS.backend
+    device: str = DEFAULTS.device
+    tile: int = DEFAULTS.tile
+    overlap: int = DEFAULTS.overlap
+    seed: int = DEFAULTS.seed
     samples: int = 1
     uncertainty: str | None = None
     cog: bool = False
@@ -179,7 +176,7 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     raster.check_writable(req.output, req.input)
     if req.uncertainty:
         raster.check_writable(req.uncertainty, req.input)
-    method = build_method(req.method, MethodOptions(req.steps, req.seed, req.backend, req.device, req.model))
+    method = build_method(req.method, MethodOptions(req.steps, req.backend, req.device, req.model))
     if req.consistency:
         method = Consistent(method)
     norms = raster.band_norms(whole, info)  # from the whole raster, also when only a window is processed
@@ -271,9 +268,7 @@ def sample_layers(method, x: np.ndarray, grid: Grid, seeds: list[int], n_bands: 
     per-pixel standard deviation of the samples (ddof = 1), both in normalised units."""
     runs = []
     for seed in seeds:
-        if len(seeds) > 1:
-            method.seed = seed
-        sr = method(x, grid)
+        sr = method(x, grid, seed)
         if sr.shape != (n_bands, *grid.shape):
             raise LatentSRError(f"method {method.name} returned shape {sr.shape}, expected {(n_bands, *grid.shape)}")
         runs.append(sr)

@@ -4,10 +4,10 @@ import torch
 
 from engine.errors import LatentSRError
 from engine.grid import Grid, centres, output_size
-from engine.methods import MethodOptions, build_method
+from engine.latent import band_groups
+from engine.methods import MethodOptions, build_method, from_bundle
 from engine.models import KINDS, build, preset
 from engine.models.sampling import Plan
-from engine.neural import band_groups, from_bundle
 from engine.resample import cubic_resample
 from engine.tiling import axis_plan, required_margin
 from training.bundle import random_bundle, write
@@ -85,7 +85,7 @@ def test_seeds(model_dir):
     grid = Grid.whole(23, 17, 2.5)
 
     def run(name, seed):
-        return build_method(name, MethodOptions(seed=seed, model=model_dir))(x, grid)
+        return build_method(name, MethodOptions(model=model_dir))(x, grid, seed)
 
     for name in ("e2diffsr", "lcmsr"):
         a, b, c = run(name, 1), run(name, 1), run(name, 2)
@@ -135,7 +135,7 @@ def test_user_errors(model_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(LatentSRError, match="device 'cuda'"):
         build_method("lcmsr", MethodOptions(device="cuda", model=model_dir))
-    assert build_method("lcmsr", MethodOptions(device="auto", model=model_dir)).device.type == "cpu"
+    assert build_method("lcmsr", MethodOptions(device="auto", model=model_dir)).nets.device.type == "cpu"
 
 
 def tiled_run(x, scale, method_for_tile, tile=(40, 36), overlap=24, context=16):
@@ -158,21 +158,20 @@ def tiled_run(x, scale, method_for_tile, tile=(40, 36), overlap=24, context=16):
 
 @pytest.mark.parametrize("name", ["e2diffsr", "lcmsr"])
 def test_tiled_run_has_no_seams(bundle, name):
-    method = from_bundle(name, *bundle, seed=5, device="cpu")
+    method = from_bundle(name, *bundle, device="cpu")
     x = lr(h=64, w=56, seed=3)
-    whole = method(x, Grid.whole(64, 56, 2.5))
-    tiled = tiled_run(x, 2.5, lambda iy, ix: method, context=method.context)
+    whole = method(x, Grid.whole(64, 56, 2.5), 5)
+    tiled = tiled_run(x, 2.5, lambda iy, ix: lambda t, g: method(t, g, 5), context=method.context)
     assert np.abs(tiled - whole).max() < 5e-4
 
 
 def test_noise_drawn_per_tile_would_show_seams(bundle):
     """The control of the seam test: a seed per tile instead of noise per global position."""
-    method = from_bundle("e2diffsr", *bundle, seed=5, device="cpu")
+    method = from_bundle("e2diffsr", *bundle, device="cpu")
     x = lr(h=64, w=56, seed=3)
-    whole = method(x, Grid.whole(64, 56, 2.5))
-    per_tile = {}
+    whole = method(x, Grid.whole(64, 56, 2.5), 5)
 
     def method_for_tile(iy, ix):
-        return per_tile.setdefault((iy, ix), from_bundle("e2diffsr", *bundle, seed=100 + 10 * iy + ix, device="cpu"))
+        return lambda t, g: method(t, g, 100 + 10 * iy + ix)
 
     assert np.abs(tiled_run(x, 2.5, method_for_tile, context=method.context) - whole).max() > 5e-3

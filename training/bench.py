@@ -10,7 +10,7 @@ import torch
 
 from engine.grid import Grid
 from engine.models.layers import count_parameters
-from engine.neural import from_bundle
+from engine.methods import from_bundle
 
 from .bundle import random_bundle
 
@@ -35,14 +35,14 @@ def run(tile: int = 256, scale: float = 4.0, repeats: int = 3, device: str = "cp
                 v.numel() for k, v in tensors.items() if k.startswith(net_name + ".")))
     rows = []
     for name, steps in METHODS:
-        method = from_bundle(name, card, tensors, steps=steps, seed=0, device=device)
-        params = sum(count_parameters(m) for m in method.nets.values())
+        method = from_bundle(name, card, tensors, steps=steps, device=device)
+        params = sum(count_parameters(m) for m in method.nets.nets.values())
         method(x, grid)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             method(x, grid)
-            if method.device.type == "cuda":
+            if method.nets.device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         rows.append({"method": name, "steps": steps or 0, "parameters": params, "seconds": statistics.median(times)})

@@ -32,22 +32,18 @@ def measure(backend: str, model: str, name: str, steps: int | None, tile: int, s
     """Time and peak RSS of one method on one backend, in this process."""
     import numpy as np
 
-    from engine import modelfile
+    from engine.allocator import fix_mmap_threshold
     from engine.grid import Grid
-    from engine.methods import MethodOptions
+    from engine.methods import MethodOptions, build_method
 
-    options = MethodOptions(steps=steps, backend=backend, device="cpu", model=model)
+    fix_mmap_threshold()  # as the CLI and qgis_process do: the benchmark measures the engine's process
+
+    options = MethodOptions(steps=steps, backend=backend, device="cpu", model=model, threads=threads)
     if backend == "torch":
         import torch
 
-        from engine.neural import build_method
-
         torch.set_num_threads(threads)
-        method = build_method(name, options)
-    else:
-        from engine.onnx_backend import build_method
-
-        method = build_method(name, options, modelfile.read_card(modelfile.resolve(model)), threads)
+    method = build_method(name, options)
     x = np.random.default_rng(0).random((3, tile, tile), dtype=np.float32)
     grid = Grid.whole(tile, tile, scale)
     method(x, grid)

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from engine import metrics
+from engine.allocator import fix_mmap_threshold
 from engine.consistency import Consistent
 from engine.grid import Grid
 from engine.methods import MethodOptions, build_method
@@ -71,19 +72,19 @@ def quantise(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-BACKEND_NAMES = {"Bicubic": "numpy", "LatentMethod": "torch", "OnnxMethod": "onnx"}
 
 
 def worker(method_name: str, steps: int | None, files: list[Path], scales, model: str | None, crops_dir: Path,
            backend: str) -> dict:
     """Metrics (means over images) and timing of one method at each scale, plus its peak RSS."""
+    fix_mmap_threshold()  # as the CLI and qgis_process do: the benchmark measures the engine's process
     base_name, _, variant = method_name.partition("+")
-    method = build_method(base_name, MethodOptions(steps=steps, seed=0, backend=backend, device="cpu", model=model))
+    method = build_method(base_name, MethodOptions(steps=steps, backend=backend, device="cpu", model=model))
     if variant == "consistency":
         method = Consistent(method)
     compare = {f"{c}{i:02d}" for c, i in COMPARE}
-    runner = type(getattr(method, "inner", method)).__name__
-    out = {"scales": {}, "backend": BACKEND_NAMES.get(runner, runner)}
+    nets = getattr(getattr(method, "inner", method), "nets", None)
+    out = {"scales": {}, "backend": nets.backend if nets is not None else "numpy"}
     for scale in scales:
         sums, seconds, pixels = {}, 0.0, 0
         for path in files:
@@ -112,15 +113,14 @@ def calibration(files: list[Path], model: str | None, backend: str) -> dict:
     """Pearson correlation, pooled over all pixels of all images, between the per-pixel std of K
     samples and the absolute error of their mean against HR (8-bit units)."""
     name, steps, samples, scale = CALIBRATION
-    method = build_method(name, MethodOptions(steps=steps, seed=0, backend=backend, device="cpu", model=model))
+    method = build_method(name, MethodOptions(steps=steps, backend=backend, device="cpu", model=model))
     stds, errors, per_image = [], [], []
     for path in files:
         hr, lr = hr_lr(path, scale)
         grid = Grid.whole(lr.shape[1], lr.shape[2], scale)
         runs = []
         for seed in sample_seeds(0, samples):
-            method.seed = seed
-            runs.append(method(lr, grid) * 255.0)
+            runs.append(method(lr, grid, seed) * 255.0)
         runs = np.stack(runs)
         b = math.ceil(scale)
         std = metrics.crop_border(runs.std(axis=0, ddof=1), b).ravel()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.neural import lcmsr_sample
+from engine.latent import lcmsr_sample
 from engine.schedulers import consistency as cm
 
 from .latent import LatentStage

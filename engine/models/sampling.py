@@ -27,6 +27,12 @@ LEVELS = (1, 2, 4, 8)  # feature pyramid of the decoder, in sub-pixels per LR pi
 OUT_TAPS = 2 * len(LEVELS) + 4  # rows of the output tables: 2 bilinear taps per level, then 4 cubic taps
 
 
+def unet_multiple(channels) -> int:
+    """The alignment of the latent for a denoiser UNet with these level channels (2^depth): its height
+    and width must be multiples of it."""
+    return 2 ** (len(channels) - 1)
+
+
 def bilinear_taps(pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (2, m) and weights (2, m) of linear interpolation at ``pos`` on an axis of n samples
     (edge-clamped)."""
