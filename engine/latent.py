@@ -81,10 +81,13 @@ def lcmsr_sample(denoiser, cond, inv_scale, steps: int, noise, total: int = cons
                  sigma_data: float = consistency.SIGMA_DATA):
     """Clean latent from the consistency function: z0 = f(noise, T), then re-noise and call again
     for each further step. ``noise(k)`` as in e2diffsr_sample."""
-    x = constant_like(cond, 0.0)
+    x = None  # the clean latent so far; the first step is at t = T, where ᾱ = 0: z_T is the noise itself
     for k, t in enumerate(consistency.timesteps(steps, total)):
-        a, b = consistency.noise_coefficients(t, total)
-        z = float(a) * x + float(b) * noise(k)
+        if x is None:
+            z = noise(k)
+        else:
+            a, b = consistency.noise_coefficients(t, total)
+            z = float(a) * x + float(b) * noise(k)
         f_out = denoiser(z, cond, constant_like(inv_scale, t / total), inv_scale)
         x = consistency.consistency(z, f_out, t, total, sigma_data)
     return x

@@ -22,7 +22,6 @@ allows it and it starts (else CPU), and are made once per method object, so all 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -50,16 +49,10 @@ def export_hint(folder: Path) -> str:
 def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
     """The tensors of a safetensors file as numpy arrays (copies, aligned and writable)."""
     try:
-        size = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + size])
         tensors = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
-            begin, end = info["data_offsets"]
-            flat = np.frombuffer(data, dtype, count=(end - begin) // dtype.itemsize, offset=8 + size + begin)
-            tensors[name] = flat.reshape(info["shape"]).copy()
+        for name, (kind, shape, offset, length) in modelfile.safetensors_index(data).items():
+            dtype = np.dtype(SAFETENSORS_DTYPES[kind])
+            tensors[name] = np.frombuffer(data, dtype, count=length // dtype.itemsize, offset=offset).reshape(shape).copy()
         return tensors
     except (ValueError, KeyError, TypeError) as e:
         raise LatentSRError(f"cannot read the model weights: {e}") from None

@@ -60,10 +60,11 @@ class TorchNetworks:
 
 
 def roles(card: dict, spec: dict) -> dict:
-    """role -> network name of a method's card entry ``spec``."""
-    out = {"decoder": card.get("decoder", "decoder"), "condition": spec["condition"]}
+    """role -> network name of a method's card entry ``spec``, in the order the tile runs through them."""
+    out = {"condition": spec["condition"]}
     if "denoiser" in spec:
         out["denoiser"] = spec["denoiser"]
+    out["decoder"] = card.get("decoder", "decoder")
     return out
 
 

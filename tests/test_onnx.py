@@ -12,6 +12,7 @@ from engine.grid import Grid, centres
 from engine.methods import MethodOptions, build_method, choose_backend, from_bundle
 from engine.onnx_backend import OnnxNetworks
 from training import export
+from training.cli import main as training_main
 from training.bundle import random_bundle, write
 
 RUNS = [("regression", None), ("e2diffsr", 2), ("e2diffsr", 4), ("lcmsr", 1), ("lcmsr", 2)]
@@ -161,3 +162,26 @@ def test_default_model_from_the_environment(exported, monkeypatch):
     monkeypatch.setenv(modelfile.MODEL_ENV, exported[2])
     assert modelfile.resolve(None) == modelfile.resolve(exported[2])
     assert build_method("regression", MethodOptions(backend="onnx")).name == "regression"
+
+
+def test_export_fails_when_a_graph_drifts_from_the_bundles_networks(tmp_path, monkeypatch, capsys):
+    """The export check compares each graph with networks built anew from the bundle: a decoder that
+    drifts by +0.01 while it is exported makes `python -m training export-onnx` fail with one line."""
+    folder = write(tmp_path / "drift", *random_bundle("tiny", seed=3, name="drift"))
+    build_networks = modelfile.build_networks
+    calls = []
+
+    def drifting(card, tensors, names, device):
+        nets = build_networks(card, tensors, names, device)
+        if not calls:  # the networks that get exported; the check's reference is built by a later call
+            nets["decoder"].register_forward_hook(lambda module, args, out: out + 0.01)
+        calls.append(names)
+        return nets
+
+    monkeypatch.setattr(modelfile, "build_networks", drifting)
+    assert training_main(["export-onnx", "--model", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(calls) == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: the ONNX graph decoder differs from the bundle's torch networks by 0.01")
+    monkeypatch.setattr(modelfile, "build_networks", build_networks)
+    assert training_main(["export-onnx", "--model", str(folder)]) == 0

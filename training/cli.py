@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from engine.errors import LatentSRError
 from engine.modelfile import DEFAULT_MODEL, MODELS_DIR
+
+from .errors import TrainingError
 
 STAGE_DEFAULTS = {"stage1": {"lr": 5e-4, "steps": 3000}, "e2diffsr": {"lr": 3e-4, "steps": 3000},
                   "lcmsr": {"lr": 3e-4, "steps": 3000}}
@@ -116,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         run(args)
-    except LatentSRError as e:
-        raise SystemExit(f"error: {e}") from None
+    except (LatentSRError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -132,7 +136,7 @@ def run(args) -> None:
         elif args.stage1:
             card, tensors = bundle.from_stages(args.stage1, args.e2diffsr, args.lcmsr, args.name)
         else:
-            raise SystemExit("give --stage1 (with --e2diffsr and/or --lcmsr), or --random")
+            raise TrainingError("give --stage1 (with --e2diffsr and/or --lcmsr), or --random")
         folder = bundle.write(Path(args.out) / args.name, card, tensors)
         logging.getLogger(__name__).info("wrote %s (methods: %s)", folder, ", ".join(card["methods"]))
     elif args.command == "export-onnx":
