@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MethodInfo:
-    label: str
+    label: str  # for lists of methods
+    short: str  # for layer names
     stochastic: bool  # draws noise: seed and samples matter
     default_steps: int  # 0: no steps (when the model card does not say otherwise)
     max_steps: int
@@ -39,10 +40,10 @@ class MethodInfo:
 
 
 TABLE = {
-    "lcmsr": MethodInfo("LCMSR (one-step latent consistency)", True, 1, 4),
-    "e2diffsr": MethodInfo("E²DiffSR (few-step latent diffusion)", True, 4, 4),
-    "regression": MethodInfo("Regression (deterministic decoder)", False, 0, 0),
-    "bicubic": MethodInfo("Bicubic", False, 0, 0, learned=False),
+    "lcmsr": MethodInfo("LCMSR (one-step latent consistency)", "LCMSR", True, 1, 4),
+    "e2diffsr": MethodInfo("E²DiffSR (few-step latent diffusion)", "E²DiffSR", True, 4, 4),
+    "regression": MethodInfo("Regression (deterministic decoder)", "Regression", False, 0, 0),
+    "bicubic": MethodInfo("Bicubic", "Bicubic", False, 0, 0, learned=False),
 }
 METHODS = tuple(TABLE)  # the Processing enum's order; the first is the default
 LEARNED = tuple(name for name, info in TABLE.items() if info.learned)
@@ -64,6 +65,11 @@ class Defaults:
 
 
 DEFAULTS = Defaults()
+
+
+def steps_help() -> str:
+    """The default steps of the stochastic methods, in words (for help texts)."""
+    return ", ".join(f"{TABLE[name].short} defaults to {TABLE[name].default_steps}" for name in STOCHASTIC)
 
 
 class SRMethod(Protocol):

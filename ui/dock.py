@@ -2,6 +2,7 @@
 the background (ui.task). No raster or model logic here."""
 from __future__ import annotations
 
+import functools
 import math
 
 from qgis.core import (
@@ -40,16 +41,16 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..engine import raster
+from ..engine.errors import LatentSRError
 from ..engine.grid import output_size
+from ..engine.methods import BACKENDS, DEFAULTS, DEVICES, METHODS, TABLE
 from ..engine.pipeline import MAX_SCALE, MIN_TILE
-from ..provider.superresolve import BACKENDS, DEVICES, METHODS
 from . import deps
 from .task import SuperResolveRun, add_result_layer
 
 SETTINGS = "latentsr/dock/"
 LOG_TAG = "LatentSR"
-METHOD_NAMES = ("LCMSR", "E²DiffSR", "Regression", "Bicubic")  # short names, in METHOD enum order
-DIFFUSION_METHODS = (0, 1)
 TEMPORARY = "[Save to temporary file]"
 
 
@@ -132,8 +133,8 @@ class SuperResolveDock(QgsDockWidget):
         self.method = QComboBox()
         self.method.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.method.setMinimumContentsLength(12)
-        for label, _ in METHODS:
-            self.method.addItem(label)
+        for name in METHODS:
+            self.method.addItem(TABLE[name].label, name)
         form.addRow("Method", self.method)
         self.steps = QgsSpinBox()
         self.steps.setRange(0, 50)
@@ -169,14 +170,14 @@ class SuperResolveDock(QgsDockWidget):
         advanced.addRow("Device", self.device)
         self.tile = QgsSpinBox()
         self.tile.setRange(MIN_TILE, 8192)
-        self.tile.setValue(256)
-        self.tile.setClearValue(256)
+        self.tile.setValue(DEFAULTS.tile)
+        self.tile.setClearValue(DEFAULTS.tile)
         self.tile.setSuffix(" px")
         advanced.addRow("Tile size", self.tile)
         self.overlap = QgsSpinBox()
         self.overlap.setRange(0, 1024)
-        self.overlap.setValue(32)
-        self.overlap.setClearValue(32)
+        self.overlap.setValue(DEFAULTS.overlap)
+        self.overlap.setClearValue(DEFAULTS.overlap)
         self.overlap.setSuffix(" px")
         advanced.addRow("Tile overlap", self.overlap)
         self.seed = QgsSpinBox()
@@ -285,8 +286,23 @@ class SuperResolveDock(QgsDockWidget):
         self.update_state()
 
     @staticmethod
-    def pixel_size(layer) -> float:
-        return math.sqrt(layer.rasterUnitsPerPixelX() * layer.rasterUnitsPerPixelY())
+    @functools.lru_cache(maxsize=8)
+    def geotransform(source: str) -> tuple[float, ...] | None:
+        try:
+            return raster.open_raster(source).GetGeoTransform(can_return_null=True)
+        except LatentSRError:
+            return None
+
+    def ground_pixel(self, layer) -> tuple[float, float]:
+        """The layer's ground pixel size along its columns and rows, as the run computes it
+        (engine.raster.pixel_size: rotation-safe); QGIS's own figures where GDAL has no geotransform."""
+        gt = self.geotransform(layer.source())
+        if gt is None:
+            return layer.rasterUnitsPerPixelX(), layer.rasterUnitsPerPixelY()
+        return raster.pixel_size(gt)
+
+    def pixel_size(self, layer) -> float:
+        return math.sqrt(math.prod(self.ground_pixel(layer)))
 
     def effective_scale(self) -> float | None:
         """The scale the run will use (from the target resolution when that is chosen)."""
@@ -305,9 +321,9 @@ class SuperResolveDock(QgsDockWidget):
         if not 1.0 < scale <= MAX_SCALE:
             return f"Scale ×{scale:.4g} is out of range: it must be above 1 and at most {MAX_SCALE:g}."
         width, height = output_size(layer.width(), scale), output_size(layer.height(), scale)
-        extent = layer.extent()
+        px, py = self.ground_pixel(layer)  # the output keeps the extent: in_size / out_size of the input's pixel
         units = QgsUnitTypes.toAbbreviatedString(layer.crs().mapUnits())
-        text = (f"{width} × {height} px, pixel {extent.width() / width:.4g} × {extent.height() / height:.4g} {units}\n"
+        text = (f"{width} × {height} px, pixel {px * layer.width() / width:.4g} × {py * layer.height() / height:.4g} {units}\n"
                 f"×{scale:.4g} of {layer.width()} × {layer.height()} px")
         if self.preview.isChecked():
             text += ", preview: the visible part only"
@@ -316,7 +332,7 @@ class SuperResolveDock(QgsDockWidget):
     def update_state(self) -> None:
         self.scale.setEnabled(not self.by_resolution.isChecked())
         self.resolution.setEnabled(self.by_resolution.isChecked())
-        self.steps.setEnabled(self.method.currentIndex() in DIFFUSION_METHODS)
+        self.steps.setEnabled(TABLE[self.method_name()].stochastic)
         self.uncertainty.setEnabled(self.samples.value() > 1)
         self.size_label.setText(self.size_text())
         idle = self.run is None
@@ -327,7 +343,7 @@ class SuperResolveDock(QgsDockWidget):
     # -------------------------------------------------------------- settings
     def save_settings(self) -> None:
         s = QgsSettings()
-        s.setValue(SETTINGS + "method", self.method.currentIndex())
+        s.setValue(SETTINGS + "method", self.method_name())
         s.setValue(SETTINGS + "scale", self.scale.value())
         s.setValue(SETTINGS + "by_resolution", self.by_resolution.isChecked())
         s.setValue(SETTINGS + "resolution", self.resolution.value())
@@ -344,8 +360,8 @@ class SuperResolveDock(QgsDockWidget):
     def restore_settings(self) -> None:
         """The last choices; a saved cuda device is kept until the device list is opened and probed."""
         s = QgsSettings()
-        method = s.value(SETTINGS + "method", 0, type=int)
-        self.method.setCurrentIndex(method if 0 <= method < self.method.count() else 0)
+        method = self.method.findData(s.value(SETTINGS + "method", DEFAULTS.method))
+        self.method.setCurrentIndex(method if method >= 0 else self.method.findData(DEFAULTS.method))
         self.scale.setValue(s.value(SETTINGS + "scale", 2.0, type=float))
         by_resolution = s.value(SETTINGS + "by_resolution", False, type=bool)
         (self.by_resolution if by_resolution else self.by_scale).setChecked(True)
@@ -357,12 +373,15 @@ class SuperResolveDock(QgsDockWidget):
         device = s.value(SETTINGS + "device", "auto")
         self._fill_devices(cuda=device == "cuda")
         self.device.setCurrentIndex(max(self.device.findData(device), 0))
-        self.tile.setValue(s.value(SETTINGS + "tile", 256, type=int))
-        self.overlap.setValue(s.value(SETTINGS + "overlap", 32, type=int))
-        self.seed.setValue(s.value(SETTINGS + "seed", 0, type=int))
+        self.tile.setValue(s.value(SETTINGS + "tile", DEFAULTS.tile, type=int))
+        self.overlap.setValue(s.value(SETTINGS + "overlap", DEFAULTS.overlap, type=int))
+        self.seed.setValue(s.value(SETTINGS + "seed", DEFAULTS.seed, type=int))
         self.cog.setChecked(s.value(SETTINGS + "cog", False, type=bool))
 
     # ------------------------------------------------------------------- run
+    def method_name(self) -> str:
+        return self.method.currentData() or DEFAULTS.method
+
     def selected_bands(self) -> list[int]:
         """The checked bands; empty when none or all are checked (all bands, in order)."""
         bands = [int(b) for b in self.bands.checkedItemsData()]
@@ -374,10 +393,10 @@ class SuperResolveDock(QgsDockWidget):
         params = {
             "INPUT": layer.source(),
             "SCALE": self.scale.value(),
-            "METHOD": self.method.currentIndex(),
-            "STEPS": self.steps.value() if self.method.currentIndex() in DIFFUSION_METHODS else 0,
-            "BACKEND": BACKENDS.index(self.backend.currentData() or "auto"),
-            "DEVICE": DEVICES.index(self.device.currentData() or "auto"),
+            "METHOD": METHODS.index(self.method_name()),
+            "STEPS": self.steps.value() if TABLE[self.method_name()].stochastic else 0,
+            "BACKEND": BACKENDS.index(self.backend.currentData() or DEFAULTS.backend),
+            "DEVICE": DEVICES.index(self.device.currentData() or DEFAULTS.device),
             "TILE_SIZE": self.tile.value(),
             "OVERLAP": self.overlap.value(),
             "SEED": self.seed.value(),
@@ -398,7 +417,7 @@ class SuperResolveDock(QgsDockWidget):
 
     def result_name(self) -> str:
         layer = self.layer_combo.currentLayer()
-        name = f"{layer.name()} ×{self.effective_scale():.4g} {METHOD_NAMES[self.method.currentIndex()]}"
+        name = f"{layer.name()} ×{self.effective_scale():.4g} {TABLE[self.method_name()].short}"
         return name + (" (preview)" if self.preview.isChecked() else "")
 
     def start(self) -> None:
