@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import raster
-from .consistency import Consistent
 from .errors import Cancelled, LatentSRError
 from .grid import Grid, centres, output_size
 from .methods import BACKENDS, DEFAULTS, DEVICES, METHODS, STOCHASTIC, MethodOptions, build_method
+from .projection import Projected
 from .resample import nearest_indices
 from .tiling import axis_plan, required_margin
 
@@ -47,7 +47,7 @@ class Request:
     cog: bool = False
     model: str | None = None
     extent: tuple[float, float, float, float] | None = None  # (xmin, ymin, xmax, ymax) in the input's CRS
-    consistency: bool = False  # project each tile so that its degradation matches the LR (engine.consistency)
+    consistency: bool = False  # project each tile so that its degradation matches the LR (engine.projection)
 
     def check(self) -> None:
         """Validate what can be validated without opening the input."""
@@ -178,7 +178,7 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
         raster.check_writable(req.uncertainty, req.input)
     method = build_method(req.method, MethodOptions(req.steps, req.backend, req.device, req.model))
     if req.consistency:
-        method = Consistent(method)
+        method = Projected(method)
     norms = raster.band_norms(whole, info)  # from the whole raster, also when only a window is processed
     src = raster.clipped(whole, window) if window else whole
     try:

@@ -16,7 +16,8 @@ from qgis.core import (
 )
 
 from ..engine import evaluate, pipeline
-from .engine_run import LatentSRAlgorithm, run_engine
+from .algorithm import LatentSRAlgorithm
+from .engine_run import run_engine
 from ..engine.methods import BACKENDS, DEFAULTS, DEVICES, METHODS, TABLE, steps_help
 
 NUMBERS = (("PSNR", "psnr", "PSNR (dB)"), ("SSIM", "ssim", "SSIM"), ("ERGAS", "ergas", "ERGAS"),

@@ -15,7 +15,8 @@ from qgis.core import (
 
 from ..engine import pipeline
 from ..engine.methods import BACKENDS, DEFAULTS, DEVICES, METHODS, TABLE, steps_help
-from .engine_run import LatentSRAlgorithm, run_engine
+from .algorithm import LatentSRAlgorithm
+from .engine_run import run_engine
 
 
 class SuperResolveAlgorithm(LatentSRAlgorithm):

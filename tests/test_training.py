@@ -189,3 +189,12 @@ def test_resume_continues_exactly(images, stage1, tmp_path, stage):
     sb = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
     assert sa["history"] == sb["history"] and sa["step"] == sb["step"] == 4
 
+
+def test_benchmarks_have_one_entry_point(capsys):
+    from training import bench
+
+    assert bench.main([]) == 2 and bench.main(["evaluate"]) == 2
+    assert capsys.readouterr().err.strip() == "usage: python -m training.bench {quality,backends,scale,speed} [options]"
+    with pytest.raises(SystemExit) as done:  # argparse's --help: each kind is a module of training/bench/
+        bench.main(["backends", "--help"])
+    assert done.value.code == 0 and "python -m training.bench backends" in capsys.readouterr().out

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from engine import modelfile
+from engine.methods import TABLE
 from engine.models import build, preset
 from engine.schedulers import consistency, ddpm
 
@@ -28,9 +29,10 @@ def method_spec(method: str, latent_scale: float, stage_card: dict | None = None
     """The card entry of a diffusion method (its networks are '<method>.condition/denoiser')."""
     spec = {"condition": f"{method}.condition", "denoiser": f"{method}.denoiser", "latent_scale": latent_scale}
     if method == "e2diffsr":
-        spec.update(betas=list(ddpm.DEFAULT_BETAS), eta=1.0, steps=4)
+        spec.update(betas=list(ddpm.DEFAULT_BETAS), eta=1.0, steps=TABLE[method].default_steps)
     else:
-        spec.update(T=consistency.T, sigma_data=consistency.SIGMA_DATA, steps=1, max_steps=4)
+        spec.update(T=consistency.T, sigma_data=consistency.SIGMA_DATA, steps=TABLE[method].default_steps,
+                    max_steps=TABLE[method].max_steps)
     if stage_card:
         spec.update({k: stage_card[k] for k in ("betas", "eta", "steps", "T", "sigma_data", "max_steps") if k in stage_card})
     return spec

@@ -8,10 +8,11 @@ time the user opens the device list (importing ONNX Runtime, then PyTorch if sti
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import platform
 import sys
+
+from ..engine.methods import importable
 
 DEPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deps")
 
@@ -40,16 +41,8 @@ def add_to_path() -> bool:
     return True
 
 
-def installed(name: str) -> bool:
-    """Whether ``name`` is importable, without importing it (a ``None`` entry in sys.modules hides it)."""
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def detect() -> dict[str, bool]:
-    return {"torch": installed("torch"), "onnxruntime": installed("onnxruntime")}
+    return {"torch": importable("torch"), "onnxruntime": importable("onnxruntime")}
 
 
 def backends(found: dict[str, bool]) -> list[str]:
@@ -68,12 +61,12 @@ def missing_message(found: dict[str, bool]) -> str:
 def cuda_available(backend: str) -> bool:
     """Whether the backend (auto/torch/onnx) can run on a CUDA GPU; for auto, either of them.
     Imports the backend: ONNX Runtime first (lighter), PyTorch only when still needed."""
-    if backend in ("auto", "onnx") and installed("onnxruntime"):
+    if backend in ("auto", "onnx") and importable("onnxruntime"):
         import onnxruntime
 
         if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             return True
-    if backend in ("auto", "torch") and installed("torch"):
+    if backend in ("auto", "torch") and importable("torch"):
         import torch
 
         return bool(torch.cuda.is_available())

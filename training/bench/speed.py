@@ -1,4 +1,5 @@
-"""Speed benchmark: parameters and time per LR tile of each learned method, randomly initialised."""
+"""Speed benchmark: parameters and time per LR tile of each learned method, randomly initialised
+(python -m training.bench speed)."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,7 @@ from engine.grid import Grid
 from engine.models.layers import count_parameters
 from engine.methods import from_bundle
 
-from .bundle import random_bundle
+from ..bundle import random_bundle
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +50,19 @@ def run(tile: int = 256, scale: float = 4.0, repeats: int = 3, device: str = "cp
         log.info("  %-10s %s  %9d parameters  %7.3f s per tile", name, f"{steps} step{'s' * (steps > 1)}" if steps else "1 pass ",
                  params, rows[-1]["seconds"])
     return rows
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m training.bench speed", description=__doc__.splitlines()[0])
+    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--scale", type=float, default=4.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run(args.tile, args.scale, args.repeats, args.device, args.preset, args.threads)
+    return 0

@@ -56,7 +56,7 @@ def project(sr: np.ndarray, lr: np.ndarray, grid: Grid) -> np.ndarray:
 
 
 @dataclass
-class Consistent:
+class Projected:
     """Any SR method followed by the consistency projection."""
 
     inner: object
