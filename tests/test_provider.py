@@ -57,3 +57,15 @@ def test_qgis_process_headless(qgis_env, tmp_path):
     assert result["results"]["OUTPUT"] == str(out)
     ds = gdal.Open(str(out))
     assert (ds.RasterXSize, ds.RasterYSize) == (947, 947)
+
+
+def test_qgis_process_target_resolution_gives_exact_pixels(qgis_env, tmp_path):
+    out = tmp_path / "sr.tif"
+    r = subprocess.run(["/usr/bin/qgis_process.bin", "--json", "run", "latentsr:superresolve", "--",
+                        f"INPUT={SAMPLE}", "TARGET_RESOLUTION=3", "METHOD=3", f"OUTPUT={out}"],
+                       env=qgis_env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    src, ds = gdal.Open(SAMPLE), gdal.Open(str(out))
+    x0, px, _, y0, _, py = src.GetGeoTransform()  # 256 × 256 pixels of 5 m
+    assert ds.GetGeoTransform() == (x0, 3.0, 0.0, y0, 0.0, -3.0)
+    assert (ds.RasterXSize, ds.RasterYSize) == (427, 427)  # 1280 m grown to 1281 m: whole 3 m pixels
