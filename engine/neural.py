@@ -51,7 +51,8 @@ def pick_device(name: str):
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise LatentSRError("device 'cuda' was requested but PyTorch sees no CUDA GPU: use device cpu or auto")
+            raise LatentSRError("device 'cuda' was requested but backend torch (PyTorch) sees no CUDA GPU: "
+                                "use device cpu or auto")
         return torch.device("cuda")
     raise LatentSRError(f"unknown device '{name}': choose one of auto, cpu, cuda")
 
@@ -225,15 +226,27 @@ def cpu_only_torch() -> bool:
 
 
 def torch_sees_cuda(device: str) -> bool:
-    """Whether the torch backend would run on a CUDA GPU for ``device`` (auto imports torch to ask, unless
+    """Whether the torch backend would run on a CUDA GPU for ``device`` (imports torch to ask, unless
     the installed torch is a CPU-only build)."""
-    if device == "cuda":
-        return True
-    if device != "auto" or not importable("torch") or cpu_only_torch():
+    if device not in ("auto", "cuda") or not importable("torch") or cpu_only_torch():
         return False
     import torch
 
     return torch.cuda.is_available()
+
+
+def cuda_backend(backend: str, card: dict) -> str | None:
+    """The backend that would really run on a CUDA GPU for ``backend`` (auto/torch/onnx), or None:
+    PyTorch when it sees a GPU, else ONNX Runtime when it can start a CUDA session (onnxruntime-gpu
+    lists its CUDA provider even where no GPU or CUDA library exists) and, for auto, the model has graphs."""
+    if backend in ("auto", "torch") and torch_sees_cuda("cuda"):
+        return "torch"
+    if backend in ("auto", "onnx") and importable("onnxruntime") and (backend == "onnx" or card.get("onnx")):
+        from . import onnx_backend
+
+        if onnx_backend.cuda_works():
+            return "onnx"
+    return None
 
 
 def choose_backend(backend: str, device: str, card: dict) -> str:
@@ -241,11 +254,18 @@ def choose_backend(backend: str, device: str, card: dict) -> str:
 
     auto, by the CPU benchmark in docs/MODELS.md (ONNX Runtime is the faster one on CPU): torch when it
     would run on a CUDA GPU, else ONNX Runtime when it is installed and the bundle has ONNX graphs,
-    else torch when it is installed, else ONNX Runtime (which then says what is missing)."""
+    else torch when it is installed, else ONNX Runtime (which then says what is missing). auto with
+    device cuda takes the backend that can really use the GPU, and is refused when neither can."""
     if backend not in BACKENDS:
         raise LatentSRError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
+    if device == "cuda":
+        found = cuda_backend("auto", card)
+        if found is None:
+            raise LatentSRError("device 'cuda' was requested but backend auto found no CUDA GPU: PyTorch sees none "
+                                "and ONNX Runtime cannot start a CUDA session here: use device cpu or auto")
+        return found
     has_torch = importable("torch")
     if has_torch and torch_sees_cuda(device):
         return "torch"

@@ -69,3 +69,17 @@ def test_qgis_process_target_resolution_gives_exact_pixels(qgis_env, tmp_path):
     x0, px, _, y0, _, py = src.GetGeoTransform()  # 256 × 256 pixels of 5 m
     assert ds.GetGeoTransform() == (x0, 3.0, 0.0, y0, 0.0, -3.0)
     assert (ds.RasterXSize, ds.RasterYSize) == (427, 427)  # 1280 m grown to 1281 m: whole 3 m pixels
+
+
+@pytest.mark.parametrize("name", ["superresolve", "evaluate"])
+def test_help_text_renders_in_full_as_rich_text(provider, name):
+    from qgis.PyQt.QtGui import QTextDocument
+
+    alg = provider.algorithm(name)
+    document = QTextDocument()
+    document.setHtml(alg.shortHelpString())  # how the Processing dialog reads it
+    shown = document.toPlainText()
+    for param in alg.parameterDefinitions():
+        assert param.name() in shown and param.help() in shown
+    if name == "superresolve":
+        assert "1 < scale ≤ 8" in shown and "exactly R × R" in shown

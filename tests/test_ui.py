@@ -261,6 +261,20 @@ def test_cuda_probe_is_lazy(make_dock, monkeypatch, small_raster):
     assert calls == ["auto"] and dock.device.findData("cuda") == 2
 
 
+def test_device_list_has_no_cuda_without_a_gpu(make_dock, small_raster):
+    """The test machine has no GPU, though its onnxruntime-gpu lists CUDAExecutionProvider."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    add_raster(small_raster, "small")
+    dock = make_dock()
+    for backend in ("auto", "torch", "onnx"):
+        dock.backend.setCurrentIndex(dock.backend.findData(backend))
+        dock.device.popup_requested.emit()
+        assert [dock.device.itemData(i) for i in range(dock.device.count())] == ["auto", "cpu"], backend
+
+
 def test_installer_runs_pip_pinned_with_live_log(qgis_app, tmp_path):
     from latentsr.ui import deps
     from latentsr.ui.installer import InstallDialog
