@@ -127,6 +127,21 @@ def output_axes(width: int, height: int, geotransform: tuple[float, ...] | None,
     return ax, ay, (xa, ya, xb - xa, yb - ya)
 
 
+def output_plan(path: str, scale: float, target: float | None = None,
+                extent: tuple[float, float, float, float] | None = None) -> tuple[int, int, float, float]:
+    """What a run on ``path`` would write: width, height and the pixel size in map units (0, 0
+    without a geotransform), from the same grid as the run (``output_axes``)."""
+    info = raster.describe(raster.open_raster(path), None)
+    window = raster.extent_window(info, extent) if extent else None
+    if target is not None:
+        scale = scale_for_resolution(info.geotransform, target)
+    ax, ay, _ = output_axes(info.width, info.height, info.geotransform, scale, target, window)
+    if info.geotransform is None:
+        return ax.n_out, ay.n_out, 0.0, 0.0
+    px, py = raster.pixel_size(info.geotransform)
+    return ax.n_out, ay.n_out, px * ax.step, py * ay.step
+
+
 def fill_invalid(x: np.ndarray, valid: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """Nodata pixels take the mean of their valid 3×3 neighbours, ``FILL_ITERATIONS`` deep; what is
     still empty after that takes the band's fill value. Local, so tiles agree, and the SR kernel sees

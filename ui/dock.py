@@ -6,6 +6,7 @@ import math
 
 from qgis.core import (
     Qgis,
+    QgsCoordinateTransform,
     QgsMapLayerProxyModel,
     QgsMessageLog,
     QgsProcessing,
@@ -40,17 +41,18 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..engine.grid import output_size
-from ..engine.pipeline import MAX_SCALE, MIN_TILE
+from ..engine.errors import LatentSRError
+from ..engine.pipeline import MAX_SCALE, MIN_TILE, output_plan
 from ..provider.superresolve import BACKENDS, DEVICES, METHODS
 from . import deps
-from .task import SuperResolveRun, add_result_layer
+from .task import SOURCE_PROPERTY, SuperResolveRun, add_result_layer, add_uncertainty_layer
 
 SETTINGS = "latentsr/dock/"
 LOG_TAG = "LatentSR"
 METHOD_NAMES = ("LCMSR", "E²DiffSR", "Regression", "Bicubic")  # short names, in METHOD enum order
 DIFFUSION_METHODS = (0, 1)
 TEMPORARY = "[Save to temporary file]"
+NAME_CHARS = 24  # a source name longer than this is shortened in result names
 
 
 class DeviceComboBox(QComboBox):
@@ -218,6 +220,7 @@ class SuperResolveDock(QgsDockWidget):
         self.method.currentIndexChanged.connect(self.update_state)
         self.samples.valueChanged.connect(self.update_state)
         self.preview.toggled.connect(self.update_state)
+        self.iface.mapCanvas().extentsChanged.connect(self.canvas_moved)
         self.backend.currentIndexChanged.connect(self.backend_changed)
         self.device.popup_requested.connect(self.probe_cuda)
         for spin in (self.steps, self.tile, self.overlap, self.seed):
@@ -297,30 +300,52 @@ class SuperResolveDock(QgsDockWidget):
             return None
         return self.pixel_size(layer) / self.resolution.value()
 
-    def size_text(self) -> str:
+    def preview_extent(self, layer) -> tuple[float, float, float, float] | None:
+        """The visible map extent in the layer's CRS (as Processing reads EXTENT), or None when not previewing."""
+        if not self.preview.isChecked():
+            return None
+        canvas = self.iface.mapCanvas()
+        transform = QgsCoordinateTransform(canvas.mapSettings().destinationCrs(), layer.crs(), QgsProject.instance())
+        try:
+            rect = transform.transformBoundingBox(canvas.extent())
+        except Exception:  # noqa: BLE001 - QgsCsException: the view does not map onto the layer
+            return None
+        return rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()
+
+    def size_text(self) -> tuple[str, bool]:
+        """What the run will write (the engine's own plan: size and pixel size, the preview's part
+        included), and whether it can run."""
         layer = self.layer_combo.currentLayer()
         if layer is None:
-            return "Choose a raster layer."
+            return "Choose a raster layer.", False
         scale = self.effective_scale()
         if not 1.0 < scale <= MAX_SCALE:
-            return f"Scale ×{scale:.4g} is out of range: it must be above 1 and at most {MAX_SCALE:g}."
-        width, height = output_size(layer.width(), scale), output_size(layer.height(), scale)
-        extent = layer.extent()
+            return f"Scale ×{scale:.4g} is out of range: it must be above 1 and at most {MAX_SCALE:g}.", False
+        target = self.resolution.value() if self.by_resolution.isChecked() else None
+        try:
+            width, height, px, py = output_plan(layer.source(), scale, target, self.preview_extent(layer))
+        except LatentSRError as exc:
+            return f"Cannot run: {exc}.", False
         units = QgsUnitTypes.toAbbreviatedString(layer.crs().mapUnits())
-        text = (f"{width} × {height} px, pixel {extent.width() / width:.4g} × {extent.height() / height:.4g} {units}\n"
-                f"×{scale:.4g} of {layer.width()} × {layer.height()} px")
+        pixel = f"pixel {px:.6g} × {py:.6g} {units}" if px else "no georeferencing"
+        text = f"{width} × {height} px, {pixel}\n×{scale:.4g} of {layer.width()} × {layer.height()} px"
         if self.preview.isChecked():
-            text += ", preview: the visible part only"
-        return text
+            text += ", preview: the visible part"
+        return text, True
+
+    def canvas_moved(self) -> None:
+        if self.preview.isChecked():
+            self.update_state()
 
     def update_state(self) -> None:
         self.scale.setEnabled(not self.by_resolution.isChecked())
         self.resolution.setEnabled(self.by_resolution.isChecked())
         self.steps.setEnabled(self.method.currentIndex() in DIFFUSION_METHODS)
         self.uncertainty.setEnabled(self.samples.value() > 1)
-        self.size_label.setText(self.size_text())
+        text, runnable = self.size_text()
+        self.size_label.setText(text)
         idle = self.run is None
-        self.run_button.setEnabled(idle and self.layer_combo.currentLayer() is not None)
+        self.run_button.setEnabled(idle and runnable)
         self.cancel_button.setEnabled(not idle)
         self.save_settings()
 
@@ -397,9 +422,22 @@ class SuperResolveDock(QgsDockWidget):
         return params
 
     def result_name(self) -> str:
+        """A short name, distinct from earlier results of the same source: "<source> ×2.5 LCMSR", then
+        "… #2", "#3"; the seed is named when the method samples."""
         layer = self.layer_combo.currentLayer()
-        name = f"{layer.name()} ×{self.effective_scale():.4g} {METHOD_NAMES[self.method.currentIndex()]}"
-        return name + (" (preview)" if self.preview.isChecked() else "")
+        source = layer.name() if len(layer.name()) <= NAME_CHARS else layer.name()[:NAME_CHARS - 1] + "…"
+        method = self.method.currentIndex()
+        name = f"{source} ×{self.effective_scale():.3g} {METHOD_NAMES[method]}"
+        if method in DIFFUSION_METHODS:
+            name += f" s{self.seed.value()}"
+        if self.preview.isChecked():
+            name += " preview"
+        taken = {lyr.name() for lyr in QgsProject.instance().mapLayers().values()
+                 if lyr.customProperty(SOURCE_PROPERTY) == layer.id()}
+        runs = 1
+        while (name if runs == 1 else f"{name} #{runs}") in taken:
+            runs += 1
+        return name if runs == 1 else f"{name} #{runs}"
 
     def start(self) -> None:
         """Run the algorithm in the background with the current choices."""
@@ -451,12 +489,13 @@ class SuperResolveDock(QgsDockWidget):
             return
         uncertainty = results.get("OUTPUT_UNCERTAINTY")
         if uncertainty:
-            add_result_layer(uncertainty, f"{name} uncertainty", layer.id(), False)
+            add_uncertainty_layer(uncertainty, f"{name} σ", layer)
         self.iface.messageBar().pushMessage("LatentSR", f"Added “{name}”.", level=Qgis.Success, duration=5)
 
     def shutdown(self) -> None:
         """Cancel a running job (plugin unload); it ends on its own and loads nothing."""
         QgsProject.instance().layersWillBeRemoved.disconnect(self.layers_removed)
+        self.iface.mapCanvas().extentsChanged.disconnect(self.canvas_moved)
         if self.run is not None:
             self.run.finished.disconnect(self.finished)
             self.run.cancel()
