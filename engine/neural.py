@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -272,6 +273,32 @@ def choose_backend(backend: str, device: str, card: dict) -> str:
     if importable("onnxruntime") and card.get("onnx"):
         return "onnx"
     return "torch" if has_torch else "onnx"
+
+
+def describe_runner(method: str, backend: str, device: str, model: str | None = None,
+                    cuda: bool | None = None) -> str:
+    """In words, what would run ``method``: "ONNX Runtime on CPU, 2 threads". ``cuda`` says whether
+    a CUDA GPU is usable when that is already known; None: not asked (nothing heavy is imported)."""
+    if method == "bicubic":
+        return "Bicubic runs with NumPy on the CPU (no backend needed)"
+    try:
+        card = modelfile.read_card(modelfile.resolve(model))
+        if device == "cuda" or (device == "auto" and cuda):
+            chosen = cuda_backend(backend, card) if device == "cuda" or backend != "auto" else choose_backend(backend, "cuda", card)
+            if chosen is None:
+                return f"Backend {backend} cannot use a CUDA GPU here"
+            return f"{'PyTorch' if chosen == 'torch' else 'ONNX Runtime'} on CUDA GPU"
+        chosen = choose_backend(backend, "cpu", card)
+    except LatentSRError as exc:
+        return f"Cannot run: {exc}"
+    if chosen == "onnx":
+        text = f"ONNX Runtime on CPU, {os.cpu_count() or 1} threads"
+    else:
+        torch = sys.modules.get("torch")
+        text = "PyTorch on CPU" + (f", {torch.get_num_threads()} threads" if torch is not None else "")
+    if device == "auto" and cuda is None:
+        text += " (a GPU is looked for when the device list is opened)"
+    return text
 
 
 def build_method(name: str, options):

@@ -85,6 +85,11 @@ class Request:
                 raise LatentSRError("the uncertainty output must differ from the input and the output")
         if self.seed < 0:
             raise LatentSRError(f"seed must not be negative, got {self.seed}")
+        for path in (self.output, self.uncertainty):
+            ext = os.path.splitext(path or "")[1].lower()
+            if ext not in ("", ".tif", ".tiff"):
+                raise LatentSRError(f"the output is written as a GeoTIFF, so its name must end in .tif or .tiff, "
+                                    f"not {ext}: {path}")
 
 
 def check_scale(scale: float) -> None:

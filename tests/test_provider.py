@@ -83,3 +83,18 @@ def test_help_text_renders_in_full_as_rich_text(provider, name):
         assert param.name() in shown and param.help() in shown
     if name == "superresolve":
         assert "1 < scale ≤ 8" in shown and "exactly R × R" in shown
+
+
+def test_png_output_is_refused_in_processing_and_the_cli(provider, tmp_path):
+    import sys
+
+    import processing
+    from qgis.core import QgsProcessingException
+
+    out = str(tmp_path / "sr.png")
+    with pytest.raises(QgsProcessingException, match=r"must end in \.tif or \.tiff, not \.png"):
+        processing.run("latentsr:superresolve", {"INPUT": SAMPLE, "SCALE": 2, "METHOD": 3, "OUTPUT": out})
+    r = subprocess.run([sys.executable, "-m", "engine", "superresolve", SAMPLE, out, "--scale", "2", "--method", "bicubic"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "must end in .tif or .tiff, not .png" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == []

@@ -340,7 +340,7 @@ def test_cuda_probe_is_lazy(make_dock, monkeypatch, small_raster):
     from latentsr.ui import deps
 
     calls = []
-    monkeypatch.setattr(deps, "cuda_available", lambda backend: calls.append(backend) or True)
+    monkeypatch.setattr(deps, "cuda_available", lambda backend, model=None: calls.append(backend) or True)
     add_raster(small_raster, "small")
     dock = make_dock()
     assert calls == [] and dock.device.findData("cuda") == -1
@@ -361,6 +361,29 @@ def test_device_list_has_no_cuda_without_a_gpu(make_dock, small_raster):
         dock.backend.setCurrentIndex(dock.backend.findData(backend))
         dock.device.popup_requested.emit()
         assert [dock.device.itemData(i) for i in range(dock.device.count())] == ["auto", "cpu"], backend
+
+
+def test_every_control_has_a_tooltip_and_the_runner_is_named(make_dock, small_raster):
+    from qgis.PyQt.QtWidgets import QAbstractButton, QComboBox, QLabel, QProgressBar, QWidget
+
+    add_raster(small_raster, "small")
+    dock = make_dock()
+    controls = [w for w in dock.widget().widget().findChildren(QWidget)
+                if isinstance(w, (QAbstractButton, QComboBox, QProgressBar)) or w.objectName() in ("sizeLabel", "runnerLabel")
+                or type(w).__name__ in ("QgsFileWidget", "QgsDoubleSpinBox", "QgsSpinBox", "QgsMapLayerComboBox",
+                                        "QgsCheckableComboBox", "QgsCollapsibleGroupBox")]
+    inner = {w for c in controls for w in c.findChildren(QWidget)}  # a file widget's own line edit and button
+    missing = [(type(w).__name__, w.text() if isinstance(w, (QAbstractButton, QLabel)) else "")
+               for w in controls if w not in inner and not w.toolTip()]
+    assert len(controls) > 20 and missing == []
+    assert dock.consistency.parent() is dock.advanced and dock.model.parent() is dock.advanced
+    dock.backend.setCurrentIndex(dock.backend.findData("onnx"))
+    dock.device.popup_requested.emit()  # probed: no GPU here
+    assert dock.runner_label.text() == f"ONNX Runtime on CPU, {os.cpu_count()} threads"
+    dock.method.setCurrentIndex(3)
+    assert "NumPy" in dock.runner_label.text()
+    dock.consistency.setChecked(True)
+    assert dock.parameters()["CONSISTENCY"] is True and "MODEL" not in dock.parameters()
 
 
 def test_installer_runs_pip_pinned_with_live_log(qgis_app, tmp_path):
@@ -405,7 +428,7 @@ class Iface:
         self.addDockWidget, self.removeDockWidget = self.window.addDockWidget, self.window.removeDockWidget
         self.addPluginToRasterMenu = lambda menu, action: self.menu.append(action)
         self.removePluginRasterMenu = lambda menu, action: self.menu.remove(action)
-        self.addRasterToolBarIcon, self.removeRasterToolBarIcon = self.tools.append, self.tools.remove
+        self.addToolBarIcon, self.removeToolBarIcon = self.tools.append, self.tools.remove  # the Plugins toolbar
 
 
 iface = Iface()
