@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grid import centres
+from .grid import Axis, centres
 
 RAMPS = ("cosine", "linear")
 
@@ -52,8 +52,9 @@ def ramp(t: np.ndarray, kind: str = "cosine") -> np.ndarray:
     raise ValueError(f"unknown ramp '{kind}': choose one of {', '.join(RAMPS)}")
 
 
-def axis_plan(n_in: int, n_out: int, tile: int, overlap: int, margin: float, kind: str = "cosine") -> list[AxisTile]:
-    """The windows of one axis and the blend weights of their output pixels.
+def axis_plan(n_in: int, n_out: int | Axis, tile: int, overlap: int, margin: float, kind: str = "cosine") -> list[AxisTile]:
+    """The windows of one axis and the blend weights of their output pixels. ``n_out`` is the output
+    size over exactly the input's extent, or the output grid's ``Axis``.
 
     ``margin`` (input pixels) is how far inside an interior window edge the weight stays 0; it is
     capped at half the overlap. The transition between two windows is centred in their overlap and
@@ -64,7 +65,12 @@ def axis_plan(n_in: int, n_out: int, tile: int, overlap: int, margin: float, kin
     margin = min(float(margin), overlap / 2.0)
     half = overlap / 2.0 - margin
     # Edge coordinate (input pixel i spans [i, i+1)) of every output pixel centre.
-    edge = centres(n_in, n_out, 0, n_out) + 0.5
+    if isinstance(n_out, Axis):
+        edge = n_out.centres(0, n_out.n_out) + 0.5
+        n_out = n_out.n_out
+    else:
+        edge = centres(n_in, n_out, 0, n_out) + 0.5
+    edge = np.clip(edge, 0.0, np.nextafter(n_in, 0))  # a grown grid's last pixels belong to the last window
     cumulative = []  # S_k: how far the hand-over from window k to k+1 has gone, per output pixel
     for k in range(len(starts) - 1):
         mid = (starts[k + 1] + stops[k]) / 2.0

@@ -21,7 +21,8 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise LatentSRError("device 'cuda' was requested but PyTorch sees no CUDA GPU: use device cpu or auto")
+            raise LatentSRError("device 'cuda' was requested but backend torch (PyTorch) sees no CUDA GPU: "
+                                "use device cpu or auto")
         return torch.device("cuda")
     raise LatentSRError(f"unknown device '{name}': choose one of auto, cpu, cuda")
 
