@@ -194,7 +194,8 @@ def test_benchmarks_have_one_entry_point(capsys):
     from training import bench
 
     assert bench.main([]) == 2 and bench.main(["evaluate"]) == 2
-    assert capsys.readouterr().err.strip() == "usage: python -m training.bench {quality,backends,scale,speed} [options]"
+    usage = "usage: python -m training.bench {quality,backends,scale,speed} [options]"
+    assert capsys.readouterr().err.splitlines() == [usage, usage]
     with pytest.raises(SystemExit) as done:  # argparse's --help: each kind is a module of training/bench/
         bench.main(["backends", "--help"])
     assert done.value.code == 0 and "python -m training.bench backends" in capsys.readouterr().out
