@@ -74,7 +74,8 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
             "Neighbouring tiles overlap by this many input pixels and are blended there, so no seams show.", advanced=True)
         add(QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0, minValue=0),
             "The same seed gives the same result for the diffusion methods.", advanced=True)
-        add(QgsProcessingParameterNumber(self.SAMPLES, "Samples", QgsProcessingParameterNumber.Integer, 1, minValue=1),
+        add(QgsProcessingParameterNumber(self.SAMPLES, "Samples", QgsProcessingParameterNumber.Integer, 1, minValue=1,
+                                         maxValue=pipeline.MAX_SAMPLES),
             "Number of diffusion samples; with more than one, the output is their mean and the uncertainty their standard deviation.")
         add(QgsProcessingParameterBoolean(self.CONSISTENCY, "Radiometric consistency", False),
             "Project the result so that its bicubic downsampling gives back the input exactly: the SR adds detail "
