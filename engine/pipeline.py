@@ -14,7 +14,7 @@ import numpy as np
 from . import raster
 from .consistency import Consistent
 from .errors import Cancelled, LatentSRError
-from .grid import Grid, centres, output_size
+from .grid import Axis, Grid, resolution_axis, scale_axis, snap_window
 from .methods import METHODS, MethodOptions, build_method
 from .resample import nearest_indices
 from .tiling import axis_plan, required_margin
@@ -87,6 +87,11 @@ class Request:
                 raise LatentSRError("an uncertainty output needs at least 2 samples")
         if not 0 <= self.seed <= MAX_SEED:
             raise LatentSRError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        for path in (self.output, self.uncertainty):
+            ext = os.path.splitext(path or "")[1].lower()
+            if ext not in ("", ".tif", ".tiff"):
+                raise LatentSRError(f"the output is written as a GeoTIFF, so its name must end in .tif or .tiff, "
+                                    f"not {ext}: {path}")
 
 
 def check_extent(extent: tuple[float, float, float, float]) -> None:
@@ -115,6 +120,41 @@ def scale_for_resolution(geotransform: tuple[float, ...] | None, target: float) 
     if scale > MAX_SCALE:
         raise LatentSRError(f"target resolution {target:g} needs scale {scale:.3g}, above the maximum {MAX_SCALE:g}")
     return scale
+
+
+def output_axes(width: int, height: int, geotransform: tuple[float, ...] | None, scale: float,
+                target: float | None = None,
+                window: tuple[int, int, int, int] | None = None) -> tuple[Axis, Axis, tuple[int, int, int, int] | None]:
+    """The output grid (x and y ``Axis``) of a width×height input: ``scale`` keeps the extent, a
+    ``target`` resolution gives exactly target × target pixels (origin kept, extent grown by less
+    than one output pixel). With a pixel ``window`` (x0, y0, w, h) the output is the part of the
+    whole raster's output grid that covers it, and the window returned is the input that holds it."""
+    if target is None:
+        ax, ay = scale_axis(width, scale), scale_axis(height, scale)
+    else:
+        px, py = raster.pixel_size(geotransform)
+        ax, ay = resolution_axis(width, px, target), resolution_axis(height, py, target)
+    if window is None:
+        return ax, ay, None
+    x0, y0, w, h = window
+    xa, xb, ax = snap_window(ax, width, x0, x0 + w)
+    ya, yb, ay = snap_window(ay, height, y0, y0 + h)
+    return ax, ay, (xa, ya, xb - xa, yb - ya)
+
+
+def output_plan(path: str, scale: float, target: float | None = None,
+                extent: tuple[float, float, float, float] | None = None) -> tuple[int, int, float, float]:
+    """What a run on ``path`` would write: width, height and the pixel size in map units (0, 0
+    without a geotransform), from the same grid as the run (``output_axes``)."""
+    info = raster.describe(raster.open_raster(path), None)
+    window = raster.extent_window(info, extent) if extent else None
+    if target is not None:
+        scale = scale_for_resolution(info.geotransform, target)
+    ax, ay, _ = output_axes(info.width, info.height, info.geotransform, scale, target, window)
+    if info.geotransform is None:
+        return ax.n_out, ay.n_out, 0.0, 0.0
+    px, py = raster.pixel_size(info.geotransform)
+    return ax.n_out, ay.n_out, px * ax.step, py * ay.step
 
 
 def fill_invalid(x: np.ndarray, valid: np.ndarray, fill: np.ndarray) -> np.ndarray:
@@ -187,6 +227,8 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     info = raster.describe(whole, bands)
     window = raster.extent_window(info, req.extent) if req.extent else None
     scale = req.scale if req.target_resolution is None else scale_for_resolution(info.geotransform, req.target_resolution)
+    axes = output_axes(info.width, info.height, info.geotransform, scale, req.target_resolution, window)
+    window = axes[2]
     raster.check_outputs({"output": req.output, "uncertainty output": req.uncertainty}, {"input": (req.input, whole)})
     method = build_method(req.method, MethodOptions(req.steps, req.seed, req.backend, req.device, req.model))
     if req.consistency:
@@ -194,31 +236,33 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     norms = raster.band_norms(whole, info)  # from the whole raster, also when only a window is processed
     src = raster.clipped(whole, window) if window else whole
     try:
-        return run_tiles(req, src, raster.describe(src, bands) if window else info, norms, method, scale, start,
-                         progress, is_cancelled)
+        return run_tiles(req, src, raster.describe(src, bands) if window else info, norms, method, scale, axes[:2],
+                         start, progress, is_cancelled)
     finally:
         if window:
             raster.release_clip(src)
 
 
 def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNorm], method, scale: float,
-              start: float, progress: Callable[[float], None], is_cancelled: Callable[[], bool]) -> Result:
-    """Stream the tiles of ``src`` through ``method`` into the output GeoTIFF."""
-    out_w, out_h = output_size(info.width, scale), output_size(info.height, scale)
+              axes: tuple[Axis, Axis], start: float, progress: Callable[[float], None],
+              is_cancelled: Callable[[], bool]) -> Result:
+    """Stream the tiles of ``src`` through ``method`` into the output GeoTIFF on the grid ``axes`` (x, y)."""
+    ax, ay = axes
+    out_w, out_h = ax.n_out, ay.n_out
     fill = np.array([n.fill for n in norms], dtype=np.float32)
     margin = required_margin(method.context + FILL_ITERATIONS, req.overlap)
-    rows = axis_plan(info.height, out_h, req.tile, req.overlap, margin)
-    cols = axis_plan(info.width, out_w, req.tile, req.overlap, margin)
+    rows = axis_plan(info.height, ay, req.tile, req.overlap, margin)
+    cols = axis_plan(info.width, ax, req.tile, req.overlap, margin)
     row_edges = [t.out_start for t in rows] + [out_h]
     col_edges = [t.out_start for t in cols] + [out_w]
     log.info("%s ×%.4g: %d×%d -> %d×%d, %d tiles", method.name, scale, info.width, info.height, out_w, out_h, len(rows) * len(cols))
     n_bands = len(info.bands)
     check_pending_memory(rows, out_w, n_bands, 2 if req.uncertainty else 1)
-    outputs = [raster.OutputRaster(req.output, src, info, out_w, out_h, cog=req.cog)]
+    outputs = [raster.OutputRaster(req.output, src, info, out_w, out_h, cog=req.cog, axes=axes)]
     try:
         if req.uncertainty:
             outputs.append(raster.OutputRaster(req.uncertainty, src, info, out_w, out_h, dtype=raster.FLOAT32,
-                                               nodata=[math.nan] * n_bands, cog=req.cog))
+                                               nodata=[math.nan] * n_bands, cog=req.cog, axes=axes))
     except BaseException:
         outputs[0].discard()
         raise
@@ -236,8 +280,8 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
                 x = np.stack([norms[c].forward(stored[c].astype(np.float64)) for c in range(n_bands)])
                 x = fill_invalid(x, valid, fill)
                 grid = Grid(
-                    ys=centres(info.height, out_h, ty.out_start, ty.out_stop, ty.in_start),
-                    xs=centres(info.width, out_w, tx.out_start, tx.out_stop, tx.in_start),
+                    ys=ay.centres(ty.out_start, ty.out_stop, ty.in_start),
+                    xs=ax.centres(tx.out_start, tx.out_stop, tx.in_start),
                     scale=scale, out_y0=ty.out_start, out_x0=tx.out_start, in_y0=ty.in_start, in_x0=tx.in_start,
                     in_h=info.height, in_w=info.width)
                 layers = sample_layers(method, x, grid, seeds, n_bands, bool(req.uncertainty))

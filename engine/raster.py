@@ -207,10 +207,14 @@ def read_window(ds: gdal.Dataset, info: RasterInfo, x0: int, y0: int, w: int, h:
         raise LatentSRError(f"reading the input failed: {one_line(exc)}") from None
 
 
-def output_geotransform(gt: tuple[float, ...], in_w: int, in_h: int, out_w: int, out_h: int) -> tuple[float, ...]:
-    """The geotransform of an out_w×out_h grid over exactly the same extent (rotation terms included)."""
+def output_geotransform(gt: tuple[float, ...], in_w: float, in_h: float, out_w: int, out_h: int,
+                        shift_x: float = 0.0, shift_y: float = 0.0) -> tuple[float, ...]:
+    """The geotransform of an out_w×out_h grid spanning in_w×in_h input pixels from input pixel
+    coordinate (shift_x, shift_y): by default exactly the same extent (rotation terms included)."""
     rx, ry = in_w / out_w, in_h / out_h
-    return (gt[0], gt[1] * rx, gt[2] * ry, gt[3], gt[4] * rx, gt[5] * ry)
+    x0 = gt[0] + shift_x * gt[1] + shift_y * gt[2]
+    y0 = gt[3] + shift_x * gt[4] + shift_y * gt[5]
+    return (x0, gt[1] * rx, gt[2] * ry, y0, gt[4] * rx, gt[5] * ry)
 
 
 def extent_window(info: RasterInfo, extent: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
@@ -368,7 +372,8 @@ class OutputRaster:
     the final name only on success. ``discard`` removes everything; nothing half-written remains."""
 
     def __init__(self, path: str, src: gdal.Dataset, info: RasterInfo, width: int, height: int,
-                 dtype: int | None = None, nodata: list[float | None] | None = None, cog: bool = False):
+                 dtype: int | None = None, nodata: list[float | None] | None = None, cog: bool = False,
+                 axes: tuple | None = None):
         self.path = path
         self.cog = cog
         folder, name = os.path.split(os.path.abspath(path))
@@ -395,7 +400,10 @@ class OutputRaster:
             self.discard()
             raise LatentSRError(f"cannot create the output: {one_line(exc)}") from None
         gt = info.geotransform
-        if gt is not None:
+        if gt is not None and axes is not None:  # (x, y) engine.grid.Axis: the output grid, possibly grown or shifted
+            self.ds.SetGeoTransform(output_geotransform(gt, axes[0].span, axes[1].span, width, height,
+                                                        axes[0].shift, axes[1].shift))
+        elif gt is not None:
             self.ds.SetGeoTransform(output_geotransform(gt, info.width, info.height, width, height))
         elif src.GetGCPCount():
             self.ds.SetGCPs(scaled_gcps(src.GetGCPs(), width / info.width, height / info.height), src.GetGCPProjection())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grid import centres
+from .grid import Axis, centres
 
 RAMPS = ("cosine", "linear")
 
@@ -52,8 +52,9 @@ def ramp(t: np.ndarray, kind: str = "cosine") -> np.ndarray:
     raise ValueError(f"unknown ramp '{kind}': choose one of {', '.join(RAMPS)}")
 
 
-def axis_plan(n_in: int, n_out: int, tile: int, overlap: int, margin: float, kind: str = "cosine") -> list[AxisTile]:
-    """The windows of one axis and the blend weights of their output pixels.
+def axis_plan(n_in: int, n_out: int | Axis, tile: int, overlap: int, margin: float, kind: str = "cosine") -> list[AxisTile]:
+    """The windows of one axis and the blend weights of their output pixels. ``n_out`` is the output
+    size over exactly the input's extent, or the output grid's ``Axis``.
 
     ``margin`` (input pixels) is how far inside an interior window edge the weight stays 0; it is
     capped at half the overlap. The transition between two windows is centred in their overlap and
@@ -63,6 +64,13 @@ def axis_plan(n_in: int, n_out: int, tile: int, overlap: int, margin: float, kin
     stops = [min(s + tile, n_in) for s in starts]
     margin = min(float(margin), overlap / 2.0)
     half = overlap / 2.0 - margin
+    axis = n_out if isinstance(n_out, Axis) else Axis(n_out, n_in / n_out)
+    n_out = axis.n_out
+
+    def edges(lo: int, hi: int) -> np.ndarray:
+        """Edge coordinate (input pixel i spans [i, i+1)) of output pixel centres lo..hi-1; a grown
+        grid's last pixels belong to the last window."""
+        return np.clip(axis.centres(lo, hi) + 0.5, 0.0, np.nextafter(n_in, 0))
 
     def handed_over(k: int, edge: np.ndarray) -> np.ndarray:
         """S_k: how far the hand-over from window k to k+1 has gone at these edge coordinates."""
@@ -74,9 +82,9 @@ def axis_plan(n_in: int, n_out: int, tile: int, overlap: int, margin: float, kin
     plan = []
     for k, (a, b) in enumerate(zip(starts, stops)):
         # Only the output pixels whose centre can fall in [a, b): the cost is the window's, not the axis's.
-        lo = max(0, int(np.floor(a * n_out / n_in - 0.5)) - 1)
-        hi = min(n_out, int(np.ceil(b * n_out / n_in - 0.5)) + 1)
-        edge = centres(n_in, n_out, lo, hi) + 0.5  # edge coordinate (input pixel i spans [i, i+1))
+        lo = 0 if k == 0 else max(0, int(np.floor((a - axis.shift) / axis.step - 0.5)) - 1)
+        hi = n_out if k == len(starts) - 1 else min(n_out, int(np.ceil((b - axis.shift) / axis.step - 0.5)) + 1)
+        edge = edges(lo, hi)
         w = handed_over(k - 1, edge) if k > 0 else np.ones(hi - lo)
         if k < len(starts) - 1:
             w = w - handed_over(k, edge)

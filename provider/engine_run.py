@@ -3,6 +3,7 @@ call (its log in the Processing log, progress and cancel through the feedback, a
 as a one-line QgsProcessingException)."""
 from __future__ import annotations
 
+import html
 import logging
 
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterDefinition
@@ -25,6 +26,21 @@ class LatentSRAlgorithm(QgsProcessingAlgorithm):
 
     def createInstance(self):  # noqa: N802 - QGIS API
         return type(self)()
+
+    def help_paragraphs(self) -> list:
+        """The help text as plain-text paragraphs, each a string or a (bold lead, text) pair."""
+        return []
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        """The paragraphs, then every parameter with its help, all escaped: the dialog reads this as
+        rich text, where a bare "<" would start a tag and cut the rest off."""
+        parts = []
+        for paragraph in self.help_paragraphs():
+            lead, text = paragraph if isinstance(paragraph, tuple) else ("", paragraph)
+            parts.append(f"<p><b>{html.escape(lead)}</b> {html.escape(text)}</p>" if lead else f"<p>{html.escape(text)}</p>")
+        items = "".join(f"<li><b>{html.escape(p.name())}</b> ({html.escape(p.description())}): {html.escape(p.help())}</li>"
+                        for p in self.parameterDefinitions())
+        return "".join(parts) + (f"<p><b>Parameters</b></p><ul>{items}</ul>" if items else "")
 
     def add_parameter(self, param, help_text: str, advanced: bool = False) -> None:
         """Add ``param`` with its help text, in the advanced section if asked."""
