@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 MAX_SCALE = 8.0
 MIN_TILE = 16
+MAX_SAMPLES = 1000  # --samples keeps running sums (Welford), so memory does not grow with it; time does
+MAX_SEED = 2**63 - 1
 FILL_ITERATIONS = 2  # nodata is filled from valid neighbours this many pixels deep
 
 
@@ -63,6 +65,8 @@ class Request:
             check_scale(self.scale)
         elif not (math.isfinite(self.target_resolution) and self.target_resolution > 0):
             raise LatentSRError(f"target resolution must be a positive number, got {self.target_resolution}")
+        if self.extent is not None:
+            check_extent(self.extent)
         if self.tile < MIN_TILE:
             raise LatentSRError(f"tile size must be at least {MIN_TILE} pixels, got {self.tile}")
         if self.overlap < 0:
@@ -71,22 +75,28 @@ class Request:
             raise LatentSRError(f"overlap ({self.overlap}) must be smaller than the tile size ({self.tile})")
         if self.steps is not None and self.steps < 1:
             raise LatentSRError(f"steps must be at least 1, got {self.steps}")
-        if self.samples < 1:
-            raise LatentSRError(f"samples must be at least 1, got {self.samples}")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise LatentSRError(f"samples must be at least 1 and at most {MAX_SAMPLES}, got {self.samples}")
         if self.samples > 1 and self.method not in STOCHASTIC:
             raise LatentSRError(f"several samples need a diffusion method ({' or '.join(STOCHASTIC)}); {self.method} is deterministic")
         if self.uncertainty:
             if self.samples < 2:
                 raise LatentSRError("an uncertainty output needs at least 2 samples")
-            if os.path.abspath(self.uncertainty) in (os.path.abspath(self.output), os.path.abspath(self.input)):
-                raise LatentSRError("the uncertainty output must differ from the input and the output")
-        if self.seed < 0:
-            raise LatentSRError(f"seed must not be negative, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise LatentSRError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
         for path in (self.output, self.uncertainty):
             ext = os.path.splitext(path or "")[1].lower()
             if ext not in ("", ".tif", ".tiff"):
                 raise LatentSRError(f"the output is written as a GeoTIFF, so its name must end in .tif or .tiff, "
                                     f"not {ext}: {path}")
+
+
+def check_extent(extent: tuple[float, float, float, float]) -> None:
+    xmin, ymin, xmax, ymax = extent
+    if not all(math.isfinite(v) for v in extent):
+        raise LatentSRError(f"the extent must be four finite numbers, got {','.join(f'{v:g}' for v in extent)}")
+    if not (xmin < xmax and ymin < ymax):
+        raise LatentSRError(f"the extent must have xmin < xmax and ymin < ymax, got {','.join(f'{v:g}' for v in extent)}")
 
 
 def check_scale(scale: float) -> None:
@@ -181,7 +191,8 @@ def to_storage(x: np.ndarray, norms: list[raster.BandNorm], dtype: np.dtype,
                 v[(v == nd) & valid[c]] = nd + 1 if nd < info.max else nd - 1
             v[~valid[c]] = nd if nd is not None else 0
         else:
-            v = v.astype(dtype)
+            finfo = np.finfo(dtype)  # values beyond the type's range are clipped to it, never made infinite
+            v = np.clip(v, finfo.min, finfo.max).astype(dtype)
             if nd is not None and not np.isnan(nd):
                 v[(v == nd) & valid[c]] = np.nextafter(dtype.type(nd), dtype.type(np.inf))
             v[~valid[c]] = nd if nd is not None else np.nan
@@ -215,9 +226,7 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     scale = req.scale if req.target_resolution is None else scale_for_resolution(info.geotransform, req.target_resolution)
     axes = output_axes(info.width, info.height, info.geotransform, scale, req.target_resolution, window)
     window = axes[2]
-    raster.check_writable(req.output, req.input)
-    if req.uncertainty:
-        raster.check_writable(req.uncertainty, req.input)
+    raster.check_outputs({"output": req.output, "uncertainty output": req.uncertainty}, {"input": (req.input, whole)})
     method = build_method(req.method, MethodOptions(req.steps, req.backend, req.device, req.model))
     if req.consistency:
         method = Projected(method)
@@ -245,6 +254,7 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
     col_edges = [t.out_start for t in cols] + [out_w]
     log.info("%s ×%.4g: %d×%d -> %d×%d, %d tiles", method.name, scale, info.width, info.height, out_w, out_h, len(rows) * len(cols))
     n_bands = len(info.bands)
+    check_pending_memory(rows, out_w, n_bands, 2 if req.uncertainty else 1)
     outputs = [raster.OutputRaster(req.output, src, info, out_w, out_h, cog=req.cog, axes=axes)]
     try:
         if req.uncertainty:
@@ -263,7 +273,7 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
                 if is_cancelled():
                     raise Cancelled()
                 stored = raster.read_window(src, info, tx.in_start, ty.in_start, tx.in_stop - tx.in_start, ty.in_stop - ty.in_start)
-                valid = np.stack([raster.valid_mask(stored[c], info.nodata[c]) for c in range(n_bands)])
+                valid = raster.read_valid(src, info, stored, tx.in_start, ty.in_start)
                 x = np.stack([norms[c].forward(stored[c].astype(np.float64)) for c in range(n_bands)])
                 x = fill_invalid(x, valid, fill)
                 grid = Grid(
@@ -277,10 +287,10 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
                 scatter(pending, [layer * weight for layer in layers], out_valid, ty.out_start, tx.out_start, iy, ix,
                         row_edges, col_edges)
                 (acc, *extra), ok = pending.pop((iy, ix))
-                outputs[0].write(to_storage(acc, norms, info.dtype, info.nodata, ok), col_edges[ix], row_edges[iy])
+                outputs[0].write(to_storage(acc, norms, info.dtype, info.nodata, ok), col_edges[ix], row_edges[iy], ok)
                 if extra:
                     std = np.stack([extra[0][c] * norms[c].scale for c in range(n_bands)]).astype(np.float32)
-                    outputs[1].write(np.where(ok, std, np.float32(np.nan)), col_edges[ix], row_edges[iy])
+                    outputs[1].write(np.where(ok, std, np.float32(np.nan)), col_edges[ix], row_edges[iy], ok)
                 progress(0.95 * (iy * len(cols) + ix + 1) / total)
             for out in outputs:  # this row of cells is final: out of the block cache with it
                 out.flush()
@@ -300,6 +310,21 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
     return Result(req.output, out_w, out_h, scale, method.name, total, seconds)
 
 
+def check_pending_memory(rows: list, out_w: int, n_bands: int, layers: int) -> None:
+    """Refuse up front a run whose row of pending output cells (a tile's output height by the whole
+    output width) would not fit in half of the physical memory."""
+    tile_h = max(t.out_stop - t.out_start for t in rows)
+    need = 2 * tile_h * out_w * n_bands * (4 * layers + 1)
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > memory / 2:
+        raise LatentSRError(f"a row of tiles of this {out_w}-pixel-wide output needs about {need / 2**30:,.1f} GiB of "
+                            f"memory, more than half of the {memory / 2**30:,.1f} GiB here: use a smaller --tile "
+                            "or clip the input (--extent)")
+
+
 def sample_seeds(seed: int, samples: int) -> list[int]:
     """The seed itself for one sample; for K samples, K seeds derived from it (independent streams)."""
     if samples == 1:
@@ -309,19 +334,25 @@ def sample_seeds(seed: int, samples: int) -> list[int]:
 
 def sample_layers(method, x: np.ndarray, grid: Grid, seeds: list[int], n_bands: int, with_std: bool) -> list[np.ndarray]:
     """The SR of a tile (the mean of the samples when there are several) and, if asked, the
-    per-pixel standard deviation of the samples (ddof = 1), both in normalised units."""
-    runs = []
-    for seed in seeds:
+    per-pixel standard deviation of the samples (ddof = 1), both in normalised units. Several
+    samples are folded into running sums (Welford), so memory does not grow with their number."""
+    mean = m2 = None
+    for k, seed in enumerate(seeds, start=1):
         sr = method(x, grid, seed)
         if sr.shape != (n_bands, *grid.shape):
             raise LatentSRError(f"method {method.name} returned shape {sr.shape}, expected {(n_bands, *grid.shape)}")
-        runs.append(sr)
-    if len(runs) == 1:
-        return runs
-    stack = np.stack(runs)
-    layers = [stack.mean(axis=0)]
+        if len(seeds) == 1:
+            return [sr]
+        sr = sr.astype(np.float64)
+        if mean is None:
+            mean, m2 = sr.copy(), np.zeros_like(sr)
+            continue
+        delta = sr - mean
+        mean += delta / k
+        m2 += delta * (sr - mean)
+    layers = [mean.astype(np.float32)]
     if with_std:
-        layers.append(stack.std(axis=0, ddof=1))
+        layers.append(np.sqrt(m2 / (len(seeds) - 1)).astype(np.float32))
     return layers
 
 

@@ -7,7 +7,7 @@ import logging
 from qgis.core import QgsProcessingException
 
 from ..engine import pipeline
-from ..engine.errors import Cancelled, LatentSRError
+from ..engine.errors import Cancelled, LatentSRError, single_line
 
 ENGINE_LOGGER = pipeline.__name__.rsplit(".", 1)[0]
 
@@ -38,7 +38,7 @@ def run_engine(what: str, fn, request, feedback):
     except Cancelled:
         raise QgsProcessingException("Cancelled: no output was written.") from None
     except LatentSRError as exc:
-        raise QgsProcessingException(str(exc)) from None
+        raise QgsProcessingException(single_line(str(exc))) from None
     except Exception as exc:  # noqa: BLE001 - Processing shows one clear line, the log keeps the detail
         logging.getLogger(__name__).exception("%s failed", what)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

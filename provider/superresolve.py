@@ -76,7 +76,8 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
         add(QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, DEFAULTS.seed,
                                          minValue=0),
             "The same seed gives the same result for the diffusion methods.", advanced=True)
-        add(QgsProcessingParameterNumber(self.SAMPLES, "Samples", QgsProcessingParameterNumber.Integer, 1, minValue=1),
+        add(QgsProcessingParameterNumber(self.SAMPLES, "Samples", QgsProcessingParameterNumber.Integer, 1, minValue=1,
+                                         maxValue=pipeline.MAX_SAMPLES),
             "Number of diffusion samples; with more than one, the output is their mean and the uncertainty their standard deviation.")
         add(QgsProcessingParameterBoolean(self.CONSISTENCY, "Radiometric consistency", False),
             "Project the result so that its bicubic downsampling gives back the input exactly: the SR adds detail "
