@@ -55,13 +55,16 @@ test: setup
 TRAIN_DATA ?= $(ROOT)/../shared/data/ucmerced/train
 VAL_DATA ?= $(ROOT)/../shared/data/ucmerced/val
 RUNS ?= $(ROOT)/runs
-STAGE1_STEPS ?= 5000
-STAGE2_STEPS ?= 2500
+# Stage 1 warm-starts its decoder's LR branch from the committed bundle; its encoder and detail path
+# start as a PCA of the residual; the PatchGAN joins at half way.
+STAGE1_STEPS ?= 1200
+STAGE2_STEPS ?= 800
+STAGE1_ARGS ?= --lr 2e-4 --init $(ROOT)/resources/models/latentsr-rgb --gan-weight 0.01 --gan-start 600
 TRAIN_ARGS ?=
 
 train: venv
 	cd $(ROOT) && $(PY) -m training stage1 --data $(TRAIN_DATA) --val $(VAL_DATA) --out $(RUNS)/stage1 \
-	  --steps $(STAGE1_STEPS) --resume $(TRAIN_ARGS)
+	  --steps $(STAGE1_STEPS) --resume $(STAGE1_ARGS) $(TRAIN_ARGS)
 	cd $(ROOT) && $(PY) -m training e2diffsr --stage1 $(RUNS)/stage1 --data $(TRAIN_DATA) --val $(VAL_DATA) \
 	  --out $(RUNS)/e2diffsr --steps $(STAGE2_STEPS) --resume $(TRAIN_ARGS)
 	cd $(ROOT) && $(PY) -m training lcmsr --stage1 $(RUNS)/stage1 --data $(TRAIN_DATA) --val $(VAL_DATA) \

@@ -108,11 +108,13 @@ def test_overfitting_one_batch():
     assert np.mean(losses[-10:]) < 0.7 * losses[0]
 
 
-def test_encoder_starts_as_its_analysis_and_init_keeps_the_regression(stage1):
-    """A fresh stage 1 encodes the standardised residual analysis (the learned part starts at
-    zero); --init starts the decoder as the given model's decoder for a zero latent."""
+def test_stage1_starts_as_the_residual_pca_and_init_keeps_the_regression(stage1):
+    """A fresh stage 1 encodes the residual's unit-variance PCA code (the learned correction starts at
+    zero) and its detail path is the PCA synthesis, so decoding the true latent adds the residual's
+    projection to the start decoder's zero-latent output; --init starts the decoder as the given
+    model's decoder for a zero latent (apart from the detail path's constant, the mean block)."""
     from engine import modelfile
-    from engine.models.encoder import analysis
+    from engine.models.encoder import pca, residual_blocks
 
     card, tensors = modelfile.load(stage1)
     old = modelfile.build_networks(card, tensors, ["decoder"], "cpu")["decoder"]
@@ -121,14 +123,24 @@ def test_encoder_starts_as_its_analysis_and_init_keeps_the_regression(stage1):
     stage.setup()
     torch.manual_seed(1)
     pair = make_pair(torch.rand(2, 3, 64, 64), 3.0, 1)
-    enc = stage.nets["encoder"]
+    enc, dec = stage.nets["encoder"], stage.nets["decoder"]
     with torch.no_grad():
-        expected = (analysis(pair.hr, pair.lr_up) - enc.shift) / enc.spread
-        torch.testing.assert_close(enc(pair.hr, pair.lr_up), expected)
-        z0 = torch.zeros(2, 4, 8, 8)
-        torch.testing.assert_close(stage.nets["decoder"](pair.lr, z0, pair.inv_scale, *pair.decoder_tables()),
-                                   old(pair.lr, z0, pair.inv_scale, *pair.decoder_tables()), atol=1e-5, rtol=1e-5)
-    assert (enc.spread > 0).all()
+        mean, components, std = pca(torch.cat([residual_blocks(p.hr, p.lr_up) for p in stage.stats_pairs(16)]), 16)
+        code = (residual_blocks(pair.hr, pair.lr_up) - mean) @ components.T / std
+        z = enc(pair.hr, pair.lr_up)
+        torch.testing.assert_close(z.permute(0, 2, 3, 1).reshape(-1, 16), code, atol=1e-4, rtol=1e-4)
+        z0 = torch.zeros(2, 16, 8, 8)
+        tables = pair.decoder_tables()
+
+        def blocks(v):  # the same 8×8 block (bands·64 values) in every cell
+            return torch.nn.functional.pixel_shuffle(v.reshape(1, -1, 1, 1).expand(2, -1, 8, 8), 8)
+
+        torch.testing.assert_close(dec(pair.lr, z0, pair.inv_scale, *tables) - blocks(mean),
+                                   old(pair.lr, z0, pair.inv_scale, *tables) - blocks(old.detail.bias), atol=1e-5, rtol=1e-5)
+        projection = torch.nn.functional.pixel_shuffle(
+            (code * std @ components).reshape(2, 8, 8, -1).permute(0, 3, 1, 2), 8)
+        torch.testing.assert_close(dec(pair.lr, z, pair.inv_scale, *tables) - dec(pair.lr, z0, pair.inv_scale, *tables),
+                                   projection, atol=1e-4, rtol=1e-4)
 
 
 def train_args(command, images, out, steps, *extra):
@@ -152,10 +164,11 @@ def test_training_stages_and_bundle(images, stage1, tmp_path):
         assert state["step"] == 2 and len(state["history"]["loss"]) == 2 and len(state["history"]["val"]) == 1
         assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
         assert math.isfinite(state["history"]["val"][0][1])
-        # stage 1 also validates the decoder with a zero latent: the latent's worth, in dB
-        assert len(state["history"]["val"][0]) == (4 if run == stage1 else 3)
-    exported = load_file(str(stage1 / "model.safetensors"))  # the EMA networks carry the encoder's statistics
-    assert exported["encoder.spread"].ne(1).all() and exported["encoder.shift"].ne(0).all()
+        # stage 1 also validates the decoder with a zero latent (the latent's worth, in dB), stage 2 the
+        # regression path (the conditioning net's latent)
+        assert len(state["history"]["val"][0]) == 4
+    exported = load_file(str(stage1 / "model.safetensors"))  # the EMA networks carry the PCA start
+    assert exported["encoder.analysis.weight"].abs().sum() > 0 and exported["decoder.detail.bias"].ne(0).any()
     assert main(["bundle", "--stage1", str(stage1), "--e2diffsr", str(tmp_path / "e2diffsr"),
                  "--lcmsr", str(tmp_path / "lcmsr"), "--name", "test-rgb", "--out", str(tmp_path / "models")]) == 0
     folder = tmp_path / "models" / "test-rgb"
@@ -174,15 +187,18 @@ def test_an_existing_run_needs_resume(images, stage1, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "pass --resume" in err
 
 
-@pytest.mark.parametrize("stage", ["stage1", "lcmsr"])
+@pytest.mark.parametrize("stage", ["stage1", "stage1-gan", "lcmsr", "e2diffsr"])
 def test_resume_continues_exactly(images, stage1, tmp_path, stage):
-    extra = [] if stage == "stage1" else ["--stage1", str(stage1)]
+    """Resuming gives the same weights, optimizer states (the discriminator's too) and history."""
+    extra = {"stage1": [], "stage1-gan": ["--gan-weight", "0.1", "--gan-start", "1"]}.get(stage, ["--stage1", str(stage1)])
+    stage = stage.split("-")[0]
     assert main(train_args(stage, images, tmp_path / "straight", 4, *extra)) == 0
     assert main(train_args(stage, images, tmp_path / "resumed", 2, "--schedule-steps", "4", *extra)) == 0
     assert main(train_args(stage, images, tmp_path / "resumed", 4, "--resume", *extra)) == 0
     a = load_file(str(tmp_path / "straight" / "checkpoint.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "checkpoint.safetensors"))
     assert a.keys() == b.keys() and any(k.startswith("optim.") for k in a)
+    assert any(k.startswith("aux.discriminator_optim.") for k in a) == ("--gan-weight" in extra)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     sa = json.loads((tmp_path / "straight" / "checkpoint.json").read_text())

@@ -11,7 +11,7 @@ import torch
 
 from engine import modelfile
 from engine.methods import TABLE
-from engine.models import build, preset
+from engine.models import LATENT, build, preset
 from engine.schedulers import consistency, ddpm
 
 from .errors import TrainingError
@@ -55,7 +55,7 @@ def random_bundle(preset_name: str = "default", bands: int = 3, seed: int = 0, n
         networks[net_name] = {"kind": kind, "config": config}
         tensors.update({f"{net_name}.{k}": v for k, v in net.state_dict().items()})
     methods = with_regression({m: method_spec(m, 1.0) for m in ("e2diffsr", "lcmsr")})
-    card = make_card(name, bands, 4, networks, methods, {"data": "none: random initialisation", "seed": seed})
+    card = make_card(name, bands, LATENT, networks, methods, {"data": "none: random initialisation", "seed": seed})
     return card, tensors
 
 

@@ -46,7 +46,11 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the latent's KL against N(0, I)")
         p.add_argument("--latent-noise", type=float, default=0.1,
                        help="standard deviation of the latent posterior, relative to the spread of its means")
-        p.add_argument("--init", help="start the decoder from this stage-1 model folder (default: from bicubic)")
+        p.add_argument("--latent", type=int, default=16, help="latent channels per cell of 8×8 output pixels (default %(default)s)")
+        p.add_argument("--init", help="start the decoder from the decoder of this stage-1 model folder or bundle (default: from bicubic)")
+        p.add_argument("--gan-weight", type=float, default=0.0,
+                       help="weight of the PatchGAN hinge loss (0: no discriminator; default %(default)s)")
+        p.add_argument("--gan-start", type=int, default=0, help="the step from which the GAN loss is on")
         p.add_argument("--fft-weight", type=float, default=0.05)
         p.add_argument("--latent-dropout", type=float, default=0.0,
                        help="share of samples decoded with a zero latent, so the decoder also works as plain regression")
@@ -83,7 +87,8 @@ def train(args) -> None:
     if args.command == "stage1":
         from .stage1 import Stage1 as stage
         options = {"kl_weight": args.kl_weight, "fft_weight": args.fft_weight, "latent_dropout": args.latent_dropout,
-                   "latent_noise": args.latent_noise, "init": args.init}
+                   "latent_noise": args.latent_noise, "init": args.init, "gan_weight": args.gan_weight,
+                   "gan_start": args.gan_start}
     elif args.command == "e2diffsr":
         from .e2diffsr import E2DiffSRStage as stage
         options = {"cond_weight": args.cond_weight}
@@ -95,7 +100,7 @@ def train(args) -> None:
         batch=args.batch, lr=args.lr, warmup=args.warmup, resume=args.resume, device=args.device,
         ckpt_every=args.ckpt_every, val_every=args.val_every, crop=args.crop, workers=args.workers, seed=args.seed,
         scale_min=args.scales[0], scale_max=args.scales[1], ema_decay=args.ema_decay, preset=args.preset,
-        bands=getattr(args, "bands", 3), val_images=args.val_images, val_crop=args.val_crop,
+        bands=getattr(args, "bands", 3), latent=getattr(args, "latent", 16), val_images=args.val_images, val_crop=args.val_crop,
         progress=not args.no_progress, stage1=getattr(args, "stage1", None), options=options)
     with logging_redirect_tqdm():
         Trainer(stage, settings).run()

@@ -27,6 +27,7 @@ class LatentStage(Stage):
         if card.get("kind") != "stage1":
             raise TrainingError(f"{settings.stage1} is not the output of a stage-1 run")
         settings.bands = int(card["bands"])
+        settings.latent = int(card.get("latent", 4))
         frozen = modelfile.build_networks(card, tensors, ["encoder", "decoder"], device)
         self.encoder, self.decoder = (frozen[n].requires_grad_(False) for n in ("encoder", "decoder"))
         self.stage1_card = card
@@ -57,6 +58,11 @@ class LatentStage(Stage):
 
     def decode(self, pair, x0: torch.Tensor) -> torch.Tensor:
         return self.decoder(pair.lr, x0 / self.latent_scale, pair.inv_scale, *pair.decoder_tables())
+
+    def reference(self, pair, ema):
+        """The regression path (the latent = the conditioning net's prediction), which validation
+        logs beside the samples."""
+        return self.decode(pair, self.condition(ema, pair))
 
     def base_card(self) -> dict:
         return {"kind": self.method, "latent": self.stage1_card.get("latent", 4), "latent_scale": self.latent_scale,

@@ -1,11 +1,17 @@
 """Stage 1: the residual autoencoder (encoder + continuous-scale decoder).
 
+Start: a PCA of the residual's 8×8 blocks on training batches sets the encoder's linear analysis
+(unit-variance code) and the decoder's detail path (its synthesis), so decoding the true latent
+gives bicubic + the residual's PCA projection from step 0: the latent is alive before training.
+
 Posterior: the encoder gives the mean μ of a Gaussian whose standard deviation is ``latent_noise``
 times the batch's spread of μ (a fixed signal-to-noise ratio), so z = μ + σ·ε, and its KL against
 N(0, I) is 0.5·μ² up to terms without gradient. A learned variance collapsed: the noise swamped μ
 while the decoder was young, and the decoder learned to ignore the latent for good.
 Loss: L1 on the SR, a small L1 on its orthonormal 2-D spectrum (sharper detail without LPIPS),
-and the tiny KL. Scales s ~ U(scale_min, scale_max) per batch.
+and the tiny KL; from step ``gan_start`` on, plus ``gan_weight`` × the hinge loss of a small
+spectral-norm PatchGAN trained from scratch beside it (its own Adam, one update per step, on the
+same batch). Scales s ~ U(scale_min, scale_max) per batch.
 Latent dropout (off by default): a share of the samples is decoded with the latent set to zero.
 ``init``: start the decoder from an earlier stage-1 model folder instead of from bicubic.
 """
@@ -14,16 +20,23 @@ from __future__ import annotations
 import torch
 
 from engine import modelfile
+from engine.models.discriminator import Discriminator
+from engine.models.encoder import pca, residual_blocks
 from engine.models.sampling import LATENT_FACTOR
 
 from .errors import TrainingError
-from .trainer import Stage
+from .gan import hinge_discriminator, hinge_generator
+from .trainer import Stage, load_optimizer, optimizer_tensors
 
 KL_WEIGHT = 1e-4
 FFT_WEIGHT = 0.05
 LATENT_DROPOUT = 0.0
 LATENT_NOISE = 0.1  # σ / spread of μ: 20 dB
-STANDARDISE_BATCHES = 8
+PCA_BATCHES = 16
+GAN_WEIGHT = 0.0
+GAN_START = 0
+GAN_LR = 2e-4
+DISCRIMINATOR = {"small": (16, 32, 64), "tiny": (8, 8, 8)}  # by preset; else (32, 64, 128)
 
 
 def spectrum_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -34,32 +47,51 @@ class Stage1(Stage):
     name = "stage1"
     NETWORKS = {"encoder": "encoder", "decoder": "decoder"}
 
+    def __init__(self, settings, device, specs):
+        super().__init__(settings, device, specs)
+        self.disc = self.disc_opt = None
+        if settings.options.get("gan_weight", GAN_WEIGHT) > 0:
+            channels = DISCRIMINATOR.get(settings.preset, (32, 64, 128))
+            self.disc = Discriminator(settings.bands, channels).to(device)
+            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=GAN_LR, betas=(0.5, 0.9))
+
     def setup(self):
-        """The encoder starts as its fixed analysis (learned part at zero), standardised on training
-        batches. The decoder starts as plain bicubic (last layer at zero), or from ``init``."""
+        """The encoder's analysis and the decoder's detail path start as a PCA of the residual's
+        blocks on training batches, the encoder's learned correction at zero. The rest of the
+        decoder starts as plain bicubic (last layer at zero), or from ``init``."""
         enc, dec = self.nets["encoder"], self.nets["decoder"]
         torch.nn.init.zeros_(enc.out.weight)
         torch.nn.init.zeros_(enc.out.bias)
         with torch.no_grad():
-            enc.standardise((p.hr, p.lr_up) for p in self.stats_pairs(STANDARDISE_BATCHES))
+            rows = torch.cat([residual_blocks(p.hr, p.lr_up) for p in self.stats_pairs(PCA_BATCHES)])
+        basis = pca(rows, enc.config["latent"])
+        enc.set_analysis(*basis)
         init = self.settings.options.get("init")
         if init:
             self.start_decoder_from(init)
         else:
             torch.nn.init.zeros_(dec.tail[-1].weight)
             torch.nn.init.zeros_(dec.tail[-1].bias)
+        if dec.detail is not None:
+            dec.set_detail(*basis)
 
     def start_decoder_from(self, folder: str) -> None:
-        """Load the decoder of a stage-1 model folder, with its latent guidance reset: the blocks'
-        response to the latent becomes the constant it had for a zero latent, so the start is that
-        model's regression, and the guidance is learned anew."""
+        """Start the decoder from the decoder of a stage-1 model folder or a bundle, with its latent
+        guidance reset: the blocks' response to the latent becomes the constant it had for a zero
+        latent, so the start is that model's regression, and the guidance is learned anew. Weights
+        whose shape differs (another latent size) and the detail path keep their fresh start."""
         card, tensors = modelfile.load(folder)
-        if card.get("kind") != "stage1":
-            raise TrainingError(f"{folder} is not the output of a stage-1 run")
+        if card.get("kind") != "stage1" and "decoder" not in card.get("networks", {}):
+            raise TrainingError(f"{folder} is neither the output of a stage-1 run nor a bundle with a decoder")
+        spec = card["networks"]["decoder"]
+        old = modelfile.build_networks(card, tensors, ["decoder"], self.device)["decoder"]
         dec = self.nets["decoder"]
-        dec.load_state_dict(modelfile.network_tensors(tensors, "decoder"))
         with torch.no_grad():
-            constant = dec.guide(torch.zeros(1, dec.config["latent"], 1, 1, device=self.device))[0, :, 0, 0]
+            constant = old.guide(torch.zeros(1, spec["config"]["latent"], 1, 1, device=self.device))[0, :, 0, 0]
+            own = dec.state_dict()
+            for key, v in old.state_dict().items():
+                if key in own and own[key].shape == v.shape and not key.startswith(("guide.", "detail.")):
+                    own[key].copy_(v)
             for block in dec.blocks:
                 block.guide.bias.add_(block.guide.weight[:, :, 0, 0] @ constant)
                 block.guide.weight.zero_()
@@ -78,7 +110,44 @@ class Stage1(Stage):
         kl = 0.5 * (mean ** 2).mean()
         fft = spectrum_l1(sr, pair.hr)
         loss = l1 + o.get("kl_weight", KL_WEIGHT) * kl + o.get("fft_weight", FFT_WEIGHT) * fft
-        return loss, {"l1": l1.item(), "kl": kl.item()}
+        logs = {"l1": l1.item(), "kl": kl.item()}
+        if self.disc is not None and self.step >= o.get("gan_start", GAN_START):
+            logs["d"] = self.discriminator_step(pair, sr.detach())
+            self.disc.requires_grad_(False)
+            adv = hinge_generator(self.disc(sr, pair.lr_up))
+            self.disc.requires_grad_(True)
+            loss = loss + o.get("gan_weight", GAN_WEIGHT) * adv
+            logs["g"] = adv.item()
+        return loss, logs
+
+    def discriminator_step(self, pair, fake: torch.Tensor) -> float:
+        """One Adam update of the discriminator on HR against the SR; its hinge loss."""
+        d = hinge_discriminator(self.disc(pair.hr, pair.lr_up), self.disc(fake, pair.lr_up))
+        self.disc_opt.zero_grad(set_to_none=True)
+        d.backward()
+        self.disc_opt.step()
+        return d.item()
+
+    def state(self) -> dict:
+        return {} if self.disc is None else {"discriminator_param_groups": self.disc_opt.state_dict()["param_groups"]}
+
+    def load_state(self, state: dict) -> None:
+        self._disc_groups = state.get("discriminator_param_groups")
+
+    def aux_tensors(self) -> dict:
+        if self.disc is None:
+            return {}
+        out = {f"discriminator.{k}": v for k, v in self.disc.state_dict().items()}
+        out.update(optimizer_tensors(self.disc_opt.state_dict(), "discriminator_optim"))
+        return out
+
+    def load_aux_tensors(self, tensors: dict) -> None:
+        if self.disc is None:
+            return
+        weights = {k[len("discriminator."):]: v for k, v in tensors.items() if k.startswith("discriminator.")}
+        if weights:  # a run that switched the GAN on when resumed has none yet
+            self.disc.load_state_dict(weights)
+            load_optimizer(self.disc_opt, tensors, "discriminator_optim", self._disc_groups)
 
     def _decode(self, pair, ema, z):
         return ema["decoder"](pair.lr, z, pair.inv_scale, *pair.decoder_tables())

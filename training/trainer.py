@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from engine import modelfile
-from engine.models import build, preset
+from engine.models import LATENT, build, preset
 
 from . import curves, data
 from .errors import TrainingError
@@ -59,6 +59,7 @@ class Settings:
     ema_decay: float = 0.999
     preset: str = "default"
     bands: int = 3
+    latent: int = LATENT
     val_images: int = 16
     val_crop: int = 128
     progress: bool = True
@@ -85,6 +86,21 @@ def step_generator(device: torch.device, seed: int, step: int) -> torch.Generato
     return g
 
 
+def optimizer_tensors(state: dict, prefix: str) -> dict:
+    """An optimizer's state_dict()["state"] as flat tensors named prefix.<param index>.<what>."""
+    return {f"{prefix}.{idx}.{what}": v.detach().contiguous() for idx, st in state["state"].items() for what, v in st.items()}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, prefix: str, param_groups: list) -> None:
+    """Restore an optimizer from what optimizer_tensors wrote and its JSON param_groups."""
+    state = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            idx, what = key[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(idx), {})[what] = v.cpu() if what == "step" else v
+    opt.load_state_dict({"state": state, "param_groups": param_groups})
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor, border: int) -> torch.Tensor:
     """Per-image PSNR (dB) of [0, 1] images after cropping ``border`` pixels."""
     if border:
@@ -99,10 +115,11 @@ class Stage(abc.ABC):
 
     name = ""
     NETWORKS: dict[str, str] = {}
+    step = 0  # the training step of the current loss call (set by the trainer)
 
     def __init__(self, settings: Settings, device: torch.device, specs: dict | None):
         self.settings, self.device = settings, device
-        self.specs = specs or {n: {"kind": k, "config": preset(settings.preset, k, bands=settings.bands)}
+        self.specs = specs or {n: {"kind": k, "config": preset(settings.preset, k, bands=settings.bands, latent=settings.latent)}
                                for n, k in self.NETWORKS.items()}
         self.nets = {n: build(s["kind"], s["config"]).to(self.device) for n, s in self.specs.items()}
 
@@ -128,6 +145,14 @@ class Stage(abc.ABC):
 
     def load_state(self, state: dict) -> None:
         """Restore what ``state`` returned."""
+
+    def aux_tensors(self) -> dict:
+        """Tensors of training-only state beside the exported networks (a discriminator and its
+        optimizer) to keep in checkpoints."""
+        return {}
+
+    def load_aux_tensors(self, tensors: dict) -> None:
+        """Restore what ``aux_tensors`` returned (called after ``load_state``)."""
 
     @abc.abstractmethod
     def loss(self, pair, gen: torch.Generator, ema: dict) -> tuple[torch.Tensor, dict]:
@@ -189,16 +214,12 @@ class Trainer:
         for prefix, nets in (("model", self.stage.nets), ("ema", self.ema)):
             for name, net in nets.items():
                 net.load_state_dict(modelfile.network_tensors(tensors, f"{prefix}.{name}"))
-        state = {}
-        for key, v in tensors.items():
-            if key.startswith("optim."):
-                _, idx, what = key.split(".", 2)
-                state.setdefault(int(idx), {})[what] = v.cpu() if what == "step" else v
-        self.opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        load_optimizer(self.opt, tensors, "optim", saved["param_groups"])
         self.step = saved["step"]
         self.horizon = self.s.schedule_steps or saved["horizon"]
         self.history = saved["history"]
         self.stage.load_state(saved["stage"])
+        self.stage.load_aux_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("aux.")})
         log.info("resumed %s at step %d", self.out, self.step)
 
     def checkpoint(self) -> None:
@@ -210,9 +231,8 @@ class Trainer:
             for name, net in nets.items():
                 tensors.update({f"{prefix}.{name}.{k}": v.detach().contiguous() for k, v in net.state_dict().items()})
         opt = self.opt.state_dict()
-        for idx, st in opt["state"].items():
-            for what, v in st.items():
-                tensors[f"optim.{idx}.{what}"] = v.detach().contiguous()
+        tensors.update(optimizer_tensors(opt, "optim"))
+        tensors.update({f"aux.{k}": v.detach().contiguous() for k, v in self.stage.aux_tensors().items()})
         settings = {k: v for k, v in asdict(self.s).items() if k != "resume"}
         state = {"step": self.step, "horizon": self.horizon, "networks": self.stage.specs,
                  "param_groups": opt["param_groups"], "stage": self.stage.state(), "settings": settings,
@@ -260,6 +280,7 @@ class Trainer:
                 group["lr"] = learning_rate(self.step, s.lr, s.warmup, self.horizon)
             pair = make_pair(hr.to(self.device), data.batch_scale(s.seed, self.step, s.scale_min, s.scale_max),
                              self.stage.multiple)
+            self.stage.step = self.step
             loss, logs = self.stage.loss(pair, step_generator(self.device, s.seed, self.step), self.ema)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -5,25 +5,26 @@ A network is described in a model card by its kind and its constructor config; `
 from __future__ import annotations
 
 KINDS = ("encoder", "decoder", "condition", "denoiser")
+LATENT = 16  # latent channels per cell of 8×8 output pixels (the first bundle had 4 and no detail path)
 
 # Constructor configs per kind. "default" is sized for CPU inference; "small" and "tiny" are
 # for quick experiments and tests.
 PRESETS = {
     "default": {
         "encoder": {"channels": [32, 64, 96]},
-        "decoder": {"channels": 48, "blocks": 4, "up_channels": 8, "tail_channels": 16, "emb_dim": 64},
+        "decoder": {"channels": 48, "blocks": 4, "up_channels": 8, "tail_channels": 16, "emb_dim": 64, "detail": True},
         "condition": {"channels": 64, "blocks": 2, "emb_dim": 64},
         "denoiser": {"channels": [64, 96, 128], "emb_dim": 128},
     },
     "small": {
         "encoder": {"channels": [16, 24, 32]},
-        "decoder": {"channels": 24, "blocks": 2, "up_channels": 8, "tail_channels": 8, "emb_dim": 32},
+        "decoder": {"channels": 24, "blocks": 2, "up_channels": 8, "tail_channels": 8, "emb_dim": 32, "detail": True},
         "condition": {"channels": 24, "blocks": 1, "emb_dim": 32},
         "denoiser": {"channels": [24, 32, 48], "emb_dim": 32},
     },
     "tiny": {
         "encoder": {"channels": [8, 8, 8]},
-        "decoder": {"channels": 8, "blocks": 1, "up_channels": 4, "tail_channels": 4, "emb_dim": 8},
+        "decoder": {"channels": 8, "blocks": 1, "up_channels": 4, "tail_channels": 4, "emb_dim": 8, "detail": True},
         "condition": {"channels": 8, "blocks": 1, "emb_dim": 8},
         "denoiser": {"channels": [8, 8, 8], "emb_dim": 8},
     },
@@ -45,7 +46,7 @@ def build(kind: str, config: dict):
     return cls(**config)
 
 
-def preset(name: str, kind: str, bands: int = 3, latent: int = 4) -> dict:
+def preset(name: str, kind: str, bands: int = 3, latent: int = LATENT) -> dict:
     """The full constructor config of ``kind`` in preset ``name``."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset '{name}': choose one of {', '.join(PRESETS)}")

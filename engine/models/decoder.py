@@ -6,6 +6,12 @@
    resolution; each level is bilinearly gathered at the exact output positions and the levels are
    mixed with per-channel weights predicted from 1/scale, then a 1×1 tail maps to the bands.
 3. A bicubic skip (Keys a = -0.5, the same taps as engine.resample) is added.
+4. With ``detail``, a path from the latent straight to the output resolution: a 3×3 conv on the
+   latent makes 8×8 output pixels per cell (pixel shuffle), which are gathered at the output pixels
+   by the detail row of the output tables and added. The latent cells are 8×8 *global* output pixels
+   (engine.models.sampling), so this path is exact at every scale and seamless across tiles. Stage 1
+   starts it as the synthesis of a PCA of the residual (training/stage1.py), the transpose of the
+   encoder's analysis, so that the true latent decodes to the residual's PCA projection from step 0.
 All resampling is by index/weight tables (engine.models.sampling), so it exports to ONNX. The pyramid
 runs channels last, laid out for ONNX Runtime's CPU kernels (docs/MODELS.md, "The exported layout"):
 the exported graph is this forward as it is.
@@ -17,7 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import Embedding, resample, resample2d
-from .sampling import LEVELS
+from .sampling import DETAIL_ROW, LATENT_FACTOR, LEVELS
+
+
+DETAIL_INIT = 0.01  # spread of a fresh detail path's bias, in reflectance
 
 
 class GuidedBlock(nn.Module):
@@ -40,10 +49,16 @@ class GuidedBlock(nn.Module):
 
 class Decoder(nn.Module):
     def __init__(self, bands: int = 3, latent: int = 4, channels: int = 48, blocks: int = 4,
-                 up_channels: int = 8, tail_channels: int = 16, emb_dim: int = 64):
+                 up_channels: int = 8, tail_channels: int = 16, emb_dim: int = 64, detail: bool = False):
         super().__init__()
         self.config = {"bands": bands, "latent": latent, "channels": channels, "blocks": blocks,
                        "up_channels": up_channels, "tail_channels": tail_channels, "emb_dim": emb_dim}
+        if detail:  # cards written before the detail path lack the key
+            self.config["detail"] = True
+        self.detail = nn.Conv2d(latent, bands * LATENT_FACTOR ** 2, 3, padding=1) if detail else None
+        if detail:  # fresh, it reads nothing (stage 1 sets it by PCA) and adds a small fixed 8×8 pattern per cell
+            nn.init.zeros_(self.detail.weight)
+            nn.init.normal_(self.detail.bias, std=DETAIL_INIT)
         self.up_channels = up_channels
         self.scale_emb = Embedding(1, emb_dim)
         self.guide = nn.Sequential(nn.Conv2d(latent, channels, 3, padding=1), nn.SiLU(),
@@ -91,6 +106,20 @@ class Decoder(nn.Module):
         t0, t2 = self.tail[0], self.tail[2]
         return F.linear(F.silu(F.linear(acc, t0.weight.flatten(1), t0.bias)), t2.weight.flatten(1), t2.bias)
 
+    def set_detail(self, mean: torch.Tensor, components: torch.Tensor, std: torch.Tensor) -> None:
+        """The detail path as the PCA synthesis Σ_k z_k·std_k·component_k + mean (per 8×8 block, the
+        centre tap only): the inverse of Encoder.set_analysis on the PCA subspace."""
+        with torch.no_grad():
+            self.detail.weight.zero_()
+            self.detail.weight[:, :, 1, 1] = (components * std[:, None]).T
+            self.detail.bias.copy_(mean)
+
+    def detail_map(self, z, out_y_idx, out_y_w, out_x_idx, out_x_w) -> torch.Tensor:
+        """The detail path at the output pixels, channels last (B, n_rows, n_cols, bands)."""
+        d = F.pixel_shuffle(self.detail(z), LATENT_FACTOR).permute(0, 2, 3, 1)
+        row = slice(DETAIL_ROW, DETAIL_ROW + 1)
+        return resample(resample(d, out_y_idx[row], out_y_w[row], 1), out_x_idx[row], out_x_w[row], 2)
+
     def forward(self, lr, z, inv_scale, out_y_idx, out_y_w, out_x_idx, out_x_w,
                 lat_y_idx, lat_y_w, lat_x_idx, lat_x_w) -> torch.Tensor:
         """lr (B, bands, h, w); z (B, latent, h_lat, w_lat); inv_scale (B, 1); tables from
@@ -98,6 +127,8 @@ class Decoder(nn.Module):
         emb = self.scale_emb(inv_scale)
         x = self.features(lr, z, emb, lat_y_idx, lat_y_w, lat_x_idx, lat_x_w)
         out = self.pyramid(x, emb, out_y_idx, out_y_w, out_x_idx, out_x_w)
+        if self.detail is not None:
+            out = out + self.detail_map(z, out_y_idx, out_y_w, out_x_idx, out_x_w)
         cubic = slice(2 * len(LEVELS), 2 * len(LEVELS) + 4)
         skip = resample2d(lr, out_y_idx[cubic], out_y_w[cubic], out_x_idx[cubic], out_x_w[cubic])
         return skip + out.permute(0, 3, 1, 2)

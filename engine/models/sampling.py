@@ -24,7 +24,8 @@ from ..resample import cubic_taps
 
 LATENT_FACTOR = 8
 LEVELS = (1, 2, 4, 8)  # feature pyramid of the decoder, in sub-pixels per LR pixel
-OUT_TAPS = 2 * len(LEVELS) + 4  # rows of the output tables: 2 bilinear taps per level, then 4 cubic taps
+OUT_TAPS = 2 * len(LEVELS) + 4 + 1  # rows of the output tables: 2 bilinear taps per level, 4 cubic taps, 1 detail row
+DETAIL_ROW = OUT_TAPS - 1  # the output pixel's row (column) on the tile's latent-aligned HR grid, weight 1
 
 
 def unet_multiple(channels) -> int:
@@ -46,7 +47,7 @@ def bilinear_taps(pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 class AxisTables:
     """The tables of one axis."""
 
-    out_idx: np.ndarray  # (OUT_TAPS, n_out): pyramid levels then the bicubic skip
+    out_idx: np.ndarray  # (OUT_TAPS, n_out): pyramid levels, the bicubic skip, then the detail row
     out_w: np.ndarray
     lat_idx: np.ndarray  # (2, n_in): latent -> LR pixels (bilinear)
     lat_w: np.ndarray
@@ -77,6 +78,9 @@ def axis_tables(pos: np.ndarray, n_in: int, out0: int, multiple: int, scale: flo
     hr_idx, hr_w = cubic_taps(hr_pos, n_in)
     centre0 = pos[0] + (first * LATENT_FACTOR + (LATENT_FACTOR - 1) / 2 - out0) * r
     lat_idx, lat_w = bilinear_taps((np.arange(n_in) - centre0) / (LATENT_FACTOR * r), last - first)
+    # the detail row: output pixel out0 + i is pixel out0 + i - 8·first of the latent-aligned HR grid
+    idx.append(np.arange(out0, out0 + m, dtype=np.int64)[None] - first * LATENT_FACTOR)
+    w.append(np.ones((1, m)))
     return AxisTables(np.concatenate(idx), np.concatenate(w).astype(np.float32), lat_idx, lat_w.astype(np.float32),
                     hr_idx, hr_w.astype(np.float32), np.arange(first, last, dtype=np.int64))
 
