@@ -107,6 +107,14 @@ class Graph:
         return self.session.run(None, feed)[0]
 
 
+def default_threads() -> int:
+    """OMP_NUM_THREADS when set (as a Dask worker's nanny sets it, to share the cores), else every core."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
 class Sessions:
     """Makes the sessions of one bundle: verified graphs, verified weights, one provider choice."""
 
@@ -123,7 +131,7 @@ class Sessions:
         self.tensors = read_safetensors(weights)
         self.providers = providers_for(device, ort.get_available_providers())
         self.device = device
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or default_threads()
 
     def options(self):
         so = self.ort.SessionOptions()
@@ -215,7 +223,7 @@ class OnnxMethod:
 
 def build_method(name: str, options, card: dict, threads: int | None = None) -> OnnxMethod:
     """The method ``name`` of the bundle ``options.model`` (card already read) on ONNX Runtime, with
-    ``threads`` intra-op threads (default: os.cpu_count())."""
+    ``threads`` intra-op threads (default: default_threads())."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:

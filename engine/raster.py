@@ -3,10 +3,12 @@ output GeoTIFF that appears under its final name only when it is complete."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import uuid
 from dataclasses import dataclass
+from xml.sax.saxutils import escape
 
 import numpy as np
 from osgeo import gdal
@@ -211,23 +213,31 @@ def check_writable(output: str, input_path: str) -> None:
 class OutputRaster:
     """A GeoTIFF written window by window into a hidden uncompressed scratch file, then packed
     (tiled, compressed, BigTIFF when needed, or COG) into a second hidden file that is renamed to
-    the final name only on success. ``discard`` removes everything; nothing half-written remains."""
+    the final name only on success. ``discard`` removes everything; nothing half-written remains.
+
+    A ``virtual`` one is instead a VRT of shards, GeoTIFFs of whole rows that others write under
+    ``shard_path`` names (engine.cluster); they are removed with the scratch file."""
 
     def __init__(self, path: str, src: gdal.Dataset, info: RasterInfo, width: int, height: int,
-                 dtype: int | None = None, nodata: list[float | None] | None = None, cog: bool = False):
+                 dtype: int | None = None, nodata: list[float | None] | None = None, cog: bool = False,
+                 virtual: bool = False):
         self.path = path
         self.cog = cog
         folder, name = os.path.split(os.path.abspath(path))
-        tag = uuid.uuid4().hex[:8]
-        self.scratch = os.path.join(folder, f".{name}.{tag}.scratch.tif")
-        self.packed = os.path.join(folder, f".{name}.{tag}.part.tif")
+        self.stem = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}")  # every scratch file starts with it
+        self.scratch = self.stem + (".scratch.vrt" if virtual else ".scratch.tif")
+        self.packed = self.stem + ".part.tif"
         self.lock = os.path.join(folder, f".{name}.latentsr-lock")
         self.dtype = info.gdal_type if dtype is None else dtype
         self.ds = None
         take_lock(self.lock, path)
         options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "BIGTIFF=IF_NEEDED", "INTERLEAVE=BAND"]
         try:
-            self.ds = gdal.GetDriverByName("GTiff").Create(self.scratch, width, height, len(info.bands), self.dtype, options)
+            if virtual:
+                self.ds = gdal.GetDriverByName("VRT").Create(self.scratch, width, height, len(info.bands), self.dtype)
+            else:
+                self.ds = gdal.GetDriverByName("GTiff").Create(self.scratch, width, height, len(info.bands),
+                                                               self.dtype, options)
         except RuntimeError as exc:
             self.discard()
             raise LatentSRError(f"cannot create the output: {one_line(exc)}") from None
@@ -253,6 +263,19 @@ class OutputRaster:
         metadata = src.GetMetadata() or {}
         if metadata:
             self.ds.SetMetadata(metadata)
+
+    def shard_path(self, index: int) -> str:
+        return f"{self.stem}.shard{index:05d}.tif"
+
+    def add_shard(self, path: str, y0: int, height: int) -> None:
+        """Let the rows y0..y0+height-1 of a virtual output come from the shard GeoTIFF at ``path``."""
+        width = self.ds.RasterXSize
+        for i in range(self.ds.RasterCount):
+            source = (f"<SimpleSource><SourceFilename relativeToVRT=\"0\">{escape(path)}</SourceFilename>"
+                      f"<SourceBand>{i + 1}</SourceBand>"
+                      f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{width}\" ySize=\"{height}\"/>"
+                      f"<DstRect xOff=\"0\" yOff=\"{y0}\" xSize=\"{width}\" ySize=\"{height}\"/></SimpleSource>")
+            self.ds.GetRasterBand(i + 1).SetMetadataItem("source_0", source, "new_vrt_sources")
 
     def write(self, data: np.ndarray, x0: int, y0: int) -> None:
         """Write C×h×w ``data`` at column x0, row y0."""
@@ -307,14 +330,18 @@ class OutputRaster:
         out.FlushCache()
         out = None
         os.replace(self.packed, self.path)
-        for stale in (self.path + ".aux.xml", self.path + ".ovr", self.scratch, self.lock):
-            self._remove(stale)  # the scratch file, the lock, and sidecars of an older output
+        for stale in (self.path + ".aux.xml", self.path + ".ovr", self.scratch, *self.shards(), self.lock):
+            self._remove(stale)  # the scratch files, the lock, and sidecars of an older output
 
     def discard(self) -> None:
         with quiet_gdal():  # closing flushes what is cached; on a full disk that fails, and it does not matter now
             self.ds = None
-        for p in (self.scratch, self.packed, self.lock):
+        for p in (self.scratch, self.packed, *self.shards(), self.lock):
             self._remove(p)
+
+    def shards(self) -> list[str]:
+        """The shard files of this output, finished or not."""
+        return glob.glob(glob.escape(self.stem) + ".shard*")
 
     @staticmethod
     def _remove(path: str) -> None:
