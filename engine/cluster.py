@@ -23,9 +23,12 @@ import logging
 import math
 import os
 import re
+import sys
+import sysconfig
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -124,13 +127,16 @@ def connect(address: str):
     target, n = parse_address(address)
     with contextlib.ExitStack() as stack:
         if target == "local":
+            use_python_for_workers()
             stack.enter_context(kept_environment(dask.config.get("distributed.nanny.pre-spawn-environ", {})))
             threads = str(max(1, (os.cpu_count() or 1) // n))
             try:
-                cluster = stack.enter_context(distributed.LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-                    silence_logs=logging.WARNING if verbose else logging.CRITICAL,
-                    env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}))
+                with warnings.catch_warnings():  # "port 8787 is in use": it takes another one, which is fine
+                    warnings.simplefilter("ignore")
+                    cluster = stack.enter_context(distributed.LocalCluster(
+                        n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                        silence_logs=logging.WARNING if verbose else logging.CRITICAL,
+                        env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}))
             except Exception as exc:  # noqa: BLE001 - whatever stops the processes from starting, in one line
                 raise LatentSRError(f"cannot start a local Dask cluster of {n} workers: {raster.one_line(exc)}") from None
             target = cluster.scheduler_address
@@ -144,6 +150,23 @@ def connect(address: str):
         except (OSError, TimeoutError):
             raise LatentSRError(f"the Dask scheduler at {address} has no workers") from None
         yield client, max(1, sum(client.nthreads().values()))
+
+
+def use_python_for_workers() -> None:
+    """Local workers are started with multiprocessing's spawn, which runs sys.executable: inside QGIS
+    (qgis, qgis_process) that is QGIS itself, so point it at the Python that QGIS embeds."""
+    import multiprocessing
+
+    if os.path.basename(sys.executable).lower().startswith("python"):
+        return
+    version = "{}.{}".format(*sys.version_info[:2])
+    bindir = sysconfig.get_config_var("BINDIR") or ""  # where this Python's own build put its interpreter
+    for candidate in (os.path.join(bindir, "python" + version), os.path.join(sys.exec_prefix, "python.exe"),
+                      os.path.join(sys.exec_prefix, "bin", "python" + version)):
+        if candidate and os.path.isfile(candidate):
+            multiprocessing.set_executable(candidate)
+            return
+    raise LatentSRError("cannot find the Python interpreter to start local Dask workers: give a scheduler address")
 
 
 @contextlib.contextmanager
@@ -244,7 +267,23 @@ def run_bands(client, job: Job, plan: TilePlan, work: list[Band], progress: Call
 def band_error(exc: BaseException | None) -> LatentSRError:
     if isinstance(exc, LatentSRError):
         return LatentSRError(str(exc))
+    if "deserializ" in str(exc):
+        return LatentSRError(f"the Dask workers cannot load LatentSR's engine ({module_root()}): start them with "
+                             f"{module_home()} on PYTHONPATH")
     return LatentSRError(f"a band failed on the cluster: {type(exc).__name__}: {raster.one_line(exc)}")
+
+
+def module_root() -> str:
+    """The package name the workers must import the engine under (engine, or latentsr.engine in QGIS)."""
+    return __name__.rsplit(".", 1)[0]
+
+
+def module_home() -> str:
+    """The folder that must be on a worker's PYTHONPATH for module_root() to import."""
+    home = os.path.dirname(os.path.abspath(__file__))
+    for _ in module_root().split("."):
+        home = os.path.dirname(home)
+    return home
 
 
 def run_band(job: Job, band: Band) -> bool:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -30,12 +31,14 @@ def scheduler():
     """The address of a local scheduler with two single-threaded worker processes."""
     import dask
 
-    with cluster.kept_environment(dask.config.get("distributed.nanny.pre-spawn-environ")), \
-            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                     dashboard_address=None, silence_logs=50) as local, \
-            distributed.Client(local.scheduler_address, set_as_default=False) as client:
-        client.wait_for_workers(2)
-        yield local.scheduler_address
+    with cluster.kept_environment(dask.config.get("distributed.nanny.pre-spawn-environ")):
+        with warnings.catch_warnings():  # port 8787 in use
+            warnings.simplefilter("ignore")
+            local = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                             dashboard_address=None, silence_logs=50)
+        with local, distributed.Client(local.scheduler_address, set_as_default=False) as client:
+            client.wait_for_workers(2)
+            yield local.scheduler_address
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +211,17 @@ def test_band_rows_balance_work_and_waves(n_rows, workers):
     assert makespan(k) == min(makespan(r) for r in range(1, k + 1))
     bands = cluster.bands(n_rows, k)
     assert [r for b in bands for r in b] == list(range(n_rows))
+
+
+def test_workers_that_cannot_import_the_engine_get_told_where_it_is():
+    error = cluster.band_error(RuntimeError("Error during deserialization of the task graph. This frequently occurs"))
+    assert f"({cluster.module_root()})" in str(error) and f"start them with {ROOT} on PYTHONPATH" in str(error)
+
+
+def test_processing_cluster_parameter(provider, scheduler, crop, tmp_path):
+    import processing
+
+    params = {"INPUT": crop, "SCALE": 2, "METHOD": 3, "TILE_SIZE": 32, "OVERLAP": 8}
+    processing.run("latentsr:superresolve", {**params, "OUTPUT": str(tmp_path / "single.tif")})
+    processing.run("latentsr:superresolve", {**params, "CLUSTER": scheduler, "OUTPUT": str(tmp_path / "cluster.tif")})
+    same(tmp_path / "single.tif", tmp_path / "cluster.tif")
