@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import sysconfig
 import threading
@@ -43,8 +44,7 @@ log = logging.getLogger(__name__)
 
 DASK_REQUIREMENT = "dask[distributed]==2026.8.0"
 MAX_LOCAL_WORKERS = 256
-TASKS_PER_WORKER = 4  # more bands than workers, so that a slow or lost worker costs little
-MAX_BAND_ROWS = 64  # tile rows per band at most: what a lost worker costs, and a shard's size
+MAX_BAND_ROWS = 64  # tile rows per band at most
 POLL_SECONDS = 0.2
 STOP_SECONDS = 120.0  # how long a cancel waits for running tasks to reach their next tile
 ADDRESS = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^\s:/]+(:\d+)?$", re.IGNORECASE)
@@ -65,16 +65,12 @@ def parse_address(text: str) -> tuple[str, int | None]:
 
 def band_rows(n_rows: int, workers: int) -> int:
     """Tile rows per band. Every band but the first also runs the tile row above it (its blend
-    needs it), so a band of k rows costs k + 1: with w workers a run takes about
-    ceil(bands / w) · (k + 1) row times. The k that minimises that, among those that give each
-    worker at least TASKS_PER_WORKER bands where the raster allows it (ties: the larger k, less
-    work in all), capped at MAX_BAND_ROWS."""
-    if n_rows <= 1:
-        return 1
+    needs it), so a band of k rows costs k + 1, and with w workers a run takes about
+    ceil(ceil(n_rows / k) / w) · (k + 1) row times: the k that minimises that (ties: the larger k,
+    less work in all), at most MAX_BAND_ROWS (what a lost worker costs, and a shard's size)."""
     workers = max(1, workers)
-    fine = max(1, min(MAX_BAND_ROWS, math.ceil(n_rows / (TASKS_PER_WORKER * workers))))
     best, best_cost = 1, math.inf
-    for k in range(1, fine + 1):
+    for k in range(1, max(1, min(n_rows, MAX_BAND_ROWS)) + 1):
         cost = math.ceil(math.ceil(n_rows / k) / workers) * (k + 1)
         if cost <= best_cost:
             best, best_cost = k, cost
@@ -131,7 +127,7 @@ def connect(address: str):
             stack.enter_context(kept_environment(dask.config.get("distributed.nanny.pre-spawn-environ", {})))
             threads = str(max(1, (os.cpu_count() or 1) // n))
             try:
-                with warnings.catch_warnings():  # "port 8787 is in use": it takes another one, which is fine
+                with warnings.catch_warnings(), sigint_ignored():  # "port 8787 is in use": another one is taken
                     warnings.simplefilter("ignore")
                     cluster = stack.enter_context(distributed.LocalCluster(
                         n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
@@ -167,6 +163,21 @@ def use_python_for_workers() -> None:
             multiprocessing.set_executable(candidate)
             return
     raise LatentSRError("cannot find the Python interpreter to start local Dask workers: give a scheduler address")
+
+
+@contextlib.contextmanager
+def sigint_ignored():
+    """SIGINT ignored while local workers are spawned, so that they inherit that: a Ctrl-C in the
+    terminal then reaches the client only, which stops the bands and cleans up (a worker killed by it
+    would leave its band to wait for a restart). Only the main thread can change signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -297,6 +308,7 @@ def run_band(job: Job, band: Band) -> bool:
     worker = get_worker()
     req = job.request
     src, plan, shards = None, None, []
+    gdal.PushErrorHandler(gdal_to_log)  # GDAL's own messages must not reach the worker's stderr
     try:
         src, info = open_input(req, job.window)
         method = worker_method(req)
@@ -319,6 +331,11 @@ def run_band(job: Job, band: Band) -> bool:
             shard.discard()
         if src is not None and job.window:
             raster.release_clip(src)
+        gdal.PopErrorHandler()
+
+
+def gdal_to_log(err_class: int, err_no: int, message: str) -> None:
+    logging.getLogger("gdal").debug("GDAL error class %d, number %d: %s", err_class, err_no, message.strip())
 
 
 def window_text(plan: TilePlan | None, band: Band, window) -> str:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -23,7 +24,7 @@ from tests.conftest import NAIP, ROOT, write_raster
 
 distributed = pytest.importorskip("distributed")
 
-TILING = {"scale": 2.0, "tile": 32, "overlap": 8}  # 5 tile rows: 5 bands on 2 workers
+TILING = {"scale": 2.0, "tile": 32, "overlap": 8}  # 5 tile rows: 2 bands on 2 workers
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +140,27 @@ def test_cancel_leaves_nothing(scheduler, client, crop, tmp_path):
     assert not any(client.processing().values())  # no band is still running
 
 
+def test_ctrl_c_on_a_local_cluster_is_one_line_and_leaves_nothing(tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it: the local workers ignore it, the
+    client stops the bands, exits 130 and removes every shard."""
+    big = write_raster(tmp_path / "big.tif", np.random.default_rng(1).integers(1, 255, (3, 400, 400)).astype(np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "engine", "superresolve", big, str(out / "sr.tif"), "--scale", "4",
+                          "--method", "bicubic", "--tile", "32", "--overlap", "8", "--cluster", "local:2"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        while not any(".shard" in n for n in os.listdir(out)) and p.poll() is None:
+            time.sleep(0.02)
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130 and err.strip().splitlines() == ["error: interrupted"]
+    assert os.listdir(out) == []
+
+
 def test_a_band_that_fails_names_its_window_and_leaves_nothing(scheduler, tmp_path):
     """One strip of a DEFLATE GeoTIFF is garbage: the client's decimated statistics never read it,
     the band that needs it fails."""
@@ -208,7 +230,7 @@ def test_band_rows_balance_work_and_waves(n_rows, workers):
     def makespan(rows):  # rounds of bands on the workers × the tile rows of a band, with its context row
         return -(-(-(-n_rows // rows)) // workers) * (rows + 1)
 
-    assert makespan(k) == min(makespan(r) for r in range(1, k + 1))
+    assert makespan(k) == min(makespan(r) for r in range(1, min(n_rows, cluster.MAX_BAND_ROWS) + 1))
     bands = cluster.bands(n_rows, k)
     assert [r for b in bands for r in b] == list(range(n_rows))
 
