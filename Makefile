@@ -74,6 +74,7 @@ bench: setup
 	cd $(ROOT) && $(PY) -m training bench-onnx --model latentsr-rgb --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training bench-onnx --model latentsr-rgb --threads 1 --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench_scale --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training.bench_cluster --out docs/BENCHMARKS.md
 
 # Plugin zip for QGIS's "Install from ZIP": latentsr/ with metadata, LICENSE, code and resources.
 package:
