@@ -1,5 +1,5 @@
 """Plugin entry: registers the Processing provider (also headless, for qgis_process) and, in the
-desktop, the LatentSR dock with its Raster menu and toolbar toggle and the dependency installer.
+desktop, the LatentSR dock with its Raster menu entry and Plugins toolbar button and the dependency installer.
 
 At load the plugin-private ``deps`` folder (where the installer puts PyTorch / ONNX Runtime) is added
 to sys.path and the dependencies are detected with find_spec only: nothing heavy is imported."""
@@ -52,7 +52,7 @@ class LatentSRPlugin:
         self.actions = [toggle, install]
         for action in self.actions:
             self.iface.addPluginToRasterMenu(MENU, action)
-        self.iface.addRasterToolBarIcon(toggle)
+        self.iface.addToolBarIcon(toggle)  # the Plugins toolbar: shown in a fresh profile, unlike the Raster one
 
     def install_dependencies(self):
         from .ui.installer import InstallDialog
@@ -65,7 +65,7 @@ class LatentSRPlugin:
         if self.actions:
             for action in self.actions:
                 self.iface.removePluginRasterMenu(MENU, action)
-            self.iface.removeRasterToolBarIcon(self.actions[0])
+            self.iface.removeToolBarIcon(self.actions[0])
             self.actions = []
         if self.dock is not None:
             self.dock.shutdown()

@@ -6,14 +6,18 @@ exit code 1 (the traceback goes to the log only with --verbose).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
+import signal
 import sys
+import threading
 
 from osgeo import gdal
 
 from . import evaluate
-from .errors import Cancelled, LatentSRError
+from .errors import Cancelled, LatentSRError, single_line
 from .methods import METHODS
 from .pipeline import BACKENDS, DEVICES, Request, superresolve
 
@@ -49,7 +53,30 @@ def parse_extent(text: str) -> tuple[float, float, float, float]:
         xmin, ymin, xmax, ymax = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"extent must be xmin,ymin,xmax,ymax, got '{text}'") from None
+    if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
+        raise argparse.ArgumentTypeError(f"extent must be four finite numbers, got '{text}'")
     return xmin, ymin, xmax, ymax
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler stopping the job): unwinds like Ctrl-C, so nothing is left behind."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def terminate_cleanly():
+    """SIGTERM handled like SIGINT for the duration of the block (only the main thread can set it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=256, help="tile size in input pixels (default 256)")
     s.add_argument("--overlap", type=int, default=32, help="tile overlap in input pixels (default 32)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--samples", type=int, default=1)
+    s.add_argument("--samples", type=int, default=1, help="diffusion samples to average (at most 1000)")
     s.add_argument("--uncertainty", help="GeoTIFF for the per-pixel standard deviation of the samples")
     s.add_argument("--bands", type=parse_bands, help="1-based bands to use, e.g. 1,2,3 (default: all)")
     s.add_argument("--model", help="bundled model name or model folder (default: the bundled default)")
@@ -128,12 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
-        text = run_evaluate(args) if args.command == "evaluate" else run_superresolve(args)
+        with terminate_cleanly():
+            text = run_evaluate(args) if args.command == "evaluate" else run_superresolve(args)
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        return 143
     except Cancelled as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {single_line(str(exc))}", file=sys.stderr)
         return 130
     except LatentSRError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {single_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -38,7 +38,8 @@ from osgeo import gdal
 
 from . import raster
 from .errors import Cancelled, LatentSRError
-from .pipeline import Request, Result, TilePlan, commit_outputs, make_method, open_outputs, render, tile_plan
+from .pipeline import (Request, Result, TilePlan, check_pending_memory, commit_outputs, make_method, open_outputs,
+                       render, tile_plan)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class Job:
     window: tuple[int, int, int, int] | None  # the pixel window of the input that is processed
     norms: list  # the client's raster.BandNorm of the whole input
     scale: float
+    axes: tuple  # (x, y) engine.grid.Axis: the output grid
     name: str  # of the cancel Event and the progress topic
 
 
@@ -194,18 +196,19 @@ def kept_environment(names):
                 os.environ[name] = value
 
 
-def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list, method, scale: float, start: float,
-              progress: Callable[[float], None], is_cancelled: Callable[[], bool],
+def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list, method, scale: float, axes: tuple,
+              start: float, progress: Callable[[float], None], is_cancelled: Callable[[], bool],
               window: tuple[int, int, int, int] | None = None) -> Result:
     """engine.pipeline.run_tiles on the cluster ``req.cluster``: the same output, band by band."""
-    plan = tile_plan(info, scale, req.tile, req.overlap, method.context)
+    plan = tile_plan(info, scale, axes, req.tile, req.overlap, method.context)
+    check_pending_memory(plan.rows, plan.out_w, len(info.bands), 2 if req.uncertainty else 1)  # as on each worker
     with connect(req.cluster) as (client, workers):
         cells = bands(len(plan.rows), band_rows(len(plan.rows), workers))
         log.info("%s ×%.4g on %s (%d worker threads): %d×%d -> %d×%d, %d tiles in %d bands", method.name, scale,
                  req.cluster, workers, info.width, info.height, plan.out_w, plan.out_h,
-                 len(plan.rows) * len(plan.cols), len(cells))
+                 plan.tiles, len(cells))
         outputs = open_outputs(req, src, info, plan, virtual=True)
-        job = Job(absolute(req), window, norms, scale, f"latentsr-{uuid.uuid4().hex}")
+        job = Job(absolute(req), window, norms, scale, plan.axes, f"latentsr-{uuid.uuid4().hex}")
         work = [Band(i, c.start, c.stop, tuple(out.shard_path(i) for out in outputs)) for i, c in enumerate(cells)]
 
         def fill() -> None:
@@ -217,8 +220,7 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list, method, s
 
         commit_outputs(outputs, fill)
     progress(1.0)
-    return Result(req.output, plan.out_w, plan.out_h, scale, method.name, len(plan.rows) * len(plan.cols),
-                  time.perf_counter() - start)
+    return Result(req.output, plan.out_w, plan.out_h, scale, method.name, plan.tiles, time.perf_counter() - start)
 
 
 def absolute(req: Request) -> Request:
@@ -312,11 +314,11 @@ def run_band(job: Job, band: Band) -> bool:
     try:
         src, info = open_input(req, job.window)
         method = worker_method(req)
-        plan = tile_plan(info, job.scale, req.tile, req.overlap, method.context)
+        plan = tile_plan(info, job.scale, job.axes, req.tile, req.overlap, method.context)
         y0, y1 = plan.row_edges[band.start], plan.row_edges[band.stop]
-        dtypes = [info.gdal_type, raster.FLOAT32][:len(band.shards)]
-        for path, dtype in zip(band.shards, dtypes):
-            shards.append(Shard(path, plan.out_w, y1 - y0, len(info.bands), dtype, y0))
+        kinds = [(info.gdal_type, info.signed_byte), (raster.FLOAT32, False)][:len(band.shards)]
+        for path, (dtype, signed) in zip(band.shards, kinds):
+            shards.append(Shard(path, plan.out_w, y1 - y0, len(info.bands), dtype, y0, info.masked, signed))
         render(req, src, info, job.norms, method, plan, shards, range(band.start, band.stop),
                lambda f: worker.log_event(job.name, [band.index, f]), stop.is_set)
         for shard in shards:
@@ -374,22 +376,32 @@ def worker_method(req: Request):
 
 
 class Shard:
-    """The rows y0.. of one output, written into a GeoTIFF under a scratch name of its own and renamed
-    to ``path`` by ``finish``: a rerun of the same band (after a lost worker) never sees a half file."""
+    """The rows y0.. of one output (its mask too, if ``masked``), written into a GeoTIFF under a scratch
+    name of its own and renamed to ``path`` by ``finish``: a rerun of the same band (after a lost
+    worker) never sees a half file."""
 
-    def __init__(self, path: str, width: int, height: int, bands: int, dtype: int, y0: int):
-        self.path, self.y0 = path, y0
+    def __init__(self, path: str, width: int, height: int, bands: int, dtype: int, y0: int, masked: bool = False,
+                 signed: bool = False):
+        self.path, self.y0, self.masked = path, y0, masked
         self.scratch = f"{path}.{uuid.uuid4().hex[:8]}.part"
         options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "BIGTIFF=IF_NEEDED", "INTERLEAVE=BAND"]
+        if signed:
+            options.append("PIXELTYPE=SIGNEDBYTE")
         try:
-            self.ds = gdal.GetDriverByName("GTiff").Create(self.scratch, width, height, bands, dtype, options)
+            with raster.internal_masks():
+                self.ds = gdal.GetDriverByName("GTiff").Create(self.scratch, width, height, bands, dtype, options)
+                if masked:
+                    self.ds.CreateMaskBand(gdal.GMF_PER_DATASET)
         except RuntimeError as exc:
             raise LatentSRError(f"cannot create a shard next to the output: {raster.one_line(exc)}") from None
 
-    def write(self, data: np.ndarray, x0: int, y0: int) -> None:
+    def write(self, data: np.ndarray, x0: int, y0: int, valid: np.ndarray | None = None) -> None:
         def write_bands():
             for i in range(data.shape[0]):
                 self.ds.GetRasterBand(i + 1).WriteArray(data[i], x0, y0 - self.y0)
+            if self.masked and valid is not None:  # as engine.raster.OutputRaster.write
+                mask = self.ds.GetRasterBand(1).GetMaskBand()
+                mask.WriteArray(np.where(valid.any(axis=0), 255, 0).astype(np.uint8), x0, y0 - self.y0)
         raster.OutputRaster._writing(write_bands)
 
     def flush(self) -> None:

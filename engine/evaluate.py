@@ -96,6 +96,7 @@ class Report:
     border: int
     rows: list[Scores]
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # shown in every report: the comparison may mislead
     html: str | None = None
     difference: str | None = None
 
@@ -122,9 +123,9 @@ def load(path: str, bands: Sequence[int] | None, role: str) -> Loaded:
     if values > MAX_VALUES:
         raise LatentSRError(f"the {role} has {len(info.bands)}×{info.width}×{info.height} = {values:,} values; evaluate "
                             f"reads whole rasters and accepts at most {MAX_VALUES:,}: clip it or select fewer bands")
-    data = raster.read_window(ds, info, 0, 0, info.width, info.height).astype(np.float64)
-    valid = np.stack([raster.valid_mask(data[c], info.nodata[c]) for c in range(len(info.bands))])
-    return Loaded(ds, info, data, valid)
+    stored = raster.read_window(ds, info, 0, 0, info.width, info.height)
+    valid = raster.read_valid(ds, info, stored)
+    return Loaded(ds, info, stored.astype(np.float64), valid)
 
 
 def data_range(ref: Loaded, valid: np.ndarray) -> float:
@@ -197,13 +198,13 @@ def evaluate(req: EvaluateRequest, progress: Callable[[float], None] | None = No
     is_cancelled = is_cancelled or (lambda: False)
     if req.scale is not None:
         check_scale(req.scale)
-    for path in (req.html, req.difference):
-        if path:
-            raster.check_writable(path, req.reference)
+    raster.check_outputs({"HTML report": req.html, "difference raster": req.difference},
+                         {"reference": (req.reference, None), "SR raster": (req.sr, None), "LR raster": (req.lr, None)})
     report = reference_mode(req) if req.sr else degradation_mode(req, progress, is_cancelled)
     report.difference = req.difference or None
     for note in report.notes:
         log.info("%s", note)
+
     if req.html:
         with open(req.html, "w", encoding="utf-8") as f:
             f.write(render_html(report))
@@ -221,10 +222,7 @@ def reference_mode(req: EvaluateRequest) -> Report:
     if len(sr.info.bands) != len(ref.info.bands):
         raise LatentSRError(f"the SR raster has {len(sr.info.bands)} band(s) and the reference {len(ref.info.bands)}: "
                             "select the same number of bands")
-    notes = []
-    if sr.info.geotransform and ref.info.geotransform and not np.allclose(
-            sr.info.geotransform, ref.info.geotransform, rtol=0, atol=0.01 * abs(ref.info.geotransform[1])):
-        notes.append("The SR raster and the reference have different geotransforms; they are compared pixel by pixel.")
+    notes, warnings = [], georeferencing_warnings(sr.info, ref.info)
     valid = sr.valid & ref.valid
     if not valid.any():
         raise LatentSRError("no pixel is valid in both the SR raster and the reference")
@@ -254,7 +252,74 @@ def reference_mode(req: EvaluateRequest) -> Report:
     rows = [score(os.path.basename(req.sr), s, h, valid, lr, lr_valid, scale, drange)]
     if req.difference:
         write_difference(req.difference, sr.ds, sr.info, sr.data - ref.data, valid)
-    return make_report("reference", req, ref, scale, drange, rows, notes, band_names(ref, sr))
+    report = make_report("reference", req, ref, scale, drange, rows, notes, band_names(ref, sr))
+    report.warnings = warnings
+    return report
+
+
+def bounds(info: raster.RasterInfo) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of a raster's four corners in its CRS."""
+    gt = info.geotransform
+    xs, ys = zip(*[(gt[0] + px * gt[1] + py * gt[2], gt[3] + px * gt[4] + py * gt[5])
+                   for px in (0, info.width) for py in (0, info.height)])
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def in_crs(box: tuple[float, float, float, float], source: str, target: str) -> tuple[float, float, float, float] | None:
+    """``box`` from the CRS ``source`` into ``target`` (the bounds of its transformed corners), or
+    None when it cannot be transformed."""
+    from osgeo import osr
+
+    try:
+        a, b = osr.SpatialReference(), osr.SpatialReference()
+        a.ImportFromWkt(source)
+        b.ImportFromWkt(target)
+        for srs in (a, b):
+            srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        ct = osr.CoordinateTransformation(a, b)
+        points = [ct.TransformPoint(x, y)[:2] for x in (box[0], box[2]) for y in (box[1], box[3])]
+    except (RuntimeError, TypeError):
+        return None
+    xs, ys = zip(*points)
+    if not all(math.isfinite(v) for v in xs + ys):
+        return None
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def same_crs(a: str, b: str) -> bool:
+    from osgeo import osr
+
+    if not a or not b:
+        return a == b
+    try:
+        sa, sb = osr.SpatialReference(), osr.SpatialReference()
+        sa.ImportFromWkt(a)
+        sb.ImportFromWkt(b)
+        return bool(sa.IsSame(sb))
+    except RuntimeError:
+        return a == b
+
+
+def georeferencing_warnings(sr: raster.RasterInfo, ref: raster.RasterInfo) -> list[str]:
+    """Warnings when the SR raster and the reference differ in CRS or geotransform (they are still
+    compared pixel by pixel); a refusal when their extents do not overlap at all."""
+    warnings = []
+    crs_same = same_crs(sr.projection, ref.projection)
+    if not crs_same:
+        warnings.append("The SR raster and the reference have different CRSs; they are compared pixel by pixel, "
+                        "which is only right if they cover the same ground.")
+    if (sr.geotransform is None) != (ref.geotransform is None):
+        warnings.append("Only one of the SR raster and the reference is georeferenced; they are compared pixel by pixel.")
+    elif sr.geotransform and ref.geotransform:
+        if crs_same and not np.allclose(sr.geotransform, ref.geotransform, rtol=0,
+                                        atol=0.01 * abs(ref.geotransform[1])):
+            warnings.append("The SR raster and the reference have different geotransforms; they are compared "
+                            "pixel by pixel.")
+        box = bounds(sr) if crs_same else in_crs(bounds(sr), sr.projection, ref.projection)
+        other = bounds(ref)
+        if box is not None and (box[0] >= other[2] or box[2] <= other[0] or box[1] >= other[3] or box[3] <= other[1]):
+            raise LatentSRError("the SR raster and the reference do not overlap on the ground: they show different places")
+    return warnings
 
 
 def degraded_size(n: int, scale: float) -> int:
@@ -367,7 +432,8 @@ def render_text(report: Report) -> str:
     """A compact fixed-width table: one line per result and band, then the overall line."""
     widths = [max(len(r.label) for r in report.rows) + 2, 10] + [11] * len(METRICS)
     head = ["method", "band", "PSNR", "SSIM", "ERGAS", "SAM", "cons.PSNR", "HF ratio"]
-    lines = ["".join(t.ljust(w) if i < 2 else t.rjust(w) for i, (t, w) in enumerate(zip(head, widths)))]
+    lines = [f"warning: {w}" for w in report.warnings]
+    lines.append("".join(t.ljust(w) if i < 2 else t.rjust(w) for i, (t, w) in enumerate(zip(head, widths))))
     for row in report.rows:
         for label, values in [(str(b), row.bands[i]) for i, b in enumerate(report.band_numbers)] + [("overall", row.overall)]:
             cells = [row.label, label] + [fmt(values[k], k).replace("—", "-").replace("∞", "inf") for k in METRICS]
@@ -388,7 +454,7 @@ def render_json(report: Report) -> str:
 
     return json.dumps({
         "mode": report.mode, "reference": report.reference, "scale": report.scale, "data_range": report.data_range,
-        "border": report.border, "notes": report.notes, "html": report.html, "difference": report.difference,
+        "border": report.border, "notes": report.notes, "warnings": report.warnings, "html": report.html, "difference": report.difference,
         "results": [{"method": r.label, "overall": values(r.overall),
                      "bands": [{"band": b, **values(v)} for b, v in zip(report.band_numbers, r.bands)]}
                     for r in report.rows]}, indent=2)
@@ -404,10 +470,11 @@ def render_html(report: Report) -> str:
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>LatentSR evaluation</title>",
              "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin-bottom:1em}"
              "th,td{border:1px solid #999;padding:3px 8px}td{text-align:right}td.l{text-align:left}"
-             "tr.overall{font-weight:bold}</style></head><body>",
+             "tr.overall{font-weight:bold}p.warning{color:#a00}</style></head><body>",
              "<h2>LatentSR evaluation</h2>",
              f"<p>Reference: {esc(report.reference)}<br>Mode: {esc(report.mode)}"
              + (f"; scale {report.scale:g}" if report.scale else "") + "</p>"]
+    parts += [f"<p class='warning'><b>Warning:</b> {esc(w)}</p>" for w in report.warnings]
     if len(report.rows) > 1:
         parts.append(f"<h3>Overall</h3><table><tr><th>Method</th>{heads}</tr>")
         parts += [f"<tr><td class='l'>{esc(r.label)}</td>{cells(r.overall)}</tr>" for r in report.rows]

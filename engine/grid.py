@@ -4,9 +4,14 @@ Convention: the centre of input pixel i lies at coordinate i. An output of size 
 input of size ``n_in`` keeps the extent, so output pixel X has its centre at input coordinate
 ``(X + 0.5) * n_in / n_out - 0.5``. Every SR method samples its output at exactly these positions,
 which is what makes a tiled run equal an untiled one.
+
+With a target resolution the output pixel is fixed instead (``Axis``, ``resolution_axis``): the
+origin is kept and the output spans n_out × step input pixels, at most one output pixel more than
+the input. A preview window is cut on the whole raster's output grid (``snap_window``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +22,10 @@ def output_size(n_in: int, scale: float) -> int:
     return max(1, int(np.floor(n_in * scale + 0.5)))
 
 
-def centres(n_in: int, n_out: int, start: int, stop: int, origin: int = 0) -> np.ndarray:
-    """Input coordinates of the centres of output pixels ``start..stop-1``, relative to input pixel ``origin``."""
+def centres(n_in: float, n_out: int, start: int, stop: int, origin: float = 0) -> np.ndarray:
+    """Input coordinates of the centres of output pixels ``start..stop-1``, relative to input pixel
+    ``origin``. ``n_in`` is the length the output spans, in input pixels (the input's size unless the
+    output grid is grown, see ``Axis``)."""
     x = np.arange(start, stop, dtype=np.float64)
     return (x + 0.5) * (n_in / n_out) - 0.5 - origin
 
@@ -53,3 +60,48 @@ class Grid:
         """The grid of an untiled run on an h×w input."""
         oh, ow = output_size(h, scale), output_size(w, scale)
         return cls(centres(h, oh, 0, oh), centres(w, ow, 0, ow), scale, in_h=h, in_w=w)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of an output grid: ``n_out`` output pixels of ``step`` input pixels each, the first
+    one starting at input coordinate ``shift`` (input pixel i spans [i, i+1) here)."""
+
+    n_out: int
+    step: float
+    shift: float = 0.0
+
+    @property
+    def span(self) -> float:
+        """The length of the output, in input pixels."""
+        return self.n_out * self.step
+
+    def centres(self, start: int, stop: int, origin: float = 0) -> np.ndarray:
+        """Input coordinates (centre convention, as ``centres``) of output pixels ``start..stop-1``,
+        relative to input pixel ``origin``."""
+        return centres(self.span, self.n_out, start, stop, origin - self.shift)
+
+
+def scale_axis(n_in: int, scale: float) -> Axis:
+    """round(n_in × scale) pixels over exactly the input's extent."""
+    n_out = output_size(n_in, scale)
+    return Axis(n_out, n_in / n_out)
+
+
+def resolution_axis(n_in: int, pixel: float, target: float) -> Axis:
+    """Output pixels of exactly ``target`` map units over an axis of ``n_in`` pixels of ``pixel`` map
+    units: the origin is kept and the extent grows by less than one output pixel to whole pixels."""
+    step = target / pixel
+    n_out = max(1, math.ceil(n_in / step - 1e-9))
+    return Axis(n_out, step)
+
+
+def snap_window(axis: Axis, n_in: int, start: int, stop: int) -> tuple[int, int, Axis]:
+    """The output pixels of ``axis`` (a whole-raster axis) that cover input pixels [start, stop),
+    as the input window (a, b) that holds them and the axis of that window's output, which lies on
+    the whole raster's output grid pixel for pixel."""
+    first = max(0, math.floor(start / axis.step + 1e-9))
+    last = min(axis.n_out, max(first + 1, math.ceil(stop / axis.step - 1e-9)))
+    a = math.floor(first * axis.step + 1e-9)
+    b = min(n_in, max(a + 1, math.ceil(last * axis.step - 1e-9)))
+    return a, b, Axis(last - first, axis.step, first * axis.step - a)

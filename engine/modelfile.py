@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
 from .errors import LatentSRError
+from .models import KINDS
 
 FORMAT = "latentsr-model"
 VERSION = 1
@@ -57,7 +59,54 @@ def read_card(folder: Path) -> dict:
         raise LatentSRError(f"{folder / CARD} is not a LatentSR model card")
     if card.get("version") != VERSION:
         raise LatentSRError(f"{folder / CARD} has format version {card.get('version')}, this LatentSR reads version {VERSION}")
+    problem = card_problem(card)
+    if problem:
+        raise LatentSRError(f"the model card {folder / CARD} is not valid: {problem}")
     return card
+
+
+METHOD_NETWORKS = {"lcmsr": ("condition", "denoiser"), "e2diffsr": ("condition", "denoiser"), "regression": ("condition",)}
+
+
+def positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def card_problem(card: dict) -> str | None:
+    """What is wrong with a model card's values, naming the field, or None: bands and latent are
+    whole numbers ≥ 1; every network has a known kind, a config, and the card's band count; every
+    method is known, names networks the card has, and has a finite latent_scale > 0."""
+    for key in ("bands", "latent"):
+        if key in card or key == "bands":
+            if not positive_int(card.get(key)):
+                return f"'{key}' must be a whole number of at least 1, got {card.get(key)!r}"
+    networks = card.get("networks")
+    if not isinstance(networks, dict) or not networks:
+        return "'networks' must name at least one network"
+    for name, spec in networks.items():
+        if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
+            kind = spec.get("kind") if isinstance(spec, dict) else spec
+            return f"'networks.{name}.kind' must be one of {', '.join(KINDS)}, got {kind!r}"
+        if not isinstance(spec.get("config"), dict):
+            return f"'networks.{name}.config' must be an object"
+        bands = spec["config"].get("bands", card["bands"])
+        if bands != card["bands"]:
+            return f"'networks.{name}.config.bands' is {bands!r} but the card's 'bands' is {card['bands']}"
+    methods = card.get("methods", {})  # a stage 1 bundle has none
+    if not isinstance(methods, dict):
+        return "'methods' must be an object"
+    for name, spec in methods.items():
+        if name not in METHOD_NETWORKS:
+            return f"'methods.{name}' is not a known method (known: {', '.join(METHOD_NETWORKS)})"
+        if not isinstance(spec, dict):
+            return f"'methods.{name}' must be an object"
+        for role in METHOD_NETWORKS[name]:
+            if spec.get(role) not in networks:
+                return f"'methods.{name}.{role}' names the network {spec.get(role)!r}, which is not in 'networks'"
+        scale = spec.get("latent_scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            return f"'methods.{name}.latent_scale' must be a finite number greater than 0, got {scale!r}"
+    return None
 
 
 def load(ref: str | os.PathLike | None) -> tuple[dict, dict]:

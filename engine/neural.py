@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -51,7 +52,8 @@ def pick_device(name: str):
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise LatentSRError("device 'cuda' was requested but PyTorch sees no CUDA GPU: use device cpu or auto")
+            raise LatentSRError("device 'cuda' was requested but backend torch (PyTorch) sees no CUDA GPU: "
+                                "use device cpu or auto")
         return torch.device("cuda")
     raise LatentSRError(f"unknown device '{name}': choose one of auto, cpu, cuda")
 
@@ -225,15 +227,27 @@ def cpu_only_torch() -> bool:
 
 
 def torch_sees_cuda(device: str) -> bool:
-    """Whether the torch backend would run on a CUDA GPU for ``device`` (auto imports torch to ask, unless
+    """Whether the torch backend would run on a CUDA GPU for ``device`` (imports torch to ask, unless
     the installed torch is a CPU-only build)."""
-    if device == "cuda":
-        return True
-    if device != "auto" or not importable("torch") or cpu_only_torch():
+    if device not in ("auto", "cuda") or not importable("torch") or cpu_only_torch():
         return False
     import torch
 
     return torch.cuda.is_available()
+
+
+def cuda_backend(backend: str, card: dict) -> str | None:
+    """The backend that would really run on a CUDA GPU for ``backend`` (auto/torch/onnx), or None:
+    PyTorch when it sees a GPU, else ONNX Runtime when it can start a CUDA session (onnxruntime-gpu
+    lists its CUDA provider even where no GPU or CUDA library exists) and, for auto, the model has graphs."""
+    if backend in ("auto", "torch") and torch_sees_cuda("cuda"):
+        return "torch"
+    if backend in ("auto", "onnx") and importable("onnxruntime") and (backend == "onnx" or card.get("onnx")):
+        from . import onnx_backend
+
+        if onnx_backend.cuda_works():
+            return "onnx"
+    return None
 
 
 def choose_backend(backend: str, device: str, card: dict) -> str:
@@ -241,17 +255,50 @@ def choose_backend(backend: str, device: str, card: dict) -> str:
 
     auto, by the CPU benchmark in docs/MODELS.md (ONNX Runtime is the faster one on CPU): torch when it
     would run on a CUDA GPU, else ONNX Runtime when it is installed and the bundle has ONNX graphs,
-    else torch when it is installed, else ONNX Runtime (which then says what is missing)."""
+    else torch when it is installed, else ONNX Runtime (which then says what is missing). auto with
+    device cuda takes the backend that can really use the GPU, and is refused when neither can."""
     if backend not in BACKENDS:
         raise LatentSRError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
+    if device == "cuda":
+        found = cuda_backend("auto", card)
+        if found is None:
+            raise LatentSRError("device 'cuda' was requested but backend auto found no CUDA GPU: PyTorch sees none "
+                                "and ONNX Runtime cannot start a CUDA session here: use device cpu or auto")
+        return found
     has_torch = importable("torch")
     if has_torch and torch_sees_cuda(device):
         return "torch"
     if importable("onnxruntime") and card.get("onnx"):
         return "onnx"
     return "torch" if has_torch else "onnx"
+
+
+def describe_runner(method: str, backend: str, device: str, model: str | None = None,
+                    cuda: bool | None = None) -> str:
+    """In words, what would run ``method``: "ONNX Runtime on CPU, 2 threads". ``cuda`` says whether
+    a CUDA GPU is usable when that is already known; None: not asked (nothing heavy is imported)."""
+    if method == "bicubic":
+        return "Bicubic runs with NumPy on the CPU (no backend needed)"
+    try:
+        card = modelfile.read_card(modelfile.resolve(model))
+        if device == "cuda" or (device == "auto" and cuda):
+            chosen = cuda_backend(backend, card) if device == "cuda" or backend != "auto" else choose_backend(backend, "cuda", card)
+            if chosen is None:
+                return f"Backend {backend} cannot use a CUDA GPU here"
+            return f"{'PyTorch' if chosen == 'torch' else 'ONNX Runtime'} on CUDA GPU"
+        chosen = choose_backend(backend, "cpu", card)
+    except LatentSRError as exc:
+        return f"Cannot run: {exc}"
+    if chosen == "onnx":
+        text = f"ONNX Runtime on CPU, {os.cpu_count() or 1} threads"
+    else:
+        torch = sys.modules.get("torch")
+        text = "PyTorch on CPU" + (f", {torch.get_num_threads()} threads" if torch is not None else "")
+    if device == "auto" and cuda is None:
+        text += " (a GPU is looked for when the device list is opened)"
+    return text
 
 
 def build_method(name: str, options):

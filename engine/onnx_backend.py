@@ -39,6 +39,10 @@ ORT_DEFAULT_LOG_SEVERITY = 2  # warnings
 SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32}
 INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 FUSED = {"regression": "regression", "lcmsr": "lcmsr.onestep"}  # method -> its single-call graph
+# A one-node graph (y = Identity(x), float[1], opset 13), as onnx.helper serialises it: enough for
+# ONNX Runtime to show whether a CUDA session really starts.
+PROBE_GRAPH = (b"\x08\x08\x12\x00:7\n\x10\n\x01x\x12\x01y\"\x08Identity\x12\x01pZ\x0f\n\x01x\x12\n\n\x08\x08\x01"
+               b"\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\r")
 
 
 def export_hint(folder: Path) -> str:
@@ -75,6 +79,23 @@ def verified_bytes(path: Path, expected: str | None, what: str, hint: str) -> by
     return data
 
 
+def cuda_works() -> bool:
+    """Whether ONNX Runtime really starts a CUDA session here (listing the provider is not enough:
+    onnxruntime-gpu lists it without a GPU or without the CUDA libraries, then falls back to the CPU)."""
+    import onnxruntime as ort
+
+    if CUDA not in ort.get_available_providers():
+        return False
+    ort.set_default_logger_severity(4)  # the failed start would log an error before the fallback
+    try:
+        session = ort.InferenceSession(PROBE_GRAPH, providers=[CUDA, CPU])
+        return session.get_providers()[0] == CUDA
+    except Exception:  # noqa: BLE001 - onnxruntime raises its own types; any failure means no CUDA
+        return False
+    finally:
+        ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
+
+
 def providers_for(device: str, available: list[str]) -> list[str]:
     if device == "cpu":
         return [CPU]
@@ -83,7 +104,7 @@ def providers_for(device: str, available: list[str]) -> list[str]:
     if CUDA in available:
         return [CUDA, CPU]
     if device == "cuda":
-        raise LatentSRError("device 'cuda' was requested but this ONNX Runtime has no CUDA provider: "
+        raise LatentSRError("device 'cuda' was requested but backend onnx (ONNX Runtime) has no CUDA provider: "
                             "install onnxruntime-gpu, or use device cpu or auto")
     return [CPU]
 
@@ -164,7 +185,7 @@ class Sessions:
         graph = Graph(session, values)
         if CUDA in self.providers and graph.provider != CUDA:
             if self.device == "cuda":
-                raise LatentSRError("device 'cuda' was requested but ONNX Runtime cannot start CUDA here "
+                raise LatentSRError("device 'cuda' was requested but backend onnx (ONNX Runtime) cannot start CUDA here "
                                     "(no GPU, or CUDA/cuDNN libraries missing): use device cpu or auto")
             log.info("ONNX Runtime's CUDA provider cannot start here: running on the CPU")
             self.providers = [CPU]

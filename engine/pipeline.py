@@ -15,7 +15,7 @@ import numpy as np
 from . import raster
 from .consistency import Consistent
 from .errors import Cancelled, LatentSRError
-from .grid import Grid, centres, output_size
+from .grid import Axis, Grid, resolution_axis, scale_axis, snap_window
 from .methods import METHODS, MethodOptions, build_method
 from .resample import nearest_indices
 from .tiling import axis_plan, required_margin
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 MAX_SCALE = 8.0
 MIN_TILE = 16
+MAX_SAMPLES = 1000  # --samples keeps running sums (Welford), so memory does not grow with it; time does
+MAX_SEED = 2**63 - 1
 FILL_ITERATIONS = 2  # nodata is filled from valid neighbours this many pixels deep
 BACKENDS = ("auto", "torch", "onnx")
 STOCHASTIC = ("lcmsr", "e2diffsr")
@@ -68,6 +70,8 @@ class Request:
             check_scale(self.scale)
         elif not (math.isfinite(self.target_resolution) and self.target_resolution > 0):
             raise LatentSRError(f"target resolution must be a positive number, got {self.target_resolution}")
+        if self.extent is not None:
+            check_extent(self.extent)
         if self.tile < MIN_TILE:
             raise LatentSRError(f"tile size must be at least {MIN_TILE} pixels, got {self.tile}")
         if self.overlap < 0:
@@ -76,21 +80,32 @@ class Request:
             raise LatentSRError(f"overlap ({self.overlap}) must be smaller than the tile size ({self.tile})")
         if self.steps is not None and self.steps < 1:
             raise LatentSRError(f"steps must be at least 1, got {self.steps}")
-        if self.samples < 1:
-            raise LatentSRError(f"samples must be at least 1, got {self.samples}")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise LatentSRError(f"samples must be at least 1 and at most {MAX_SAMPLES}, got {self.samples}")
         if self.samples > 1 and self.method not in STOCHASTIC:
             raise LatentSRError(f"several samples need a diffusion method ({' or '.join(STOCHASTIC)}); {self.method} is deterministic")
         if self.uncertainty:
             if self.samples < 2:
                 raise LatentSRError("an uncertainty output needs at least 2 samples")
-            if os.path.abspath(self.uncertainty) in (os.path.abspath(self.output), os.path.abspath(self.input)):
-                raise LatentSRError("the uncertainty output must differ from the input and the output")
-        if self.seed < 0:
-            raise LatentSRError(f"seed must not be negative, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise LatentSRError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        for path in (self.output, self.uncertainty):
+            ext = os.path.splitext(path or "")[1].lower()
+            if ext not in ("", ".tif", ".tiff"):
+                raise LatentSRError(f"the output is written as a GeoTIFF, so its name must end in .tif or .tiff, "
+                                    f"not {ext}: {path}")
+
         if self.cluster:
             from .cluster import parse_address
 
             parse_address(self.cluster)
+
+def check_extent(extent: tuple[float, float, float, float]) -> None:
+    xmin, ymin, xmax, ymax = extent
+    if not all(math.isfinite(v) for v in extent):
+        raise LatentSRError(f"the extent must be four finite numbers, got {','.join(f'{v:g}' for v in extent)}")
+    if not (xmin < xmax and ymin < ymax):
+        raise LatentSRError(f"the extent must have xmin < xmax and ymin < ymax, got {','.join(f'{v:g}' for v in extent)}")
 
 
 def check_scale(scale: float) -> None:
@@ -111,6 +126,41 @@ def scale_for_resolution(geotransform: tuple[float, ...] | None, target: float) 
     if scale > MAX_SCALE:
         raise LatentSRError(f"target resolution {target:g} needs scale {scale:.3g}, above the maximum {MAX_SCALE:g}")
     return scale
+
+
+def output_axes(width: int, height: int, geotransform: tuple[float, ...] | None, scale: float,
+                target: float | None = None,
+                window: tuple[int, int, int, int] | None = None) -> tuple[Axis, Axis, tuple[int, int, int, int] | None]:
+    """The output grid (x and y ``Axis``) of a width×height input: ``scale`` keeps the extent, a
+    ``target`` resolution gives exactly target × target pixels (origin kept, extent grown by less
+    than one output pixel). With a pixel ``window`` (x0, y0, w, h) the output is the part of the
+    whole raster's output grid that covers it, and the window returned is the input that holds it."""
+    if target is None:
+        ax, ay = scale_axis(width, scale), scale_axis(height, scale)
+    else:
+        px, py = raster.pixel_size(geotransform)
+        ax, ay = resolution_axis(width, px, target), resolution_axis(height, py, target)
+    if window is None:
+        return ax, ay, None
+    x0, y0, w, h = window
+    xa, xb, ax = snap_window(ax, width, x0, x0 + w)
+    ya, yb, ay = snap_window(ay, height, y0, y0 + h)
+    return ax, ay, (xa, ya, xb - xa, yb - ya)
+
+
+def output_plan(path: str, scale: float, target: float | None = None,
+                extent: tuple[float, float, float, float] | None = None) -> tuple[int, int, float, float]:
+    """What a run on ``path`` would write: width, height and the pixel size in map units (0, 0
+    without a geotransform), from the same grid as the run (``output_axes``)."""
+    info = raster.describe(raster.open_raster(path), None)
+    window = raster.extent_window(info, extent) if extent else None
+    if target is not None:
+        scale = scale_for_resolution(info.geotransform, target)
+    ax, ay, _ = output_axes(info.width, info.height, info.geotransform, scale, target, window)
+    if info.geotransform is None:
+        return ax.n_out, ay.n_out, 0.0, 0.0
+    px, py = raster.pixel_size(info.geotransform)
+    return ax.n_out, ay.n_out, px * ax.step, py * ay.step
 
 
 def fill_invalid(x: np.ndarray, valid: np.ndarray, fill: np.ndarray) -> np.ndarray:
@@ -150,7 +200,8 @@ def to_storage(x: np.ndarray, norms: list[raster.BandNorm], dtype: np.dtype,
                 v[(v == nd) & valid[c]] = nd + 1 if nd < info.max else nd - 1
             v[~valid[c]] = nd if nd is not None else 0
         else:
-            v = v.astype(dtype)
+            finfo = np.finfo(dtype)  # values beyond the type's range are clipped to it, never made infinite
+            v = np.clip(v, finfo.min, finfo.max).astype(dtype)
             if nd is not None and not np.isnan(nd):
                 v[(v == nd) & valid[c]] = np.nextafter(dtype.type(nd), dtype.type(np.inf))
             v[~valid[c]] = nd if nd is not None else np.nan
@@ -182,9 +233,9 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     info = raster.describe(whole, bands)
     window = raster.extent_window(info, req.extent) if req.extent else None
     scale = req.scale if req.target_resolution is None else scale_for_resolution(info.geotransform, req.target_resolution)
-    raster.check_writable(req.output, req.input)
-    if req.uncertainty:
-        raster.check_writable(req.uncertainty, req.input)
+    axes = output_axes(info.width, info.height, info.geotransform, scale, req.target_resolution, window)
+    window = axes[2]
+    raster.check_outputs({"output": req.output, "uncertainty output": req.uncertainty}, {"input": (req.input, whole)})
     method = make_method(req)
     norms = raster.band_norms(whole, info)  # from the whole raster, also when only a window is processed
     src = raster.clipped(whole, window) if window else whole
@@ -194,8 +245,8 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
 
         run = functools.partial(cluster.run_tiles, window=window)
     try:
-        return run(req, src, raster.describe(src, bands) if window else info, norms, method, scale, start,
-                   progress, is_cancelled)
+        return run(req, src, raster.describe(src, bands) if window else info, norms, method, scale, axes[:2],
+                   start, progress, is_cancelled)
     finally:
         if window:
             raster.release_clip(src)
@@ -208,11 +259,13 @@ def make_method(req: Request):
 
 
 def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNorm], method, scale: float,
-              start: float, progress: Callable[[float], None], is_cancelled: Callable[[], bool]) -> Result:
-    """Stream the tiles of ``src`` through ``method`` into the output GeoTIFF."""
-    plan = tile_plan(info, scale, req.tile, req.overlap, method.context)
+              axes: tuple[Axis, Axis], start: float, progress: Callable[[float], None],
+              is_cancelled: Callable[[], bool]) -> Result:
+    """Stream the tiles of ``src`` through ``method`` into the output GeoTIFF on the grid ``axes`` (x, y)."""
+    plan = tile_plan(info, scale, axes, req.tile, req.overlap, method.context)
     log.info("%s ×%.4g: %d×%d -> %d×%d, %d tiles", method.name, scale, info.width, info.height, plan.out_w, plan.out_h,
-             len(plan.rows) * len(plan.cols))
+             plan.tiles)
+    check_pending_memory(plan.rows, plan.out_w, len(info.bands), 2 if req.uncertainty else 1)
     outputs = open_outputs(req, src, info, plan)
 
     def fill() -> None:
@@ -224,7 +277,7 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
     commit_outputs(outputs, fill)
     progress(1.0)
     seconds = time.perf_counter() - start
-    return Result(req.output, plan.out_w, plan.out_h, scale, method.name, len(plan.rows) * len(plan.cols), seconds)
+    return Result(req.output, plan.out_w, plan.out_h, scale, method.name, plan.tiles, seconds)
 
 
 @dataclass(frozen=True)
@@ -234,10 +287,21 @@ class TilePlan:
     one that reaches it."""
 
     scale: float
-    out_w: int
-    out_h: int
+    axes: tuple  # (x, y) engine.grid.Axis: the output grid
     rows: list
     cols: list
+
+    @property
+    def out_w(self) -> int:
+        return self.axes[0].n_out
+
+    @property
+    def out_h(self) -> int:
+        return self.axes[1].n_out
+
+    @property
+    def tiles(self) -> int:
+        return len(self.rows) * len(self.cols)
 
     @property
     def row_edges(self) -> list[int]:
@@ -254,22 +318,24 @@ class TilePlan:
         return next(i for i, t in enumerate(self.rows) if t.out_stop > top)
 
 
-def tile_plan(info: raster.RasterInfo, scale: float, tile: int, overlap: int, context: int) -> TilePlan:
-    out_w, out_h = output_size(info.width, scale), output_size(info.height, scale)
+def tile_plan(info: raster.RasterInfo, scale: float, axes: tuple[Axis, Axis], tile: int, overlap: int,
+              context: int) -> TilePlan:
     margin = required_margin(context + FILL_ITERATIONS, overlap)
-    return TilePlan(scale, out_w, out_h, axis_plan(info.height, out_h, tile, overlap, margin),
-                    axis_plan(info.width, out_w, tile, overlap, margin))
+    return TilePlan(scale, tuple(axes), axis_plan(info.height, axes[1], tile, overlap, margin),
+                    axis_plan(info.width, axes[0], tile, overlap, margin))
 
 
 def open_outputs(req: Request, src, info: raster.RasterInfo, plan: TilePlan, virtual: bool = False) -> list:
     """The output (and the uncertainty output, if asked) as raster.OutputRaster; ``virtual`` ones
     are assembled from shards instead of written window by window."""
     n_bands = len(info.bands)
-    outputs = [raster.OutputRaster(req.output, src, info, plan.out_w, plan.out_h, cog=req.cog, virtual=virtual)]
+    outputs = [raster.OutputRaster(req.output, src, info, plan.out_w, plan.out_h, cog=req.cog, axes=plan.axes,
+                                   virtual=virtual)]
     try:
         if req.uncertainty:
             outputs.append(raster.OutputRaster(req.uncertainty, src, info, plan.out_w, plan.out_h, dtype=raster.FLOAT32,
-                                               nodata=[math.nan] * n_bands, cog=req.cog, virtual=virtual))
+                                               nodata=[math.nan] * n_bands, cog=req.cog, axes=plan.axes,
+                                               virtual=virtual))
     except BaseException:
         outputs[0].discard()
         raise
@@ -296,11 +362,12 @@ def commit_outputs(outputs: list, fill: Callable[[], None]) -> None:
 def render(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNorm], method, plan: TilePlan,
            writers: list, cells: range, progress: Callable[[float], None], is_cancelled: Callable[[], bool]) -> int:
     """Blend the tiles that reach the output cell rows ``cells`` and write those rows' cells, each
-    once it is final, to ``writers`` (the output, then the uncertainty, each with ``write(data, x, y)``
-    and ``flush()``). The tiles are added in the same order whatever ``cells`` is, so a band of rows
-    gets the same bytes as a whole run. ``progress`` gets the fraction of this call's tiles done,
-    ``is_cancelled`` is asked before every tile. Returns the number of tiles run."""
-    rows, cols, row_edges, col_edges = plan.rows, plan.cols, plan.row_edges, plan.col_edges
+    once it is final, to ``writers`` (the output, then the uncertainty, each with
+    ``write(data, x, y, valid)`` and ``flush()``). The tiles are added in the same order whatever
+    ``cells`` is, so a band of rows gets the same bytes as a whole run. ``progress`` gets the
+    fraction of this call's tiles done, ``is_cancelled`` is asked before every tile. Returns the
+    number of tiles run."""
+    (ax, ay), rows, cols, row_edges, col_edges = plan.axes, plan.rows, plan.cols, plan.row_edges, plan.col_edges
     fill = np.array([n.fill for n in norms], dtype=np.float32)
     n_bands = len(info.bands)
     seeds = sample_seeds(req.seed, req.samples)
@@ -313,14 +380,14 @@ def render(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNo
             if is_cancelled():
                 raise Cancelled()
             stored = raster.read_window(src, info, tx.in_start, ty.in_start, tx.in_stop - tx.in_start, ty.in_stop - ty.in_start)
-            valid = np.stack([raster.valid_mask(stored[c], info.nodata[c]) for c in range(n_bands)])
+            valid = raster.read_valid(src, info, stored, tx.in_start, ty.in_start)
             x = np.stack([norms[c].forward(stored[c].astype(np.float64)) for c in range(n_bands)])
             x = fill_invalid(x, valid, fill)
             grid = Grid(
-                ys=centres(info.height, plan.out_h, ty.out_start, ty.out_stop, ty.in_start),
-                xs=centres(info.width, plan.out_w, tx.out_start, tx.out_stop, tx.in_start),
-                scale=plan.scale, out_y0=ty.out_start, out_x0=tx.out_start, in_y0=ty.in_start,
-                in_x0=tx.in_start, in_h=info.height, in_w=info.width)
+                ys=ay.centres(ty.out_start, ty.out_stop, ty.in_start),
+                xs=ax.centres(tx.out_start, tx.out_stop, tx.in_start),
+                scale=plan.scale, out_y0=ty.out_start, out_x0=tx.out_start, in_y0=ty.in_start, in_x0=tx.in_start,
+                in_h=info.height, in_w=info.width)
             layers = sample_layers(method, x, grid, seeds, n_bands, bool(req.uncertainty))
             weight = ty.weights[:, None] * tx.weights[None, :]
             out_valid = valid[:, nearest_indices(grid.ys, valid.shape[1])][:, :, nearest_indices(grid.xs, valid.shape[2])]
@@ -328,14 +395,29 @@ def render(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNo
                     row_edges, col_edges)
             (acc, *extra), ok = pending.pop((iy, ix))  # final now; a context row's cell is only dropped
             if iy >= cells.start:
-                writers[0].write(to_storage(acc, norms, info.dtype, info.nodata, ok), col_edges[ix], row_edges[iy])
+                writers[0].write(to_storage(acc, norms, info.dtype, info.nodata, ok), col_edges[ix], row_edges[iy], ok)
                 if extra:
                     std = np.stack([extra[0][c] * norms[c].scale for c in range(n_bands)]).astype(np.float32)
-                    writers[1].write(np.where(ok, std, np.float32(np.nan)), col_edges[ix], row_edges[iy])
+                    writers[1].write(np.where(ok, std, np.float32(np.nan)), col_edges[ix], row_edges[iy], ok)
             progress(((iy - first) * len(cols) + ix + 1) / total)
         for out in writers:  # this row of cells is final: out of the block cache with it
             out.flush()
     return total
+
+
+def check_pending_memory(rows: list, out_w: int, n_bands: int, layers: int) -> None:
+    """Refuse up front a run whose row of pending output cells (a tile's output height by the whole
+    output width) would not fit in half of the physical memory."""
+    tile_h = max(t.out_stop - t.out_start for t in rows)
+    need = 2 * tile_h * out_w * n_bands * (4 * layers + 1)
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > memory / 2:
+        raise LatentSRError(f"a row of tiles of this {out_w}-pixel-wide output needs about {need / 2**30:,.1f} GiB of "
+                            f"memory, more than half of the {memory / 2**30:,.1f} GiB here: use a smaller --tile "
+                            "or clip the input (--extent)")
 
 
 def sample_seeds(seed: int, samples: int) -> list[int]:
@@ -347,21 +429,27 @@ def sample_seeds(seed: int, samples: int) -> list[int]:
 
 def sample_layers(method, x: np.ndarray, grid: Grid, seeds: list[int], n_bands: int, with_std: bool) -> list[np.ndarray]:
     """The SR of a tile (the mean of the samples when there are several) and, if asked, the
-    per-pixel standard deviation of the samples (ddof = 1), both in normalised units."""
-    runs = []
-    for seed in seeds:
+    per-pixel standard deviation of the samples (ddof = 1), both in normalised units. Several
+    samples are folded into running sums (Welford), so memory does not grow with their number."""
+    mean = m2 = None
+    for k, seed in enumerate(seeds, start=1):
         if len(seeds) > 1:
             method.seed = seed
         sr = method(x, grid)
         if sr.shape != (n_bands, *grid.shape):
             raise LatentSRError(f"method {method.name} returned shape {sr.shape}, expected {(n_bands, *grid.shape)}")
-        runs.append(sr)
-    if len(runs) == 1:
-        return runs
-    stack = np.stack(runs)
-    layers = [stack.mean(axis=0)]
+        if len(seeds) == 1:
+            return [sr]
+        sr = sr.astype(np.float64)
+        if mean is None:
+            mean, m2 = sr.copy(), np.zeros_like(sr)
+            continue
+        delta = sr - mean
+        mean += delta / k
+        m2 += delta * (sr - mean)
+    layers = [mean.astype(np.float32)]
     if with_std:
-        layers.append(stack.std(axis=0, ddof=1))
+        layers.append(np.sqrt(m2 / (len(seeds) - 1)).astype(np.float32))
     return layers
 
 

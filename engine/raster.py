@@ -6,8 +6,9 @@ import contextlib
 import glob
 import logging
 import os
+import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -80,10 +81,27 @@ class RasterInfo:
     nodata: tuple[float | None, ...]
     geotransform: tuple[float, ...] | None
     projection: str
+    signed_byte: bool = False  # a Byte band with PIXELTYPE=SIGNEDBYTE: read and written as int8
+    masked: bool = False  # the bands have a GDAL mask (a mask band or an alpha band) beyond nodata
+
+
+def signed_byte(band: gdal.Band) -> bool:
+    return band.DataType == gdal.GDT_Byte and (band.GetMetadataItem("PIXELTYPE", "IMAGE_STRUCTURE") or "") == "SIGNEDBYTE"
+
+
+def has_mask(band: gdal.Band) -> bool:
+    """Whether GDAL masks some pixels of ``band`` by other means than its nodata value."""
+    flags = band.GetMaskFlags()
+    return not flags & (gdal.GMF_ALL_VALID | gdal.GMF_NODATA)
+
+
+def same_nodata(a: float | None, b: float | None) -> bool:
+    return a == b or (a is not None and b is not None and np.isnan(a) and np.isnan(b))
 
 
 def describe(ds: gdal.Dataset, bands: list[int] | None) -> RasterInfo:
-    """Geometry and types of the selected bands, validated."""
+    """Geometry and types of the selected bands, validated: palette rasters, bands of different
+    types or different nodata values are refused."""
     count = ds.RasterCount
     bands = list(bands) if bands else list(range(1, count + 1))
     for b in bands:
@@ -91,21 +109,33 @@ def describe(ds: gdal.Dataset, bands: list[int] | None) -> RasterInfo:
             raise LatentSRError(f"band {b} does not exist: the input has {count} band(s)")
     if len(set(bands)) != len(bands):
         raise LatentSRError("a band is selected twice")
-    types = {ds.GetRasterBand(b).DataType for b in bands}
+    selected = [ds.GetRasterBand(b) for b in bands]
+    for b, band in zip(bands, selected):
+        if band.GetColorTable() is not None or band.GetColorInterpretation() == gdal.GCI_PaletteIndex:
+            raise LatentSRError(f"band {b} is a palette (class map) band: class codes must not be interpolated; "
+                                "resample class maps with nearest neighbour instead (gdalwarp -r near)")
+    types = {(band.DataType, signed_byte(band)) for band in selected}
     if len(types) != 1:
         raise LatentSRError("the selected bands have different data types")
-    gdal_type = types.pop()
+    gdal_type, signed = types.pop()
     if gdal_type not in SUPPORTED_TYPES:
         raise LatentSRError(f"data type {gdal.GetDataTypeName(gdal_type)} is not supported")
+    nodata = tuple(band.GetNoDataValue() for band in selected)
+    if not all(same_nodata(v, nodata[0]) for v in nodata):
+        shown = ", ".join(f"band {b}: {'none' if v is None else f'{v:g}'}" for b, v in zip(bands, nodata))
+        raise LatentSRError(f"the selected bands have different nodata values ({shown}) and a GeoTIFF holds one "
+                            "per file: select bands that share one (--bands) or set one with gdal_translate -a_nodata")
     return RasterInfo(
         width=ds.RasterXSize,
         height=ds.RasterYSize,
         bands=tuple(bands),
-        dtype=np.dtype(SUPPORTED_TYPES[gdal_type]),
+        dtype=np.dtype(np.int8 if signed else SUPPORTED_TYPES[gdal_type]),
         gdal_type=gdal_type,
-        nodata=tuple(ds.GetRasterBand(b).GetNoDataValue() for b in bands),
+        nodata=nodata,
         geotransform=ds.GetGeoTransform(can_return_null=True),
         projection=ds.GetProjection() or "",
+        signed_byte=signed,
+        masked=any(has_mask(band) for band in selected),
     )
 
 
@@ -116,6 +146,29 @@ def valid_mask(x: np.ndarray, nodata: float | None) -> np.ndarray:
         if np.isnan(nodata):
             return valid
         valid &= x != nodata
+    return valid
+
+
+def read_valid(ds: gdal.Dataset, info: RasterInfo, stored: np.ndarray, x0: int = 0, y0: int = 0,
+               buf: tuple[int, int] | None = None) -> np.ndarray:
+    """Validity (C×h×w) of ``stored``, the selected bands of the window at (x0, y0) (or the whole
+    raster read into a ``buf`` = (w, h) buffer): finite, not nodata, and not masked by GDAL's mask
+    band (a per-dataset mask, a per-band mask or an alpha band)."""
+    valid = np.stack([valid_mask(stored[c], info.nodata[c]) for c in range(stored.shape[0])])
+    if info.masked:
+        h, w = stored.shape[1:]
+        try:
+            for c, b in enumerate(info.bands):
+                band = ds.GetRasterBand(b)
+                if has_mask(band):
+                    if buf:
+                        mask = band.GetMaskBand().ReadAsArray(buf_xsize=w, buf_ysize=h,
+                                                              resample_alg=gdal.GRIORA_NearestNeighbour)
+                    else:
+                        mask = band.GetMaskBand().ReadAsArray(x0, y0, w, h)
+                    valid[c] &= mask > 0
+        except RuntimeError as exc:
+            raise LatentSRError(f"reading the input's mask failed: {one_line(exc)}") from None
     return valid
 
 
@@ -133,11 +186,14 @@ def band_norms(ds: gdal.Dataset, info: RasterInfo) -> list[BandNorm]:
             sample = ds.GetRasterBand(b).ReadAsArray(buf_xsize=bw, buf_ysize=bh, resample_alg=gdal.GRIORA_NearestNeighbour)
         except RuntimeError as exc:
             raise LatentSRError(f"reading the input failed: {one_line(exc)}") from None
-        values = sample[valid_mask(sample, nodata)].astype(np.float64)
+        valid = read_valid(ds, replace(info, bands=(b,), nodata=(nodata,)), sample[None], buf=(bw, bh))[0]
+        values = sample[valid].astype(np.float64)
         if values.size == 0:
             raise LatentSRError(f"band {b} has no valid pixels (all nodata)")
         if info.dtype == np.uint8:
             offset, scale = 0.0, 255.0
+        elif info.dtype == np.int8:
+            offset, scale = -128.0, 255.0
         else:
             lo, hi = np.percentile(values, [0.1, 99.9])
             offset, scale = float(lo), float(hi - lo) if hi > lo else 1.0
@@ -153,10 +209,14 @@ def read_window(ds: gdal.Dataset, info: RasterInfo, x0: int, y0: int, w: int, h:
         raise LatentSRError(f"reading the input failed: {one_line(exc)}") from None
 
 
-def output_geotransform(gt: tuple[float, ...], in_w: int, in_h: int, out_w: int, out_h: int) -> tuple[float, ...]:
-    """The geotransform of an out_w×out_h grid over exactly the same extent (rotation terms included)."""
+def output_geotransform(gt: tuple[float, ...], in_w: float, in_h: float, out_w: int, out_h: int,
+                        shift_x: float = 0.0, shift_y: float = 0.0) -> tuple[float, ...]:
+    """The geotransform of an out_w×out_h grid spanning in_w×in_h input pixels from input pixel
+    coordinate (shift_x, shift_y): by default exactly the same extent (rotation terms included)."""
     rx, ry = in_w / out_w, in_h / out_h
-    return (gt[0], gt[1] * rx, gt[2] * ry, gt[3], gt[4] * rx, gt[5] * ry)
+    x0 = gt[0] + shift_x * gt[1] + shift_y * gt[2]
+    y0 = gt[3] + shift_x * gt[4] + shift_y * gt[5]
+    return (x0, gt[1] * rx, gt[2] * ry, y0, gt[4] * rx, gt[5] * ry)
 
 
 def extent_window(info: RasterInfo, extent: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
@@ -167,6 +227,9 @@ def extent_window(info: RasterInfo, extent: tuple[float, float, float, float]) -
         raise LatentSRError("the input has no geotransform, so it cannot be clipped to an extent")
     if gt[2] != 0 or gt[4] != 0:
         raise LatentSRError("clipping to an extent needs a north-up raster (this one is rotated)")
+    if not (gt[1] and gt[5] and all(np.isfinite(gt))):
+        raise LatentSRError(f"the input's geotransform has a zero or non-finite pixel size ({gt[1]:g}, {gt[5]:g}), "
+                            "so it cannot be clipped to an extent")
     xmin, ymin, xmax, ymax = extent
     cols = sorted(((xmin - gt[0]) / gt[1], (xmax - gt[0]) / gt[1]))
     rows = sorted(((ymax - gt[3]) / gt[5], (ymin - gt[3]) / gt[5]))
@@ -193,21 +256,116 @@ def pixel_size(gt: tuple[float, ...]) -> tuple[float, float]:
     return float(np.hypot(gt[1], gt[4])), float(np.hypot(gt[2], gt[5]))
 
 
-def check_writable(output: str, input_path: str) -> None:
+SIDECARS = (".aux.xml", ".ovr", ".msk")  # files GDAL reads beside a raster, and writes beside an output
+REMOTE = ("/vsimem/", "/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift", "/vsihdfs",
+          "/vsiwebhdfs", "/vsistdin", "/vsistdout")
+
+
+def local_file(name: str) -> str | None:
+    """The local file behind a GDAL name: ``/vsizip/a.zip/b.tif`` -> a.zip (through any chain of
+    /vsi* prefixes), ``GTIFF_DIR:1:a.tif`` or ``NETCDF:"a.nc":var`` -> the file named in it; None
+    when nothing local is behind it (/vsimem/, /vsicurl/...)."""
+    while name.startswith("/vsi"):
+        if name.startswith(REMOTE):
+            return None
+        rest = name[1:].partition("/")[2]
+        if rest.startswith("{"):  # /vsizip/{/path/a.zip}/inner
+            name = rest[1:].split("}")[0]
+            continue
+        if rest.startswith("/vsi"):
+            name = rest
+            continue
+        parts = rest.split("/")  # the archive or compressed file is the longest prefix that is a file
+        found = next(("/".join(parts[:k]) for k in range(len(parts), 0, -1)
+                      if "/".join(parts[:k]) and os.path.isfile("/".join(parts[:k]))), None)
+        if found is None:
+            return None
+        name = found
+    if os.path.exists(name):
+        return name
+    pieces = name.split('"')[1::2] + [p.strip('"') for p in name.split(":")]
+    return next((p for p in pieces if p and os.path.isfile(p)), None)
+
+
+def source_files(path: str, ds: gdal.Dataset | None = None, _seen: set | None = None) -> set[str]:
+    """Every local file GDAL reads for the raster ``path`` (``ds`` when it is open already): its
+    file list, the sources of a VRT (nested VRTs included), the file behind a /vsi* or subdataset
+    name, and the sidecars (.aux.xml, .ovr, .msk) of each, whether they exist or not."""
+    seen = set() if _seen is None else _seen
+    if ds is None:
+        try:
+            with quiet_gdal():
+                ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+        except RuntimeError:
+            ds = None
+    names = {path} | (set(ds.GetFileList() or []) | {ds.GetDescription()} if ds is not None else set())
+    files = set()
+    for name in names:
+        real = local_file(name)
+        if real is None or file_key(real) in seen:
+            continue
+        seen.add(file_key(real))
+        files.add(real)
+        files.update(real + ext for ext in SIDECARS)
+        if real.lower().endswith(".vrt") and len(seen) < 10_000:  # a VRT of VRTs lists only the first level
+            files |= source_files(real, None, seen)
+    return files
+
+
+def file_key(path: str) -> tuple:
+    """What identifies a file: its device and inode when it exists (hard links and symlinks match),
+    else its resolved absolute path."""
+    try:
+        st = os.stat(path)
+        return ("inode", st.st_dev, st.st_ino)
+    except (OSError, ValueError):
+        return ("path", os.path.realpath(os.path.abspath(path)))
+
+
+def check_outputs(outputs: dict[str, str | None], inputs: dict[str, tuple[str, gdal.Dataset | None]]) -> None:
+    """Refuse, in one line, any output that is (or whose sidecars are) a file one of ``inputs``
+    reads, two outputs that are the same file, and an output path that cannot be written.
+    ``outputs`` maps a role ("output", "HTML report"...) to a path; ``inputs`` maps a role to
+    (path, open dataset or None)."""
+    read = {}
+    for role, (path, ds) in inputs.items():
+        if path:
+            for f in source_files(path, ds):
+                read.setdefault(file_key(f), (role, path, f))
+    seen = {}
+    for role, path in outputs.items():
+        if path is None:
+            continue
+        check_writable(path)
+        for written in [path] + [path + ext for ext in SIDECARS]:
+            hit = read.get(file_key(written))
+            if hit:
+                role_in, path_in, f = hit
+                via = "" if file_key(path_in) == file_key(written) else f" (it reads {f})"
+                raise LatentSRError(f"the {role} {path} would overwrite the {role_in} {path_in}{via}: "
+                                    "choose another output path")
+        key = file_key(path)
+        if key in seen:
+            raise LatentSRError(f"the {seen[key][0]} {seen[key][1]} and the {role} {path} are the same file: "
+                                "give them different paths")
+        seen[key] = (role, path)
+
+
+def check_writable(output: str) -> None:
     """Fail early, in one line, when the output cannot be written where asked."""
     if not output:
         raise LatentSRError("no output path given")
-    if os.path.exists(input_path) and os.path.exists(output) and os.path.samefile(input_path, output):
-        raise LatentSRError("the output would overwrite the input: choose another output path")
-    if os.path.abspath(output) == os.path.abspath(input_path):
-        raise LatentSRError("the output would overwrite the input: choose another output path")
+    if "\0" in output:
+        raise LatentSRError("the output path contains a NUL character")
     folder = os.path.dirname(os.path.abspath(output))
+    if os.path.isdir(output):
+        raise LatentSRError(f"output is a folder: {output}")
+    if os.path.lexists(output) and not os.path.isfile(output):
+        raise LatentSRError(f"output exists and is not a regular file: {output}")
     if not os.path.isdir(folder):
         raise LatentSRError(f"output folder does not exist: {folder}")
     if not os.access(folder, os.W_OK):
         raise LatentSRError(f"output folder is not writable: {folder}")
-    if os.path.isdir(output):
-        raise LatentSRError(f"output is a folder: {output}")
 
 
 class OutputRaster:
@@ -220,7 +378,7 @@ class OutputRaster:
 
     def __init__(self, path: str, src: gdal.Dataset, info: RasterInfo, width: int, height: int,
                  dtype: int | None = None, nodata: list[float | None] | None = None, cog: bool = False,
-                 virtual: bool = False):
+                 axes: tuple | None = None, virtual: bool = False):
         self.path = path
         self.cog = cog
         folder, name = os.path.split(os.path.abspath(path))
@@ -229,20 +387,35 @@ class OutputRaster:
         self.packed = self.stem + ".part.tif"
         self.lock = os.path.join(folder, f".{name}.latentsr-lock")
         self.dtype = info.gdal_type if dtype is None else dtype
+        self.signed = info.signed_byte and dtype is None
+        self.masked = info.masked  # the output gets an internal per-dataset mask: 0 where no band holds data
         self.ds = None
-        take_lock(self.lock, path)
+        check_size(folder, width, height, len(info.bands), self.dtype)
+        take_lock(self.lock, path, scratch_prefix=f".{name}.")
         options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "BIGTIFF=IF_NEEDED", "INTERLEAVE=BAND"]
+        if self.signed:
+            options.append("PIXELTYPE=SIGNEDBYTE")
         try:
-            if virtual:
-                self.ds = gdal.GetDriverByName("VRT").Create(self.scratch, width, height, len(info.bands), self.dtype)
-            else:
-                self.ds = gdal.GetDriverByName("GTiff").Create(self.scratch, width, height, len(info.bands),
-                                                               self.dtype, options)
+            with internal_masks():
+                if virtual:
+                    self.ds = gdal.GetDriverByName("VRT").Create(self.scratch, width, height, len(info.bands),
+                                                                 self.dtype)
+                    if self.signed:
+                        for i in range(len(info.bands)):
+                            self.ds.GetRasterBand(i + 1).SetMetadataItem("PIXELTYPE", "SIGNEDBYTE", "IMAGE_STRUCTURE")
+                else:
+                    self.ds = gdal.GetDriverByName("GTiff").Create(self.scratch, width, height, len(info.bands),
+                                                                   self.dtype, options)
+                if self.masked:
+                    self.ds.CreateMaskBand(gdal.GMF_PER_DATASET)
         except RuntimeError as exc:
             self.discard()
             raise LatentSRError(f"cannot create the output: {one_line(exc)}") from None
         gt = info.geotransform
-        if gt is not None:
+        if gt is not None and axes is not None:  # (x, y) engine.grid.Axis: the output grid, possibly grown or shifted
+            self.ds.SetGeoTransform(output_geotransform(gt, axes[0].span, axes[1].span, width, height,
+                                                        axes[0].shift, axes[1].shift))
+        elif gt is not None:
             self.ds.SetGeoTransform(output_geotransform(gt, info.width, info.height, width, height))
         elif src.GetGCPCount():
             self.ds.SetGCPs(scaled_gcps(src.GetGCPs(), width / info.width, height / info.height), src.GetGCPProjection())
@@ -268,20 +441,28 @@ class OutputRaster:
         return f"{self.stem}.shard{index:05d}.tif"
 
     def add_shard(self, path: str, y0: int, height: int) -> None:
-        """Let the rows y0..y0+height-1 of a virtual output come from the shard GeoTIFF at ``path``."""
+        """Let the rows y0..y0+height-1 of a virtual output come from the shard GeoTIFF at ``path``
+        (its mask too, when the output has one)."""
         width = self.ds.RasterXSize
-        for i in range(self.ds.RasterCount):
+        targets = [(self.ds.GetRasterBand(i + 1), str(i + 1)) for i in range(self.ds.RasterCount)]
+        if self.masked:
+            targets.append((self.ds.GetRasterBand(1).GetMaskBand(), "mask,1"))
+        for band, source_band in targets:
             source = (f"<SimpleSource><SourceFilename relativeToVRT=\"0\">{escape(path)}</SourceFilename>"
-                      f"<SourceBand>{i + 1}</SourceBand>"
+                      f"<SourceBand>{source_band}</SourceBand>"
                       f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{width}\" ySize=\"{height}\"/>"
                       f"<DstRect xOff=\"0\" yOff=\"{y0}\" xSize=\"{width}\" ySize=\"{height}\"/></SimpleSource>")
-            self.ds.GetRasterBand(i + 1).SetMetadataItem("source_0", source, "new_vrt_sources")
+            band.SetMetadataItem("source_0", source, "new_vrt_sources")
 
-    def write(self, data: np.ndarray, x0: int, y0: int) -> None:
-        """Write C×h×w ``data`` at column x0, row y0."""
+    def write(self, data: np.ndarray, x0: int, y0: int, valid: np.ndarray | None = None) -> None:
+        """Write C×h×w ``data`` at column x0, row y0; with a mask, ``valid`` (C×h×w) sets it: a
+        pixel is masked where no band is valid."""
         def write_bands():
             for i in range(data.shape[0]):
                 self.ds.GetRasterBand(i + 1).WriteArray(data[i], x0, y0)
+            if self.masked and valid is not None:
+                mask = self.ds.GetRasterBand(1).GetMaskBand()
+                mask.WriteArray(np.where(valid.any(axis=0), 255, 0).astype(np.uint8), x0, y0)
         self._writing(write_bands)
 
     def flush(self) -> None:
@@ -324,13 +505,15 @@ class OutputRaster:
             options = gdal.TranslateOptions(format="GTiff", creationOptions=[
                 "TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE",
                 f"PREDICTOR={predictor}", "BIGTIFF=IF_SAFER"])
-        out = gdal.Translate(self.packed, self.scratch, options=options)
+        with internal_masks():
+            out = gdal.Translate(self.packed, self.scratch, options=options)
         if out is None:
             raise RuntimeError("GDAL could not write the packed GeoTIFF")
         out.FlushCache()
         out = None
         os.replace(self.packed, self.path)
-        for stale in (self.path + ".aux.xml", self.path + ".ovr", self.scratch, *self.shards(), self.lock):
+        for stale in (self.path + ".aux.xml", self.path + ".ovr", self.path + ".msk", self.scratch, *self.shards(),
+                      self.lock):
             self._remove(stale)  # the scratch files, the lock, and sidecars of an older output
 
     def discard(self) -> None:
@@ -345,9 +528,44 @@ class OutputRaster:
 
     @staticmethod
     def _remove(path: str) -> None:
-        for p in (path, path + ".aux.xml"):
+        for p in (path, path + ".aux.xml", path + ".msk"):
             if os.path.exists(p):
                 os.remove(p)
+
+
+BIGTIFF_MAX_SIDE = 2**31 - 1  # GDAL's GeoTIFF driver keeps the raster size in signed 32-bit integers
+SPACE_MARGIN = 1.05  # headroom for TIFF structure and the block index
+
+
+def check_size(folder: str, width: int, height: int, bands: int, gdal_type: int) -> None:
+    """Refuse up front an output the GeoTIFF format cannot hold, or that the disk cannot: the
+    uncompressed scratch file plus, in the worst case, a packed copy as large (before the scratch
+    file is removed)."""
+    if max(width, height) > BIGTIFF_MAX_SIDE:
+        raise LatentSRError(f"the output would be {width}×{height} pixels, more than a GeoTIFF holds "
+                            f"({BIGTIFF_MAX_SIDE:,} a side): clip the input (--extent) or use a smaller scale")
+    need = 2 * SPACE_MARGIN * width * height * bands * gdal.GetDataTypeSize(gdal_type) // 8
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs (Windows) or the folder vanished: GDAL will say
+        return
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise LatentSRError(f"the output needs up to {need / 2**30:,.1f} GiB in {folder} (an uncompressed scratch file "
+                            f"and the packed GeoTIFF) and only {free / 2**30:,.1f} GiB are free: clip the input "
+                            "(--extent) or free some space")
+
+
+@contextlib.contextmanager
+def internal_masks():
+    """GeoTIFF masks written inside the file, never as a .msk sidecar (GDAL 3.6 writes sidecars by
+    default, and a sidecar would not follow the packed file to its final name)."""
+    previous = gdal.GetThreadLocalConfigOption("GDAL_TIFF_INTERNAL_MASK", None)
+    gdal.SetThreadLocalConfigOption("GDAL_TIFF_INTERNAL_MASK", "YES")
+    try:
+        yield
+    finally:
+        gdal.SetThreadLocalConfigOption("GDAL_TIFF_INTERNAL_MASK", previous)
 
 
 @contextlib.contextmanager
@@ -364,30 +582,76 @@ def quiet_gdal():
             gdal.UseExceptions()
 
 
-def take_lock(lock: str, path: str) -> None:
+def process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or "" where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def lock_owner_alive(lock: str) -> tuple[bool, str]:
+    """(whether the run that wrote ``lock`` still runs, its PID). A lock names its process's PID and
+    start time, so a live, unrelated process that reuses the PID does not hold it."""
+    try:
+        with open(lock) as f:
+            fields = f.read().split()
+    except FileNotFoundError:
+        return False, ""
+    try:
+        pid = int(fields[0]) if fields else 0
+    except ValueError:
+        return False, ""
+    if pid <= 0:
+        return False, ""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False, str(pid)
+    except PermissionError:
+        pass
+    started = process_start(pid)
+    if len(fields) > 1 and started and fields[1] != started:
+        return False, str(pid)
+    return True, str(pid)
+
+
+def take_lock(lock: str, path: str, scratch_prefix: str = "") -> None:
     """Claim the output for this process; a second run writing the same output is refused. A lock
-    left by a process that no longer exists is taken over."""
+    left by a process that no longer exists is taken over, and the scratch files that run left
+    beside the output (``scratch_prefix``*.scratch.tif / .part.tif) are removed."""
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                with open(lock) as f:
-                    owner = int(f.read().strip() or 0)
-                os.kill(owner, 0)
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                if os.path.exists(lock):
-                    os.remove(lock)
-                continue
-            except PermissionError:
-                pass
-            raise LatentSRError(f"another run is already writing {path}") from None
+            alive, pid = lock_owner_alive(lock)
+            if alive:
+                raise LatentSRError(f"another run (process {pid}) is already writing {path}; if no run is, delete "
+                                    f"the lock file {lock}") from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
+            continue
         except OSError as exc:
             raise LatentSRError(f"cannot create the output in {os.path.dirname(lock)}: {exc.strerror}") from None
         with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
+            f.write(f"{os.getpid()} {process_start(os.getpid())}\n")
+        if scratch_prefix:
+            remove_stale_scratch(os.path.dirname(lock), scratch_prefix)
         return
-    raise LatentSRError(f"another run is already writing {path}")
+    raise LatentSRError(f"another run is already writing {path}; if no run is, delete the lock file {lock}")
+
+
+def remove_stale_scratch(folder: str, prefix: str) -> None:
+    """Remove the scratch and part files of earlier runs on the same output (this run holds its
+    lock, so no live run owns them)."""
+    pattern = re.compile(re.escape(prefix) + r"[0-9a-f]{8}\.(scratch\.tif|scratch\.vrt|part\.tif|"
+                         r"shard\d{5}\.tif(\.[0-9a-f]{8}\.part)?)(\.msk|\.aux\.xml)?")
+    for name in os.listdir(folder):
+        if pattern.fullmatch(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+                log.info("removed %s, left by an earlier run that did not finish", name)
 
 
 def scaled_gcps(gcps, fx: float, fy: float) -> list:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grid import centres
+from .grid import Axis, centres
 
 RAMPS = ("cosine", "linear")
 
@@ -52,8 +52,9 @@ def ramp(t: np.ndarray, kind: str = "cosine") -> np.ndarray:
     raise ValueError(f"unknown ramp '{kind}': choose one of {', '.join(RAMPS)}")
 
 
-def axis_plan(n_in: int, n_out: int, tile: int, overlap: int, margin: float, kind: str = "cosine") -> list[AxisTile]:
-    """The windows of one axis and the blend weights of their output pixels.
+def axis_plan(n_in: int, n_out: int | Axis, tile: int, overlap: int, margin: float, kind: str = "cosine") -> list[AxisTile]:
+    """The windows of one axis and the blend weights of their output pixels. ``n_out`` is the output
+    size over exactly the input's extent, or the output grid's ``Axis``.
 
     ``margin`` (input pixels) is how far inside an interior window edge the weight stays 0; it is
     capped at half the overlap. The transition between two windows is centred in their overlap and
@@ -63,27 +64,35 @@ def axis_plan(n_in: int, n_out: int, tile: int, overlap: int, margin: float, kin
     stops = [min(s + tile, n_in) for s in starts]
     margin = min(float(margin), overlap / 2.0)
     half = overlap / 2.0 - margin
-    # Edge coordinate (input pixel i spans [i, i+1)) of every output pixel centre.
-    edge = centres(n_in, n_out, 0, n_out) + 0.5
-    cumulative = []  # S_k: how far the hand-over from window k to k+1 has gone, per output pixel
-    for k in range(len(starts) - 1):
+    axis = n_out if isinstance(n_out, Axis) else Axis(n_out, n_in / n_out)
+    n_out = axis.n_out
+
+    def edges(lo: int, hi: int) -> np.ndarray:
+        """Edge coordinate (input pixel i spans [i, i+1)) of output pixel centres lo..hi-1; a grown
+        grid's last pixels belong to the last window."""
+        return np.clip(axis.centres(lo, hi) + 0.5, 0.0, np.nextafter(n_in, 0))
+
+    def handed_over(k: int, edge: np.ndarray) -> np.ndarray:
+        """S_k: how far the hand-over from window k to k+1 has gone at these edge coordinates."""
         mid = (starts[k + 1] + stops[k]) / 2.0
         if half > 0:
-            cumulative.append(ramp((edge - (mid - half)) / (2 * half), kind))
-        else:
-            cumulative.append((edge >= mid).astype(np.float64))
+            return ramp((edge - (mid - half)) / (2 * half), kind)
+        return (edge >= mid).astype(np.float64)
+
     plan = []
     for k, (a, b) in enumerate(zip(starts, stops)):
-        w = np.ones(n_out)
-        if k > 0:
-            w = cumulative[k - 1].copy()
+        # Only the output pixels whose centre can fall in [a, b): the cost is the window's, not the axis's.
+        lo = 0 if k == 0 else max(0, int(np.floor((a - axis.shift) / axis.step - 0.5)) - 1)
+        hi = n_out if k == len(starts) - 1 else min(n_out, int(np.ceil((b - axis.shift) / axis.step - 0.5)) + 1)
+        edge = edges(lo, hi)
+        w = handed_over(k - 1, edge) if k > 0 else np.ones(hi - lo)
         if k < len(starts) - 1:
-            w = w - cumulative[k]
+            w = w - handed_over(k, edge)
         idx = np.flatnonzero((edge >= a) & (edge < b) & (w > 0))
         if idx.size == 0:  # a window squeezed between its neighbours owns no output pixel
             continue
-        lo, hi = int(idx[0]), int(idx[-1]) + 1
-        plan.append(AxisTile(a, b, lo, hi, w[lo:hi].astype(np.float32)))
+        first, last = int(idx[0]), int(idx[-1]) + 1
+        plan.append(AxisTile(a, b, lo + first, lo + last, w[first:last].astype(np.float32)))
     return plan
 
 

@@ -3,12 +3,13 @@ call (its log in the Processing log, progress and cancel through the feedback, a
 as a one-line QgsProcessingException)."""
 from __future__ import annotations
 
+import html
 import logging
 
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterDefinition
 
 from ..engine import pipeline
-from ..engine.errors import Cancelled, LatentSRError
+from ..engine.errors import Cancelled, LatentSRError, single_line
 
 ENGINE_LOGGER = pipeline.__name__.rsplit(".", 1)[0]
 
@@ -25,6 +26,21 @@ class LatentSRAlgorithm(QgsProcessingAlgorithm):
 
     def createInstance(self):  # noqa: N802 - QGIS API
         return type(self)()
+
+    def help_paragraphs(self) -> list:
+        """The help text as plain-text paragraphs, each a string or a (bold lead, text) pair."""
+        return []
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        """The paragraphs, then every parameter with its help, all escaped: the dialog reads this as
+        rich text, where a bare "<" would start a tag and cut the rest off."""
+        parts = []
+        for paragraph in self.help_paragraphs():
+            lead, text = paragraph if isinstance(paragraph, tuple) else ("", paragraph)
+            parts.append(f"<p><b>{html.escape(lead)}</b> {html.escape(text)}</p>" if lead else f"<p>{html.escape(text)}</p>")
+        items = "".join(f"<li><b>{html.escape(p.name())}</b> ({html.escape(p.description())}): {html.escape(p.help())}</li>"
+                        for p in self.parameterDefinitions())
+        return "".join(parts) + (f"<p><b>Parameters</b></p><ul>{items}</ul>" if items else "")
 
     def add_parameter(self, param, help_text: str, advanced: bool = False) -> None:
         """Add ``param`` with its help text, in the advanced section if asked."""
@@ -67,7 +83,7 @@ def run_engine(what: str, fn, request, feedback):
     except Cancelled:
         raise QgsProcessingException("Cancelled: no output was written.") from None
     except LatentSRError as exc:
-        raise QgsProcessingException(str(exc)) from None
+        raise QgsProcessingException(single_line(str(exc))) from None
     except Exception as exc:  # noqa: BLE001 - Processing shows one clear line, the log keeps the detail
         logging.getLogger(__name__).exception("%s failed", what)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

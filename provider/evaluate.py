@@ -35,21 +35,21 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
     def displayName(self):  # noqa: N802 - QGIS API
         return "Evaluate super-resolution"
 
-    def shortHelpString(self):  # noqa: N802 - QGIS API
-        return (
+    def help_paragraphs(self):
+        return [
             "Scores super-resolution against a reference high-resolution raster: PSNR, SSIM, ERGAS, SAM, the "
             "consistency PSNR (downsample(SR) against the LR) and the high-frequency energy ratio, per band and "
-            "overall, in an HTML report, with an optional SR − HR difference raster.<br>"
-            "<b>With an SR raster</b> (INPUT set): it is compared with the reference on the same pixel grid. The "
-            "consistency PSNR uses the LR raster, or the reference degraded by SCALE when there is no LR; with "
-            "neither it is not available.<br>"
-            "<b>Without an SR raster</b> (INPUT empty): the reference is degraded by SCALE (antialiased bicubic, "
-            "the training degradation), super-resolved with METHOD, and scored with bicubic beside it.<br>"
+            "overall, in an HTML report, with an optional SR − HR difference raster.",
+            ("With an SR raster", "(INPUT set): it is compared with the reference on the same pixel grid. The "
+             "consistency PSNR uses the LR raster, or the reference degraded by SCALE when there is no LR; with "
+             "neither it is not available."),
+            ("Without an SR raster", "(INPUT empty): the reference is degraded by SCALE (antialiased bicubic, "
+             "the training degradation), super-resolved with METHOD, and scored with bicubic beside it."),
             "PSNR and SSIM use a data range of 255 for Byte rasters, else the reference's valid max − min. A border "
             "of ceil(scale) pixels is left out. Nodata pixels of either raster are left out of PSNR, ERGAS and SAM; "
             "SSIM and the HF ratio see them as equal in both rasters. Rasters are read whole, up to "
-            f"{evaluate.MAX_VALUES:,} values (bands × width × height) each (about 3 GB of memory at that limit)."
-        )
+            f"{evaluate.MAX_VALUES:,} values (bands × width × height) each (about 3 GB of memory at that limit).",
+        ]
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         add = self.add_parameter

@@ -36,14 +36,18 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
     def displayName(self):  # noqa: N802 - QGIS API
         return "Super-resolve raster"
 
-    def shortHelpString(self):  # noqa: N802 - QGIS API
-        return (
-            "Super-resolves a raster at a continuous scale (1 < scale ≤ 8) and writes a tiled, compressed GeoTIFF.<br>"
-            "The output covers exactly the input's extent with round(size × scale) pixels, and keeps its CRS, nodata, "
-            "band descriptions and data type. Nodata pixels stay nodata and do not smear into valid ones.<br>"
-            "<b>Methods</b>: LCMSR (one-step latent consistency, default), E²DiffSR (few-step latent diffusion), "
-            "Regression (deterministic decoder) and Bicubic (Keys cubic convolution)."
-        )
+    def help_paragraphs(self):
+        return [
+            "Super-resolves a raster at a continuous scale (1 < scale ≤ 8) and writes a tiled, compressed GeoTIFF.",
+            ("Output grid.", "With SCALE the output covers exactly the input's extent with round(size × scale) "
+             "pixels. With TARGET_RESOLUTION R the pixels are exactly R × R: the origin is kept and the extent "
+             "grows by less than one output pixel to a whole number of pixels. With EXTENT the output is the part "
+             "of the whole raster's output grid that covers it, so it lines up pixel for pixel with a full run."),
+            "The output keeps the CRS, nodata, band descriptions and data type. Nodata pixels stay nodata and do "
+            "not smear into valid ones.",
+            ("Methods:", "LCMSR (one-step latent consistency, default), E²DiffSR (few-step latent diffusion), "
+             "Regression (deterministic decoder) and Bicubic (Keys cubic convolution)."),
+        ]
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         add = self.add_parameter
@@ -75,7 +79,8 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
             "Neighbouring tiles overlap by this many input pixels and are blended there, so no seams show.", advanced=True)
         add(QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0, minValue=0),
             "The same seed gives the same result for the diffusion methods.", advanced=True)
-        add(QgsProcessingParameterNumber(self.SAMPLES, "Samples", QgsProcessingParameterNumber.Integer, 1, minValue=1),
+        add(QgsProcessingParameterNumber(self.SAMPLES, "Samples", QgsProcessingParameterNumber.Integer, 1, minValue=1,
+                                         maxValue=pipeline.MAX_SAMPLES),
             "Number of diffusion samples; with more than one, the output is their mean and the uncertainty their standard deviation.")
         add(QgsProcessingParameterBoolean(self.CONSISTENCY, "Radiometric consistency", False),
             "Project the result so that its bicubic downsampling gives back the input exactly: the SR adds detail "

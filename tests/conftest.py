@@ -34,7 +34,9 @@ def write_raster(path, array, dtype=gdal.GDT_Byte, nodata=None, geotransform=(50
     array = np.asarray(array)
     if array.ndim == 2:
         array = array[None]
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), array.shape[2], array.shape[1], array.shape[0], dtype)
+    # ALPHA=UNSPECIFIED: a 4th Byte band is data, not the alpha band GDAL would make of it (and honour as a mask)
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), array.shape[2], array.shape[1], array.shape[0], dtype,
+                                              ["ALPHA=UNSPECIFIED"])
     if geotransform is not None:
         ds.SetGeoTransform(geotransform)
     if epsg is not None:

@@ -57,7 +57,7 @@ CASES = [
     Case("band-index", cli=["--bands", "9"], alg={"BANDS": [9]}, error="band 9 does not exist"),
     Case("samples-0", cli=["--samples", "0"], alg={"SAMPLES": 0}, error="samples", alg_error="SAMPLES"),
     Case("samples-deterministic", cli=["--samples", "3"], alg={"SAMPLES": 3}, error="deterministic"),
-    Case("output-is-input", output="input", error="overwrite the input"),
+    Case("output-is-input", output="input", error="would overwrite the input"),
     Case("output-folder-missing", output="nofolder", error="does not exist"),
     Case("output-folder-unwritable", output="unwritable", error="output"),
     Case("output-is-folder", output="folder", error="is a folder"),
@@ -66,7 +66,7 @@ CASES = [
     Case("card-checksum", cli=["--method", "regression", "--model", "{tampered}"],
          alg={"METHOD": 2, "MODEL": "{tampered}"}, error="do not match the SHA-256"),
     Case("card-bands-mismatch", cli=["--method", "regression", "--model", "{wrongbands}"],
-         alg={"METHOD": 2, "MODEL": "{wrongbands}"}, error="do not fit"),
+         alg={"METHOD": 2, "MODEL": "{wrongbands}"}, error="config.bands' is 4"),
     Case("truncated-onnx", cli=["--method", "lcmsr", "--backend", "onnx", "--model", "{truncatedonnx}"],
          alg={"METHOD": 0, "BACKEND": 2, "MODEL": "{truncatedonnx}"}, error="does not match the SHA-256"),
     Case("no-model-folder", cli=["--method", "lcmsr", "--model", "{tmp}/nomodel"],
@@ -217,7 +217,7 @@ def test_processing_failing_write(tmp_path, provider, monkeypatch):
 
     from latentsr.engine import raster
 
-    def fail(self, data, x0, y0):
+    def fail(self, data, x0, y0, valid=None):
         raise raster.LatentSRError("writing the output failed: No space left on device")
 
     monkeypatch.setattr(raster.OutputRaster, "write", fail)
@@ -269,7 +269,7 @@ def test_two_runs_same_output(tmp_path):
     _, err2 = second.communicate(timeout=120)
     _, err1 = first.communicate(timeout=120)
     assert first.returncode == 0, err1
-    assert second.returncode == 2 and "another run is already writing" in err2 and len(err2.strip().splitlines()) == 1
+    assert second.returncode == 2 and "is already writing" in err2 and len(err2.strip().splitlines()) == 1
     assert sorted(os.listdir(tmp_path)) == ["sr.tif"]
 
 
@@ -281,3 +281,457 @@ def test_two_runs_different_outputs(tmp_path):
     a, b = (gdal.Open(str(tmp_path / f"sr{k}.tif")).ReadAsArray() for k in range(2))
     np.testing.assert_array_equal(a, b)
     assert sorted(os.listdir(tmp_path)) == ["sr0.tif", "sr1.tif"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Second round (issue 12), grouped by class: data loss, wrong pixels, memory, one-line errors,
+# leftovers, evaluate's georeferencing. Data-loss cases check the inputs' bytes afterwards;
+# wrong-pixel cases check the values.
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          **kwargs)
+
+
+def one_line_error(r, fragment: str = "", code: int = 2) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == code and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def fingerprint(folder) -> dict:
+    """Every file under ``folder`` (symlinks as their target name) with its bytes."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_symlink():
+            out[str(p)] = "->" + os.readlink(p)
+        elif p.is_file():
+            out[str(p)] = p.read_bytes()
+    return out
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A folder of inputs that a run may read: a GeoTIFF, a VRT over it, a zip holding it, a
+    symlink and a hard link to it, and an SR raster on its grid."""
+    import zipfile
+
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    src = write_raster(d / "src.tif", rng.integers(1, 255, (3, 24, 24)).astype(np.uint8))
+    gdal.BuildVRT(str(d / "mosaic.vrt"), [src]).FlushCache()
+    gdal.BuildVRT(str(d / "nested.vrt"), [str(d / "mosaic.vrt")]).FlushCache()
+    for name in ("src.zip", "zip.tif"):  # a zip whose name ends in .tif is a valid output name
+        with zipfile.ZipFile(d / name, "w") as z:
+            z.write(src, "src.tif")
+    (d / "link.tif").symlink_to(d / "src.tif")
+    os.link(d / "src.tif", d / "hard.tif")
+    write_raster(d / "sr.tif", rng.integers(1, 255, (3, 24, 24)).astype(np.uint8))
+    return d
+
+
+OVERWRITES = [  # (input, output, extra CLI flags): each output is a file the run reads
+    ("mosaic.vrt", "src.tif", []),
+    ("nested.vrt", "src.tif", []),
+    ("src.tif", "src.tif.aux.xml", []),
+    ("/vsizip/{d}/src.zip/src.tif", "src.zip", []),
+    ("/vsizip/{{{d}/zip.tif}}/src.tif", "zip.tif", []),
+    ("GTIFF_DIR:1:{d}/src.tif", "src.tif", []),
+    ("link.tif", "hard.tif", []),
+    ("src.tif", "./link.tif", []),
+]
+
+
+class TestDataLoss:
+    @pytest.mark.parametrize("src,out,extra", OVERWRITES, ids=[f"{a}->{b}" for a, b, _ in OVERWRITES])
+    def test_cli_output_among_the_files_read(self, victim, src, out, extra):
+        before = fingerprint(victim)
+        src = src.format(d=victim) if "{" in src else str(victim / src)
+        r = cli("superresolve", src, victim / out, "--scale", "2", "--method", "bicubic", *extra)
+        line = one_line_error(r)
+        if out.endswith(".tif"):  # other names are refused anyway: a GeoTIFF output must end in .tif
+            assert "would overwrite the input" in line and out.lstrip("./") in line and src in line  # names both
+        assert fingerprint(victim) == before
+
+    def test_cli_two_outputs_one_file(self, victim, tmp_path):
+        before = fingerprint(victim)
+        r = cli("superresolve", victim / "src.tif", tmp_path / "o.tif", "--scale", "2", "--method", "lcmsr",
+                "--samples", "2", "--uncertainty", f"{tmp_path}/./o.tif")
+        one_line_error(r, "are the same file")
+        assert fingerprint(victim) == before and not (tmp_path / "o.tif").exists()
+
+    def test_cli_output_not_a_regular_file(self, victim, tmp_path):
+        os.mkfifo(tmp_path / "fifo.tif")
+        one_line_error(cli("superresolve", victim / "src.tif", tmp_path / "fifo.tif", "--scale", "2", "--method",
+                           "bicubic"), "not a regular file")
+
+    @pytest.mark.parametrize("flag,target", [("--difference", "sr.tif"), ("--html", "sr.tif"), ("--html", "src.tif"),
+                                             ("--difference", "src.tif.aux.xml"), ("--html", "hard.tif")])
+    def test_cli_evaluate_outputs(self, victim, flag, target):
+        before = fingerprint(victim)
+        r = cli("evaluate", "--hr", victim / "src.tif", "--sr", victim / "sr.tif", "--scale", "2", flag, victim / target)
+        one_line_error(r, "would overwrite the")
+        assert fingerprint(victim) == before
+
+    def test_cli_evaluate_html_is_difference(self, victim, tmp_path):
+        r = cli("evaluate", "--hr", victim / "src.tif", "--sr", victim / "sr.tif", "--scale", "2",
+                "--html", tmp_path / "x.tif", "--difference", tmp_path / "x.tif")
+        one_line_error(r, "are the same file")
+        assert not (tmp_path / "x.tif").exists()
+
+    @pytest.mark.parametrize("src,out", [("mosaic.vrt", "src.tif"), ("nested.vrt", "src.tif"),
+                                         ("link.tif", "hard.tif")])
+    def test_processing_output_among_the_files_read(self, victim, provider, src, out):
+        import processing
+        from qgis.core import QgsProcessingException
+
+        before = fingerprint(victim)
+        with pytest.raises(QgsProcessingException, match="would overwrite the input") as err:
+            processing.run("latentsr:superresolve", {"INPUT": str(victim / src), "SCALE": 2, "METHOD": 3,
+                                                     "OUTPUT": str(victim / out)})
+        assert "\n" not in str(err.value)
+        assert fingerprint(victim) == before
+
+    def test_processing_evaluate_difference_is_sr(self, victim, provider, tmp_path):
+        import processing
+        from qgis.core import QgsProcessingException
+
+        before = fingerprint(victim)
+        with pytest.raises(QgsProcessingException, match="would overwrite the SR raster"):
+            processing.run("latentsr:evaluate", {"INPUT": str(victim / "sr.tif"), "REFERENCE": str(victim / "src.tif"),
+                                                 "SCALE": 2, "OUTPUT_HTML": str(tmp_path / "r.html"),
+                                                 "OUTPUT_DIFFERENCE": str(victim / "sr.tif")})
+        assert fingerprint(victim) == before
+
+
+def processing_run(params, alg="latentsr:superresolve"):
+    import processing
+
+    return processing.run(alg, params)
+
+
+def run_both(src, out_dir, provider, **params) -> list:
+    """The output arrays and datasets of the same bicubic ×2 run through the CLI and Processing."""
+    flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in params.items()]
+    r = cli("superresolve", src, out_dir / "cli.tif", "--scale", "2", "--method", "bicubic", *flags)
+    assert r.returncode == 0, r.stderr
+    processing_run({"INPUT": src, "SCALE": 2, "METHOD": 3, "OUTPUT": str(out_dir / "alg.tif")})
+    return [gdal.Open(str(out_dir / name)) for name in ("cli.tif", "alg.tif")]
+
+
+class TestWrongPixels:
+    def test_per_band_nodata_refused(self, tmp_path, provider):
+        from qgis.core import QgsProcessingException
+
+        base = write_raster(tmp_path / "two.tif", np.stack([np.full((20, 20), 5, np.uint8), np.full((20, 20), 7, np.uint8)]))
+        vrt = gdal.BuildVRT(str(tmp_path / "nd.vrt"), [base])
+        vrt.GetRasterBand(1).SetNoDataValue(5)
+        vrt.GetRasterBand(2).SetNoDataValue(0)
+        vrt = None
+        one_line_error(cli("superresolve", tmp_path / "nd.vrt", tmp_path / "o.tif", "--scale", "2", "--method", "bicubic"),
+                       "different nodata values (band 1: 5, band 2: 0)")
+        with pytest.raises(QgsProcessingException, match="different nodata values"):
+            processing_run({"INPUT": str(tmp_path / "nd.vrt"), "SCALE": 2, "METHOD": 3, "OUTPUT": str(tmp_path / "p.tif")})
+        # one band at a time keeps its own nodata
+        assert cli("superresolve", tmp_path / "nd.vrt", tmp_path / "b2.tif", "--scale", "2", "--method", "bicubic",
+                   "--bands", "2").returncode == 0
+        out = gdal.Open(str(tmp_path / "b2.tif"))
+        assert out.GetRasterBand(1).GetNoDataValue() == 0 and (out.ReadAsArray() == 7).all()
+
+    def test_signed_bytes_stay_signed(self, tmp_path, provider):
+        ramp = np.tile(np.arange(-120, 120, 10, dtype=np.int8), (24, 1))
+        ds = gdal.GetDriverByName("GTiff").Create(str(tmp_path / "s8.tif"), 24, 24, 1, gdal.GDT_Byte, ["PIXELTYPE=SIGNEDBYTE"])
+        ds.SetGeoTransform((0, 1, 0, 24, 0, -1))
+        ds.GetRasterBand(1).WriteArray(ramp)
+        ds = None
+        for out in run_both(str(tmp_path / "s8.tif"), tmp_path, provider):
+            values = out.ReadAsArray()
+            assert out.GetRasterBand(1).GetMetadataItem("PIXELTYPE", "IMAGE_STRUCTURE") == "SIGNEDBYTE"
+            assert values.dtype == np.int8 and values.min() < -100
+            # bicubic reproduces a linear ramp away from the borders: x2 output column X sits at (X + 0.5) / 2 - 0.5
+            cols = np.arange(8, 40)
+            np.testing.assert_allclose(values[10, cols], -120 + 10 * ((cols + 0.5) / 2 - 0.5), atol=1)
+
+    @pytest.mark.parametrize("method", ["bicubic", "lcmsr"])
+    def test_palette_refused(self, tmp_path, provider, method):
+        from qgis.core import QgsProcessingException
+
+        ds = gdal.GetDriverByName("GTiff").Create(str(tmp_path / "classes.tif"), 20, 20, 1, gdal.GDT_Byte)
+        ds.SetGeoTransform((0, 1, 0, 20, 0, -1))
+        ds.GetRasterBand(1).WriteArray(np.repeat(np.arange(4, dtype=np.uint8), 5)[None].repeat(20, 0))
+        table = gdal.ColorTable()
+        for k in range(4):
+            table.SetColorEntry(k, (60 * k, 0, 0, 255))
+        ds.GetRasterBand(1).SetColorTable(table)
+        ds = None
+        one_line_error(cli("superresolve", tmp_path / "classes.tif", tmp_path / "o.tif", "--scale", "2", "--method", method),
+                       "class codes must not be interpolated")
+        with pytest.raises(QgsProcessingException, match="nearest"):
+            processing_run({"INPUT": str(tmp_path / "classes.tif"), "SCALE": 2, "METHOD": METHOD_INDEX[method],
+                            "OUTPUT": str(tmp_path / "p.tif")})
+        assert sorted(os.listdir(tmp_path)) == ["classes.tif"]
+
+    @pytest.mark.parametrize("kind", ["mask", "alpha"])
+    def test_gdal_mask_honoured(self, tmp_path, provider, kind):
+        path = str(tmp_path / f"{kind}.tif")
+        opts = ["ALPHA=YES"] if kind == "alpha" else []
+        ds = gdal.GetDriverByName("GTiff").Create(path, 32, 32, 4 if kind == "alpha" else 3, gdal.GDT_Byte, opts)
+        ds.SetGeoTransform((0, 1, 0, 32, 0, -1))
+        keep = np.full((32, 32), 255, np.uint8)
+        keep[:, :12] = 0
+        for b in (1, 2, 3):
+            ds.GetRasterBand(b).WriteArray(np.where(keep > 0, 100, 7).astype(np.uint8))
+        if kind == "alpha":
+            ds.GetRasterBand(4).WriteArray(keep)
+        else:
+            with raster_internal_masks():
+                ds.CreateMaskBand(gdal.GMF_PER_DATASET)
+                ds.GetRasterBand(1).GetMaskBand().WriteArray(keep)
+        ds = None
+        bands = {"bands": "1,2,3"} if kind == "alpha" else {}
+        for out in run_both(path, tmp_path, provider, **bands)[:1 if kind == "alpha" else 2]:
+            values = out.ReadAsArray()[:3]
+            mask = out.GetRasterBand(1).GetMaskBand().ReadAsArray()
+            assert out.GetRasterBand(1).GetMaskFlags() == gdal.GMF_PER_DATASET
+            assert (mask[:, :22] == 0).all() and (mask[:, 26:] == 255).all()
+            assert (values[:, :, 28:] == 100).all()  # the masked 7s did not leak into valid pixels
+
+    @pytest.mark.parametrize("edit,field", [
+        (lambda m: m["methods"]["lcmsr"].__setitem__("latent_scale", 0), "latent_scale"),
+        (lambda m: m["methods"]["lcmsr"].__setitem__("latent_scale", float("nan")), "latent_scale"),
+        (lambda m: m.__setitem__("bands", 0), "'bands'"),
+        (lambda m: m.__setitem__("bands", 1), "config.bands"),
+        (lambda m: m["networks"].pop("lcmsr.denoiser"), "methods.lcmsr.denoiser"),
+        (lambda m: m["networks"]["decoder"].__setitem__("kind", "transformer"), "networks.decoder.kind"),
+    ], ids=["latent-scale-0", "latent-scale-nan", "bands-0", "bands-1", "missing-network", "unknown-kind"])
+    def test_bad_model_card(self, tmp_path, edit, field):
+        card, tensors = random_bundle("tiny", seed=2)
+        folder = write(tmp_path / "model", card, tensors)
+        meta = json.loads((folder / "model.json").read_text())
+        edit(meta)
+        (folder / "model.json").write_text(json.dumps(meta))
+        r = cli("superresolve", SAMPLE, tmp_path / "o.tif", "--scale", "2", "--method", "lcmsr", "--model", folder)
+        one_line_error(r, field)
+        assert not (tmp_path / "o.tif").exists()
+
+    def test_float_extremes_clip_to_the_type(self, tmp_path, provider):
+        values = np.full((20, 20), -3.4e38, np.float32)
+        values[::2, ::3] = 3.4e38
+        src = write_raster(tmp_path / "big.tif", values, dtype=gdal.GDT_Float32)
+        r = cli("superresolve", src, tmp_path / "cli.tif", "--scale", "2", "--method", "bicubic")
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        processing_run({"INPUT": src, "SCALE": 2, "METHOD": 3, "OUTPUT": str(tmp_path / "alg.tif")})
+        for name in ("cli.tif", "alg.tif"):
+            out = gdal.Open(str(tmp_path / name)).ReadAsArray()
+            assert np.isfinite(out).all() and out.max() == np.finfo(np.float32).max and out.min() == -np.finfo(np.float32).max
+
+
+def raster_internal_masks():
+    from engine.raster import internal_masks
+
+    return internal_masks()
+
+
+class TestMemory:
+    def test_tile_plan_cost_follows_the_tiles(self):
+        import tracemalloc
+
+        from engine.tiling import axis_plan
+
+        tracemalloc.start()
+        plan = axis_plan(200_000, 400_000, 256, 32, 6)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        owned = sum(len(t.weights) for t in plan)
+        assert plan[0].out_start == 0 and plan[-1].out_stop == 400_000
+        assert owned < 1.2 * 400_000  # each output pixel in one window, or two where they blend
+        assert peak < 40 * 2**20  # a full-width array per tile boundary would be 893 × 3.2 MB
+
+    def test_huge_vrt_refused_up_front(self, tmp_path):
+        write_raster(tmp_path / "small.tif", np.ones((1, 40, 40), np.uint8))
+        (tmp_path / "huge.vrt").write_text(
+            '<VRTDataset rasterXSize="1000000" rasterYSize="1000000"><GeoTransform>0, 1, 0, 1000000, 0, -1</GeoTransform>'
+            '<VRTRasterBand dataType="Byte" band="1"><SimpleSource><SourceFilename relativeToVRT="1">small.tif'
+            '</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>')
+
+        def cap_memory():
+            resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+
+        r = cli("superresolve", tmp_path / "huge.vrt", tmp_path / "o.tif", "--scale", "2", "--method", "bicubic",
+                preexec_fn=cap_memory)
+        one_line_error(r, "GiB")
+        assert sorted(os.listdir(tmp_path)) == ["huge.vrt", "small.tif"]
+
+    def test_samples_running_sums(self):
+        from engine.grid import Grid
+        from engine.pipeline import sample_layers
+
+        class Noisy:
+            name, seed = "noisy", 0
+
+            def __call__(self, x, grid):
+                return np.random.default_rng(self.seed).normal(3.0, 2.0, (1, *grid.shape)).astype(np.float32)
+
+        grid = Grid.whole(4, 5, 2.0)
+        seeds = list(range(50))
+        mean, std = sample_layers(Noisy(), np.zeros((1, 4, 5), np.float32), grid, seeds, 1, True)
+        runs = np.stack([Noisy.__call__(type("s", (), {"seed": s})(), None, grid) for s in seeds])
+        np.testing.assert_allclose(mean, runs.mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(std, runs.std(0, ddof=1), rtol=1e-5, atol=1e-5)
+
+    def test_samples_maximum(self, tmp_path):
+        from engine.pipeline import MAX_SAMPLES
+
+        one_line_error(cli("superresolve", SAMPLE, tmp_path / "o.tif", "--scale", "2", "--samples", str(MAX_SAMPLES + 1)),
+                       f"at most {MAX_SAMPLES}")
+
+
+class TestOneLine:
+    @pytest.mark.parametrize("flags,fragment", [
+        (["--extent", "nan,nan,nan,nan"], "finite"),
+        (["--extent=-inf,-inf,inf,inf"], "finite"),
+        (["--extent", "5,5,1,1"], "xmin < xmax"),
+        (["--seed", str(2**63)], "seed"),
+        (["--seed", str(10**40)], "seed"),
+        (["--tile", str(10**30), "--overlap", str(10**30)], "overlap"),
+    ])
+    def test_cli(self, tmp_path, flags, fragment):
+        one_line_error(cli("superresolve", SAMPLE, tmp_path / "o.tif", "--scale", "2", "--method", "bicubic", *flags),
+                       fragment)
+        assert os.listdir(tmp_path) == []
+
+    def test_zero_pixel_size_with_extent(self, tmp_path):
+        src = write_raster(tmp_path / "zero.tif", np.ones((1, 10, 10), np.uint8), geotransform=(0, 0, 0, 10, 0, -1))
+        one_line_error(cli("superresolve", src, tmp_path / "o.tif", "--scale", "2", "--method", "bicubic",
+                           "--extent", "0,0,5,5"))
+
+    def test_processing_nan_extent(self, tmp_path, provider):
+        from qgis.core import QgsProcessingException
+
+        with pytest.raises(QgsProcessingException) as err:
+            processing_run({"INPUT": SAMPLE, "SCALE": 2, "METHOD": 3, "EXTENT": "nan,nan,nan,nan",
+                            "OUTPUT": str(tmp_path / "o.tif")})
+        assert "\n" not in str(err.value).strip() and "Traceback" not in str(err.value)
+        assert os.listdir(tmp_path) == []
+
+
+def test_fuzz_argument_parser(tmp_path_factory, capsys):
+    """Any argument list built from scales, extents, seeds, bands, tile/overlap and paths (NaN, ±inf,
+    huge integers, empty strings, commas, unicode) ends with exit 0 or 2 and never a traceback: one
+    line on stderr for an error. Bicubic on a tiny raster, so a run that is accepted stays fast."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from engine import cli as engine_cli
+
+    folder = tmp_path_factory.mktemp("fuzz")
+    small = write_raster(folder / "small.tif", np.arange(48, dtype=np.uint8).reshape(1, 6, 8) + 1)
+    numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                        st.integers(-2**70, 2**70).map(str), st.sampled_from(["", ",", "1,", "٣", "2.5", "1e309", "-0"]))
+    texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00/"), max_size=12)
+    value = st.one_of(numbers, texts, st.lists(numbers, min_size=0, max_size=5).map(",".join))
+    flag = st.sampled_from(["--scale", "--target-resolution", "--seed", "--bands", "--tile", "--overlap", "--extent",
+                            "--samples", "--steps", "--uncertainty"])
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(pairs=st.lists(st.tuples(flag, value), max_size=4), name=texts, scale=numbers)
+    def run(pairs, name, scale):
+        argv = ["superresolve", small, str(folder / ("out" + name + ".tif")), "--method", "bicubic", "--scale=" + scale]
+        for f, v in pairs:
+            argv.append(f"{f}={v}")
+            if f == "--uncertainty":
+                argv[-1] = f"{f}={folder / ('u' + v)}"
+        code = engine_cli.main(argv)
+        err = capsys.readouterr().err
+        assert code in (0, 2), (argv, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == (0 if code == 0 else 1), (argv, err)
+
+    run()
+
+
+class TestLeftovers:
+    def test_sigterm_cleans_up(self, tmp_path):
+        p = slow_run(tmp_path / "sr.tif")
+        assert wait_for(tmp_path, ".scratch.tif")
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 143 and err.strip().splitlines() == ["error: terminated"]
+        assert os.listdir(tmp_path) == []
+
+    def test_stale_lock_and_scratch_removed(self, tmp_path):
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        (tmp_path / ".sr.tif.latentsr-lock").write_text(f"{dead.pid}\n")
+        (tmp_path / ".sr.tif.0badf00d.scratch.tif").write_bytes(b"half-written")
+        (tmp_path / ".sr.tif.0badf00d.part.tif").write_bytes(b"half-packed")
+        (tmp_path / ".other.tif.0badf00d.scratch.tif").write_bytes(b"another output's")
+        r = cli("superresolve", SAMPLE, tmp_path / "sr.tif", "--scale", "2", "--method", "bicubic")
+        assert r.returncode == 0, r.stderr
+        assert sorted(os.listdir(tmp_path)) == [".other.tif.0badf00d.scratch.tif", "sr.tif"]
+
+    def test_lock_of_an_unrelated_live_process_is_taken_over(self, tmp_path):
+        (tmp_path / ".sr.tif.latentsr-lock").write_text(f"{os.getpid()} 1\n")  # our PID, another start time
+        r = cli("superresolve", SAMPLE, tmp_path / "sr.tif", "--scale", "2", "--method", "bicubic")
+        assert r.returncode == 0, r.stderr
+        assert sorted(os.listdir(tmp_path)) == ["sr.tif"]
+
+    def test_lock_message_names_the_lock(self, tmp_path):
+        from engine.raster import process_start
+
+        lock = tmp_path / ".sr.tif.latentsr-lock"
+        lock.write_text(f"{os.getpid()} {process_start(os.getpid())}\n")  # held by this live test process
+        line = one_line_error(cli("superresolve", SAMPLE, tmp_path / "sr.tif", "--scale", "2", "--method", "bicubic"),
+                              "is already writing")
+        assert str(lock) in line and "delete" in line
+        assert sorted(os.listdir(tmp_path)) == [lock.name]
+
+
+class TestEvaluateGeoreferencing:
+    @pytest.fixture
+    def pair(self, tmp_path):
+        rng = np.random.default_rng(3)
+        hr = rng.integers(0, 255, (3, 40, 40)).astype(np.uint8)
+        ref = write_raster(tmp_path / "hr.tif", hr)
+        return tmp_path, ref, hr
+
+    def report(self, tmp_path, ref, sr):
+        r = cli("evaluate", "--hr", ref, "--sr", sr, "--scale", "2", "--html", tmp_path / "r.html")
+        assert r.returncode == 0, r.stderr
+        return r.stdout, (tmp_path / "r.html").read_text(encoding="utf-8")
+
+    def test_other_crs_warns(self, pair):
+        tmp_path, ref, hr = pair
+        from osgeo import osr
+
+        utm14, utm15 = osr.SpatialReference(), osr.SpatialReference()
+        utm14.ImportFromEPSG(32614)
+        utm15.ImportFromEPSG(32615)
+        for srs in (utm14, utm15):
+            srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        x, y, _ = osr.CoordinateTransformation(utm14, utm15).TransformPoint(500000.0, 4000000.0)
+        sr = write_raster(tmp_path / "sr.tif", hr, epsg=32615, geotransform=(x, 10.0, 0.0, y, 0.0, -10.0))
+        text, page = self.report(tmp_path, ref, sr)
+        assert "warning: " in text and "different CRSs" in text and "different CRSs" in page and "Warning" in page
+
+    def test_shifted_geotransform_warns(self, pair):
+        tmp_path, ref, hr = pair
+        sr = write_raster(tmp_path / "sr.tif", hr, geotransform=(500100.0, 10.0, 0.0, 4000000.0, 0.0, -10.0))
+        text, page = self.report(tmp_path, ref, sr)
+        assert "different geotransforms" in text and "different geotransforms" in page
+
+    def test_same_grid_no_warning(self, pair):
+        tmp_path, ref, hr = pair
+        text, page = self.report(tmp_path, ref, write_raster(tmp_path / "sr.tif", hr))
+        assert "warning" not in text.lower() and "Warning" not in page
+
+    def test_no_overlap_refused(self, pair, provider):
+        from qgis.core import QgsProcessingException
+
+        tmp_path, ref, hr = pair
+        sr = write_raster(tmp_path / "sr.tif", hr, geotransform=(900000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0))
+        one_line_error(cli("evaluate", "--hr", ref, "--sr", sr, "--scale", "2"), "do not overlap")
+        with pytest.raises(QgsProcessingException, match="do not overlap"):
+            processing_run({"INPUT": sr, "REFERENCE": ref, "SCALE": 2, "OUTPUT_HTML": str(tmp_path / "r.html")},
+                           "latentsr:evaluate")

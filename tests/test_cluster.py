@@ -247,3 +247,24 @@ def test_processing_cluster_parameter(provider, scheduler, crop, tmp_path):
     processing.run("latentsr:superresolve", {**params, "OUTPUT": str(tmp_path / "single.tif")})
     processing.run("latentsr:superresolve", {**params, "CLUSTER": scheduler, "OUTPUT": str(tmp_path / "cluster.tif")})
     same(tmp_path / "single.tif", tmp_path / "cluster.tif")
+
+
+def test_alpha_masked_input_gives_the_same_pixels_and_mask(scheduler, crop, tmp_path):
+    ds = gdal.Open(crop)
+    rgb = ds.ReadAsArray()[:3]
+    alpha = np.full(rgb.shape[1:], 255, np.uint8)
+    alpha[60:, 50:] = 0
+    src = tmp_path / "rgba.tif"
+    gdal.GetDriverByName("GTiff").Create(str(src), rgb.shape[2], rgb.shape[1], 4, gdal.GDT_Byte, ["ALPHA=YES"])
+    out = gdal.Open(str(src), gdal.GA_Update)
+    for i, a in enumerate([*rgb, alpha]):
+        out.GetRasterBand(i + 1).WriteArray(a)
+    out = None
+    run(str(src), tmp_path / "single.tif", method="bicubic", bands=[1, 2, 3])
+    run(str(src), tmp_path / "cluster.tif", method="bicubic", bands=[1, 2, 3], cluster=scheduler)
+    same(tmp_path / "single.tif", tmp_path / "cluster.tif")
+    masks = []
+    for name in ("single.tif", "cluster.tif"):
+        ds = gdal.Open(str(tmp_path / name))  # kept while its mask band is read
+        masks.append(ds.GetRasterBand(1).GetMaskBand().ReadAsArray())
+    assert (masks[0] == 0).any() and np.array_equal(masks[0], masks[1])

@@ -183,3 +183,31 @@ def test_clip_to_extent_keeps_grid_and_whole_raster_statistics(tmp_path):
     np.testing.assert_array_equal(clip[8:-8, 8:-8], whole[18:42, 28:52])
     with pytest.raises(LatentSRError, match="does not overlap"):
         run(src, tmp_path / "none.tif", scale=2, extent=(0.0, 0.0, 10.0, 10.0))
+
+
+def test_target_resolution_gives_exactly_r_by_r_pixels(tmp_path):
+    data = np.random.default_rng(2).integers(1, 255, (23, 37)).astype(np.uint8)
+    src = write_raster(tmp_path / "in.tif", data, geotransform=(500000.0, 5.0, 0.0, 4000000.0, 0.0, -5.0))
+    run(src, tmp_path / "out.tif", target_resolution=2.0)
+    _, ds = read(tmp_path / "out.tif")
+    assert ds.GetGeoTransform() == (500000.0, 2.0, 0.0, 4000000.0, 0.0, -2.0)  # origin kept, exact 2 m pixels
+    assert (ds.RasterXSize, ds.RasterYSize) == (93, 58)  # 185 m and 115 m grown to whole 2 m pixels
+
+
+@pytest.mark.parametrize("kw", [dict(scale=2.7), dict(target_resolution=3.0)])
+def test_preview_lies_on_the_whole_runs_grid(tmp_path, kw):
+    data = np.random.default_rng(3).integers(1, 255, (60, 80)).astype(np.uint8)
+    src = write_raster(tmp_path / "in.tif", data)  # 10 m pixels from (500000, 4000000)
+    run(src, tmp_path / "whole.tif", **kw)
+    run(src, tmp_path / "part.tif", extent=(500101.3, 3999703.1, 500387.9, 3999951.7), **kw)
+    whole, wds = read(tmp_path / "whole.tif")
+    part, pds = read(tmp_path / "part.tif")
+    gw, gp = wds.GetGeoTransform(), pds.GetGeoTransform()
+    assert gp[1] == gw[1] and gp[5] == gw[5]
+    col, row = (gp[0] - gw[0]) / gw[1], (gp[3] - gw[3]) / gw[5]
+    assert col == pytest.approx(round(col), abs=1e-9) and row == pytest.approx(round(row), abs=1e-9)
+    col, row = round(col), round(row)
+    assert gp[0] <= 500101.3 and gp[3] >= 3999951.7  # it covers the extent asked for
+    assert gp[0] + gp[1] * pds.RasterXSize >= 500387.9 and gp[3] + gp[5] * pds.RasterYSize <= 3999703.1
+    inner = np.s_[8:-8, 8:-8]  # away from the window's edges, where a whole run sees more context
+    np.testing.assert_array_equal(part[inner], whole[row:row + part.shape[0], col:col + part.shape[1]][inner])

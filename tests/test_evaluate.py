@@ -99,7 +99,7 @@ def test_difference_raster_and_html(tmp_path):
     sr[0, 10, 11] = -9999
     gt = (300000.0, 2.0, 0.0, 5000000.0, 0.0, -2.0)
     sr_path = write_raster(tmp_path / "sr.tif", sr, FLOAT32, nodata=-9999, geotransform=gt, descriptions=["red", "nir"])
-    hr_path = write_raster(tmp_path / "hr.tif", hr, FLOAT32)
+    hr_path = write_raster(tmp_path / "hr.tif", hr, FLOAT32, geotransform=gt)
     html, diff = tmp_path / "report.html", tmp_path / "diff.tif"
     report = evaluate.evaluate(EvaluateRequest(reference=hr_path, sr=sr_path, scale=3, html=str(html),
                                                difference=str(diff)))

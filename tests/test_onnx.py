@@ -11,7 +11,7 @@ from engine.errors import LatentSRError
 from engine.grid import Grid, centres
 from engine.methods import MethodOptions, build_method
 from engine.neural import choose_backend, from_bundle
-from engine.onnx_backend import OnnxMethod
+from engine.onnx_backend import PROBE_GRAPH, OnnxMethod
 from training import export
 from training.bundle import random_bundle, write
 
@@ -143,19 +143,41 @@ def test_auto_follows_the_cpu_benchmark(exported, monkeypatch):
     plain = {k: v for k, v in card.items() if k != "onnx"}
     assert choose_backend("auto", "cpu", card) == "onnx"
     assert choose_backend("auto", "cpu", plain) == "torch"
-    assert choose_backend("auto", "cuda", card) == "torch"
+    with pytest.raises(LatentSRError, match="backend auto found no CUDA GPU"):  # no GPU here, whatever ORT lists
+        choose_backend("auto", "cuda", card)
     assert choose_backend("onnx", "cuda", card) == "onnx" and choose_backend("torch", "cpu", card) == "torch"
     with pytest.raises(LatentSRError, match="unknown backend"):
         choose_backend("tensorrt", "cpu", card)
     import torch
 
+    monkeypatch.setattr("engine.onnx_backend.cuda_works", lambda: True)
+    assert choose_backend("auto", "cuda", card) == "onnx"  # ONNX Runtime starts a CUDA session, torch sees no GPU
+    assert choose_backend("auto", "cpu", card) == "onnx"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr("engine.neural.cpu_only_torch", lambda: False)
+    assert choose_backend("auto", "cuda", card) == "torch"
     assert choose_backend("auto", "auto", card) == "torch"  # a CUDA torch that sees a GPU
     monkeypatch.setattr("engine.neural.cpu_only_torch", lambda: True)
     assert choose_backend("auto", "auto", card) == "onnx"  # a +cpu wheel is not even imported to ask
     monkeypatch.setattr("engine.neural.importable", lambda module: module != "torch")
     assert choose_backend("auto", "auto", plain) == "onnx"
+
+
+def test_cuda_is_offered_only_when_a_session_really_starts():
+    import onnxruntime
+
+    from engine.neural import cuda_backend
+    from engine.onnx_backend import cuda_works
+
+    session = onnxruntime.InferenceSession(PROBE_GRAPH, providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": np.array([2.5], np.float32)})[0], [2.5])  # a real graph
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():  # onnxruntime-gpu, as here
+        started = onnxruntime.InferenceSession(PROBE_GRAPH, providers=["CUDAExecutionProvider"]).get_providers()
+        assert cuda_works() == (started[0] == "CUDAExecutionProvider")
+    import torch
+
+    if not torch.cuda.is_available() and not cuda_works():  # this machine: no GPU
+        assert cuda_backend("auto", {"onnx": {}}) is None and cuda_backend("onnx", {}) is None
 
 
 def test_default_model_from_the_environment(exported, monkeypatch):

@@ -57,3 +57,44 @@ def test_qgis_process_headless(qgis_env, tmp_path):
     assert result["results"]["OUTPUT"] == str(out)
     ds = gdal.Open(str(out))
     assert (ds.RasterXSize, ds.RasterYSize) == (947, 947)
+
+
+def test_qgis_process_target_resolution_gives_exact_pixels(qgis_env, tmp_path):
+    out = tmp_path / "sr.tif"
+    r = subprocess.run(["/usr/bin/qgis_process.bin", "--json", "run", "latentsr:superresolve", "--",
+                        f"INPUT={SAMPLE}", "TARGET_RESOLUTION=3", "METHOD=3", f"OUTPUT={out}"],
+                       env=qgis_env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    src, ds = gdal.Open(SAMPLE), gdal.Open(str(out))
+    x0, px, _, y0, _, py = src.GetGeoTransform()  # 256 × 256 pixels of 5 m
+    assert ds.GetGeoTransform() == (x0, 3.0, 0.0, y0, 0.0, -3.0)
+    assert (ds.RasterXSize, ds.RasterYSize) == (427, 427)  # 1280 m grown to 1281 m: whole 3 m pixels
+
+
+@pytest.mark.parametrize("name", ["superresolve", "evaluate"])
+def test_help_text_renders_in_full_as_rich_text(provider, name):
+    from qgis.PyQt.QtGui import QTextDocument
+
+    alg = provider.algorithm(name)
+    document = QTextDocument()
+    document.setHtml(alg.shortHelpString())  # how the Processing dialog reads it
+    shown = document.toPlainText()
+    for param in alg.parameterDefinitions():
+        assert param.name() in shown and param.help() in shown
+    if name == "superresolve":
+        assert "1 < scale ≤ 8" in shown and "exactly R × R" in shown
+
+
+def test_png_output_is_refused_in_processing_and_the_cli(provider, tmp_path):
+    import sys
+
+    import processing
+    from qgis.core import QgsProcessingException
+
+    out = str(tmp_path / "sr.png")
+    with pytest.raises(QgsProcessingException, match=r"must end in \.tif or \.tiff, not \.png"):
+        processing.run("latentsr:superresolve", {"INPUT": SAMPLE, "SCALE": 2, "METHOD": 3, "OUTPUT": out})
+    r = subprocess.run([sys.executable, "-m", "engine", "superresolve", SAMPLE, out, "--scale", "2", "--method", "bicubic"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "must end in .tif or .tiff, not .png" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == []

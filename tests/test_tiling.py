@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.grid import Grid, centres, output_size
+from engine.grid import Grid, centres, output_size, resolution_axis, scale_axis, snap_window
 from engine.tiling import axis_plan, ramp, required_margin, window_starts
 
 
@@ -73,3 +73,37 @@ def test_whole_grid_keeps_extent():
 @pytest.mark.parametrize("n,s,expected", [(256, 2.5, 640), (377, 3.7, 1395), (1, 1.3, 1), (3, 1.5, 5), (697, 4, 2788)])
 def test_output_size_rounds(n, s, expected):
     assert output_size(n, s) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(n_in=st.integers(1, 500), pixel=st.floats(0.3, 30.0), ratio=st.floats(1.01, 8.0))
+def test_resolution_axis_is_exact_and_grows_less_than_a_pixel(n_in, pixel, ratio):
+    target = pixel / ratio
+    axis = resolution_axis(n_in, pixel, target)
+    assert axis.step * pixel == pytest.approx(target, rel=1e-12)  # the output pixel is exactly the target
+    assert n_in <= axis.span + 1e-6 < n_in + axis.step  # whole pixels, grown by less than one
+    assert axis.shift == 0.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(n_in=st.integers(2, 400), scale=st.floats(1.01, 8.0), a=st.floats(0, 1), b=st.floats(0, 1),
+       by_target=st.booleans())
+def test_snap_window_lies_on_the_whole_grid_and_covers_the_window(n_in, scale, a, b, by_target):
+    whole = resolution_axis(n_in, 1.0, 1.0 / scale) if by_target else scale_axis(n_in, scale)
+    start = int(min(a, b) * (n_in - 1))
+    stop = max(start + 1, int(max(a, b) * n_in))
+    lo, hi, local = snap_window(whole, n_in, start, stop)
+    assert 0 <= lo <= start and stop <= hi <= n_in and local.step == whole.step and local.n_out >= 1
+    first = (lo + local.shift) / whole.step  # the window's first output pixel on the whole grid
+    assert first == pytest.approx(round(first), abs=1e-6)
+    np.testing.assert_allclose(local.centres(0, local.n_out, -lo),
+                               whole.centres(round(first), round(first) + local.n_out), atol=1e-9)
+    covered = local.centres(0, local.n_out) + lo  # whole-raster input coordinates of its centres
+    assert covered[0] <= start + whole.step / 2 + 1e-9 and covered[-1] >= min(stop, whole.span) - 0.5 - whole.step / 2 - 1e-9
+
+
+def test_axis_plan_owns_every_pixel_of_a_grown_grid():
+    axis = resolution_axis(100, 5.0, 3.0)  # 166.67 output pixels: 167, the last one past the input's edge
+    plan = axis_plan(100, axis, 40, 8, 2)
+    assert plan[-1].out_stop == axis.n_out == 167
+    np.testing.assert_allclose(coverage(plan, axis.n_out), 1.0, atol=1e-6)

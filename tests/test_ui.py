@@ -91,13 +91,18 @@ def test_size_label_follows_scale(make_dock, small_raster):
     dock.scale.setValue(2.5)
     assert dock.size_label.text().startswith("250 × 125 px, pixel 4 × 4 m")
     dock.scale.setValue(3)
-    assert dock.size_label.text().startswith("300 × 150 px, pixel 3.333 × 3.333 m")
+    assert dock.size_label.text().startswith("300 × 150 px, pixel 3.33333 × 3.33333 m")
     dock.by_resolution.setChecked(True)
     dock.resolution.setValue(5.0)
     assert dock.size_label.text() == "200 × 100 px, pixel 5 × 5 m\n×2 of 100 × 50 px"
     assert dock.parameters()["TARGET_RESOLUTION"] == 5.0
+    dock.resolution.setValue(3.0)  # 1000 m × 500 m in whole 3 m pixels: grown to 1002 m × 501 m
+    assert dock.size_label.text().startswith("334 × 167 px, pixel 3 × 3 m")
+    assert dock.run_button.isEnabled()
     dock.resolution.setValue(20.0)
-    assert "out of range" in dock.size_label.text()
+    assert "out of range" in dock.size_label.text() and not dock.run_button.isEnabled()
+    dock.resolution.setValue(4.0)
+    assert dock.run_button.isEnabled()
 
 
 def test_controls_and_settings_persist(make_dock, small_raster, qgis_iface):
@@ -147,6 +152,57 @@ def test_run_adds_layer_above_source(make_dock, small_raster, tmp_path, qgis_ifa
     assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
 
 
+def run_dock(dock):
+    dock.run_button.click()
+    assert wait_for(lambda: dock.run is None), "the run did not finish"
+
+
+def tree_names():
+    return [node.name() for node in QgsProject.instance().layerTreeRoot().findLayers()]
+
+
+def test_new_results_stack_above_older_ones_with_distinct_names(make_dock, small_raster, tmp_path):
+    from qgis.core import QgsLayerTreeLayer
+
+    source = add_raster(small_raster, "small")
+    add_raster(small_raster, "other")  # on top of the source
+    dock = make_dock()
+    dock.layer_combo.setLayer(source)
+    dock.method.setCurrentIndex(3)
+    dock.scale.setValue(2.5)
+    dock.output.setFilePath(str(tmp_path / "one.tif"))
+    run_dock(dock)
+    dock.output.setFilePath(str(tmp_path / "two.tif"))
+    run_dock(dock)
+    assert tree_names() == ["other", "small ×2.5 Bicubic #2", "small ×2.5 Bicubic", "small"]
+    # with its uncertainty: the newest result on top, its σ layer hidden just below it
+    dock.method.setCurrentIndex(0)
+    dock.samples.setValue(2)
+    dock.seed.setValue(7)
+    dock.output.setFilePath(str(tmp_path / "three.tif"))
+    dock.uncertainty.setFilePath(str(tmp_path / "three_std.tif"))
+    run_dock(dock)
+    assert tree_names()[1:4] == ["small ×2.5 LCMSR s7", "small ×2.5 LCMSR s7 σ", "small ×2.5 Bicubic #2"]
+    root = QgsProject.instance().layerTreeRoot()
+    (sigma,) = [n for n in root.findLayers() if n.name().endswith("σ")]
+    assert isinstance(sigma, QgsLayerTreeLayer) and not sigma.itemVisibilityChecked()
+    assert all(n.itemVisibilityChecked() for n in root.findLayers() if n is not sigma)
+    renderer = sigma.layer().renderer()
+    assert renderer.type() == "singlebandpseudocolor" and renderer.band() == 1
+    legend = renderer.shader().rasterShaderFunction().legendSettings()
+    assert legend.suffix() == " DN"
+    # a result whose source sits in a group goes into that group, above the earlier results
+    group = root.addGroup("scenes")
+    source_node = root.findLayer(source.id())
+    group.addChildNode(source_node.clone())
+    root.removeChildNode(source_node)
+    dock.method.setCurrentIndex(3)
+    dock.samples.setValue(1)
+    dock.output.setFilePath(str(tmp_path / "four.tif"))
+    run_dock(dock)
+    assert [n.name() for n in group.findLayers()] == ["small ×2.5 Bicubic #3", "small"]
+
+
 def test_preview_runs_on_the_visible_extent(make_dock, small_raster, tmp_path, qgis_iface):
     from qgis.core import QgsRectangle
 
@@ -156,13 +212,20 @@ def test_preview_runs_on_the_visible_extent(make_dock, small_raster, tmp_path, q
     canvas.setExtent(QgsRectangle(500100, 3999700, 500300, 3999900))
     dock = make_dock()
     dock.method.setCurrentIndex(3)
+    dock.scale.setValue(3)
     dock.preview.setChecked(True)
+    label = dock.size_label.text()
     dock.output.setFilePath(str(tmp_path / "preview.tif"))
     dock.run_button.click()
     assert wait_for(lambda: dock.run is None)
     (layer,) = result_layers("small")
-    assert layer.name() == "small ×2 Bicubic (preview)"
-    assert source.extent().contains(layer.extent()) and layer.width() < 2 * source.width()
+    assert layer.name() == "small ×3 Bicubic preview"
+    assert source.extent().contains(layer.extent()) and layer.width() < 3 * source.width()
+    px = layer.rasterUnitsPerPixelX()
+    assert label.startswith(f"{layer.width()} × {layer.height()} px, pixel {px:.6g} × {px:.6g} m")  # what it wrote
+    assert layer.height() == 60  # 200 m of 10 m pixels at ×3 (the width follows the canvas's shape)
+    canvas.setExtent(QgsRectangle(500100, 3999800, 500200, 3999900))
+    assert dock.size_label.text().split(" px")[0].endswith(" × 30")  # it follows the map
 
 
 def test_run_with_band_subset_keeps_default_style(make_dock, small_raster, tmp_path):
@@ -225,6 +288,31 @@ def test_cancel_leaves_nothing(make_dock, tmp_path_factory, qgis_iface):
     assert any("Cancelled" in m for m in qgis_iface.messageBar().get_messages(Qgis.Info))
 
 
+def test_the_plugins_message_comes_after_the_task_managers(make_dock, tmp_path_factory, qgis_iface, monkeypatch):
+    """QGIS reports a task's end from the task manager's statusChanged (a cancel reads as a failed
+    task); the dock's own message must come after it, so that it is the one on top."""
+    from qgis.core import QgsTask
+
+    events = []
+    manager = QgsApplication.taskManager()
+
+    def task_ended(task_id, status):
+        if status in (QgsTask.Complete, QgsTask.Terminated):
+            events.append(("task manager", status))
+
+    manager.statusChanged.connect(task_ended)
+    bar = qgis_iface.messageBar()
+    push = bar.pushMessage
+    monkeypatch.setattr(bar, "pushMessage", lambda *a, **k: events.append(("plugin", a[1])) or push(*a, **k))
+    try:
+        dock, run, _, out_dir = start_long_run(make_dock, tmp_path_factory, "stopped")
+        dock.cancel_button.click()
+        assert_stopped_cleanly(dock, run, "stopped", out_dir)
+    finally:
+        manager.statusChanged.disconnect(task_ended)
+    assert events == [("task manager", QgsTask.Terminated), ("plugin", "Cancelled: nothing was written.")]
+
+
 def test_removing_the_input_layer_mid_run_cancels_cleanly(make_dock, tmp_path_factory, qgis_iface):
     dock, run, layer_id, out_dir = start_long_run(make_dock, tmp_path_factory, "doomed")
     QgsProject.instance().removeMapLayer(layer_id)
@@ -252,13 +340,50 @@ def test_cuda_probe_is_lazy(make_dock, monkeypatch, small_raster):
     from latentsr.ui import deps
 
     calls = []
-    monkeypatch.setattr(deps, "cuda_available", lambda backend: calls.append(backend) or True)
+    monkeypatch.setattr(deps, "cuda_available", lambda backend, model=None: calls.append(backend) or True)
     add_raster(small_raster, "small")
     dock = make_dock()
     assert calls == [] and dock.device.findData("cuda") == -1
     dock.device.popup_requested.emit()
     dock.device.popup_requested.emit()
     assert calls == ["auto"] and dock.device.findData("cuda") == 2
+
+
+def test_device_list_has_no_cuda_without_a_gpu(make_dock, small_raster):
+    """The test machine has no GPU, though its onnxruntime-gpu lists CUDAExecutionProvider."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    add_raster(small_raster, "small")
+    dock = make_dock()
+    for backend in ("auto", "torch", "onnx"):
+        dock.backend.setCurrentIndex(dock.backend.findData(backend))
+        dock.device.popup_requested.emit()
+        assert [dock.device.itemData(i) for i in range(dock.device.count())] == ["auto", "cpu"], backend
+
+
+def test_every_control_has_a_tooltip_and_the_runner_is_named(make_dock, small_raster):
+    from qgis.PyQt.QtWidgets import QAbstractButton, QComboBox, QLabel, QProgressBar, QWidget
+
+    add_raster(small_raster, "small")
+    dock = make_dock()
+    controls = [w for w in dock.widget().widget().findChildren(QWidget)
+                if isinstance(w, (QAbstractButton, QComboBox, QProgressBar)) or w.objectName() in ("sizeLabel", "runnerLabel")
+                or type(w).__name__ in ("QgsFileWidget", "QgsDoubleSpinBox", "QgsSpinBox", "QgsMapLayerComboBox",
+                                        "QgsCheckableComboBox", "QgsCollapsibleGroupBox")]
+    inner = {w for c in controls for w in c.findChildren(QWidget)}  # a file widget's own line edit and button
+    missing = [(type(w).__name__, w.text() if isinstance(w, (QAbstractButton, QLabel)) else "")
+               for w in controls if w not in inner and not w.toolTip()]
+    assert len(controls) > 20 and missing == []
+    assert dock.consistency.parent() is dock.advanced and dock.model.parent() is dock.advanced
+    dock.backend.setCurrentIndex(dock.backend.findData("onnx"))
+    dock.device.popup_requested.emit()  # probed: no GPU here
+    assert dock.runner_label.text() == f"ONNX Runtime on CPU, {os.cpu_count()} threads"
+    dock.method.setCurrentIndex(3)
+    assert "NumPy" in dock.runner_label.text()
+    dock.consistency.setChecked(True)
+    assert dock.parameters()["CONSISTENCY"] is True and "MODEL" not in dock.parameters()
 
 
 def test_installer_runs_pip_pinned_with_live_log(qgis_app, tmp_path):
@@ -305,7 +430,7 @@ class Iface:
         self.addDockWidget, self.removeDockWidget = self.window.addDockWidget, self.window.removeDockWidget
         self.addPluginToRasterMenu = lambda menu, action: self.menu.append(action)
         self.removePluginRasterMenu = lambda menu, action: self.menu.remove(action)
-        self.addRasterToolBarIcon, self.removeRasterToolBarIcon = self.tools.append, self.tools.remove
+        self.addToolBarIcon, self.removeToolBarIcon = self.tools.append, self.tools.remove  # the Plugins toolbar
 
 
 iface = Iface()

@@ -3,7 +3,7 @@ install folder, the pinned pip command, and a lazy CUDA probe.
 
 Detection uses ``importlib.util.find_spec`` only, so nothing heavy is imported when QGIS starts or
 when the dock is built. CUDA is probed lazily by ``cuda_available``, which the dock calls the first
-time the user opens the device list (importing ONNX Runtime, then PyTorch if still needed).
+time the user opens the device list (importing the backends to ask them).
 """
 from __future__ import annotations
 
@@ -68,19 +68,18 @@ def missing_message(found: dict[str, bool]) -> str:
             "cannot run; Bicubic works. Use “Install dependencies…” to install them into the plugin's folder.")
 
 
-def cuda_available(backend: str) -> bool:
-    """Whether the backend (auto/torch/onnx) can run on a CUDA GPU; for auto, either of them.
-    Imports the backend: ONNX Runtime first (lighter), PyTorch only when still needed."""
-    if backend in ("auto", "onnx") and installed("onnxruntime"):
-        import onnxruntime
+def cuda_available(backend: str, model: str | None = None) -> bool:
+    """Whether the backend that will run for ``backend`` (auto/torch/onnx) and device cuda can really
+    use a CUDA GPU: PyTorch sees one, or ONNX Runtime starts a CUDA session (engine.neural.cuda_backend).
+    Imports the backend to ask."""
+    from ..engine import modelfile, neural
+    from ..engine.errors import LatentSRError
 
-        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-            return True
-    if backend in ("auto", "torch") and installed("torch"):
-        import torch
-
-        return bool(torch.cuda.is_available())
-    return False
+    try:
+        card = modelfile.read_card(modelfile.resolve(model))
+    except LatentSRError:
+        card = {}
+    return neural.cuda_backend(backend, card) is not None
 
 
 def python_executable() -> str:

@@ -6,6 +6,7 @@ import math
 
 from qgis.core import (
     Qgis,
+    QgsCoordinateTransform,
     QgsMapLayerProxyModel,
     QgsMessageLog,
     QgsProcessing,
@@ -40,17 +41,18 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..engine.grid import output_size
-from ..engine.pipeline import MAX_SCALE, MIN_TILE
+from ..engine.errors import LatentSRError
+from ..engine.pipeline import MAX_SCALE, MIN_TILE, output_plan
 from ..provider.superresolve import BACKENDS, DEVICES, METHODS
 from . import deps
-from .task import SuperResolveRun, add_result_layer
+from .task import SOURCE_PROPERTY, SuperResolveRun, add_result_layer, add_uncertainty_layer
 
 SETTINGS = "latentsr/dock/"
 LOG_TAG = "LatentSR"
 METHOD_NAMES = ("LCMSR", "E²DiffSR", "Regression", "Bicubic")  # short names, in METHOD enum order
 DIFFUSION_METHODS = (0, 1)
 TEMPORARY = "[Save to temporary file]"
+NAME_CHARS = 24  # a source name longer than this is shortened in result names
 
 
 class DeviceComboBox(QComboBox):
@@ -183,6 +185,12 @@ class SuperResolveDock(QgsDockWidget):
         self.seed.setRange(0, 2**31 - 1)
         self.seed.setClearValue(0)
         advanced.addRow("Random seed", self.seed)
+        self.consistency = QCheckBox("Radiometric consistency")
+        advanced.addRow(self.consistency)
+        self.model = QgsFileWidget()
+        self.model.setStorageMode(QgsFileWidget.GetDirectory)
+        self.model.lineEdit().setPlaceholderText("[Bundled model]")
+        advanced.addRow("Model folder", self.model)
         self.cog = QCheckBox("Cloud Optimized GeoTIFF")
         advanced.addRow(self.cog)
         layout.addWidget(self.advanced)
@@ -199,6 +207,11 @@ class SuperResolveDock(QgsDockWidget):
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         layout.addLayout(buttons)
+        self.runner_label = QLabel()
+        self.runner_label.setObjectName("runnerLabel")
+        self.runner_label.setWordWrap(True)
+        layout.addWidget(self.runner_label)
+        self.set_tooltips()
         layout.addStretch(1)
 
         scroll = QScrollArea()
@@ -207,6 +220,52 @@ class SuperResolveDock(QgsDockWidget):
         scroll.setFrameShape(QFrame.NoFrame)
         scroll.setWidget(body)
         self.setWidget(scroll)
+
+    def set_tooltips(self) -> None:
+        """Every control says what it does (the toolbox's parameter help, in short)."""
+        tips = {
+            self.layer_combo: "The raster layer to super-resolve (GDAL rasters only)",
+            self.bands: "Bands to super-resolve, in output order; none checked means all bands",
+            self.by_scale: "Give the output as a scale of the input",
+            self.scale: f"Continuous scale, above 1 and at most {MAX_SCALE:g} (for example 2.5)",
+            self.by_resolution: "Give the output pixel size instead of a scale",
+            self.resolution: "Output pixel size in the layer's map units: the pixels are exactly this size, "
+                             "the extent grows by less than one pixel",
+            self.size_label: "The size and pixel size the run will write",
+            self.method: "LCMSR samples in one step; E²DiffSR runs a few diffusion steps; Regression is "
+                         "deterministic; Bicubic is the classic baseline",
+            self.steps: "Steps of the diffusion methods (LCMSR defaults to 1, E²DiffSR to 4)",
+            self.samples: "Number of diffusion samples: with more than one the output is their mean",
+            self.uncertainty: "Per-pixel standard deviation of the samples (needs 2 or more samples)",
+            self.output: "The output GeoTIFF (.tif); empty: a temporary file",
+            self.preview: "Super-resolve only the part shown on the map, on the full run's pixel grid",
+            self.advanced: "Backend, device, tiling, seed, consistency, model and output format",
+            self.backend: "auto: PyTorch on a CUDA GPU, else ONNX Runtime when the model has ONNX graphs, else PyTorch",
+            self.device: "auto uses a CUDA GPU when the backend can, else the CPU; cuda is listed only when it works",
+            self.tile: "Tiles of this many input pixels; smaller tiles use less memory",
+            self.overlap: "Neighbouring tiles overlap by this many input pixels and are blended there",
+            self.seed: "The same seed gives the same result for the diffusion methods",
+            self.consistency: "Project the result so that its bicubic downsampling gives back the input exactly",
+            self.model: "A model bundle folder (model.json + model.safetensors); empty: the bundled model",
+            self.cog: "Write a Cloud Optimized GeoTIFF (with overviews) instead of a tiled GeoTIFF",
+            self.progress: "Progress of the run",
+            self.run_button: "Run the super-resolution in the background",
+            self.cancel_button: "Stop the run: nothing is written",
+            self.runner_label: "The backend and device that will run the chosen method",
+            self.install_button: "Install PyTorch or ONNX Runtime into the plugin's folder",
+            self.deps_label: "What the learned methods need",
+        }
+        for widget, tip in tips.items():
+            widget.setToolTip(tip)
+
+    def runner_text(self) -> str:
+        """Which backend and device will run (engine.neural.describe_runner); no heavy import here."""
+        from ..engine.neural import describe_runner
+
+        name = METHODS[self.method.currentIndex()][1]
+        cuda = self.device.findData("cuda") >= 0 if self.cuda_probed else None
+        return describe_runner(name, self.backend.currentData() or "auto", self.device.currentData() or "auto",
+                               self.model.filePath() or None, cuda)
 
     def _connect(self) -> None:
         self.layer_combo.layerChanged.connect(self.layer_changed)
@@ -218,12 +277,16 @@ class SuperResolveDock(QgsDockWidget):
         self.method.currentIndexChanged.connect(self.update_state)
         self.samples.valueChanged.connect(self.update_state)
         self.preview.toggled.connect(self.update_state)
+        self.iface.mapCanvas().extentsChanged.connect(self.canvas_moved)
         self.backend.currentIndexChanged.connect(self.backend_changed)
         self.device.popup_requested.connect(self.probe_cuda)
         for spin in (self.steps, self.tile, self.overlap, self.seed):
             spin.valueChanged.connect(self.save_settings)
         self.device.currentIndexChanged.connect(self.save_settings)
         self.cog.toggled.connect(self.save_settings)
+        self.consistency.toggled.connect(self.save_settings)
+        self.model.fileChanged.connect(self.update_state)
+        self.device.currentIndexChanged.connect(self.update_state)
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.install_button.clicked.connect(self.install_requested)
@@ -261,15 +324,16 @@ class SuperResolveDock(QgsDockWidget):
             return
         self.cuda_probed = True
         try:
-            cuda = deps.cuda_available(self.backend.currentData() or "auto")
+            cuda = deps.cuda_available(self.backend.currentData() or "auto", self.model.filePath() or None)
         except (ImportError, OSError, RuntimeError) as exc:
             QgsMessageLog.logMessage(f"CUDA probe failed: {exc}", LOG_TAG, Qgis.Warning)
             cuda = False
         self._fill_devices(cuda)
+        self.update_state()
 
     def backend_changed(self) -> None:
         self.cuda_probed = False
-        self.save_settings()
+        self.update_state()
 
     # ----------------------------------------------------------------- state
     def layer_changed(self) -> None:
@@ -297,30 +361,53 @@ class SuperResolveDock(QgsDockWidget):
             return None
         return self.pixel_size(layer) / self.resolution.value()
 
-    def size_text(self) -> str:
+    def preview_extent(self, layer) -> tuple[float, float, float, float] | None:
+        """The visible map extent in the layer's CRS (as Processing reads EXTENT), or None when not previewing."""
+        if not self.preview.isChecked():
+            return None
+        canvas = self.iface.mapCanvas()
+        transform = QgsCoordinateTransform(canvas.mapSettings().destinationCrs(), layer.crs(), QgsProject.instance())
+        try:
+            rect = transform.transformBoundingBox(canvas.extent())
+        except Exception:  # noqa: BLE001 - QgsCsException: the view does not map onto the layer
+            return None
+        return rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()
+
+    def size_text(self) -> tuple[str, bool]:
+        """What the run will write (the engine's own plan: size and pixel size, the preview's part
+        included), and whether it can run."""
         layer = self.layer_combo.currentLayer()
         if layer is None:
-            return "Choose a raster layer."
+            return "Choose a raster layer.", False
         scale = self.effective_scale()
         if not 1.0 < scale <= MAX_SCALE:
-            return f"Scale ×{scale:.4g} is out of range: it must be above 1 and at most {MAX_SCALE:g}."
-        width, height = output_size(layer.width(), scale), output_size(layer.height(), scale)
-        extent = layer.extent()
+            return f"Scale ×{scale:.4g} is out of range: it must be above 1 and at most {MAX_SCALE:g}.", False
+        target = self.resolution.value() if self.by_resolution.isChecked() else None
+        try:
+            width, height, px, py = output_plan(layer.source(), scale, target, self.preview_extent(layer))
+        except LatentSRError as exc:
+            return f"Cannot run: {exc}.", False
         units = QgsUnitTypes.toAbbreviatedString(layer.crs().mapUnits())
-        text = (f"{width} × {height} px, pixel {extent.width() / width:.4g} × {extent.height() / height:.4g} {units}\n"
-                f"×{scale:.4g} of {layer.width()} × {layer.height()} px")
+        pixel = f"pixel {px:.6g} × {py:.6g} {units}" if px else "no georeferencing"
+        text = f"{width} × {height} px, {pixel}\n×{scale:.4g} of {layer.width()} × {layer.height()} px"
         if self.preview.isChecked():
-            text += ", preview: the visible part only"
-        return text
+            text += ", preview: the visible part"
+        return text, True
+
+    def canvas_moved(self) -> None:
+        if self.preview.isChecked():
+            self.update_state()
 
     def update_state(self) -> None:
         self.scale.setEnabled(not self.by_resolution.isChecked())
         self.resolution.setEnabled(self.by_resolution.isChecked())
         self.steps.setEnabled(self.method.currentIndex() in DIFFUSION_METHODS)
         self.uncertainty.setEnabled(self.samples.value() > 1)
-        self.size_label.setText(self.size_text())
+        text, runnable = self.size_text()
+        self.size_label.setText(text)
+        self.runner_label.setText(self.runner_text())
         idle = self.run is None
-        self.run_button.setEnabled(idle and self.layer_combo.currentLayer() is not None)
+        self.run_button.setEnabled(idle and runnable)
         self.cancel_button.setEnabled(not idle)
         self.save_settings()
 
@@ -340,6 +427,8 @@ class SuperResolveDock(QgsDockWidget):
         s.setValue(SETTINGS + "overlap", self.overlap.value())
         s.setValue(SETTINGS + "seed", self.seed.value())
         s.setValue(SETTINGS + "cog", self.cog.isChecked())
+        s.setValue(SETTINGS + "consistency", self.consistency.isChecked())
+        s.setValue(SETTINGS + "model", self.model.filePath())
 
     def restore_settings(self) -> None:
         """The last choices; a saved cuda device is kept until the device list is opened and probed."""
@@ -361,6 +450,8 @@ class SuperResolveDock(QgsDockWidget):
         self.overlap.setValue(s.value(SETTINGS + "overlap", 32, type=int))
         self.seed.setValue(s.value(SETTINGS + "seed", 0, type=int))
         self.cog.setChecked(s.value(SETTINGS + "cog", False, type=bool))
+        self.consistency.setChecked(s.value(SETTINGS + "consistency", False, type=bool))
+        self.model.setFilePath(s.value(SETTINGS + "model", "", type=str))
 
     # ------------------------------------------------------------------- run
     def selected_bands(self) -> list[int]:
@@ -383,8 +474,11 @@ class SuperResolveDock(QgsDockWidget):
             "SEED": self.seed.value(),
             "SAMPLES": self.samples.value(),
             "COG": self.cog.isChecked(),
+            "CONSISTENCY": self.consistency.isChecked(),
             "OUTPUT": self.output.filePath() or QgsProcessing.TEMPORARY_OUTPUT,
         }
+        if self.model.filePath():
+            params["MODEL"] = self.model.filePath()
         if self.selected_bands():
             params["BANDS"] = self.selected_bands()
         if self.by_resolution.isChecked():
@@ -397,9 +491,22 @@ class SuperResolveDock(QgsDockWidget):
         return params
 
     def result_name(self) -> str:
+        """A short name, distinct from earlier results of the same source: "<source> ×2.5 LCMSR", then
+        "… #2", "#3"; the seed is named when the method samples."""
         layer = self.layer_combo.currentLayer()
-        name = f"{layer.name()} ×{self.effective_scale():.4g} {METHOD_NAMES[self.method.currentIndex()]}"
-        return name + (" (preview)" if self.preview.isChecked() else "")
+        source = layer.name() if len(layer.name()) <= NAME_CHARS else layer.name()[:NAME_CHARS - 1] + "…"
+        method = self.method.currentIndex()
+        name = f"{source} ×{self.effective_scale():.3g} {METHOD_NAMES[method]}"
+        if method in DIFFUSION_METHODS:
+            name += f" s{self.seed.value()}"
+        if self.preview.isChecked():
+            name += " preview"
+        taken = {lyr.name() for lyr in QgsProject.instance().mapLayers().values()
+                 if lyr.customProperty(SOURCE_PROPERTY) == layer.id()}
+        runs = 1
+        while (name if runs == 1 else f"{name} #{runs}") in taken:
+            runs += 1
+        return name if runs == 1 else f"{name} #{runs}"
 
     def start(self) -> None:
         """Run the algorithm in the background with the current choices."""
@@ -451,12 +558,13 @@ class SuperResolveDock(QgsDockWidget):
             return
         uncertainty = results.get("OUTPUT_UNCERTAINTY")
         if uncertainty:
-            add_result_layer(uncertainty, f"{name} uncertainty", layer.id(), False)
+            add_uncertainty_layer(uncertainty, f"{name} σ", layer)
         self.iface.messageBar().pushMessage("LatentSR", f"Added “{name}”.", level=Qgis.Success, duration=5)
 
     def shutdown(self) -> None:
         """Cancel a running job (plugin unload); it ends on its own and loads nothing."""
         QgsProject.instance().layersWillBeRemoved.disconnect(self.layers_removed)
+        self.iface.mapCanvas().extentsChanged.disconnect(self.canvas_moved)
         if self.run is not None:
             self.run.finished.disconnect(self.finished)
             self.run.cancel()

@@ -10,18 +10,26 @@ import os
 
 from qgis.core import (
     QgsApplication,
+    QgsColorRampLegendNodeSettings,
+    QgsColorRampShader,
+    QgsGradientColorRamp,
     QgsMapLayerStyle,
     QgsProcessingAlgRunnerTask,
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProject,
+    QgsRasterBandStats,
     QgsRasterLayer,
+    QgsRasterShader,
+    QgsSingleBandPseudoColorRenderer,
 )
-from qgis.PyQt.QtCore import QObject, pyqtSignal
+from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
+from qgis.PyQt.QtGui import QColor
 
 ALGORITHM = "latentsr:superresolve"
 OUTPUTS = ("OUTPUT", "OUTPUT_UNCERTAINTY")
 RUNNING: set = set()  # runs in flight: their context and feedback must outlive the task, whoever started them
+SOURCE_PROPERTY = "latentsr/source"  # on a result layer: the id of the layer it was made from
 
 
 class RunFeedback(QgsProcessingFeedback):
@@ -38,7 +46,9 @@ class RunFeedback(QgsProcessingFeedback):
 
 class SuperResolveRun(QObject):
     """One run. ``finished(ok, results, message)`` fires once, in the main thread: ``ok`` with the
-    algorithm's results, or not with the error (or "cancelled") message."""
+    algorithm's results, or not with the error (or "Cancelled") message. It fires after the task
+    manager has reported the task complete or terminated (QGIS's own "Task complete" / "Task failed"),
+    so that what the dock then says is the message the analyst sees last."""
 
     finished = pyqtSignal(bool, dict, str)
 
@@ -52,7 +62,10 @@ class SuperResolveRun(QObject):
         self.feedback = RunFeedback()
         self.task = QgsProcessingAlgRunnerTask(algorithm, parameters, self.context, self.feedback)
         self.task.executed.connect(self._executed)
+        self.task.taskCompleted.connect(self._report)
+        self.task.taskTerminated.connect(self._report)
         self.done = False
+        self.outcome: tuple[bool, dict, str] | None = None
 
     def start(self) -> None:
         RUNNING.add(self)
@@ -68,12 +81,18 @@ class SuperResolveRun(QObject):
         RUNNING.discard(self)
         if self.feedback.isCanceled():
             discard(results)
-            self.finished.emit(False, {}, "Cancelled: nothing was written.")
+            self.outcome = (False, {}, "Cancelled: nothing was written.")
         elif successful:
-            self.finished.emit(True, dict(results), "")
+            self.outcome = (True, dict(results), "")
         else:
             message = self.feedback.errors[-1] if self.feedback.errors else "the algorithm failed (see the log)"
-            self.finished.emit(False, {}, message)
+            self.outcome = (False, {}, message)
+
+    def _report(self) -> None:
+        """After the task manager's own handling of the end of the task (next turn of the event loop)."""
+        if self.outcome is not None:
+            outcome, self.outcome = self.outcome, None
+            QTimer.singleShot(0, lambda: self.finished.emit(*outcome))
 
 
 def discard(results: dict) -> None:
@@ -85,8 +104,9 @@ def discard(results: dict) -> None:
 
 
 def add_result_layer(path: str, name: str, source_id: str, copy_style: bool) -> QgsRasterLayer | None:
-    """Load ``path`` as ``name`` into the project, just above the layer ``source_id`` (top of the
-    tree when that layer is gone), with that layer's style when ``copy_style``. None if it fails to load."""
+    """Load ``path`` as ``name`` into the project above the layer ``source_id`` and above every earlier
+    result made from it (top of the tree when that layer is gone), with that layer's style when
+    ``copy_style``. None if it fails to load."""
     layer = QgsRasterLayer(path, name, "gdal")
     if not layer.isValid():
         return None
@@ -96,12 +116,52 @@ def add_result_layer(path: str, name: str, source_id: str, copy_style: bool) -> 
         style = QgsMapLayerStyle()
         style.readFromLayer(source)
         style.writeToLayer(layer)
+    layer.setCustomProperty(SOURCE_PROPERTY, source_id)
     project.addMapLayer(layer, False)
     root = project.layerTreeRoot()
     node = root.findLayer(source_id) if source is not None else None
     if node is None:
         root.insertLayer(0, layer)
-    else:
-        parent = node.parent()
-        parent.insertLayer(parent.children().index(node), layer)
+        return layer
+    parent = node.parent()
+    siblings = parent.children()
+    above = [i for i, child in enumerate(siblings) if child is node or (
+        hasattr(child, "layer") and child.layer() is not None
+        and child.layer().customProperty(SOURCE_PROPERTY) == source_id)]
+    parent.insertLayer(min(above), layer)
     return layer
+
+
+def add_uncertainty_layer(path: str, name: str, result: QgsRasterLayer) -> QgsRasterLayer | None:
+    """Load the uncertainty raster just below its result, hidden, styled as a single-band
+    pseudocolour of its first band's standard deviation with a legend in DN."""
+    layer = QgsRasterLayer(path, name, "gdal")
+    if not layer.isValid():
+        return None
+    style_uncertainty(layer)
+    layer.setCustomProperty(SOURCE_PROPERTY, result.customProperty(SOURCE_PROPERTY))
+    project = QgsProject.instance()
+    project.addMapLayer(layer, False)
+    node = project.layerTreeRoot().findLayer(result.id())
+    parent = node.parent() if node is not None else project.layerTreeRoot()
+    index = parent.children().index(node) + 1 if node is not None else 0
+    parent.insertLayer(index, layer).setItemVisibilityChecked(False)
+    return layer
+
+
+def style_uncertainty(layer: QgsRasterLayer) -> None:
+    """Band 1 from its minimum to its maximum on a white-to-red ramp, labelled in DN."""
+    stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
+    lo, hi = stats.minimumValue, max(stats.maximumValue, stats.minimumValue + 1e-6)
+    ramp = QgsColorRampShader(lo, hi, QgsGradientColorRamp(QColor(255, 255, 255), QColor(200, 0, 0)),
+                              QgsColorRampShader.Interpolated)
+    ramp.classifyColorRamp(5)
+    legend = QgsColorRampLegendNodeSettings()
+    legend.setSuffix(" DN")
+    ramp.setLegendSettings(legend)
+    shader = QgsRasterShader(lo, hi)
+    shader.setRasterShaderFunction(ramp)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer.setClassificationMin(lo)
+    renderer.setClassificationMax(hi)
+    layer.setRenderer(renderer)
