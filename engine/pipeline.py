@@ -94,11 +94,11 @@ class Request:
             if ext not in ("", ".tif", ".tiff"):
                 raise LatentSRError(f"the output is written as a GeoTIFF, so its name must end in .tif or .tiff, "
                                     f"not {ext}: {path}")
-
         if self.cluster:
             from .cluster import parse_address
 
             parse_address(self.cluster)
+
 
 def check_extent(extent: tuple[float, float, float, float]) -> None:
     xmin, ymin, xmax, ymax = extent
