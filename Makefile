@@ -70,11 +70,11 @@ train: venv
 	cd $(ROOT) && $(PY) -m training export-onnx
 
 bench: setup
-	cd $(ROOT) && $(PY) -m training.evaluate --val $(VAL_DATA) --out docs/BENCHMARKS.md
-	cd $(ROOT) && $(PY) -m training bench-onnx --model latentsr-rgb --out docs/BENCHMARKS.md
-	cd $(ROOT) && $(PY) -m training bench-onnx --model latentsr-rgb --threads 1 --out docs/BENCHMARKS.md
-	cd $(ROOT) && $(PY) -m training.bench_scale --out docs/BENCHMARKS.md
-	cd $(ROOT) && $(PY) -m training.bench_cluster --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training.bench quality --val $(VAL_DATA) --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training.bench backends --model latentsr-rgb --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training.bench backends --model latentsr-rgb --threads 1 --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training.bench scale --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training.bench cluster --out docs/BENCHMARKS.md
 
 # Plugin zip for QGIS's "Install from ZIP": latentsr/ with metadata, LICENSE, code and resources.
 package:

@@ -28,6 +28,10 @@ class LatentSRPlugin:
             QgsMessageLog.logMessage(missing, MENU, Qgis.Warning)
 
     def initProcessing(self):  # noqa: N802 - QGIS API
+        if self.iface is None:  # qgis_process: the process runs the engine only (see engine/allocator.py)
+            from .engine.allocator import fix_mmap_threshold
+
+            fix_mmap_threshold()
         if self.provider is None:
             self.provider = LatentSRProvider()
             QgsApplication.processingRegistry().addProvider(self.provider)

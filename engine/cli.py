@@ -17,9 +17,11 @@ import threading
 from osgeo import gdal
 
 from . import evaluate
+from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError, single_line
-from .methods import METHODS
-from .pipeline import BACKENDS, DEVICES, Request, superresolve
+from .methods import BACKENDS, DEFAULTS, DEVICES, METHODS, steps_help
+from .cluster import superresolve
+from .pipeline import Request
 
 log = logging.getLogger("engine")
 GDAL_CACHE_BYTES = 256 * 1024 * 1024  # GDAL's default (5 % of RAM) would let the block cache dominate peak memory
@@ -88,13 +90,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("output", help="output GeoTIFF")
     s.add_argument("--scale", type=float, help="scale factor, 1 < S <= 8, continuous (e.g. 2.5)")
     s.add_argument("--target-resolution", type=float, help="output pixel size in map units; overrides --scale")
-    s.add_argument("--method", choices=METHODS, default="lcmsr", help="SR method (default lcmsr)")
-    s.add_argument("--steps", type=int, help="sampling steps for the diffusion methods")
-    s.add_argument("--backend", choices=BACKENDS, default="auto")
-    s.add_argument("--device", choices=DEVICES, default="auto")
-    s.add_argument("--tile", type=int, default=256, help="tile size in input pixels (default 256)")
-    s.add_argument("--overlap", type=int, default=32, help="tile overlap in input pixels (default 32)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--method", choices=METHODS, default=DEFAULTS.method, help=f"SR method (default {DEFAULTS.method})")
+    s.add_argument("--steps", type=int, help=f"sampling steps for the diffusion methods ({steps_help()})")
+    s.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend)
+    s.add_argument("--device", choices=DEVICES, default=DEFAULTS.device)
+    s.add_argument("--tile", type=int, default=DEFAULTS.tile, help=f"tile size in input pixels (default {DEFAULTS.tile})")
+    s.add_argument("--overlap", type=int, default=DEFAULTS.overlap,
+                   help=f"tile overlap in input pixels (default {DEFAULTS.overlap})")
+    s.add_argument("--seed", type=int, default=DEFAULTS.seed)
     s.add_argument("--samples", type=int, default=1, help="diffusion samples to average (at most 1000)")
     s.add_argument("--uncertainty", help="GeoTIFF for the per-pixel standard deviation of the samples")
     s.add_argument("--bands", type=parse_bands, help="1-based bands to use, e.g. 1,2,3 (default: all)")
@@ -113,11 +116,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--lr", help="LR raster for the consistency PSNR (default: the reference degraded by --scale)")
     e.add_argument("--scale", type=float, help="scale factor of the SR (default with --lr: the size ratio)")
     e.add_argument("--bands", type=parse_bands, help="1-based bands used in every raster, e.g. 1,2,3 (default: all)")
-    e.add_argument("--method", choices=METHODS, default="lcmsr", help="SR method without --sr (default lcmsr)")
+    e.add_argument("--method", choices=METHODS, default=DEFAULTS.method,
+                   help=f"SR method without --sr (default {DEFAULTS.method})")
     e.add_argument("--steps", type=int, help="sampling steps for the diffusion methods (without --sr)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--backend", choices=BACKENDS, default="auto")
-    e.add_argument("--device", choices=DEVICES, default="auto")
+    e.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    e.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend)
+    e.add_argument("--device", choices=DEVICES, default=DEFAULTS.device)
     e.add_argument("--model", help="bundled model name or model folder (without --sr)")
     e.add_argument("--html", help="write the HTML report here")
     e.add_argument("--difference", help="write SR - HR here (Float32 GeoTIFF, NaN where either has no data)")
@@ -148,6 +152,7 @@ def run_evaluate(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    fix_mmap_threshold()  # this process is the engine's: the networks' short-lived tensors must not pile up in the heap
     gdal.PushErrorHandler(gdal_to_logging)
     if "GDAL_CACHEMAX" not in os.environ:
         gdal.SetCacheMax(GDAL_CACHE_BYTES)

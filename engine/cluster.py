@@ -36,7 +36,8 @@ from typing import Callable
 import numpy as np
 from osgeo import gdal
 
-from . import raster
+from . import pipeline, raster
+from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError
 from .pipeline import (Request, Result, TilePlan, check_pending_memory, commit_outputs, make_method, open_outputs,
                        render, tile_plan)
@@ -196,6 +197,15 @@ def kept_environment(names):
                 os.environ[name] = value
 
 
+def superresolve(req: Request, progress: Callable[[float], None] | None = None,
+                  is_cancelled: Callable[[], bool] | None = None) -> Result:
+    """engine.pipeline.superresolve, with the tiles on the cluster ``req.cluster`` when it is set."""
+    if req.cluster:
+        parse_address(req.cluster)  # a malformed address fails before anything is opened
+        return pipeline.superresolve(req, progress, is_cancelled, runner=run_tiles)
+    return pipeline.superresolve(req, progress, is_cancelled)
+
+
 def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list, method, scale: float, axes: tuple,
               start: float, progress: Callable[[float], None], is_cancelled: Callable[[], bool],
               window: tuple[int, int, int, int] | None = None) -> Result:
@@ -311,6 +321,7 @@ def run_band(job: Job, band: Band) -> bool:
     req = job.request
     src, plan, shards = None, None, []
     gdal.PushErrorHandler(gdal_to_log)  # GDAL's own messages must not reach the worker's stderr
+    fix_mmap_threshold()  # as the CLI does for its process: the networks' tensors must not pile up in the heap
     try:
         src, info = open_input(req, job.window)
         method = worker_method(req)
@@ -368,7 +379,7 @@ _methods = threading.local()
 def worker_method(req: Request):
     """The request's method, built once per worker thread for the fields that decide it (the last
     one only: one model in memory)."""
-    key = (req.method, req.steps, req.seed, req.backend, req.device, req.model, req.consistency, req.samples)
+    key = (req.method, req.steps, req.backend, req.device, req.model, req.consistency)
     if getattr(_methods, "key", None) != key:
         _methods.key, _methods.method = None, None
         _methods.method, _methods.key = make_method(req), key

@@ -1,24 +1,76 @@
-"""The SR methods the engine can run, behind one interface.
+"""The SR methods the engine can run: one table of them, the request defaults, and the registry that
+builds a method on a backend.
 
-A method is a callable ``method(tile, grid) -> sr`` where ``tile`` is a float32 C×h×w LR tile in
-normalised units and ``grid`` (engine.grid.Grid) says where each output pixel centre falls on the
-tile. It returns float32 C×len(grid.ys)×len(grid.xs). ``context`` is the halo, in LR pixels, that
-the method needs around the part of a tile it is trusted on; the tiler never gives it less.
+A method is a callable ``method(tile, grid, seed) -> sr`` where ``tile`` is a float32 C×h×w LR tile in
+normalised units, ``grid`` (engine.grid.Grid) says where each output pixel centre falls on the tile,
+and ``seed`` draws the noise of the stochastic methods (the others ignore it). It returns float32
+C×len(grid.ys)×len(grid.xs). ``context`` is the halo, in LR pixels, that the method needs around the
+part of a tile it is trusted on; the tiler never gives it less.
+
+The CLI, the Processing provider and the dock take the method names, labels, step ranges and the
+defaults from here.
 """
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import sys
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from .allocator import fix_mmap_threshold
+from . import latent, modelfile
 from .errors import LatentSRError
 from .grid import Grid
 from .resample import cubic_resample
 
-METHODS = ("lcmsr", "e2diffsr", "regression", "bicubic")
-LEARNED = ("lcmsr", "e2diffsr", "regression")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    label: str  # for lists of methods
+    short: str  # for layer names
+    stochastic: bool  # draws noise: seed and samples matter
+    default_steps: int  # 0: no steps (when the model card does not say otherwise)
+    max_steps: int
+    learned: bool = True
+
+
+TABLE = {
+    "lcmsr": MethodInfo("LCMSR (one-step latent consistency)", "LCMSR", True, 1, 4),
+    "e2diffsr": MethodInfo("E²DiffSR (few-step latent diffusion)", "E²DiffSR", True, 4, 4),
+    "regression": MethodInfo("Regression (deterministic decoder)", "Regression", False, 0, 0),
+    "bicubic": MethodInfo("Bicubic", "Bicubic", False, 0, 0, learned=False),
+}
+METHODS = tuple(TABLE)  # the Processing enum's order; the first is the default
+LEARNED = tuple(name for name, info in TABLE.items() if info.learned)
+STOCHASTIC = tuple(name for name, info in TABLE.items() if info.stochastic)
+BACKENDS = ("auto", "torch", "onnx")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The defaults of a request, for every front end."""
+
+    method: str = METHODS[0]
+    tile: int = 256  # input pixels
+    overlap: int = 32
+    backend: str = BACKENDS[0]
+    device: str = DEVICES[0]
+    seed: int = 0
+
+
+DEFAULTS = Defaults()
+
+
+def steps_help() -> str:
+    """The default steps of the stochastic methods, in words (for help texts)."""
+    return ", ".join(f"{TABLE[name].short} defaults to {TABLE[name].default_steps}" for name in STOCHASTIC)
 
 
 class SRMethod(Protocol):
@@ -26,7 +78,7 @@ class SRMethod(Protocol):
     deterministic: bool
     context: int
 
-    def __call__(self, tile: np.ndarray, grid: Grid) -> np.ndarray: ...
+    def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray: ...
 
 
 @dataclass
@@ -37,28 +89,163 @@ class Bicubic:
     deterministic: bool = True
     context: int = 2
 
-    def __call__(self, tile: np.ndarray, grid: Grid) -> np.ndarray:
+    def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray:
         return cubic_resample(tile, grid.ys, grid.xs)
 
 
 @dataclass(frozen=True)
 class MethodOptions:
     steps: int | None = None
-    seed: int = 0
-    backend: str = "auto"
-    device: str = "auto"
+    backend: str = DEFAULTS.backend
+    device: str = DEFAULTS.device
     model: str | None = None
+    threads: int | None = None  # ONNX Runtime's intra-op threads (default: every core)
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (a ``None`` entry in sys.modules hides it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked or half-initialised module
+        return False
+
+
+def cpu_only_torch() -> bool:
+    """Whether the installed torch is a build without CUDA, known without importing it (a +cpu wheel, macOS)."""
+    try:
+        return sys.platform == "darwin" or importlib.metadata.version("torch").endswith("+cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def torch_sees_cuda(device: str) -> bool:
+    """Whether the torch backend would run on a CUDA GPU for ``device`` (imports torch to ask, unless
+    the installed torch is a CPU-only build)."""
+    if device not in ("auto", "cuda") or not importable("torch") or cpu_only_torch():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cuda_backend(backend: str, card: dict) -> str | None:
+    """The backend that would really run on a CUDA GPU for ``backend`` (auto/torch/onnx), or None:
+    PyTorch when it sees a GPU, else ONNX Runtime when it can start a CUDA session (onnxruntime-gpu
+    lists its CUDA provider even where no GPU or CUDA library exists) and, for auto, the model has graphs."""
+    if backend in ("auto", "torch") and torch_sees_cuda("cuda"):
+        return "torch"
+    if backend in ("auto", "onnx") and importable("onnxruntime") and (backend == "onnx" or card.get("onnx")):
+        from . import onnx_backend
+
+        if onnx_backend.cuda_works():
+            return "onnx"
+    return None
+
+
+def choose_backend(backend: str, device: str, card: dict) -> str:
+    """The backend that runs: ``torch`` or ``onnx``.
+
+    auto, by the CPU benchmark in docs/MODELS.md (ONNX Runtime is the faster one on CPU): torch when it
+    would run on a CUDA GPU, else ONNX Runtime when it is installed and the bundle has ONNX graphs,
+    else torch when it is installed, else ONNX Runtime (which then says what is missing). auto with
+    device cuda takes the backend that can really use the GPU, and is refused when neither can."""
+    if backend not in BACKENDS:
+        raise LatentSRError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if device == "cuda":
+        found = cuda_backend("auto", card)
+        if found is None:
+            raise LatentSRError("device 'cuda' was requested but backend auto found no CUDA GPU: PyTorch sees none "
+                                "and ONNX Runtime cannot start a CUDA session here: use device cpu or auto")
+        return found
+    has_torch = importable("torch")
+    if has_torch and torch_sees_cuda(device):
+        return "torch"
+    if importable("onnxruntime") and card.get("onnx"):
+        return "onnx"
+    return "torch" if has_torch else "onnx"
+
+
+def describe_runner(method: str, backend: str, device: str, model: str | None = None,
+                    cuda: bool | None = None) -> str:
+    """In words, what would run ``method``: "ONNX Runtime on CPU, 2 threads". ``cuda`` says whether
+    a CUDA GPU is usable when that is already known; None: not asked (nothing heavy is imported)."""
+    if not TABLE[method].learned:
+        return f"{TABLE[method].short} runs with NumPy on the CPU (no backend needed)"
+    try:
+        card = modelfile.read_card(modelfile.resolve(model))
+        if device == "cuda" or (device == "auto" and cuda):
+            chosen = cuda_backend(backend, card) if device == "cuda" or backend != "auto" else choose_backend(backend, "cuda", card)
+            if chosen is None:
+                return f"Backend {backend} cannot use a CUDA GPU here"
+            return f"{'PyTorch' if chosen == 'torch' else 'ONNX Runtime'} on CUDA GPU"
+        chosen = choose_backend(backend, "cpu", card)
+    except LatentSRError as exc:
+        return f"Cannot run: {exc}"
+    if chosen == "onnx":
+        text = f"ONNX Runtime on CPU, {os.cpu_count() or 1} threads"
+    else:
+        torch = sys.modules.get("torch")
+        text = "PyTorch on CPU" + (f", {torch.get_num_threads()} threads" if torch is not None else "")
+    if device == "auto" and cuda is None:
+        text += " (a GPU is looked for when the device list is opened)"
+    return text
+
+
+def learned(name: str, card: dict, spec: dict, nets, steps: int) -> latent.LatentMethod:
+    """The learned method ``name`` of a bundle (its card and the method's entry) over a backend's networks."""
+    return latent.LatentMethod(name, nets, spec, int(card["bands"]), int(card.get("latent", 4)), steps,
+                               latent.latent_multiple(card, spec), not TABLE[name].stochastic)
+
+
+def method_steps(name: str, steps: int | None, spec: dict) -> int:
+    info = TABLE[name]
+    return latent.check_steps(name, steps, spec, info.default_steps, info.max_steps)
+
+
+def from_bundle(name: str, card: dict, tensors: dict, steps: int | None = None,
+                device: str = "auto") -> latent.LatentMethod:
+    """The method ``name`` over an already loaded bundle, on torch."""
+    from . import torch_backend
+
+    spec = latent.method_spec(card, name)
+    steps = method_steps(name, steps, spec)
+    return learned(name, card, spec, torch_backend.networks(card, tensors, spec, device), steps)
+
+
+def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
+    folder = modelfile.resolve(options.model)
+    card = modelfile.read_card(folder)
+    if choose_backend(options.backend, options.device, card) == "onnx":
+        from . import onnx_backend
+
+        onnx_backend.require(name, options.backend)
+        spec = latent.method_spec(card, name)
+        onnx_backend.require_graphs(card, folder)
+        steps = method_steps(name, options.steps, spec)
+        nets = onnx_backend.networks(name, steps, folder, card, spec, options.device, options.threads)
+    else:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise LatentSRError("backend 'torch' needs PyTorch, which cannot be imported here: install it, "
+                                "or use backend onnx") from None
+        from . import torch_backend
+
+        card, tensors = modelfile.load(str(folder))
+        spec = latent.method_spec(card, name)
+        steps = method_steps(name, options.steps, spec)
+        nets = torch_backend.networks(card, tensors, spec, options.device)
+    method = learned(name, card, spec, nets, steps)
+    latent.describe(method, card.get("name"), nets.where)
+    return method
 
 
 def build_method(name: str, options: MethodOptions = MethodOptions()) -> SRMethod:
     """The method called ``name``; a LatentSRError if it cannot run here."""
-    if name == "bicubic":
+    if name not in TABLE:
+        raise LatentSRError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
+    if not TABLE[name].learned:
         return Bicubic()
-    if name in LEARNED:
-        try:
-            from . import neural
-        except ImportError:
-            raise LatentSRError(f"method '{name}' is not available in this version: use bicubic") from None
-        fix_mmap_threshold()  # the networks' large, short-lived tensors must not pile up in the heap
-        return neural.build_method(name, options)
-    raise LatentSRError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
+    return build_learned(name, options)

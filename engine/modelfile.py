@@ -137,12 +137,27 @@ def save(folder: str | os.PathLike, card: dict, tensors: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     card = dict(card, format=FORMAT, version=VERSION, weights={"file": WEIGHTS, "sha256": sha256(data)})
-    tmp_w, tmp_c = folder / (WEIGHTS + ".tmp"), folder / (CARD + ".tmp")
+    tmp_w = folder / (WEIGHTS + ".tmp")
     tmp_w.write_bytes(data)
-    tmp_c.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp_w, folder / WEIGHTS)
-    os.replace(tmp_c, folder / CARD)
+    write_card(folder, card)
     return folder
+
+
+def write_card(folder: Path, card: dict) -> None:
+    """Write ``card`` as the bundle's model.json (replaced at once, never half-written)."""
+    tmp = folder / (CARD + ".tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / CARD)
+
+
+def safetensors_index(data: bytes) -> dict[str, tuple[str, list[int], int, int]]:
+    """name -> (dtype, shape, absolute offset, length in bytes) of each tensor in a safetensors file."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    return {name: (info["dtype"], info["shape"], 8 + size + info["data_offsets"][0],
+                   info["data_offsets"][1] - info["data_offsets"][0])
+            for name, info in header.items() if name != "__metadata__"}
 
 
 def network_tensors(tensors: dict, network: str) -> dict:

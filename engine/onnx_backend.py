@@ -5,7 +5,9 @@
 - ``regression.onnx``: LR in, SR out (conditioning net and decoder);
 - ``lcmsr.onestep.onnx``: LR and noise in, SR out (one-step LCMSR);
 - per diffusion method, ``<method>.condition.onnx`` and ``<method>.denoiser.onnx``, and
-  ``decoder.onnx``: the engine composes them for the N-step samplers of engine.neural.
+  ``decoder.onnx``: engine.latent composes them for the N-step samplers.
+
+This module implements engine.latent.Networks over those graphs; the rest of a method is engine.latent.
 
 The graphs hold no network weights. Every parameter is an external initializer named as in
 model.safetensors and stored there, so the weights exist once and both backends use the same numbers.
@@ -19,7 +21,7 @@ allows it and it starts (else CPU), and are made once per method object, so all 
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -29,8 +31,6 @@ import numpy as np
 
 from . import modelfile
 from .errors import LatentSRError
-from .grid import Grid
-from .neural import CONTEXT, band_groups, check_steps, latent_noise, sample_latent, ungroup
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,10 @@ def export_hint(folder: Path) -> str:
 def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
     """The tensors of a safetensors file as numpy arrays (copies, aligned and writable)."""
     try:
-        size = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + size])
         tensors = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
-            begin, end = info["data_offsets"]
-            flat = np.frombuffer(data, dtype, count=(end - begin) // dtype.itemsize, offset=8 + size + begin)
-            tensors[name] = flat.reshape(info["shape"]).copy()
+        for name, (kind, shape, offset, length) in modelfile.safetensors_index(data).items():
+            dtype = np.dtype(SAFETENSORS_DTYPES[kind])
+            tensors[name] = np.frombuffer(data, dtype, count=length // dtype.itemsize, offset=offset).reshape(shape).copy()
         return tensors
     except (ValueError, KeyError, TypeError) as e:
         raise LatentSRError(f"cannot read the model weights: {e}") from None
@@ -192,86 +186,75 @@ class Sessions:
         return graph
 
 
-@dataclass
-class OnnxMethod:
-    """A learned SR method run by ONNX Runtime: the same interface and numbers as neural.LatentMethod."""
+class OnnxNetworks:
+    """A method's graphs (engine.latent.Networks): the single-call graph of the method when it has one
+    (``fused``), else its condition, denoiser and decoder graphs."""
 
-    name: str
-    graphs: dict  # role -> Graph: "fused", or "condition", "denoiser", "decoder"
-    spec: dict
-    bands: int
-    latent: int
-    steps: int
-    seed: int
-    multiple: int
-    context: int = CONTEXT
+    backend = "onnx"
 
-    @property
-    def deterministic(self) -> bool:
-        return self.name == "regression"
+    def __init__(self, graphs: dict, name: str):
+        self.graphs = graphs
+        self.fused = None
+        if "fused" in graphs:
+            start = name == "lcmsr"  # the one-step LCMSR graph takes the start noise
+
+            def fused(a, noise):
+                return graphs["fused"](**a, **({"noise": noise(0)} if start else {}))
+
+            self.fused = fused
 
     @property
     def provider(self) -> str:
         return next(iter(self.graphs.values())).provider
 
-    def __call__(self, tile: np.ndarray, grid: Grid) -> np.ndarray:
-        from .models.sampling import Plan
+    @property
+    def where(self) -> str:
+        return f"backend onnx on {self.provider}"
 
-        n, h, w = tile.shape
-        groups = band_groups(n, self.bands)
-        plan = Plan.build(h, w, grid, self.multiple)
-        tables = plan.arrays()
-        lr = np.ascontiguousarray(tile[np.array(groups)], dtype=np.float32)
-        inv_scale = np.full((len(groups), 1), 1.0 / grid.scale, dtype=np.float32)
+    def array(self, x: np.ndarray) -> np.ndarray:
+        return x
 
-        def noise(k):
-            return latent_noise(self.seed, plan, len(groups), self.latent, k)
+    def numpy(self, x: np.ndarray) -> np.ndarray:
+        return x
 
-        if "fused" in self.graphs:
-            start = {"noise": noise(0)} if self.name == "lcmsr" else {}
-            sr = self.graphs["fused"](lr=lr, inv_scale=inv_scale, **start, **tables)
-        else:
-            cond = self.graphs["condition"](lr=lr, inv_scale=inv_scale, **tables)
+    def running(self):
+        return contextlib.nullcontext()
 
-            def denoiser(z_t, c, t_frac, inv):
-                return self.graphs["denoiser"](z_t=z_t, cond=c, t_frac=t_frac, inv_scale=inv)
+    def condition(self, a: dict) -> np.ndarray:
+        return self.graphs["condition"](**a)
 
-            x0 = sample_latent(self.name, self.spec, self.steps, denoiser, cond, inv_scale, noise)
-            z = x0 / float(self.spec.get("latent_scale", 1.0))
-            sr = self.graphs["decoder"](lr=lr, z=z, inv_scale=inv_scale, **tables)
-        return ungroup(sr, groups, n)
+    def denoiser(self, z_t, cond, t_frac, inv_scale) -> np.ndarray:
+        return self.graphs["denoiser"](z_t=z_t, cond=cond, t_frac=t_frac, inv_scale=inv_scale)
+
+    def decoder(self, a: dict, z) -> np.ndarray:
+        return self.graphs["decoder"](**a, z=z)
 
 
-def build_method(name: str, options, card: dict, threads: int | None = None) -> OnnxMethod:
-    """The method ``name`` of the bundle ``options.model`` (card already read) on ONNX Runtime, with
-    ``threads`` intra-op threads (default: default_threads())."""
+def require(name: str, backend: str) -> None:
+    """A LatentSRError when onnxruntime cannot be imported (``backend``: what the user asked for)."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        if options.backend == "onnx":
+        if backend == "onnx":
             raise LatentSRError("backend 'onnx' needs onnxruntime, which is not installed: install onnxruntime "
                                 "(or onnxruntime-gpu), or use backend torch") from None
         raise LatentSRError(f"method '{name}' needs ONNX Runtime or PyTorch, and neither is installed: "
                             f"install onnxruntime, or use bicubic") from None
-    spec = card.get("methods", {}).get(name)
-    if spec is None:
-        raise LatentSRError(f"the model '{card.get('name')}' cannot run method '{name}': "
-                            f"it has {', '.join(card.get('methods', {})) or 'no methods'}")
-    folder = modelfile.resolve(options.model)
+
+
+def require_graphs(card: dict, folder: Path) -> None:
     if not card.get("onnx"):
         raise LatentSRError(f"the model '{card.get('name')}' has no ONNX graphs: {export_hint(folder)}")
-    steps = check_steps(name, options.steps, spec)
-    sessions = Sessions(folder, card, options.device, threads)
+
+
+def networks(name: str, steps: int, folder: Path, card: dict, spec: dict, device: str,
+             threads: int | None = None) -> OnnxNetworks:
+    """The graphs of method ``name`` with ``steps`` steps (card entry ``spec``) of the bundle in ``folder``,
+    with ``threads`` intra-op threads (default: default_threads())."""
+    sessions = Sessions(folder, card, device, threads)
     if name in FUSED and steps <= 1:
         graphs = {"fused": sessions.graph(FUSED[name])}
     else:
         graphs = {"condition": sessions.graph(spec["condition"]), "denoiser": sessions.graph(spec["denoiser"]),
                   "decoder": sessions.graph(card.get("decoder", "decoder"))}
-    multiple = 1
-    if name != "regression":
-        multiple = 2 ** (len(card["networks"][spec["denoiser"]]["config"]["channels"]) - 1)
-    method = OnnxMethod(name, graphs, spec, int(card["bands"]), int(card.get("latent", 4)), steps, options.seed,
-                        multiple)
-    log.info("%s: model %s, backend onnx on %s, %s", name, card.get("name"), method.provider,
-             f"{steps} step{'s' * (steps > 1)}" if steps else "one pass")
-    return method
+    return OnnxNetworks(graphs, name)

@@ -13,10 +13,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import raster
-from .consistency import Consistent
 from .errors import Cancelled, LatentSRError
 from .grid import Axis, Grid, resolution_axis, scale_axis, snap_window
-from .methods import METHODS, MethodOptions, build_method
+from .methods import BACKENDS, DEFAULTS, DEVICES, METHODS, STOCHASTIC, MethodOptions, build_method
+from .projection import Projected
 from .resample import nearest_indices
 from .tiling import axis_plan, required_margin
 
@@ -27,9 +27,6 @@ MIN_TILE = 16
 MAX_SAMPLES = 1000  # --samples keeps running sums (Welford), so memory does not grow with it; time does
 MAX_SEED = 2**63 - 1
 FILL_ITERATIONS = 2  # nodata is filled from valid neighbours this many pixels deep
-BACKENDS = ("auto", "torch", "onnx")
-STOCHASTIC = ("lcmsr", "e2diffsr")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -40,21 +37,21 @@ class Request:
     output: str
     scale: float | None = None
     target_resolution: float | None = None
-    method: str = "lcmsr"
+    method: str = DEFAULTS.method
     bands: Sequence[int] | None = None
     steps: int | None = None
-    backend: str = "auto"
-    device: str = "auto"
-    tile: int = 256
-    overlap: int = 32
-    seed: int = 0
+    backend: str = DEFAULTS.backend
+    device: str = DEFAULTS.device
+    tile: int = DEFAULTS.tile
+    overlap: int = DEFAULTS.overlap
+    seed: int = DEFAULTS.seed
     samples: int = 1
     uncertainty: str | None = None
     cog: bool = False
     model: str | None = None
     extent: tuple[float, float, float, float] | None = None  # (xmin, ymin, xmax, ymax) in the input's CRS
-    consistency: bool = False  # project each tile so that its degradation matches the LR (engine.consistency)
-    cluster: str | None = None  # a Dask scheduler address or local:N (engine.cluster); None: this process
+    consistency: bool = False  # project each tile so that its degradation matches the LR (engine.projection)
+    cluster: str | None = None  # a Dask scheduler address or local:N: run with engine.cluster.superresolve
 
     def check(self) -> None:
         """Validate what can be validated without opening the input."""
@@ -94,10 +91,6 @@ class Request:
             if ext not in ("", ".tif", ".tiff"):
                 raise LatentSRError(f"the output is written as a GeoTIFF, so its name must end in .tif or .tiff, "
                                     f"not {ext}: {path}")
-        if self.cluster:
-            from .cluster import parse_address
-
-            parse_address(self.cluster)
 
 
 def check_extent(extent: tuple[float, float, float, float]) -> None:
@@ -221,9 +214,10 @@ class Result:
 
 
 def superresolve(req: Request, progress: Callable[[float], None] | None = None,
-                 is_cancelled: Callable[[], bool] | None = None) -> Result:
+                 is_cancelled: Callable[[], bool] | None = None, runner: Callable | None = None) -> Result:
     """Run ``req``. ``progress`` gets a fraction in [0, 1]; ``is_cancelled`` is asked before every
-    tile. On any failure or cancel no output file is left behind."""
+    tile. On any failure or cancel no output file is left behind. ``runner`` replaces run_tiles
+    (same arguments, and the input's pixel window as ``window``): engine.cluster passes its own."""
     start = time.perf_counter()
     progress = progress or (lambda f: None)
     is_cancelled = is_cancelled or (lambda: False)
@@ -239,11 +233,7 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     method = make_method(req)
     norms = raster.band_norms(whole, info)  # from the whole raster, also when only a window is processed
     src = raster.clipped(whole, window) if window else whole
-    run = run_tiles
-    if req.cluster:
-        from . import cluster
-
-        run = functools.partial(cluster.run_tiles, window=window)
+    run = functools.partial(runner, window=window) if runner else run_tiles
     try:
         return run(req, src, raster.describe(src, bands) if window else info, norms, method, scale, axes[:2],
                    start, progress, is_cancelled)
@@ -254,8 +244,8 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
 
 def make_method(req: Request):
     """The SR method ``req`` asks for, ready to run."""
-    method = build_method(req.method, MethodOptions(req.steps, req.seed, req.backend, req.device, req.model))
-    return Consistent(method) if req.consistency else method
+    method = build_method(req.method, MethodOptions(req.steps, req.backend, req.device, req.model))
+    return Projected(method) if req.consistency else method
 
 
 def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNorm], method, scale: float,
@@ -433,9 +423,7 @@ def sample_layers(method, x: np.ndarray, grid: Grid, seeds: list[int], n_bands: 
     samples are folded into running sums (Welford), so memory does not grow with their number."""
     mean = m2 = None
     for k, seed in enumerate(seeds, start=1):
-        if len(seeds) > 1:
-            method.seed = seed
-        sr = method(x, grid)
+        sr = method(x, grid, seed)
         if sr.shape != (n_bands, *grid.shape):
             raise LatentSRError(f"method {method.name} returned shape {sr.shape}, expected {(n_bands, *grid.shape)}")
         if len(seeds) == 1:

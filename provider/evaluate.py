@@ -16,8 +16,9 @@ from qgis.core import (
 )
 
 from ..engine import evaluate, pipeline
-from .engine_run import LatentSRAlgorithm, run_engine
-from .superresolve import BACKENDS, DEVICES, METHODS
+from .algorithm import LatentSRAlgorithm
+from .engine_run import run_engine
+from ..engine.methods import BACKENDS, DEFAULTS, DEVICES, METHODS, TABLE, steps_help
 
 NUMBERS = (("PSNR", "psnr", "PSNR (dB)"), ("SSIM", "ssim", "SSIM"), ("ERGAS", "ergas", "ERGAS"),
            ("SAM", "sam", "SAM (degrees)"), ("CONSISTENCY_PSNR", "consistency_psnr", "Consistency PSNR (dB)"),
@@ -69,17 +70,18 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
             "raster; with an LR raster it defaults to the size ratio.")
         add(QgsProcessingParameterBand(self.BANDS, "Bands", None, self.REFERENCE, optional=True, allowMultiple=True),
             "Band numbers used in every raster (SR, reference and LR), matched in order. Empty means all bands.")
-        add(QgsProcessingParameterEnum(self.METHOD, "Method (without an SR raster)", [m[0] for m in METHODS],
-                                       defaultValue=0),
+        add(QgsProcessingParameterEnum(self.METHOD, "Method (without an SR raster)", [TABLE[m].label for m in METHODS],
+                                       defaultValue=METHODS.index(DEFAULTS.method)),
             "The SR method run on the degraded reference when INPUT is empty; ignored otherwise.")
         add(QgsProcessingParameterNumber(self.STEPS, "Sampling steps (0 = method default)",
                                          QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=50),
-            "Steps of the diffusion methods when INPUT is empty: LCMSR defaults to 1, E²DiffSR to 4.")
-        add(QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0, minValue=0),
+            f"Steps of the diffusion methods when INPUT is empty: {steps_help()}.")
+        add(QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, DEFAULTS.seed,
+                                         minValue=0),
             "Seed of the diffusion methods when INPUT is empty.", advanced=True)
-        add(QgsProcessingParameterEnum(self.BACKEND, "Backend", BACKENDS, defaultValue=0),
+        add(QgsProcessingParameterEnum(self.BACKEND, "Backend", list(BACKENDS), defaultValue=BACKENDS.index(DEFAULTS.backend)),
             "Backend of the learned methods when INPUT is empty (as in Super-resolve raster).", advanced=True)
-        add(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0),
+        add(QgsProcessingParameterEnum(self.DEVICE, "Device", list(DEVICES), defaultValue=DEVICES.index(DEFAULTS.device)),
             "Device of the learned methods when INPUT is empty; auto uses CUDA when available.", advanced=True)
         add(QgsProcessingParameterFile(self.MODEL, "Model folder (empty: the bundled model)",
                                        behavior=QgsProcessingParameterFile.Folder, optional=True),
@@ -111,7 +113,7 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
             lr=self.layer_path(parameters, self.LR, context),
             scale=self.parameterAsDouble(parameters, self.SCALE, context) if has_scale else None,
             bands=self.parameterAsInts(parameters, self.BANDS, context) or None,
-            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][1],
+            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
             steps=steps or None,
             seed=self.parameterAsInt(parameters, self.SEED, context),
             backend=BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)],

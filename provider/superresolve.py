@@ -14,13 +14,10 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..engine import pipeline
-from .engine_run import LatentSRAlgorithm, run_engine
-
-METHODS = [("LCMSR (one-step latent consistency)", "lcmsr"), ("E²DiffSR (few-step latent diffusion)", "e2diffsr"),
-           ("Regression (deterministic decoder)", "regression"), ("Bicubic", "bicubic")]
-BACKENDS = list(pipeline.BACKENDS)
-DEVICES = list(pipeline.DEVICES)
+from ..engine import cluster, pipeline
+from ..engine.methods import BACKENDS, DEFAULTS, DEVICES, METHODS, TABLE, steps_help
+from .algorithm import LatentSRAlgorithm
+from .engine_run import run_engine
 
 
 class SuperResolveAlgorithm(LatentSRAlgorithm):
@@ -45,8 +42,7 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
              "of the whole raster's output grid that covers it, so it lines up pixel for pixel with a full run."),
             "The output keeps the CRS, nodata, band descriptions and data type. Nodata pixels stay nodata and do "
             "not smear into valid ones.",
-            ("Methods:", "LCMSR (one-step latent consistency, default), E²DiffSR (few-step latent diffusion), "
-             "Regression (deterministic decoder) and Bicubic (Keys cubic convolution)."),
+            ("Methods:", ", ".join(TABLE[m].label for m in METHODS) + f"; the default is {TABLE[DEFAULTS.method].short}."),
         ]
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
@@ -62,22 +58,24 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
         add(QgsProcessingParameterNumber(self.TARGET_RESOLUTION, "Target resolution (map units)",
                                          QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0),
             "Output pixel size in the layer's map units; when set, it decides the scale.")
-        add(QgsProcessingParameterEnum(self.METHOD, "Method", [m[0] for m in METHODS], defaultValue=0),
+        add(QgsProcessingParameterEnum(self.METHOD, "Method", [TABLE[m].label for m in METHODS],
+                                       defaultValue=METHODS.index(DEFAULTS.method)),
             "LCMSR samples in one step; E²DiffSR runs a few diffusion steps; Regression is deterministic; Bicubic is the classic baseline.")
         add(QgsProcessingParameterNumber(self.STEPS, "Sampling steps (0 = method default)",
                                          QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=50),
-            "Steps of the diffusion methods: LCMSR defaults to 1, E²DiffSR to 4. Ignored by Regression and Bicubic.")
-        add(QgsProcessingParameterEnum(self.BACKEND, "Backend", BACKENDS, defaultValue=0),
+            f"Steps of the diffusion methods: {steps_help()}. Ignored by the others.")
+        add(QgsProcessingParameterEnum(self.BACKEND, "Backend", list(BACKENDS), defaultValue=BACKENDS.index(DEFAULTS.backend)),
             "auto: PyTorch on a CUDA GPU, else ONNX Runtime when the model has ONNX graphs (faster on CPU), else PyTorch.", advanced=True)
-        add(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0),
+        add(QgsProcessingParameterEnum(self.DEVICE, "Device", list(DEVICES), defaultValue=DEVICES.index(DEFAULTS.device)),
             "auto uses CUDA when available, else the CPU.", advanced=True)
         add(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (input pixels)", QgsProcessingParameterNumber.Integer,
-                                         256, minValue=pipeline.MIN_TILE),
+                                         DEFAULTS.tile, minValue=pipeline.MIN_TILE),
             "The raster is processed in tiles of this many input pixels; smaller tiles use less memory.", advanced=True)
         add(QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (input pixels)", QgsProcessingParameterNumber.Integer,
-                                         32, minValue=0),
+                                         DEFAULTS.overlap, minValue=0),
             "Neighbouring tiles overlap by this many input pixels and are blended there, so no seams show.", advanced=True)
-        add(QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0, minValue=0),
+        add(QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, DEFAULTS.seed,
+                                         minValue=0),
             "The same seed gives the same result for the diffusion methods.", advanced=True)
         add(QgsProcessingParameterNumber(self.SAMPLES, "Samples", QgsProcessingParameterNumber.Integer, 1, minValue=1,
                                          maxValue=pipeline.MAX_SAMPLES),
@@ -119,7 +117,7 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
             output=self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
             scale=self.parameterAsDouble(parameters, self.SCALE, context),
             target_resolution=target if has_target else None,
-            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][1],
+            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
             bands=self.parameterAsInts(parameters, self.BANDS, context) or None,
             steps=steps or None,
             backend=BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)],
@@ -135,7 +133,7 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
             cluster=self.parameterAsString(parameters, self.CLUSTER, context).strip() or None,
         )
-        result = run_engine("Super-resolution", pipeline.superresolve, request, feedback)
+        result = run_engine("Super-resolution", cluster.superresolve, request, feedback)
         feedback.pushInfo(f"Wrote {result.width}×{result.height} pixels (scale {result.scale:.4g}, {result.method}) "
                           f"in {result.seconds:.1f} s.")
         return {self.OUTPUT: result.output, self.OUTPUT_UNCERTAINTY: uncertainty}

@@ -569,15 +569,15 @@ class TestMemory:
         from engine.pipeline import sample_layers
 
         class Noisy:
-            name, seed = "noisy", 0
+            name = "noisy"
 
-            def __call__(self, x, grid):
-                return np.random.default_rng(self.seed).normal(3.0, 2.0, (1, *grid.shape)).astype(np.float32)
+            def __call__(self, x, grid, seed=0):
+                return np.random.default_rng(seed).normal(3.0, 2.0, (1, *grid.shape)).astype(np.float32)
 
         grid = Grid.whole(4, 5, 2.0)
         seeds = list(range(50))
         mean, std = sample_layers(Noisy(), np.zeros((1, 4, 5), np.float32), grid, seeds, 1, True)
-        runs = np.stack([Noisy.__call__(type("s", (), {"seed": s})(), None, grid) for s in seeds])
+        runs = np.stack([Noisy()(None, grid, s) for s in seeds])
         np.testing.assert_allclose(mean, runs.mean(0), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(std, runs.std(0, ddof=1), rtol=1e-5, atol=1e-5)
 

@@ -6,8 +6,7 @@ import pytest
 from engine import modelfile
 from engine.errors import LatentSRError
 from engine.grid import Grid
-from engine.methods import MethodOptions, build_method
-from engine.neural import from_bundle
+from engine.methods import MethodOptions, build_method, from_bundle
 from training.bundle import random_bundle, write
 
 
@@ -28,8 +27,8 @@ def test_round_trip_gives_identical_outputs(bundle, folder):
     x = np.random.default_rng(0).random((3, 15, 13), dtype=np.float32)
     grid = Grid.whole(15, 13, 2.5)
     for name in ("regression", "lcmsr", "e2diffsr"):
-        before = from_bundle(name, *bundle, seed=4, device="cpu")(x, grid)
-        after = build_method(name, MethodOptions(seed=4, model=str(folder)))(x, grid)
+        before = from_bundle(name, *bundle, device="cpu")(x, grid, 4)
+        after = build_method(name, MethodOptions(model=str(folder)))(x, grid, 4)
         np.testing.assert_array_equal(before, after)
 
 

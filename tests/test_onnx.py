@@ -9,10 +9,10 @@ import pytest
 from engine import modelfile
 from engine.errors import LatentSRError
 from engine.grid import Grid, centres
-from engine.methods import MethodOptions, build_method
-from engine.neural import choose_backend, from_bundle
-from engine.onnx_backend import PROBE_GRAPH, OnnxMethod
+from engine.methods import MethodOptions, build_method, choose_backend, from_bundle
+from engine.onnx_backend import PROBE_GRAPH, OnnxNetworks
 from training import export
+from training.cli import main as training_main
 from training.bundle import random_bundle, write
 
 RUNS = [("regression", None), ("e2diffsr", 2), ("e2diffsr", 4), ("lcmsr", 1), ("lcmsr", 2)]
@@ -39,8 +39,8 @@ def exported(tmp_path_factory):
 def methods(exported):
     """(name, steps) -> (torch method, onnx method), built once: the sessions are reused across tiles."""
     card, tensors, folder = exported
-    return {(name, steps): (from_bundle(name, card, tensors, steps, SEED, "cpu"),
-                            build_method(name, MethodOptions(steps, SEED, "onnx", "cpu", folder)))
+    return {(name, steps): (from_bundle(name, card, tensors, steps, "cpu"),
+                            build_method(name, MethodOptions(steps, "onnx", "cpu", folder)))
             for name, steps in RUNS}
 
 
@@ -52,14 +52,14 @@ def tile(c=4, h=21, w=26, seed=0):
 @pytest.mark.parametrize("name,steps", RUNS)
 def test_parity_with_torch(methods, name, steps, scale):
     torch_method, onnx_method = methods[name, steps]
-    assert isinstance(onnx_method, OnnxMethod) and onnx_method.steps == torch_method.steps
+    assert isinstance(onnx_method.nets, OnnxNetworks) and onnx_method.steps == torch_method.steps
     assert onnx_method.multiple == torch_method.multiple and onnx_method.deterministic == torch_method.deterministic
     x = tile()
     whole = Grid.whole(21, 26, scale)
     # a tile inside a larger raster: offset output rows, a latent aligned to the global grid
     part = Grid(centres(60, round(60 * scale), 17, 17 + round(15 * scale), 20), whole.xs, scale, out_y0=17, in_y0=20)
     for grid in (whole, part):
-        ref, out = torch_method(x, grid), onnx_method(x, grid)
+        ref, out = torch_method(x, grid, SEED), onnx_method(x, grid, SEED)
         assert out.shape == ref.shape == (4, *grid.shape) and out.dtype == np.float32
         # 1e-3 is the requirement; the graphs match to about 1e-7, and a tiny random decoder moves only
         # about 1e-4 with its latent, so 1e-5 also catches a wrong latent, noise or latent scale
@@ -72,9 +72,9 @@ def test_same_seed_same_noise_across_backends(exported, methods):
     x, grid = tile(seed=3), Grid.whole(21, 26, 2.5)
     for name in ("lcmsr", "e2diffsr"):
         steps = 2
-        ref = from_bundle(name, card, tensors, steps, SEED, "cpu")(x, grid)
-        same = methods[name, steps][1](x, grid)
-        other = build_method(name, MethodOptions(steps, SEED + 1, "onnx", "cpu", folder))(x, grid)
+        ref = from_bundle(name, card, tensors, steps, "cpu")(x, grid, SEED)
+        same = methods[name, steps][1](x, grid, SEED)
+        other = methods[name, steps][1](x, grid, SEED + 1)
         assert np.abs(same - ref).max() < 1e-5 < np.abs(other - ref).max()
 
 
@@ -154,19 +154,19 @@ def test_auto_follows_the_cpu_benchmark(exported, monkeypatch):
     assert choose_backend("auto", "cuda", card) == "onnx"  # ONNX Runtime starts a CUDA session, torch sees no GPU
     assert choose_backend("auto", "cpu", card) == "onnx"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr("engine.neural.cpu_only_torch", lambda: False)
+    monkeypatch.setattr("engine.methods.cpu_only_torch", lambda: False)
     assert choose_backend("auto", "cuda", card) == "torch"
     assert choose_backend("auto", "auto", card) == "torch"  # a CUDA torch that sees a GPU
-    monkeypatch.setattr("engine.neural.cpu_only_torch", lambda: True)
+    monkeypatch.setattr("engine.methods.cpu_only_torch", lambda: True)
     assert choose_backend("auto", "auto", card) == "onnx"  # a +cpu wheel is not even imported to ask
-    monkeypatch.setattr("engine.neural.importable", lambda module: module != "torch")
+    monkeypatch.setattr("engine.methods.importable", lambda module: module != "torch")
     assert choose_backend("auto", "auto", plain) == "onnx"
 
 
 def test_cuda_is_offered_only_when_a_session_really_starts():
     import onnxruntime
 
-    from engine.neural import cuda_backend
+    from engine.methods import cuda_backend
     from engine.onnx_backend import cuda_works
 
     session = onnxruntime.InferenceSession(PROBE_GRAPH, providers=["CPUExecutionProvider"])
@@ -184,3 +184,26 @@ def test_default_model_from_the_environment(exported, monkeypatch):
     monkeypatch.setenv(modelfile.MODEL_ENV, exported[2])
     assert modelfile.resolve(None) == modelfile.resolve(exported[2])
     assert build_method("regression", MethodOptions(backend="onnx")).name == "regression"
+
+
+def test_export_fails_when_a_graph_drifts_from_the_bundles_networks(tmp_path, monkeypatch, capsys):
+    """The export check compares each graph with networks built anew from the bundle: a decoder that
+    drifts by +0.01 while it is exported makes `python -m training export-onnx` fail with one line."""
+    folder = write(tmp_path / "drift", *random_bundle("tiny", seed=3, name="drift"))
+    build_networks = modelfile.build_networks
+    calls = []
+
+    def drifting(card, tensors, names, device):
+        nets = build_networks(card, tensors, names, device)
+        if not calls:  # the networks that get exported; the check's reference is built by a later call
+            nets["decoder"].register_forward_hook(lambda module, args, out: out + 0.01)
+        calls.append(names)
+        return nets
+
+    monkeypatch.setattr(modelfile, "build_networks", drifting)
+    assert training_main(["export-onnx", "--model", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(calls) == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: the ONNX graph decoder differs from the bundle's torch networks by 0.01")
+    monkeypatch.setattr(modelfile, "build_networks", build_networks)
+    assert training_main(["export-onnx", "--model", str(folder)]) == 0

@@ -3,8 +3,12 @@ import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 from osgeo import gdal
+
+from engine.pipeline import Request, superresolve
+from engine.raster import output_geotransform
 
 from tests.conftest import LANDSAT, SAMPLE
 
@@ -31,7 +35,17 @@ def test_processing_run(provider, tmp_path):
     assert result["OUTPUT"] == out
     src, ds = gdal.Open(LANDSAT), gdal.Open(out)
     assert (ds.RasterXSize, ds.RasterYSize, ds.RasterCount) == (1743, 943, 2)
-    assert ds.GetGeoTransform()[0] == src.GetGeoTransform()[0] and ds.GetGeoTransform()[3] == src.GetGeoTransform()[3]
+    # the extent is kept exactly: the pixel size is in_extent / out_size; CRS, type and nodata are kept
+    assert ds.GetGeoTransform() == pytest.approx(output_geotransform(src.GetGeoTransform(), src.RasterXSize,
+                                                                     src.RasterYSize, 1743, 943), rel=1e-12)
+    assert ds.GetSpatialRef().IsSame(src.GetSpatialRef())
+    for k, b in enumerate((3, 2), start=1):
+        assert ds.GetRasterBand(k).DataType == src.GetRasterBand(b).DataType
+        assert ds.GetRasterBand(k).GetNoDataValue() == src.GetRasterBand(b).GetNoDataValue()
+    # the parameters reach the engine as they are: the same pixels as the engine's own run of that request
+    direct = str(tmp_path / "direct.tif")
+    superresolve(Request(input=LANDSAT, output=direct, scale=2.5, method="bicubic", bands=[3, 2], tile=128, overlap=16))
+    np.testing.assert_array_equal(ds.ReadAsArray(), gdal.Open(direct).ReadAsArray())
 
 
 def test_processing_bad_input_raises(provider, tmp_path):

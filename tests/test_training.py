@@ -168,9 +168,10 @@ def test_training_stages_and_bundle(images, stage1, tmp_path):
         assert out.shape == (4, 57, 63) and np.all(np.isfinite(out))
 
 
-def test_an_existing_run_needs_resume(images, stage1):
-    with pytest.raises(SystemExit, match="--resume"):
-        main(train_args("stage1", images, stage1, 4))
+def test_an_existing_run_needs_resume(images, stage1, capsys):
+    assert main(train_args("stage1", images, stage1, 4)) == 2  # a TrainingError, as one line
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "pass --resume" in err
 
 
 @pytest.mark.parametrize("stage", ["stage1", "lcmsr"])
@@ -187,3 +188,14 @@ def test_resume_continues_exactly(images, stage1, tmp_path, stage):
     sa = json.loads((tmp_path / "straight" / "checkpoint.json").read_text())
     sb = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
     assert sa["history"] == sb["history"] and sa["step"] == sb["step"] == 4
+
+
+def test_benchmarks_have_one_entry_point(capsys):
+    from training import bench
+
+    assert bench.main([]) == 2 and bench.main(["evaluate"]) == 2
+    usage = "usage: python -m training.bench {quality,backends,scale,speed,cluster} [options]"
+    assert capsys.readouterr().err.splitlines() == [usage, usage]
+    with pytest.raises(SystemExit) as done:  # argparse's --help: each kind is a module of training/bench/
+        bench.main(["backends", "--help"])
+    assert done.value.code == 0 and "python -m training.bench backends" in capsys.readouterr().out

@@ -10,8 +10,11 @@ from pathlib import Path
 import torch
 
 from engine import modelfile
+from engine.methods import TABLE
 from engine.models import build, preset
 from engine.schedulers import consistency, ddpm
+
+from .errors import TrainingError
 
 NORMALISATION = "the engine's normalised units: value/255 for 8-bit imagery"
 
@@ -26,9 +29,10 @@ def method_spec(method: str, latent_scale: float, stage_card: dict | None = None
     """The card entry of a diffusion method (its networks are '<method>.condition/denoiser')."""
     spec = {"condition": f"{method}.condition", "denoiser": f"{method}.denoiser", "latent_scale": latent_scale}
     if method == "e2diffsr":
-        spec.update(betas=list(ddpm.DEFAULT_BETAS), eta=1.0, steps=4)
+        spec.update(betas=list(ddpm.DEFAULT_BETAS), eta=1.0, steps=TABLE[method].default_steps)
     else:
-        spec.update(T=consistency.T, sigma_data=consistency.SIGMA_DATA, steps=1, max_steps=4)
+        spec.update(T=consistency.T, sigma_data=consistency.SIGMA_DATA, steps=TABLE[method].default_steps,
+                    max_steps=TABLE[method].max_steps)
     if stage_card:
         spec.update({k: stage_card[k] for k in ("betas", "eta", "steps", "T", "sigma_data", "max_steps") if k in stage_card})
     return spec
@@ -58,7 +62,7 @@ def random_bundle(preset_name: str = "default", bands: int = 3, seed: int = 0, n
 def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str) -> tuple[dict, dict]:
     """(card, tensors) of an inference bundle made from the output folders of the training stages."""
     if not (e2diffsr or lcmsr):
-        raise SystemExit("give at least one of --e2diffsr and --lcmsr")
+        raise TrainingError("give at least one of --e2diffsr and --lcmsr")
     card1, t1 = modelfile.load(stage1)
     networks = {"decoder": card1["networks"]["decoder"]}
     tensors = {f"decoder.{k}": v for k, v in modelfile.network_tensors(t1, "decoder").items()}
@@ -68,9 +72,9 @@ def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str)
             continue
         card, t = modelfile.load(folder)
         if card.get("kind") != method:
-            raise SystemExit(f"{folder} is not the output of an {method} run")
+            raise TrainingError(f"{folder} is not the output of an {method} run")
         if card.get("stage1", {}).get("sha256") != card1["weights"]["sha256"]:
-            raise SystemExit(f"{folder} was trained on another stage-1 model than {stage1}")
+            raise TrainingError(f"{folder} was trained on another stage-1 model than {stage1}")
         for net in ("condition", "denoiser"):
             networks[f"{method}.{net}"] = card["networks"][net]
             tensors.update({f"{method}.{net}.{k}": v for k, v in modelfile.network_tensors(t, net).items()})

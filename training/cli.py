@@ -1,12 +1,16 @@
-"""Command line: python -m training stage1|e2diffsr|lcmsr|bundle|export-onnx|bench-onnx|bench-speed."""
+"""Command line: python -m training stage1|e2diffsr|lcmsr|bundle|export-onnx (the benchmarks:
+python -m training.bench)."""
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from engine.errors import LatentSRError
 from engine.modelfile import DEFAULT_MODEL, MODELS_DIR
+
+from .errors import TrainingError
 
 STAGE_DEFAULTS = {"stage1": {"lr": 5e-4, "steps": 3000}, "e2diffsr": {"lr": 3e-4, "steps": 3000},
                   "lcmsr": {"lr": 3e-4, "steps": 3000}}
@@ -68,20 +72,6 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=str(MODELS_DIR), help="parent folder of the bundle (default resources/models)")
     e = sub.add_parser("export-onnx", help="export a bundle's inference graphs to ONNX, into the bundle folder")
     e.add_argument("--model", help=f"bundle name under resources/models or bundle folder (default {DEFAULT_MODEL})")
-    o = sub.add_parser("bench-onnx", help="ONNX Runtime against torch on CPU: time per output MP and peak RSS")
-    o.add_argument("--model", help="bundle with ONNX graphs (default: a random default-size bundle, exported here)")
-    o.add_argument("--tile", type=int, default=256)
-    o.add_argument("--scale", type=float, default=4.0)
-    o.add_argument("--repeats", type=int, default=3)
-    o.add_argument("--threads", type=int, help="threads of both backends (default: os.cpu_count(), as the engine)")
-    o.add_argument("--out", help="append the markdown table to this file (e.g. docs/BENCHMARKS.md)")
-    s = sub.add_parser("bench-speed", help="parameters and time per LR tile of each method, random weights")
-    s.add_argument("--tile", type=int, default=256)
-    s.add_argument("--scale", type=float, default=4.0)
-    s.add_argument("--repeats", type=int, default=3)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--preset", default="default")
-    s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     return ap
 
 
@@ -116,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         run(args)
-    except LatentSRError as e:
-        raise SystemExit(f"error: {e}") from None
+    except (LatentSRError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -132,18 +123,10 @@ def run(args) -> None:
         elif args.stage1:
             card, tensors = bundle.from_stages(args.stage1, args.e2diffsr, args.lcmsr, args.name)
         else:
-            raise SystemExit("give --stage1 (with --e2diffsr and/or --lcmsr), or --random")
+            raise TrainingError("give --stage1 (with --e2diffsr and/or --lcmsr), or --random")
         folder = bundle.write(Path(args.out) / args.name, card, tensors)
         logging.getLogger(__name__).info("wrote %s (methods: %s)", folder, ", ".join(card["methods"]))
-    elif args.command == "export-onnx":
+    else:
         from . import export
 
         export.export(args.model)
-    elif args.command == "bench-onnx":
-        from . import bench_onnx
-
-        bench_onnx.run(args.model, args.tile, args.scale, args.repeats, args.threads, args.out)
-    else:
-        from . import bench
-
-        bench.run(args.tile, args.scale, args.repeats, args.device, args.preset, args.threads)

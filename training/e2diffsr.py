@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.neural import e2diffsr_sample
+from engine.latent import e2diffsr_sample
 from engine.schedulers import ddpm
 
 from .latent import LatentStage

@@ -10,6 +10,7 @@ import torch
 
 from engine import modelfile
 
+from .errors import TrainingError
 from .trainer import Stage
 
 LATENT_BATCHES = 8
@@ -21,10 +22,10 @@ class LatentStage(Stage):
 
     def __init__(self, settings, device, specs):
         if not settings.stage1:
-            raise SystemExit("--stage1 is required: the folder of a stage-1 run")
+            raise TrainingError("--stage1 is required: the folder of a stage-1 run")
         card, tensors = modelfile.load(settings.stage1)
         if card.get("kind") != "stage1":
-            raise SystemExit(f"{settings.stage1} is not the output of a stage-1 run")
+            raise TrainingError(f"{settings.stage1} is not the output of a stage-1 run")
         settings.bands = int(card["bands"])
         frozen = modelfile.build_networks(card, tensors, ["encoder", "decoder"], device)
         self.encoder, self.decoder = (frozen[n].requires_grad_(False) for n in ("encoder", "decoder"))

@@ -9,13 +9,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.neural import lcmsr_sample
+from engine.latent import lcmsr_sample
+from engine.methods import TABLE
 from engine.schedulers import consistency as cm
 
 from .latent import LatentStage
 
 SAMPLE_STEPS = 1
-MAX_STEPS = 4
+MAX_STEPS = TABLE["lcmsr"].max_steps
 
 
 class LCMSRStage(LatentStage):
@@ -32,7 +33,7 @@ class LCMSRStage(LatentStage):
         cond = self.condition(self.nets, pair)
         b = x0.shape[0]
         t2 = torch.randint(1, cm.T + 1, (b,), generator=gen, device=gen.device).cpu()
-        t1 = torch.clamp(t2 - cm.DELTA, min=0)
+        t1 = torch.from_numpy(cm.earlier(t2.numpy()))
         noise = torch.randn(x0.shape, generator=gen, device=x0.device)
 
         def noised(t):

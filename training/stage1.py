@@ -16,6 +16,7 @@ import torch
 from engine import modelfile
 from engine.models.sampling import LATENT_FACTOR
 
+from .errors import TrainingError
 from .trainer import Stage
 
 KL_WEIGHT = 1e-4
@@ -54,7 +55,7 @@ class Stage1(Stage):
         model's regression, and the guidance is learned anew."""
         card, tensors = modelfile.load(folder)
         if card.get("kind") != "stage1":
-            raise SystemExit(f"{folder} is not the output of a stage-1 run")
+            raise TrainingError(f"{folder} is not the output of a stage-1 run")
         dec = self.nets["decoder"]
         dec.load_state_dict(modelfile.network_tensors(tensors, "decoder"))
         with torch.no_grad():

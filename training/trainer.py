@@ -23,6 +23,7 @@ from engine import modelfile
 from engine.models import build, preset
 
 from . import curves, data
+from .errors import TrainingError
 from .batch import make_pair
 
 log = logging.getLogger(__name__)
@@ -151,17 +152,17 @@ class Trainer:
         self.out = Path(settings.out)
         self.device = torch.device(settings.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise SystemExit("--device cuda was given but PyTorch sees no CUDA GPU")
+            raise TrainingError("--device cuda was given but PyTorch sees no CUDA GPU")
         if settings.crop % 32:
-            raise SystemExit(f"--crop must be a multiple of 32, got {settings.crop}")
+            raise TrainingError(f"--crop must be a multiple of 32, got {settings.crop}")
         if settings.val_crop % 32:
-            raise SystemExit(f"--val-crop must be a multiple of 32, got {settings.val_crop}")
+            raise TrainingError(f"--val-crop must be a multiple of 32, got {settings.val_crop}")
         self.files = data.list_images(settings.data)
         ckpt = self.out / STATE
         saved = None
         if ckpt.exists():
             if not settings.resume:
-                raise SystemExit(f"{self.out} already holds a checkpoint: pass --resume to continue it or choose another --out")
+                raise TrainingError(f"{self.out} already holds a checkpoint: pass --resume to continue it or choose another --out")
             saved = json.loads(ckpt.read_text())
         torch.manual_seed(settings.seed)
         self.stage = stage_cls(settings, self.device, saved["networks"] if saved else None)

@@ -8,10 +8,11 @@ time the user opens the device list (importing the backends to ask them).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import platform
 import sys
+
+from ..engine.methods import importable
 
 DEPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deps")
 
@@ -43,16 +44,8 @@ def add_to_path() -> bool:
     return True
 
 
-def installed(name: str) -> bool:
-    """Whether ``name`` is importable, without importing it (a ``None`` entry in sys.modules hides it)."""
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def detect() -> dict[str, bool]:
-    return {"torch": installed("torch"), "onnxruntime": installed("onnxruntime"), "dask": installed("distributed")}
+    return {"torch": importable("torch"), "onnxruntime": importable("onnxruntime"), "dask": importable("distributed")}
 
 
 def backends(found: dict[str, bool]) -> list[str]:
@@ -70,16 +63,16 @@ def missing_message(found: dict[str, bool]) -> str:
 
 def cuda_available(backend: str, model: str | None = None) -> bool:
     """Whether the backend that will run for ``backend`` (auto/torch/onnx) and device cuda can really
-    use a CUDA GPU: PyTorch sees one, or ONNX Runtime starts a CUDA session (engine.neural.cuda_backend).
+    use a CUDA GPU: PyTorch sees one, or ONNX Runtime starts a CUDA session (engine.methods.cuda_backend).
     Imports the backend to ask."""
-    from ..engine import modelfile, neural
+    from ..engine import methods, modelfile
     from ..engine.errors import LatentSRError
 
     try:
         card = modelfile.read_card(modelfile.resolve(model))
     except LatentSRError:
         card = {}
-    return neural.cuda_backend(backend, card) is not None
+    return methods.cuda_backend(backend, card) is not None
 
 
 def python_executable() -> str:

@@ -2,6 +2,7 @@
 the background (ui.task). No raster or model logic here."""
 from __future__ import annotations
 
+import functools
 import math
 
 from qgis.core import (
@@ -41,16 +42,15 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..engine import raster
 from ..engine.errors import LatentSRError
+from ..engine.methods import BACKENDS, DEFAULTS, DEVICES, METHODS, TABLE
 from ..engine.pipeline import MAX_SCALE, MIN_TILE, output_plan
-from ..provider.superresolve import BACKENDS, DEVICES, METHODS
 from . import deps
 from .task import SOURCE_PROPERTY, SuperResolveRun, add_result_layer, add_uncertainty_layer
 
 SETTINGS = "latentsr/dock/"
 LOG_TAG = "LatentSR"
-METHOD_NAMES = ("LCMSR", "E²DiffSR", "Regression", "Bicubic")  # short names, in METHOD enum order
-DIFFUSION_METHODS = (0, 1)
 TEMPORARY = "[Save to temporary file]"
 NAME_CHARS = 24  # a source name longer than this is shortened in result names
 
@@ -134,8 +134,8 @@ class SuperResolveDock(QgsDockWidget):
         self.method = QComboBox()
         self.method.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.method.setMinimumContentsLength(12)
-        for label, _ in METHODS:
-            self.method.addItem(label)
+        for name in METHODS:
+            self.method.addItem(TABLE[name].label, name)
         form.addRow("Method", self.method)
         self.steps = QgsSpinBox()
         self.steps.setRange(0, 50)
@@ -171,14 +171,14 @@ class SuperResolveDock(QgsDockWidget):
         advanced.addRow("Device", self.device)
         self.tile = QgsSpinBox()
         self.tile.setRange(MIN_TILE, 8192)
-        self.tile.setValue(256)
-        self.tile.setClearValue(256)
+        self.tile.setValue(DEFAULTS.tile)
+        self.tile.setClearValue(DEFAULTS.tile)
         self.tile.setSuffix(" px")
         advanced.addRow("Tile size", self.tile)
         self.overlap = QgsSpinBox()
         self.overlap.setRange(0, 1024)
-        self.overlap.setValue(32)
-        self.overlap.setClearValue(32)
+        self.overlap.setValue(DEFAULTS.overlap)
+        self.overlap.setClearValue(DEFAULTS.overlap)
         self.overlap.setSuffix(" px")
         advanced.addRow("Tile overlap", self.overlap)
         self.seed = QgsSpinBox()
@@ -259,10 +259,10 @@ class SuperResolveDock(QgsDockWidget):
             widget.setToolTip(tip)
 
     def runner_text(self) -> str:
-        """Which backend and device will run (engine.neural.describe_runner); no heavy import here."""
-        from ..engine.neural import describe_runner
+        """Which backend and device will run (engine.methods.describe_runner); no heavy import here."""
+        from ..engine.methods import describe_runner
 
-        name = METHODS[self.method.currentIndex()][1]
+        name = self.method_name()
         cuda = self.device.findData("cuda") >= 0 if self.cuda_probed else None
         return describe_runner(name, self.backend.currentData() or "auto", self.device.currentData() or "auto",
                                self.model.filePath() or None, cuda)
@@ -349,8 +349,19 @@ class SuperResolveDock(QgsDockWidget):
         self.update_state()
 
     @staticmethod
-    def pixel_size(layer) -> float:
-        return math.sqrt(layer.rasterUnitsPerPixelX() * layer.rasterUnitsPerPixelY())
+    @functools.lru_cache(maxsize=8)
+    def geotransform(source: str) -> tuple[float, ...] | None:
+        try:
+            return raster.open_raster(source).GetGeoTransform(can_return_null=True)
+        except LatentSRError:
+            return None
+
+    def pixel_size(self, layer) -> float:
+        """The layer's ground pixel size (geometric mean of columns and rows) as the run computes it
+        (engine.raster.pixel_size: rotation-safe); QGIS's own figures where GDAL has no geotransform."""
+        gt = self.geotransform(layer.source())
+        px, py = raster.pixel_size(gt) if gt else (layer.rasterUnitsPerPixelX(), layer.rasterUnitsPerPixelY())
+        return math.sqrt(px * py)
 
     def effective_scale(self) -> float | None:
         """The scale the run will use (from the target resolution when that is chosen)."""
@@ -401,7 +412,7 @@ class SuperResolveDock(QgsDockWidget):
     def update_state(self) -> None:
         self.scale.setEnabled(not self.by_resolution.isChecked())
         self.resolution.setEnabled(self.by_resolution.isChecked())
-        self.steps.setEnabled(self.method.currentIndex() in DIFFUSION_METHODS)
+        self.steps.setEnabled(TABLE[self.method_name()].stochastic)
         self.uncertainty.setEnabled(self.samples.value() > 1)
         text, runnable = self.size_text()
         self.size_label.setText(text)
@@ -414,7 +425,7 @@ class SuperResolveDock(QgsDockWidget):
     # -------------------------------------------------------------- settings
     def save_settings(self) -> None:
         s = QgsSettings()
-        s.setValue(SETTINGS + "method", self.method.currentIndex())
+        s.setValue(SETTINGS + "method", self.method_name())
         s.setValue(SETTINGS + "scale", self.scale.value())
         s.setValue(SETTINGS + "by_resolution", self.by_resolution.isChecked())
         s.setValue(SETTINGS + "resolution", self.resolution.value())
@@ -433,8 +444,8 @@ class SuperResolveDock(QgsDockWidget):
     def restore_settings(self) -> None:
         """The last choices; a saved cuda device is kept until the device list is opened and probed."""
         s = QgsSettings()
-        method = s.value(SETTINGS + "method", 0, type=int)
-        self.method.setCurrentIndex(method if 0 <= method < self.method.count() else 0)
+        method = self.method.findData(s.value(SETTINGS + "method", DEFAULTS.method))
+        self.method.setCurrentIndex(method if method >= 0 else self.method.findData(DEFAULTS.method))
         self.scale.setValue(s.value(SETTINGS + "scale", 2.0, type=float))
         by_resolution = s.value(SETTINGS + "by_resolution", False, type=bool)
         (self.by_resolution if by_resolution else self.by_scale).setChecked(True)
@@ -446,14 +457,17 @@ class SuperResolveDock(QgsDockWidget):
         device = s.value(SETTINGS + "device", "auto")
         self._fill_devices(cuda=device == "cuda")
         self.device.setCurrentIndex(max(self.device.findData(device), 0))
-        self.tile.setValue(s.value(SETTINGS + "tile", 256, type=int))
-        self.overlap.setValue(s.value(SETTINGS + "overlap", 32, type=int))
-        self.seed.setValue(s.value(SETTINGS + "seed", 0, type=int))
+        self.tile.setValue(s.value(SETTINGS + "tile", DEFAULTS.tile, type=int))
+        self.overlap.setValue(s.value(SETTINGS + "overlap", DEFAULTS.overlap, type=int))
+        self.seed.setValue(s.value(SETTINGS + "seed", DEFAULTS.seed, type=int))
         self.cog.setChecked(s.value(SETTINGS + "cog", False, type=bool))
         self.consistency.setChecked(s.value(SETTINGS + "consistency", False, type=bool))
         self.model.setFilePath(s.value(SETTINGS + "model", "", type=str))
 
     # ------------------------------------------------------------------- run
+    def method_name(self) -> str:
+        return self.method.currentData() or DEFAULTS.method
+
     def selected_bands(self) -> list[int]:
         """The checked bands; empty when none or all are checked (all bands, in order)."""
         bands = [int(b) for b in self.bands.checkedItemsData()]
@@ -465,10 +479,10 @@ class SuperResolveDock(QgsDockWidget):
         params = {
             "INPUT": layer.source(),
             "SCALE": self.scale.value(),
-            "METHOD": self.method.currentIndex(),
-            "STEPS": self.steps.value() if self.method.currentIndex() in DIFFUSION_METHODS else 0,
-            "BACKEND": BACKENDS.index(self.backend.currentData() or "auto"),
-            "DEVICE": DEVICES.index(self.device.currentData() or "auto"),
+            "METHOD": METHODS.index(self.method_name()),
+            "STEPS": self.steps.value() if TABLE[self.method_name()].stochastic else 0,
+            "BACKEND": BACKENDS.index(self.backend.currentData() or DEFAULTS.backend),
+            "DEVICE": DEVICES.index(self.device.currentData() or DEFAULTS.device),
             "TILE_SIZE": self.tile.value(),
             "OVERLAP": self.overlap.value(),
             "SEED": self.seed.value(),
@@ -495,9 +509,9 @@ class SuperResolveDock(QgsDockWidget):
         "… #2", "#3"; the seed is named when the method samples."""
         layer = self.layer_combo.currentLayer()
         source = layer.name() if len(layer.name()) <= NAME_CHARS else layer.name()[:NAME_CHARS - 1] + "…"
-        method = self.method.currentIndex()
-        name = f"{source} ×{self.effective_scale():.3g} {METHOD_NAMES[method]}"
-        if method in DIFFUSION_METHODS:
+        method = TABLE[self.method_name()]
+        name = f"{source} ×{self.effective_scale():.3g} {method.short}"
+        if method.stochastic:
             name += f" s{self.seed.value()}"
         if self.preview.isChecked():
             name += " preview"

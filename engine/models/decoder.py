@@ -6,7 +6,9 @@
    resolution; each level is bilinearly gathered at the exact output positions and the levels are
    mixed with per-channel weights predicted from 1/scale, then a 1×1 tail maps to the bands.
 3. A bicubic skip (Keys a = -0.5, the same taps as engine.resample) is added.
-All resampling is by index/weight tables (engine.models.sampling), so it exports to ONNX.
+All resampling is by index/weight tables (engine.models.sampling), so it exports to ONNX. The pyramid
+runs channels last, laid out for ONNX Runtime's CPU kernels (docs/MODELS.md, "The exported layout"):
+the exported graph is this forward as it is.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Embedding, resample2d
+from .layers import Embedding, resample, resample2d
 from .sampling import LEVELS
 
 
@@ -53,26 +55,49 @@ class Decoder(nn.Module):
         self.mix = nn.Linear(emb_dim, len(LEVELS) * up_channels)
         self.tail = nn.Sequential(nn.Conv2d(up_channels, tail_channels, 1), nn.SiLU(), nn.Conv2d(tail_channels, bands, 1))
 
-    def forward(self, lr, z, inv_scale, out_y_idx, out_y_w, out_x_idx, out_x_w,
-                lat_y_idx, lat_y_w, lat_x_idx, lat_x_w) -> torch.Tensor:
-        """lr (B, bands, h, w); z (B, latent, h_lat, w_lat); inv_scale (B, 1); tables from
-        sampling.Plan -> (B, bands, n_rows, n_cols)."""
-        emb = self.scale_emb(inv_scale)
+    def features(self, lr, z, emb, lat_y_idx, lat_y_w, lat_x_idx, lat_x_w) -> torch.Tensor:
+        """The LR-resolution feature branch (B, channels, h, w), guided by the latent."""
         guide = resample2d(self.guide(z), lat_y_idx, lat_y_w, lat_x_idx, lat_x_w)
         feat = self.head(lr)
         x = feat
         for block in self.blocks:
             x = block(x, guide, emb)
-        x = self.body_out(x) + feat
+        return self.body_out(x) + feat
+
+    def level(self, i: int, xt: torch.Tensor) -> torch.Tensor:
+        """Pyramid level i of the features ``xt`` (B, h, 1, w, ch): the 1×1 head and pixel shuffle as one
+        broadcast MatMul, (B, h, 1, w, ch) @ (k, ch, k·C), whose result already is the shuffled map,
+        channels last: (B, h·k, w·k, C)."""
+        k, head, c = LEVELS[i], self.levels[i], self.up_channels
+        ch = head.weight.shape[1]
+        # head channel c·k²+sy·k+sx (pixel_shuffle's order) -> weight [sy, ch, sx·C + c]
+        weight = head.weight.reshape(c, k, k, ch).permute(1, 3, 2, 0).reshape(k, ch, k * c)
+        bias = head.bias.reshape(c, k, k).permute(1, 2, 0).reshape(k, 1, k * c)
+        p = torch.matmul(xt, weight) + bias  # (B, h, k, w, k·C)
+        return p.flatten(1, 2).unflatten(3, (k, c)).flatten(2, 3)
+
+    def pyramid(self, x, emb, out_y_idx, out_y_w, out_x_idx, out_x_w) -> torch.Tensor:
+        """The levels gathered at the output positions and mixed by the scale's weights, then the 1×1
+        tail: (B, n_rows, n_cols, bands), channels last (gathers move whole pixels, not single floats)."""
         mix = torch.softmax(self.mix(emb).reshape(-1, len(LEVELS), self.up_channels), dim=1)
+        xt = x.permute(0, 2, 3, 1).unsqueeze(2)
         acc = None
-        for i, (k, head) in enumerate(zip(LEVELS, self.levels)):
-            p = head(x)
-            if k > 1:
-                p = F.pixel_shuffle(p, k)
+        for i in range(len(LEVELS)):
             rows = slice(2 * i, 2 * i + 2)
-            p = resample2d(p, out_y_idx[rows], out_y_w[rows], out_x_idx[rows], out_x_w[rows]) * mix[:, i, :, None, None]
+            # channels last, both gathers move whole pixels: rows first, the level's map is often the larger
+            p = resample(resample(self.level(i, xt), out_y_idx[rows], out_y_w[rows], 1), out_x_idx[rows], out_x_w[rows], 2)
+            p = p * mix[:, i, None, None, :]
             acc = p if acc is None else acc + p
+        t0, t2 = self.tail[0], self.tail[2]
+        return F.linear(F.silu(F.linear(acc, t0.weight.flatten(1), t0.bias)), t2.weight.flatten(1), t2.bias)
+
+    def forward(self, lr, z, inv_scale, out_y_idx, out_y_w, out_x_idx, out_x_w,
+                lat_y_idx, lat_y_w, lat_x_idx, lat_x_w) -> torch.Tensor:
+        """lr (B, bands, h, w); z (B, latent, h_lat, w_lat); inv_scale (B, 1); tables from
+        sampling.Plan -> (B, bands, n_rows, n_cols)."""
+        emb = self.scale_emb(inv_scale)
+        x = self.features(lr, z, emb, lat_y_idx, lat_y_w, lat_x_idx, lat_x_w)
+        out = self.pyramid(x, emb, out_y_idx, out_y_w, out_x_idx, out_x_w)
         cubic = slice(2 * len(LEVELS), 2 * len(LEVELS) + 4)
         skip = resample2d(lr, out_y_idx[cubic], out_y_w[cubic], out_x_idx[cubic], out_x_w[cubic])
-        return skip + self.tail(acc)
+        return skip + out.permute(0, 3, 1, 2)

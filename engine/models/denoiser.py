@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import Embedding, ResBlock
+from .sampling import unet_multiple
 
 
 class Denoiser(nn.Module):
     def __init__(self, latent: int = 4, channels: tuple[int, ...] = (64, 96, 128), emb_dim: int = 128):
         super().__init__()
         self.config = {"latent": latent, "channels": list(channels), "emb_dim": emb_dim}
-        self.multiple = 2 ** (len(channels) - 1)
+        self.multiple = unet_multiple(channels)
         self.emb = Embedding(2, emb_dim)
         self.head = nn.Conv2d(2 * latent, channels[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()

@@ -13,8 +13,9 @@ from torch import nn
 
 
 def resample(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, dim: int) -> torch.Tensor:
-    """Σ_k w[k]·x.index_select(dim, idx[k]) along dim 2 (rows) or 3 (columns); idx, w: (K, n)."""
-    shape = (1, 1, -1, 1) if dim == 2 else (1, 1, 1, -1)
+    """Σ_k w[k]·x.index_select(dim, idx[k]) along any axis ``dim``; idx, w: (K, n)."""
+    shape = [1] * x.dim()
+    shape[dim] = -1
     out = x.index_select(dim, idx[0]) * w[0].reshape(shape)
     for k in range(1, idx.shape[0]):
         out = out + x.index_select(dim, idx[k]) * w[k].reshape(shape)
@@ -22,8 +23,9 @@ def resample(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, dim: int) -> t
 
 
 def resample2d(x: torch.Tensor, y_idx, y_w, x_idx, x_w) -> torch.Tensor:
-    """Separable resampling: rows, then columns."""
-    return resample(resample(x, y_idx, y_w, 2), x_idx, x_w, 3)
+    """Separable resampling of NCHW maps, columns first: when upsampling, the column gather (one
+    element at a time) then runs on the fewer rows."""
+    return resample(resample(x, x_idx, x_w, 3), y_idx, y_w, 2)
 
 
 def fourier(v: torch.Tensor, dim: int, max_freq: float = 1000.0) -> torch.Tensor:

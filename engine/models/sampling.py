@@ -27,6 +27,12 @@ LEVELS = (1, 2, 4, 8)  # feature pyramid of the decoder, in sub-pixels per LR pi
 OUT_TAPS = 2 * len(LEVELS) + 4  # rows of the output tables: 2 bilinear taps per level, then 4 cubic taps
 
 
+def unet_multiple(channels) -> int:
+    """The alignment of the latent for a denoiser UNet with these level channels (2^depth): its height
+    and width must be multiples of it."""
+    return 2 ** (len(channels) - 1)
+
+
 def bilinear_taps(pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (2, m) and weights (2, m) of linear interpolation at ``pos`` on an axis of n samples
     (edge-clamped)."""
@@ -37,7 +43,7 @@ def bilinear_taps(pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class AxisPlan:
+class AxisTables:
     """The tables of one axis."""
 
     out_idx: np.ndarray  # (OUT_TAPS, n_out): pyramid levels then the bicubic skip
@@ -49,7 +55,7 @@ class AxisPlan:
     cells: np.ndarray  # global latent cell indices (n_lat,)
 
 
-def axis_plan(pos: np.ndarray, n_in: int, out0: int, multiple: int, scale: float) -> AxisPlan:
+def axis_tables(pos: np.ndarray, n_in: int, out0: int, multiple: int, scale: float) -> AxisTables:
     """The tables for output positions ``pos`` (tile-local input coordinates) of output pixels
     out0 .. out0+len(pos)-1 over an axis of n_in LR pixels."""
     m = len(pos)
@@ -71,7 +77,7 @@ def axis_plan(pos: np.ndarray, n_in: int, out0: int, multiple: int, scale: float
     hr_idx, hr_w = cubic_taps(hr_pos, n_in)
     centre0 = pos[0] + (first * LATENT_FACTOR + (LATENT_FACTOR - 1) / 2 - out0) * r
     lat_idx, lat_w = bilinear_taps((np.arange(n_in) - centre0) / (LATENT_FACTOR * r), last - first)
-    return AxisPlan(np.concatenate(idx), np.concatenate(w).astype(np.float32), lat_idx, lat_w.astype(np.float32),
+    return AxisTables(np.concatenate(idx), np.concatenate(w).astype(np.float32), lat_idx, lat_w.astype(np.float32),
                     hr_idx, hr_w.astype(np.float32), np.arange(first, last, dtype=np.int64))
 
 
@@ -79,13 +85,13 @@ def axis_plan(pos: np.ndarray, n_in: int, out0: int, multiple: int, scale: float
 class Plan:
     """Row and column tables of one tile."""
 
-    rows: AxisPlan
-    cols: AxisPlan
+    rows: AxisTables
+    cols: AxisTables
 
     @classmethod
     def build(cls, h: int, w: int, grid: Grid, multiple: int) -> "Plan":
-        return cls(axis_plan(np.asarray(grid.ys, dtype=np.float64), h, grid.out_y0, multiple, grid.scale),
-                   axis_plan(np.asarray(grid.xs, dtype=np.float64), w, grid.out_x0, multiple, grid.scale))
+        return cls(axis_tables(np.asarray(grid.ys, dtype=np.float64), h, grid.out_y0, multiple, grid.scale),
+                   axis_tables(np.asarray(grid.xs, dtype=np.float64), w, grid.out_x0, multiple, grid.scale))
 
     @property
     def latent_shape(self) -> tuple[int, int]:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from engine import metrics
-from engine.consistency import degradation_rows, project
+from engine.projection import degradation_rows, project
 from engine.grid import Grid
 from engine.methods import Bicubic
 from engine.pipeline import Request, superresolve

@@ -1,4 +1,4 @@
-"""CPU benchmark of the two backends: ONNX Runtime against torch eager (python -m training bench-onnx).
+"""CPU benchmark of the two backends: ONNX Runtime against torch eager (python -m training.bench backends).
 
 Each (method, backend) runs in its own process, so that its peak RSS is its own (the ONNX process
 never imports torch). A process builds the method from the bundle on the CPU, super-resolves one
@@ -32,22 +32,15 @@ def measure(backend: str, model: str, name: str, steps: int | None, tile: int, s
     """Time and peak RSS of one method on one backend, in this process."""
     import numpy as np
 
-    from engine import modelfile
     from engine.grid import Grid
-    from engine.methods import MethodOptions
+    from engine.methods import MethodOptions, build_method
 
-    options = MethodOptions(steps=steps, backend=backend, device="cpu", model=model)
+    options = MethodOptions(steps=steps, backend=backend, device="cpu", model=model, threads=threads)
     if backend == "torch":
         import torch
 
-        from engine.neural import build_method
-
         torch.set_num_threads(threads)
-        method = build_method(name, options)
-    else:
-        from engine.onnx_backend import build_method
-
-        method = build_method(name, options, modelfile.read_card(modelfile.resolve(model)), threads)
+    method = build_method(name, options)
     x = np.random.default_rng(0).random((3, tile, tile), dtype=np.float32)
     grid = Grid.whole(tile, tile, scale)
     method(x, grid)
@@ -68,8 +61,9 @@ def run_child(backend: str, model: str, name: str, steps: int | None, tile: int,
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         args = json.dumps([backend, model, name, steps, tile, scale, repeats, threads, str(result)])
-        root = Path(__file__).resolve().parent.parent
-        proc = subprocess.run([sys.executable, "-m", "training.bench_onnx", args], cwd=root, capture_output=True,
+        root = Path(__file__).resolve().parents[2]
+        proc = subprocess.run([sys.executable, "-m", "training.bench", "backends", "--child", args], cwd=root,
+                              capture_output=True,
                               text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{backend} {name} failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -103,7 +97,7 @@ def markdown(rows: list[dict], model: str | None, tile: int, scale: float, repea
 
     out = output_size(tile, scale)
     label = model or "a random default-size bundle"
-    command = (f"python -m training bench-onnx --tile {tile} --scale {scale:g} --repeats {repeats} --threads {threads}"
+    command = (f"python -m training.bench backends --tile {tile} --scale {scale:g} --repeats {repeats} --threads {threads}"
                + (f" --model {model}" if model else ""))
     lines = [f"### ONNX Runtime against torch eager on CPU ({time.strftime('%Y-%m-%d')})", "",
              f"Model: {label}; one {tile}×{tile} random LR tile at ×{scale:g} ({out}×{out} out); median of "
@@ -129,8 +123,8 @@ def run(model: str | None = None, tile: int = 256, scale: float = 4.0, repeats: 
     threads = threads or os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         if model is None:
-            from . import export
-            from .bundle import random_bundle, write
+            from .. import export
+            from ..bundle import random_bundle, write
 
             folder = write(Path(tmp) / "random-default", *random_bundle("default", name="random-default"))
             export.export(str(folder))
@@ -156,6 +150,22 @@ def run(model: str | None = None, tile: int = 256, scale: float = 4.0, repeats: 
     return rows
 
 
-if __name__ == "__main__":
-    *arguments, result = json.loads(sys.argv[1])
-    Path(result).write_text(json.dumps(measure(*arguments)))
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m training.bench backends", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="bundle with ONNX graphs (default: a random default-size bundle, exported here)")
+    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--scale", type=float, default=4.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="threads of both backends (default: os.cpu_count(), as the engine)")
+    ap.add_argument("--out", help="append the markdown table to this file (e.g. docs/BENCHMARKS.md)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # one measurement, in its own process (run_child)
+    args = ap.parse_args(argv)
+    if args.child:
+        *arguments, result = json.loads(args.child)
+        Path(result).write_text(json.dumps(measure(*arguments)))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run(args.model, args.tile, args.scale, args.repeats, args.threads, args.out)
+    return 0

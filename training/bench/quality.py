@@ -27,10 +27,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from engine import metrics
-from engine.consistency import Consistent
+from engine.evaluate import degraded_size
 from engine.grid import Grid
 from engine.methods import MethodOptions, build_method
 from engine.pipeline import sample_seeds
+from engine.projection import Projected
 from engine.resample import downsample
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,7 @@ def images(folder: Path, per_class: int | None) -> list[Path]:
 def hr_lr(path: Path, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """HR (uint8 C×H×W, cropped so H = h × scale exactly) and LR (float32 in 0..1)."""
     hr = np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1)
-
-    def lr_size(n):
-        m = int(n // scale)
-        while abs(m * scale - round(m * scale)) > 1e-9:
-            m -= 1
-        return m
-
-    h, w = lr_size(hr.shape[1]), lr_size(hr.shape[2])
+    h, w = degraded_size(hr.shape[1], scale), degraded_size(hr.shape[2], scale)
     hr = hr[:, :round(h * scale), :round(w * scale)]
     return hr, downsample(hr.astype(np.float32) / 255.0, h, w)
 
@@ -71,19 +65,18 @@ def quantise(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-BACKEND_NAMES = {"Bicubic": "numpy", "LatentMethod": "torch", "OnnxMethod": "onnx"}
 
 
 def worker(method_name: str, steps: int | None, files: list[Path], scales, model: str | None, crops_dir: Path,
            backend: str) -> dict:
     """Metrics (means over images) and timing of one method at each scale, plus its peak RSS."""
     base_name, _, variant = method_name.partition("+")
-    method = build_method(base_name, MethodOptions(steps=steps, seed=0, backend=backend, device="cpu", model=model))
+    method = build_method(base_name, MethodOptions(steps=steps, backend=backend, device="cpu", model=model))
     if variant == "consistency":
-        method = Consistent(method)
+        method = Projected(method)
     compare = {f"{c}{i:02d}" for c, i in COMPARE}
-    runner = type(getattr(method, "inner", method)).__name__
-    out = {"scales": {}, "backend": BACKEND_NAMES.get(runner, runner)}
+    nets = getattr(getattr(method, "inner", method), "nets", None)
+    out = {"scales": {}, "backend": nets.backend if nets is not None else "numpy"}
     for scale in scales:
         sums, seconds, pixels = {}, 0.0, 0
         for path in files:
@@ -112,15 +105,14 @@ def calibration(files: list[Path], model: str | None, backend: str) -> dict:
     """Pearson correlation, pooled over all pixels of all images, between the per-pixel std of K
     samples and the absolute error of their mean against HR (8-bit units)."""
     name, steps, samples, scale = CALIBRATION
-    method = build_method(name, MethodOptions(steps=steps, seed=0, backend=backend, device="cpu", model=model))
+    method = build_method(name, MethodOptions(steps=steps, backend=backend, device="cpu", model=model))
     stds, errors, per_image = [], [], []
     for path in files:
         hr, lr = hr_lr(path, scale)
         grid = Grid.whole(lr.shape[1], lr.shape[2], scale)
         runs = []
         for seed in sample_seeds(0, samples):
-            method.seed = seed
-            runs.append(method(lr, grid) * 255.0)
+            runs.append(method(lr, grid, seed) * 255.0)
         runs = np.stack(runs)
         b = math.ceil(scale)
         std = metrics.crop_border(runs.std(axis=0, ddof=1), b).ravel()
@@ -209,7 +201,7 @@ def report(results: dict, rows, scales, n_images: int, command: str, card: dict 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m training.bench quality", description=__doc__.splitlines()[0])
     ap.add_argument("--val", required=True, type=Path)
     ap.add_argument("--out", default="docs/BENCHMARKS.md", type=Path)
     ap.add_argument("--model", help="model name or folder (default: the bundled default)")
@@ -229,14 +221,14 @@ def main(argv=None) -> int:
         result = worker(name, int(steps) or None, files, args.scales, args.model, Path(crops), args.backend)
         json.dump(result, sys.stdout)
         return 0
-    command = "make bench  # python -m training.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "make bench  # python -m training.bench quality " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, steps in ROWS:
             crops = Path(tmp) / f"{name}-{steps or 0}"
             crops.mkdir()
             log.info("%s on %d images at ×%s", label(name, steps), len(files), ", ×".join(f"{s:g}" for s in args.scales))
-            cmd = [sys.executable, "-m", "training.evaluate", "--val", str(args.val), "--scales", *map(str, args.scales),
+            cmd = [sys.executable, "-m", "training.bench", "quality", "--val", str(args.val), "--scales", *map(str, args.scales),
                    "--backend", args.backend, "--worker", name, str(steps or 0), str(crops)]
             if args.per_class:
                 cmd += ["--per-class", str(args.per_class)]
@@ -248,7 +240,7 @@ def main(argv=None) -> int:
                 return 1
             results[label(name, steps)] = json.loads(done.stdout)
         log.info("uncertainty calibration")
-        cmd = [sys.executable, "-m", "training.evaluate", "--val", str(args.val), "--backend", args.backend,
+        cmd = [sys.executable, "-m", "training.bench", "quality", "--val", str(args.val), "--backend", args.backend,
                "--calibration-worker"] + (["--per-class", str(args.per_class)] if args.per_class else []) + \
             (["--model", args.model] if args.model else [])
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -269,6 +261,3 @@ def main(argv=None) -> int:
     log.info("wrote %s", args.out)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

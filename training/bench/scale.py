@@ -1,4 +1,4 @@
-"""Memory and time against raster size (python -m training.bench_scale --out docs/BENCHMARKS.md).
+"""Memory and time against raster size (python -m training.bench scale --out docs/BENCHMARKS.md).
 
 A real NAIP scene (R, G, B) resampled to 512², 1024² and 1536² is super-resolved ×4 through the
 engine's CLI entry point (tiles, blending, GeoTIFF writing, its 256 MB GDAL cache) with each learned
@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
+from ..errors import TrainingError
+
 log = logging.getLogger(__name__)
 
-NAIP = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "geotiff" / "naip" / "m_4709963_se_14_1_20200831.tif"
+NAIP = Path(__file__).resolve().parents[3] / "shared" / "data" / "geotiff" / "naip" / "m_4709963_se_14_1_20200831.tif"
 SIZES = (512, 1024, 1536)
 METHODS = ("lcmsr", "e2diffsr")
 SCALE = 4
@@ -37,16 +39,16 @@ print(json.dumps({"rc": rc, "seconds": time.perf_counter() - start,
 def run(src: str, method: str, tmp: Path) -> dict:
     out = tmp / f"sr_{method}.tif"
     done = subprocess.run([sys.executable, "-c", CHILD, src, str(out), str(SCALE), method],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     result = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
     if result.get("rc") != 0:
-        raise SystemExit(f"{method} failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise TrainingError(f"{method} failed: {done.stderr.strip().splitlines()[-1:]}")
     out.unlink()
     return result
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.bench_scale", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m training.bench scale", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="append the table to this Markdown file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -62,7 +64,7 @@ def main(argv=None) -> int:
                 rows.append({"size": size, "method": method, **r})
                 log.info("%s %d² ×%d: %.1f s, %.0f MB", method, size, SCALE, r["seconds"], r["peak_rss_mb"])
     lines = ["", "## Memory and time against raster size", "",
-             f"Command: `python -m training.bench_scale --out docs/BENCHMARKS.md` (part of `make bench`). "
+             f"Command: `python -m training.bench scale --out docs/BENCHMARKS.md` (part of `make bench`). "
              f"NAIP R, G, B resampled to each size, ×{SCALE} through the engine (default tile 256, overlap 32, "
              f"backend auto), one process per run through `engine.cli.main`.", "",
              "| method | LR size | output MP | time (s) | s / output MP | peak RSS (MB) |", "|---|---|---|---|---|---|"]
@@ -86,6 +88,3 @@ def main(argv=None) -> int:
     log.info("%s", text)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

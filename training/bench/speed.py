@@ -1,4 +1,5 @@
-"""Speed benchmark: parameters and time per LR tile of each learned method, randomly initialised."""
+"""Speed benchmark: parameters and time per LR tile of each learned method, randomly initialised
+(python -m training.bench speed)."""
 from __future__ import annotations
 
 import logging
@@ -10,9 +11,9 @@ import torch
 
 from engine.grid import Grid
 from engine.models.layers import count_parameters
-from engine.neural import from_bundle
+from engine.methods import from_bundle
 
-from .bundle import random_bundle
+from ..bundle import random_bundle
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +36,33 @@ def run(tile: int = 256, scale: float = 4.0, repeats: int = 3, device: str = "cp
                 v.numel() for k, v in tensors.items() if k.startswith(net_name + ".")))
     rows = []
     for name, steps in METHODS:
-        method = from_bundle(name, card, tensors, steps=steps, seed=0, device=device)
-        params = sum(count_parameters(m) for m in method.nets.values())
+        method = from_bundle(name, card, tensors, steps=steps, device=device)
+        params = sum(count_parameters(m) for m in method.nets.nets.values())
         method(x, grid)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             method(x, grid)
-            if method.device.type == "cuda":
+            if method.nets.device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         rows.append({"method": name, "steps": steps or 0, "parameters": params, "seconds": statistics.median(times)})
         log.info("  %-10s %s  %9d parameters  %7.3f s per tile", name, f"{steps} step{'s' * (steps > 1)}" if steps else "1 pass ",
                  params, rows[-1]["seconds"])
     return rows
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m training.bench speed", description=__doc__.splitlines()[0])
+    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--scale", type=float, default=4.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run(args.tile, args.scale, args.repeats, args.device, args.preset, args.threads)
+    return 0

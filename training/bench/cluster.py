@@ -1,4 +1,4 @@
-"""--cluster on this machine, and a scaling model (python -m training.bench_cluster --out docs/BENCHMARKS.md).
+"""--cluster on this machine, and a scaling model (python -m training.bench cluster --out docs/BENCHMARKS.md).
 
 A real NAIP scene (R, G, B) resampled to SIZE² is super-resolved ×4 through the engine's CLI entry
 point, each run in its own process: in one process, on ``local:1`` (one worker with every core) and
@@ -32,9 +32,11 @@ from engine import cluster
 from engine.grid import output_size
 from engine.tiling import window_starts
 
+from ..errors import TrainingError
+
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NAIP = ROOT.parent / "shared" / "data" / "geotiff" / "naip" / "m_4709963_se_14_1_20200831.tif"
 SCALE = 4
 TILE, OVERLAP = 256, 32  # the engine's defaults
@@ -61,7 +63,7 @@ def run(src: str, out: Path, method: str, where: str | None, one_row_bands: bool
     done = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, cwd=ROOT, env=env)
     result = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else {}
     if result.get("rc") != 0:
-        raise SystemExit(f"{method} on {where or 'one process'} failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise TrainingError(f"{method} on {where or 'one process'} failed: {done.stderr.strip().splitlines()[-1:]}")
     log.info("%s %s: %.1f s", method, where or "single", result["seconds"])
     return result
 
@@ -92,7 +94,7 @@ def plan(lr: int, workers: int) -> tuple[int, int, float]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.bench_cluster", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m training.bench cluster", description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=1536, help="LR size in pixels (default %(default)s)")
     ap.add_argument("--out", type=Path, help="append the section to this Markdown file")
     args = ap.parse_args(argv)
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
     overhead = per_band * nb / workers
     predicted = fixed["local:2"] + compute + overhead + pack_mp * big_mp
 
-    command = f"python -m training.bench_cluster --size {size} --out docs/BENCHMARKS.md"
+    command = f"python -m training.bench cluster --size {size} --out docs/BENCHMARKS.md"
     lines = ["", f"## On a Dask cluster (`--cluster`), {time.strftime('%Y-%m-%d')}", "",
              f"Command: `{command}` (part of `make bench`). NAIP R, G, B resampled to {size}², ×{SCALE} "
              f"(output {mp:.1f} MP), tile {TILE}, overlap {OVERLAP}, backend auto, each run in its own process "
@@ -174,7 +176,3 @@ def main(argv=None) -> int:
             f.write(text)
     log.info("%s", text)
     return 0 if same else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

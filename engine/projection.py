@@ -56,7 +56,7 @@ def project(sr: np.ndarray, lr: np.ndarray, grid: Grid) -> np.ndarray:
 
 
 @dataclass
-class Consistent:
+class Projected:
     """Any SR method followed by the consistency projection."""
 
     inner: object
@@ -73,13 +73,5 @@ class Consistent:
     def context(self) -> int:
         return self.inner.context + int(SUPPORT) + 1
 
-    @property
-    def seed(self) -> int:
-        return self.inner.seed
-
-    @seed.setter
-    def seed(self, value: int) -> None:
-        self.inner.seed = value
-
-    def __call__(self, tile: np.ndarray, grid: Grid) -> np.ndarray:
-        return project(self.inner(tile, grid), tile, grid)
+    def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray:
+        return project(self.inner(tile, grid, seed), tile, grid)

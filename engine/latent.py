@@ -1,0 +1,212 @@
+"""The learned methods without a backend: band groups, noise, the samplers, and one per-tile routine.
+
+regression, E²DiffSR and LCMSR run the conditioning net on the bicubic LR to get a latent, turn it into
+a clean latent (regression: as is; e2diffsr: an N-step DDPM chain; lcmsr: a 1–4 step consistency
+sampler), and decode it with the continuous-scale decoder at the grid's exact output positions. That
+routine is ``run_tile``, written once here. A backend (engine.torch_backend, engine.onnx_backend) only
+says how to call the three networks: it implements ``Networks``.
+
+Bands. A model has a fixed band count m (3 for latentsr-rgb). The input bands are processed in
+groups of m consecutive bands (1-3, 4-6, ...); a last group with fewer than m bands is filled by
+cycling through its own bands (a single band is repeated m times), and only the outputs of its
+real bands are kept. Group g draws its noise from latent channels g·latent .. g·latent+latent-1.
+
+Noise is a fixed function of (seed, sampler step, channel, global latent cell) (engine.noise,
+aligned as in engine.models.sampling), so overlapping tiles get the same noise and blend without
+seams; the same seed gives the same output. The samplers work on torch tensors (training unrolls
+them) and numpy arrays alike. This module never imports torch.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Protocol
+
+import numpy as np
+
+from .errors import LatentSRError
+from .grid import Grid
+from .models.sampling import Plan, unet_multiple
+from .noise import gaussian
+from .schedulers import consistency, ddpm
+
+log = logging.getLogger(__name__)
+
+CONTEXT = 16  # LR halo: the decoder's feature branch sees ±10 LR pixels, the latent nets a few cells more
+
+
+def band_groups(n: int, bands: int) -> list[list[int]]:
+    """Input band indices of each group of ``bands`` (the last one filled by cycling its own bands)."""
+    groups = []
+    for start in range(0, n, bands):
+        real = list(range(start, min(start + bands, n)))
+        groups.append([real[k % len(real)] for k in range(bands)])
+    return groups
+
+
+def ungroup(sr: np.ndarray, groups: list[list[int]], n: int) -> np.ndarray:
+    """The n output bands from the per-group outputs ``sr`` (groups, bands, H, W)."""
+    out = np.empty((n, *sr.shape[2:]), dtype=np.float32)
+    for g, members in enumerate(groups):
+        real = sorted(set(members))
+        out[real] = sr[g, :len(real)]
+    return out
+
+
+def constant_like(like, value: float):
+    """``value`` in the shape, dtype and device of ``like`` (a torch tensor or a numpy array)."""
+    if isinstance(like, np.ndarray):
+        return np.full_like(like, value)
+    import torch
+
+    return torch.full_like(like, value)
+
+
+def e2diffsr_sample(denoiser, cond, inv_scale, steps: int, noise, betas=ddpm.DEFAULT_BETAS, eta: float = 1.0):
+    """Clean latent from an n-step run of the short DDPM chain, starting from pure noise.
+
+    ``noise(k)`` gives a standard normal tensor shaped like ``cond``: k = 0 the start, k ≥ 1 the
+    fresh noise of step k."""
+    abar = ddpm.alphas_bar(betas)
+    total = len(abar) - 1
+    x = noise(0)
+    for k, (t, t_prev) in enumerate(ddpm.chain(total, steps), start=1):
+        eps = denoiser(x, cond, constant_like(inv_scale, t / total), inv_scale)
+        sigma = ddpm.step_coefficients(abar[t], abar[t_prev], eta)[2]
+        x, _ = ddpm.step(x, eps, abar[t], abar[t_prev], noise(k) if sigma > 0 else None, eta)
+    return x
+
+
+def lcmsr_sample(denoiser, cond, inv_scale, steps: int, noise, total: int = consistency.T,
+                 sigma_data: float = consistency.SIGMA_DATA):
+    """Clean latent from the consistency function: z0 = f(noise, T), then re-noise and call again
+    for each further step. ``noise(k)`` as in e2diffsr_sample."""
+    x = None  # the clean latent so far; the first step is at t = T, where ᾱ = 0: z_T is the noise itself
+    for k, t in enumerate(consistency.timesteps(steps, total)):
+        if x is None:
+            z = noise(k)
+        else:
+            a, b = consistency.noise_coefficients(t, total)
+            z = float(a) * x + float(b) * noise(k)
+        f_out = denoiser(z, cond, constant_like(inv_scale, t / total), inv_scale)
+        x = consistency.consistency(z, f_out, t, total, sigma_data)
+    return x
+
+
+def sample_latent(name: str, spec: dict, steps: int, denoiser, cond, inv_scale, noise):
+    """The clean (normalised) latent of method ``name`` from its condition: the condition itself for
+    regression, else the method's sampler (torch tensors or numpy arrays alike)."""
+    if name == "e2diffsr":
+        return e2diffsr_sample(denoiser, cond, inv_scale, steps, noise,
+                               spec.get("betas", ddpm.DEFAULT_BETAS), spec.get("eta", 1.0))
+    if name == "lcmsr":
+        return lcmsr_sample(denoiser, cond, inv_scale, steps, noise,
+                            spec.get("T", consistency.T), spec.get("sigma_data", consistency.SIGMA_DATA))
+    return cond
+
+
+def latent_noise(seed: int, plan: Plan, groups: int, latent: int, step: int) -> np.ndarray:
+    """The noise of sampler step ``step`` on a tile's latent (groups, latent, h_lat, w_lat), float32."""
+    z = gaussian(seed, np.arange(groups * latent), plan.rows.cells, plan.cols.cells, stream=step)
+    return z.reshape(groups, latent, *plan.latent_shape)
+
+
+class Networks(Protocol):
+    """What a backend implements: its arrays, and the three networks on them. ``a`` holds a tile's
+    inputs as the backend's arrays: lr, inv_scale and the tables of engine.models.sampling.Plan.arrays.
+    ``fused``, when not None, runs the whole tile in one call, ``fused(a, noise)`` (an exported graph)."""
+
+    fused: Callable | None
+
+    def array(self, x: np.ndarray): ...  # a numpy array as the backend's array
+
+    def numpy(self, x) -> np.ndarray: ...
+
+    def running(self) -> ContextManager: ...  # around the networks' calls of one tile
+
+    def condition(self, a: dict): ...
+
+    def denoiser(self, z_t, cond, t_frac, inv_scale): ...
+
+    def decoder(self, a: dict, z): ...
+
+
+def run_tile(nets: Networks, name: str, spec: dict, steps: int, a: dict, noise: Callable[[int], object]):
+    """SR of one tile's band groups: condition -> sampler -> decoder, in the backend's arrays."""
+    cond = nets.condition(a)
+    x0 = sample_latent(name, spec, steps, nets.denoiser, cond, a["inv_scale"], noise)
+    return nets.decoder(a, x0 / latent_scale(spec))
+
+
+def latent_scale(spec: dict) -> float:
+    return float(spec.get("latent_scale", 1.0))
+
+
+def method_spec(card: dict, name: str) -> dict:
+    """The card's entry for method ``name``; a LatentSRError if the model does not have it."""
+    spec = card.get("methods", {}).get(name)
+    if spec is None:
+        raise LatentSRError(f"the model '{card.get('name')}' cannot run method '{name}': "
+                            f"it has {', '.join(card.get('methods', {})) or 'no methods'}")
+    return spec
+
+
+def latent_multiple(card: dict, spec: dict) -> int:
+    """The latent grid's alignment for a method: its denoiser's downsampling factor (1 without one)."""
+    if "denoiser" not in spec:
+        return 1
+    return unet_multiple(card["networks"][spec["denoiser"]]["config"]["channels"])
+
+
+def check_steps(name: str, steps: int | None, spec: dict, default: int, top: int) -> int:
+    """The number of sampler steps: the card's default (else ``default``) when None; a LatentSRError
+    outside 1..max (the card's betas or max_steps, else ``top``). Deterministic methods: ``top`` = 0, 0 steps."""
+    if top == 0:
+        return 0
+    top = len(spec["betas"]) if "betas" in spec else int(spec.get("max_steps", top))
+    steps = int(spec.get("steps", default)) if steps is None else steps
+    if not 1 <= steps <= top:
+        raise LatentSRError(f"steps must be between 1 and {top} for {name}, got {steps}")
+    return steps
+
+
+@dataclass
+class LatentMethod:
+    """A learned SR method over a loaded bundle, ``method(tile, grid, seed)`` (engine.methods.SRMethod),
+    run by a backend's networks."""
+
+    name: str
+    nets: Networks
+    spec: dict  # the card's entry for this method
+    bands: int
+    latent: int
+    steps: int
+    multiple: int  # the latent grid's alignment (latent_multiple)
+    deterministic: bool
+    context: int = CONTEXT
+
+    def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray:
+        n, h, w = tile.shape
+        groups = band_groups(n, self.bands)
+        plan = Plan.build(h, w, grid, self.multiple)
+        arrays = dict(plan.arrays(), lr=np.ascontiguousarray(tile[np.array(groups)], dtype=np.float32),
+                      inv_scale=np.full((len(groups), 1), 1.0 / grid.scale, dtype=np.float32))
+        nets = self.nets
+
+        def noise(k):
+            return nets.array(latent_noise(seed, plan, len(groups), self.latent, k))
+
+        with nets.running():
+            a = {name: nets.array(x) for name, x in arrays.items()}
+            if nets.fused is not None:
+                sr = nets.fused(a, noise)
+            else:
+                sr = run_tile(nets, self.name, self.spec, self.steps, a, noise)
+            return ungroup(nets.numpy(sr), groups, n)
+
+
+def describe(method: LatentMethod, model: str, where: str) -> None:
+    """Log what runs: method, model, backend and device, steps."""
+    steps = method.steps
+    log.info("%s: model %s, %s, %s", method.name, model, where,
+             f"{steps} step{'s' * (steps > 1)}" if steps else "one pass")

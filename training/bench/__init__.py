@@ -1,0 +1,29 @@
+"""The benchmarks, one entry point: ``python -m training.bench KIND [options]`` (``make bench`` runs them).
+
+- ``quality``: PSNR, SSIM, ERGAS, SAM, consistency PSNR, HF ratio and timing of every method on the
+  UC Merced validation images, the uncertainty calibration and the comparison picture (docs/BENCHMARKS.md);
+- ``backends``: ONNX Runtime against torch eager on CPU, time and peak RSS per method, each in its own process;
+- ``scale``: memory and time of the engine CLI against raster size;
+- ``speed``: parameters and time per LR tile of each method with random weights;
+- ``cluster``: ``--cluster`` on one machine (local:1 against local:2), the overhead of a band, and a scaling model.
+
+The benchmark owns its processes, so, like the engine CLI and qgis_process, it fixes glibc's mmap
+threshold (engine/allocator.py) before it builds any method.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from engine.allocator import fix_mmap_threshold
+
+KINDS = ("quality", "backends", "scale", "speed", "cluster")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in KINDS:
+        print(f"usage: python -m training.bench {{{','.join(KINDS)}}} [options]", file=sys.stderr)
+        return 2
+    fix_mmap_threshold()
+    return importlib.import_module(f"{__name__}.{argv[0]}").main(argv[1:])
