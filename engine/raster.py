@@ -392,6 +392,14 @@ class OutputRaster:
         self.ds = None
         check_size(folder, width, height, len(info.bands), self.dtype)
         take_lock(self.lock, path, scratch_prefix=f".{name}.")
+        try:
+            self._create(src, info, width, height, nodata, axes, virtual)
+        except BaseException:  # a failure, or a Ctrl-C, after the scratch file exists: nothing may stay
+            self.discard()
+            raise
+
+    def _create(self, src: gdal.Dataset, info: RasterInfo, width: int, height: int,
+                nodata: list[float | None] | None, axes: tuple | None, virtual: bool) -> None:
         options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "BIGTIFF=IF_NEEDED", "INTERLEAVE=BAND"]
         if self.signed:
             options.append("PIXELTYPE=SIGNEDBYTE")
@@ -409,7 +417,6 @@ class OutputRaster:
                 if self.masked:
                     self.ds.CreateMaskBand(gdal.GMF_PER_DATASET)
         except RuntimeError as exc:
-            self.discard()
             raise LatentSRError(f"cannot create the output: {one_line(exc)}") from None
         gt = info.geotransform
         if gt is not None and axes is not None:  # (x, y) engine.grid.Axis: the output grid, possibly grown or shifted
