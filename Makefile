@@ -56,10 +56,11 @@ TRAIN_DATA ?= $(ROOT)/../shared/data/ucmerced/train
 VAL_DATA ?= $(ROOT)/../shared/data/ucmerced/val
 RUNS ?= $(ROOT)/runs
 # Stage 1 warm-starts its decoder's LR branch from the committed bundle; its encoder and detail path
-# start as a PCA of the residual; the PatchGAN joins at half way.
+# start as a PCA of the residual; a quarter of the samples decode a zero latent, so that the LR branch
+# keeps a regression of its own; the PatchGAN joins at half way.
 STAGE1_STEPS ?= 1200
 STAGE2_STEPS ?= 800
-STAGE1_ARGS ?= --lr 2e-4 --init $(ROOT)/resources/models/latentsr-rgb --gan-weight 0.01 --gan-start 600
+STAGE1_ARGS ?= --lr 2e-4 --init $(ROOT)/resources/models/latentsr-rgb --latent-dropout 0.25 --gan-weight 0.01 --gan-start 600
 TRAIN_ARGS ?=
 
 train: venv
