@@ -14,6 +14,7 @@ import numpy as np
 from . import raster
 from .errors import Cancelled, LatentSRError
 from .grid import Axis, Grid, resolution_axis, scale_axis, snap_window
+from .latent import check_detail
 from .methods import BACKENDS, DEFAULTS, DEVICES, METHODS, STOCHASTIC, MethodOptions, build_method
 from .projection import Projected
 from .resample import nearest_indices
@@ -39,6 +40,7 @@ class Request:
     method: str = DEFAULTS.method
     bands: Sequence[int] | None = None
     steps: int | None = None
+    detail: float | None = None  # the diffusion methods' faithful ↔ detailed control (None: the card's default)
     backend: str = DEFAULTS.backend
     device: str = DEFAULTS.device
     tile: int = DEFAULTS.tile
@@ -75,6 +77,8 @@ class Request:
             raise LatentSRError(f"overlap ({self.overlap}) must be smaller than the tile size ({self.tile})")
         if self.steps is not None and self.steps < 1:
             raise LatentSRError(f"steps must be at least 1, got {self.steps}")
+        if self.detail is not None:
+            check_detail(self.detail)
         if not 1 <= self.samples <= MAX_SAMPLES:
             raise LatentSRError(f"samples must be at least 1 and at most {MAX_SAMPLES}, got {self.samples}")
         if self.samples > 1 and self.method not in STOCHASTIC:
@@ -227,7 +231,7 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     axes = output_axes(info.width, info.height, info.geotransform, scale, req.target_resolution, window)
     window = axes[2]
     raster.check_outputs({"output": req.output, "uncertainty output": req.uncertainty}, {"input": (req.input, whole)})
-    method = build_method(req.method, MethodOptions(req.steps, req.backend, req.device, req.model))
+    method = build_method(req.method, MethodOptions(req.steps, req.backend, req.device, req.model, detail=req.detail))
     if req.consistency:
         method = Projected(method)
     norms = raster.band_norms(whole, info)  # from the whole raster, also when only a window is processed
