@@ -234,6 +234,9 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     method = build_method(req.method, MethodOptions(req.steps, req.backend, req.device, req.model, detail=req.detail))
     if req.consistency:
         method = Projected(method)
+    if req.samples > 1 and method.deterministic:
+        log.warning("%s at detail 0 is deterministic: its %d samples are the same and the uncertainty is 0 "
+                    "(raise the detail to sample)", req.method, req.samples)
     norms = raster.band_norms(whole, info)  # from the whole raster, also when only a window is processed
     src = raster.clipped(whole, window) if window else whole
     try:

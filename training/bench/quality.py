@@ -331,8 +331,9 @@ def report(results: dict, scales, n_images: int, limit: int | None, command: str
               "HR's spectrum); improv./omiss./halluc. = the shares (%) of the classified pixels in ESA opensr-test's "
               "correctness classes with the L1 distance (docs/MODELS.md); time per output megapixel of the method call on "
               "CPU (one image at a time, all threads); peak RSS of the process running that method.", ""]
-    lines += ["The diffusion rows without a D run at the model card's detail_default: "
-              + ", ".join(f"{name} D = {d:g}" for name, d in default_detail.items()) + ".", ""]
+    lines += ["The diffusion rows without a D ran at "
+              + ", ".join(f"{name} D = {d:g}" for name, d in default_detail.items())
+              + " (the model card's detail_default when it has one, else the fallback in engine/methods.py).", ""]
     heading = ("| method | backend | PSNR | ΔPSNR vs bicubic | SSIM | ERGAS | SAM (°) | consistency PSNR | HF ratio | LSD (dB) "
                "| improv. % | omiss. % | halluc. % | s / output MP | peak RSS (MB) |")
     rule = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -369,7 +370,7 @@ def report(results: dict, scales, n_images: int, limit: int | None, command: str
             suggestion = suggested_detail(results, SWEEP, name)
             if suggestion is not None:
                 lines += [f"{name}: the lowest LSD with ΔPSNR ≥ +{TARGET_GAIN:g} dB over bicubic is at D = {suggestion:g} "
-                          f"(the model card's detail_default: {default_detail[name]:g}).", ""]
+                          f"(this run's default: {default_detail[name]:g}).", ""]
         if pictures.get("pd"):
             lines += ["![ΔPSNR against LSD at ×4](pd.png)", ""]
     if pictures.get("compare"):
