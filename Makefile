@@ -77,6 +77,7 @@ bench: setup
 	cd $(ROOT) && $(PY) -m training.bench backends --model latentsr-rgb --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench backends --model latentsr-rgb --threads 1 --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench scale --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training.bench cluster --out docs/BENCHMARKS.md
 
 # Plugin zip for QGIS's "Install from ZIP": latentsr/ with metadata, LICENSE, code and resources.
 package:

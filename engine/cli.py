@@ -19,9 +19,10 @@ from osgeo import gdal
 from . import evaluate
 from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError, single_line
+from .cluster import superresolve
 from .latent import check_detail
 from .methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, METHODS, steps_help
-from .pipeline import Request, superresolve
+from .pipeline import Request
 
 log = logging.getLogger("engine")
 GDAL_CACHE_BYTES = 256 * 1024 * 1024  # GDAL's default (5 % of RAM) would let the block cache dominate peak memory
@@ -114,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--consistency", action="store_true",
                    help="project the SR so that its bicubic downsampling matches the input exactly")
     s.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
+    s.add_argument("--cluster", help="run the tiles on a Dask cluster: a scheduler address (tcp://host:8786) or "
+                                     "local:N for N local worker processes; the output is the same")
     e = sub.add_parser("evaluate", help="score an SR raster against a reference HR raster (or degrade the reference, "
                                         "super-resolve it and score that, with bicubic beside it)")
     e.add_argument("--hr", required=True, help="reference HR raster")
@@ -146,7 +149,7 @@ def run_superresolve(args) -> str:
                   steps=args.steps, detail=args.detail, backend=args.backend, device=args.device, tile=args.tile,
                   overlap=args.overlap, seed=args.seed, samples=args.samples,
                   uncertainty=args.uncertainty, cog=args.cog, model=args.model,
-                  extent=args.extent, consistency=args.consistency)
+                  extent=args.extent, consistency=args.consistency, cluster=args.cluster)
     result = superresolve(req)
     log.info("%d×%d written in %.1f s", result.width, result.height, result.seconds)
     return result.output

@@ -122,6 +122,14 @@ class Graph:
         return self.session.run(None, feed)[0]
 
 
+def default_threads() -> int:
+    """OMP_NUM_THREADS when set (as a Dask worker's nanny sets it, to share the cores), else every core."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
 class Sessions:
     """Makes the sessions of one bundle: verified graphs, verified weights, one provider choice."""
 
@@ -138,7 +146,7 @@ class Sessions:
         self.tensors = read_safetensors(weights)
         self.providers = providers_for(device, ort.get_available_providers())
         self.device = device
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or default_threads()
 
     def options(self):
         so = self.ort.SessionOptions()
@@ -242,7 +250,7 @@ def require_graphs(card: dict, folder: Path) -> None:
 def networks(name: str, steps: int, folder: Path, card: dict, spec: dict, device: str,
              threads: int | None = None, fused: bool = True) -> OnnxNetworks:
     """The graphs of method ``name`` with ``steps`` steps (card entry ``spec``) of the bundle in ``folder``,
-    with ``threads`` intra-op threads (default: os.cpu_count()). ``fused``: whether the method's
+    with ``threads`` intra-op threads (default: default_threads()). ``fused``: whether the method's
     single-call graph may compute it (engine.latent.uses_fused: not for a detail below 1)."""
     sessions = Sessions(folder, card, device, threads)
     if name in FUSED and steps <= 1 and fused:

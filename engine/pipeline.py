@@ -2,6 +2,7 @@
 them, and write a georeferenced GeoTIFF. Shared by the CLI and the Processing algorithm."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -52,6 +53,7 @@ class Request:
     model: str | None = None
     extent: tuple[float, float, float, float] | None = None  # (xmin, ymin, xmax, ymax) in the input's CRS
     consistency: bool = False  # project each tile so that its degradation matches the LR (engine.projection)
+    cluster: str | None = None  # a Dask scheduler address or local:N: run with engine.cluster.superresolve
 
     def check(self) -> None:
         """Validate what can be validated without opening the input."""
@@ -216,9 +218,10 @@ class Result:
 
 
 def superresolve(req: Request, progress: Callable[[float], None] | None = None,
-                 is_cancelled: Callable[[], bool] | None = None) -> Result:
+                 is_cancelled: Callable[[], bool] | None = None, runner: Callable | None = None) -> Result:
     """Run ``req``. ``progress`` gets a fraction in [0, 1]; ``is_cancelled`` is asked before every
-    tile. On any failure or cancel no output file is left behind."""
+    tile. On any failure or cancel no output file is left behind. ``runner`` replaces run_tiles
+    (same arguments, and the input's pixel window as ``window``): engine.cluster passes its own."""
     start = time.perf_counter()
     progress = progress or (lambda f: None)
     is_cancelled = is_cancelled or (lambda: False)
@@ -231,79 +234,118 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     axes = output_axes(info.width, info.height, info.geotransform, scale, req.target_resolution, window)
     window = axes[2]
     raster.check_outputs({"output": req.output, "uncertainty output": req.uncertainty}, {"input": (req.input, whole)})
-    method = build_method(req.method, MethodOptions(req.steps, req.backend, req.device, req.model, detail=req.detail))
-    if req.consistency:
-        method = Projected(method)
+    method = make_method(req)
     if req.samples > 1 and method.deterministic:
         log.warning("%s at detail 0 is deterministic: its %d samples are the same and the uncertainty is 0 "
                     "(raise the detail to sample)", req.method, req.samples)
     norms = raster.band_norms(whole, info)  # from the whole raster, also when only a window is processed
     src = raster.clipped(whole, window) if window else whole
+    run = functools.partial(runner, window=window) if runner else run_tiles
     try:
-        return run_tiles(req, src, raster.describe(src, bands) if window else info, norms, method, scale, axes[:2],
-                         start, progress, is_cancelled)
+        return run(req, src, raster.describe(src, bands) if window else info, norms, method, scale, axes[:2],
+                   start, progress, is_cancelled)
     finally:
         if window:
             raster.release_clip(src)
+
+
+def make_method(req: Request):
+    """The SR method ``req`` asks for, ready to run."""
+    method = build_method(req.method, MethodOptions(req.steps, req.backend, req.device, req.model, detail=req.detail))
+    return Projected(method) if req.consistency else method
 
 
 def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNorm], method, scale: float,
               axes: tuple[Axis, Axis], start: float, progress: Callable[[float], None],
               is_cancelled: Callable[[], bool]) -> Result:
     """Stream the tiles of ``src`` through ``method`` into the output GeoTIFF on the grid ``axes`` (x, y)."""
-    ax, ay = axes
-    out_w, out_h = ax.n_out, ay.n_out
-    fill = np.array([n.fill for n in norms], dtype=np.float32)
-    margin = required_margin(method.context + FILL_ITERATIONS, req.overlap)
-    rows = axis_plan(info.height, ay, req.tile, req.overlap, margin)
-    cols = axis_plan(info.width, ax, req.tile, req.overlap, margin)
-    row_edges = [t.out_start for t in rows] + [out_h]
-    col_edges = [t.out_start for t in cols] + [out_w]
-    log.info("%s ×%.4g: %d×%d -> %d×%d, %d tiles", method.name, scale, info.width, info.height, out_w, out_h, len(rows) * len(cols))
+    plan = tile_plan(info, scale, axes, req.tile, req.overlap, method.context)
+    log.info("%s ×%.4g: %d×%d -> %d×%d, %d tiles", method.name, scale, info.width, info.height, plan.out_w, plan.out_h,
+             plan.tiles)
+    check_pending_memory(plan.rows, plan.out_w, len(info.bands), 2 if req.uncertainty else 1)
+    outputs = open_outputs(req, src, info, plan)
+
+    def fill() -> None:
+        render(req, src, info, norms, method, plan, outputs, range(len(plan.rows)), lambda f: progress(0.95 * f),
+               is_cancelled)
+        if is_cancelled():
+            raise Cancelled()
+
+    commit_outputs(outputs, fill)
+    progress(1.0)
+    seconds = time.perf_counter() - start
+    return Result(req.output, plan.out_w, plan.out_h, scale, method.name, plan.tiles, seconds)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The tiles of a run and the output cells they blend into. Cell (i, j) spans output rows
+    row_edges[i]:row_edges[i+1] and columns col_edges[j]:col_edges[j+1]; tile (i, j) is the last
+    one that reaches it."""
+
+    scale: float
+    axes: tuple  # (x, y) engine.grid.Axis: the output grid
+    rows: list
+    cols: list
+
+    @property
+    def out_w(self) -> int:
+        return self.axes[0].n_out
+
+    @property
+    def out_h(self) -> int:
+        return self.axes[1].n_out
+
+    @property
+    def tiles(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    @property
+    def row_edges(self) -> list[int]:
+        return [t.out_start for t in self.rows] + [self.out_h]
+
+    @property
+    def col_edges(self) -> list[int]:
+        return [t.out_start for t in self.cols] + [self.out_w]
+
+    def first_row(self, cell_row: int) -> int:
+        """The first tile row that reaches cell row ``cell_row``: the blend of that row needs every
+        tile row from there on, in order."""
+        top = self.rows[cell_row].out_start
+        return next(i for i, t in enumerate(self.rows) if t.out_stop > top)
+
+
+def tile_plan(info: raster.RasterInfo, scale: float, axes: tuple[Axis, Axis], tile: int, overlap: int,
+              context: int) -> TilePlan:
+    margin = required_margin(context + FILL_ITERATIONS, overlap)
+    return TilePlan(scale, tuple(axes), axis_plan(info.height, axes[1], tile, overlap, margin),
+                    axis_plan(info.width, axes[0], tile, overlap, margin))
+
+
+def open_outputs(req: Request, src, info: raster.RasterInfo, plan: TilePlan, virtual: bool = False) -> list:
+    """The output (and the uncertainty output, if asked) as raster.OutputRaster; ``virtual`` ones
+    are assembled from shards instead of written window by window."""
     n_bands = len(info.bands)
-    check_pending_memory(rows, out_w, n_bands, 2 if req.uncertainty else 1)
-    outputs = [raster.OutputRaster(req.output, src, info, out_w, out_h, cog=req.cog, axes=axes)]
+    outputs = [raster.OutputRaster(req.output, src, info, plan.out_w, plan.out_h, cog=req.cog, axes=plan.axes,
+                                   virtual=virtual)]
     try:
         if req.uncertainty:
-            outputs.append(raster.OutputRaster(req.uncertainty, src, info, out_w, out_h, dtype=raster.FLOAT32,
-                                               nodata=[math.nan] * n_bands, cog=req.cog, axes=axes))
+            outputs.append(raster.OutputRaster(req.uncertainty, src, info, plan.out_w, plan.out_h, dtype=raster.FLOAT32,
+                                               nodata=[math.nan] * n_bands, cog=req.cog, axes=plan.axes,
+                                               virtual=virtual))
     except BaseException:
         outputs[0].discard()
         raise
-    seeds = sample_seeds(req.seed, req.samples)
+    return outputs
+
+
+def commit_outputs(outputs: list, fill: Callable[[], None]) -> None:
+    """``fill()`` the outputs, then put them in place, the main one last, once everything else is. On
+    any failure or cancel every output is discarded, and one already in place is removed."""
     committed: list[str] = []
-    pending: dict[tuple[int, int], tuple[list[np.ndarray], np.ndarray]] = {}
     try:
-        total = len(rows) * len(cols)
-        for iy, ty in enumerate(rows):
-            for ix, tx in enumerate(cols):
-                if is_cancelled():
-                    raise Cancelled()
-                stored = raster.read_window(src, info, tx.in_start, ty.in_start, tx.in_stop - tx.in_start, ty.in_stop - ty.in_start)
-                valid = raster.read_valid(src, info, stored, tx.in_start, ty.in_start)
-                x = np.stack([norms[c].forward(stored[c].astype(np.float64)) for c in range(n_bands)])
-                x = fill_invalid(x, valid, fill)
-                grid = Grid(
-                    ys=ay.centres(ty.out_start, ty.out_stop, ty.in_start),
-                    xs=ax.centres(tx.out_start, tx.out_stop, tx.in_start),
-                    scale=scale, out_y0=ty.out_start, out_x0=tx.out_start, in_y0=ty.in_start, in_x0=tx.in_start,
-                    in_h=info.height, in_w=info.width)
-                layers = sample_layers(method, x, grid, seeds, n_bands, bool(req.uncertainty))
-                weight = ty.weights[:, None] * tx.weights[None, :]
-                out_valid = valid[:, nearest_indices(grid.ys, valid.shape[1])][:, :, nearest_indices(grid.xs, valid.shape[2])]
-                scatter(pending, [layer * weight for layer in layers], out_valid, ty.out_start, tx.out_start, iy, ix,
-                        row_edges, col_edges)
-                (acc, *extra), ok = pending.pop((iy, ix))
-                outputs[0].write(to_storage(acc, norms, info.dtype, info.nodata, ok), col_edges[ix], row_edges[iy], ok)
-                if extra:
-                    std = np.stack([extra[0][c] * norms[c].scale for c in range(n_bands)]).astype(np.float32)
-                    outputs[1].write(np.where(ok, std, np.float32(np.nan)), col_edges[ix], row_edges[iy], ok)
-                progress(0.95 * (iy * len(cols) + ix + 1) / total)
-            for out in outputs:  # this row of cells is final: out of the block cache with it
-                out.flush()
-        if is_cancelled():
-            raise Cancelled()
-        for out in reversed(outputs):  # the main output appears last, once everything else is in place
+        fill()
+        for out in reversed(outputs):
             out.commit()
             committed.append(out.path)
     except BaseException:
@@ -312,9 +354,52 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
         for path in committed:  # a sibling this run already put in place must not outlive the failure
             os.remove(path)
         raise
-    progress(1.0)
-    seconds = time.perf_counter() - start
-    return Result(req.output, out_w, out_h, scale, method.name, total, seconds)
+
+
+def render(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNorm], method, plan: TilePlan,
+           writers: list, cells: range, progress: Callable[[float], None], is_cancelled: Callable[[], bool]) -> int:
+    """Blend the tiles that reach the output cell rows ``cells`` and write those rows' cells, each
+    once it is final, to ``writers`` (the output, then the uncertainty, each with
+    ``write(data, x, y, valid)`` and ``flush()``). The tiles are added in the same order whatever
+    ``cells`` is, so a band of rows gets the same bytes as a whole run. ``progress`` gets the
+    fraction of this call's tiles done, ``is_cancelled`` is asked before every tile. Returns the
+    number of tiles run."""
+    (ax, ay), rows, cols, row_edges, col_edges = plan.axes, plan.rows, plan.cols, plan.row_edges, plan.col_edges
+    fill = np.array([n.fill for n in norms], dtype=np.float32)
+    n_bands = len(info.bands)
+    seeds = sample_seeds(req.seed, req.samples)
+    pending: dict[tuple[int, int], tuple[list[np.ndarray], np.ndarray]] = {}
+    first = plan.first_row(cells.start)
+    total = (cells.stop - first) * len(cols)
+    for iy in range(first, cells.stop):
+        ty = rows[iy]
+        for ix, tx in enumerate(cols):
+            if is_cancelled():
+                raise Cancelled()
+            stored = raster.read_window(src, info, tx.in_start, ty.in_start, tx.in_stop - tx.in_start, ty.in_stop - ty.in_start)
+            valid = raster.read_valid(src, info, stored, tx.in_start, ty.in_start)
+            x = np.stack([norms[c].forward(stored[c].astype(np.float64)) for c in range(n_bands)])
+            x = fill_invalid(x, valid, fill)
+            grid = Grid(
+                ys=ay.centres(ty.out_start, ty.out_stop, ty.in_start),
+                xs=ax.centres(tx.out_start, tx.out_stop, tx.in_start),
+                scale=plan.scale, out_y0=ty.out_start, out_x0=tx.out_start, in_y0=ty.in_start, in_x0=tx.in_start,
+                in_h=info.height, in_w=info.width)
+            layers = sample_layers(method, x, grid, seeds, n_bands, bool(req.uncertainty))
+            weight = ty.weights[:, None] * tx.weights[None, :]
+            out_valid = valid[:, nearest_indices(grid.ys, valid.shape[1])][:, :, nearest_indices(grid.xs, valid.shape[2])]
+            scatter(pending, [layer * weight for layer in layers], out_valid, ty.out_start, tx.out_start, iy, ix,
+                    row_edges, col_edges)
+            (acc, *extra), ok = pending.pop((iy, ix))  # final now; a context row's cell is only dropped
+            if iy >= cells.start:
+                writers[0].write(to_storage(acc, norms, info.dtype, info.nodata, ok), col_edges[ix], row_edges[iy], ok)
+                if extra:
+                    std = np.stack([extra[0][c] * norms[c].scale for c in range(n_bands)]).astype(np.float32)
+                    writers[1].write(np.where(ok, std, np.float32(np.nan)), col_edges[ix], row_edges[iy], ok)
+            progress(((iy - first) * len(cols) + ix + 1) / total)
+        for out in writers:  # this row of cells is final: out of the block cache with it
+            out.flush()
+    return total
 
 
 def check_pending_memory(rows: list, out_w: int, n_bands: int, layers: int) -> None:

@@ -3,11 +3,13 @@ output GeoTIFF that appears under its final name only when it is complete."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import re
 import uuid
 from dataclasses import dataclass, replace
+from xml.sax.saxutils import escape
 
 import numpy as np
 from osgeo import gdal
@@ -369,17 +371,20 @@ def check_writable(output: str) -> None:
 class OutputRaster:
     """A GeoTIFF written window by window into a hidden uncompressed scratch file, then packed
     (tiled, compressed, BigTIFF when needed, or COG) into a second hidden file that is renamed to
-    the final name only on success. ``discard`` removes everything; nothing half-written remains."""
+    the final name only on success. ``discard`` removes everything; nothing half-written remains.
+
+    A ``virtual`` one is instead a VRT of shards, GeoTIFFs of whole rows that others write under
+    ``shard_path`` names (engine.cluster); they are removed with the scratch file."""
 
     def __init__(self, path: str, src: gdal.Dataset, info: RasterInfo, width: int, height: int,
                  dtype: int | None = None, nodata: list[float | None] | None = None, cog: bool = False,
-                 axes: tuple | None = None):
+                 axes: tuple | None = None, virtual: bool = False):
         self.path = path
         self.cog = cog
         folder, name = os.path.split(os.path.abspath(path))
-        tag = uuid.uuid4().hex[:8]
-        self.scratch = os.path.join(folder, f".{name}.{tag}.scratch.tif")
-        self.packed = os.path.join(folder, f".{name}.{tag}.part.tif")
+        self.stem = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}")  # every scratch file starts with it
+        self.scratch = self.stem + (".scratch.vrt" if virtual else ".scratch.tif")
+        self.packed = self.stem + ".part.tif"
         self.lock = os.path.join(folder, f".{name}.latentsr-lock")
         self.dtype = info.gdal_type if dtype is None else dtype
         self.signed = info.signed_byte and dtype is None
@@ -387,17 +392,31 @@ class OutputRaster:
         self.ds = None
         check_size(folder, width, height, len(info.bands), self.dtype)
         take_lock(self.lock, path, scratch_prefix=f".{name}.")
+        try:
+            self._create(src, info, width, height, nodata, axes, virtual)
+        except BaseException:  # a failure, or a Ctrl-C, after the scratch file exists: nothing may stay
+            self.discard()
+            raise
+
+    def _create(self, src: gdal.Dataset, info: RasterInfo, width: int, height: int,
+                nodata: list[float | None] | None, axes: tuple | None, virtual: bool) -> None:
         options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "BIGTIFF=IF_NEEDED", "INTERLEAVE=BAND"]
         if self.signed:
             options.append("PIXELTYPE=SIGNEDBYTE")
         try:
             with internal_masks():
-                self.ds = gdal.GetDriverByName("GTiff").Create(self.scratch, width, height, len(info.bands),
-                                                               self.dtype, options)
+                if virtual:
+                    self.ds = gdal.GetDriverByName("VRT").Create(self.scratch, width, height, len(info.bands),
+                                                                 self.dtype)
+                    if self.signed:
+                        for i in range(len(info.bands)):
+                            self.ds.GetRasterBand(i + 1).SetMetadataItem("PIXELTYPE", "SIGNEDBYTE", "IMAGE_STRUCTURE")
+                else:
+                    self.ds = gdal.GetDriverByName("GTiff").Create(self.scratch, width, height, len(info.bands),
+                                                                   self.dtype, options)
                 if self.masked:
                     self.ds.CreateMaskBand(gdal.GMF_PER_DATASET)
         except RuntimeError as exc:
-            self.discard()
             raise LatentSRError(f"cannot create the output: {one_line(exc)}") from None
         gt = info.geotransform
         if gt is not None and axes is not None:  # (x, y) engine.grid.Axis: the output grid, possibly grown or shifted
@@ -424,6 +443,23 @@ class OutputRaster:
         metadata = src.GetMetadata() or {}
         if metadata:
             self.ds.SetMetadata(metadata)
+
+    def shard_path(self, index: int) -> str:
+        return f"{self.stem}.shard{index:05d}.tif"
+
+    def add_shard(self, path: str, y0: int, height: int) -> None:
+        """Let the rows y0..y0+height-1 of a virtual output come from the shard GeoTIFF at ``path``
+        (its mask too, when the output has one)."""
+        width = self.ds.RasterXSize
+        targets = [(self.ds.GetRasterBand(i + 1), str(i + 1)) for i in range(self.ds.RasterCount)]
+        if self.masked:
+            targets.append((self.ds.GetRasterBand(1).GetMaskBand(), "mask,1"))
+        for band, source_band in targets:
+            source = (f"<SimpleSource><SourceFilename relativeToVRT=\"0\">{escape(path)}</SourceFilename>"
+                      f"<SourceBand>{source_band}</SourceBand>"
+                      f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{width}\" ySize=\"{height}\"/>"
+                      f"<DstRect xOff=\"0\" yOff=\"{y0}\" xSize=\"{width}\" ySize=\"{height}\"/></SimpleSource>")
+            band.SetMetadataItem("source_0", source, "new_vrt_sources")
 
     def write(self, data: np.ndarray, x0: int, y0: int, valid: np.ndarray | None = None) -> None:
         """Write C×h×w ``data`` at column x0, row y0; with a mask, ``valid`` (C×h×w) sets it: a
@@ -483,14 +519,19 @@ class OutputRaster:
         out.FlushCache()
         out = None
         os.replace(self.packed, self.path)
-        for stale in (self.path + ".aux.xml", self.path + ".ovr", self.path + ".msk", self.scratch, self.lock):
-            self._remove(stale)  # the scratch file, the lock, and sidecars of an older output
+        for stale in (self.path + ".aux.xml", self.path + ".ovr", self.path + ".msk", self.scratch, *self.shards(),
+                      self.lock):
+            self._remove(stale)  # the scratch files, the lock, and sidecars of an older output
 
     def discard(self) -> None:
         with quiet_gdal():  # closing flushes what is cached; on a full disk that fails, and it does not matter now
             self.ds = None
-        for p in (self.scratch, self.packed, self.lock):
+        for p in (self.scratch, self.packed, *self.shards(), self.lock):
             self._remove(p)
+
+    def shards(self) -> list[str]:
+        """The shard files of this output, finished or not."""
+        return glob.glob(glob.escape(self.stem) + ".shard*")
 
     @staticmethod
     def _remove(path: str) -> None:
@@ -611,7 +652,8 @@ def take_lock(lock: str, path: str, scratch_prefix: str = "") -> None:
 def remove_stale_scratch(folder: str, prefix: str) -> None:
     """Remove the scratch and part files of earlier runs on the same output (this run holds its
     lock, so no live run owns them)."""
-    pattern = re.compile(re.escape(prefix) + r"[0-9a-f]{8}\.(scratch|part)\.tif(\.msk|\.aux\.xml)?")
+    pattern = re.compile(re.escape(prefix) + r"[0-9a-f]{8}\.(scratch\.tif|scratch\.vrt|part\.tif|"
+                         r"shard\d{5}\.tif(\.[0-9a-f]{8}\.part)?)(\.msk|\.aux\.xml)?")
     for name in os.listdir(folder):
         if pattern.fullmatch(name):
             with contextlib.suppress(FileNotFoundError):

@@ -11,9 +11,10 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
 )
 
-from ..engine import pipeline
+from ..engine import cluster, pipeline
 from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, METHODS, TABLE, steps_help
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
@@ -23,7 +24,7 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
     INPUT, BANDS, SCALE, TARGET_RESOLUTION = "INPUT", "BANDS", "SCALE", "TARGET_RESOLUTION"
     METHOD, STEPS, DETAIL, BACKEND, DEVICE = "METHOD", "STEPS", "DETAIL", "BACKEND", "DEVICE"
     TILE_SIZE, OVERLAP, SEED, SAMPLES = "TILE_SIZE", "OVERLAP", "SEED", "SAMPLES"
-    CONSISTENCY, EXTENT, COG, MODEL = "CONSISTENCY", "EXTENT", "COG", "MODEL"
+    CONSISTENCY, EXTENT, COG, MODEL, CLUSTER = "CONSISTENCY", "EXTENT", "COG", "MODEL", "CLUSTER"
     OUTPUT, OUTPUT_UNCERTAINTY = "OUTPUT", "OUTPUT_UNCERTAINTY"
 
     def name(self):
@@ -93,6 +94,10 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
             "A model bundle folder (model.json + model.safetensors), e.g. one you trained with `make train`.", advanced=True)
         add(QgsProcessingParameterBoolean(self.COG, "Write a Cloud Optimized GeoTIFF", False),
             "Write the output as a COG (with overviews) instead of a tiled GeoTIFF.", advanced=True)
+        add(QgsProcessingParameterString(self.CLUSTER, "Dask cluster (empty: this process)", optional=True),
+            "Run the tiles on a Dask distributed cluster: a scheduler address such as tcp://host:8786, or local:N for "
+            "N worker processes on this machine. The output is the same as without. Every worker must be able to read "
+            "the input and the model, and to write next to the output. Needs dask[distributed].", advanced=True)
         add(QgsProcessingParameterRasterDestination(self.OUTPUT, "Super-resolved raster"),
             "Output GeoTIFF.")
         add(QgsProcessingParameterRasterDestination(self.OUTPUT_UNCERTAINTY, "Uncertainty (std of samples)",
@@ -131,8 +136,9 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
             extent=extent,
             consistency=self.parameterAsBool(parameters, self.CONSISTENCY, context),
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
+            cluster=self.parameterAsString(parameters, self.CLUSTER, context).strip() or None,
         )
-        result = run_engine("Super-resolution", pipeline.superresolve, request, feedback)
+        result = run_engine("Super-resolution", cluster.superresolve, request, feedback)
         feedback.pushInfo(f"Wrote {result.width}×{result.height} pixels (scale {result.scale:.4g}, {result.method}) "
                           f"in {result.seconds:.1f} s.")
         return {self.OUTPUT: result.output, self.OUTPUT_UNCERTAINTY: uncertainty}

@@ -17,13 +17,13 @@ def test_algorithm_parameters(provider):
     alg = provider.algorithm("superresolve")
     names = [p.name() for p in alg.parameterDefinitions()]
     for name in ("INPUT", "BANDS", "SCALE", "TARGET_RESOLUTION", "METHOD", "STEPS", "DETAIL", "BACKEND", "DEVICE",
-                 "TILE_SIZE", "OVERLAP", "SEED", "SAMPLES", "OUTPUT", "OUTPUT_UNCERTAINTY"):
+                 "TILE_SIZE", "OVERLAP", "SEED", "SAMPLES", "CLUSTER", "OUTPUT", "OUTPUT_UNCERTAINTY"):
         assert name in names
         assert alg.parameterDefinition(name).help()
     assert alg.parameterDefinition("METHOD").options()[0].startswith("LCMSR")
     assert alg.parameterDefinition("METHOD").defaultValue() == 0
     advanced = {p.name() for p in alg.parameterDefinitions() if p.flags() & p.FlagAdvanced}
-    assert {"TILE_SIZE", "OVERLAP", "SEED", "BACKEND"} <= advanced
+    assert {"TILE_SIZE", "OVERLAP", "SEED", "BACKEND", "CLUSTER"} <= advanced
 
 
 def test_processing_run(provider, tmp_path):

@@ -394,6 +394,8 @@ def test_installer_runs_pip_pinned_with_live_log(qgis_app, tmp_path):
     assert args[:3] == ["-m", "pip", "install"] and args[args.index("--target") + 1] == str(tmp_path)
     assert {"torch==2.13.0+cpu", "safetensors==0.8.0", "onnxruntime==1.31.1"} <= set(args)
     assert not any(a.startswith("torch") for a in deps.pip_arguments(["onnxruntime"], str(tmp_path)))
+    assert "dask[distributed]==2026.8.0" in deps.pip_arguments(["dask"], str(tmp_path))
+    assert not any(a.startswith("dask") for a in args)
     dialog = InstallDialog(python=sys.executable, target=str(tmp_path))
     assert dialog.selected() in ([], ["torch"])
     outcome = []

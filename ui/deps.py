@@ -1,4 +1,4 @@
-"""Optional deep-learning dependencies (PyTorch, ONNX Runtime): cheap detection, the plugin-private
+"""Optional dependencies (PyTorch, ONNX Runtime, Dask distributed): cheap detection, the plugin-private
 install folder, the pinned pip command, and a lazy CUDA probe.
 
 Detection uses ``importlib.util.find_spec`` only, so nothing heavy is imported when QGIS starts or
@@ -19,6 +19,7 @@ DEPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 TORCH_VERSION = "2.13.0"
 ONNXRUNTIME_VERSION = "1.31.1"
 SAFETENSORS_VERSION = "0.8.0"
+DASK_VERSION = "2026.8.0"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 # What each installable choice puts into DEPS_DIR, as a label and the pip requirements.
@@ -28,6 +29,8 @@ PACKAGES = {
     "torch-cuda": "PyTorch {} with CUDA (NVIDIA GPU, Linux; several GB) and safetensors {}".format(
         TORCH_VERSION, SAFETENSORS_VERSION),
     "onnxruntime": "ONNX Runtime {} (CPU): the onnx backend, the faster one on CPU".format(ONNXRUNTIME_VERSION),
+    "dask": "Dask distributed {} (optional): runs the tiles on a cluster (Processing's CLUSTER parameter)".format(
+        DASK_VERSION),
 }
 
 
@@ -42,7 +45,7 @@ def add_to_path() -> bool:
 
 
 def detect() -> dict[str, bool]:
-    return {"torch": importable("torch"), "onnxruntime": importable("onnxruntime")}
+    return {"torch": importable("torch"), "onnxruntime": importable("onnxruntime"), "dask": importable("distributed")}
 
 
 def backends(found: dict[str, bool]) -> list[str]:
@@ -99,6 +102,8 @@ def requirements(choices: list[str]) -> tuple[list[str], list[str]]:
         reqs.append("safetensors=={}".format(SAFETENSORS_VERSION))
     if "onnxruntime" in choices:
         reqs.append("onnxruntime=={}".format(ONNXRUNTIME_VERSION))
+    if "dask" in choices:
+        reqs.append("dask[distributed]=={}".format(DASK_VERSION))
     return reqs, options
 
 

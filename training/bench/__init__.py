@@ -4,7 +4,8 @@
   UC Merced validation images, the uncertainty calibration and the comparison picture (docs/BENCHMARKS.md);
 - ``backends``: ONNX Runtime against torch eager on CPU, time and peak RSS per method, each in its own process;
 - ``scale``: memory and time of the engine CLI against raster size;
-- ``speed``: parameters and time per LR tile of each method with random weights.
+- ``speed``: parameters and time per LR tile of each method with random weights;
+- ``cluster``: ``--cluster`` on one machine (local:1 against local:2), the overhead of a band, and a scaling model.
 
 The benchmark owns its processes, so, like the engine CLI and qgis_process, it fixes glibc's mmap
 threshold (engine/allocator.py) before it builds any method.
@@ -16,7 +17,7 @@ import sys
 
 from engine.allocator import fix_mmap_threshold
 
-KINDS = ("quality", "backends", "scale", "speed")
+KINDS = ("quality", "backends", "scale", "speed", "cluster")
 
 
 def main(argv: list[str] | None = None) -> int:

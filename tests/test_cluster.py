@@ -1,0 +1,271 @@
+"""--cluster on a real Dask cluster: a scheduler and two worker processes on 127.0.0.1.
+
+The same bytes as a single run (bicubic, regression, LCMSR with a seed, on a NAIP crop with
+nodata and two band groups), a worker killed mid-run, cancel, a band that fails on bad data, and
+a scheduler that cannot be reached."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from engine import cluster
+from engine.errors import Cancelled, LatentSRError
+from engine.cluster import superresolve
+from engine.pipeline import Request
+from tests.conftest import NAIP, ROOT, write_raster
+
+distributed = pytest.importorskip("distributed")
+
+TILING = {"scale": 2.0, "tile": 32, "overlap": 8}  # 5 tile rows: 2 bands on 2 workers
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """The address of a local scheduler with two single-threaded worker processes."""
+    import dask
+
+    with cluster.kept_environment(dask.config.get("distributed.nanny.pre-spawn-environ")):
+        with warnings.catch_warnings():  # port 8787 in use
+            warnings.simplefilter("ignore")
+            local = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                             dashboard_address=None, silence_logs=50)
+        with local, distributed.Client(local.scheduler_address, set_as_default=False) as client:
+            client.wait_for_workers(2)
+            yield local.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def client(scheduler):
+    with distributed.Client(scheduler, set_as_default=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def crop(tmp_path_factory):
+    """A 96×112 crop of a NAIP scene (4 bands: two band groups for a 3-band model), nodata 0, with a
+    hole of nodata in one band and a fully empty corner."""
+    path = tmp_path_factory.mktemp("crop") / "naip.tif"
+    ds = gdal.Translate(str(path), NAIP, srcWin=[300, 200, 96, 112])
+    for b in range(1, 5):
+        band = ds.GetRasterBand(b)
+        a = band.ReadAsArray()
+        a[:6, :8] = 0
+        if b == 2:
+            a[40:60, 10:30] = 0
+        band.WriteArray(a)
+        band.SetNoDataValue(0)
+    ds = None
+    return str(path)
+
+
+def run(crop, out, **kw):
+    return superresolve(Request(input=crop, output=str(out), **{**TILING, **kw}))
+
+
+def pixels(path):
+    ds = gdal.Open(str(path))
+    return ds.ReadAsArray(), [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)], \
+        ds.GetGeoTransform(), ds.GetRasterBand(1).DataType
+
+
+def same(a, b):
+    pa, pb = pixels(a), pixels(b)
+    assert pa[0].shape == pb[0].shape and pa[0].tobytes() == pb[0].tobytes()
+    assert repr(pa[1:]) == repr(pb[1:])  # nodata, geotransform, type (repr: NaN nodata equals itself)
+
+
+@pytest.mark.parametrize("method, kw", [("bicubic", {}), ("regression", {}), ("lcmsr", {"seed": 7})])
+def test_same_bytes_as_a_single_run(scheduler, crop, tmp_path, method, kw):
+    run(crop, tmp_path / "single.tif", method=method, **kw)
+    result = run(crop, tmp_path / "cluster.tif", method=method, cluster=scheduler, **kw)
+    assert result.output == str(tmp_path / "cluster.tif")
+    same(tmp_path / "single.tif", tmp_path / "cluster.tif")
+    a = pixels(tmp_path / "cluster.tif")[0]
+    assert (a[:, :12, :16] == 0).all() and (a[1, 100:100 + 20] == 0).any()  # nodata stays nodata
+    assert sorted(os.listdir(tmp_path)) == ["cluster.tif", "single.tif"]  # no shard, VRT or lock left
+
+
+def test_samples_and_uncertainty_on_the_cluster(scheduler, crop, tmp_path):
+    kw = {"method": "lcmsr", "seed": 3, "samples": 2, "bands": [3, 1]}
+    run(crop, tmp_path / "single.tif", uncertainty=str(tmp_path / "single_std.tif"), **kw)
+    run(crop, tmp_path / "cluster.tif", uncertainty=str(tmp_path / "cluster_std.tif"), cluster=scheduler, **kw)
+    same(tmp_path / "single.tif", tmp_path / "cluster.tif")
+    same(tmp_path / "single_std.tif", tmp_path / "cluster_std.tif")
+
+
+class KillOnce(distributed.WorkerPlugin):
+    """Kills its worker's process the first time, cluster-wide, that a band task starts executing."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish == "executing" and "latentsr-band" in str(key):
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_changes_nothing(scheduler, client, crop, tmp_path):
+    run(crop, tmp_path / "single.tif", method="lcmsr", seed=5)
+    marker = str(tmp_path / "killed")
+    client.register_plugin(KillOnce(marker), name="kill-once")
+    try:
+        run(crop, tmp_path / "cluster.tif", method="lcmsr", seed=5, cluster=scheduler)
+    finally:
+        client.unregister_worker_plugin("kill-once")
+    assert os.path.exists(marker)  # a worker did die with a band in hand
+    same(tmp_path / "single.tif", tmp_path / "cluster.tif")
+    client.wait_for_workers(2)  # the nanny restarts it for the next tests
+
+
+def test_cancel_leaves_nothing(scheduler, client, crop, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    seen = []
+    with pytest.raises(Cancelled):
+        superresolve(Request(input=crop, output=str(out / "sr.tif"), method="lcmsr", cluster=scheduler, **TILING),
+                     progress=seen.append, is_cancelled=lambda: any(0 < f < 0.95 for f in seen))
+    assert os.listdir(out) == []
+    assert not any(client.processing().values())  # no band is still running
+
+
+def test_ctrl_c_on_a_local_cluster_is_one_line_and_leaves_nothing(tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it: the local workers ignore it, the
+    client stops the bands, exits 130 and removes every shard."""
+    big = write_raster(tmp_path / "big.tif", np.random.default_rng(1).integers(1, 255, (3, 400, 400)).astype(np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "engine", "superresolve", big, str(out / "sr.tif"), "--scale", "4",
+                          "--method", "bicubic", "--tile", "32", "--overlap", "8", "--cluster", "local:2"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        while not any(".shard" in n for n in os.listdir(out)) and p.poll() is None:
+            time.sleep(0.02)
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130 and err.strip().splitlines() == ["error: interrupted"]
+    assert os.listdir(out) == []
+
+
+def test_a_band_that_fails_names_its_window_and_leaves_nothing(scheduler, tmp_path):
+    """One strip of a DEFLATE GeoTIFF is garbage: the client's decimated statistics never read it,
+    the band that needs it fails."""
+    src = write_raster(tmp_path / "bad.tif", np.random.default_rng(0).integers(1, 255, (64, 1100)).astype(np.uint8))
+    gdal.Translate(str(tmp_path / "strips.tif"), src, creationOptions=["COMPRESS=DEFLATE", "BLOCKYSIZE=1"])
+    ds = gdal.Open(str(tmp_path / "strips.tif"))
+    offset = int(ds.GetRasterBand(1).GetMetadataItem("BLOCK_OFFSET_0_40", "TIFF"))
+    size = int(ds.GetRasterBand(1).GetMetadataItem("BLOCK_SIZE_0_40", "TIFF"))
+    ds = None
+    with open(tmp_path / "strips.tif", "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * size)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(LatentSRError, match=r"output rows \d+-\d+ \(input rows \d+-\d+\) failed: reading the input") as info:
+        superresolve(Request(input=str(tmp_path / "strips.tif"), output=str(out / "sr.tif"), method="bicubic",
+                             cluster=scheduler, **TILING))
+    rows = [int(v) for v in info.value.args[0].split("input rows ")[1].split(")")[0].split("-")]
+    assert rows[0] <= 40 <= rows[1]
+    assert "\n" not in str(info.value)
+    assert os.listdir(out) == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_scheduler_is_one_line_and_exit_2(crop, tmp_path):
+    env = dict(os.environ, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="1s")
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run([sys.executable, "-m", "engine", "superresolve", crop, str(out / "sr.tif"), "--scale", "2",
+                           "--method", "bicubic", "--cluster", f"tcp://127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: cannot reach the Dask scheduler at tcp://127.0.0.1:")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert os.listdir(out) == []
+
+
+def test_without_dask_cluster_says_what_to_install(crop, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(LatentSRError, match=r"pip install 'dask\[distributed\]==2026\.8\.0'"):
+        run(crop, tmp_path / "sr.tif", method="bicubic", cluster="local:2")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("text", ["local:0", "local:x", "local", "tcp://", "no such host:1:2", "local:100000"])
+def test_bad_cluster_address_is_refused_before_anything_runs(text):
+    with pytest.raises(LatentSRError, match="^cluster"):  # before the (missing) input is opened
+        superresolve(Request(input="no-such-input.tif", output="out.tif", scale=2, cluster=text))
+
+
+def test_addresses():
+    assert cluster.parse_address("local:3") == ("local", 3)
+    assert cluster.parse_address("tcp://10.0.0.5:8786") == ("tcp://10.0.0.5:8786", None)
+    assert cluster.parse_address("scheduler.example.org:8786") == ("scheduler.example.org:8786", None)
+
+
+@pytest.mark.parametrize("n_rows, workers", [(1, 4), (5, 2), (40, 2), (353, 100), (10_000, 3), (7, 64)])
+def test_band_rows_balance_work_and_waves(n_rows, workers):
+    k = cluster.band_rows(n_rows, workers)
+    assert 1 <= k <= min(n_rows, cluster.MAX_BAND_ROWS)
+
+    def makespan(rows):  # rounds of bands on the workers × the tile rows of a band, with its context row
+        return -(-(-(-n_rows // rows)) // workers) * (rows + 1)
+
+    assert makespan(k) == min(makespan(r) for r in range(1, min(n_rows, cluster.MAX_BAND_ROWS) + 1))
+    bands = cluster.bands(n_rows, k)
+    assert [r for b in bands for r in b] == list(range(n_rows))
+
+
+def test_workers_that_cannot_import_the_engine_get_told_where_it_is():
+    error = cluster.band_error(RuntimeError("Error during deserialization of the task graph. This frequently occurs"))
+    assert f"({cluster.module_root()})" in str(error) and f"start them with {ROOT} on PYTHONPATH" in str(error)
+
+
+def test_processing_cluster_parameter(provider, scheduler, crop, tmp_path):
+    import processing
+
+    params = {"INPUT": crop, "SCALE": 2, "METHOD": 3, "TILE_SIZE": 32, "OVERLAP": 8}
+    processing.run("latentsr:superresolve", {**params, "OUTPUT": str(tmp_path / "single.tif")})
+    processing.run("latentsr:superresolve", {**params, "CLUSTER": scheduler, "OUTPUT": str(tmp_path / "cluster.tif")})
+    same(tmp_path / "single.tif", tmp_path / "cluster.tif")
+
+
+def test_alpha_masked_input_gives_the_same_pixels_and_mask(scheduler, crop, tmp_path):
+    ds = gdal.Open(crop)
+    rgb = ds.ReadAsArray()[:3]
+    alpha = np.full(rgb.shape[1:], 255, np.uint8)
+    alpha[60:, 50:] = 0
+    src = tmp_path / "rgba.tif"
+    gdal.GetDriverByName("GTiff").Create(str(src), rgb.shape[2], rgb.shape[1], 4, gdal.GDT_Byte, ["ALPHA=YES"])
+    out = gdal.Open(str(src), gdal.GA_Update)
+    for i, a in enumerate([*rgb, alpha]):
+        out.GetRasterBand(i + 1).WriteArray(a)
+    out = None
+    run(str(src), tmp_path / "single.tif", method="bicubic", bands=[1, 2, 3])
+    run(str(src), tmp_path / "cluster.tif", method="bicubic", bands=[1, 2, 3], cluster=scheduler)
+    same(tmp_path / "single.tif", tmp_path / "cluster.tif")
+    masks = []
+    for name in ("single.tif", "cluster.tif"):
+        ds = gdal.Open(str(tmp_path / name))  # kept while its mask band is read
+        masks.append(ds.GetRasterBand(1).GetMaskBand().ReadAsArray())
+    assert (masks[0] == 0).any() and np.array_equal(masks[0], masks[1])
