@@ -19,8 +19,9 @@ from osgeo import gdal
 from . import evaluate
 from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError, single_line
-from .methods import BACKENDS, DEFAULTS, DEVICES, METHODS, steps_help
 from .cluster import superresolve
+from .latent import check_detail
+from .methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, METHODS, steps_help
 from .pipeline import Request
 
 log = logging.getLogger("engine")
@@ -48,6 +49,13 @@ def parse_bands(text: str) -> list[int]:
     if not bands:
         raise argparse.ArgumentTypeError("no band given")
     return bands
+
+
+def parse_detail(text: str) -> float:
+    try:
+        return check_detail(text)
+    except LatentSRError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_extent(text: str) -> tuple[float, float, float, float]:
@@ -92,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--target-resolution", type=float, help="output pixel size in map units; overrides --scale")
     s.add_argument("--method", choices=METHODS, default=DEFAULTS.method, help=f"SR method (default {DEFAULTS.method})")
     s.add_argument("--steps", type=int, help=f"sampling steps for the diffusion methods ({steps_help()})")
+    s.add_argument("--detail", type=parse_detail, metavar="D", help=DETAIL_HELP)
     s.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend)
     s.add_argument("--device", choices=DEVICES, default=DEFAULTS.device)
     s.add_argument("--tile", type=int, default=DEFAULTS.tile, help=f"tile size in input pixels (default {DEFAULTS.tile})")
@@ -119,12 +128,15 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--method", choices=METHODS, default=DEFAULTS.method,
                    help=f"SR method without --sr (default {DEFAULTS.method})")
     e.add_argument("--steps", type=int, help="sampling steps for the diffusion methods (without --sr)")
+    e.add_argument("--detail", type=parse_detail, metavar="D", help="detail D (0-1) of the diffusion methods (without --sr)")
     e.add_argument("--seed", type=int, default=DEFAULTS.seed)
     e.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend)
     e.add_argument("--device", choices=DEVICES, default=DEFAULTS.device)
     e.add_argument("--model", help="bundled model name or model folder (without --sr)")
     e.add_argument("--html", help="write the HTML report here")
     e.add_argument("--difference", help="write SR - HR here (Float32 GeoTIFF, NaN where either has no data)")
+    e.add_argument("--correctness", metavar="PATH", help="write the per-pixel correctness class here (Byte GeoTIFF: "
+                                                          "1 improvement, 2 omission, 3 hallucination, 0 not classified)")
     e.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p
 
@@ -134,7 +146,7 @@ def run_superresolve(args) -> str:
         raise LatentSRError("give --scale or --target-resolution")
     req = Request(input=args.input, output=args.output, scale=args.scale,
                   target_resolution=args.target_resolution, method=args.method, bands=args.bands,
-                  steps=args.steps, backend=args.backend, device=args.device, tile=args.tile,
+                  steps=args.steps, detail=args.detail, backend=args.backend, device=args.device, tile=args.tile,
                   overlap=args.overlap, seed=args.seed, samples=args.samples,
                   uncertainty=args.uncertainty, cog=args.cog, model=args.model,
                   extent=args.extent, consistency=args.consistency, cluster=args.cluster)
@@ -146,8 +158,8 @@ def run_superresolve(args) -> str:
 def run_evaluate(args) -> str:
     report = evaluate.evaluate(evaluate.EvaluateRequest(
         reference=args.hr, sr=args.sr, lr=args.lr, scale=args.scale, bands=args.bands, method=args.method,
-        steps=args.steps, seed=args.seed, backend=args.backend, device=args.device, model=args.model,
-        html=args.html, difference=args.difference))
+        steps=args.steps, detail=args.detail, seed=args.seed, backend=args.backend, device=args.device, model=args.model,
+        html=args.html, difference=args.difference, correctness=args.correctness))
     return evaluate.render_json(report) if args.json else evaluate.render_text(report)
 
 

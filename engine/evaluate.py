@@ -40,19 +40,24 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
+from osgeo import gdal
 
 from . import metrics, raster
 from .errors import Cancelled, LatentSRError
 from .grid import output_size
+from .latent import check_detail
 from .pipeline import Request, check_scale, superresolve, to_storage
-from .resample import downsample, nearest_indices
+from .resample import cubic_upsample, downsample, nearest_indices
 
 log = logging.getLogger(__name__)
 
 MAX_VALUES = 40_000_000
-METRICS = ("psnr", "ssim", "ergas", "sam", "consistency_psnr", "hf_ratio")
+METRICS = ("psnr", "ssim", "ergas", "sam", "consistency_psnr", "hf_ratio", "lsd") + metrics.CLASSES
 HEADINGS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "ergas": "ERGAS", "sam": "SAM (°)",
-            "consistency_psnr": "Consistency PSNR (dB)", "hf_ratio": "HF ratio"}
+            "consistency_psnr": "Consistency PSNR (dB)", "hf_ratio": "HF ratio", "lsd": "LSD (dB)",
+            "improvement": "Improvement", "omission": "Omission", "hallucination": "Hallucination"}
+SHORT = {"psnr": "PSNR", "ssim": "SSIM", "ergas": "ERGAS", "sam": "SAM", "consistency_psnr": "cons.PSNR",
+         "hf_ratio": "HF ratio", "lsd": "LSD", "improvement": "improv.", "omission": "omiss.", "hallucination": "halluc."}
 SSIM_WINDOW = 11  # metrics.ssim's Gaussian window needs this many pixels a side
 IDENTITY = raster.BandNorm(0.0, 1.0, 0.0)
 
@@ -74,15 +79,19 @@ class EvaluateRequest:
     model: str | None = None
     html: str | None = None
     difference: str | None = None
+    correctness: str | None = None  # the per-pixel correctness class (Byte GeoTIFF)
+    detail: float | None = None  # degradation mode: the diffusion methods' detail
 
 
 @dataclass
 class Scores:
-    """The metrics of one SR result: per band (in band order) and overall."""
+    """The metrics of one SR result: per band (in band order) and overall. The correctness shares
+    are overall only (NaN per band); ``classes`` is the per-pixel class map (engine.metrics)."""
 
     label: str
     bands: list[dict[str, float]]
     overall: dict[str, float]
+    classes: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -99,6 +108,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)  # shown in every report: the comparison may mislead
     html: str | None = None
     difference: str | None = None
+    correctness: str | None = None
 
     @property
     def main(self) -> Scores:
@@ -177,6 +187,8 @@ def score(label: str, sr: np.ndarray, hr: np.ndarray, valid: np.ndarray, lr: np.
                "hf_ratio": metrics.hf_ratio(s[c], h[c])}
         if down is not None and lr_valid[c].any():
             row["consistency_psnr"] = metrics.psnr(down[c][lr_valid[c]], lr[c][lr_valid[c]], drange)
+        row["lsd"] = metrics.lsd(s[c], h[c])
+        row.update(dict.fromkeys(metrics.CLASSES, math.nan))
         bands.append(row)
     every = v.all(axis=0)
     overall = {"psnr": metrics.psnr(s[v], h[v], drange),
@@ -187,7 +199,16 @@ def score(label: str, sr: np.ndarray, hr: np.ndarray, valid: np.ndarray, lr: np.
                "hf_ratio": metrics.hf_ratio(s, h)}
     if down is not None and lr_valid.any():
         overall["consistency_psnr"] = metrics.psnr(down[lr_valid], lr[lr_valid], drange)
-    return Scores(label, bands, overall)
+    overall["lsd"] = metrics.lsd(s, h)
+    classes = None
+    if lr is not None:
+        border = math.ceil(scale)
+        inner = np.zeros(valid.shape[1:], bool)
+        inner[border:valid.shape[1] - border, border:valid.shape[2] - border] = True
+        classes = metrics.correctness_map(sr, hr, cubic_upsample(lr, *hr.shape[1:]), valid.all(axis=0) & inner)
+    overall.update(metrics.correctness_shares(classes) if classes is not None else dict.fromkeys(metrics.CLASSES, math.nan))
+    return Scores(label, bands, overall, classes)
+
 
 
 def evaluate(req: EvaluateRequest, progress: Callable[[float], None] | None = None,
@@ -198,10 +219,20 @@ def evaluate(req: EvaluateRequest, progress: Callable[[float], None] | None = No
     is_cancelled = is_cancelled or (lambda: False)
     if req.scale is not None:
         check_scale(req.scale)
-    raster.check_outputs({"HTML report": req.html, "difference raster": req.difference},
+    if req.detail is not None:
+        check_detail(req.detail)
+    if req.correctness:
+        if req.sr and req.scale is None and not req.lr:
+            raise LatentSRError("the correctness raster compares the SR with the LR: give a scale or an LR raster")
+        if os.path.splitext(req.correctness)[1].lower() not in (".tif", ".tiff"):
+            raise LatentSRError(f"the correctness raster is written as a GeoTIFF, so its name must end in .tif or "
+                                f".tiff: {req.correctness}")
+    raster.check_outputs({"HTML report": req.html, "difference raster": req.difference,
+                          "correctness raster": req.correctness},
                          {"reference": (req.reference, None), "SR raster": (req.sr, None), "LR raster": (req.lr, None)})
     report = reference_mode(req) if req.sr else degradation_mode(req, progress, is_cancelled)
     report.difference = req.difference or None
+    report.correctness = req.correctness or None
     for note in report.notes:
         log.info("%s", note)
 
@@ -252,6 +283,8 @@ def reference_mode(req: EvaluateRequest) -> Report:
     rows = [score(os.path.basename(req.sr), s, h, valid, lr, lr_valid, scale, drange)]
     if req.difference:
         write_difference(req.difference, sr.ds, sr.info, sr.data - ref.data, valid)
+    if req.correctness:
+        write_classes(req.correctness, sr.ds, sr.info, rows[0].classes)
     report = make_report("reference", req, ref, scale, drange, rows, notes, band_names(ref, sr))
     report.warnings = warnings
     return report
@@ -341,7 +374,7 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
     if req.lr:
         raise LatentSRError("an LR raster is only used with an SR raster; without one the LR is made from the reference")
     scale = req.scale
-    Request(input=req.reference, output="", scale=scale, method=req.method, steps=req.steps, seed=req.seed,
+    Request(input=req.reference, output="", scale=scale, method=req.method, steps=req.steps, detail=req.detail, seed=req.seed,
             backend=req.backend, device=req.device, model=req.model).check()
     full = load(req.reference, req.bands, "reference")
     lr_w, lr_h = degraded_size(full.info.width, scale), degraded_size(full.info.height, scale)
@@ -358,7 +391,7 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
     methods = [req.method] if req.method == "bicubic" else [req.method, "bicubic"]
     notes = [f"The reference was cropped to its top-left {hr_w}×{hr_h} pixels and degraded to {lr_w}×{lr_h} "
              f"(antialiased bicubic, the training degradation); each method super-resolved that LR ×{scale:g}."]
-    rows, difference = [], None
+    rows, difference, classes = [], None, None
     with tempfile.TemporaryDirectory(prefix="latentsr-evaluate-") as tmp:
         lr_path = os.path.join(tmp, "lr.tif")
         out = raster.OutputRaster(lr_path, ref.ds, info, lr_w, lr_h)
@@ -374,7 +407,7 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
                 raise Cancelled()
             sr_path = os.path.join(tmp, f"sr-{method}.tif")
             superresolve(Request(input=lr_path, output=sr_path, scale=scale, method=method, steps=req.steps,
-                                 seed=req.seed, backend=req.backend, device=req.device, model=req.model),
+                                 detail=req.detail if method == req.method else None, seed=req.seed, backend=req.backend, device=req.device, model=req.model),
                          progress=lambda f, k=k: progress(0.9 * (k + f) / len(methods)), is_cancelled=is_cancelled)
             sr = load(sr_path, None, "SR raster")
             valid = sr.valid & ref.valid
@@ -382,10 +415,14 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
             rows.append(score(method, s, h, valid, lr_data, lr_validity(valid, lr_h, lr_w), scale, drange))
             if k == 0 and req.difference:  # the method's, on the reference's grid; written once all ran
                 difference = (sr.ds, sr.info, sr.data - ref.data, valid)
+            if k == 0 and req.correctness:
+                classes = (sr.ds, sr.info, rows[0].classes)
             sr = None
         if difference:
             write_difference(req.difference, *difference)
-        difference = None  # closes the SR dataset before its folder is removed
+        if classes:
+            write_classes(req.correctness, *classes)
+        difference = classes = None  # closes the SR dataset before its folder is removed
     return make_report("degradation", req, ref, scale, drange, rows, notes, band_names(ref))
 
 
@@ -415,11 +452,29 @@ def write_difference(path: str, src, info: raster.RasterInfo, diff: np.ndarray, 
     out.commit()
 
 
+def write_classes(path: str, src, info: raster.RasterInfo, classes: np.ndarray) -> None:
+    """The correctness class per pixel (engine.metrics: 1 improvement, 2 omission, 3 hallucination;
+    0, the nodata value, where a pixel is not classified) as a one-band Byte GeoTIFF on the SR's grid."""
+    one = replace(info, bands=(info.bands[0],), dtype=np.dtype(np.uint8), nodata=(0,))
+    out = raster.OutputRaster(path, src, one, info.width, info.height, dtype=gdal.GDT_Byte, nodata=[0])
+    try:
+        band = out.ds.GetRasterBand(1)
+        band.SetDescription("correctness: 1 improvement, 2 omission, 3 hallucination")
+        band.SetColorInterpretation(gdal.GCI_GrayIndex)
+        out.write(classes[None].astype(np.uint8), 0, 0)
+    except BaseException:
+        out.discard()
+        raise
+    out.commit()
+
+
 def fmt(value: float, key: str) -> str:
     if math.isnan(value):
         return "—"
     if math.isinf(value):
         return "∞"
+    if key in metrics.CLASSES:
+        return f"{value:.3f}"
     return f"{value:.4f}" if key in ("ssim", "hf_ratio") else f"{value:.2f}"
 
 
@@ -431,7 +486,7 @@ def band_label(report: Report, i: int) -> str:
 def render_text(report: Report) -> str:
     """A compact fixed-width table: one line per result and band, then the overall line."""
     widths = [max(len(r.label) for r in report.rows) + 2, 10] + [11] * len(METRICS)
-    head = ["method", "band", "PSNR", "SSIM", "ERGAS", "SAM", "cons.PSNR", "HF ratio"]
+    head = ["method", "band"] + [SHORT[k] for k in METRICS]
     lines = [f"warning: {w}" for w in report.warnings]
     lines.append("".join(t.ljust(w) if i < 2 else t.rjust(w) for i, (t, w) in enumerate(zip(head, widths))))
     for row in report.rows:
@@ -455,6 +510,7 @@ def render_json(report: Report) -> str:
     return json.dumps({
         "mode": report.mode, "reference": report.reference, "scale": report.scale, "data_range": report.data_range,
         "border": report.border, "notes": report.notes, "warnings": report.warnings, "html": report.html, "difference": report.difference,
+        "correctness": report.correctness,
         "results": [{"method": r.label, "overall": values(r.overall),
                      "bands": [{"band": b, **values(v)} for b, v in zip(report.band_numbers, r.bands)]}
                     for r in report.rows]}, indent=2)
@@ -486,5 +542,8 @@ def render_html(report: Report) -> str:
     parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in report.notes) + "</ul>")
     parts.append("<p>— not available. PSNR and SSIM use the data range; ERGAS is Wald's (100/scale × relative RMSE); "
                  "SAM is the mean spectral angle; the consistency PSNR compares downsample(SR) with the LR; the HF ratio "
-                 "compares the energy above 0.125 cycles/pixel (below 1: blurrier than the reference).</p></body></html>")
+                 "compares the energy above 0.125 cycles/pixel (below 1: blurrier than the reference); LSD is the log-spectral "
+                 "distance of the band-mean image to the reference's in 24 radial bins of 0.125–0.5 cycles/pixel (0: the "
+                 "reference's spectrum; blur and noise raise it); improvement, omission and hallucination are the shares of "
+                 "the classified pixels (ESA opensr-test's definitions with the L1 distance; overall only).</p></body></html>")
     return "\n".join(parts)

@@ -11,6 +11,11 @@ groups of m consecutive bands (1-3, 4-6, ...); a last group with fewer than m ba
 cycling through its own bands (a single band is repeated m times), and only the outputs of its
 real bands are kept. Group g draws its noise from latent channels g·latent .. g·latent+latent-1.
 
+Detail. The stochastic methods take ``detail`` D in [0, 1], the faithful ↔ detailed control: the clean
+latent is z = z_det + D·(z_sample − z_det), where z_det is the conditioning net's prediction (the
+regression latent, the estimate of the posterior mean) and z_sample the sampler's full sample. D = 0 is
+deterministic (the sampler is skipped and the seed does not matter), D = 1 is a full sample of the model.
+
 Noise is a fixed function of (seed, sampler step, channel, global latent cell) (engine.noise,
 aligned as in engine.models.sampling), so overlapping tiles get the same noise and blend without
 seams; the same seed gives the same output. The samplers work on torch tensors (training unrolls
@@ -93,16 +98,24 @@ def lcmsr_sample(denoiser, cond, inv_scale, steps: int, noise, total: int = cons
     return x
 
 
-def sample_latent(name: str, spec: dict, steps: int, denoiser, cond, inv_scale, noise):
+def blend(z_det, z_sample, detail: float):
+    """The clean latent at detail D: z_det + D·(z_sample − z_det) (torch tensors or numpy arrays alike)."""
+    return z_det + float(detail) * (z_sample - z_det)
+
+
+def sample_latent(name: str, spec: dict, steps: int, denoiser, cond, inv_scale, noise, detail: float = 1.0):
     """The clean (normalised) latent of method ``name`` from its condition: the condition itself for
-    regression, else the method's sampler (torch tensors or numpy arrays alike)."""
-    if name == "e2diffsr":
-        return e2diffsr_sample(denoiser, cond, inv_scale, steps, noise,
-                               spec.get("betas", ddpm.DEFAULT_BETAS), spec.get("eta", 1.0))
-    if name == "lcmsr":
-        return lcmsr_sample(denoiser, cond, inv_scale, steps, noise,
-                            spec.get("T", consistency.T), spec.get("sigma_data", consistency.SIGMA_DATA))
-    return cond
+    regression and at detail 0 (no sampler call), else the method's sample blended with the condition
+    at ``detail`` (torch tensors or numpy arrays alike)."""
+    if name == "e2diffsr" and detail > 0:
+        sample = e2diffsr_sample(denoiser, cond, inv_scale, steps, noise,
+                                 spec.get("betas", ddpm.DEFAULT_BETAS), spec.get("eta", 1.0))
+    elif name == "lcmsr" and detail > 0:
+        sample = lcmsr_sample(denoiser, cond, inv_scale, steps, noise,
+                              spec.get("T", consistency.T), spec.get("sigma_data", consistency.SIGMA_DATA))
+    else:
+        return cond
+    return sample if detail == 1 else blend(cond, sample, detail)
 
 
 def latent_noise(seed: int, plan: Plan, groups: int, latent: int, step: int) -> np.ndarray:
@@ -131,10 +144,12 @@ class Networks(Protocol):
     def decoder(self, a: dict, z): ...
 
 
-def run_tile(nets: Networks, name: str, spec: dict, steps: int, a: dict, noise: Callable[[int], object]):
-    """SR of one tile's band groups: condition -> sampler -> decoder, in the backend's arrays."""
+def run_tile(nets: Networks, name: str, spec: dict, steps: int, a: dict, noise: Callable[[int], object],
+             detail: float = 1.0):
+    """SR of one tile's band groups: condition -> sampler (blended at ``detail``) -> decoder, in the
+    backend's arrays."""
     cond = nets.condition(a)
-    x0 = sample_latent(name, spec, steps, nets.denoiser, cond, a["inv_scale"], noise)
+    x0 = sample_latent(name, spec, steps, nets.denoiser, cond, a["inv_scale"], noise, detail)
     return nets.decoder(a, x0 / latent_scale(spec))
 
 
@@ -156,6 +171,23 @@ def latent_multiple(card: dict, spec: dict) -> int:
     if "denoiser" not in spec:
         return 1
     return unet_multiple(card["networks"][spec["denoiser"]]["config"]["channels"])
+
+
+def check_detail(detail) -> float:
+    """``detail`` as a float in [0, 1]; a LatentSRError for anything else (NaN, out of range, not a number)."""
+    try:
+        value = float(detail)
+    except (TypeError, ValueError):
+        raise LatentSRError(f"detail must be a number between 0 and 1, got {detail!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise LatentSRError(f"detail must be between 0 and 1, got {detail}")
+    return value
+
+
+def uses_fused(stochastic: bool, detail: float) -> bool:
+    """Whether a method's single-call graph computes it: always for a deterministic method, only at
+    detail 1 (a full sample) for a stochastic one."""
+    return not stochastic or detail == 1
 
 
 def check_steps(name: str, steps: int | None, spec: dict, default: int, top: int) -> int:
@@ -182,8 +214,14 @@ class LatentMethod:
     latent: int
     steps: int
     multiple: int  # the latent grid's alignment (latent_multiple)
-    deterministic: bool
+    stochastic: bool  # draws noise (engine.methods.TABLE)
+    detail: float = 1.0  # the faithful ↔ detailed control of a stochastic method (module notes)
     context: int = CONTEXT
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the output does not depend on the seed: a deterministic method, or detail 0."""
+        return not self.stochastic or self.detail == 0
 
     def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray:
         n, h, w = tile.shape
@@ -198,15 +236,16 @@ class LatentMethod:
 
         with nets.running():
             a = {name: nets.array(x) for name, x in arrays.items()}
-            if nets.fused is not None:
+            if nets.fused is not None and uses_fused(self.stochastic, self.detail):
                 sr = nets.fused(a, noise)
             else:
-                sr = run_tile(nets, self.name, self.spec, self.steps, a, noise)
+                sr = run_tile(nets, self.name, self.spec, self.steps, a, noise, self.detail)
             return ungroup(nets.numpy(sr), groups, n)
 
 
 def describe(method: LatentMethod, model: str, where: str) -> None:
     """Log what runs: method, model, backend and device, steps."""
     steps = method.steps
-    log.info("%s: model %s, %s, %s", method.name, model, where,
-             f"{steps} step{'s' * (steps > 1)}" if steps else "one pass")
+    log.info("%s: model %s, %s, %s%s", method.name, model, where,
+             f"{steps} step{'s' * (steps > 1)}" if steps else "one pass",
+             f", detail {method.detail:g}" if method.stochastic else "")

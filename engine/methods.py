@@ -38,11 +38,12 @@ class MethodInfo:
     default_steps: int  # 0: no steps (when the model card does not say otherwise)
     max_steps: int
     learned: bool = True
+    default_detail: float | None = None  # stochastic methods: the detail when the model card has no detail_default
 
 
 TABLE = {
-    "lcmsr": MethodInfo("LCMSR (one-step latent consistency)", "LCMSR", True, 1, 4),
-    "e2diffsr": MethodInfo("E²DiffSR (few-step latent diffusion)", "E²DiffSR", True, 4, 4),
+    "lcmsr": MethodInfo("LCMSR (one-step latent consistency)", "LCMSR", True, 1, 4, default_detail=1.0),
+    "e2diffsr": MethodInfo("E²DiffSR (few-step latent diffusion)", "E²DiffSR", True, 4, 4, default_detail=1.0),
     "regression": MethodInfo("Regression (deterministic decoder)", "Regression", False, 0, 0),
     "bicubic": MethodInfo("Bicubic", "Bicubic", False, 0, 0, learned=False),
 }
@@ -73,6 +74,38 @@ def steps_help() -> str:
     return ", ".join(f"{TABLE[name].short} defaults to {TABLE[name].default_steps}" for name in STOCHASTIC)
 
 
+DETAIL_HELP = ("Detail D (0–1) of the diffusion methods, from faithful to detailed: 0 gives the deterministic, most "
+               "faithful result (the regression latent, seed ignored), 1 a full sample of the model; in between the "
+               "latent is blended. The default is the model card's detail_default. Regression and Bicubic ignore it.")
+
+
+def default_detail(name: str, card: dict | None = None) -> float | None:
+    """The detail a stochastic method runs at when none is given: the card's ``detail_default`` for the
+    method (``methods.<name>.detail_default``), else the table's. None for the deterministic methods."""
+    info = TABLE[name]
+    if not info.stochastic:
+        return None
+    spec = (card or {}).get("methods", {}).get(name, {})
+    return latent.check_detail(spec.get("detail_default", info.default_detail))
+
+
+def card_default_detail(name: str, model: str | None = None) -> float | None:
+    """default_detail with the card of ``model`` (the table's value when the card cannot be read)."""
+    if not TABLE[name].stochastic:
+        return None
+    try:
+        card = modelfile.read_card(modelfile.resolve(model))
+    except LatentSRError:
+        card = None
+    return default_detail(name, card)
+
+
+def ignore_detail(name: str, detail: float | None) -> None:
+    """Log that a deterministic method ignores a given detail."""
+    if detail is not None and not TABLE[name].stochastic:
+        log.info("%s ignores detail (%g): it has no sampler", name, detail)
+
+
 class SRMethod(Protocol):
     name: str
     deterministic: bool
@@ -100,6 +133,7 @@ class MethodOptions:
     device: str = DEFAULTS.device
     model: str | None = None
     threads: int | None = None  # ONNX Runtime's intra-op threads (default: every core)
+    detail: float | None = None  # stochastic methods; None: the card's detail_default
 
 
 def importable(module: str) -> bool:
@@ -193,10 +227,18 @@ def describe_runner(method: str, backend: str, device: str, model: str | None = 
     return text
 
 
-def learned(name: str, card: dict, spec: dict, nets, steps: int) -> latent.LatentMethod:
+def method_detail(name: str, detail: float | None, card: dict) -> float:
+    """The detail method ``name`` runs at: ``detail`` checked, or the card's default (0 for the
+    deterministic methods, which have no sampler)."""
+    if not TABLE[name].stochastic:
+        return 0.0
+    return default_detail(name, card) if detail is None else latent.check_detail(detail)
+
+
+def learned(name: str, card: dict, spec: dict, nets, steps: int, detail: float) -> latent.LatentMethod:
     """The learned method ``name`` of a bundle (its card and the method's entry) over a backend's networks."""
     return latent.LatentMethod(name, nets, spec, int(card["bands"]), int(card.get("latent", 4)), steps,
-                               latent.latent_multiple(card, spec), not TABLE[name].stochastic)
+                               latent.latent_multiple(card, spec), TABLE[name].stochastic, detail)
 
 
 def method_steps(name: str, steps: int | None, spec: dict) -> int:
@@ -205,18 +247,20 @@ def method_steps(name: str, steps: int | None, spec: dict) -> int:
 
 
 def from_bundle(name: str, card: dict, tensors: dict, steps: int | None = None,
-                device: str = "auto") -> latent.LatentMethod:
+                device: str = "auto", detail: float | None = None) -> latent.LatentMethod:
     """The method ``name`` over an already loaded bundle, on torch."""
     from . import torch_backend
 
     spec = latent.method_spec(card, name)
     steps = method_steps(name, steps, spec)
-    return learned(name, card, spec, torch_backend.networks(card, tensors, spec, device), steps)
+    return learned(name, card, spec, torch_backend.networks(card, tensors, spec, device), steps,
+                   method_detail(name, detail, card))
 
 
 def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
     folder = modelfile.resolve(options.model)
     card = modelfile.read_card(folder)
+    detail = method_detail(name, options.detail, card)
     if choose_backend(options.backend, options.device, card) == "onnx":
         from . import onnx_backend
 
@@ -224,7 +268,8 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         spec = latent.method_spec(card, name)
         onnx_backend.require_graphs(card, folder)
         steps = method_steps(name, options.steps, spec)
-        nets = onnx_backend.networks(name, steps, folder, card, spec, options.device, options.threads)
+        nets = onnx_backend.networks(name, steps, folder, card, spec, options.device, options.threads,
+                                     latent.uses_fused(TABLE[name].stochastic, detail))
     else:
         try:
             import torch  # noqa: F401
@@ -237,7 +282,7 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         spec = latent.method_spec(card, name)
         steps = method_steps(name, options.steps, spec)
         nets = torch_backend.networks(card, tensors, spec, options.device)
-    method = learned(name, card, spec, nets, steps)
+    method = learned(name, card, spec, nets, steps, detail)
     latent.describe(method, card.get("name"), nets.where)
     return method
 
@@ -246,6 +291,9 @@ def build_method(name: str, options: MethodOptions = MethodOptions()) -> SRMetho
     """The method called ``name``; a LatentSRError if it cannot run here."""
     if name not in TABLE:
         raise LatentSRError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
+    if options.detail is not None:
+        latent.check_detail(options.detail)
+    ignore_detail(name, options.detail)
     if not TABLE[name].learned:
         return Bicubic()
     return build_learned(name, options)

@@ -4,6 +4,20 @@ PSNR and SSIM use ``data_range`` (255 for 8-bit imagery). ERGAS follows Wald: 10
 sqrt(mean over bands of RMSE²/mean²). SAM is the mean spectral angle in degrees. The
 high-frequency ratio compares spectral energy above a quarter of Nyquist (0.125 cycles/pixel):
 below 1 means blurrier than the reference, above 1 means more high-frequency content (detail or noise).
+
+LSD, the log-spectral distance (docs/MODELS.md, DESIGN.md): the power spectrum of the band-mean image
+(its mean removed), averaged radially in 24 equal bins of radius 0.125..0.5 cycles/pixel; LSD = 10 ×
+the RMS over the bins of the difference of log10 power, in dB. 0 is the reference's spectrum; blur
+and noise both raise it.
+
+Correctness (ESA opensr-test's improvement / omission / hallucination, with the L1 distance, in our
+own code): per pixel, the band-mean L1 distances d_ref = |LR↑ − HR|, d_im = |SR − HR| and
+d_om = |SR − LR↑| (LR↑ the bicubic LR on the HR grid). Pixels where none of the three exceeds the
+75th percentile of d_ref are not classified (too flat to tell). On the others, with the relative
+distances a = d_im/d_ref and b = d_om/d_ref and H = a + b − 1, the three scores are
+improvement a + b·(1 − e^(−λH)), omission b + a·(1 − e^(−λH)) and hallucination e^(−λab), λ = 0.05;
+the class is the largest softmin (temperature 0.25) of the scores, i.e. the smallest score. The
+shares are the fractions of classified pixels in each class.
 """
 from __future__ import annotations
 
@@ -11,7 +25,7 @@ import math
 
 import numpy as np
 
-from .resample import downsample
+from .resample import cubic_upsample, downsample
 
 
 def crop_border(x: np.ndarray, border: int) -> np.ndarray:
@@ -83,8 +97,90 @@ def consistency_psnr(sr: np.ndarray, lr: np.ndarray, data_range: float) -> float
 
 
 def all_metrics(sr: np.ndarray, hr: np.ndarray, lr: np.ndarray, scale: float, data_range: float) -> dict[str, float]:
-    """The table's metrics; PSNR, SSIM, ERGAS, SAM and the HF ratio on a border crop of ceil(scale)."""
+    """The table's metrics; all but the consistency PSNR on a border crop of ceil(scale) (the
+    correctness classes on the pixels inside it, with the bicubic LR on the HR grid)."""
     b = math.ceil(scale)
     s, h = crop_border(sr, b), crop_border(hr, b)
+    inner = np.zeros(hr.shape[-2:], bool)
+    inner[b:hr.shape[-2] - b, b:hr.shape[-1] - b] = True
+    classes = correctness_map(sr, hr, cubic_upsample(lr, *hr.shape[-2:]), inner)
     return {"psnr": psnr(s, h, data_range), "ssim": ssim(s, h, data_range), "ergas": ergas(s, h, scale),
-            "sam": sam(s, h), "consistency_psnr": consistency_psnr(sr, lr, data_range), "hf_ratio": hf_ratio(s, h)}
+            "sam": sam(s, h), "consistency_psnr": consistency_psnr(sr, lr, data_range), "hf_ratio": hf_ratio(s, h),
+            "lsd": lsd(s, h), **correctness_shares(classes)}
+
+
+LSD_BINS = 24
+LSD_BAND = (0.125, 0.5)  # cycles per pixel
+
+
+def radial_power(x: np.ndarray, bins: int = LSD_BINS, band: tuple[float, float] = LSD_BAND) -> np.ndarray:
+    """Mean power per radial frequency bin of the band-mean image of ``x`` (C×H×W or H×W), its mean
+    removed; NaN for a bin that holds no frequency (tiny images)."""
+    img = x.astype(np.float64)
+    if img.ndim == 3:
+        img = img.mean(axis=0)
+    img = img - img.mean()
+    power = np.abs(np.fft.fft2(img)) ** 2 / img.size
+    radius = np.hypot(np.fft.fftfreq(img.shape[0])[:, None], np.fft.fftfreq(img.shape[1])[None, :])
+    edges = np.linspace(band[0], band[1], bins + 1)
+    inside = (radius >= edges[0]) & (radius <= edges[-1])
+    which = np.clip(np.digitize(radius[inside], edges) - 1, 0, bins - 1)
+    total = np.bincount(which, weights=power[inside], minlength=bins)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def lsd(x: np.ndarray, ref: np.ndarray) -> float:
+    """The log-spectral distance of ``x`` to ``ref`` in dB (module notes); same shapes."""
+    if x.shape != ref.shape:
+        raise ValueError(f"lsd needs images of the same shape, got {x.shape} and {ref.shape}")
+    px, pr = radial_power(x), radial_power(ref)
+    ok = np.isfinite(px) & np.isfinite(pr)
+    if not ok.any():
+        return math.nan
+    tiny = 1e-30  # a flat image has zero power: a large, finite distance instead of infinity
+    diff = np.log10(np.maximum(px[ok], tiny)) - np.log10(np.maximum(pr[ok], tiny))
+    return float(10.0 * math.sqrt(np.mean(diff ** 2)))
+
+
+CORRECTNESS_LAMBDA = 0.05  # opensr-test's im_score, om_score and ha_score
+CORRECTNESS_TEMPERATURE = 0.25
+CORRECTNESS_QUANTILE = 0.75  # opensr-test's "auto" gradient threshold: this quantile of d_ref
+CLASSES = ("improvement", "omission", "hallucination")  # class k + 1 in the raster; 0: not classified
+
+
+def correctness_scores(a: np.ndarray, b: np.ndarray, lam: float = CORRECTNESS_LAMBDA) -> np.ndarray:
+    """The improvement, omission and hallucination scores (3×…) of relative distances ``a`` = d_im/d_ref
+    and ``b`` = d_om/d_ref; lower is closer to that class."""
+    h = a + b - 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        pull = 1.0 - np.exp(-lam * h)
+        return np.stack([a + b * pull, b + a * pull, np.exp(-lam * a * b)])
+
+
+def correctness_map(sr: np.ndarray, hr: np.ndarray, lr_up: np.ndarray,
+                    valid: np.ndarray | None = None) -> np.ndarray:
+    """Per pixel: 1 improvement, 2 omission, 3 hallucination, 0 not classified (uint8 H×W); the
+    images are C×H×W in the same units (module notes). ``valid`` (H×W) limits the pixels used."""
+    d_ref = np.abs(lr_up - hr).mean(axis=0)
+    d_im = np.abs(sr - hr).mean(axis=0)
+    d_om = np.abs(sr - lr_up).mean(axis=0)
+    use = np.ones(d_ref.shape, bool) if valid is None else valid
+    out = np.zeros(d_ref.shape, np.uint8)
+    if not use.any():
+        return out
+    refs = np.sort(d_ref[use].ravel())
+    threshold = refs[max(int(CORRECTNESS_QUANTILE * refs.size) - 1, 0)]  # the k-th smallest, k = int(q·n)
+    pick = use & ((d_ref > threshold) | (d_im > threshold) | (d_om > threshold))
+    base = np.maximum(d_ref[pick], 1e-12)
+    scores = correctness_scores(d_im[pick] / base, d_om[pick] / base)
+    scores = np.nan_to_num(scores, nan=np.inf, posinf=np.inf)
+    out[pick] = np.argmin(scores, axis=0).astype(np.uint8) + 1  # the largest softmin is the smallest score
+    return out
+
+
+def correctness_shares(classes: np.ndarray) -> dict[str, float]:
+    """The share of the classified pixels in each class (NaN when no pixel is classified)."""
+    n = int((classes > 0).sum())
+    return {name: (float((classes == k + 1).sum()) / n if n else math.nan) for k, name in enumerate(CLASSES)}

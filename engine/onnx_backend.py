@@ -248,11 +248,12 @@ def require_graphs(card: dict, folder: Path) -> None:
 
 
 def networks(name: str, steps: int, folder: Path, card: dict, spec: dict, device: str,
-             threads: int | None = None) -> OnnxNetworks:
+             threads: int | None = None, fused: bool = True) -> OnnxNetworks:
     """The graphs of method ``name`` with ``steps`` steps (card entry ``spec``) of the bundle in ``folder``,
-    with ``threads`` intra-op threads (default: default_threads())."""
+    with ``threads`` intra-op threads (default: default_threads()). ``fused``: whether the method's
+    single-call graph may compute it (engine.latent.uses_fused: not for a detail below 1)."""
     sessions = Sessions(folder, card, device, threads)
-    if name in FUSED and steps <= 1:
+    if name in FUSED and steps <= 1 and fused:
         graphs = {"fused": sessions.graph(FUSED[name])}
     else:
         graphs = {"condition": sessions.graph(spec["condition"]), "denoiser": sessions.graph(spec["denoiser"]),

@@ -15,6 +15,7 @@ import numpy as np
 from . import raster
 from .errors import Cancelled, LatentSRError
 from .grid import Axis, Grid, resolution_axis, scale_axis, snap_window
+from .latent import check_detail
 from .methods import BACKENDS, DEFAULTS, DEVICES, METHODS, STOCHASTIC, MethodOptions, build_method
 from .projection import Projected
 from .resample import nearest_indices
@@ -40,6 +41,7 @@ class Request:
     method: str = DEFAULTS.method
     bands: Sequence[int] | None = None
     steps: int | None = None
+    detail: float | None = None  # the diffusion methods' faithful ↔ detailed control (None: the card's default)
     backend: str = DEFAULTS.backend
     device: str = DEFAULTS.device
     tile: int = DEFAULTS.tile
@@ -77,6 +79,8 @@ class Request:
             raise LatentSRError(f"overlap ({self.overlap}) must be smaller than the tile size ({self.tile})")
         if self.steps is not None and self.steps < 1:
             raise LatentSRError(f"steps must be at least 1, got {self.steps}")
+        if self.detail is not None:
+            check_detail(self.detail)
         if not 1 <= self.samples <= MAX_SAMPLES:
             raise LatentSRError(f"samples must be at least 1 and at most {MAX_SAMPLES}, got {self.samples}")
         if self.samples > 1 and self.method not in STOCHASTIC:
@@ -231,6 +235,9 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     window = axes[2]
     raster.check_outputs({"output": req.output, "uncertainty output": req.uncertainty}, {"input": (req.input, whole)})
     method = make_method(req)
+    if req.samples > 1 and method.deterministic:
+        log.warning("%s at detail 0 is deterministic: its %d samples are the same and the uncertainty is 0 "
+                    "(raise the detail to sample)", req.method, req.samples)
     norms = raster.band_norms(whole, info)  # from the whole raster, also when only a window is processed
     src = raster.clipped(whole, window) if window else whole
     run = functools.partial(runner, window=window) if runner else run_tiles
@@ -244,7 +251,7 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
 
 def make_method(req: Request):
     """The SR method ``req`` asks for, ready to run."""
-    method = build_method(req.method, MethodOptions(req.steps, req.backend, req.device, req.model))
+    method = build_method(req.method, MethodOptions(req.steps, req.backend, req.device, req.model, detail=req.detail))
     return Projected(method) if req.consistency else method
 
 

@@ -69,3 +69,12 @@ def downsample(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     my = antialias_cubic_matrix(x.shape[1], out_h)
     mx = antialias_cubic_matrix(x.shape[2], out_w)
     return (my @ x.astype(np.float64) @ mx.T).astype(np.float32)
+
+
+def cubic_upsample(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bicubic (Keys, a = −0.5) of ``x`` (C×h0×w0) at the pixel centres of an h×w grid over the same
+    extent, float64 (the LR on the HR grid, as the metrics compare it)."""
+    _, h0, w0 = x.shape
+    ys = (np.arange(h) + 0.5) * (h0 / h) - 0.5
+    xs = (np.arange(w) + 0.5) * (w0 / w) - 0.5
+    return cubic_resample(x.astype(np.float32), ys, xs).astype(np.float64)

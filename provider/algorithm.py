@@ -48,3 +48,15 @@ class LatentSRAlgorithm(QgsProcessingAlgorithm):
         if layer is not None and layer.providerType() != "gdal":
             raise QgsProcessingException(f"Only GDAL rasters are supported, not '{layer.providerType()}' layers.")
         return layer
+
+    def detail(self, parameters, context) -> float | None:
+        """The DETAIL parameter: None when empty (the model's default), else its value (the engine checks it)."""
+        raw = parameters.get("DETAIL")
+        if raw in (None, ""):
+            return None
+        if isinstance(raw, str):
+            try:
+                float(raw)
+            except ValueError:
+                raise QgsProcessingException(f"DETAIL must be a number between 0 and 1, got '{raw}'") from None
+        return self.parameterAsDouble(parameters, "DETAIL", context)

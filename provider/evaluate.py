@@ -18,17 +18,20 @@ from qgis.core import (
 from ..engine import evaluate, pipeline
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
-from ..engine.methods import BACKENDS, DEFAULTS, DEVICES, METHODS, TABLE, steps_help
+from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, METHODS, TABLE, steps_help
 
 NUMBERS = (("PSNR", "psnr", "PSNR (dB)"), ("SSIM", "ssim", "SSIM"), ("ERGAS", "ergas", "ERGAS"),
            ("SAM", "sam", "SAM (degrees)"), ("CONSISTENCY_PSNR", "consistency_psnr", "Consistency PSNR (dB)"),
-           ("HF_RATIO", "hf_ratio", "High-frequency energy ratio"))
+           ("HF_RATIO", "hf_ratio", "High-frequency energy ratio"), ("LSD", "lsd", "Log-spectral distance (dB)"),
+           ("IMPROVEMENT", "improvement", "Improvement share"), ("OMISSION", "omission", "Omission share"),
+           ("HALLUCINATION", "hallucination", "Hallucination share"))
 
 
 class EvaluateAlgorithm(LatentSRAlgorithm):
     INPUT, REFERENCE, LR, SCALE, BANDS = "INPUT", "REFERENCE", "LR", "SCALE", "BANDS"
     METHOD, STEPS, SEED, BACKEND, DEVICE, MODEL = "METHOD", "STEPS", "SEED", "BACKEND", "DEVICE", "MODEL"
-    OUTPUT_HTML, OUTPUT_DIFFERENCE = "OUTPUT_HTML", "OUTPUT_DIFFERENCE"
+    DETAIL = "DETAIL"
+    OUTPUT_HTML, OUTPUT_DIFFERENCE, OUTPUT_CORRECTNESS = "OUTPUT_HTML", "OUTPUT_DIFFERENCE", "OUTPUT_CORRECTNESS"
 
     def name(self):
         return "evaluate"
@@ -39,8 +42,10 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
     def help_paragraphs(self):
         return [
             "Scores super-resolution against a reference high-resolution raster: PSNR, SSIM, ERGAS, SAM, the "
-            "consistency PSNR (downsample(SR) against the LR) and the high-frequency energy ratio, per band and "
-            "overall, in an HTML report, with an optional SR − HR difference raster.",
+            "consistency PSNR (downsample(SR) against the LR), the high-frequency energy ratio and the log-spectral "
+            "distance (LSD), per band and overall, and the correctness shares (improvement, omission, hallucination: "
+            "ESA opensr-test's definitions with the L1 distance), in an HTML report, with an optional SR − HR "
+            "difference raster and an optional raster of the per-pixel correctness class.",
             ("With an SR raster", "(INPUT set): it is compared with the reference on the same pixel grid. The "
              "consistency PSNR uses the LR raster, or the reference degraded by SCALE when there is no LR; with "
              "neither it is not available."),
@@ -76,6 +81,10 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
         add(QgsProcessingParameterNumber(self.STEPS, "Sampling steps (0 = method default)",
                                          QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=50),
             f"Steps of the diffusion methods when INPUT is empty: {steps_help()}.")
+        add(QgsProcessingParameterNumber(self.DETAIL, "Detail (0 = faithful, 1 = detailed; empty = model default)",
+                                         QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0,
+                                         maxValue=1.0),
+            "Detail of the diffusion methods when INPUT is empty. " + DETAIL_HELP)
         add(QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, DEFAULTS.seed,
                                          minValue=0),
             "Seed of the diffusion methods when INPUT is empty.", advanced=True)
@@ -92,6 +101,11 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
                                                     optional=True, createByDefault=False),
             "SR − reference as Float32 on the SR's grid (without an SR raster: the method's result on the cropped "
             "reference's grid), NaN where either raster has no data.")
+        add(QgsProcessingParameterRasterDestination(self.OUTPUT_CORRECTNESS, "Correctness class",
+                                                    optional=True, createByDefault=False),
+            "Per-pixel correctness class as a Byte raster on the SR's grid: 1 improvement, 2 omission, "
+            "3 hallucination, 0 (nodata) not classified (flat pixels, the border and nodata). Needs the LR: "
+            "a scale or an LR raster.")
         for name, _, description in NUMBERS:
             self.addOutput(QgsProcessingOutputNumber(name, f"Overall {description}"))
 
@@ -107,6 +121,7 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
         steps = self.parameterAsInt(parameters, self.STEPS, context)
         has_scale = parameters.get(self.SCALE) not in (None, "")
         difference = self.parameterAsOutputLayer(parameters, self.OUTPUT_DIFFERENCE, context) or None
+        correctness = self.parameterAsOutputLayer(parameters, self.OUTPUT_CORRECTNESS, context) or None
         request = evaluate.EvaluateRequest(
             reference=reference,
             sr=self.layer_path(parameters, self.INPUT, context),
@@ -115,17 +130,19 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
             bands=self.parameterAsInts(parameters, self.BANDS, context) or None,
             method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
             steps=steps or None,
+            detail=self.detail(parameters, context),
             seed=self.parameterAsInt(parameters, self.SEED, context),
             backend=BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)],
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
             html=self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context),
             difference=difference,
+            correctness=correctness,
         )
         report = run_engine("Evaluation", evaluate.evaluate, request, feedback)
         for line in evaluate.render_text(report).splitlines():
             feedback.pushInfo(line)
-        results = {self.OUTPUT_HTML: report.html, self.OUTPUT_DIFFERENCE: difference}
+        results = {self.OUTPUT_HTML: report.html, self.OUTPUT_DIFFERENCE: difference, self.OUTPUT_CORRECTNESS: correctness}
         for name, key, _ in NUMBERS:
             value = report.main.overall[key]
             results[name] = None if math.isnan(value) else value

@@ -15,14 +15,14 @@ from qgis.core import (
 )
 
 from ..engine import cluster, pipeline
-from ..engine.methods import BACKENDS, DEFAULTS, DEVICES, METHODS, TABLE, steps_help
+from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, METHODS, TABLE, steps_help
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
 
 
 class SuperResolveAlgorithm(LatentSRAlgorithm):
     INPUT, BANDS, SCALE, TARGET_RESOLUTION = "INPUT", "BANDS", "SCALE", "TARGET_RESOLUTION"
-    METHOD, STEPS, BACKEND, DEVICE = "METHOD", "STEPS", "BACKEND", "DEVICE"
+    METHOD, STEPS, DETAIL, BACKEND, DEVICE = "METHOD", "STEPS", "DETAIL", "BACKEND", "DEVICE"
     TILE_SIZE, OVERLAP, SEED, SAMPLES = "TILE_SIZE", "OVERLAP", "SEED", "SAMPLES"
     CONSISTENCY, EXTENT, COG, MODEL, CLUSTER = "CONSISTENCY", "EXTENT", "COG", "MODEL", "CLUSTER"
     OUTPUT, OUTPUT_UNCERTAINTY = "OUTPUT", "OUTPUT_UNCERTAINTY"
@@ -64,6 +64,10 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
         add(QgsProcessingParameterNumber(self.STEPS, "Sampling steps (0 = method default)",
                                          QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=50),
             f"Steps of the diffusion methods: {steps_help()}. Ignored by the others.")
+        add(QgsProcessingParameterNumber(self.DETAIL, "Detail (0 = faithful, 1 = detailed; empty = model default)",
+                                         QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0,
+                                         maxValue=1.0),
+            DETAIL_HELP)
         add(QgsProcessingParameterEnum(self.BACKEND, "Backend", list(BACKENDS), defaultValue=BACKENDS.index(DEFAULTS.backend)),
             "auto: PyTorch on a CUDA GPU, else ONNX Runtime when the model has ONNX graphs (faster on CPU), else PyTorch.", advanced=True)
         add(QgsProcessingParameterEnum(self.DEVICE, "Device", list(DEVICES), defaultValue=DEVICES.index(DEFAULTS.device)),
@@ -120,6 +124,7 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
             method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
             bands=self.parameterAsInts(parameters, self.BANDS, context) or None,
             steps=steps or None,
+            detail=self.detail(parameters, context),
             backend=BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)],
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             tile=self.parameterAsInt(parameters, self.TILE_SIZE, context),

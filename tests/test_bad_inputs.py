@@ -51,6 +51,14 @@ CASES = [
     Case("steps-0", cli=["--method", "lcmsr", "--steps", "0"], alg={"METHOD": 0, "STEPS": -1}, error="steps", alg_error="STEPS"),
     Case("steps-too-many", cli=["--method", "lcmsr", "--steps", "9", "--model", "{good}"],
          alg={"METHOD": 0, "STEPS": 9, "MODEL": "{good}"}, error="steps must be between 1 and 4"),
+    Case("detail-nan", cli=["--method", "lcmsr", "--detail", "nan"], alg={"METHOD": 0, "DETAIL": float("nan")},
+         error="detail must be between 0 and 1"),
+    Case("detail-negative", cli=["--method", "lcmsr", "--detail", "-0.1"], alg={"METHOD": 0, "DETAIL": -0.1},
+         error="detail must be between 0 and 1", alg_error="DETAIL"),
+    Case("detail-above-1", cli=["--method", "lcmsr", "--detail", "1.5"], alg={"METHOD": 0, "DETAIL": 1.5},
+         error="detail must be between 0 and 1", alg_error="DETAIL"),
+    Case("detail-text", cli=["--method", "lcmsr", "--detail", "sharp"], alg={"METHOD": 0, "DETAIL": "sharp"},
+         error="detail must be a number", alg_error="DETAIL"),
     Case("unknown-method", cli=["--method", "magic"], alg={"METHOD": 7}, error="invalid choice", alg_error="METHOD"),
     Case("unknown-device", cli=["--device", "tpu"], alg={"DEVICE": 5}, error="invalid choice", alg_error="DEVICE"),
     Case("unknown-backend", cli=["--backend", "tensorrt"], alg={"BACKEND": 5}, error="invalid choice", alg_error="BACKEND"),
@@ -618,7 +626,7 @@ class TestOneLine:
 
 
 def test_fuzz_argument_parser(tmp_path_factory, capsys):
-    """Any argument list built from scales, extents, seeds, bands, tile/overlap and paths (NaN, ±inf,
+    """Any argument list built from scales, extents, seeds, bands, tile/overlap, detail and paths (NaN, ±inf,
     huge integers, empty strings, commas, unicode) ends with exit 0 or 2 and never a traceback: one
     line on stderr for an error. Bicubic on a tiny raster, so a run that is accepted stays fast."""
     from hypothesis import HealthCheck, given, settings
@@ -633,7 +641,7 @@ def test_fuzz_argument_parser(tmp_path_factory, capsys):
     texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00/"), max_size=12)
     value = st.one_of(numbers, texts, st.lists(numbers, min_size=0, max_size=5).map(",".join))
     flag = st.sampled_from(["--scale", "--target-resolution", "--seed", "--bands", "--tile", "--overlap", "--extent",
-                            "--samples", "--steps", "--uncertainty"])
+                            "--samples", "--steps", "--detail", "--uncertainty"])
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(pairs=st.lists(st.tuples(flag, value), max_size=4), name=texts, scale=numbers)

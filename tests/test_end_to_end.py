@@ -68,8 +68,9 @@ def test_lcmsr_is_closer_to_hr_than_bicubic(provider, pair, tmp_path):
 
 @pytest.mark.parametrize("method", ["lcmsr", "e2diffsr"])
 def test_uncertainty_follows_texture(pair, tmp_path, method):
-    """Four samples of the bundled model: their per-pixel std is clearly above zero on the crop's
-    fields and farmstead, and near zero on a flat patch of the crop's mean colour beside them."""
+    """Four full samples (D = 1) of the bundled model: their per-pixel std is clearly above zero on the
+    crop's fields and farmstead, and near zero on a flat patch of the crop's mean colour beside them.
+    (The bundle's default D is 0, where the samples are the same.)"""
     from engine.pipeline import Request, superresolve
 
     _, lr, _, gt = pair
@@ -78,7 +79,7 @@ def test_uncertainty_follows_texture(pair, tmp_path, method):
     path = write_raster(tmp_path / "half_flat.tif", scene, geotransform=(gt[0], gt[1] * SCALE, 0.0, gt[3], 0.0, gt[5] * SCALE),
                         epsg=26914)
     superresolve(Request(input=path, output=str(tmp_path / "mean.tif"), scale=SCALE, method=method, samples=4, seed=3,
-                         uncertainty=str(tmp_path / "std.tif")))
+                         detail=1.0, uncertainty=str(tmp_path / "std.tif")))
     std, _ = read(tmp_path / "std.tif")
     textured, flat = std[:, 8:-8, 8:112].mean(), std[:, 8:-8, 144:-8].mean()  # 16 output pixels off the seam
     assert flat < 0.1, (textured, flat)  # DN

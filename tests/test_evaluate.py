@@ -176,14 +176,15 @@ def model_dir(tmp_path_factory):
 def test_algorithm_parameters(provider):
     alg = provider.algorithm("evaluate")
     names = [p.name() for p in alg.parameterDefinitions()]
-    for name in ("INPUT", "REFERENCE", "LR", "SCALE", "METHOD", "BANDS", "STEPS", "SEED", "OUTPUT_HTML",
-                 "OUTPUT_DIFFERENCE"):
+    for name in ("INPUT", "REFERENCE", "LR", "SCALE", "METHOD", "BANDS", "STEPS", "DETAIL", "SEED", "OUTPUT_HTML",
+                 "OUTPUT_DIFFERENCE", "OUTPUT_CORRECTNESS"):
         assert name in names
         assert alg.parameterDefinition(name).help()
     assert alg.parameterDefinition("METHOD").options() == provider.algorithm("superresolve").parameterDefinition(
         "METHOD").options()
     outputs = {o.name(): o.type() for o in alg.outputDefinitions()}
-    for name in ("PSNR", "SSIM", "ERGAS", "SAM", "CONSISTENCY_PSNR", "HF_RATIO"):
+    for name in ("PSNR", "SSIM", "ERGAS", "SAM", "CONSISTENCY_PSNR", "HF_RATIO", "LSD", "IMPROVEMENT", "OMISSION",
+                 "HALLUCINATION"):
         assert outputs[name] == "outputNumber"
     assert outputs["OUTPUT_HTML"] == "outputHtml"
 
@@ -209,12 +210,20 @@ def test_processing_degradation_mode_with_a_model(provider, tmp_path, model_dir)
 
     hr = write_raster(tmp_path / "hr.tif", texture((3, 40, 40)))
     html = str(tmp_path / "r.html")
+    classes = str(tmp_path / "c.tif")
     result = processing.run("latentsr:evaluate", {"REFERENCE": hr, "SCALE": 2, "METHOD": 2, "MODEL": model_dir,
-                                                  "OUTPUT_HTML": html})
+                                                  "OUTPUT_HTML": html, "OUTPUT_CORRECTNESS": classes})
     text = open(html, encoding="utf-8").read()
+    assert "LSD (dB)" in text and "Hallucination" in text
+    values, ds = read(classes)
+    assert result["OUTPUT_CORRECTNESS"] == classes and ds.GetRasterBand(1).DataType == gdal.GDT_Byte
+    assert set(np.unique(values)) <= {0, 1, 2, 3} and (values > 0).any()
+    shares = [result[k] for k in ("IMPROVEMENT", "OMISSION", "HALLUCINATION")]
+    assert sum(shares) == pytest.approx(1.0)
+    assert result["IMPROVEMENT"] == pytest.approx((values == 1).sum() / (values > 0).sum())
     assert "<h3>Overall</h3>" in text and "<td class='l'>regression</td>" in text and "<td class='l'>bicubic</td>" in text
     assert result["OUTPUT_DIFFERENCE"] is None
-    for name in ("PSNR", "SSIM", "ERGAS", "SAM", "CONSISTENCY_PSNR", "HF_RATIO"):
+    for name in ("PSNR", "SSIM", "ERGAS", "SAM", "CONSISTENCY_PSNR", "HF_RATIO", "LSD"):
         assert isinstance(result[name], float) and math.isfinite(result[name])
     bicubic = processing.run("latentsr:evaluate", {"REFERENCE": hr, "SCALE": 2, "METHOD": 3,
                                                    "OUTPUT_HTML": str(tmp_path / "b.html")})
@@ -259,17 +268,38 @@ def test_cli(tmp_path):
     assert data["results"][0]["overall"]["ergas"] == pytest.approx(50 * math.sqrt(0.01 / 2))
 
 
+def test_cli_lsd_and_correctness_raster(tmp_path):
+    """LSD and the correctness shares in the JSON, and the class raster on the SR's grid: an SR that
+    is the HR is all improvement and LSD 0."""
+    rng = np.random.default_rng(5)
+    hr = (rng.random((3, 48, 48)) * 255).astype(np.uint8)
+    sr_path = write_raster(tmp_path / "sr.tif", hr)
+    hr_path = write_raster(tmp_path / "hr.tif", hr)
+    r = cli("--sr", sr_path, "--hr", hr_path, "--scale", "4", "--json", "--correctness", tmp_path / "c.tif")
+    assert r.returncode == 0, r.stderr
+    overall = json.loads(r.stdout)["results"][0]["overall"]
+    assert overall["lsd"] == 0.0 and overall["improvement"] == 1.0 and overall["hallucination"] == 0.0
+    values, ds = read(tmp_path / "c.tif")
+    assert ds.GetGeoTransform() == gdal.Open(sr_path).GetGeoTransform() and values.shape == (48, 48)
+    assert set(np.unique(values)) == {0, 1} and (values[:4] == 0).all()  # the border is not classified
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["--sr", "{b}", "--hr", "{a}"], "must be on the same grid"),
     (["--sr", "{a}"], "required: --hr"),
     (["--hr", "{a}"], "needs a scale"),
     (["--hr", "{a}", "--scale", "2", "--method", "magic"], "invalid choice"),
     (["--hr", "missing.tif", "--scale", "2"], "not found"),
+    (["--sr", "{a}", "--hr", "{a}", "--correctness", "{c}"], "give a scale or an LR raster"),
+    (["--hr", "{a}", "--scale", "2", "--correctness", "{a}"], "would overwrite the reference"),
+    (["--hr", "{a}", "--scale", "2", "--correctness", "{png}"], "must end in .tif"),
+    (["--hr", "{a}", "--scale", "2", "--detail", "2"], "detail must be between 0 and 1"),
 ])
 def test_cli_errors(tmp_path, args, fragment):
     a = write_raster(tmp_path / "a.tif", np.ones((1, 20, 20), np.uint8))
     b = write_raster(tmp_path / "b.tif", np.ones((1, 21, 20), np.uint8))
-    r = cli(*(x.format(a=a, b=b) for x in args))
+    r = cli(*(x.format(a=a, b=b, c=tmp_path / "c.tif", png=tmp_path / "c.png") for x in args))
     assert r.returncode == 2 and r.stdout == ""
+    assert not os.path.exists(tmp_path / "c.tif") and not os.path.exists(tmp_path / "c.png")
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], r.stderr

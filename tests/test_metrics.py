@@ -57,3 +57,82 @@ def test_downsample_matches_torch_antialiased_bicubic():
         t = torch.nn.functional.interpolate(torch.from_numpy(x)[None], size=(h, w), mode="bicubic",
                                             antialias=True, align_corners=False)[0].numpy()
         np.testing.assert_allclose(downsample(x, h, w), t, atol=1e-5)
+
+
+def texture(seed=0, size=96):
+    """A 3-band image with detail at every frequency (white noise, slightly smoothed), 0..255."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((3, size, size))
+    x = (x + np.roll(x, 1, axis=1) + np.roll(x, 1, axis=2)) / 3
+    return 255 * x
+
+
+def box_blur(x, k):
+    out = np.zeros_like(x)
+    for dy in range(k):
+        for dx in range(k):
+            out += np.roll(np.roll(x, dy - k // 2, axis=1), dx - k // 2, axis=2)
+    return out / (k * k)
+
+
+def test_lsd_is_zero_for_identical_images_and_rises_with_blur_and_noise():
+    hr = texture()
+    assert metrics.lsd(hr, hr) == 0.0
+    blurred = [metrics.lsd(box_blur(hr, k), hr) for k in (2, 3, 5)]
+    assert 0 < blurred[0] < blurred[1] < blurred[2]
+    rng = np.random.default_rng(1)
+    noisy = [metrics.lsd(hr + rng.normal(0, s, hr.shape), hr) for s in (20, 60, 200)]
+    assert 0 < noisy[0] < noisy[1] < noisy[2]
+
+
+def test_lsd_by_hand_for_a_uniform_gain():
+    """A gain g multiplies every bin's power by g², so LSD = 10 × |log10 g²| exactly; the mean and the
+    band split do not matter (the band-mean image, mean removed)."""
+    hr = texture(2)
+    assert metrics.lsd(2.0 * hr, hr) == pytest.approx(10 * math.log10(4.0))
+    assert metrics.lsd(hr + 17.0, hr) == pytest.approx(0.0, abs=1e-9)
+    same_mean = hr[[1, 2, 0]]
+    assert metrics.lsd(same_mean, hr) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_radial_power_uses_24_bins_from_an_eighth_to_half_a_cycle():
+    img = np.zeros((64, 64))
+    img[:, ::2] = 1.0  # all power at fx = 0.5 (and the mean, removed)
+    power = metrics.radial_power(img)
+    assert power.shape == (24,)
+    assert power[-1] > 0 and np.allclose(power[:-1], 0)
+    f = 13 / 60  # an exact frequency of a 60-pixel image, inside bin 5 (edges every 0.375/24 from 0.125)
+    img = np.cos(2 * np.pi * f * np.arange(60))[None, :].repeat(60, axis=0)
+    power = metrics.radial_power(img)
+    assert int((f - 0.125) / (0.375 / 24)) == 5 and int(np.nanargmax(power)) == 5
+    assert np.allclose(np.delete(power, 5), 0, atol=1e-20)
+
+
+def test_correctness_on_a_constructed_case():
+    """SR equal to HR is improvement, SR equal to the bicubic LR is omission, SR far from both is
+    hallucination; flat pixels (below the 75th percentile of |LR↑ − HR| everywhere) are not classified."""
+    rng = np.random.default_rng(3)
+    hr = rng.random((3, 40, 40)) * 100
+    lr_up = hr + rng.normal(0, 10, hr.shape)
+    sr = hr.copy()
+    sr[:, :, 10:20] = lr_up[:, :, 10:20]
+    sr[:, :, 20:30] = hr[:, :, 20:30] + 200.0
+    classes = metrics.correctness_map(sr, hr, lr_up)
+    d_ref = np.abs(lr_up - hr).mean(axis=0)
+    flat = d_ref <= np.sort(d_ref.ravel())[int(0.75 * d_ref.size) - 1]
+    assert np.all(classes[:, :10][~flat[:, :10]] == 1) and np.all(classes[:, :10][flat[:, :10]] == 0)
+    assert np.all(classes[:, 10:20][~flat[:, 10:20]] == 2)
+    assert np.all(classes[:, 20:30] == 3)  # far from both: always above the threshold
+    shares = metrics.correctness_shares(classes)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["hallucination"] == pytest.approx((classes == 3).sum() / (classes > 0).sum())
+    assert math.isnan(metrics.correctness_shares(np.zeros((4, 4), np.uint8))["improvement"])
+
+
+def test_correctness_scores_by_hand():
+    a, b = np.array([0.5]), np.array([2.0])
+    h = a + b - 1
+    im, om, ha = metrics.correctness_scores(a, b)
+    pull = 1 - math.exp(-0.05 * h[0])
+    assert im[0] == pytest.approx(0.5 + 2.0 * pull) and om[0] == pytest.approx(2.0 + 0.5 * pull)
+    assert ha[0] == pytest.approx(math.exp(-0.05 * 1.0))

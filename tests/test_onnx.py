@@ -207,3 +207,16 @@ def test_export_fails_when_a_graph_drifts_from_the_bundles_networks(tmp_path, mo
     assert err.startswith("error: the ONNX graph decoder differs from the bundle's torch networks by 0.01")
     monkeypatch.setattr(modelfile, "build_networks", build_networks)
     assert training_main(["export-onnx", "--model", str(folder)]) == 0
+
+
+@pytest.mark.parametrize("detail", [0.0, 0.5])
+@pytest.mark.parametrize("name,steps", [("lcmsr", 1), ("e2diffsr", 2)])
+def test_detail_parity_with_torch(exported, name, steps, detail):
+    """Below D = 1 LCMSR's one-step graph cannot blend the latents: the condition, denoiser and decoder
+    graphs run engine.latent.run_tile, as torch does."""
+    card, tensors, folder = exported
+    onnx_method = build_method(name, MethodOptions(steps, "onnx", "cpu", folder, detail=detail))
+    assert onnx_method.nets.fused is None and onnx_method.detail == detail
+    x, grid = tile(seed=5), Grid.whole(21, 26, 2.5)
+    ref = from_bundle(name, card, tensors, steps, "cpu", detail=detail)(x, grid, SEED)
+    assert np.abs(onnx_method(x, grid, SEED) - ref).max() <= 1e-5

@@ -16,7 +16,7 @@ from tests.conftest import LANDSAT, SAMPLE
 def test_algorithm_parameters(provider):
     alg = provider.algorithm("superresolve")
     names = [p.name() for p in alg.parameterDefinitions()]
-    for name in ("INPUT", "BANDS", "SCALE", "TARGET_RESOLUTION", "METHOD", "STEPS", "BACKEND", "DEVICE",
+    for name in ("INPUT", "BANDS", "SCALE", "TARGET_RESOLUTION", "METHOD", "STEPS", "DETAIL", "BACKEND", "DEVICE",
                  "TILE_SIZE", "OVERLAP", "SEED", "SAMPLES", "CLUSTER", "OUTPUT", "OUTPUT_UNCERTAINTY"):
         assert name in names
         assert alg.parameterDefinition(name).help()

@@ -450,3 +450,24 @@ sys.stdout.write("ok\\n")
                PYTHONPATH=os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]))
     r = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_detail_slider(make_dock, small_raster):
+    """The detail slider: a tooltip, the model card's default at first, sent as DETAIL for the diffusion
+    methods only, and remembered like the other choices."""
+    from qgis.PyQt.QtWidgets import QSlider
+
+    from latentsr.engine.methods import card_default_detail
+
+    add_raster(small_raster, "small")
+    dock = make_dock()
+    slider = dock.widget().widget().findChild(QSlider, "detailSlider")
+    assert slider is dock.detail and "faithful" in slider.toolTip().lower()
+    assert dock.detail_value() == card_default_detail("lcmsr")
+    slider.setValue(30)
+    assert dock.detail_label.text() == "0.30" and dock.parameters()["DETAIL"] == pytest.approx(0.3)
+    dock.method.setCurrentIndex(2)  # regression: no sampler
+    assert not slider.isEnabled() and "DETAIL" not in dock.parameters()
+    dock.method.setCurrentIndex(1)
+    assert slider.isEnabled() and dock.parameters()["DETAIL"] == pytest.approx(0.3)
+    assert make_dock().detail_value() == pytest.approx(0.3)

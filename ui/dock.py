@@ -38,18 +38,20 @@ from qgis.PyQt.QtWidgets import (
     QPushButton,
     QRadioButton,
     QScrollArea,
+    QSlider,
     QVBoxLayout,
     QWidget,
 )
 
 from ..engine import raster
 from ..engine.errors import LatentSRError
-from ..engine.methods import BACKENDS, DEFAULTS, DEVICES, METHODS, TABLE
+from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, METHODS, TABLE, card_default_detail
 from ..engine.pipeline import MAX_SCALE, MIN_TILE, output_plan
 from . import deps
 from .task import SOURCE_PROPERTY, SuperResolveRun, add_result_layer, add_uncertainty_layer
 
 SETTINGS = "latentsr/dock/"
+DETAIL_TICKS = 100  # the detail slider's steps from 0 to 1
 LOG_TAG = "LatentSR"
 TEMPORARY = "[Save to temporary file]"
 NAME_CHARS = 24  # a source name longer than this is shortened in result names
@@ -142,6 +144,19 @@ class SuperResolveDock(QgsDockWidget):
         self.steps.setSpecialValueText("method default")
         self.steps.setClearValue(0)
         form.addRow("Steps", self.steps)
+        detail_row = QHBoxLayout()
+        self.detail = QSlider(Qt.Horizontal)
+        self.detail.setObjectName("detailSlider")
+        self.detail.setRange(0, DETAIL_TICKS)
+        self.detail.setSingleStep(5)
+        self.detail.setPageStep(25)
+        self.detail.setTickPosition(QSlider.TicksBelow)
+        self.detail.setTickInterval(25)
+        self.detail_label = QLabel()
+        self.detail_label.setMinimumWidth(self.detail_label.fontMetrics().horizontalAdvance("0.00") + 4)
+        detail_row.addWidget(self.detail)
+        detail_row.addWidget(self.detail_label)
+        form.addRow("Detail", detail_row)
         self.samples = QgsSpinBox()
         self.samples.setRange(1, 64)
         self.samples.setClearValue(1)
@@ -235,6 +250,8 @@ class SuperResolveDock(QgsDockWidget):
             self.method: "LCMSR samples in one step; E²DiffSR runs a few diffusion steps; Regression is "
                          "deterministic; Bicubic is the classic baseline",
             self.steps: "Steps of the diffusion methods (LCMSR defaults to 1, E²DiffSR to 4)",
+            self.detail: "Faithful (left, 0) to detailed (right, 1). " + DETAIL_HELP,
+            self.detail_label: "The detail D of the diffusion methods",
             self.samples: "Number of diffusion samples: with more than one the output is their mean",
             self.uncertainty: "Per-pixel standard deviation of the samples (needs 2 or more samples)",
             self.output: "The output GeoTIFF (.tif); empty: a temporary file",
@@ -282,6 +299,7 @@ class SuperResolveDock(QgsDockWidget):
         self.device.popup_requested.connect(self.probe_cuda)
         for spin in (self.steps, self.tile, self.overlap, self.seed):
             spin.valueChanged.connect(self.save_settings)
+        self.detail.valueChanged.connect(self.detail_changed)
         self.device.currentIndexChanged.connect(self.save_settings)
         self.cog.toggled.connect(self.save_settings)
         self.consistency.toggled.connect(self.save_settings)
@@ -405,6 +423,13 @@ class SuperResolveDock(QgsDockWidget):
             text += ", preview: the visible part"
         return text, True
 
+    def detail_value(self) -> float:
+        return self.detail.value() / DETAIL_TICKS
+
+    def detail_changed(self) -> None:
+        self.detail_label.setText(f"{self.detail_value():.2f}")
+        self.save_settings()
+
     def canvas_moved(self) -> None:
         if self.preview.isChecked():
             self.update_state()
@@ -413,6 +438,7 @@ class SuperResolveDock(QgsDockWidget):
         self.scale.setEnabled(not self.by_resolution.isChecked())
         self.resolution.setEnabled(self.by_resolution.isChecked())
         self.steps.setEnabled(TABLE[self.method_name()].stochastic)
+        self.detail.setEnabled(TABLE[self.method_name()].stochastic)
         self.uncertainty.setEnabled(self.samples.value() > 1)
         text, runnable = self.size_text()
         self.size_label.setText(text)
@@ -430,6 +456,7 @@ class SuperResolveDock(QgsDockWidget):
         s.setValue(SETTINGS + "by_resolution", self.by_resolution.isChecked())
         s.setValue(SETTINGS + "resolution", self.resolution.value())
         s.setValue(SETTINGS + "steps", self.steps.value())
+        s.setValue(SETTINGS + "detail", self.detail_value())
         s.setValue(SETTINGS + "samples", self.samples.value())
         s.setValue(SETTINGS + "preview", self.preview.isChecked())
         s.setValue(SETTINGS + "backend", self.backend.currentData() or "auto")
@@ -451,6 +478,11 @@ class SuperResolveDock(QgsDockWidget):
         (self.by_resolution if by_resolution else self.by_scale).setChecked(True)
         self.resolution.setValue(s.value(SETTINGS + "resolution", 1.0, type=float))
         self.steps.setValue(s.value(SETTINGS + "steps", 0, type=int))
+        detail = s.value(SETTINGS + "detail", -1.0, type=float)
+        if not 0.0 <= detail <= 1.0:  # never chosen (or damaged): the bundled model's default
+            detail = card_default_detail(DEFAULTS.method)
+        self.detail.setValue(round(detail * DETAIL_TICKS))
+        self.detail_label.setText(f"{self.detail_value():.2f}")
         self.samples.setValue(s.value(SETTINGS + "samples", 1, type=int))
         self.preview.setChecked(s.value(SETTINGS + "preview", False, type=bool))
         self.backend.setCurrentIndex(max(self.backend.findData(s.value(SETTINGS + "backend", "auto")), 0))
@@ -493,6 +525,8 @@ class SuperResolveDock(QgsDockWidget):
         }
         if self.model.filePath():
             params["MODEL"] = self.model.filePath()
+        if TABLE[self.method_name()].stochastic:
+            params["DETAIL"] = self.detail_value()
         if self.selected_bands():
             params["BANDS"] = self.selected_bands()
         if self.by_resolution.isChecked():

@@ -1,11 +1,17 @@
-"""`make bench`: quality and speed of every method on a validation folder, written to docs/BENCHMARKS.md.
+"""`make bench`: quality and speed of every method on a validation folder, written to docs/BENCHMARKS.md,
+with the perception–distortion picture docs/pd.png and the comparison picture docs/compare.png.
 
 Protocol: HR is the image cropped (top-left) so that HR = LR × scale exactly; LR is its
 antialiased bicubic downsampling (engine.resample.downsample, the training degradation). Each
 method sees LR/255 and its output is quantised to 8 bits, as a Byte GeoTIFF would be. PSNR, SSIM,
-ERGAS, SAM and the HF ratio are on RGB after cropping ceil(scale) pixels at the border; the
-consistency PSNR compares downsample(SR) with LR. Each method runs in its own process, so its
-peak RSS is its own; time is the method call only, per output megapixel.
+ERGAS, SAM, the HF ratio, LSD and the correctness shares are on RGB after cropping ceil(scale)
+pixels at the border (engine.metrics.all_metrics); the consistency PSNR compares downsample(SR)
+with LR. Each method runs in its own process, so its peak RSS is its own; time is the method call
+only, per output megapixel.
+
+At ×4 the diffusion methods also run at every detail of ``DETAILS``, and the two peers of
+training/bench/peers.py (Real-ESRGAN x4plus, RealSR DF2K; ncnn on the CPU) when they are installed.
+``--limit N`` runs on N images spread over all classes (every class in turn, image by image).
 """
 from __future__ import annotations
 
@@ -29,28 +35,75 @@ from PIL import Image, ImageDraw
 from engine import metrics
 from engine.evaluate import degraded_size
 from engine.grid import Grid
-from engine.methods import MethodOptions, build_method
+from engine.methods import MethodOptions, build_method, card_default_detail
 from engine.pipeline import sample_seeds
 from engine.projection import Projected
 from engine.resample import downsample
 
+from . import peers
+
 log = logging.getLogger(__name__)
 
-ROWS = (("bicubic", None), ("regression", None), ("e2diffsr", 4), ("lcmsr", 1), ("lcmsr", 2),
-        ("regression+consistency", None), ("lcmsr+consistency", 1))
-CALIBRATION = ("lcmsr", 1, 4, 4.0)  # method, steps, samples, scale of the uncertainty calibration
+
+class Row(tuple):
+    """One benchmarked result: (method, steps, detail); method is an engine method, "name+consistency",
+    or "peer:K" (peers.PEERS[K]); detail None is the model card's default."""
+
+    def __new__(cls, method: str, steps: int | None = None, detail: float | None = None):
+        return super().__new__(cls, (method, steps, detail))
+
+    method = property(lambda self: self[0])
+    steps = property(lambda self: self[1])
+    detail = property(lambda self: self[2])
+
+    @property
+    def peer(self) -> peers.Peer | None:
+        return peers.PEERS[int(self.method.split(":")[1])] if self.method.startswith("peer:") else None
+
+    @property
+    def label(self) -> str:
+        if self.peer:
+            return self.peer.label
+        parts = [f"{self.steps} step{'s' if self.steps > 1 else ''}"] if self.steps else []
+        if self.detail is not None:
+            parts.append(f"D = {self.detail:g}")
+        return f"{self.method} ({', '.join(parts)})" if parts else self.method
+
+    @property
+    def key(self) -> str:
+        """A file name for its comparison crops."""
+        return f"{self.method.replace(':', '-')}-{self.steps or 0}-{'default' if self.detail is None else self.detail}"
+
+
+ROWS = (Row("bicubic"), Row("regression"), Row("e2diffsr", 4), Row("lcmsr", 1), Row("lcmsr", 2),
+        Row("regression+consistency"), Row("lcmsr+consistency", 1))  # at every scale; D: the card's default
+DETAILS = (0.0, 0.25, 0.5, 0.75, 1.0)
+SWEEP = tuple(Row(name, steps, d) for name, steps in (("lcmsr", 1), ("e2diffsr", 4)) for d in DETAILS)  # ×4 only
+PEER_ROWS = tuple(Row(f"peer:{k}") for k in range(len(peers.PEERS)))  # ×4 only
+PD_SCALE = 4.0
+TARGET_GAIN = 0.8  # dB over bicubic that the default detail must keep (issue 14)
+CALIBRATION = ("lcmsr", 1, 4, 4.0, 1.0)  # method, steps, samples, scale, detail of the uncertainty calibration
 SCALES = (2.0, 2.5, 3.0, 4.0)
 COMPARE = (("buildings", 84), ("denseresidential", 81), ("harbor", 85), ("freeway", 83))
 COMPARE_SCALE = 4.0
+COMPARE_ROWS = (Row("bicubic"), Row("regression"), Row("lcmsr", 1), Row("lcmsr", 1, 1.0), Row("e2diffsr", 4, 1.0),
+                *PEER_ROWS)
 CROP = 64  # HR pixels of each crop in the comparison picture
 
 
-def images(folder: Path, per_class: int | None) -> list[Path]:
-    files = []
+def images(folder: Path, per_class: int | None = None, limit: int | None = None) -> list[Path]:
+    """The images of every class folder (at most ``per_class`` each); with ``limit``, that many spread
+    over the classes: the first image of every class, then the second, and so on."""
+    classes = []
     for cls in sorted(p for p in folder.iterdir() if p.is_dir()):
         found = sorted(f for f in cls.iterdir() if f.suffix.lower() in (".png", ".webp", ".tif", ".tiff"))
-        files += found[:per_class] if per_class else found
-    return files
+        classes.append(found[:per_class] if per_class else found)
+    if not limit:
+        return [f for found in classes for f in found]
+    picked = []
+    for k in range(max((len(c) for c in classes), default=0)):
+        picked += [c[k] for c in classes if k < len(c)]
+    return sorted(picked[:limit])
 
 
 def hr_lr(path: Path, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -65,38 +118,47 @@ def quantise(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-
-
-def worker(method_name: str, steps: int | None, files: list[Path], scales, model: str | None, crops_dir: Path,
-           backend: str) -> dict:
-    """Metrics (means over images) and timing of one method at each scale, plus its peak RSS."""
-    base_name, _, variant = method_name.partition("+")
-    method = build_method(base_name, MethodOptions(steps=steps, backend=backend, device="cpu", model=model))
+def build(row: Row, model: str | None, backend: str):
+    """``(sr(lr, scale), backend name)`` for a row (a peer is ×4 only)."""
+    if row.peer:
+        net = peers.NcnnSR(row.peer)
+        return (lambda lr, scale: net(lr)), "ncnn (CPU)"
+    base_name, _, variant = row.method.partition("+")
+    method = build_method(base_name, MethodOptions(steps=row.steps, backend=backend, device="cpu", model=model,
+                                                   detail=row.detail))
     if variant == "consistency":
         method = Projected(method)
-    compare = {f"{c}{i:02d}" for c, i in COMPARE}
     nets = getattr(getattr(method, "inner", method), "nets", None)
-    out = {"scales": {}, "backend": nets.backend if nets is not None else "numpy"}
+    return (lambda lr, scale: method(lr, Grid.whole(lr.shape[1], lr.shape[2], scale))), \
+        nets.backend if nets is not None else "numpy"
+
+
+def worker(row: Row, files: list[Path], scales, model: str | None, crops_dir: Path, backend: str, val: Path) -> dict:
+    """Metrics (means over images) and timing of one row at each scale, its peak RSS, and its crops of
+    the comparison images at ×4."""
+    run, backend_name = build(row, model, backend)
+    out = {"scales": {}, "backend": backend_name}
     for scale in scales:
         sums, seconds, pixels = {}, 0.0, 0
         for path in files:
             hr, lr = hr_lr(path, scale)
-            grid = Grid.whole(lr.shape[1], lr.shape[2], scale)
             start = time.perf_counter()
-            sr = method(lr, grid)
+            sr = run(lr, scale)
             seconds += time.perf_counter() - start
-            pixels += grid.shape[0] * grid.shape[1]
-            sr8 = quantise(sr)
-            m = metrics.all_metrics(sr8.astype(np.float64), hr.astype(np.float64), lr * 255.0, scale, 255.0)
+            pixels += sr.shape[1] * sr.shape[2]
+            m = metrics.all_metrics(quantise(sr).astype(np.float64), hr.astype(np.float64), lr * 255.0, scale, 255.0)
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
-            if scale == COMPARE_SCALE and path.stem in compare:
-                np.save(crops_dir / f"{path.stem}.npy", sr8)
-        row = {k: v / len(files) for k, v in sums.items()}
-        if not math.isfinite(row["consistency_psnr"]):
-            row["consistency_psnr"] = math.inf
-        row["s_per_mp"] = seconds / (pixels / 1e6)
-        out["scales"][str(scale)] = row
+        row_metrics = {k: v / len(files) for k, v in sums.items()}
+        if not math.isfinite(row_metrics["consistency_psnr"]):
+            row_metrics["consistency_psnr"] = math.inf
+        row_metrics["s_per_mp"] = seconds / (pixels / 1e6)
+        out["scales"][str(scale)] = row_metrics
+    if COMPARE_SCALE in scales:
+        for cls, idx in COMPARE:
+            path = val / cls / f"{cls}{idx:02d}.png"
+            if path.is_file():
+                np.save(crops_dir / f"{path.stem}.npy", quantise(run(hr_lr(path, COMPARE_SCALE)[1], COMPARE_SCALE)))
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return out
 
@@ -104,8 +166,8 @@ def worker(method_name: str, steps: int | None, files: list[Path], scales, model
 def calibration(files: list[Path], model: str | None, backend: str) -> dict:
     """Pearson correlation, pooled over all pixels of all images, between the per-pixel std of K
     samples and the absolute error of their mean against HR (8-bit units)."""
-    name, steps, samples, scale = CALIBRATION
-    method = build_method(name, MethodOptions(steps=steps, backend=backend, device="cpu", model=model))
+    name, steps, samples, scale, detail = CALIBRATION
+    method = build_method(name, MethodOptions(steps=steps, backend=backend, device="cpu", model=model, detail=detail))
     stds, errors, per_image = [], [], []
     for path in files:
         hr, lr = hr_lr(path, scale)
@@ -122,7 +184,7 @@ def calibration(files: list[Path], model: str | None, backend: str) -> dict:
         if std.std() > 0:
             per_image.append(float(np.corrcoef(std, err)[0, 1]))
     pooled = float(np.corrcoef(np.concatenate(stds), np.concatenate(errors))[0, 1])
-    return {"method": label(name, steps), "samples": samples, "scale": scale, "pooled": pooled,
+    return {"method": Row(name, steps, detail).label, "samples": samples, "scale": scale, "pooled": pooled,
             "per_image_median": float(np.median(per_image)) if per_image else math.nan,
             "mean_std": float(np.mean(np.concatenate(stds)))}
 
@@ -138,19 +200,25 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
-def label(name: str, steps: int | None) -> str:
-    return f"{name} ({steps} step{'s' if steps > 1 else ''})" if steps else name
+def compare_picture(val: Path, crops_dir: Path, rows, out: Path, default_detail: dict[str, float]) -> None:
+    """LR, the rows' results and HR for a few classes (×4, centre crops, 2× zoom)."""
+    def title(row):
+        if row.detail is None and row.method in default_detail:
+            return row.label[:-1] + f", D = {default_detail[row.method]:g} default)"
+        return row.label
 
+    def shown(row):  # a default that is D = 1 would repeat the D = 1 column
+        same = row.detail is None and default_detail.get(row.method) == 1.0 and Row(row.method, row.steps, 1.0) in rows
+        return (crops_dir / row.key).is_dir() and not same
 
-def compare_picture(val: Path, crops_dir: Path, rows, out: Path) -> None:
-    """LR, bicubic, regression, e2diffsr, lcmsr, HR for a few classes (×4, centre crops, 2× zoom)."""
-    cols = [("LR", None)] + [(label(n, s), f"{n}-{s or 0}") for n, s in rows if (n, s) != ("lcmsr", 2) and "+" not in n] + [("HR", None)]
-    zoom, pad, head = 2, 4, 18
+    cols = [("LR", None)] + [(title(row), row.key) for row in rows if shown(row)] + [("HR", None)]
+    zoom, pad, head = 2, 4, 30
     tile = CROP * zoom
     sheet = Image.new("RGB", (len(cols) * (tile + pad) + pad, len(COMPARE) * (tile + pad) + pad + head), "white")
     draw = ImageDraw.Draw(sheet)
     for j, (title, _) in enumerate(cols):
-        draw.text((pad + j * (tile + pad) + 2, 3), title, fill="black")
+        words = title.replace(" (", "\n(", 1)
+        draw.multiline_text((pad + j * (tile + pad) + 2, 2), words, fill="black", spacing=1)
     for i, (cls, idx) in enumerate(COMPARE):
         stem = f"{cls}{idx:02d}"
         hr, lr = hr_lr(val / cls / f"{stem}.png", COMPARE_SCALE)
@@ -168,28 +236,146 @@ def compare_picture(val: Path, crops_dir: Path, rows, out: Path) -> None:
     sheet.save(out)
 
 
-def report(results: dict, rows, scales, n_images: int, command: str, card: dict | None) -> str:
+def pd_points(results: dict, sweep, peer_rows) -> list[tuple[str, list[tuple[float, float, str]]]]:
+    """The perception–distortion picture's series at ×4: (name, [(LSD, ΔPSNR, point label)])."""
+    key = str(PD_SCALE)
+    base = results[Row("bicubic").label]["scales"][key]["psnr"]
+
+    def point(row, text=""):
+        m = results[row.label]["scales"][key]
+        return m["lsd"], m["psnr"] - base, text
+
+    series = [("bicubic", [point(Row("bicubic"))]), ("regression", [point(Row("regression"))])]
+    for name, steps in (("lcmsr", 1), ("e2diffsr", 4)):
+        rows = [r for r in sweep if (r.method, r.steps) == (name, steps) and r.label in results]
+        if rows:
+            series.append((Row(name, steps).label, [point(r, f"{r.detail:g}") for r in rows]))
+    series += [(r.label, [point(r)]) for r in peer_rows if r.label in results]
+    return series
+
+
+def pd_picture(series, out: Path) -> None:
+    """ΔPSNR against bicubic (up: more faithful) over LSD (left: closer to HR's spectrum), with matplotlib;
+    an inset magnifies our learned methods when they lie close together."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+    ours = [(name, points) for name, points in series if name != "bicubic" and not any(
+        name == p.label for p in peers.PEERS)]
+    xs_ours = [x for _, points in ours for x, _, _ in points]
+    ys_ours = [y for _, points in ours for _, y, _ in points]
+    axes = [ax]
+    if xs_ours and max(xs_ours) - min(xs_ours) < 2.0:
+        inset = ax.inset_axes([0.33, 0.1, 0.4, 0.45])
+        pad_x = max(0.05, 0.15 * (max(xs_ours) - min(xs_ours)))
+        pad_y = max(0.02, 0.15 * (max(ys_ours) - min(ys_ours)))
+        inset.set_xlim(min(xs_ours) - pad_x, max(xs_ours) + pad_x)
+        inset.set_ylim(min(ys_ours) - pad_y, max(ys_ours) + pad_y)
+        inset.tick_params(labelsize=7)
+        inset.grid(alpha=0.3)
+        ax.indicate_inset_zoom(inset, edgecolor="grey")
+        axes.append(inset)
+    for k, (name, points) in enumerate(series):
+        xs, ys, texts = zip(*points)
+        for a in axes:
+            a.plot(xs, ys, marker="osD^v<>ph*"[k % 10], color=f"C{k}", linestyle="-" if len(points) > 1 else "none",
+                   label=name if a is ax else None)
+        labelled = axes[-1] if name in dict(ours) else ax
+        for i, (x, y, text) in enumerate(points):
+            if text and i in (0, len(points) - 1):
+                labelled.annotate(f"D={text}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(0, color="grey", linewidth=0.6)
+    ax.set_xlabel("LSD to HR (dB; lower: closer to HR's spectrum)")
+    ax.set_ylabel("ΔPSNR vs our bicubic (dB; higher: more faithful)")
+    ax.set_title(f"Perception–distortion on UC Merced val, ×{PD_SCALE:g}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def suggested_detail(results: dict, sweep, method: str) -> float | None:
+    """The detail of ``method`` (lcmsr or e2diffsr, at the sweep's steps) with the lowest LSD that keeps
+    ΔPSNR ≥ TARGET_GAIN at ×4 (the most faithful one when none does)."""
+    key = str(PD_SCALE)
+    base = results[Row("bicubic").label]["scales"][key]["psnr"]
+    rows = [r for r in sweep if r.method == method and r.label in results]
+    if not rows:
+        return None
+    scored = [(results[r.label]["scales"][key], r.detail) for r in rows]
+    good = [(m["lsd"], d) for m, d in scored if m["psnr"] - base >= TARGET_GAIN]
+    return min(good)[1] if good else min(d for _, d in scored)
+
+
+def fmt_share(v: float) -> str:
+    return "—" if not math.isfinite(v) else f"{100 * v:.0f}"
+
+
+def report(results: dict, scales, n_images: int, limit: int | None, command: str, card: dict | None,
+           skipped: str | None, default_detail: dict[str, float], pictures: dict) -> str:
+    data = (f"{n_images} validation images of UC Merced (images 80–89 of each class"
+            + (f"; --limit {limit}: the first {n_images} taken class by class, so every class is in" if limit else "")
+            + "), RGB 8-bit.")
     lines = ["# Benchmarks", "", f"Command: `{command}`  ", f"Machine: {machine()}  ",
-             f"Date: {datetime.date.today().isoformat()}  ",
-             f"Data: {n_images} validation images of UC Merced (images 80–89 of each class), RGB 8-bit.", ""]
+             f"Date: {datetime.date.today().isoformat()}  ", f"Data: {data}", ""]
     if card:
         lines += [f"Model: `{card.get('name')}`, trained {json.dumps(card.get('training', {}).get('summary', card.get('training', {})))}", ""]
-    lines += ["Protocol: LR = antialiased bicubic downsampling of HR; outputs quantised to 8 bits; PSNR/SSIM/ERGAS/SAM/HF "
-              "ratio on RGB with a border crop of ceil(scale); consistency = PSNR of downsample(SR) against LR; "
-              "HF ratio = spectral energy above a quarter of Nyquist, SR over HR; time per output megapixel of the "
-              "method call on CPU (one 256² image at a time, all threads); peak RSS of the process running that method.", ""]
+    lines += ["Protocol: LR = antialiased bicubic downsampling of HR; outputs quantised to 8 bits; every metric but the "
+              "consistency on RGB with a border crop of ceil(scale); consistency = PSNR of downsample(SR) against LR; "
+              "HF ratio = spectral energy above a quarter of Nyquist, SR over HR; LSD = log-spectral distance to HR "
+              "(docs/MODELS.md: band-mean image, 24 radial bins of 0.125–0.5 cycles/pixel, dB; lower is closer to "
+              "HR's spectrum); improv./omiss./halluc. = the shares (%) of the classified pixels in ESA opensr-test's "
+              "correctness classes with the L1 distance (docs/MODELS.md); time per output megapixel of the method call on "
+              "CPU (one image at a time, all threads); peak RSS of the process running that method.", ""]
+    lines += ["The diffusion rows without a D ran at "
+              + ", ".join(f"{name} D = {d:g}" for name, d in default_detail.items())
+              + " (the model card's detail_default when it has one, else the fallback in engine/methods.py).", ""]
+    heading = ("| method | backend | PSNR | ΔPSNR vs bicubic | SSIM | ERGAS | SAM (°) | consistency PSNR | HF ratio | LSD (dB) "
+               "| improv. % | omiss. % | halluc. % | s / output MP | peak RSS (MB) |")
+    rule = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+
+    def line(row, r, m, base):
+        return (f"| {row.label} | {r['backend']} | {m['psnr']:.2f} | {m['psnr'] - base:+.2f} | {m['ssim']:.4f} | "
+                f"{m['ergas']:.3f} | {m['sam']:.3f} | {m['consistency_psnr']:.2f} | {m['hf_ratio']:.3f} | {m['lsd']:.2f} | "
+                f"{fmt_share(m['improvement'])} | {fmt_share(m['omission'])} | {fmt_share(m['hallucination'])} | "
+                f"{m['s_per_mp']:.3f} | {r['peak_rss_mb']:.0f} |")
+
     for scale in scales:
         key = str(scale)
-        base = results[label("bicubic", None)]["scales"][key]["psnr"]
-        lines += [f"## ×{scale:g}", "", "| method | backend | PSNR | ΔPSNR vs bicubic | SSIM | ERGAS | SAM (°) | consistency PSNR | HF ratio | s / output MP | peak RSS (MB) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for name, steps in rows:
-            r = results[label(name, steps)]
-            m = r["scales"][key]
-            lines.append(f"| {label(name, steps)} | {r['backend']} | {m['psnr']:.2f} | {m['psnr'] - base:+.2f} | {m['ssim']:.4f} | {m['ergas']:.3f} | "
-                         f"{m['sam']:.3f} | {m['consistency_psnr']:.2f} | {m['hf_ratio']:.3f} | {m['s_per_mp']:.3f} | {r['peak_rss_mb']:.0f} |")
+        base = results[Row("bicubic").label]["scales"][key]["psnr"]
+        lines += [f"## ×{scale:g}", "", heading, rule]
+        for row in ROWS:
+            r = results[row.label]
+            lines.append(line(row, r, r["scales"][key], base))
         lines.append("")
-    lines += ["![LR, bicubic, regression, E²DiffSR, LCMSR and HR at ×4](compare.png)", ""]
+    key = str(PD_SCALE)
+    if key in results[Row("bicubic").label]["scales"]:
+        base = results[Row("bicubic").label]["scales"][key]["psnr"]
+        lines += [f"## Faithful ↔ detailed at ×{PD_SCALE:g}", "",
+                  "The diffusion methods at detail D = 0 (the regression latent: deterministic), 0.25, 0.5, 0.75 and 1 "
+                  "(a full sample), and two GAN peers run on the CPU with ncnn (training/bench/peers.py).", "",
+                  heading, rule]
+        for row in (Row("bicubic"), Row("regression"), *SWEEP, *PEER_ROWS):
+            if row.label in results:
+                r = results[row.label]
+                lines.append(line(row, r, r["scales"][key], base))
+        lines.append("")
+        if skipped:
+            lines += [f"The peers were skipped: {skipped}.", ""]
+        for name in ("lcmsr", "e2diffsr"):
+            suggestion = suggested_detail(results, SWEEP, name)
+            if suggestion is not None:
+                lines += [f"{name}: the lowest LSD with ΔPSNR ≥ +{TARGET_GAIN:g} dB over bicubic is at D = {suggestion:g} "
+                          f"(this run's default: {default_detail[name]:g}).", ""]
+        if pictures.get("pd"):
+            lines += ["![ΔPSNR against LSD at ×4](pd.png)", ""]
+    if pictures.get("compare"):
+        lines += ["![LR, bicubic, regression, LCMSR at the default D and at D = 1, E²DiffSR at D = 1, the peers and HR at ×4]"
+                  "(compare.png)", ""]
     cal = results.get("calibration")
     if cal:
         lines += ["## Uncertainty calibration", "",
@@ -200,50 +386,61 @@ def report(results: dict, rows, scales, n_images: int, command: str, card: dict 
     return "\n".join(lines)
 
 
+def parse_row(method: str, steps: str, detail: str) -> Row:
+    return Row(method, int(steps) or None, None if detail == "-" else float(detail))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.bench quality", description=__doc__.splitlines()[0])
     ap.add_argument("--val", required=True, type=Path)
     ap.add_argument("--out", default="docs/BENCHMARKS.md", type=Path)
     ap.add_argument("--model", help="model name or folder (default: the bundled default)")
     ap.add_argument("--per-class", type=int, help="images per class (default: all)")
+    ap.add_argument("--limit", type=int, help="at most this many images, spread over all classes (default: all)")
     ap.add_argument("--scales", type=float, nargs="+", default=list(SCALES))
     ap.add_argument("--backend", default="auto", help="backend of the learned methods (default: auto, as users get)")
-    ap.add_argument("--worker", nargs=3, metavar=("METHOD", "STEPS", "CROPS"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=4, metavar=("METHOD", "STEPS", "DETAIL", "CROPS"), help=argparse.SUPPRESS)
     ap.add_argument("--calibration-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    files = images(args.val, args.per_class)
+    files = images(args.val, args.per_class, args.limit)
     if args.calibration_worker:
         json.dump(calibration(files, args.model, args.backend), sys.stdout)
         return 0
     if args.worker:
-        name, steps, crops = args.worker
-        result = worker(name, int(steps) or None, files, args.scales, args.model, Path(crops), args.backend)
+        *row, crops = args.worker
+        result = worker(parse_row(*row), files, args.scales, args.model, Path(crops), args.backend, args.val)
         json.dump(result, sys.stdout)
         return 0
     command = "make bench  # python -m training.bench quality " + " ".join(argv if argv is not None else sys.argv[1:])
+    common = ["--val", str(args.val), "--backend", args.backend]
+    common += ["--per-class", str(args.per_class)] if args.per_class else []
+    common += ["--limit", str(args.limit)] if args.limit else []
+    common += ["--model", args.model] if args.model else []
+    skipped = peers.missing()
+    plan = [(row, args.scales) for row in ROWS]
+    if PD_SCALE in args.scales:
+        plan += [(row, [PD_SCALE]) for row in SWEEP]
+        if skipped:
+            log.warning("the peers are skipped: %s", skipped)
+        else:
+            plan += [(row, [PD_SCALE]) for row in PEER_ROWS]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, steps in ROWS:
-            crops = Path(tmp) / f"{name}-{steps or 0}"
+        for row, scales in plan:
+            crops = Path(tmp) / row.key
             crops.mkdir()
-            log.info("%s on %d images at ×%s", label(name, steps), len(files), ", ×".join(f"{s:g}" for s in args.scales))
-            cmd = [sys.executable, "-m", "training.bench", "quality", "--val", str(args.val), "--scales", *map(str, args.scales),
-                   "--backend", args.backend, "--worker", name, str(steps or 0), str(crops)]
-            if args.per_class:
-                cmd += ["--per-class", str(args.per_class)]
-            if args.model:
-                cmd += ["--model", args.model]
+            log.info("%s on %d images at ×%s", row.label, len(files), ", ×".join(f"{s:g}" for s in scales))
+            cmd = [sys.executable, "-m", "training.bench", "quality", *common, "--scales", *map(str, scales),
+                   "--worker", row.method, str(row.steps or 0), "-" if row.detail is None else str(row.detail), str(crops)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
-                log.error("%s failed: %s", label(name, steps), done.stderr.strip().splitlines()[-1:] or "")
+                log.error("%s failed: %s", row.label, done.stderr.strip().splitlines()[-1:] or "")
                 return 1
-            results[label(name, steps)] = json.loads(done.stdout)
+            results[row.label] = json.loads(done.stdout)
         log.info("uncertainty calibration")
-        cmd = [sys.executable, "-m", "training.bench", "quality", "--val", str(args.val), "--backend", args.backend,
-               "--calibration-worker"] + (["--per-class", str(args.per_class)] if args.per_class else []) + \
-            (["--model", args.model] if args.model else [])
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "training.bench", "quality", *common, "--calibration-worker"],
+                              capture_output=True, text=True)
         if done.returncode != 0:
             log.error("calibration failed: %s", done.stderr.strip().splitlines()[-1:] or "")
             return 1
@@ -255,9 +452,14 @@ def main(argv=None) -> int:
         except Exception:  # noqa: BLE001 - the table stands without the card's summary
             log.warning("no model card found for the report header")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        if COMPARE_SCALE in args.scales and not args.per_class:
-            compare_picture(args.val, Path(tmp), ROWS, args.out.parent / "compare.png")
-    args.out.write_text(report(results, ROWS, args.scales, len(files), command, card), encoding="utf-8")
+        pictures = {}
+        default_detail = {name: card_default_detail(name, args.model) for name in ("lcmsr", "e2diffsr")}
+        if COMPARE_SCALE in args.scales:
+            compare_picture(args.val, Path(tmp), COMPARE_ROWS, args.out.parent / "compare.png", default_detail)
+            pictures["compare"] = True
+            pd_picture(pd_points(results, SWEEP, PEER_ROWS), args.out.parent / "pd.png")
+            pictures["pd"] = True
+    args.out.write_text(report(results, args.scales, len(files), args.limit, command, card, skipped, default_detail,
+                               pictures), encoding="utf-8")
     log.info("wrote %s", args.out)
     return 0
-

@@ -1,0 +1,207 @@
+"""The faithful ↔ detailed control: D = 0 is the deterministic regression latent, D = 1 a full sample,
+the blend in between; tiles agree at every D; the CLI, Processing and the model card's default."""
+import json
+import logging
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from osgeo import gdal
+from PIL import Image
+
+from engine import latent, metrics
+from engine.errors import LatentSRError
+from engine.grid import Grid
+from engine.methods import MethodOptions, build_method, card_default_detail, default_detail, from_bundle
+from engine.pipeline import Request, superresolve
+from engine.resample import downsample
+from training.bundle import random_bundle, write
+
+from tests.conftest import ROOT, write_raster
+from tests.test_models import lr, tiled_run
+
+DETAILS = (0.0, 0.25, 0.5, 1.0)
+UCMERCED_CROPS = f"{ROOT}/tests/data/ucmerced_crops.png"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return random_bundle("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_dir(bundle, tmp_path_factory):
+    return str(write(tmp_path_factory.mktemp("models") / "tiny", *bundle))
+
+
+def test_blend_is_the_straight_line_between_the_latents():
+    z_det, z_sample = np.array([1.0, -2.0]), np.array([3.0, 2.0])
+    assert np.array_equal(latent.blend(z_det, z_sample, 0.0), z_det)
+    assert np.array_equal(latent.blend(z_det, z_sample, 1.0), z_sample)
+    assert np.allclose(latent.blend(z_det, z_sample, 0.25), [1.5, -1.0])
+
+
+def test_detail_zero_skips_the_sampler():
+    calls = []
+
+    def denoiser(z, cond, t, inv_scale):
+        calls.append(t)
+        return np.zeros_like(z)
+
+    cond = np.ones((1, 4, 2, 2), np.float32)
+    inv = np.full((1, 1), 0.5, np.float32)
+    for name in ("lcmsr", "e2diffsr"):
+        assert latent.sample_latent(name, {}, 2, denoiser, cond, inv, lambda k: np.zeros_like(cond), 0.0) is cond
+    assert calls == []
+    latent.sample_latent("lcmsr", {}, 2, denoiser, cond, inv, lambda k: np.zeros_like(cond), 0.5)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("name", ["lcmsr", "e2diffsr"])
+def test_detail_zero_is_deterministic(bundle, name):
+    method = from_bundle(name, *bundle, device="cpu", detail=0.0)
+    assert method.deterministic
+    x, grid = lr(seed=1), Grid.whole(23, 17, 2.5)
+    assert np.array_equal(method(x, grid, 1), method(x, grid, 2))
+
+
+def test_lcmsr_at_detail_zero_is_regression(bundle):
+    """The bundle's regression decodes the LCMSR conditioning net's latent: LCMSR at D = 0 is that path. Its
+    latent grid is aligned to the denoiser's multiple of 4 cells (regression's to 1), so the two agree to
+    the tolerance that tiles agree to, not bit for bit."""
+    assert bundle[0]["methods"]["regression"]["condition"] == bundle[0]["methods"]["lcmsr"]["condition"]
+    x, grid = lr(seed=2), Grid.whole(23, 17, 3.0)
+    lcmsr = from_bundle("lcmsr", *bundle, device="cpu", detail=0.0)(x, grid, 5)
+    regression = from_bundle("regression", *bundle, device="cpu")(x, grid, 5)
+    assert np.abs(lcmsr - regression).max() < 5e-4
+
+
+@pytest.mark.parametrize("name", ["lcmsr", "e2diffsr"])
+def test_full_detail_samples_differ_and_the_blend_lies_between(bundle, name):
+    x, grid = lr(seed=3), Grid.whole(23, 17, 2.0)
+    full = from_bundle(name, *bundle, device="cpu", detail=1.0)
+    a, b = full(x, grid, 1), full(x, grid, 2)
+    assert np.abs(a - b).max() > 1e-5  # a tiny random decoder barely reacts to its latent (about 1e-4)
+    faithful = from_bundle(name, *bundle, device="cpu", detail=0.0)(x, grid, 1)
+    half = from_bundle(name, *bundle, device="cpu", detail=0.5)(x, grid, 1)
+    # the latent is halfway; the decoder is smooth, so the output moves part of the way too
+    assert 0 < np.abs(half - faithful).mean() < np.abs(a - faithful).mean()
+
+
+@pytest.mark.parametrize("detail", DETAILS)
+@pytest.mark.parametrize("name", ["lcmsr", "e2diffsr"])
+def test_tiled_equals_untiled_at_every_detail(bundle, name, detail):
+    method = from_bundle(name, *bundle, device="cpu", detail=detail)
+    x = lr(h=64, w=56, seed=3)
+    whole = method(x, Grid.whole(64, 56, 2.5), 5)
+    tiled = tiled_run(x, 2.5, lambda iy, ix: lambda t, g: method(t, g, 5), context=method.context)
+    assert np.abs(tiled - whole).max() < 5e-4
+
+
+@pytest.mark.parametrize("value", [math.nan, -0.01, 1.01, math.inf, "x", None])
+def test_bad_detail_is_refused(value):
+    with pytest.raises(LatentSRError, match="detail must be"):
+        latent.check_detail(value)
+
+
+def test_default_detail_comes_from_the_card_with_a_fallback(bundle, model_dir, tmp_path):
+    card, tensors = bundle
+    assert default_detail("lcmsr", card) == 1.0 and default_detail("regression", card) is None
+    edited = json.loads(json.dumps(card))
+    edited["methods"]["lcmsr"]["detail_default"] = 0.3
+    assert default_detail("lcmsr", edited) == 0.3
+    assert from_bundle("lcmsr", edited, tensors, device="cpu").detail == 0.3
+    folder = tmp_path / "tiny"
+    shutil.copytree(model_dir, folder)
+    card_path = folder / "model.json"
+    on_disk = json.loads(card_path.read_text())
+    on_disk["methods"]["e2diffsr"]["detail_default"] = 0.6
+    card_path.write_text(json.dumps(on_disk))
+    assert card_default_detail("e2diffsr", str(folder)) == 0.6
+    assert build_method("e2diffsr", MethodOptions(model=str(folder), backend="torch")).detail == 0.6
+    on_disk["methods"]["e2diffsr"]["detail_default"] = 7
+    card_path.write_text(json.dumps(on_disk))
+    with pytest.raises(LatentSRError, match="detail must be between 0 and 1"):
+        build_method("e2diffsr", MethodOptions(model=str(folder), backend="torch"))
+
+
+def test_regression_and_bicubic_ignore_detail_and_say_so(model_dir, caplog):
+    x, grid = lr(seed=4), Grid.whole(23, 17, 2.0)
+    with caplog.at_level(logging.INFO, logger="engine"):
+        plain = build_method("regression", MethodOptions(model=model_dir, backend="torch"))(x, grid)
+        given = build_method("regression", MethodOptions(model=model_dir, backend="torch", detail=0.7))(x, grid)
+        build_method("bicubic", MethodOptions(detail=0.7))
+    assert np.array_equal(plain, given)
+    ignored = [r.getMessage() for r in caplog.records if "ignores detail" in r.getMessage()]
+    assert any(m.startswith("regression") for m in ignored) and any(m.startswith("bicubic") for m in ignored)
+
+
+def test_uncertainty_scales_with_detail_and_is_zero_at_zero(model_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    src = write_raster(tmp_path / "in.tif", (rng.random((3, 24, 20)) * 255).astype(np.uint8))
+    stds = {}
+    for detail in (0.0, 0.5, 1.0):
+        out, unc = tmp_path / f"o{detail}.tif", tmp_path / f"u{detail}.tif"
+        superresolve(Request(input=src, output=str(out), scale=2.0, method="lcmsr", detail=detail, samples=3,
+                             uncertainty=str(unc), model=model_dir, backend="torch"))
+        stds[detail] = float(gdal.Open(str(unc)).ReadAsArray().mean())
+    assert stds[0.0] == 0.0 < stds[0.5] < stds[1.0]
+
+
+def test_cli_detail(model_dir, tmp_path):
+    rng = np.random.default_rng(1)
+    src = write_raster(tmp_path / "in.tif", (rng.random((3, 20, 20)) * 255).astype(np.uint8))
+
+    def run(detail, seed):
+        out = tmp_path / f"o-{detail}-{seed}.tif"
+        r = subprocess.run([sys.executable, "-m", "engine", "superresolve", src, str(out), "--scale", "2",
+                            "--method", "lcmsr", "--model", model_dir, "--detail", str(detail), "--seed", str(seed)],
+                           cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return gdal.Open(str(out)).ReadAsArray()
+
+    assert np.array_equal(run(0, 1), run(0, 2))
+    assert not np.array_equal(run(1, 1), run(1, 2))
+
+
+def test_detail_through_processing(provider, model_dir, tmp_path):
+    import processing
+
+    rng = np.random.default_rng(2)
+    src = write_raster(tmp_path / "in.tif", (rng.random((3, 20, 20)) * 255).astype(np.uint8))
+
+    def run(detail, seed):
+        out = str(tmp_path / f"p-{detail}-{seed}.tif")
+        processing.run("latentsr:superresolve", {"INPUT": src, "SCALE": 2, "METHOD": 0, "DETAIL": detail, "SEED": seed,
+                                                 "MODEL": model_dir, "BACKEND": 1, "OUTPUT": out})
+        return gdal.Open(out).ReadAsArray()
+
+    assert np.array_equal(run(0.0, 1), run(0.0, 2))
+    assert not np.array_equal(run(1.0, 1), run(1.0, 2))
+    alg = provider.algorithm("superresolve")
+    assert "faithful" in alg.parameterDefinition("DETAIL").help()
+
+
+def ucmerced_crop() -> tuple[np.ndarray, np.ndarray]:
+    """A real 256×64 UC Merced strip (HR, 8-bit C×H×W) and its ×4 LR in 0..1."""
+    hr = np.asarray(Image.open(UCMERCED_CROPS).convert("RGB")).transpose(2, 0, 1)
+    return hr, downsample(hr.astype(np.float32) / 255.0, hr.shape[1] // 4, hr.shape[2] // 4)
+
+
+SHARPER_BY = 1.0  # dB of LSD: a full sample must be clearly closer to HR's spectrum than the regression latent
+
+
+@pytest.mark.xfail(strict=True, reason="the bundled latentsr-rgb (trained 2026-11-26) decodes its samples to the "
+                                       "regression picture: its latent carries +0.18 dB (issue 14 part B retrains it)")
+def test_full_detail_is_sharper_than_detail_zero_on_a_real_crop():
+    hr, low = ucmerced_crop()
+    grid = Grid.whole(low.shape[1], low.shape[2], 4.0)
+    scores = {}
+    for detail in (0.0, 1.0):
+        method = build_method("lcmsr", MethodOptions(detail=detail, device="cpu"))
+        sr = np.clip(np.rint(method(low, grid, 3) * 255), 0, 255)
+        scores[detail] = metrics.lsd(metrics.crop_border(sr, 4), metrics.crop_border(hr.astype(np.float64), 4))
+    assert scores[1.0] < scores[0.0] - SHARPER_BY, scores
