@@ -249,12 +249,17 @@ def wait_for(pattern_dir, suffix, timeout=60):
     return False
 
 
-def test_cli_cancel_mid_run(tmp_path):
+def signal_mid_run(tmp_path, sig) -> tuple[int, list[str]]:
+    """Start a slow CLI run, send it ``sig`` once its scratch file exists; its exit code and stderr lines."""
     p = slow_run(tmp_path / "sr.tif")
     assert wait_for(tmp_path, ".scratch.tif")
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130 and err.strip().splitlines() == ["error: interrupted"]
+    return p.returncode, err.strip().splitlines()
+
+
+def test_cli_cancel_mid_run(tmp_path):
+    assert signal_mid_run(tmp_path, signal.SIGINT) == (130, ["error: interrupted"])
     assert os.listdir(tmp_path) == []
 
 
@@ -661,11 +666,7 @@ def test_fuzz_argument_parser(tmp_path_factory, capsys):
 
 class TestLeftovers:
     def test_sigterm_cleans_up(self, tmp_path):
-        p = slow_run(tmp_path / "sr.tif")
-        assert wait_for(tmp_path, ".scratch.tif")
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=60)
-        assert p.returncode == 143 and err.strip().splitlines() == ["error: terminated"]
+        assert signal_mid_run(tmp_path, signal.SIGTERM) == (143, ["error: terminated"])
         assert os.listdir(tmp_path) == []
 
     def test_stale_lock_and_scratch_removed(self, tmp_path):

@@ -18,23 +18,12 @@ from engine.grid import Grid
 from engine.methods import MethodOptions, build_method, card_default_detail, default_detail, from_bundle
 from engine.pipeline import Request, superresolve
 from engine.resample import downsample
-from training.bundle import random_bundle, write
 
 from tests.conftest import ROOT, write_raster
-from tests.test_models import lr, tiled_run
+from tests.test_models import bundle, lr, model_dir, tiled_run  # noqa: F401 (fixtures)
 
 DETAILS = (0.0, 0.25, 0.5, 1.0)
 UCMERCED_CROPS = f"{ROOT}/tests/data/ucmerced_crops.png"
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return random_bundle("tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def model_dir(bundle, tmp_path_factory):
-    return str(write(tmp_path_factory.mktemp("models") / "tiny", *bundle))
 
 
 def test_blend_is_the_straight_line_between_the_latents():

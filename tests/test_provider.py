@@ -61,13 +61,17 @@ def test_processing_bad_input_raises(provider, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def qgis_process_superresolve(env, *params: str) -> dict:
+    """Run latentsr:superresolve through qgis_process.bin; its JSON result (the run must succeed)."""
+    r = subprocess.run(["/usr/bin/qgis_process.bin", "--json", "run", "latentsr:superresolve", "--", *params],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout[r.stdout.index("{"):])
+
+
 def test_qgis_process_headless(qgis_env, tmp_path):
     out = tmp_path / "sr.tif"
-    r = subprocess.run(["/usr/bin/qgis_process.bin", "--json", "run", "latentsr:superresolve", "--",
-                        f"INPUT={SAMPLE}", "SCALE=3.7", "METHOD=3", f"OUTPUT={out}"],
-                       env=qgis_env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    result = json.loads(r.stdout[r.stdout.index("{"):])
+    result = qgis_process_superresolve(qgis_env, f"INPUT={SAMPLE}", "SCALE=3.7", "METHOD=3", f"OUTPUT={out}")
     assert result["results"]["OUTPUT"] == str(out)
     ds = gdal.Open(str(out))
     assert (ds.RasterXSize, ds.RasterYSize) == (947, 947)
@@ -75,10 +79,7 @@ def test_qgis_process_headless(qgis_env, tmp_path):
 
 def test_qgis_process_target_resolution_gives_exact_pixels(qgis_env, tmp_path):
     out = tmp_path / "sr.tif"
-    r = subprocess.run(["/usr/bin/qgis_process.bin", "--json", "run", "latentsr:superresolve", "--",
-                        f"INPUT={SAMPLE}", "TARGET_RESOLUTION=3", "METHOD=3", f"OUTPUT={out}"],
-                       env=qgis_env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
+    qgis_process_superresolve(qgis_env, f"INPUT={SAMPLE}", "TARGET_RESOLUTION=3", "METHOD=3", f"OUTPUT={out}")
     src, ds = gdal.Open(SAMPLE), gdal.Open(str(out))
     x0, px, _, y0, _, py = src.GetGeoTransform()  # 256 × 256 pixels of 5 m
     assert ds.GetGeoTransform() == (x0, 3.0, 0.0, y0, 0.0, -3.0)
