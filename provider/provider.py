@@ -7,6 +7,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .evaluate import EvaluateAlgorithm
 from .superresolve import SuperResolveAlgorithm
+from .train import TrainAlgorithm
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "icon.png")
 
@@ -27,6 +28,7 @@ class LatentSRProvider(QgsProcessingProvider):
     def loadAlgorithms(self):  # noqa: N802 - QGIS API
         self.addAlgorithm(SuperResolveAlgorithm())
         self.addAlgorithm(EvaluateAlgorithm())
+        self.addAlgorithm(TrainAlgorithm())
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802 - QGIS API
         return ["tif"]

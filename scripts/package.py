@@ -1,6 +1,7 @@
 """Build latentsr.zip, the plugin as QGIS's "Install from ZIP" expects it: one top folder
 ``latentsr/`` with the metadata, licence, code and resources (icon, sample raster, bundled models,
-Processing models), and no tests, training code, environments or build outputs.
+Processing models), the training code that ``latentsr:train`` runs (not its benchmarks), and no
+tests, environments or build outputs.
 
     python3 scripts/package.py [--output latentsr.zip]
 """
@@ -15,7 +16,8 @@ import zipfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "latentsr"
 FILES = ("metadata.txt", "LICENSE", "__init__.py", "plugin.py")
-FOLDERS = ("provider", "ui", "engine", "resources")
+FOLDERS = ("provider", "ui", "engine", "training", "resources")
+SKIPPED_FOLDERS = ("__pycache__", "bench")  # training/bench: the benchmarks, not needed to train
 SKIPPED_SUFFIXES = (".pyc", ".pyo", ".aux.xml")
 log = logging.getLogger("package")
 
@@ -26,7 +28,7 @@ def members(root: str = ROOT):
         yield os.path.join(root, name), f"{NAME}/{name}"
     for folder in FOLDERS:
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, folder)):
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_FOLDERS and not d.startswith("."))
             for filename in sorted(filenames):
                 if filename.startswith(".") or filename.endswith(SKIPPED_SUFFIXES):
                     continue

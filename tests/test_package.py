@@ -36,12 +36,19 @@ def test_zip_contents(plugin_zip):
                      "resources/processing_models/superresolve_and_evaluate.model3"):
         assert f"latentsr/{required}" in names
     top = {n.split("/")[1] for n in names}
-    assert top == {"metadata.txt", "LICENSE", "__init__.py", "plugin.py", "provider", "ui", "engine", "resources"}
+    assert top == {"metadata.txt", "LICENSE", "__init__.py", "plugin.py", "provider", "ui", "engine", "training",
+                   "resources"}
+    assert "latentsr/training/finetune.py" in names and not [n for n in names if n.startswith("latentsr/training/bench/")]
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".aux.xml"))]
     if os.path.isdir(os.path.join(ROOT, "resources", "models")):
         assert any(n.startswith("latentsr/resources/models/") for n in names)
-    for name, source in sources.items():  # the runtime never needs the training code
-        for node in ast.walk(ast.parse(source)):
+    for name, source in sources.items():  # super-resolution never needs the training code
+        if name.startswith("latentsr/training/"):
+            continue
+        tree = ast.parse(source)
+        # latentsr:train imports it only when it runs (inside a function), never when the plugin loads
+        nodes = tree.body if name == "latentsr/provider/train.py" else list(ast.walk(tree))
+        for node in nodes:
             if isinstance(node, ast.ImportFrom):
                 assert "training" not in (node.module or "").split("."), name
             elif isinstance(node, ast.Import):

@@ -1,10 +1,13 @@
 """Inference bundles for the engine: resources/models/<name>/ with model.json + model.safetensors.
 
-A bundle holds the stage-1 decoder and, per diffusion method, its conditioning net and denoiser;
-no encoder. ``regression`` uses the LCMSR conditioning net when there is one, else E²DiffSR's.
+A bundle holds the stage-1 decoder and, per diffusion method, its conditioning net and denoiser.
+``regression`` uses the LCMSR conditioning net when there is one, else E²DiffSR's. Beside them, for
+fine-tuning only, a bundle made from training stages ships the stage-1 encoder in its own file
+(ENCODER, named in the card's ``encoder`` entry with its SHA-256): inference never loads it.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -17,6 +20,7 @@ from engine.schedulers import consistency, ddpm
 from .errors import TrainingError
 
 NORMALISATION = "the engine's normalised units: value/255 for 8-bit imagery"
+ENCODER = "encoder.safetensors"
 
 
 def make_card(name: str, bands: int, latent: int, networks: dict, methods: dict, training: dict) -> dict:
@@ -81,8 +85,47 @@ def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str)
         methods[method] = method_spec(method, card["latent_scale"], card)
         training[method] = card.get("training", {})
     card = make_card(name, int(card1["bands"]), int(card1.get("latent", 4)), networks, with_regression(methods), training)
+    if "normalisation" in card1:  # a run on rasters records each raster's per-band normalisation
+        card["normalisation"] = card1["normalisation"]
     return card, tensors
 
 
-def write(folder: str | Path, card: dict, tensors: dict) -> Path:
+def stage1_encoder(stage1: str) -> tuple[dict, dict]:
+    """The encoder of a stage-1 run folder: (its network spec, its state dict)."""
+    card, tensors = modelfile.load(stage1)
+    return card["networks"]["encoder"], modelfile.network_tensors(tensors, "encoder")
+
+
+def write(folder: str | Path, card: dict, tensors: dict, encoder: tuple[dict, dict] | None = None) -> Path:
+    """Write a bundle; ``encoder`` (spec, state dict) goes to its own file ENCODER."""
+    from safetensors.torch import save as save_safetensors
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if encoder is not None:
+        data = save_safetensors({f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder[1].items()})
+        tmp = folder / (ENCODER + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / ENCODER)
+        card = dict(card, encoder=dict(encoder[0], file=ENCODER, sha256=modelfile.sha256(data),
+                                       use="stage-1 encoder for fine-tuning (python -m training finetune); "
+                                           "inference never loads it"))
     return modelfile.save(folder, card, tensors)
+
+
+def load_encoder(ref: str) -> tuple[dict, dict] | None:
+    """(spec, state dict) of the stage-1 encoder a bundle ships (checked against its SHA-256), or
+    None when it has none."""
+    from safetensors.torch import load as load_safetensors
+
+    folder = modelfile.resolve(ref)
+    entry = modelfile.read_card(folder).get("encoder")
+    if not entry:
+        return None
+    try:
+        data = (folder / entry["file"]).read_bytes()
+    except OSError as e:
+        raise TrainingError(f"cannot read the bundle's encoder {folder / entry['file']}: {e.strerror}") from None
+    if modelfile.sha256(data) != entry.get("sha256"):
+        raise TrainingError(f"the encoder in {folder / entry['file']} does not match the SHA-256 in the model card")
+    return {"kind": "encoder", "config": entry["config"]}, modelfile.network_tensors(load_safetensors(data), "encoder")

@@ -1,4 +1,4 @@
-"""Command line: python -m training stage1|e2diffsr|lcmsr|bundle|export-onnx (the benchmarks:
+"""Command line: python -m training stage1|e2diffsr|lcmsr|finetune|bundle|export-onnx (the benchmarks:
 python -m training.bench)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from engine.errors import LatentSRError
 from engine.modelfile import DEFAULT_MODEL, MODELS_DIR
 
-from .errors import TrainingError
+from .errors import Interrupted, TrainingError
 
 STAGE_DEFAULTS = {"stage1": {"lr": 5e-4, "steps": 3000}, "e2diffsr": {"lr": 3e-4, "steps": 3000},
                   "lcmsr": {"lr": 3e-4, "steps": 3000}}
@@ -19,8 +19,14 @@ STAGE_DEFAULTS = {"stage1": {"lr": 5e-4, "steps": 3000}, "e2diffsr": {"lr": 3e-4
 def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     d = STAGE_DEFAULTS[name]
     p = sub.add_parser(name, help=help_text)
-    p.add_argument("--data", required=True, help="folder of training images (PNG, WebP, TIFF, GeoTIFF; searched recursively)")
-    p.add_argument("--val", help="folder of validation images")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="folder of training images (PNG, WebP, TIFF, GeoTIFF; searched recursively)")
+    source.add_argument("--rasters", nargs="+", metavar="PATH",
+                        help="GDAL rasters or folders of them: random windows that avoid nodata, normalised as inference "
+                             "normalises them (whole-raster statistics, recorded in the card)")
+    p.add_argument("--raster-bands", type=band_list, metavar="1,2,3", help="with --rasters: the bands to train on (default all)")
+    p.add_argument("--val", nargs="+", help="folder of validation images; with --rasters, validation rasters "
+                                            "(default: the last rows of the training rasters, held back)")
     p.add_argument("--out", required=True, help="run folder: checkpoint, curves.png, and the stage's model.json/model.safetensors")
     p.add_argument("--steps", type=int, default=d["steps"], help="train up to this step (default %(default)s)")
     p.add_argument("--schedule-steps", type=int, help="horizon of the cosine LR schedule (default: --steps of the first run)")
@@ -60,12 +66,47 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     return p
 
 
+def band_list(text: str) -> list[int]:
+    try:
+        bands = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bands must be a comma-separated list of band numbers, got '{text}'") from None
+    if not bands or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"bands are numbered from 1, got '{text}'")
+    return bands
+
+
+def finetune_parser(sub) -> None:
+    f = sub.add_parser("finetune", help="fine-tune a bundle on your rasters (both stages) into a new bundle")
+    f.add_argument("--rasters", nargs="+", required=True, metavar="PATH", help="training rasters (any GDAL raster) or folders of them")
+    f.add_argument("--out", required=True, help="the new bundle's folder (its runs go to OUT/training; the same command again resumes)")
+    f.add_argument("--bands", type=band_list, metavar="1,2,3,4", help="the rasters' bands to train on, in order (default all)")
+    f.add_argument("--init", help=f"the start bundle: a name under resources/models or a folder (default {DEFAULT_MODEL})")
+    f.add_argument("--steps", type=int, default=600, help="stage-1 steps (default %(default)s)")
+    f.add_argument("--stage2-steps", type=int, help="steps of each stage-2 method (default: half of --steps)")
+    f.add_argument("--scales", type=float, nargs=2, default=(1.0, 8.0), metavar=("MIN", "MAX"),
+                   help="range of the training scales (default 1 8)")
+    f.add_argument("--val", nargs="+", metavar="PATH",
+                   help="validation rasters (default: the last 15%% of the rows of every training raster, held back)")
+    f.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    f.add_argument("--batch", type=int, default=8)
+    f.add_argument("--crop", type=int, default=96, help="HR window size, a multiple of 32 (default %(default)s)")
+    f.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default %(default)s)")
+    f.add_argument("--val-crop", type=int, default=128, help="side of the validation windows (default %(default)s)")
+    f.add_argument("--val-images", type=int, default=16, help="number of validation windows (default %(default)s)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--workers", type=int, default=0, help="data loader processes")
+    f.add_argument("--name", help="the model's name in its card (default: the folder's name)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m training", description="Train, bundle and benchmark LatentSR models.")
     sub = ap.add_subparsers(dest="command", required=True)
     _train_parser(sub, "stage1", "stage 1: residual autoencoder with the continuous-scale decoder")
     _train_parser(sub, "e2diffsr", "stage 2, E²DiffSR: conditioning net + short-chain latent diffusion")
     _train_parser(sub, "lcmsr", "stage 2, LCMSR: conditioning net + latent consistency model")
+    finetune_parser(sub)
     b = sub.add_parser("bundle", help="write an inference bundle for the engine")
     b.add_argument("--stage1", help="stage-1 run folder")
     b.add_argument("--e2diffsr", help="E²DiffSR run folder")
@@ -95,8 +136,9 @@ def train(args) -> None:
     else:
         from .lcmsr import LCMSRStage as stage
         options = {"cond_weight": args.cond_weight}
+    val = args.val if args.rasters or not args.val else args.val[0]
     settings = Settings(
-        data=args.data, val=args.val, out=args.out, steps=args.steps, schedule_steps=args.schedule_steps,
+        data=args.rasters or args.data, val=val, rasters=bool(args.rasters), raster_bands=args.raster_bands, out=args.out, steps=args.steps, schedule_steps=args.schedule_steps,
         batch=args.batch, lr=args.lr, warmup=args.warmup, resume=args.resume, device=args.device,
         ckpt_every=args.ckpt_every, val_every=args.val_every, crop=args.crop, workers=args.workers, seed=args.seed,
         scale_min=args.scales[0], scale_max=args.scales[1], ema_decay=args.ema_decay, preset=args.preset,
@@ -114,12 +156,27 @@ def main(argv: list[str] | None = None) -> int:
     except (LatentSRError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130
     return 0
 
 
 def run(args) -> None:
     if args.command in STAGE_DEFAULTS:
         train(args)
+    elif args.command == "finetune":
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        from .finetune import Finetune, run as finetune
+
+        job = Finetune(rasters=args.rasters, out=args.out, bands=args.bands, init=args.init, steps=args.steps,
+                       stage2_steps=args.stage2_steps, scale_min=args.scales[0], scale_max=args.scales[1], val=args.val,
+                       device=args.device, batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed,
+                       workers=args.workers, val_crop=args.val_crop, val_images=args.val_images, name=args.name,
+                       progress=not args.no_progress)
+        with logging_redirect_tqdm():
+            finetune(job)
     elif args.command == "bundle":
         from . import bundle
 
@@ -129,7 +186,8 @@ def run(args) -> None:
             card, tensors = bundle.from_stages(args.stage1, args.e2diffsr, args.lcmsr, args.name)
         else:
             raise TrainingError("give --stage1 (with --e2diffsr and/or --lcmsr), or --random")
-        folder = bundle.write(Path(args.out) / args.name, card, tensors)
+        folder = bundle.write(Path(args.out) / args.name, card, tensors,
+                              bundle.stage1_encoder(args.stage1) if args.stage1 else None)
         logging.getLogger(__name__).info("wrote %s (methods: %s)", folder, ", ".join(card["methods"]))
     else:
         from . import export

@@ -119,11 +119,45 @@ class StepBatches:
         return max(0, self.stop - self.start)
 
 
-def loader(files: list[Path], crop: int, bands: int, batch: int, seed: int, start: int, stop: int, workers: int):
-    """Batches (B×C×crop×crop tensors) of steps start .. stop-1."""
+def training_source(settings):
+    """What a run trains on: the image files under ``settings.data``, or with ``settings.rasters``
+    a training.rasters.RasterSet of the rasters it names (then ``settings.bands`` becomes their
+    band count)."""
+    if not settings.rasters:
+        return list_images(settings.data)
+    from .rasters import RasterSet
+
+    paths = [settings.data] if isinstance(settings.data, str) else list(settings.data)
+    val = [settings.val] if isinstance(settings.val, str) else settings.val
+    source = RasterSet(paths, settings.raster_bands, settings.crop, val or None, settings.val_crop)
+    settings.bands = source.bands
+    return source
+
+
+def dataset(source, crop: int, bands: int, seed: int):
+    """The map-style dataset, indexed by (step, i), of a training_source."""
+    if isinstance(source, list):
+        return CropDataset(source, crop, bands, seed)
+    from .rasters import WindowDataset
+
+    return WindowDataset(source, seed)
+
+
+def validation(settings, source):
+    """The validation crops of a run (N×C×crop×crop float32), or None without validation data:
+    centre crops of the --val images, or a RasterSet's validation windows."""
+    if isinstance(source, list):
+        if not settings.val:
+            return None
+        return centre_crops(list_images(settings.val), settings.val_crop, settings.bands, settings.val_images)
+    return source.validation(settings.val_crop, settings.val_images)
+
+
+def loader(files, crop: int, bands: int, batch: int, seed: int, start: int, stop: int, workers: int):
+    """Batches (B×C×crop×crop tensors) of steps start .. stop-1 of a training_source."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(CropDataset(files, crop, bands, seed), batch_sampler=StepBatches(start, stop, batch),
+    return DataLoader(dataset(files, crop, bands, seed), batch_sampler=StepBatches(start, stop, batch),
                       num_workers=workers)
 
 

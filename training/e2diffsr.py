@@ -14,7 +14,7 @@ import torch
 from engine.latent import e2diffsr_sample
 from engine.schedulers import ddpm
 
-from .latent import LatentStage
+from .latent import LatentStage, cell_mean
 
 SAMPLE_STEPS = 4
 ETA = 1.0
@@ -34,8 +34,8 @@ class E2DiffSRStage(LatentStage):
         noise = torch.randn(x0.shape, generator=gen, device=x0.device)
         z_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
         eps = self.nets["denoiser"](z_t, cond, t.to(x0.dtype)[:, None] / total, pair.inv_scale)
-        mse = torch.mean((eps - noise) ** 2)
-        return mse + self.cond_loss(cond, x0), {"eps": mse.item()}
+        mse = cell_mean((eps - noise) ** 2, pair)
+        return mse + self.cond_loss(cond, x0, pair), {"eps": mse.item()}
 
     def predict(self, pair, ema):
         gen = torch.Generator(device=self.device).manual_seed(0)

@@ -5,3 +5,11 @@ from __future__ import annotations
 
 class TrainingError(Exception):
     """Bad input or a failed check in training, bundling or export: the message is one line."""
+
+
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C, a cancel) after saving a checkpoint that resumes it."""
+
+    def __init__(self, step: int, out):
+        super().__init__(f"stopped at step {step}; the checkpoint in {out} resumes it (run the same command again)")
+        self.step, self.out = step, out

@@ -10,11 +10,20 @@ import torch
 
 from engine import modelfile
 
+from .bands import load_adapted
 from .errors import TrainingError
 from .trainer import Stage
 
 LATENT_BATCHES = 8
 COND_WEIGHT = 1.0
+
+
+def cell_mean(values: torch.Tensor, pair) -> torch.Tensor:
+    """The mean of per-cell ``values`` (B×C×h×w) over the latent cells whose pixels all hold data."""
+    valid = pair.cell_valid()
+    if valid is None:
+        return values.mean()
+    return (values * valid).sum() / (valid.sum() * values.shape[1]).clamp_min(1)
 
 
 class LatentStage(Stage):
@@ -31,13 +40,26 @@ class LatentStage(Stage):
         frozen = modelfile.build_networks(card, tensors, ["encoder", "decoder"], device)
         self.encoder, self.decoder = (frozen[n].requires_grad_(False) for n in ("encoder", "decoder"))
         self.stage1_card = card
-        super().__init__(settings, device, specs)
+        super().__init__(settings, device, specs or settings.options.get("networks"))
         self.latent_scale = 1.0
 
     def setup(self) -> None:
         with torch.no_grad():
             means = [self.encoder(pair.hr, pair.lr_up).flatten() for pair in self.stats_pairs(LATENT_BATCHES)]
         self.latent_scale = float(1.0 / torch.cat(means).std().clamp_min(1e-6))
+        init = self.settings.options.get("init")
+        if init:
+            self.start_from(init)
+
+    def start_from(self, folder: str) -> None:
+        """Start the conditioning net and the denoiser from this method's networks in a bundle
+        (bands adapted, training.bands); weights whose shape differs keep their fresh start."""
+        card, tensors = modelfile.load(folder)
+        spec = card.get("methods", {}).get(self.method)
+        if spec is None:
+            raise TrainingError(f"{folder} has no {self.method} networks to start from")
+        for role in ("condition", "denoiser"):
+            load_adapted(self.nets[role], role, modelfile.network_tensors(tensors, spec[role]), int(card["bands"]))
 
     def state(self) -> dict:
         return {"latent_scale": self.latent_scale}
@@ -53,8 +75,8 @@ class LatentStage(Stage):
     def condition(self, nets: dict, pair) -> torch.Tensor:
         return nets["condition"](pair.lr, pair.inv_scale, *pair.hr_tables())
 
-    def cond_loss(self, cond: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        return self.settings.options.get("cond_weight", COND_WEIGHT) * torch.mean((cond - x0) ** 2)
+    def cond_loss(self, cond: torch.Tensor, x0: torch.Tensor, pair) -> torch.Tensor:
+        return self.settings.options.get("cond_weight", COND_WEIGHT) * cell_mean((cond - x0) ** 2, pair)
 
     def decode(self, pair, x0: torch.Tensor) -> torch.Tensor:
         return self.decoder(pair.lr, x0 / self.latent_scale, pair.inv_scale, *pair.decoder_tables())

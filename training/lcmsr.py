@@ -13,7 +13,7 @@ from engine.latent import lcmsr_sample
 from engine.methods import TABLE
 from engine.schedulers import consistency as cm
 
-from .latent import LatentStage
+from .latent import LatentStage, cell_mean
 
 SAMPLE_STEPS = 1
 MAX_STEPS = TABLE["lcmsr"].max_steps
@@ -44,8 +44,8 @@ class LCMSRStage(LatentStage):
         pred = self.f(self.nets, noised(t2), cond, t2.to(x0.device), pair.inv_scale)
         with torch.no_grad():
             target = self.f(ema, noised(t1), self.condition(ema, pair), t1.to(x0.device), pair.inv_scale)
-        consistency = torch.mean((pred - target) ** 2)
-        return consistency + self.cond_loss(cond, x0), {"consistency": consistency.item()}
+        consistency = cell_mean((pred - target) ** 2, pair)
+        return consistency + self.cond_loss(cond, x0, pair), {"consistency": consistency.item()}
 
     def predict(self, pair, ema):
         gen = torch.Generator(device=self.device).manual_seed(0)

@@ -24,6 +24,7 @@ from engine.models.discriminator import Discriminator
 from engine.models.encoder import pca, residual_blocks
 from engine.models.sampling import LATENT_FACTOR
 
+from .bands import load_adapted
 from .errors import TrainingError
 from .gan import hinge_discriminator, hinge_generator
 from .trainer import Stage, load_optimizer, optimizer_tensors
@@ -48,7 +49,7 @@ class Stage1(Stage):
     NETWORKS = {"encoder": "encoder", "decoder": "decoder"}
 
     def __init__(self, settings, device, specs):
-        super().__init__(settings, device, specs)
+        super().__init__(settings, device, specs or settings.options.get("networks"))
         self.disc = self.disc_opt = None
         if settings.options.get("gan_weight", GAN_WEIGHT) > 0:
             channels = DISCRIMINATOR.get(settings.preset, (32, 64, 128))
@@ -60,13 +61,15 @@ class Stage1(Stage):
         blocks on training batches, the encoder's learned correction at zero. The rest of the
         decoder starts as plain bicubic (last layer at zero), or from ``init``."""
         enc, dec = self.nets["encoder"], self.nets["decoder"]
+        init = self.settings.options.get("init")
+        if init and self.start_from_bundle_encoder(init):
+            return
         torch.nn.init.zeros_(enc.out.weight)
         torch.nn.init.zeros_(enc.out.bias)
         with torch.no_grad():
             rows = torch.cat([residual_blocks(p.hr, p.lr_up) for p in self.stats_pairs(PCA_BATCHES)])
         basis = pca(rows, enc.config["latent"])
         enc.set_analysis(*basis)
-        init = self.settings.options.get("init")
         if init:
             self.start_decoder_from(init)
         else:
@@ -74,6 +77,21 @@ class Stage1(Stage):
             torch.nn.init.zeros_(dec.tail[-1].bias)
         if dec.detail is not None:
             dec.set_detail(*basis)
+
+    def start_from_bundle_encoder(self, folder: str) -> bool:
+        """Start the encoder and the whole decoder from a bundle that ships its stage-1 encoder
+        (bands adapted, training.bands), when its latent fits; False when it cannot."""
+        from .bundle import load_encoder
+
+        start = load_encoder(folder)
+        if start is None or start[0]["config"]["latent"] != self.specs["encoder"]["config"]["latent"]:
+            return False
+        card, tensors = modelfile.load(folder)
+        old_bands = int(card["bands"])
+        load_adapted(self.nets["encoder"], "encoder", start[1], old_bands)
+        load_adapted(self.nets["decoder"], "decoder", modelfile.network_tensors(tensors, card.get("decoder", "decoder")),
+                     old_bands)
+        return True
 
     def start_decoder_from(self, folder: str) -> None:
         """Start the decoder from the decoder of a stage-1 model folder or a bundle, with its latent
@@ -86,12 +104,9 @@ class Stage1(Stage):
         spec = card["networks"]["decoder"]
         old = modelfile.build_networks(card, tensors, ["decoder"], self.device)["decoder"]
         dec = self.nets["decoder"]
+        load_adapted(dec, "decoder", old.state_dict(), int(card["bands"]), skip=("guide.", "detail."))
         with torch.no_grad():
             constant = old.guide(torch.zeros(1, spec["config"]["latent"], 1, 1, device=self.device))[0, :, 0, 0]
-            own = dec.state_dict()
-            for key, v in old.state_dict().items():
-                if key in own and own[key].shape == v.shape and not key.startswith(("guide.", "detail.")):
-                    own[key].copy_(v)
             for block in dec.blocks:
                 block.guide.bias.add_(block.guide.weight[:, :, 0, 0] @ constant)
                 block.guide.weight.zero_()
@@ -105,7 +120,7 @@ class Stage1(Stage):
         if drop > 0:
             keep = torch.rand((z.shape[0], 1, 1, 1), generator=gen, device=z.device) >= drop
             z = z * keep.to(z.dtype)
-        sr = self.nets["decoder"](pair.lr, z, pair.inv_scale, *pair.decoder_tables())
+        sr = pair.keep_valid(self.nets["decoder"](pair.lr, z, pair.inv_scale, *pair.decoder_tables()))
         l1 = (sr - pair.hr).abs().mean()
         kl = 0.5 * (mean ** 2).mean()
         fft = spectrum_l1(sr, pair.hr)

@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from engine import modelfile
 from engine.models import LATENT, build, preset
 
 from . import curves, data
-from .errors import TrainingError
+from .errors import Interrupted, TrainingError
 from .batch import make_pair
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ class Settings:
     progress: bool = True
     stage1: str | None = None
     options: dict = field(default_factory=dict)  # stage-specific loss weights
+    rasters: bool = False  # data (and val) name GDAL rasters or folders of them (training.rasters)
+    raster_bands: list | None = None  # the rasters' 1-based bands to train on (None: all)
 
 
 def learning_rate(step: int, peak: float, warmup: int, horizon: int) -> float:
@@ -134,7 +138,7 @@ class Stage(abc.ABC):
     def stats_pairs(self, count: int):
         """``count`` training pairs outside the steps' data, for statistics taken before training."""
         s = self.settings
-        ds = data.CropDataset(data.list_images(s.data), s.crop, s.bands, s.seed)
+        ds = data.dataset(data.training_source(s), s.crop, s.bands, s.seed)
         for k in range(count):
             hr = torch.stack([ds[(STATS_STEP + k, i)] for i in range(s.batch)]).to(self.device)
             yield make_pair(hr, data.batch_scale(s.seed, STATS_STEP + k, s.scale_min, s.scale_max), self.multiple)
@@ -171,7 +175,27 @@ class Stage(abc.ABC):
         """Card fields of the stage's output model folder, besides networks and training."""
 
 
+def deferring_interrupts(batches, hits: list):
+    """Yield the batches; meanwhile Ctrl-C (SIGINT) only appends to ``hits``, so that the loop can
+    finish its step and checkpoint. Outside the main thread it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield from batches
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
+    try:
+        yield from batches
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class Trainer:
+    """``report(step, loss, val)`` is called after every step (val: the last validation's
+    PSNRs, or None); ``should_stop()`` after every step too: True checkpoints and raises
+    Interrupted, as Ctrl-C does."""
+
+    report = None
+    should_stop = None
+
     def __init__(self, stage_cls, settings: Settings):
         self.s = settings
         self.out = Path(settings.out)
@@ -182,7 +206,7 @@ class Trainer:
             raise TrainingError(f"--crop must be a multiple of 32, got {settings.crop}")
         if settings.val_crop % 32:
             raise TrainingError(f"--val-crop must be a multiple of 32, got {settings.val_crop}")
-        self.files = data.list_images(settings.data)
+        self.files = data.training_source(settings)
         ckpt = self.out / STATE
         saved = None
         if ckpt.exists():
@@ -202,10 +226,8 @@ class Trainer:
         self.history = {"loss": [], "val": []}
         if saved:
             self._restore(saved)
-        self.val = None
-        if settings.val:
-            crops = data.centre_crops(data.list_images(settings.val), settings.val_crop, settings.bands, settings.val_images)
-            self.val = torch.from_numpy(crops)
+        crops = data.validation(settings, self.files)
+        self.val = None if crops is None else torch.from_numpy(crops)
 
     def _restore(self, saved: dict) -> None:
         from safetensors.torch import load_file
@@ -251,6 +273,8 @@ class Trainer:
         card["training"] = {"stage": self.stage.name, "step": self.step, "data": str(self.s.data),
                             "crop": self.s.crop, "batch": self.s.batch, "scales": [self.s.scale_min, self.s.scale_max],
                             "seed": self.s.seed}
+        if not isinstance(self.files, list):  # rasters: their per-band normalisation
+            card["normalisation"] = self.files.card()
         tensors = {f"{n}.{k}": v for n, m in self.ema.items() for k, v in m.state_dict().items()}
         modelfile.save(self.out, dict(card, name=f"{self.stage.name}-stage", bands=self.s.bands), tensors)
 
@@ -275,7 +299,8 @@ class Trainer:
             return
         batches = data.loader(self.files, s.crop, s.bands, s.batch, s.seed, self.step, s.steps, s.workers)
         bar = tqdm(total=s.steps, initial=self.step, desc=self.stage.name, disable=not s.progress, dynamic_ncols=True)
-        for hr in batches:
+        interrupts = []
+        for hr in deferring_interrupts(batches, interrupts):
             for group in self.opt.param_groups:
                 group["lr"] = learning_rate(self.step, s.lr, s.warmup, self.horizon)
             pair = make_pair(hr.to(self.device), data.batch_scale(s.seed, self.step, s.scale_min, s.scale_max),
@@ -303,4 +328,9 @@ class Trainer:
                          f"; reference {val[2]:.2f} dB, the model {val[0] - val[2]:+.2f} above it" if len(val) > 2 else "")
             if self.step % s.ckpt_every == 0 or self.step == s.steps:
                 self.checkpoint()
+            if self.report is not None:
+                self.report(self.step, value, self.history["val"][-1][1:] if self.history["val"] else None)
+            if self.step < s.steps and (interrupts or (self.should_stop is not None and self.should_stop())):
+                self.checkpoint()
+                raise Interrupted(self.step, self.out)
         bar.close()

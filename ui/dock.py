@@ -47,6 +47,7 @@ from ..engine import raster
 from ..engine.errors import LatentSRError
 from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, METHODS, TABLE, card_default_detail
 from ..engine.pipeline import MAX_SCALE, MIN_TILE, output_plan
+from ..provider import user_models
 from . import deps
 from .task import SOURCE_PROPERTY, SuperResolveRun, add_result_layer, add_uncertainty_layer
 
@@ -55,6 +56,7 @@ DETAIL_TICKS = 100  # the detail slider's steps from 0 to 1
 LOG_TAG = "LatentSR"
 TEMPORARY = "[Save to temporary file]"
 NAME_CHARS = 24  # a source name longer than this is shortened in result names
+OTHER_MODEL = "Other folder (below)"
 
 
 class DeviceComboBox(QComboBox):
@@ -202,6 +204,9 @@ class SuperResolveDock(QgsDockWidget):
         advanced.addRow("Random seed", self.seed)
         self.consistency = QCheckBox("Radiometric consistency")
         advanced.addRow(self.consistency)
+        self.model_list = DeviceComboBox()
+        self.model_list.setObjectName("modelList")
+        advanced.addRow("Model", self.model_list)
         self.model = QgsFileWidget()
         self.model.setStorageMode(QgsFileWidget.GetDirectory)
         self.model.lineEdit().setPlaceholderText("[Bundled model]")
@@ -263,6 +268,7 @@ class SuperResolveDock(QgsDockWidget):
             self.overlap: "Neighbouring tiles overlap by this many input pixels and are blended there",
             self.seed: "The same seed gives the same result for the diffusion methods",
             self.consistency: "Project the result so that its bicubic downsampling gives back the input exactly",
+            self.model_list: "The bundled models and the ones you trained (LatentSR → Train); other folders below",
             self.model: "A model bundle folder (model.json + model.safetensors); empty: the bundled model",
             self.cog: "Write a Cloud Optimized GeoTIFF (with overviews) instead of a tiled GeoTIFF",
             self.progress: "Progress of the run",
@@ -304,10 +310,34 @@ class SuperResolveDock(QgsDockWidget):
         self.cog.toggled.connect(self.save_settings)
         self.consistency.toggled.connect(self.save_settings)
         self.model.fileChanged.connect(self.update_state)
+        self.model.fileChanged.connect(self.select_listed_model)
+        self.model_list.popup_requested.connect(self.fill_model_list)
+        self.model_list.activated.connect(self.model_chosen)
         self.device.currentIndexChanged.connect(self.update_state)
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.install_button.clicked.connect(self.install_requested)
+
+    # ---------------------------------------------------------------- models
+    def fill_model_list(self) -> None:
+        """The bundled and the trained models (provider.user_models), then "Other folder"."""
+        self.model_list.blockSignals(True)
+        self.model_list.clear()
+        for label, folder in user_models.listed():
+            self.model_list.addItem(label, folder)
+        self.model_list.addItem(OTHER_MODEL, None)
+        self.model_list.blockSignals(False)
+        self.select_listed_model()
+
+    def select_listed_model(self) -> None:
+        """Show the model folder's entry in the list (or "Other folder")."""
+        index = self.model_list.findData(self.model.filePath())
+        self.model_list.setCurrentIndex(index if index >= 0 else self.model_list.count() - 1)
+
+    def model_chosen(self, index: int) -> None:
+        folder = self.model_list.itemData(index)
+        if folder is not None:
+            self.model.setFilePath(folder)
 
     # ---------------------------------------------------------- dependencies
     def refresh_dependencies(self) -> None:
@@ -495,6 +525,7 @@ class SuperResolveDock(QgsDockWidget):
         self.cog.setChecked(s.value(SETTINGS + "cog", False, type=bool))
         self.consistency.setChecked(s.value(SETTINGS + "consistency", False, type=bool))
         self.model.setFilePath(s.value(SETTINGS + "model", "", type=str))
+        self.fill_model_list()
 
     # ------------------------------------------------------------------- run
     def method_name(self) -> str:

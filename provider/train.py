@@ -1,0 +1,169 @@
+"""Processing algorithm ``latentsr:train``: fine-tunes a model on the user's raster layers with the
+code of ``python -m training finetune`` (training.finetune.run), and offers the result in the dock.
+
+The training code imports the engine as the top-level package ``engine`` (as the CLI does), so the
+plugin folder goes on sys.path while it runs; nothing of it is imported before the algorithm runs."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+
+from .algorithm import LatentSRAlgorithm
+from .engine_run import FeedbackHandler
+from .user_models import register
+
+PLUGIN_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICES = ("cpu", "cuda")
+REPORT_EVERY = 10  # steps between the loss lines in the log
+
+
+def parse_bands(text: str) -> list[int] | None:
+    """BANDS as 1-based band numbers ("1,2,3,4"); None when empty (all bands)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        bands = [int(b) for b in text.replace(" ", "").split(",") if b]
+    except ValueError:
+        raise QgsProcessingException(f"BANDS must be band numbers separated by commas, such as 1,2,3,4; got '{text}'") from None
+    if not bands or min(bands) < 1:
+        raise QgsProcessingException(f"BANDS are numbered from 1; got '{text}'")
+    return bands
+
+
+def training_modules():
+    """training.finetune, training.errors and engine.errors as the CLI imports them."""
+    if PLUGIN_ROOT not in sys.path:
+        sys.path.append(PLUGIN_ROOT)
+    try:
+        from engine import errors as engine_errors
+        from training import errors, finetune
+    except ImportError as exc:
+        raise QgsProcessingException(f"Training needs PyTorch, onnx, safetensors and tqdm in QGIS's Python "
+                                     f"({exc}); install them with pip (see requirements.txt)") from None
+    return finetune, errors, engine_errors
+
+
+class TrainAlgorithm(LatentSRAlgorithm):
+    INPUT, BANDS, INIT_MODEL, STEPS = "INPUT", "BANDS", "INIT_MODEL", "STEPS"
+    SCALE_MIN, SCALE_MAX, VALIDATION, OUTPUT_MODEL = "SCALE_MIN", "SCALE_MAX", "VALIDATION", "OUTPUT_MODEL"
+    STAGE2_STEPS, DEVICE, BATCH, CROP = "STAGE2_STEPS", "DEVICE", "BATCH", "CROP"
+
+    def name(self):
+        return "train"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return "Train (fine-tune) a model on your rasters"
+
+    def flags(self):
+        # the fine-tune holds the CPU for minutes to hours: in the background, and cancelable
+        return super().flags() | self.FlagCanCancel
+
+    def help_paragraphs(self):
+        return [
+            "Fine-tunes a LatentSR model on your own raster layers (any band count and data type) and writes a new "
+            "model folder, which the dock then offers in its model list. It runs the same code as "
+            "`python -m training finetune`: stage 1 (the residual autoencoder), then stage 2 of every diffusion "
+            "method of the start model, then the bundle and its ONNX graphs.",
+            ("Data.", "Random windows that hold at most 2% nodata pixels (no nodata pixel enters the loss), normalised "
+             "exactly as super-resolution normalises the raster (whole-raster statistics per band, recorded in the "
+             "model card)."),
+            ("Cancel and resume.", "Cancel saves a checkpoint; running again with the same OUTPUT_MODEL resumes it."),
+        ]
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        add = self.add_parameter
+        add(QgsProcessingParameterMultipleLayers(self.INPUT, "Training rasters", QgsProcessing.TypeRaster),
+            "One or more raster layers to train on (GDAL rasters; nodata is honoured). They must have the same band "
+            "count, or BANDS must pick the same bands of each.")
+        add(QgsProcessingParameterString(self.BANDS, "Bands (e.g. 1,2,3,4; empty: all)", optional=True),
+            "The bands to train on, in order, as band numbers separated by commas. The model gets this many bands; "
+            "bands beyond the start model's begin from the mean of its band filters.")
+        add(QgsProcessingParameterFile(self.INIT_MODEL, "Start model folder (empty: the bundled model)",
+                                       behavior=QgsProcessingParameterFile.Folder, optional=True),
+            "The model bundle to start from (model.json + model.safetensors); empty: the bundled model.")
+        add(QgsProcessingParameterNumber(self.STEPS, "Training steps (stage 1)", QgsProcessingParameterNumber.Integer,
+                                         600, minValue=1),
+            "Steps of stage 1; each stage-2 method trains half as many unless STAGE2_STEPS says otherwise. A step is "
+            "about a second on a 2-core CPU with the default batch and crop.")
+        add(QgsProcessingParameterNumber(self.SCALE_MIN, "Smallest training scale", QgsProcessingParameterNumber.Double,
+                                         1.0, minValue=1.0, maxValue=8.0),
+            "Each step trains at a random scale between SCALE_MIN and SCALE_MAX; narrow it to the scales you will use.")
+        add(QgsProcessingParameterNumber(self.SCALE_MAX, "Largest training scale", QgsProcessingParameterNumber.Double,
+                                         8.0, minValue=1.0, maxValue=8.0),
+            "The largest scale of the training steps (at most 8).")
+        add(QgsProcessingParameterRasterLayer(self.VALIDATION, "Validation raster", optional=True),
+            "A raster the validation PSNR is measured on; empty: the last 15% of the rows of every training raster are "
+            "held back for it and no training window reaches them.")
+        add(QgsProcessingParameterNumber(self.STAGE2_STEPS, "Stage-2 steps (0: half the steps)",
+                                         QgsProcessingParameterNumber.Integer, 0, minValue=0),
+            "Steps of each stage-2 method (E²DiffSR, LCMSR); 0 means half of STEPS.", advanced=True)
+        add(QgsProcessingParameterEnum(self.DEVICE, "Device", list(DEVICES), defaultValue=0),
+            "cpu, or cuda for a CUDA GPU that PyTorch sees.", advanced=True)
+        add(QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Integer, 8, minValue=1),
+            "Windows per step.", advanced=True)
+        add(QgsProcessingParameterNumber(self.CROP, "Window size (pixels)", QgsProcessingParameterNumber.Integer, 96,
+                                         minValue=32, maxValue=1024),
+            "The side of the training windows, a multiple of 32.", advanced=True)
+        add(QgsProcessingParameterFolderDestination(self.OUTPUT_MODEL, "Output model folder"),
+            "The new model's folder. Its training runs go to its training/ subfolder; running again with the same "
+            "folder resumes an interrupted or cancelled training.")
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        layers = self.parameterAsLayerList(parameters, self.INPUT, context)
+        if not layers:
+            raise QgsProcessingException("Give at least one training raster.")
+        for layer in layers:
+            if layer.providerType() != "gdal":
+                raise QgsProcessingException(f"Only GDAL rasters are supported, not '{layer.providerType()}' layers.")
+        validation = self.gdal_layer(parameters, self.VALIDATION, context)
+        out = self.parameterAsString(parameters, self.OUTPUT_MODEL, context)
+        finetune, errors, engine_errors = training_modules()
+        job = finetune.Finetune(
+            rasters=[layer.source() for layer in layers], out=out,
+            bands=parse_bands(self.parameterAsString(parameters, self.BANDS, context)),
+            init=self.parameterAsFile(parameters, self.INIT_MODEL, context) or None,
+            steps=self.parameterAsInt(parameters, self.STEPS, context),
+            stage2_steps=self.parameterAsInt(parameters, self.STAGE2_STEPS, context) or None,
+            scale_min=self.parameterAsDouble(parameters, self.SCALE_MIN, context),
+            scale_max=self.parameterAsDouble(parameters, self.SCALE_MAX, context),
+            val=[validation.source()] if validation is not None else None,
+            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            batch=self.parameterAsInt(parameters, self.BATCH, context),
+            crop=self.parameterAsInt(parameters, self.CROP, context), progress=False)
+
+        def report(stage, k, stages, step, steps, loss, val):
+            feedback.setProgress(100.0 * (k + step / steps) / stages)
+            if step % REPORT_EVERY == 0 or step == steps:
+                psnr = f", validation PSNR {val[0]:.2f} dB (bicubic {val[1]:.2f})" if val else ""
+                feedback.pushInfo(f"{stage} step {step}/{steps}: loss {loss:.4g}{psnr}")
+
+        handler = FeedbackHandler(feedback)
+        logger = logging.getLogger(finetune.__name__.rsplit(".", 1)[0])
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            folder = finetune.run(job, report=report, should_stop=feedback.isCanceled)
+        except errors.Interrupted as exc:
+            raise QgsProcessingException(f"Cancelled at {exc.step} steps of the running stage: the checkpoint is "
+                                         f"saved; run again with the same output model folder to resume.") from None
+        except (errors.TrainingError, engine_errors.LatentSRError) as exc:
+            raise QgsProcessingException(str(exc).strip().splitlines()[0]) from None
+        finally:
+            logger.removeHandler(handler)
+        register(str(folder))
+        feedback.pushInfo(f"Wrote the model {folder}; the LatentSR dock now offers it in its model list.")
+        return {self.OUTPUT_MODEL: str(folder)}

@@ -1,0 +1,46 @@
+"""The models the dock offers: the bundled ones (resources/models) and those the user trained with
+``latentsr:train`` (remembered in the QGIS settings), each a folder with a readable model card."""
+from __future__ import annotations
+
+import os
+
+from qgis.core import QgsSettings
+
+from ..engine import modelfile
+from ..engine.errors import LatentSRError
+
+TRAINED = "latentsr/trained_models"
+
+
+def trained() -> list[str]:
+    value = QgsSettings().value(TRAINED, [], type=list)
+    return [str(v) for v in value if v]
+
+
+def register(folder: str) -> None:
+    """Remember a folder that ``latentsr:train`` wrote, newest first."""
+    folder = os.path.abspath(folder)
+    QgsSettings().setValue(TRAINED, [folder] + [f for f in trained() if f != folder])
+
+
+def card_name(folder: str) -> str | None:
+    """The model's name from its card, or None when the folder holds no readable model."""
+    try:
+        return str(modelfile.read_card(modelfile.resolve(folder)).get("name") or os.path.basename(folder))
+    except LatentSRError:
+        return None
+
+
+def listed() -> list[tuple[str, str]]:
+    """(label, folder) of every model to offer: "" is the default bundled model; then the other
+    bundled models; then the trained ones that still exist."""
+    out = [(f"Bundled model ({modelfile.DEFAULT_MODEL})", "")]
+    if modelfile.MODELS_DIR.is_dir():
+        for child in sorted(modelfile.MODELS_DIR.iterdir()):
+            if child.name != modelfile.DEFAULT_MODEL and card_name(str(child)):
+                out.append((f"Bundled: {child.name}", str(child)))
+    for folder in trained():
+        name = card_name(folder)
+        if name:
+            out.append((f"{name} ({folder})", folder))
+    return out
