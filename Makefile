@@ -77,7 +77,7 @@ train: venv
 # docs/pd.png need the optional requirements-bench.txt (skipped, and said so, without them).
 BENCH_LIMIT ?= 42
 bench: setup
-	cd $(ROOT) && $(PY) -m training.bench quality --val $(VAL_DATA) --limit $(BENCH_LIMIT) --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training.bench quality --val $(VAL_DATA) --limit $(BENCH_LIMIT) --set-default --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench backends --model latentsr-rgb --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench backends --model latentsr-rgb --threads 1 --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench scale --out docs/BENCHMARKS.md
