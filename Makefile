@@ -59,7 +59,7 @@ RUNS ?= $(ROOT)/runs
 # start as a PCA of the residual; a quarter of the samples decode a zero latent, so that the LR branch
 # keeps a regression of its own; the PatchGAN joins at half way.
 STAGE1_STEPS ?= 1200
-STAGE2_STEPS ?= 800
+STAGE2_STEPS ?= 1000
 STAGE1_ARGS ?= --lr 2e-4 --init $(ROOT)/resources/models/latentsr-rgb --latent-dropout 0.25 --gan-weight 0.01 --gan-start 600
 TRAIN_ARGS ?=
 
