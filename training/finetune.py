@@ -177,7 +177,7 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
                 log.info("%s: stage 1 has moved on since this run began; it starts again", name)
                 shutil.rmtree(runs / name)
             s = settings(name, steps, stage1=str(runs / "stage1"),
-                         options={"cond_weight": 1.0, "init": str(folder), "networks": specs[name]})
+                         options={"init": str(folder), "networks": specs[name]})
         log.info("fine-tune %d/%d: %s, %d steps", k + 1, len(stages), name, steps)
         trainer = Trainer(cls, s)
         if report is not None:
