@@ -20,6 +20,8 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+from .errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 
@@ -60,8 +62,15 @@ def init(dev: torch.device) -> None:
         return
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
+        if dev.index >= torch.cuda.device_count():
+            raise TrainingError(f"local rank {dev.index} has no GPU: this machine has {torch.cuda.device_count()}, "
+                                "give --nproc_per_node at most that")
         torch.cuda.set_device(dev)
-    dist.init_process_group(backend, device_id=dev if dev.type == "cuda" else None)
+    try:
+        dist.init_process_group(backend, device_id=dev if dev.type == "cuda" else None)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainingError(f"could not join the torchrun process group ({backend}): {first}") from None
     atexit.register(cleanup)
     log.info("rank %d of %d (%s)", rank(), world_size(), backend)
 
@@ -99,13 +108,13 @@ def std(x: torch.Tensor) -> torch.Tensor:
     equal shares taken together."""
     if world_size() == 1:
         return x.detach().std()
-    x = x.detach().double()
+    dtype, x = x.dtype, x.detach().double()
     total = torch.stack([x.sum(), torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device)])
     dist.all_reduce(total)
     mean = total[0] / total[1]
     squares = ((x - mean) ** 2).sum()
     dist.all_reduce(squares)
-    return (squares / (total[1] - 1)).sqrt().float()
+    return (squares / (total[1] - 1)).sqrt().to(dtype)
 
 
 def mean(value: float, dev: torch.device) -> float:

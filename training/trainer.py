@@ -3,6 +3,9 @@
 Resuming is exact: every random draw of step k (crops, flips, scale, noise) is seeded by
 (seed, k), and a checkpoint holds the weights, their EMA and the optimizer state (safetensors)
 plus the step, the schedule horizon, the stage state and the history (JSON).
+
+Under torchrun the ranks share each step's batch (training.distributed); the checkpoint holds the
+unwrapped networks and the global batch's losses, so it resumes with any number of ranks.
 """
 from __future__ import annotations
 
