@@ -59,7 +59,7 @@ RUNS ?= $(ROOT)/runs
 # start as a PCA of the residual; a quarter of the samples decode a zero latent, so that the LR branch
 # keeps a regression of its own; the PatchGAN joins at half way.
 STAGE1_STEPS ?= 1200
-STAGE2_STEPS ?= 800
+STAGE2_STEPS ?= 1000
 STAGE1_ARGS ?= --lr 2e-4 --init $(ROOT)/resources/models/latentsr-rgb --latent-dropout 0.25 --gan-weight 0.01 --gan-start 600
 TRAIN_ARGS ?=
 
@@ -77,7 +77,7 @@ train: venv
 # docs/pd.png need the optional requirements-bench.txt (skipped, and said so, without them).
 BENCH_LIMIT ?= 42
 bench: setup
-	cd $(ROOT) && $(PY) -m training.bench quality --val $(VAL_DATA) --limit $(BENCH_LIMIT) --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training.bench quality --val $(VAL_DATA) --limit $(BENCH_LIMIT) --set-default --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench backends --model latentsr-rgb --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench backends --model latentsr-rgb --threads 1 --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench scale --out docs/BENCHMARKS.md

@@ -67,8 +67,10 @@ def constant_like(like, value: float):
     return torch.full_like(like, value)
 
 
-def e2diffsr_sample(denoiser, cond, inv_scale, steps: int, noise, betas=ddpm.DEFAULT_BETAS, eta: float = 1.0):
-    """Clean latent from an n-step run of the short DDPM chain, starting from pure noise.
+def e2diffsr_sample(denoiser, cond, inv_scale, steps: int, noise, betas=ddpm.DEFAULT_BETAS, eta: float = 1.0,
+                    prediction: str = "eps"):
+    """Clean latent from an n-step run of the short DDPM chain, starting from pure noise; the
+    denoiser predicts ε or z0 (``prediction``, the card's; older bundles: ε).
 
     ``noise(k)`` gives a standard normal tensor shaped like ``cond``: k = 0 the start, k ≥ 1 the
     fresh noise of step k."""
@@ -76,9 +78,9 @@ def e2diffsr_sample(denoiser, cond, inv_scale, steps: int, noise, betas=ddpm.DEF
     total = len(abar) - 1
     x = noise(0)
     for k, (t, t_prev) in enumerate(ddpm.chain(total, steps), start=1):
-        eps = denoiser(x, cond, constant_like(inv_scale, t / total), inv_scale)
+        out = denoiser(x, cond, constant_like(inv_scale, t / total), inv_scale)
         sigma = ddpm.step_coefficients(abar[t], abar[t_prev], eta)[2]
-        x, _ = ddpm.step(x, eps, abar[t], abar[t_prev], noise(k) if sigma > 0 else None, eta)
+        x, _ = ddpm.step(x, out, abar[t], abar[t_prev], noise(k) if sigma > 0 else None, eta, prediction)
     return x
 
 
@@ -109,7 +111,7 @@ def sample_latent(name: str, spec: dict, steps: int, denoiser, cond, inv_scale, 
     at ``detail`` (torch tensors or numpy arrays alike)."""
     if name == "e2diffsr" and detail > 0:
         sample = e2diffsr_sample(denoiser, cond, inv_scale, steps, noise,
-                                 spec.get("betas", ddpm.DEFAULT_BETAS), spec.get("eta", 1.0))
+                                 spec.get("betas", ddpm.DEFAULT_BETAS), spec.get("eta", 1.0), spec.get("prediction", "eps"))
     elif name == "lcmsr" and detail > 0:
         sample = lcmsr_sample(denoiser, cond, inv_scale, steps, noise,
                               spec.get("T", consistency.T), spec.get("sigma_data", consistency.SIGMA_DATA))

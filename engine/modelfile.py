@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .errors import LatentSRError
 from .models import KINDS
+from .schedulers import ddpm
 
 FORMAT = "latentsr-model"
 VERSION = 1
@@ -75,7 +76,8 @@ def positive_int(value) -> bool:
 def card_problem(card: dict) -> str | None:
     """What is wrong with a model card's values, naming the field, or None: bands and latent are
     whole numbers ≥ 1; every network has a known kind, a config, and the card's band count; every
-    method is known, names networks the card has, and has a finite latent_scale > 0."""
+    method is known, names networks the card has, and has a finite latent_scale > 0; E²DiffSR's
+    prediction is ε or z0."""
     for key in ("bands", "latent"):
         if key in card or key == "bands":
             if not positive_int(card.get(key)):
@@ -103,6 +105,8 @@ def card_problem(card: dict) -> str | None:
         for role in METHOD_NETWORKS[name]:
             if spec.get(role) not in networks:
                 return f"'methods.{name}.{role}' names the network {spec.get(role)!r}, which is not in 'networks'"
+        if name == "e2diffsr" and spec.get("prediction", "eps") not in ddpm.PREDICTIONS:
+            return f"'methods.e2diffsr.prediction' must be one of {', '.join(ddpm.PREDICTIONS)}, got {spec['prediction']!r}"
         scale = spec.get("latent_scale", 1.0)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             return f"'methods.{name}.latent_scale' must be a finite number greater than 0, got {scale!r}"

@@ -194,3 +194,25 @@ def test_full_detail_is_sharper_than_detail_zero_on_a_real_crop():
         sr = np.clip(np.rint(method(low, grid, 3) * 255), 0, 255)
         scores[detail] = metrics.lsd(metrics.crop_border(sr, 4), metrics.crop_border(hr.astype(np.float64), 4))
     assert scores[1.0] < scores[0.0] - SHARPER_BY, scores
+
+
+def test_bench_writes_the_suggested_detail_into_the_card(model_dir, tmp_path):
+    """make bench's --set-default: the lowest-LSD detail that keeps +0.8 dB over bicubic at ×4, per method."""
+    from training.bench import quality
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+
+    def scored(psnr, lsd):
+        return {"scales": {str(quality.PD_SCALE): {"psnr": psnr, "lsd": lsd}}}
+
+    results = {quality.Row("bicubic").label: scored(25.0, 12.0)}
+    for d, (psnr, lsd) in zip(quality.DETAILS, [(26.5, 9.0), (26.2, 7.0), (25.9, 6.0), (25.5, 5.0), (25.0, 4.0)]):
+        results[quality.Row("lcmsr", 1, d).label] = scored(psnr, lsd)
+    for d in quality.DETAILS:  # E²DiffSR never keeps +0.8 dB: its most faithful detail
+        results[quality.Row("e2diffsr", 4, d).label] = scored(25.5 - d, 9.0 - d)
+    quality.set_default_detail(results, str(folder))
+    card = json.loads((folder / "model.json").read_text())
+    assert card["methods"]["lcmsr"]["detail_default"] == 0.5
+    assert card["methods"]["e2diffsr"]["detail_default"] == 0.0
+    assert card_default_detail("lcmsr", str(folder)) == 0.5

@@ -57,6 +57,11 @@ def test_bad_cards_are_refused(folder):
     card_path.write_text(json.dumps(dict(card, version=99)))
     with pytest.raises(LatentSRError, match="version 99"):
         modelfile.load(str(folder))
+    bad = json.loads(json.dumps(card))
+    bad["methods"]["e2diffsr"]["prediction"] = "v"
+    card_path.write_text(json.dumps(bad))
+    with pytest.raises(LatentSRError, match="methods.e2diffsr.prediction"):
+        modelfile.load(str(folder))
     card_path.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(LatentSRError, match="not a LatentSR model card"):
         modelfile.load(str(folder))

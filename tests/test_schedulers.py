@@ -70,6 +70,22 @@ def test_ddpm_step_with_the_true_noise_recovers_x0():
     np.testing.assert_allclose(x0_hat, x0, atol=1e-12)
 
 
+def test_ddpm_step_is_the_same_from_an_eps_or_a_z0_prediction():
+    """The sampler's update depends only on the (ẑ0, ε̂) pair, which either prediction implies."""
+    rng = np.random.default_rng(1)
+    x0, eps, noise = rng.normal(size=(3, 2, 16))
+    ab = ddpm.alphas_bar()
+    for t, t_prev in ((4, 2), (3, 1), (1, 0)):
+        x = ddpm.q_sample(x0, eps, ab[t])
+        np.testing.assert_allclose(ddpm.predict_eps(x, x0, ab[t]), eps, atol=1e-9)
+        from_eps = ddpm.step(x, eps, ab[t], ab[t_prev], noise, 1.0, "eps")
+        from_x0 = ddpm.step(x, x0, ab[t], ab[t_prev], noise, 1.0, "x0")
+        for a, b in zip(from_eps, from_x0):
+            np.testing.assert_allclose(a, b, atol=1e-9)
+    x = ddpm.q_sample(x0, eps, ab[1])
+    assert np.array_equal(ddpm.step(x, x0, ab[1], ab[0], None, 1.0, "x0")[0], x0)  # the last step returns ẑ0 itself
+
+
 def test_ddpm_posterior_variance():
     ab = ddpm.alphas_bar()
     betas = np.asarray(ddpm.DEFAULT_BETAS)

@@ -34,7 +34,8 @@ def method_spec(method: str, latent_scale: float, stage_card: dict | None = None
         spec.update(T=consistency.T, sigma_data=consistency.SIGMA_DATA, steps=TABLE[method].default_steps,
                     max_steps=TABLE[method].max_steps)
     if stage_card:
-        spec.update({k: stage_card[k] for k in ("betas", "eta", "steps", "T", "sigma_data", "max_steps") if k in stage_card})
+        spec.update({k: stage_card[k] for k in ("betas", "eta", "prediction", "steps", "T", "sigma_data", "max_steps")
+                     if k in stage_card})
     return spec
 
 

@@ -56,7 +56,10 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
                        help="share of samples decoded with a zero latent, so the decoder also works as plain regression")
     else:
         p.add_argument("--stage1", required=True, help="the --out folder of a stage-1 run")
-        p.add_argument("--cond-weight", type=float, default=1.0, help="weight of the conditioning net's L2 loss")
+        p.add_argument("--cond-weight", type=float, default=0.01,
+                       help="weight of the conditioning net's latent L2 loss (default %(default)s)")
+        p.add_argument("--cond-pixel-weight", type=float, default=1.0,
+                       help="weight of the L1 of the decoded condition against HR: the regression path (default %(default)s)")
     return p
 
 
@@ -91,10 +94,10 @@ def train(args) -> None:
                    "gan_start": args.gan_start}
     elif args.command == "e2diffsr":
         from .e2diffsr import E2DiffSRStage as stage
-        options = {"cond_weight": args.cond_weight}
+        options = {"cond_weight": args.cond_weight, "cond_pixel_weight": args.cond_pixel_weight}
     else:
         from .lcmsr import LCMSRStage as stage
-        options = {"cond_weight": args.cond_weight}
+        options = {"cond_weight": args.cond_weight, "cond_pixel_weight": args.cond_pixel_weight}
     settings = Settings(
         data=args.data, val=args.val, out=args.out, steps=args.steps, schedule_steps=args.schedule_steps,
         batch=args.batch, lr=args.lr, warmup=args.warmup, resume=args.resume, device=args.device,

@@ -1,5 +1,11 @@
 """What both stage-2 methods share: the frozen stage-1 autoencoder, the latent scale, and the
-conditioning net trained with an L2 ("knowledge distillation") loss against the true latent.
+conditioning net's loss: the L1 of what the frozen decoder makes of its latent against HR (the
+regression path, trained for fidelity), plus a small L2 ("knowledge distillation") loss against
+the true latent, which keeps it a guess of the latent for the denoiser.
+
+Why the decoded loss: the true latent carries what the LR lacks, so the L2-optimal guess explains
+little of it (val ×4: latent MSE 1.38 against 1.42 for a zero latent) and, decoded, was less faithful
+than a zero latent (26.61 against 27.05 dB on 18 val images after 1000 LCMSR steps).
 
 Diffusion runs on the normalised latent x0 = latent_scale · encoder(HR, LR), with latent_scale =
 1/std of the encoder means over LATENT_BATCHES training batches, fixed when the run starts.
@@ -14,7 +20,8 @@ from .errors import TrainingError
 from .trainer import Stage
 
 LATENT_BATCHES = 8
-COND_WEIGHT = 1.0
+COND_WEIGHT = 0.01  # the latent L2 term
+COND_PIXEL_WEIGHT = 1.0  # the decoded L1 term
 
 
 class LatentStage(Stage):
@@ -35,9 +42,14 @@ class LatentStage(Stage):
         self.latent_scale = 1.0
 
     def setup(self) -> None:
+        """The latent scale from training batches; the conditioning net starts by predicting a zero
+        latent, so the regression path starts as stage 1's own zero-latent regression."""
         with torch.no_grad():
             means = [self.encoder(pair.hr, pair.lr_up).flatten() for pair in self.stats_pairs(LATENT_BATCHES)]
         self.latent_scale = float(1.0 / torch.cat(means).std().clamp_min(1e-6))
+        out = self.nets["condition"].out
+        torch.nn.init.zeros_(out.weight)
+        torch.nn.init.zeros_(out.bias)
 
     def state(self) -> dict:
         return {"latent_scale": self.latent_scale}
@@ -53,8 +65,14 @@ class LatentStage(Stage):
     def condition(self, nets: dict, pair) -> torch.Tensor:
         return nets["condition"](pair.lr, pair.inv_scale, *pair.hr_tables())
 
-    def cond_loss(self, cond: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        return self.settings.options.get("cond_weight", COND_WEIGHT) * torch.mean((cond - x0) ** 2)
+    def cond_loss(self, cond: torch.Tensor, x0: torch.Tensor, pair) -> torch.Tensor:
+        """The conditioning net's loss: decoded L1 against HR plus the latent L2 against x0."""
+        o = self.settings.options
+        loss = o.get("cond_weight", COND_WEIGHT) * torch.mean((cond - x0) ** 2)
+        pixel = o.get("cond_pixel_weight", COND_PIXEL_WEIGHT)
+        if pixel > 0:
+            loss = loss + pixel * (self.decode(pair, cond) - pair.hr).abs().mean()
+        return loss
 
     def decode(self, pair, x0: torch.Tensor) -> torch.Tensor:
         return self.decoder(pair.lr, x0 / self.latent_scale, pair.inv_scale, *pair.decoder_tables())

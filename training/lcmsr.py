@@ -46,7 +46,7 @@ class LCMSRStage(LatentStage):
         with torch.no_grad():
             target = self.f(ema, noised(t1), self.condition(ema, pair), t1.to(x0.device), pair.inv_scale)
         consistency = torch.mean((pred - target) ** 2)
-        return consistency + self.cond_loss(cond, x0), {"consistency": consistency.item()}
+        return consistency + self.cond_loss(cond, x0, pair), {"consistency": consistency.item()}
 
     def predict(self, pair, ema):
         gen = torch.Generator(device=self.device).manual_seed(0)

@@ -1,4 +1,4 @@
-"""E²DiffSR's short, steep DDPM chain (T = 4, ε-prediction) and its N-step sampler.
+"""E²DiffSR's short, steep DDPM chain (T = 4) and its N-step sampler.
 
 Timesteps are integers 1..T; t = 0 is the clean latent (ᾱ = 1). ``step`` moves from t to an
 earlier t_prev with the DDIM update; eta = 1 is the DDPM posterior (ancestral sampling), eta = 0
@@ -45,6 +45,14 @@ def predict_x0(x_t, eps, abar_t: float):
     return (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
 
 
+PREDICTIONS = ("eps", "x0")  # what the denoiser outputs: the noise ε, or the clean latent z0
+
+
+def predict_eps(x_t, x0, abar_t: float):
+    """The noise implied by a clean-latent (z0) prediction."""
+    return (x_t - math.sqrt(abar_t) * x0) / math.sqrt(1.0 - abar_t)
+
+
 def step_coefficients(abar_t: float, abar_prev: float, eta: float = 1.0) -> tuple[float, float, float]:
     """(a, b, sigma) of x_prev = a·x0 + b·eps + sigma·noise."""
     var = eta ** 2 * (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)
@@ -52,10 +60,14 @@ def step_coefficients(abar_t: float, abar_prev: float, eta: float = 1.0) -> tupl
     return math.sqrt(abar_prev), math.sqrt(max(1.0 - abar_prev - sigma ** 2, 0.0)), sigma
 
 
-def step(x_t, eps, abar_t: float, abar_prev: float, noise=None, eta: float = 1.0):
-    """One sampler step from t to t_prev: returns (x_prev, x0_hat). ``noise`` may be None when
-    sigma is 0 (eta = 0, or t_prev = 0)."""
-    x0 = predict_x0(x_t, eps, abar_t)
+def step(x_t, out, abar_t: float, abar_prev: float, noise=None, eta: float = 1.0, prediction: str = "eps"):
+    """One sampler step from t to t_prev given the denoiser's output ``out`` (ε or z0, per
+    ``prediction``): returns (x_prev, x0_hat). ``noise`` may be None when sigma is 0 (eta = 0, or
+    t_prev = 0)."""
+    if prediction == "x0":
+        x0, eps = out, predict_eps(x_t, out, abar_t)
+    else:
+        x0, eps = predict_x0(x_t, out, abar_t), out
     a, b, sigma = step_coefficients(abar_t, abar_prev, eta)
     x_prev = a * x0 + b * eps
     if sigma > 0:

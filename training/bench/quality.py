@@ -311,6 +311,20 @@ def suggested_detail(results: dict, sweep, method: str) -> float | None:
     return min(good)[1] if good else min(d for _, d in scored)
 
 
+def set_default_detail(results: dict, model: str | None) -> None:
+    """Write the sweep's suggested detail of each diffusion method into the model card's detail_default."""
+    from engine import modelfile
+
+    folder = modelfile.resolve(model)
+    card = modelfile.read_card(folder)
+    for name in ("lcmsr", "e2diffsr"):
+        suggestion = suggested_detail(results, SWEEP, name)
+        if suggestion is not None and name in card["methods"]:
+            card["methods"][name]["detail_default"] = suggestion
+            log.info("%s: detail_default %g written to %s", name, suggestion, folder / "model.json")
+    modelfile.write_card(folder, card)
+
+
 def fmt_share(v: float) -> str:
     return "—" if not math.isfinite(v) else f"{100 * v:.0f}"
 
@@ -399,6 +413,9 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, help="at most this many images, spread over all classes (default: all)")
     ap.add_argument("--scales", type=float, nargs="+", default=list(SCALES))
     ap.add_argument("--backend", default="auto", help="backend of the learned methods (default: auto, as users get)")
+    ap.add_argument("--set-default", action="store_true",
+                    help="write each diffusion method's suggested detail (from the ×4 sweep) into the model card "
+                         "as its detail_default before the default rows run")
     ap.add_argument("--worker", nargs=4, metavar=("METHOD", "STEPS", "DETAIL", "CROPS"), help=argparse.SUPPRESS)
     ap.add_argument("--calibration-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -418,16 +435,20 @@ def main(argv=None) -> int:
     common += ["--limit", str(args.limit)] if args.limit else []
     common += ["--model", args.model] if args.model else []
     skipped = peers.missing()
-    plan = [(row, args.scales) for row in ROWS]
+    # bicubic and the ×4 sweep first: --set-default picks the default detail from them before the default rows run
+    plan = [(ROWS[0], args.scales)]
     if PD_SCALE in args.scales:
         plan += [(row, [PD_SCALE]) for row in SWEEP]
         if skipped:
             log.warning("the peers are skipped: %s", skipped)
         else:
             plan += [(row, [PD_SCALE]) for row in PEER_ROWS]
+    plan += [(row, args.scales) for row in ROWS[1:]]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for row, scales in plan:
+        for i, (row, scales) in enumerate(plan):
+            if args.set_default and i == len(plan) - len(ROWS) + 1:
+                set_default_detail(results, args.model)
             crops = Path(tmp) / row.key
             crops.mkdir()
             log.info("%s on %d images at ×%s", row.label, len(files), ", ×".join(f"{s:g}" for s in scales))
