@@ -152,7 +152,10 @@ def train(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .distributed import is_main
+
+    # under torchrun, the other ranks only report warnings and errors
+    logging.basicConfig(level=logging.INFO if is_main() else logging.WARNING, format="%(message)s")
     args = parser().parse_args(argv)
     try:
         run(args)

@@ -106,14 +106,15 @@ class CropDataset:
 
 
 class StepBatches:
-    """Batch sampler: the keys of steps start .. stop-1, ``batch`` samples each."""
+    """Batch sampler: the keys of steps start .. stop-1, ``batch`` samples each, or only the samples
+    ``share`` of each (a rank's share of the global batch)."""
 
-    def __init__(self, start: int, stop: int, batch: int):
-        self.start, self.stop, self.batch = start, stop, batch
+    def __init__(self, start: int, stop: int, batch: int, share: range | None = None):
+        self.start, self.stop, self.share = start, stop, range(batch) if share is None else share
 
     def __iter__(self):
         for step in range(self.start, self.stop):
-            yield [(step, i) for i in range(self.batch)]
+            yield [(step, i) for i in self.share]
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -153,11 +154,13 @@ def validation(settings, source):
     return source.validation(settings.val_crop, settings.val_images)
 
 
-def loader(files, crop: int, bands: int, batch: int, seed: int, start: int, stop: int, workers: int):
-    """Batches (B×C×crop×crop tensors) of steps start .. stop-1 of a training_source."""
+def loader(files, crop: int, bands: int, batch: int, seed: int, start: int, stop: int, workers: int,
+           share: range | None = None):
+    """Batches (B×C×crop×crop tensors) of steps start .. stop-1 of a training_source (their samples
+    ``share`` only)."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(dataset(files, crop, bands, seed), batch_sampler=StepBatches(start, stop, batch),
+    return DataLoader(dataset(files, crop, bands, seed), batch_sampler=StepBatches(start, stop, batch, share),
                       num_workers=workers)
 
 

@@ -17,6 +17,7 @@ import torch
 from engine.latent import e2diffsr_sample
 from engine.schedulers import ddpm
 
+from . import distributed
 from .latent import LatentStage, cell_mean
 
 SAMPLE_STEPS = 4
@@ -32,10 +33,10 @@ class E2DiffSRStage(LatentStage):
         x0 = self.target(pair)
         cond = self.condition(self.nets, pair)
         total = len(ddpm.DEFAULT_BETAS)
-        t = torch.randint(1, total + 1, (x0.shape[0],), generator=gen, device=gen.device).to(x0.device)
+        t = distributed.sample(torch.randint, (x0.shape[0],), 1, total + 1, generator=gen, device=gen.device).to(x0.device)
         abar = torch.as_tensor(ddpm.alphas_bar(ddpm.DEFAULT_BETAS), dtype=x0.dtype, device=x0.device)[t]
         abar = abar.reshape(-1, 1, 1, 1)
-        noise = torch.randn(x0.shape, generator=gen, device=x0.device)
+        noise = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
         z_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
         z0 = self.nets["denoiser"](z_t, cond, t.to(x0.dtype)[:, None] / total, pair.inv_scale)
         mse = cell_mean((z0 - x0) ** 2, pair)

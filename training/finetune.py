@@ -29,7 +29,7 @@ from engine.errors import LatentSRError
 from engine.models import PRESETS, preset
 
 from . import bands as band_start
-from . import bundle
+from . import bundle, distributed
 from .errors import TrainingError
 from .trainer import STATE, Settings, Trainer
 
@@ -175,7 +175,9 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
         else:
             if (runs / name / STATE).exists() and stale_stage2(runs / name, runs / "stage1"):
                 log.info("%s: stage 1 has moved on since this run began; it starts again", name)
-                shutil.rmtree(runs / name)
+                if distributed.is_main():
+                    shutil.rmtree(runs / name)
+                distributed.barrier()
             s = settings(name, steps, stage1=str(runs / "stage1"),
                          options={"init": str(folder), "networks": specs[name]})
         log.info("fine-tune %d/%d: %s, %d steps", k + 1, len(stages), name, steps)
@@ -201,7 +203,9 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
     if up_to_date(out, tensors):
         log.info("%s is already the bundle of these runs", out)
         return out
-    bundle.write(out, result, tensors, bundle.stage1_encoder(str(runs / "stage1")))
-    export.export(str(out))
-    log.info("wrote %s (methods: %s)", out, ", ".join(result["methods"]))
+    if distributed.is_main():  # under torchrun, rank 0 writes the bundle while the others wait
+        bundle.write(out, result, tensors, bundle.stage1_encoder(str(runs / "stage1")))
+        export.export(str(out))
+        log.info("wrote %s (methods: %s)", out, ", ".join(result["methods"]))
+    distributed.barrier()
     return out

@@ -16,6 +16,7 @@ import torch
 
 from engine import modelfile
 
+from . import distributed
 from .bands import load_adapted
 from .errors import TrainingError
 from .trainer import Stage
@@ -29,8 +30,11 @@ def cell_mean(values: torch.Tensor, pair) -> torch.Tensor:
     """The mean of per-cell ``values`` (B×C×h×w) over the latent cells whose pixels all hold data."""
     valid = pair.cell_valid()
     if valid is None:
-        return values.mean()
-    return (values * valid).sum() / (valid.sum() * values.shape[1]).clamp_min(1)
+        if distributed.world_size() == 1:
+            return values.mean()
+        valid = torch.ones_like(values[:, :1])
+    # under torchrun: over the ranks' mean count, so that DDP's average of the shares is the global batch's mean
+    return (values * valid).sum() / distributed.average(valid.sum() * values.shape[1]).clamp_min(1)
 
 
 class LatentStage(Stage):

@@ -13,6 +13,7 @@ from engine.latent import lcmsr_sample
 from engine.methods import TABLE
 from engine.schedulers import consistency as cm
 
+from . import distributed
 from .latent import LatentStage, cell_mean
 
 SAMPLE_STEPS = 1
@@ -32,9 +33,9 @@ class LCMSRStage(LatentStage):
         x0 = self.target(pair)
         cond = self.condition(self.nets, pair)
         b = x0.shape[0]
-        t2 = torch.randint(1, cm.T + 1, (b,), generator=gen, device=gen.device).cpu()
+        t2 = distributed.sample(torch.randint, (b,), 1, cm.T + 1, generator=gen, device=gen.device).cpu()
         t1 = torch.from_numpy(cm.earlier(t2.numpy()))
-        noise = torch.randn(x0.shape, generator=gen, device=x0.device)
+        noise = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
 
         def noised(t):
             a, s = (torch.from_numpy(np.asarray(c, dtype=np.float32)).to(x0.device).reshape(-1, 1, 1, 1)

@@ -24,6 +24,7 @@ from engine.models.discriminator import Discriminator
 from engine.models.encoder import pca, residual_blocks
 from engine.models.sampling import LATENT_FACTOR
 
+from . import distributed
 from .bands import load_adapted
 from .errors import TrainingError
 from .gan import hinge_discriminator, hinge_generator
@@ -114,11 +115,11 @@ class Stage1(Stage):
     def loss(self, pair, gen, ema):
         o = self.settings.options
         mean = self.nets["encoder"](pair.hr, pair.lr_up)
-        sigma = o.get("latent_noise", LATENT_NOISE) * mean.detach().std()
-        z = mean + sigma * torch.randn(mean.shape, generator=gen, device=mean.device)
+        sigma = o.get("latent_noise", LATENT_NOISE) * distributed.std(mean)
+        z = mean + sigma * distributed.sample(torch.randn, mean.shape, generator=gen, device=mean.device)
         drop = o.get("latent_dropout", LATENT_DROPOUT)
         if drop > 0:
-            keep = torch.rand((z.shape[0], 1, 1, 1), generator=gen, device=z.device) >= drop
+            keep = distributed.sample(torch.rand, (z.shape[0], 1, 1, 1), generator=gen, device=z.device) >= drop
             z = z * keep.to(z.dtype)
         sr = pair.keep_valid(self.nets["decoder"](pair.lr, z, pair.inv_scale, *pair.decoder_tables()))
         l1 = (sr - pair.hr).abs().mean()
@@ -140,6 +141,7 @@ class Stage1(Stage):
         d = hinge_discriminator(self.disc(pair.hr, pair.lr_up), self.disc(fake, pair.lr_up))
         self.disc_opt.zero_grad(set_to_none=True)
         d.backward()
+        distributed.average_gradients(self.disc.parameters())
         self.disc_opt.step()
         return d.item()
 

@@ -3,6 +3,9 @@
 Resuming is exact: every random draw of step k (crops, flips, scale, noise) is seeded by
 (seed, k), and a checkpoint holds the weights, their EMA and the optimizer state (safetensors)
 plus the step, the schedule horizon, the stage state and the history (JSON).
+
+Under torchrun the ranks share each step's batch (training.distributed); the checkpoint holds the
+unwrapped networks and the global batch's losses, so it resumes with any number of ranks.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from tqdm import tqdm
 from engine import modelfile
 from engine.models import LATENT, build, preset
 
-from . import curves, data
+from . import curves, data, distributed
 from .errors import Interrupted, TrainingError
 from .batch import make_pair
 
@@ -199,9 +202,12 @@ class Trainer:
     def __init__(self, stage_cls, settings: Settings):
         self.s = settings
         self.out = Path(settings.out)
-        self.device = torch.device(settings.device)
+        self.device = distributed.device(settings.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise TrainingError("--device cuda was given but PyTorch sees no CUDA GPU")
+        distributed.init(self.device)
+        if settings.batch % distributed.world_size():
+            raise TrainingError(f"--batch {settings.batch} does not split evenly over {distributed.world_size()} ranks")
         if settings.crop % 32:
             raise TrainingError(f"--crop must be a multiple of 32, got {settings.crop}")
         if settings.val_crop % 32:
@@ -226,6 +232,12 @@ class Trainer:
         self.history = {"loss": [], "val": []}
         if saved:
             self._restore(saved)
+        if not distributed.same_on_all(self.step):
+            raise TrainingError(f"the ranks see different checkpoints in {self.out}: give all machines one shared --out")
+        if distributed.world_size() > 1:  # rank 0's start on all ranks (DDP broadcasts the trained weights)
+            self.stage.load_state(distributed.broadcast(self.stage.state()))
+            distributed.broadcast_weights(self.ema)
+        self.replicas = distributed.replicate(self.stage.nets, self.device)
         crops = data.validation(settings, self.files)
         self.val = None if crops is None else torch.from_numpy(crops)
 
@@ -247,6 +259,8 @@ class Trainer:
     def checkpoint(self) -> None:
         from safetensors.torch import save_file
 
+        if not distributed.is_main():
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         tensors = {}
         for prefix, nets in (("model", self.stage.nets), ("ema", self.ema)):
@@ -297,8 +311,10 @@ class Trainer:
         if self.step >= s.steps:
             log.info("%s is already at step %d of %d", self.out, self.step, s.steps)
             return
-        batches = data.loader(self.files, s.crop, s.bands, s.batch, s.seed, self.step, s.steps, s.workers)
-        bar = tqdm(total=s.steps, initial=self.step, desc=self.stage.name, disable=not s.progress, dynamic_ncols=True)
+        batches = data.loader(self.files, s.crop, s.bands, s.batch, s.seed, self.step, s.steps, s.workers,
+                              distributed.share(s.batch))
+        bar = tqdm(total=s.steps, initial=self.step, desc=self.stage.name, disable=not (s.progress and distributed.is_main()),
+                   dynamic_ncols=True)
         interrupts = []
         for hr in deferring_interrupts(batches, interrupts):
             for group in self.opt.param_groups:
@@ -306,9 +322,10 @@ class Trainer:
             pair = make_pair(hr.to(self.device), data.batch_scale(s.seed, self.step, s.scale_min, s.scale_max),
                              self.stage.multiple)
             self.stage.step = self.step
-            loss, logs = self.stage.loss(pair, step_generator(self.device, s.seed, self.step), self.ema)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            with distributed.training_networks(self.stage, self.replicas):
+                loss, logs = self.stage.loss(pair, step_generator(self.device, s.seed, self.step), self.ema)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP)
             self.opt.step()
             decay = ema_decay(self.step, s.ema_decay)
@@ -317,11 +334,11 @@ class Trainer:
                     for e, p in zip(self.ema[name].parameters(), net.parameters()):
                         e.lerp_(p, 1.0 - decay)
             self.step += 1
-            value = loss.item()
+            value = distributed.mean(loss.item(), self.device)
             self.history["loss"].append([self.step, value])
             bar.update(1)
             bar.set_postfix({"loss": f"{value:.4g}", **{k: f"{v:.3g}" for k, v in logs.items()}})
-            if self.val is not None and (self.step % s.val_every == 0 or self.step == s.steps):
+            if self.val is not None and distributed.is_main() and (self.step % s.val_every == 0 or self.step == s.steps):
                 val = self.validate()
                 self.history["val"].append([self.step, *val])
                 log.info("step %d: validation PSNR %.2f dB (bicubic %.2f, %+.2f)%s", self.step, val[0], val[1], val[0] - val[1],
@@ -330,7 +347,9 @@ class Trainer:
                 self.checkpoint()
             if self.report is not None:
                 self.report(self.step, value, self.history["val"][-1][1:] if self.history["val"] else None)
-            if self.step < s.steps and (interrupts or (self.should_stop is not None and self.should_stop())):
+            stop = bool(interrupts) or (self.should_stop is not None and self.should_stop())
+            if self.step < s.steps and distributed.any_rank(stop, self.device):  # all ranks stop after the same step
                 self.checkpoint()
                 raise Interrupted(self.step, self.out)
         bar.close()
+        distributed.barrier()  # what rank 0 wrote is complete before any rank goes on
