@@ -126,6 +126,24 @@ def mean(value: float, dev: torch.device) -> float:
     return float(t) / world_size()
 
 
+def any_rank(flag: bool, dev: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank: a stop that every rank then takes after the same step."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def average(t: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over the ranks, without gradient."""
+    if world_size() == 1:
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t)
+    return t / world_size()
+
+
 def average_gradients(params) -> None:
     """Average the gradients of ``params`` over the ranks (a network trained beside the DDP ones,
     such as stage 1's discriminator with its own optimizer)."""
