@@ -151,8 +151,9 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
     old_bands = int(card["bands"])
 
     def settings(stage: str, steps: int, **extra) -> Settings:
+        # the cosine horizon is the stage's steps, also when resumed with more: a longer run warm-restarts
         return Settings(data=list(job.rasters), val=list(job.val) if job.val else None, out=str(runs / stage),
-                        steps=steps, batch=job.batch, lr=job.lr, warmup=min(100, max(1, steps // 10)),
+                        steps=steps, schedule_steps=steps, batch=job.batch, lr=job.lr, warmup=min(100, max(1, steps // 10)),
                         resume=True, device=job.device, ckpt_every=max(1, min(100, steps)),
                         val_every=max(VAL_EVERY, -(-steps // 4)), crop=job.crop, workers=job.workers, seed=job.seed,
                         scale_min=job.scale_min, scale_max=job.scale_max, val_images=job.val_images,
