@@ -104,6 +104,42 @@ def test_new_bands_start_from_the_mean_filters():
     torch.testing.assert_close(bands.adapt("decoder", "tail.2.weight", tail, 3, 4)[3], tail.mean(0))
 
 
+@pytest.mark.parametrize("n", [4, 5, 7])
+def test_a_widened_decoder_starts_as_the_start_decoder_by_band_groups(n):
+    """Bands 1-3 are the start decoder on bands 1-3, band 4 (a short group) the mean of its outputs on
+    [4, 4, 4], and so on (float64: exact up to rounding)."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # make_pair's tables too
+    try:
+        check_widened_decoder(n)
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+def check_widened_decoder(n):
+    from engine.models import build
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        old = build("decoder", dict(bands=3, latent=4, channels=12, blocks=2, up_channels=4, tail_channels=6,
+                                    emb_dim=16, detail=True)).double().eval()
+        for p in old.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        k = bands.band_group_copies(3, n)
+        new = build("decoder", dict(bands=n, latent=4, channels=12 * k, blocks=2, up_channels=4 * k,
+                                    tail_channels=6 * k, emb_dim=16, detail=True)).double().eval()
+        assert bands.load_adapted(new, "decoder", old.state_dict(), 3) == []
+        pair = make_pair(torch.rand(2, n, 32, 32, dtype=torch.float64), 2.5, 1)
+        z = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        out = new(pair.lr, z, pair.inv_scale, *pair.decoder_tables())
+        for b, (g, positions) in enumerate(bands.group_rows(3, n)):
+            m = min(3, n - 3 * g)
+            group = [3 * g + p % m for p in range(3)]
+            ref = old(pair.lr[:, group], z, pair.inv_scale, *pair.decoder_tables())[:, positions].mean(1)
+            torch.testing.assert_close(out[:, b], ref, rtol=0, atol=1e-10)
+
+
 @pytest.fixture(scope="module")
 def tiny_init(tmp_path_factory):
     return str(write(tmp_path_factory.mktemp("models") / "tiny-rgb", *random_bundle("tiny", seed=0, name="tiny-rgb")))
@@ -119,7 +155,9 @@ def test_finetune_writes_a_bundle_that_superresolves(uint16_raster, tiny_init, t
     out = tmp_path / "reflectance-model"
     assert train_main(finetune_args(uint16_raster, out, tiny_init)) == 0
     card = json.loads((out / "model.json").read_text())
-    assert card["bands"] == 4 and "band 4 started from the mean" in card["band_start"]
+    assert card["bands"] == 4 and "2 copies of the start model's trunk" in card["band_start"]
+    assert card["networks"]["decoder"]["config"]["channels"] == 2 * json.loads(
+        (Path(tiny_init) / "model.json").read_text())["networks"]["decoder"]["config"]["channels"]
     assert set(card["methods"]) == {"e2diffsr", "lcmsr", "regression"} and card["onnx"]
     ds = engine_raster.open_raster(uint16_raster)
     norms = engine_raster.band_norms(ds, engine_raster.describe(ds, None))

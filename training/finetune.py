@@ -90,7 +90,11 @@ def start_networks(folder: Path, card: dict, n: int) -> dict:
         encoder_spec = with_bands(encoder[0], n)
     else:
         encoder_spec = {"kind": "encoder", "config": preset(encoder_preset(decoder["config"]), "encoder", n, latent)}
+    old_bands = int(card["bands"])
     decoder = with_bands(decoder, n)
+    copies = band_start.band_group_copies(old_bands, n) if n > old_bands else 1
+    for width in ("channels", "up_channels", "tail_channels"):  # one trunk per band group (training.bands)
+        decoder["config"][width] = int(decoder["config"][width]) * copies
     decoder["config"]["detail"] = True  # a bundle made before the detail path gains one (started by PCA in stage 1)
     specs = {"stage1": {"encoder": encoder_spec, "decoder": decoder}}
     for method in METHODS:

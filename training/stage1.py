@@ -108,6 +108,7 @@ class Stage1(Stage):
         load_adapted(dec, "decoder", old.state_dict(), int(card["bands"]), skip=("guide.", "detail."))
         with torch.no_grad():
             constant = old.guide(torch.zeros(1, spec["config"]["latent"], 1, 1, device=self.device))[0, :, 0, 0]
+            constant = constant.repeat(dec.blocks[0].guide.weight.shape[1] // constant.numel())  # a widened trunk's copies
             for block in dec.blocks:
                 block.guide.bias.add_(block.guide.weight[:, :, 0, 0] @ constant)
                 block.guide.weight.zero_()
