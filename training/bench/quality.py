@@ -414,8 +414,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scales", type=float, nargs="+", default=list(SCALES))
     ap.add_argument("--backend", default="auto", help="backend of the learned methods (default: auto, as users get)")
     ap.add_argument("--set-default", action="store_true",
-                    help="write each diffusion method's suggested detail (from the ×4 sweep) into the model card "
-                         "as its detail_default before the default rows run")
+                    help="write each diffusion method's suggested detail (from the ×4 sweep, so only with ×4 among "
+                         "--scales) into the model card as its detail_default before the default rows run")
     ap.add_argument("--worker", nargs=4, metavar=("METHOD", "STEPS", "DETAIL", "CROPS"), help=argparse.SUPPRESS)
     ap.add_argument("--calibration-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -447,7 +447,7 @@ def main(argv=None) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (row, scales) in enumerate(plan):
-            if args.set_default and i == len(plan) - len(ROWS) + 1:
+            if args.set_default and PD_SCALE in args.scales and i == len(plan) - len(ROWS) + 1:
                 set_default_detail(results, args.model)
             crops = Path(tmp) / row.key
             crops.mkdir()
