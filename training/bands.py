@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from engine.latent import band_groups
+
 from .errors import TrainingError
 
 # (network kind, parameter) -> (dim, groups, inner, reads): the band axis of the parameter is dim,
@@ -97,15 +99,10 @@ def band_group_copies(old_bands: int, new_bands: int) -> int:
 
 
 def group_rows(old_bands: int, new_bands: int) -> list[tuple[int, list[int]]]:
-    """(copy, the start model's band positions it reads as this band) per new band: band b is in
-    group b // old, and a short last group fills the positions by cycling its own bands, as the
-    engine's band groups do."""
-    rows = []
-    for b in range(new_bands):
-        g, j = divmod(b, old_bands)
-        m = min(old_bands, new_bands - g * old_bands)
-        rows.append((g, [p for p in range(old_bands) if p % m == j]))
-    return rows
+    """(copy, the start model's band positions it reads as this band) per new band, from the
+    engine's own band groups (engine.latent.band_groups: a short last group cycles its bands)."""
+    return [(g, [p for p, member in enumerate(members) if member == b])
+            for g, members in enumerate(band_groups(new_bands, old_bands)) for b in sorted(set(members))]
 
 
 def widen_decoder(state: dict, old_bands: int, new_bands: int) -> dict:

@@ -436,18 +436,18 @@ def main(argv=None) -> int:
     common += ["--model", args.model] if args.model else []
     skipped = peers.missing()
     # bicubic and the ×4 sweep first: --set-default picks the default detail from them before the default rows run
-    plan = [(ROWS[0], args.scales)]
+    first = [(ROWS[0], args.scales)]
     if PD_SCALE in args.scales:
-        plan += [(row, [PD_SCALE]) for row in SWEEP]
+        first += [(row, [PD_SCALE]) for row in SWEEP]
         if skipped:
             log.warning("the peers are skipped: %s", skipped)
         else:
-            plan += [(row, [PD_SCALE]) for row in PEER_ROWS]
-    plan += [(row, args.scales) for row in ROWS[1:]]
+            first += [(row, [PD_SCALE]) for row in PEER_ROWS]
+    plan = first + [(row, args.scales) for row in ROWS[1:]]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (row, scales) in enumerate(plan):
-            if args.set_default and PD_SCALE in args.scales and i == len(plan) - len(ROWS) + 1:
+            if args.set_default and PD_SCALE in args.scales and i == len(first):
                 set_default_detail(results, args.model)
             crops = Path(tmp) / row.key
             crops.mkdir()
