@@ -187,11 +187,13 @@ def test_an_existing_run_needs_resume(images, stage1, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "pass --resume" in err
 
 
-@pytest.mark.parametrize("stage", ["stage1", "stage1-gan", "lcmsr", "e2diffsr"])
+@pytest.mark.parametrize("stage", ["stage1", "stage1-gan", "lcmsr", "lcmsr-gan", "e2diffsr", "e2diffsr-gan"])
 def test_resume_continues_exactly(images, stage1, tmp_path, stage):
     """Resuming gives the same weights, optimizer states (the discriminator's too) and history."""
-    extra = {"stage1": [], "stage1-gan": ["--gan-weight", "0.1", "--gan-start", "1"]}.get(stage, ["--stage1", str(stage1)])
-    stage = stage.split("-")[0]
+    stage, _, gan = stage.partition("-")
+    extra = [] if stage == "stage1" else ["--stage1", str(stage1)]
+    if gan:
+        extra += ["--gan-weight", "0.1"] + (["--gan-start", "1"] if stage == "stage1" else [])
     assert main(train_args(stage, images, tmp_path / "straight", 4, *extra)) == 0
     assert main(train_args(stage, images, tmp_path / "resumed", 2, "--schedule-steps", "4", *extra)) == 0
     assert main(train_args(stage, images, tmp_path / "resumed", 4, "--resume", *extra)) == 0
@@ -204,6 +206,41 @@ def test_resume_continues_exactly(images, stage1, tmp_path, stage):
     sa = json.loads((tmp_path / "straight" / "checkpoint.json").read_text())
     sb = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
     assert sa["history"] == sb["history"] and sa["step"] == sb["step"] == 4
+
+
+def test_stage2_adversary_starts_from_stage1_and_trains_the_sample(images, tmp_path):
+    """The stage-2 discriminator starts from the stage-1 run's; the adversarial term reaches the
+    denoiser through the decoded sample, and not the conditioning net (the regression path)."""
+    from training.lcmsr import LCMSRStage
+
+    gan = ["--gan-weight", "0.1"]
+    assert main(train_args("stage1", images, tmp_path / "stage1", 2, *gan)) == 0
+    ckpt = load_file(str(tmp_path / "stage1" / "checkpoint.safetensors"))
+    settings = Settings(data=str(images / "train"), out=str(tmp_path / "lcmsr"), crop=32, batch=2, preset="tiny",
+                        stage1=str(tmp_path / "stage1"), options={"gan_weight": 0.1, "lr_weight": 1.0})
+    stage = LCMSRStage(settings, torch.device("cpu"), None)
+    stage.setup()
+    for k, v in stage.adversary.net.state_dict().items():
+        assert torch.equal(v, ckpt[f"aux.discriminator.{k}"]), k
+    pair = next(stage.stats_pairs(1))
+    adv, logs = stage.adversarial(pair, stage.f(stage.nets, torch.randn_like(stage.target(pair)),
+                                                stage.condition(stage.nets, pair).detach(),
+                                                torch.full((2,), 1000), pair.inv_scale))
+    assert set(logs) == {"d", "g", "lr"} and all(math.isfinite(v) for v in logs.values())
+    own = [p.grad.clone() for p in stage.adversary.net.parameters()]  # from its own update
+    adv.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stage.nets["denoiser"].parameters())
+    assert all(p.grad is None for p in stage.nets["condition"].parameters())
+    assert all(torch.equal(p.grad, g) for p, g in zip(stage.adversary.net.parameters(), own))
+
+
+def test_lr_consistency_is_zero_for_the_image_that_made_the_lr():
+    from training.adversary import lr_consistency
+
+    hr = torch.rand(2, 3, 64, 64)
+    pair = make_pair(hr, 4.0, 1)
+    assert float(lr_consistency(pair.hr, pair)) < 1e-6
+    assert float(lr_consistency(pair.hr + 0.1, pair)) == pytest.approx(0.1, abs=0.02)
 
 
 def test_benchmarks_have_one_entry_point(capsys):

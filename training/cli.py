@@ -66,6 +66,12 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
                        help="weight of the conditioning net's latent L2 loss (default %(default)s)")
         p.add_argument("--cond-pixel-weight", type=float, default=1.0,
                        help="weight of the L1 of the decoded condition against HR: the regression path (default %(default)s)")
+        p.add_argument("--gan-weight", type=float, default=0.0,
+                       help="weight of the PatchGAN hinge loss on the method's decoded samples (0: no discriminator; "
+                            "default %(default)s)")
+        p.add_argument("--lr-weight", type=float, default=1.0,
+                       help="with --gan-weight: weight of the L1 between a decoded sample taken back to the LR grid and the LR "
+                            "(default %(default)s)")
     return p
 
 
@@ -135,10 +141,11 @@ def train(args) -> None:
                    "gan_start": args.gan_start}
     elif args.command == "e2diffsr":
         from .e2diffsr import E2DiffSRStage as stage
-        options = {"cond_weight": args.cond_weight, "cond_pixel_weight": args.cond_pixel_weight}
     else:
         from .lcmsr import LCMSRStage as stage
-        options = {"cond_weight": args.cond_weight, "cond_pixel_weight": args.cond_pixel_weight}
+    if args.command != "stage1":
+        options = {"cond_weight": args.cond_weight, "cond_pixel_weight": args.cond_pixel_weight,
+                   "gan_weight": args.gan_weight, "lr_weight": args.lr_weight}
     val = args.val if args.rasters or not args.val else args.val[0]
     settings = Settings(
         data=args.rasters or args.data, val=val, rasters=bool(args.rasters), raster_bands=args.raster_bands, out=args.out, steps=args.steps, schedule_steps=args.schedule_steps,

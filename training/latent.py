@@ -7,16 +7,28 @@ Why the decoded loss: the true latent carries what the LR lacks, so the L2-optim
 little of it (val ×4: latent MSE 1.38 against 1.42 for a zero latent) and, decoded, was less faithful
 than a zero latent (26.61 against 27.05 dB on 18 val images after 1000 LCMSR steps).
 
+The adversarial term (``gan_weight`` > 0): each method decodes a sample of its own with the
+conditioning net's latent held fixed (LCMSR: its one-step sample from noise; E²DiffSR: its z0
+prediction), and adds gan_weight × the PatchGAN's hinge loss of the decoded image, plus
+``lr_weight`` × its LR consistency. The denoiser's own objective only asks for the mean of the
+latent's posterior, and the decoder's detail path turns a mean (or a guess off by a little) into
+flat or 8×8-blocky texture; the discriminator asks instead that a sample look like HR given the LR,
+as adversarial consistency distillation (CTM, ADD) and denoising-diffusion GANs do for few-step
+samplers. The discriminator starts from stage 1's, which already tells decoded from real detail.
+
 Diffusion runs on the normalised latent x0 = latent_scale · encoder(HR, LR), with latent_scale =
 1/std of the encoder means over LATENT_BATCHES training batches, fixed when the run starts.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from engine import modelfile
 
 from . import distributed
+from .adversary import Adversary, lr_consistency
 from .bands import load_adapted
 from .errors import TrainingError
 from .trainer import Stage
@@ -24,6 +36,8 @@ from .trainer import Stage
 LATENT_BATCHES = 8
 COND_WEIGHT = 0.01  # the latent L2 term
 COND_PIXEL_WEIGHT = 1.0  # the decoded L1 term
+GAN_WEIGHT = 0.0
+LR_WEIGHT = 1.0
 
 
 def cell_mean(values: torch.Tensor, pair) -> torch.Tensor:
@@ -53,6 +67,9 @@ class LatentStage(Stage):
         self.stage1_card = card
         super().__init__(settings, device, specs or settings.options.get("networks"))
         self.latent_scale = 1.0
+        self.adversary = None
+        if settings.options.get("gan_weight", GAN_WEIGHT) > 0:
+            self.adversary = Adversary(settings.bands, settings.preset, device)
 
     def setup(self) -> None:
         """The latent scale from training batches; the conditioning net starts by predicting a zero
@@ -66,6 +83,19 @@ class LatentStage(Stage):
         init = self.settings.options.get("init")
         if init:
             self.start_from(init)
+        if self.adversary is not None:
+            self.start_adversary()
+
+    def start_adversary(self) -> None:
+        """The discriminator starts from the one in the stage-1 run's checkpoint, when it has one."""
+        from safetensors.torch import load_file
+
+        from .trainer import CHECKPOINT
+
+        path = Path(self.settings.stage1) / CHECKPOINT
+        if path.exists():
+            tensors = load_file(str(path), device=str(self.device))
+            self.adversary.load_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("aux.")}, optimizer=False)
 
     def start_from(self, folder: str) -> None:
         """Start the conditioning net and the denoiser from this method's networks in a bundle
@@ -84,10 +114,31 @@ class LatentStage(Stage):
             load_adapted(self.nets[role], role, modelfile.network_tensors(tensors, spec[role]), int(card["bands"]), skip)
 
     def state(self) -> dict:
-        return {"latent_scale": self.latent_scale}
+        return dict({"latent_scale": self.latent_scale}, **({} if self.adversary is None else self.adversary.state()))
 
     def load_state(self, state: dict) -> None:
         self.latent_scale = state["latent_scale"]
+        if self.adversary is not None:
+            self.adversary.load_state(state)
+
+    def aux_tensors(self) -> dict:
+        return {} if self.adversary is None else self.adversary.tensors()
+
+    def load_aux_tensors(self, tensors: dict) -> None:
+        if self.adversary is not None:
+            self.adversary.load_tensors(tensors)
+
+    def adversarial(self, pair, sample: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The adversarial term of a normalised latent ``sample`` (0 without a discriminator)."""
+        if self.adversary is None:
+            return torch.zeros((), device=sample.device), {}
+        o = self.settings.options
+        sr = pair.keep_valid(self.decode(pair, sample))
+        d = self.adversary.update(pair, sr)
+        g = self.adversary.generator_loss(pair, sr)
+        lr = lr_consistency(sr, pair)
+        return o.get("gan_weight", GAN_WEIGHT) * g + o.get("lr_weight", LR_WEIGHT) * lr, \
+            {"d": d, "g": g.item(), "lr": lr.item()}
 
     def target(self, pair) -> torch.Tensor:
         """The normalised true latent x0 of a batch."""

@@ -20,15 +20,14 @@ from __future__ import annotations
 import torch
 
 from engine import modelfile
-from engine.models.discriminator import Discriminator
 from engine.models.encoder import pca, residual_blocks
 from engine.models.sampling import LATENT_FACTOR
 
 from . import distributed
 from .bands import load_adapted
+from .adversary import Adversary
 from .errors import TrainingError
-from .gan import hinge_discriminator, hinge_generator
-from .trainer import Stage, load_optimizer, optimizer_tensors
+from .trainer import Stage
 
 KL_WEIGHT = 1e-4
 FFT_WEIGHT = 0.05
@@ -37,8 +36,6 @@ LATENT_NOISE = 0.1  # σ / spread of μ: 20 dB
 PCA_BATCHES = 16
 GAN_WEIGHT = 0.0
 GAN_START = 0
-GAN_LR = 2e-4
-DISCRIMINATOR = {"small": (16, 32, 64), "tiny": (8, 8, 8)}  # by preset; else (32, 64, 128)
 
 
 def spectrum_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -51,11 +48,9 @@ class Stage1(Stage):
 
     def __init__(self, settings, device, specs):
         super().__init__(settings, device, specs or settings.options.get("networks"))
-        self.disc = self.disc_opt = None
+        self.adversary = None
         if settings.options.get("gan_weight", GAN_WEIGHT) > 0:
-            channels = DISCRIMINATOR.get(settings.preset, (32, 64, 128))
-            self.disc = Discriminator(settings.bands, channels).to(device)
-            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=GAN_LR, betas=(0.5, 0.9))
+            self.adversary = Adversary(settings.bands, settings.preset, device)
 
     def setup(self):
         """The encoder's analysis and the decoder's detail path start as a PCA of the residual's
@@ -128,44 +123,26 @@ class Stage1(Stage):
         fft = spectrum_l1(sr, pair.hr)
         loss = l1 + o.get("kl_weight", KL_WEIGHT) * kl + o.get("fft_weight", FFT_WEIGHT) * fft
         logs = {"l1": l1.item(), "kl": kl.item()}
-        if self.disc is not None and self.step >= o.get("gan_start", GAN_START):
-            logs["d"] = self.discriminator_step(pair, sr.detach())
-            self.disc.requires_grad_(False)
-            adv = hinge_generator(self.disc(sr, pair.lr_up))
-            self.disc.requires_grad_(True)
+        if self.adversary is not None and self.step >= o.get("gan_start", GAN_START):
+            logs["d"] = self.adversary.update(pair, sr)
+            adv = self.adversary.generator_loss(pair, sr)
             loss = loss + o.get("gan_weight", GAN_WEIGHT) * adv
             logs["g"] = adv.item()
         return loss, logs
 
-    def discriminator_step(self, pair, fake: torch.Tensor) -> float:
-        """One Adam update of the discriminator on HR against the SR; its hinge loss."""
-        d = hinge_discriminator(self.disc(pair.hr, pair.lr_up), self.disc(fake, pair.lr_up))
-        self.disc_opt.zero_grad(set_to_none=True)
-        d.backward()
-        distributed.average_gradients(self.disc.parameters())
-        self.disc_opt.step()
-        return d.item()
-
     def state(self) -> dict:
-        return {} if self.disc is None else {"discriminator_param_groups": self.disc_opt.state_dict()["param_groups"]}
+        return {} if self.adversary is None else self.adversary.state()
 
     def load_state(self, state: dict) -> None:
-        self._disc_groups = state.get("discriminator_param_groups")
+        if self.adversary is not None:
+            self.adversary.load_state(state)
 
     def aux_tensors(self) -> dict:
-        if self.disc is None:
-            return {}
-        out = {f"discriminator.{k}": v for k, v in self.disc.state_dict().items()}
-        out.update(optimizer_tensors(self.disc_opt.state_dict(), "discriminator_optim"))
-        return out
+        return {} if self.adversary is None else self.adversary.tensors()
 
     def load_aux_tensors(self, tensors: dict) -> None:
-        if self.disc is None:
-            return
-        weights = {k[len("discriminator."):]: v for k, v in tensors.items() if k.startswith("discriminator.")}
-        if weights:  # a run that switched the GAN on when resumed has none yet
-            self.disc.load_state_dict(weights)
-            load_optimizer(self.disc_opt, tensors, "discriminator_optim", self._disc_groups)
+        if self.adversary is not None:
+            self.adversary.load_tensors(tensors)
 
     def _decode(self, pair, ema, z):
         return ema["decoder"](pair.lr, z, pair.inv_scale, *pair.decoder_tables())

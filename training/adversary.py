@@ -1,0 +1,74 @@
+"""The PatchGAN adversary that stage 1 and stage 2 share: a spectral-norm discriminator from scratch
+(engine.models.discriminator) with its own Adam, updated once per training step on HR against the
+step's SR, and the hinge losses of training.gan. It is training-only state: checkpoints keep its
+weights and optimizer as aux tensors, bundles never ship it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.models.discriminator import Discriminator
+
+from . import distributed
+from .gan import hinge_discriminator, hinge_generator
+from .trainer import load_optimizer, optimizer_tensors
+
+LR = 2e-4
+CHANNELS = {"small": (16, 32, 64), "tiny": (8, 8, 8)}  # by preset; else (32, 64, 128)
+PREFIX = "discriminator."
+
+
+class Adversary:
+    def __init__(self, bands: int, preset: str, device):
+        self.net = Discriminator(bands, CHANNELS.get(preset, (32, 64, 128))).to(device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=LR, betas=(0.5, 0.9))
+        self._groups = None
+
+    def update(self, pair, fake: torch.Tensor) -> float:
+        """One Adam update of the discriminator on HR against ``fake`` (detached); its hinge loss."""
+        d = hinge_discriminator(self.net(pair.hr, pair.lr_up), self.net(fake.detach(), pair.lr_up))
+        self.opt.zero_grad(set_to_none=True)
+        d.backward()
+        distributed.average_gradients(self.net.parameters())
+        self.opt.step()
+        return d.item()
+
+    def generator_loss(self, pair, fake: torch.Tensor) -> torch.Tensor:
+        """The generator's hinge loss of ``fake``; the gradient reaches ``fake`` only."""
+        self.net.requires_grad_(False)
+        try:
+            return hinge_generator(self.net(fake, pair.lr_up))
+        finally:
+            self.net.requires_grad_(True)
+
+    def state(self) -> dict:
+        return {"discriminator_param_groups": self.opt.state_dict()["param_groups"]}
+
+    def load_state(self, state: dict) -> None:
+        self._groups = state.get("discriminator_param_groups")
+
+    def tensors(self) -> dict:
+        out = {PREFIX + k: v for k, v in self.net.state_dict().items()}
+        out.update(optimizer_tensors(self.opt.state_dict(), "discriminator_optim"))
+        return out
+
+    def load_tensors(self, tensors: dict, optimizer: bool = True) -> bool:
+        """Restore what ``tensors`` wrote (checkpoint keys without their "aux." prefix); False when
+        they hold no discriminator (a run that switched the GAN on when resumed has none yet)."""
+        weights = {k[len(PREFIX):]: v for k, v in tensors.items() if k.startswith(PREFIX)}
+        if not weights:
+            return False
+        self.net.load_state_dict(weights)
+        if optimizer and self._groups is not None:
+            load_optimizer(self.opt, tensors, "discriminator_optim", self._groups)
+        return True
+
+
+def lr_consistency(sr: torch.Tensor, pair) -> torch.Tensor:
+    """L1 between the SR taken back to the LR grid (the antialiased bicubic that made the LR) and
+    the LR: what a sample may invent must still average to the pixels that were observed."""
+    down = F.interpolate(pair.keep_valid(sr), size=pair.lr.shape[-2:], mode="bicubic", antialias=True,
+                         align_corners=False)
+    return (down - pair.lr).abs().mean()
+
