@@ -12,7 +12,7 @@ import pytest
 from osgeo import gdal
 from PIL import Image
 
-from engine import latent, metrics
+from engine import latent, metrics, modelfile
 from engine.errors import LatentSRError
 from engine.grid import Grid
 from engine.methods import MethodOptions, build_method, card_default_detail, default_detail, from_bundle
@@ -216,3 +216,22 @@ def test_bench_writes_the_suggested_detail_into_the_card(model_dir, tmp_path):
     assert card["methods"]["lcmsr"]["detail_default"] == 0.5
     assert card["methods"]["e2diffsr"]["detail_default"] == 0.0
     assert card_default_detail("lcmsr", str(folder)) == 0.5
+
+
+def test_bench_writes_its_measures_into_the_card(model_dir, tmp_path):
+    """make bench's --set-default also records the run's PSNR, ΔPSNR and LSD per row and scale in the card."""
+    from training.bench import quality
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    results = {quality.Row("bicubic").label: {"scales": {"2.0": {"psnr": 30.0, "lsd": 7.0}, "4.0": {"psnr": 25.0, "lsd": 12.0}}},
+               quality.Row("lcmsr", 1, 1.0).label: {"scales": {"4.0": {"psnr": 24.5, "lsd": 5.25}}},
+               "calibration": {"method": "lcmsr (1 step, D = 1)", "samples": 4, "scale": 4.0, "pooled": 0.5,
+                               "per_image_median": 0.4, "mean_std": 6.0}}
+    quality.write_card_metrics(quality.card_metrics(results, [2.0, 4.0], 42, "make bench"), str(folder))
+    m = json.loads((folder / "model.json").read_text())["metrics"]
+    assert m["by_scale"]["x4"]["lcmsr (1 step, D = 1)"] == {"psnr_db": 24.5, "lsd_db": 5.25, "delta_psnr_db": -0.5}
+    assert m["by_scale"]["x2"]["bicubic"]["delta_psnr_db"] == 0.0
+    assert m["uncertainty_calibration"]["pooled"] == 0.5 and "42" in m["protocol"]
+    card, tensors = modelfile.load(str(folder))  # the weights' checksum still holds
+    assert tensors and card["metrics"] == m

@@ -325,6 +325,36 @@ def set_default_detail(results: dict, model: str | None) -> None:
     modelfile.write_card(folder, card)
 
 
+def card_metrics(results: dict, scales, n_images: int, command: str) -> dict:
+    """The card's ``metrics``: this run's PSNR, ΔPSNR over bicubic and LSD of every row at each scale it
+    ran (the ×4 detail sweep and the peers included), and the uncertainty calibration."""
+    rows = {}
+    for label, result in results.items():
+        if label == "calibration":
+            continue
+        for key, m in result["scales"].items():
+            base = results[Row("bicubic").label]["scales"].get(key)
+            rows.setdefault(f"x{float(key):g}", {})[label] = {
+                "psnr_db": round(m["psnr"], 2), "lsd_db": round(m["lsd"], 2),
+                **({} if base is None else {"delta_psnr_db": round(m["psnr"] - base["psnr"], 2)})}
+    cal = results.get("calibration", {})
+    return {"protocol": f"docs/BENCHMARKS.md: {n_images} UC Merced val images, LR = antialiased bicubic, 8-bit outputs, "
+                        "border crop ceil(s); LSD in dB (lower is closer to HR's spectrum)",
+            "command": command, "date": time.strftime("%Y-%m-%d"), "by_scale": rows,
+            **({"uncertainty_calibration": {k: cal[k] for k in ("method", "samples", "scale", "pooled", "mean_std")}}
+               if cal else {})}
+
+
+def write_card_metrics(metrics_: dict, model: str | None) -> None:
+    from engine import modelfile
+
+    folder = modelfile.resolve(model)
+    card = modelfile.read_card(folder)
+    card["metrics"] = metrics_
+    modelfile.write_card(folder, card)
+    log.info("metrics written to %s", folder / "model.json")
+
+
 def fmt_share(v: float) -> str:
     return "—" if not math.isfinite(v) else f"{100 * v:.0f}"
 
@@ -415,7 +445,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="auto", help="backend of the learned methods (default: auto, as users get)")
     ap.add_argument("--set-default", action="store_true",
                     help="write each diffusion method's suggested detail (from the ×4 sweep, so only with ×4 among "
-                         "--scales) into the model card as its detail_default before the default rows run")
+                         "--scales) into the model card as its detail_default before the default rows run, and this "
+                         "run's measures into the card's metrics at the end")
     ap.add_argument("--worker", nargs=4, metavar=("METHOD", "STEPS", "DETAIL", "CROPS"), help=argparse.SUPPRESS)
     ap.add_argument("--calibration-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -480,6 +511,8 @@ def main(argv=None) -> int:
             pictures["compare"] = True
             pd_picture(pd_points(results, SWEEP, PEER_ROWS), args.out.parent / "pd.png")
             pictures["pd"] = True
+    if args.set_default:
+        write_card_metrics(card_metrics(results, args.scales, len(files), command), args.model)
     args.out.write_text(report(results, args.scales, len(files), args.limit, command, card, skipped, default_detail,
                                pictures), encoding="utf-8")
     log.info("wrote %s", args.out)
