@@ -174,6 +174,11 @@ def test_training_stages_and_bundle(images, stage1, tmp_path):
     folder = tmp_path / "models" / "test-rgb"
     card = json.loads((folder / "model.json").read_text())
     assert set(card["methods"]) == {"e2diffsr", "lcmsr", "regression"}
+    for stage in ("stage1", "e2diffsr", "lcmsr"):  # the card records what each stage ran on, how long, how
+        run = card["training"][stage]
+        assert run["step"] == 2 and run["seconds"] >= 0 and run["hardware"].startswith("CPU: ") and run["ranks"] == 1
+    assert card["training"]["lcmsr"]["options"]["cond_pixel_weight"] == 1.0
+    assert card["training"]["stage1"]["options"]["kl_weight"] == pytest.approx(1e-4)
     assert not any(k.startswith("encoder") for k in load_file(str(folder / "model.safetensors")))
     x = np.random.default_rng(0).random((4, 19, 21), dtype=np.float32)
     for name in ("regression", "lcmsr", "e2diffsr"):
@@ -206,6 +211,7 @@ def test_resume_continues_exactly(images, stage1, tmp_path, stage):
     sa = json.loads((tmp_path / "straight" / "checkpoint.json").read_text())
     sb = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
     assert sa["history"] == sb["history"] and sa["step"] == sb["step"] == 4
+    assert sb["seconds"] > 0  # the resumed run's wall time adds to the first part's
 
 
 def test_stage2_adversary_starts_from_stage1_and_trains_the_sample(images, tmp_path):

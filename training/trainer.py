@@ -15,8 +15,10 @@ import json
 import logging
 import math
 import os
+import platform
 import signal
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -106,6 +108,22 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, prefix: str, param
             idx, what = key[len(prefix) + 1:].split(".", 1)
             state.setdefault(int(idx), {})[what] = v.cpu() if what == "step" else v
     opt.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def hardware(device: torch.device) -> str:
+    """What a run trains on, for the model card: the GPU, or the CPU with its cores and torch's threads."""
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    return f"CPU: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, border: int) -> torch.Tensor:
@@ -230,6 +248,7 @@ class Trainer:
         self.step = 0
         self.horizon = settings.schedule_steps or settings.steps
         self.history = {"loss": [], "val": []}
+        self.seconds = 0.0  # wall time of the training loop, over all resumes
         if saved:
             self._restore(saved)
         if not distributed.same_on_all(self.step):
@@ -252,6 +271,7 @@ class Trainer:
         self.step = saved["step"]
         self.horizon = self.s.schedule_steps or saved["horizon"]
         self.history = saved["history"]
+        self.seconds = saved.get("seconds", 0.0)
         self.stage.load_state(saved["stage"])
         self.stage.load_aux_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("aux.")})
         log.info("resumed %s at step %d", self.out, self.step)
@@ -272,7 +292,7 @@ class Trainer:
         settings = {k: v for k, v in asdict(self.s).items() if k != "resume"}
         state = {"step": self.step, "horizon": self.horizon, "networks": self.stage.specs,
                  "param_groups": opt["param_groups"], "stage": self.stage.state(), "settings": settings,
-                 "history": self.history}
+                 "history": self.history, "seconds": self.seconds}
         save_file(tensors, str(self.out / (CHECKPOINT + ".tmp")), metadata={"step": str(self.step)})
         (self.out / (STATE + ".tmp")).write_text(json.dumps(state))
         os.replace(self.out / (CHECKPOINT + ".tmp"), self.out / CHECKPOINT)
@@ -286,7 +306,9 @@ class Trainer:
         card["networks"] = self.stage.specs
         card["training"] = {"stage": self.stage.name, "step": self.step, "data": str(self.s.data),
                             "crop": self.s.crop, "batch": self.s.batch, "scales": [self.s.scale_min, self.s.scale_max],
-                            "seed": self.s.seed}
+                            "seed": self.s.seed, "options": {k: v for k, v in self.s.options.items() if k != "networks"},
+                            "seconds": round(self.seconds), "hardware": hardware(self.device), "torch": torch.__version__,
+                            "ranks": distributed.world_size()}
         if not isinstance(self.files, list):  # rasters: their per-band normalisation
             card["normalisation"] = self.files.card()
         tensors = {f"{n}.{k}": v for n, m in self.ema.items() for k, v in m.state_dict().items()}
@@ -316,6 +338,7 @@ class Trainer:
         bar = tqdm(total=s.steps, initial=self.step, desc=self.stage.name, disable=not (s.progress and distributed.is_main()),
                    dynamic_ncols=True)
         interrupts = []
+        clock = time.perf_counter()
         for hr in deferring_interrupts(batches, interrupts):
             for group in self.opt.param_groups:
                 group["lr"] = learning_rate(self.step, s.lr, s.warmup, self.horizon)
@@ -334,6 +357,8 @@ class Trainer:
                     for e, p in zip(self.ema[name].parameters(), net.parameters()):
                         e.lerp_(p, 1.0 - decay)
             self.step += 1
+            now = time.perf_counter()
+            self.seconds, clock = self.seconds + now - clock, now
             value = distributed.mean(loss.item(), self.device)
             self.history["loss"].append([self.step, value])
             bar.update(1)
