@@ -249,11 +249,32 @@ def test_lr_consistency_is_zero_for_the_image_that_made_the_lr():
     assert float(lr_consistency(pair.hr + 0.1, pair)) == pytest.approx(0.1, abs=0.02)
 
 
+def test_stage2_bench_judges_a_run_before_bundling(images, stage1, tmp_path, caplog):
+    """python -m training.bench stage2: the rows at each scale, the two-seed spread and the spread-vs-texture
+    line, all finite, on a real (tiny) stage-1 and LCMSR run."""
+    from training import bench
+
+    assert main(train_args("lcmsr", images, tmp_path / "lcmsr", 2, "--stage1", str(stage1))) == 0
+    caplog.set_level("INFO")
+    assert bench.main(["stage2", "--stage1", str(stage1), "--stage2", str(tmp_path / "lcmsr"), "--val", str(images / "val"),
+                       "--images", "1", "--crop", "64", "--details", "0.5", "1"]) == 0
+    lines = [r.getMessage() for r in caplog.records]
+    for scale in ("×2", "×4"):
+        for label in ("bicubic", "stage 1, true latent", "regression (D = 0)", "lcmsr, D = 0.5", "lcmsr, D = 1"):
+            line = next(m for m in lines if m.startswith(f"{scale}  {label} "))
+            gain, distance = (float(v) for v in line[len(scale) + 2 + 26:].split("/"))
+            assert math.isfinite(gain) and math.isfinite(distance)
+    assert next(m for m in lines if m.startswith("×4  bicubic")).split()[-3] == "+0.00"
+    spread = next(m for m in lines if "corr(std, |error|)" in m)
+    assert "nan" not in spread
+    assert bench.main(["stage2", "--stage1", str(tmp_path / "lcmsr"), "--stage2", str(stage1)]) == 2  # one line
+
+
 def test_benchmarks_have_one_entry_point(capsys):
     from training import bench
 
     assert bench.main([]) == 2 and bench.main(["evaluate"]) == 2
-    usage = "usage: python -m training.bench {quality,backends,scale,speed,cluster} [options]"
+    usage = "usage: python -m training.bench {quality,backends,scale,speed,cluster,stage2} [options]"
     assert capsys.readouterr().err.splitlines() == [usage, usage]
     with pytest.raises(SystemExit) as done:  # argparse's --help: each kind is a module of training/bench/
         bench.main(["backends", "--help"])

@@ -5,7 +5,9 @@
 - ``backends``: ONNX Runtime against torch eager on CPU, time and peak RSS per method, each in its own process;
 - ``scale``: memory and time of the engine CLI against raster size;
 - ``speed``: parameters and time per LR tile of each method with random weights;
-- ``cluster``: ``--cluster`` on one machine (local:1 against local:2), the overhead of a band, and a scaling model.
+- ``cluster``: ``--cluster`` on one machine (local:1 against local:2), the overhead of a band, and a scaling model;
+- ``stage2``: a stage-2 run judged before it is bundled: detail and fidelity at each D, and whether its samples
+  spread where the texture is.
 
 The benchmark owns its processes, so, like the engine CLI and qgis_process, it fixes glibc's mmap
 threshold (engine/allocator.py) before it builds any method.
@@ -17,7 +19,7 @@ import sys
 
 from engine.allocator import fix_mmap_threshold
 
-KINDS = ("quality", "backends", "scale", "speed", "cluster")
+KINDS = ("quality", "backends", "scale", "speed", "cluster", "stage2")
 
 
 def main(argv: list[str] | None = None) -> int:
