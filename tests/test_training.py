@@ -198,7 +198,7 @@ def test_resume_continues_exactly(images, stage1, tmp_path, stage):
     stage, _, gan = stage.partition("-")
     extra = [] if stage == "stage1" else ["--stage1", str(stage1)]
     if gan:
-        extra += ["--gan-weight", "0.1"] + (["--gan-start", "1"] if stage == "stage1" else [])
+        extra += ["--gan-weight", "0.1"] + {"stage1": ["--gan-start", "1"], "lcmsr": ["--energy-weight", "1"]}.get(stage, [])
     assert main(train_args(stage, images, tmp_path / "straight", 4, *extra)) == 0
     assert main(train_args(stage, images, tmp_path / "resumed", 2, "--schedule-steps", "4", *extra)) == 0
     assert main(train_args(stage, images, tmp_path / "resumed", 4, "--resume", *extra)) == 0
@@ -238,6 +238,20 @@ def test_stage2_adversary_starts_from_stage1_and_trains_the_sample(images, tmp_p
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stage.nets["denoiser"].parameters())
     assert all(p.grad is None for p in stage.nets["condition"].parameters())
     assert all(torch.equal(p.grad, g) for p, g in zip(stage.adversary.net.parameters(), own))
+
+
+def test_energy_score_prefers_the_truths_own_spread():
+    """Two samples drawn from the truth's distribution score better than two copies of its median (which
+    L1 prefers) and than samples spread twice as wide."""
+    from training.latent import energy_score
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randn(200000, generator=g)
+    draw = lambda k: k * torch.randn(200000, generator=g)  # noqa: E731
+    zero = torch.zeros(200000)
+    assert float(energy_score(zero, zero, truth)) == pytest.approx(float(truth.abs().mean()))
+    assert float(energy_score(draw(1.0), draw(1.0), truth)) < float(energy_score(zero, zero, truth)) - 0.2
+    assert float(energy_score(draw(1.0), draw(1.0), truth)) < float(energy_score(draw(2.0), draw(2.0), truth)) - 0.05
 
 
 def test_lr_consistency_is_zero_for_the_image_that_made_the_lr():

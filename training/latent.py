@@ -15,6 +15,9 @@ latent's posterior, and the decoder's detail path turns a mean (or a guess off b
 flat or 8×8-blocky texture; the discriminator asks instead that a sample look like HR given the LR,
 as adversarial consistency distillation (CTM, ADD) and denoising-diffusion GANs do for few-step
 samplers. The discriminator starts from stage 1's, which already tells decoded from real detail.
+LCMSR with ``energy_weight`` also decodes a second sample and adds that weight × the pair's energy
+score against HR, a proper scoring rule: the GAN judges one sample at a time and leaves the samples
+free to vary alike everywhere, the energy score asks their spread to follow the uncertainty.
 
 Diffusion runs on the normalised latent x0 = latent_scale · encoder(HR, LR), with latent_scale =
 1/std of the encoder means over LATENT_BATCHES training batches, fixed when the run starts.
@@ -38,6 +41,14 @@ COND_WEIGHT = 0.01  # the latent L2 term
 COND_PIXEL_WEIGHT = 1.0  # the decoded L1 term
 GAN_WEIGHT = 0.0
 LR_WEIGHT = 1.0
+ENERGY_WEIGHT = 0.0
+
+
+def energy_score(a: torch.Tensor, b: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """The two-sample energy score (per pixel and band, the CRPS estimate) of the samples a and b
+    against the truth: ½(|a − y| + |b − y|) − ½|a − b|. It is strictly proper: its minimum is the
+    samples drawn from the truth's own distribution, so their spread has to follow the uncertainty."""
+    return (0.5 * ((a - truth).abs() + (b - truth).abs()) - 0.5 * (a - b).abs()).mean()
 
 
 def cell_mean(values: torch.Tensor, pair) -> torch.Tensor:
@@ -128,8 +139,9 @@ class LatentStage(Stage):
         if self.adversary is not None:
             self.adversary.load_tensors(tensors)
 
-    def adversarial(self, pair, sample: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The adversarial term of a normalised latent ``sample`` (0 without a discriminator)."""
+    def adversarial(self, pair, sample: torch.Tensor, second: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """The adversarial term of a normalised latent ``sample`` (0 without a discriminator); with a
+        ``second`` sample of the same LR, plus energy_weight × their energy score against HR."""
         if self.adversary is None:
             return torch.zeros((), device=sample.device), {}
         o = self.settings.options
@@ -137,8 +149,12 @@ class LatentStage(Stage):
         d = self.adversary.update(pair, sr)
         g = self.adversary.generator_loss(pair, sr)
         lr = lr_consistency(sr, pair)
-        return o.get("gan_weight", GAN_WEIGHT) * g + o.get("lr_weight", LR_WEIGHT) * lr, \
-            {"d": d, "g": g.item(), "lr": lr.item()}
+        loss = o.get("gan_weight", GAN_WEIGHT) * g + o.get("lr_weight", LR_WEIGHT) * lr
+        logs = {"d": d, "g": g.item(), "lr": lr.item()}
+        if second is not None:
+            energy = energy_score(sr, pair.keep_valid(self.decode(pair, second)), pair.hr)
+            loss, logs = loss + o.get("energy_weight", ENERGY_WEIGHT) * energy, dict(logs, energy=energy.item())
+        return loss, logs
 
     def target(self, pair) -> torch.Tensor:
         """The normalised true latent x0 of a batch."""

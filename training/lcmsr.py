@@ -55,7 +55,11 @@ class LCMSRStage(LatentStage):
         if self.adversary is not None:
             end = torch.full((b,), cm.T, device=x0.device)
             start = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
-            adv, more = self.adversarial(pair, self.f(self.nets, start, held, end, pair.inv_scale))
+            second = None
+            if self.settings.options.get("energy_weight", 0.0) > 0:
+                other = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
+                second = self.f(self.nets, other, held, end, pair.inv_scale)
+            adv, more = self.adversarial(pair, self.f(self.nets, start, held, end, pair.inv_scale), second)
             loss, logs = loss + adv, dict(logs, **more)
         return loss, logs
 
