@@ -18,7 +18,7 @@ from engine.methods import TABLE
 from engine.schedulers import consistency as cm
 
 from . import distributed
-from .latent import LatentStage, cell_mean
+from .latent import ENERGY_WEIGHT, LatentStage, cell_mean
 
 SAMPLE_STEPS = 1
 MAX_STEPS = TABLE["lcmsr"].max_steps
@@ -56,7 +56,7 @@ class LCMSRStage(LatentStage):
             end = torch.full((b,), cm.T, device=x0.device)
             start = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
             second = None
-            if self.settings.options.get("energy_weight", 0.0) > 0:
+            if self.settings.options.get("energy_weight", ENERGY_WEIGHT) > 0:
                 other = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
                 second = self.f(self.nets, other, held, end, pair.inv_scale)
             adv, more = self.adversarial(pair, self.f(self.nets, start, held, end, pair.inv_scale), second)
