@@ -69,6 +69,7 @@ class Runs:
                                c.get("prediction", "eps"))
 
 
+@torch.no_grad()
 def quality(runs: Runs, hr: torch.Tensor, scale: float, details, batch: int) -> tuple[dict, float]:
     """Mean ΔPSNR and LSD per row, and the two-seed spread at D = 1 (DN)."""
     rows, spread = {}, []
@@ -95,6 +96,7 @@ def quality(runs: Runs, hr: torch.Tensor, scale: float, details, batch: int) -> 
     return {k: (float(m[0] - base), float(m[1])) for k, m in means.items()}, float(np.mean(spread))
 
 
+@torch.no_grad()
 def spread_follows_texture(runs: Runs, hr: torch.Tensor, batch: int) -> tuple[float, float, float]:
     """(pooled correlation of std and |error of the mean|, mean std on the textured halves, on the flat halves)."""
     b = math.ceil(SPREAD_SCALE)
@@ -130,7 +132,6 @@ def main(argv=None) -> int:
     ap.add_argument("--details", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_grad_enabled(False)
     try:
         runs = Runs(args.stage1, args.stage2)
         files = data.list_images(args.val)
