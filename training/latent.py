@@ -78,7 +78,6 @@ class LatentStage(Stage):
         self.stage1_card = card
         super().__init__(settings, device, specs or settings.options.get("networks"))
         self.latent_scale = 1.0
-        self.adversary = None
         if settings.options.get("gan_weight", GAN_WEIGHT) > 0:
             self.adversary = Adversary(settings.bands, settings.preset, device)
 
@@ -101,12 +100,11 @@ class LatentStage(Stage):
         """The discriminator starts from the one in the stage-1 run's checkpoint, when it has one."""
         from safetensors.torch import load_file
 
-        from .trainer import CHECKPOINT
+        from .trainer import CHECKPOINT, aux_part
 
         path = Path(self.settings.stage1) / CHECKPOINT
         if path.exists():
-            tensors = load_file(str(path), device=str(self.device))
-            self.adversary.load_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("aux.")}, optimizer=False)
+            self.adversary.load_tensors(aux_part(load_file(str(path), device=str(self.device))), optimizer=False)
 
     def start_from(self, folder: str) -> None:
         """Start the conditioning net and the denoiser from this method's networks in a bundle
@@ -125,19 +123,11 @@ class LatentStage(Stage):
             load_adapted(self.nets[role], role, modelfile.network_tensors(tensors, spec[role]), int(card["bands"]), skip)
 
     def state(self) -> dict:
-        return dict({"latent_scale": self.latent_scale}, **({} if self.adversary is None else self.adversary.state()))
+        return dict(super().state(), latent_scale=self.latent_scale)
 
     def load_state(self, state: dict) -> None:
+        super().load_state(state)
         self.latent_scale = state["latent_scale"]
-        if self.adversary is not None:
-            self.adversary.load_state(state)
-
-    def aux_tensors(self) -> dict:
-        return {} if self.adversary is None else self.adversary.tensors()
-
-    def load_aux_tensors(self, tensors: dict) -> None:
-        if self.adversary is not None:
-            self.adversary.load_tensors(tensors)
 
     def adversarial(self, pair, sample: torch.Tensor, second: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The adversarial term of a normalised latent ``sample`` (0 without a discriminator); with a

@@ -48,7 +48,6 @@ class Stage1(Stage):
 
     def __init__(self, settings, device, specs):
         super().__init__(settings, device, specs or settings.options.get("networks"))
-        self.adversary = None
         if settings.options.get("gan_weight", GAN_WEIGHT) > 0:
             self.adversary = Adversary(settings.bands, settings.preset, device)
 
@@ -129,20 +128,6 @@ class Stage1(Stage):
             loss = loss + o.get("gan_weight", GAN_WEIGHT) * adv
             logs["g"] = adv.item()
         return loss, logs
-
-    def state(self) -> dict:
-        return {} if self.adversary is None else self.adversary.state()
-
-    def load_state(self, state: dict) -> None:
-        if self.adversary is not None:
-            self.adversary.load_state(state)
-
-    def aux_tensors(self) -> dict:
-        return {} if self.adversary is None else self.adversary.tensors()
-
-    def load_aux_tensors(self, tensors: dict) -> None:
-        if self.adversary is not None:
-            self.adversary.load_tensors(tensors)
 
     def _decode(self, pair, ema, z):
         return ema["decoder"](pair.lr, z, pair.inv_scale, *pair.decoder_tables())

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "checkpoint.json"
 CURVES = "curves.png"
+AUX = "aux."  # the checkpoint's prefix of a stage's training-only tensors
 VAL_SCALES = (2.0, 3.0, 4.0)
 GRAD_CLIP = 1.0
 LR_FLOOR = 0.02  # the cosine schedule ends at this fraction of the peak learning rate
@@ -126,6 +127,11 @@ def hardware(device: torch.device) -> str:
     return f"CPU: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
+def aux_part(tensors: dict) -> dict:
+    """A checkpoint's training-only tensors (what Stage.aux_tensors wrote), without their "aux." prefix."""
+    return {k[len(AUX):]: v for k, v in tensors.items() if k.startswith(AUX)}
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor, border: int) -> torch.Tensor:
     """Per-image PSNR (dB) of [0, 1] images after cropping ``border`` pixels."""
     if border:
@@ -141,6 +147,7 @@ class Stage(abc.ABC):
     name = ""
     NETWORKS: dict[str, str] = {}
     step = 0  # the training step of the current loss call (set by the trainer)
+    adversary = None  # a training.adversary.Adversary when the stage trains against a discriminator
 
     def __init__(self, settings: Settings, device: torch.device, specs: dict | None):
         self.settings, self.device = settings, device
@@ -165,19 +172,23 @@ class Stage(abc.ABC):
             yield make_pair(hr, data.batch_scale(s.seed, STATS_STEP + k, s.scale_min, s.scale_max), self.multiple)
 
     def state(self) -> dict:
-        """JSON-able state to keep in checkpoints."""
-        return {}
+        """JSON-able state to keep in checkpoints (here: the adversary's optimizer settings)."""
+        return {} if self.adversary is None else self.adversary.state()
 
     def load_state(self, state: dict) -> None:
         """Restore what ``state`` returned."""
+        if self.adversary is not None:
+            self.adversary.load_state(state)
 
     def aux_tensors(self) -> dict:
-        """Tensors of training-only state beside the exported networks (a discriminator and its
-        optimizer) to keep in checkpoints."""
-        return {}
+        """Tensors of training-only state beside the exported networks (the adversary's
+        discriminator and its optimizer) to keep in checkpoints."""
+        return {} if self.adversary is None else self.adversary.tensors()
 
     def load_aux_tensors(self, tensors: dict) -> None:
         """Restore what ``aux_tensors`` returned (called after ``load_state``)."""
+        if self.adversary is not None:
+            self.adversary.load_tensors(tensors)
 
     @abc.abstractmethod
     def loss(self, pair, gen: torch.Generator, ema: dict) -> tuple[torch.Tensor, dict]:
@@ -273,7 +284,7 @@ class Trainer:
         self.history = saved["history"]
         self.seconds = saved.get("seconds", 0.0)
         self.stage.load_state(saved["stage"])
-        self.stage.load_aux_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("aux.")})
+        self.stage.load_aux_tensors(aux_part(tensors))
         log.info("resumed %s at step %d", self.out, self.step)
 
     def checkpoint(self) -> None:
@@ -288,7 +299,7 @@ class Trainer:
                 tensors.update({f"{prefix}.{name}.{k}": v.detach().contiguous() for k, v in net.state_dict().items()})
         opt = self.opt.state_dict()
         tensors.update(optimizer_tensors(opt, "optim"))
-        tensors.update({f"aux.{k}": v.detach().contiguous() for k, v in self.stage.aux_tensors().items()})
+        tensors.update({f"{AUX}{k}": v.detach().contiguous() for k, v in self.stage.aux_tensors().items()})
         settings = {k: v for k, v in asdict(self.s).items() if k != "resume"}
         state = {"step": self.step, "horizon": self.horizon, "networks": self.stage.specs,
                  "param_groups": opt["param_groups"], "stage": self.stage.state(), "settings": settings,
