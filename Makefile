@@ -59,13 +59,13 @@ RUNS ?= $(ROOT)/runs
 # start as a PCA of the residual; a quarter of the samples decode a zero latent, so that the LR branch
 # keeps a regression of its own; the PatchGAN joins at half way.
 # Stage 2 adds a PatchGAN (started from stage 1's) on each method's decoded samples, with the LR
-# consistency of those samples, so that a sample looks like HR instead of the mean; LCMSR also the
-# energy score of two samples, so that their spread follows the uncertainty.
+# consistency of those samples, so that a sample looks like HR instead of the mean, and the energy
+# score of two samples; the denoiser gets 16 channels of LR features beside the latent guess, so
+# that the samples' spread can follow the texture.
 STAGE1_STEPS ?= 1200
 STAGE2_STEPS ?= 1500
 STAGE1_ARGS ?= --lr 2e-4 --init $(ROOT)/resources/models/latentsr-rgb --latent-dropout 0.25 --gan-weight 0.01 --gan-start 600
-STAGE2_ARGS ?= --gan-weight 0.5 --lr-weight 5
-LCMSR_ARGS ?= --energy-weight 10
+STAGE2_ARGS ?= --features 16 --gan-weight 0.5 --lr-weight 5 --energy-weight 10
 TRAIN_ARGS ?=
 
 train: venv
@@ -74,7 +74,7 @@ train: venv
 	cd $(ROOT) && $(PY) -m training e2diffsr --stage1 $(RUNS)/stage1 --data $(TRAIN_DATA) --val $(VAL_DATA) \
 	  --out $(RUNS)/e2diffsr --steps $(STAGE2_STEPS) --resume $(STAGE2_ARGS) $(TRAIN_ARGS)
 	cd $(ROOT) && $(PY) -m training lcmsr --stage1 $(RUNS)/stage1 --data $(TRAIN_DATA) --val $(VAL_DATA) \
-	  --out $(RUNS)/lcmsr --steps $(STAGE2_STEPS) --resume $(STAGE2_ARGS) $(LCMSR_ARGS) $(TRAIN_ARGS)
+	  --out $(RUNS)/lcmsr --steps $(STAGE2_STEPS) --resume $(STAGE2_ARGS) $(TRAIN_ARGS)
 	cd $(ROOT) && $(PY) -m training bundle --stage1 $(RUNS)/stage1 --e2diffsr $(RUNS)/e2diffsr --lcmsr $(RUNS)/lcmsr
 	cd $(ROOT) && $(PY) -m training export-onnx
 

@@ -13,7 +13,7 @@ real bands are kept. Group g draws its noise from latent channels g·latent .. g
 
 Detail. The stochastic methods take ``detail`` D in [0, 1], the faithful ↔ detailed control: the clean
 latent is z = z_det + D·(z_sample − z_det), where z_det is the conditioning net's prediction (the
-regression latent, the estimate of the posterior mean) and z_sample the sampler's full sample. D = 0 is
+regression latent, the estimate of the posterior mean: latent_guess) and z_sample the sampler's full sample. D = 0 is
 deterministic (the sampler is skipped and the seed does not matter), D = 1 is a full sample of the model.
 
 Noise is a fixed function of (seed, sampler step, channel, global latent cell) (engine.noise,
@@ -72,7 +72,7 @@ def e2diffsr_sample(denoiser, cond, inv_scale, steps: int, noise, betas=ddpm.DEF
     """Clean latent from an n-step run of the short DDPM chain, starting from pure noise; the
     denoiser predicts ε or z0 (``prediction``, the card's; older bundles: ε).
 
-    ``noise(k)`` gives a standard normal tensor shaped like ``cond``: k = 0 the start, k ≥ 1 the
+    ``noise(k)`` gives a standard normal tensor shaped like the latent: k = 0 the start, k ≥ 1 the
     fresh noise of step k."""
     abar = ddpm.alphas_bar(betas)
     total = len(abar) - 1
@@ -105,10 +105,17 @@ def blend(z_det, z_sample, detail: float):
     return z_det + float(detail) * (z_sample - z_det)
 
 
+def latent_guess(cond, spec: dict):
+    """The regression latent in a condition: all of it, or all but the last ``features`` channels (the
+    card's; the denoiser's LR features, engine.models.condition)."""
+    features = int(spec.get("features", 0))
+    return cond[:, :cond.shape[1] - features] if features else cond
+
+
 def sample_latent(name: str, spec: dict, steps: int, denoiser, cond, inv_scale, noise, detail: float = 1.0):
-    """The clean (normalised) latent of method ``name`` from its condition: the condition itself for
-    regression and at detail 0 (no sampler call), else the method's sample blended with the condition
-    at ``detail`` (torch tensors or numpy arrays alike)."""
+    """The clean (normalised) latent of method ``name`` from its condition: the condition's latent
+    guess for regression and at detail 0 (no sampler call), else the method's sample blended with
+    that guess at ``detail`` (torch tensors or numpy arrays alike)."""
     if name == "e2diffsr" and detail > 0:
         sample = e2diffsr_sample(denoiser, cond, inv_scale, steps, noise,
                                  spec.get("betas", ddpm.DEFAULT_BETAS), spec.get("eta", 1.0), spec.get("prediction", "eps"))
@@ -116,8 +123,8 @@ def sample_latent(name: str, spec: dict, steps: int, denoiser, cond, inv_scale, 
         sample = lcmsr_sample(denoiser, cond, inv_scale, steps, noise,
                               spec.get("T", consistency.T), spec.get("sigma_data", consistency.SIGMA_DATA))
     else:
-        return cond
-    return sample if detail == 1 else blend(cond, sample, detail)
+        return latent_guess(cond, spec)
+    return sample if detail == 1 else blend(latent_guess(cond, spec), sample, detail)
 
 
 def latent_noise(seed: int, plan: Plan, groups: int, latent: int, step: int) -> np.ndarray:

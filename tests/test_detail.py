@@ -49,6 +49,23 @@ def test_detail_zero_skips_the_sampler():
     assert len(calls) == 2
 
 
+def test_the_denoiser_sees_the_features_and_the_blend_only_the_guess():
+    """A condition with feature channels (the card's ``features``): the denoiser gets all of it, D = 0
+    returns its latent guess, and the blend runs between that guess and the sample."""
+    seen = []
+
+    def denoiser(z, cond, t, inv_scale):
+        seen.append(cond.shape[1])
+        return np.full_like(z, 2.0)
+
+    cond = np.concatenate([np.ones((1, 4, 2, 2), np.float32), np.full((1, 3, 2, 2), 9.0, np.float32)], 1)
+    inv = np.full((1, 1), 0.5, np.float32)
+    spec = {"features": 3, "betas": [0.5], "eta": 0.0, "prediction": "x0"}
+    assert np.array_equal(latent.sample_latent("e2diffsr", spec, 1, denoiser, cond, inv, np.zeros_like, 0.0), cond[:, :4])
+    out = latent.sample_latent("e2diffsr", spec, 1, denoiser, cond, inv, lambda k: np.zeros((1, 4, 2, 2), np.float32), 0.5)
+    assert seen == [7] and np.allclose(out, 1.5)  # halfway between the guess (1) and the z0 prediction (2)
+
+
 @pytest.mark.parametrize("name", ["lcmsr", "e2diffsr"])
 def test_detail_zero_is_deterministic(bundle, name):
     method = from_bundle(name, *bundle, device="cpu", detail=0.0)

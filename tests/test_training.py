@@ -198,7 +198,7 @@ def test_resume_continues_exactly(images, stage1, tmp_path, stage):
     stage, _, gan = stage.partition("-")
     extra = [] if stage == "stage1" else ["--stage1", str(stage1)]
     if gan:
-        extra += ["--gan-weight", "0.1"] + {"stage1": ["--gan-start", "1"], "lcmsr": ["--energy-weight", "1"]}.get(stage, [])
+        extra += ["--gan-weight", "0.1"] + (["--gan-start", "1"] if stage == "stage1" else ["--energy-weight", "1"])
     assert main(train_args(stage, images, tmp_path / "straight", 4, *extra)) == 0
     assert main(train_args(stage, images, tmp_path / "resumed", 2, "--schedule-steps", "4", *extra)) == 0
     assert main(train_args(stage, images, tmp_path / "resumed", 4, "--resume", *extra)) == 0
@@ -293,3 +293,41 @@ def test_benchmarks_have_one_entry_point(capsys):
     with pytest.raises(SystemExit) as done:  # argparse's --help: each kind is a module of training/bench/
         bench.main(["backends", "--help"])
     assert done.value.code == 0 and "python -m training.bench backends" in capsys.readouterr().out
+
+
+def test_features_reach_the_denoiser_and_not_the_decoder(images, stage1, tmp_path):
+    """--features: the conditioning net gives the denoiser LR features beside its latent guess. The
+    denoiser's losses train the features but leave the guess (the regression path) alone; the bundle
+    says how many there are, its engine decodes only the guess, and its ONNX graphs match torch."""
+    from training import export
+    from training.lcmsr import LCMSRStage
+
+    extra = ["--stage1", str(stage1), "--features", "2"]
+    for stage in ("e2diffsr", "lcmsr"):
+        assert main(train_args(stage, images, tmp_path / stage, 2, *extra)) == 0
+    settings = Settings(data=str(images / "train"), out=str(tmp_path / "probe"), crop=32, batch=2, preset="tiny",
+                        stage1=str(stage1), options={"features": 2})
+    stage = LCMSRStage(settings, torch.device("cpu"), None)
+    pair = next(stage.stats_pairs(1))
+    cond = stage.condition(stage.nets, pair)
+    latent = stage.target(pair).shape[1]
+    assert cond.shape[1] == latent + 2 and stage.guess(cond).shape[1] == latent
+    torch.nn.init.normal_(stage.nets["condition"].out.weight)  # both parts nonzero, so both could move
+    cond = stage.condition(stage.nets, pair)
+    z = torch.randn_like(stage.target(pair))
+    stage.f(stage.nets, z, stage.held(cond), torch.full((2,), 500), pair.inv_scale).square().mean().backward()
+    grad = stage.nets["condition"].out.weight.grad
+    assert grad[:latent].abs().sum() == 0 and grad[latent:].abs().sum() > 0
+
+    assert main(["bundle", "--stage1", str(stage1), "--e2diffsr", str(tmp_path / "e2diffsr"),
+                 "--lcmsr", str(tmp_path / "lcmsr"), "--name", "feat-rgb", "--out", str(tmp_path / "models")]) == 0
+    folder = tmp_path / "models" / "feat-rgb"
+    export.export(str(folder))
+    card = json.loads((folder / "model.json").read_text())
+    assert {m: s.get("features") for m, s in card["methods"].items()} == {"e2diffsr": 2, "lcmsr": 2, "regression": 2}
+    x = np.random.default_rng(0).random((3, 19, 21), dtype=np.float32)
+    for name, detail in (("regression", None), ("lcmsr", 0.5), ("lcmsr", 1.0), ("e2diffsr", 0.5)):
+        outs = [build_method(name, MethodOptions(backend=b, model=str(folder), detail=detail))(x, Grid.whole(19, 21, 3.0), 4)
+                for b in ("torch", "onnx")]
+        assert outs[0].shape == (3, 57, 63)
+        assert np.allclose(outs[0], outs[1], atol=1e-4), (name, detail, np.abs(outs[0] - outs[1]).max())

@@ -38,14 +38,16 @@ def method_spec(method: str, latent_scale: float, stage_card: dict | None = None
         spec.update(T=consistency.T, sigma_data=consistency.SIGMA_DATA, steps=TABLE[method].default_steps,
                     max_steps=TABLE[method].max_steps)
     if stage_card:
-        spec.update({k: stage_card[k] for k in ("betas", "eta", "prediction", "steps", "T", "sigma_data", "max_steps")
+        spec.update({k: stage_card[k] for k in ("betas", "eta", "prediction", "steps", "T", "sigma_data", "max_steps",
+                                                "features")
                      if k in stage_card})
     return spec
 
 
 def with_regression(methods: dict) -> dict:
     source = methods.get("lcmsr") or methods["e2diffsr"]
-    return dict(methods, regression={"condition": source["condition"], "latent_scale": source["latent_scale"]})
+    regression = {k: source[k] for k in ("condition", "latent_scale", "features") if k in source}
+    return dict(methods, regression=regression)
 
 
 def random_bundle(preset_name: str = "default", bands: int = 3, seed: int = 0, name: str = "random") -> tuple[dict, dict]:

@@ -72,10 +72,12 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--lr-weight", type=float, default=1.0,
                        help="with --gan-weight: weight of the L1 between a decoded sample taken back to the LR grid and the LR "
                             "(default %(default)s)")
-        if name == "lcmsr":
-            p.add_argument("--energy-weight", type=float, default=0.0,
-                           help="with --gan-weight: weight of the energy score of two decoded one-step samples against HR, "
-                                "which asks their spread to follow the uncertainty (default %(default)s)")
+        p.add_argument("--features", type=int, default=0,
+                       help="channels of LR features the conditioning net gives the denoiser beside its latent guess "
+                            "(default %(default)s)")
+        p.add_argument("--energy-weight", type=float, default=0.0,
+                       help="with --gan-weight: weight of the energy score of two decoded samples against HR, "
+                            "which asks their spread to follow the uncertainty (default %(default)s)")
     return p
 
 
@@ -150,7 +152,7 @@ def train(args) -> None:
     if args.command != "stage1":
         options = {"cond_weight": args.cond_weight, "cond_pixel_weight": args.cond_pixel_weight,
                    "gan_weight": args.gan_weight, "lr_weight": args.lr_weight,
-                   "energy_weight": getattr(args, "energy_weight", 0.0)}
+                   "energy_weight": args.energy_weight, "features": args.features}
     val = args.val if args.rasters or not args.val else args.val[0]
     settings = Settings(
         data=args.rasters or args.data, val=val, rasters=bool(args.rasters), raster_bands=args.raster_bands, out=args.out, steps=args.steps, schedule_steps=args.schedule_steps,

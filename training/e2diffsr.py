@@ -12,7 +12,9 @@ amplifies every error of ε̂ six times (measured: its 4-step samples were 7.8 d
 With a discriminator, the z0 prediction also takes the adversarial term (training.latent), as in
 denoising-diffusion GANs: the z0 that a step hands on is then a plausible sharp latent, not the
 mean, so that four steps suffice. The denoiser sees the conditioning net's latent held fixed: the
-regression path is trained for fidelity alone.
+regression path is trained for fidelity alone. With ``energy_weight``, a second z0 prediction from
+other noise at the same t joins it in the energy score against HR (training.latent), so that the
+predictions' spread, and with it the samples', follows the uncertainty.
 
 The sampler steps deterministically between steps (DDIM, η = 0): each start noise gives its own
 sample. With the adversarially trained denoiser, re-noising (η = 1) washed the detail out: 18 val
@@ -27,7 +29,7 @@ from engine.latent import e2diffsr_sample
 from engine.schedulers import ddpm
 
 from . import distributed
-from .latent import LatentStage, cell_mean
+from .latent import ENERGY_WEIGHT, LatentStage, cell_mean
 
 SAMPLE_STEPS = 4
 ETA = 0.0  # DDIM between steps; the start noise makes the sample (module notes)
@@ -45,19 +47,27 @@ class E2DiffSRStage(LatentStage):
         t = distributed.sample(torch.randint, (x0.shape[0],), 1, total + 1, generator=gen, device=gen.device).to(x0.device)
         abar = torch.as_tensor(ddpm.alphas_bar(ddpm.DEFAULT_BETAS), dtype=x0.dtype, device=x0.device)[t]
         abar = abar.reshape(-1, 1, 1, 1)
-        noise = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
-        z_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        z0 = self.nets["denoiser"](z_t, cond.detach(), t.to(x0.dtype)[:, None] / total, pair.inv_scale)
+        held, level = self.held(cond), t.to(x0.dtype)[:, None] / total
+
+        def predict():
+            noise = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
+            return self.nets["denoiser"](abar.sqrt() * x0 + (1 - abar).sqrt() * noise, held, level, pair.inv_scale)
+
+        z0 = predict()
         mse = cell_mean((z0 - x0) ** 2, pair)
-        adv, logs = self.adversarial(pair, z0)
+        second = None
+        if self.adversary is not None and self.settings.options.get("energy_weight", ENERGY_WEIGHT) > 0:
+            second = predict()
+        adv, logs = self.adversarial(pair, z0, second)
         return mse + self.cond_loss(cond, x0, pair) + adv, dict({"z0": mse.item()}, **logs)
 
     def predict(self, pair, ema):
         gen = torch.Generator(device=self.device).manual_seed(0)
         cond = self.condition(ema, pair)
+        shape = self.guess(cond).shape
 
         def noise(k):
-            return torch.randn(cond.shape, generator=gen, device=cond.device)
+            return torch.randn(shape, generator=gen, device=cond.device)
 
         return self.decode(pair, e2diffsr_sample(ema["denoiser"], cond, pair.inv_scale, SAMPLE_STEPS, noise,
                                                  ddpm.DEFAULT_BETAS, ETA, PREDICTION))

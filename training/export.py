@@ -104,8 +104,9 @@ def check_one_step(spec: dict) -> None:
         raise TrainingError("one-step LCMSR expects pure noise at t = T")
 
 
-def example_inputs(card: dict, names, batch: int, h: int, w: int, scale: float, seed: int) -> dict:
-    """Random inputs of a tile (numpy), with the tables of its grid."""
+def example_inputs(card: dict, names, batch: int, h: int, w: int, scale: float, seed: int, features: int = 0) -> dict:
+    """Random inputs of a tile (numpy), with the tables of its grid; a denoiser's condition has
+    ``features`` channels beside the latent."""
     rng = np.random.default_rng(seed)
     multiple = max([unet_multiple(net["config"]["channels"]) for net in card["networks"].values()
                     if net["kind"] == "denoiser"], default=1)
@@ -114,9 +115,15 @@ def example_inputs(card: dict, names, batch: int, h: int, w: int, scale: float, 
     arrays = dict(plan.arrays(), lr=rng.random((batch, int(card["bands"]), h, w), dtype=np.float32),
                   inv_scale=np.full((batch, 1), 1.0 / scale, dtype=np.float32),
                   t_frac=rng.random((batch, 1), dtype=np.float32))
-    for name in ("z", "noise", "z_t", "cond"):
+    for name in ("z", "noise", "z_t"):
         arrays[name] = rng.standard_normal(latent, dtype=np.float32)
+    arrays["cond"] = rng.standard_normal((batch, latent[1] + features, *latent[2:]), dtype=np.float32)
     return {name: arrays[name] for name in names}
+
+
+def condition_features(module: nn.Module) -> int:
+    """The LR feature channels a denoiser's condition carries (0 for the other graphs)."""
+    return int(getattr(module, "config", {}).get("features", 0))
 
 
 def dynamic_axes(names, output: str) -> dict:
@@ -156,7 +163,7 @@ def export_graph(key: str, module: nn.Module, names, output: str, networks: list
                  tensors: dict, offsets: dict, folder: Path) -> dict:
     """Write ``<key>.onnx``; its card entry."""
     module.eval()
-    inputs = example_inputs(card, names, 1, 23, 17, 2.5, seed=0)
+    inputs = example_inputs(card, names, 1, 23, 17, 2.5, seed=0, features=condition_features(module))
     args = tuple(torch.from_numpy(inputs[n]) for n in names)
     path = folder / f"{key}.onnx"
     tmp = folder / f"{key}.onnx.tmp"
@@ -188,7 +195,7 @@ def check_graph(key: str, module: nn.Module, entry: dict, card: dict, sessions) 
     """Max abs difference between the exported graph (run by the engine) and ``module`` at another tile
     size, scale and batch."""
     names = entry["inputs"]
-    inputs = example_inputs(card, names, 2, 19, 29, 3.7, seed=1)
+    inputs = example_inputs(card, names, 2, 19, 29, 3.7, seed=1, features=condition_features(module))
     with torch.no_grad():
         ref = module(*(torch.from_numpy(inputs[n]) for n in names)).numpy()
     out = sessions.graph(key)(**inputs)

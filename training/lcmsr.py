@@ -4,7 +4,7 @@ Per sample t2 ~ U{1..T} and t1 = max(t2 - Δ, 0); z0 is noised to both with the 
 loss is the MSE between f_θ(z_t2, t2) and the EMA target f_EMA(z_t1, t1) (no gradient; at t1 = 0 it
 is z0 itself by the boundary condition), plus the conditioning net's loss (training.latent) and,
 with a discriminator, the adversarial term of the one-step sample f(noise, T) (training.latent).
-The denoiser sees the conditioning net's latent held fixed: only the conditioning net's own loss
+The denoiser sees the conditioning net's latent guess held fixed: only the conditioning net's own loss
 moves the regression path (with the adversarial term on, the consistency loss's pull through the
 denoiser cost it 0.5 dB in 1000 steps).
 """
@@ -36,7 +36,7 @@ class LCMSRStage(LatentStage):
     def loss(self, pair, gen, ema):
         x0 = self.target(pair)
         cond = self.condition(self.nets, pair)
-        held = cond.detach()  # the denoiser's losses do not move the regression path
+        held = self.held(cond)  # the denoiser's losses do not move the regression path
         b = x0.shape[0]
         t2 = distributed.sample(torch.randint, (b,), 1, cm.T + 1, generator=gen, device=gen.device).cpu()
         t1 = torch.from_numpy(cm.earlier(t2.numpy()))
@@ -66,9 +66,10 @@ class LCMSRStage(LatentStage):
     def predict(self, pair, ema):
         gen = torch.Generator(device=self.device).manual_seed(0)
         cond = self.condition(ema, pair)
+        shape = self.guess(cond).shape
 
         def noise(k):
-            return torch.randn(cond.shape, generator=gen, device=cond.device)
+            return torch.randn(shape, generator=gen, device=cond.device)
 
         return self.decode(pair, lcmsr_sample(ema["denoiser"], cond, pair.inv_scale, SAMPLE_STEPS, noise))
 

@@ -1,6 +1,7 @@
 """Latent denoiser: a small UNet on the latent, z_t concatenated with the condition.
 
-Time (t/T) and 1/scale are embedded together and modulate every residual block. The same network
+The condition is the conditioning net's whole output: its latent guess and, when it has them, its
+``features`` channels of LR features (engine.models.condition). Time (t/T) and 1/scale are embedded together and modulate every residual block. The same network
 serves E²DiffSR (output read as ε) and LCMSR (output read as F of the consistency function). Each
 level halves the resolution, so latent height and width must be multiples of ``multiple``.
 """
@@ -15,12 +16,14 @@ from .sampling import unet_multiple
 
 
 class Denoiser(nn.Module):
-    def __init__(self, latent: int = 4, channels: tuple[int, ...] = (64, 96, 128), emb_dim: int = 128):
+    def __init__(self, latent: int = 4, channels: tuple[int, ...] = (64, 96, 128), emb_dim: int = 128, features: int = 0):
         super().__init__()
         self.config = {"latent": latent, "channels": list(channels), "emb_dim": emb_dim}
+        if features:
+            self.config["features"] = features
         self.multiple = unet_multiple(channels)
         self.emb = Embedding(2, emb_dim)
-        self.head = nn.Conv2d(2 * latent, channels[0], 3, padding=1)
+        self.head = nn.Conv2d(2 * latent + features, channels[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         self.downs = nn.ModuleList()
         for i, c in enumerate(channels):
@@ -36,7 +39,7 @@ class Denoiser(nn.Module):
         self.out = nn.Conv2d(channels[0], latent, 3, padding=1)
 
     def forward(self, z_t: torch.Tensor, cond: torch.Tensor, t_frac: torch.Tensor, inv_scale: torch.Tensor) -> torch.Tensor:
-        """z_t, cond (B, latent, h, w); t_frac = t/T and inv_scale = 1/scale, each (B, 1)."""
+        """z_t (B, latent, h, w), cond (B, latent + features, h, w); t_frac = t/T and inv_scale = 1/scale, each (B, 1)."""
         emb = self.emb(t_frac, inv_scale)
         x = self.head(torch.cat([z_t, cond], dim=1))
         skips = []

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from engine import metrics, modelfile
-from engine.latent import blend, e2diffsr_sample, lcmsr_sample
+from engine.latent import blend, e2diffsr_sample, latent_guess, lcmsr_sample
 
 from .. import data
 from ..batch import make_pair
@@ -56,11 +56,14 @@ class Runs:
     def condition(self, pair):
         return self.nets["condition"](pair.lr, pair.inv_scale, *pair.hr_tables())
 
+    def guess(self, cond):
+        return latent_guess(cond, self.card)
+
     def sample(self, pair, cond, seed: int):
         g = torch.Generator().manual_seed(seed)
 
         def noise(k):
-            return torch.randn(cond.shape, generator=g)
+            return torch.randn(self.guess(cond).shape, generator=g)
 
         if self.kind == "lcmsr":
             return lcmsr_sample(self.nets["denoiser"], cond, pair.inv_scale, 1, noise)
@@ -85,10 +88,10 @@ def quality(runs: Runs, hr: torch.Tensor, scale: float, details, batch: int) -> 
         add("stage 1, true latent", runs.nets["decoder"](pair.lr, runs.nets["encoder"](pair.hr, pair.lr_up),
                                                          pair.inv_scale, *pair.decoder_tables()))
         cond = runs.condition(pair)
-        add("regression (D = 0)", runs.decode(pair, cond))
+        add("regression (D = 0)", runs.decode(pair, runs.guess(cond)))
         samples = [runs.sample(pair, cond, seed) for seed in (0, 1)]
         for d in details:
-            add(f"{runs.kind}, D = {d:g}", runs.decode(pair, blend(cond, samples[0], d)))
+            add(f"{runs.kind}, D = {d:g}", runs.decode(pair, blend(runs.guess(cond), samples[0], d)))
         a, c = (runs.decode(pair, s).clamp(0, 1) * 255 for s in samples)
         spread.append(float((a - c)[..., b:-b, b:-b].abs().mean()) * math.sqrt(math.pi) / 2)
     means = {k: torch.cat(v).mean(0) for k, v in rows.items()}
