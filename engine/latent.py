@@ -105,17 +105,37 @@ def blend(z_det, z_sample, detail: float):
     return z_det + float(detail) * (z_sample - z_det)
 
 
+def latent_channels(cond, spec: dict) -> int:
+    """How many latent channels a condition's guess has (engine.models.condition: the guess, then the
+    log spread when the card's ``spread`` is set, then ``features`` channels)."""
+    return (cond.shape[1] - int(spec.get("features", 0))) // (2 if spec.get("spread") else 1)
+
+
 def latent_guess(cond, spec: dict):
-    """The regression latent in a condition: all of it, or all but the last ``features`` channels (the
-    card's; the denoiser's LR features, engine.models.condition)."""
-    features = int(spec.get("features", 0))
-    return cond[:, :cond.shape[1] - features] if features else cond
+    """The regression latent in a condition: its first latent_channels (the condition itself when it
+    has no more)."""
+    n = latent_channels(cond, spec)
+    return cond if n == cond.shape[1] else cond[:, :n]
+
+
+def from_residual(cond, spec: dict, residual):
+    """The clean latent of a sampler's output. A card with ``spread`` diffuses the residual
+    standardised per cell, (z − guess)/spread, with the spread the conditioning net predicts from the
+    LR (the mean absolute deviation of the true latent from its guess): the latent is then guess +
+    spread·residual, so the samples vary where the LR is textured and stay at the guess where it is
+    flat. Without it the sampler's output is the latent itself."""
+    if not spec.get("spread"):
+        return residual
+    n = latent_channels(cond, spec)
+    log_spread = cond[:, n:2 * n]
+    spread = np.exp(log_spread) if isinstance(log_spread, np.ndarray) else log_spread.exp()
+    return cond[:, :n] + spread * residual
 
 
 def sample_latent(name: str, spec: dict, steps: int, denoiser, cond, inv_scale, noise, detail: float = 1.0):
     """The clean (normalised) latent of method ``name`` from its condition: the condition's latent
-    guess for regression and at detail 0 (no sampler call), else the method's sample blended with
-    that guess at ``detail`` (torch tensors or numpy arrays alike)."""
+    guess for regression and at detail 0 (no sampler call), else the method's sample (from_residual)
+    blended with that guess at ``detail`` (torch tensors or numpy arrays alike)."""
     if name == "e2diffsr" and detail > 0:
         sample = e2diffsr_sample(denoiser, cond, inv_scale, steps, noise,
                                  spec.get("betas", ddpm.DEFAULT_BETAS), spec.get("eta", 1.0), spec.get("prediction", "eps"))
@@ -124,6 +144,7 @@ def sample_latent(name: str, spec: dict, steps: int, denoiser, cond, inv_scale, 
                               spec.get("T", consistency.T), spec.get("sigma_data", consistency.SIGMA_DATA))
     else:
         return latent_guess(cond, spec)
+    sample = from_residual(cond, spec, sample)
     return sample if detail == 1 else blend(latent_guess(cond, spec), sample, detail)
 
 

@@ -66,6 +66,22 @@ def test_the_denoiser_sees_the_features_and_the_blend_only_the_guess():
     assert seen == [7] and np.allclose(out, 1.5)  # halfway between the guess (1) and the z0 prediction (2)
 
 
+def test_a_spread_scales_the_sampled_residual():
+    """A card with ``spread``: the sampler draws the residual standardised per cell, and the latent is
+    the guess plus the spread (the exp of the condition's next channels) times it; D = 0 is the guess."""
+    guess, log_spread = np.ones((1, 2, 1, 2), np.float32), np.log(np.array([[[[0.5, 2.0]], [[1.0, 4.0]]]], np.float32))
+    cond = np.concatenate([guess, log_spread, np.full((1, 3, 1, 2), 7.0, np.float32)], 1)
+    spec = {"features": 3, "spread": True, "betas": [0.5], "eta": 0.0, "prediction": "x0"}
+    assert latent.latent_channels(cond, spec) == 2
+    assert np.array_equal(latent.latent_guess(cond, spec), guess)
+
+    def denoiser(z, c, t, inv_scale):
+        return np.full_like(z, -1.0)
+
+    out = latent.sample_latent("e2diffsr", spec, 1, denoiser, cond, np.ones((1, 1), np.float32), np.zeros_like, 1.0)
+    assert np.allclose(out, [[[[0.5, -1.0]], [[0.0, -3.0]]]])  # 1 − spread
+
+
 @pytest.mark.parametrize("name", ["lcmsr", "e2diffsr"])
 def test_detail_zero_is_deterministic(bundle, name):
     method = from_bundle(name, *bundle, device="cpu", detail=0.0)

@@ -295,29 +295,37 @@ def test_benchmarks_have_one_entry_point(capsys):
     assert done.value.code == 0 and "python -m training.bench backends" in capsys.readouterr().out
 
 
-def test_features_reach_the_denoiser_and_not_the_decoder(images, stage1, tmp_path):
-    """--features: the conditioning net gives the denoiser LR features beside its latent guess. The
-    denoiser's losses train the features but leave the guess (the regression path) alone; the bundle
-    says how many there are, its engine decodes only the guess, and its ONNX graphs match torch."""
+def test_spread_and_features_reach_the_denoiser_and_not_the_decoder(images, stage1, tmp_path):
+    """--spread --features: the conditioning net gives the denoiser the latent's spread and LR
+    features beside its latent guess. The denoiser's losses train the features but leave the guess
+    (the regression path) and the spread alone; the spread is trained by its own likelihood and
+    scales the sampler's residual; the bundle says so, its engine decodes only latents, and its ONNX
+    graphs match torch."""
     from training import export
     from training.lcmsr import LCMSRStage
 
-    extra = ["--stage1", str(stage1), "--features", "2"]
+    extra = ["--stage1", str(stage1), "--features", "2", "--spread"]
     for stage in ("e2diffsr", "lcmsr"):
         assert main(train_args(stage, images, tmp_path / stage, 2, *extra)) == 0
     settings = Settings(data=str(images / "train"), out=str(tmp_path / "probe"), crop=32, batch=2, preset="tiny",
-                        stage1=str(stage1), options={"features": 2})
+                        stage1=str(stage1), options={"features": 2, "spread": True})
     stage = LCMSRStage(settings, torch.device("cpu"), None)
     pair = next(stage.stats_pairs(1))
+    x0 = stage.target(pair)
+    latent = x0.shape[1]
+    torch.nn.init.normal_(stage.nets["condition"].out.weight, std=0.01)  # every part nonzero, so each could move
     cond = stage.condition(stage.nets, pair)
-    latent = stage.target(pair).shape[1]
-    assert cond.shape[1] == latent + 2 and stage.guess(cond).shape[1] == latent
-    torch.nn.init.normal_(stage.nets["condition"].out.weight)  # both parts nonzero, so both could move
-    cond = stage.condition(stage.nets, pair)
-    z = torch.randn_like(stage.target(pair))
-    stage.f(stage.nets, z, stage.held(cond), torch.full((2,), 500), pair.inv_scale).square().mean().backward()
+    assert cond.shape[1] == 2 * latent + 2 and stage.guess(cond).shape[1] == latent
+    spread = cond[:, latent:2 * latent].exp()
+    r = torch.randn_like(x0)
+    assert torch.allclose(stage.clean(cond, r), stage.guess(cond) + spread * r)
+    assert torch.allclose(stage.residual(stage.clean(cond, r), cond), r, atol=1e-5)
+    stage.f(stage.nets, r, stage.held(cond), torch.full((2,), 500), pair.inv_scale).square().mean().backward()
     grad = stage.nets["condition"].out.weight.grad
-    assert grad[:latent].abs().sum() == 0 and grad[latent:].abs().sum() > 0
+    assert grad[:2 * latent].abs().sum() == 0 and grad[2 * latent:].abs().sum() > 0
+    stage.nets["condition"].zero_grad()
+    stage.cond_loss(stage.condition(stage.nets, pair), x0, pair).backward()
+    assert stage.nets["condition"].out.weight.grad[latent:2 * latent].abs().sum() > 0  # the spread's likelihood
 
     assert main(["bundle", "--stage1", str(stage1), "--e2diffsr", str(tmp_path / "e2diffsr"),
                  "--lcmsr", str(tmp_path / "lcmsr"), "--name", "feat-rgb", "--out", str(tmp_path / "models")]) == 0

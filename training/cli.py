@@ -75,6 +75,9 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--features", type=int, default=0,
                        help="channels of LR features the conditioning net gives the denoiser beside its latent guess "
                             "(default %(default)s)")
+        p.add_argument("--spread", action="store_true",
+                       help="the conditioning net also predicts the spread of the latent around its guess per cell, "
+                            "and the sampler draws the residual standardised by it")
         p.add_argument("--energy-weight", type=float, default=0.0,
                        help="with --gan-weight: weight of the energy score of two decoded samples against HR, "
                             "which asks their spread to follow the uncertainty (default %(default)s)")
@@ -152,7 +155,7 @@ def train(args) -> None:
     if args.command != "stage1":
         options = {"cond_weight": args.cond_weight, "cond_pixel_weight": args.cond_pixel_weight,
                    "gan_weight": args.gan_weight, "lr_weight": args.lr_weight,
-                   "energy_weight": args.energy_weight, "features": args.features}
+                   "energy_weight": args.energy_weight, "features": args.features, "spread": args.spread}
     val = args.val if args.rasters or not args.val else args.val[0]
     settings = Settings(
         data=args.rasters or args.data, val=val, rasters=bool(args.rasters), raster_bands=args.raster_bands, out=args.out, steps=args.steps, schedule_steps=args.schedule_steps,

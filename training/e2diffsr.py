@@ -38,7 +38,6 @@ PREDICTION = "x0"
 
 class E2DiffSRStage(LatentStage):
     name = method = "e2diffsr"
-    NETWORKS = {"condition": "condition", "denoiser": "denoiser"}
 
     def loss(self, pair, gen, ema):
         x0 = self.target(pair)
@@ -48,17 +47,18 @@ class E2DiffSRStage(LatentStage):
         abar = torch.as_tensor(ddpm.alphas_bar(ddpm.DEFAULT_BETAS), dtype=x0.dtype, device=x0.device)[t]
         abar = abar.reshape(-1, 1, 1, 1)
         held, level = self.held(cond), t.to(x0.dtype)[:, None] / total
+        r0 = self.residual(x0, cond)  # what the sampler draws
 
         def predict():
             noise = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
-            return self.nets["denoiser"](abar.sqrt() * x0 + (1 - abar).sqrt() * noise, held, level, pair.inv_scale)
+            return self.nets["denoiser"](abar.sqrt() * r0 + (1 - abar).sqrt() * noise, held, level, pair.inv_scale)
 
         z0 = predict()
-        mse = cell_mean((z0 - x0) ** 2, pair)
+        mse = cell_mean((z0 - r0) ** 2, pair)
         second = None
         if self.adversary is not None and self.settings.options.get("energy_weight", ENERGY_WEIGHT) > 0:
-            second = predict()
-        adv, logs = self.adversarial(pair, z0, second)
+            second = self.clean(cond, predict())
+        adv, logs = self.adversarial(pair, self.clean(cond, z0), second)
         return mse + self.cond_loss(cond, x0, pair) + adv, dict({"z0": mse.item()}, **logs)
 
     def predict(self, pair, ema):
@@ -69,8 +69,8 @@ class E2DiffSRStage(LatentStage):
         def noise(k):
             return torch.randn(shape, generator=gen, device=cond.device)
 
-        return self.decode(pair, e2diffsr_sample(ema["denoiser"], cond, pair.inv_scale, SAMPLE_STEPS, noise,
-                                                 ddpm.DEFAULT_BETAS, ETA, PREDICTION))
+        return self.decode(pair, self.clean(cond, e2diffsr_sample(ema["denoiser"], cond, pair.inv_scale, SAMPLE_STEPS,
+                                                                  noise, ddpm.DEFAULT_BETAS, ETA, PREDICTION)))
 
     def export_card(self):
         return dict(self.base_card(), betas=list(ddpm.DEFAULT_BETAS), eta=ETA, steps=SAMPLE_STEPS,

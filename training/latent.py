@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from engine import modelfile
-from engine.latent import latent_guess
+from engine.latent import from_residual, latent_channels, latent_guess
 from engine.models import preset
 
 from . import distributed
@@ -52,6 +52,7 @@ GAN_WEIGHT = 0.0
 LR_WEIGHT = 1.0
 ENERGY_WEIGHT = 0.0
 FEATURES = 0
+SPREAD = False
 
 
 def energy_score(a: torch.Tensor, b: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -74,6 +75,7 @@ def cell_mean(values: torch.Tensor, pair) -> torch.Tensor:
 
 class LatentStage(Stage):
     method = ""
+    NETWORKS = {"condition": "condition", "denoiser": "denoiser"}
 
     def __init__(self, settings, device, specs):
         if not settings.stage1:
@@ -86,43 +88,64 @@ class LatentStage(Stage):
         frozen = modelfile.build_networks(card, tensors, ["encoder", "decoder"], device)
         self.encoder, self.decoder = (frozen[n].requires_grad_(False) for n in ("encoder", "decoder"))
         self.stage1_card = card
-        self.features = int(settings.options.get("features", FEATURES))
         super().__init__(settings, device, specs or settings.options.get("networks") or self.fresh_specs(settings))
-        self.features = int(self.specs["condition"]["config"].get("features", 0))
+        config = self.specs["condition"]["config"]
+        self.layout = {"features": int(config.get("features", 0)), "spread": bool(config.get("spread", False))}
         self.latent_scale = 1.0
         if settings.options.get("gan_weight", GAN_WEIGHT) > 0:
             self.adversary = Adversary(settings.bands, settings.preset, device)
 
     def fresh_specs(self, settings) -> dict:
-        """The preset's networks, the conditioning net and the denoiser with ``features`` channels."""
+        """The preset's networks; the conditioning net with ``features`` channels and the ``spread``,
+        and a denoiser that reads them."""
+        o = settings.options
+        features, spread = int(o.get("features", FEATURES)), bool(o.get("spread", SPREAD))
+        extra = features + (settings.latent if spread else 0)
         specs = {}
         for name, kind in self.NETWORKS.items():
             config = preset(settings.preset, kind, bands=settings.bands, latent=settings.latent)
-            if self.features and kind in ("condition", "denoiser"):
-                config["features"] = self.features
+            if kind == "condition":
+                config.update({"features": features} if features else {}, **({"spread": True} if spread else {}))
+            elif extra:
+                config["features"] = extra
             specs[name] = {"kind": kind, "config": config}
         return specs
 
     def guess(self, cond: torch.Tensor) -> torch.Tensor:
         """The latent guess in a condition (engine.latent.latent_guess)."""
-        return latent_guess(cond, {"features": self.features})
+        return latent_guess(cond, self.layout)
 
     def held(self, cond: torch.Tensor) -> torch.Tensor:
-        """The condition as the denoiser's losses see it: the latent guess held fixed (only its own
-        loss moves the regression path), the features not."""
-        guess = self.guess(cond)
-        return torch.cat([guess.detach(), cond[:, guess.shape[1]:]], 1) if self.features else cond.detach()
+        """The condition as the denoiser's losses see it: the latent guess and the spread held fixed
+        (only their own losses move them), the features not."""
+        n = latent_channels(cond, self.layout) * (2 if self.layout["spread"] else 1)
+        return torch.cat([cond[:, :n].detach(), cond[:, n:]], 1)
+
+    def residual(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """What the sampler draws: the true latent, or with the spread its residual standardised per
+        cell, (x0 − guess)/spread (engine.latent.from_residual)."""
+        if not self.layout["spread"]:
+            return x0
+        n = x0.shape[1]
+        return (x0 - cond[:, :n].detach()) / cond[:, n:2 * n].detach().exp()
+
+    def clean(self, cond: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The clean latent of a sampler's output (engine.latent.from_residual), the guess and the
+        spread held fixed."""
+        return from_residual(self.held(cond), self.layout, sample)
 
     def setup(self) -> None:
         """The latent scale from training batches; the conditioning net starts by predicting a zero
-        latent, so the regression path starts as stage 1's own zero-latent regression (its feature
-        channels keep their random start: from zero the denoiser's gradient hardly moved them)."""
+        latent, so the regression path starts as stage 1's own zero-latent regression, and a unit
+        spread (its feature channels keep their random start: from zero the denoiser's gradient
+        hardly moved them)."""
         with torch.no_grad():
             means = [self.encoder(pair.hr, pair.lr_up).flatten() for pair in self.stats_pairs(LATENT_BATCHES)]
             self.latent_scale = float(1.0 / torch.cat(means).std().clamp_min(1e-6))
-            out, latent = self.nets["condition"].out, self.settings.latent
-            out.weight[:latent] = 0
-            out.bias[:latent] = 0
+            out = self.nets["condition"].out
+            n = self.settings.latent * (2 if self.layout["spread"] else 1)
+            out.weight[:n] = 0
+            out.bias[:n] = 0
         init = self.settings.options.get("init")
         if init:
             self.start_from(init)
@@ -188,10 +211,16 @@ class LatentStage(Stage):
         return nets["condition"](pair.lr, pair.inv_scale, *pair.hr_tables())
 
     def cond_loss(self, cond: torch.Tensor, x0: torch.Tensor, pair) -> torch.Tensor:
-        """The conditioning net's loss: decoded L1 against HR plus the latent L2 against x0."""
+        """The conditioning net's loss: decoded L1 against HR plus the latent L2 against x0; with the
+        spread, plus its Laplace negative log-likelihood of x0 around the guess (held fixed), whose
+        minimum is the spread = the mean absolute deviation of x0 from the guess given the LR."""
         o = self.settings.options
-        cond = self.guess(cond)
+        full, cond = cond, self.guess(cond)
         loss = o.get("cond_weight", COND_WEIGHT) * cell_mean((cond - x0) ** 2, pair)
+        if self.layout["spread"]:
+            n = x0.shape[1]
+            log_spread = full[:, n:2 * n]
+            loss = loss + cell_mean((x0 - cond.detach()).abs() / log_spread.exp() + log_spread, pair)
         pixel = o.get("cond_pixel_weight", COND_PIXEL_WEIGHT)
         if pixel > 0:
             loss = loss + pixel * (pair.keep_valid(self.decode(pair, cond)) - pair.hr).abs().mean()
@@ -207,4 +236,5 @@ class LatentStage(Stage):
 
     def base_card(self) -> dict:
         return {"kind": self.method, "latent": self.stage1_card.get("latent", 4), "latent_scale": self.latent_scale,
-                "stage1": {"sha256": self.stage1_card["weights"]["sha256"]}, **({"features": self.features} if self.features else {})}
+                "stage1": {"sha256": self.stage1_card["weights"]["sha256"]},
+                **{k: v for k, v in self.layout.items() if v}}

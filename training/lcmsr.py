@@ -26,7 +26,6 @@ MAX_STEPS = TABLE["lcmsr"].max_steps
 
 class LCMSRStage(LatentStage):
     name = method = "lcmsr"
-    NETWORKS = {"condition": "condition", "denoiser": "denoiser"}
 
     def f(self, nets, z, cond, t: torch.Tensor, inv_scale):
         """The consistency function with the networks ``nets`` at per-sample timesteps t (B,)."""
@@ -37,6 +36,7 @@ class LCMSRStage(LatentStage):
         x0 = self.target(pair)
         cond = self.condition(self.nets, pair)
         held = self.held(cond)  # the denoiser's losses do not move the regression path
+        z0 = self.residual(x0, cond)  # what the sampler draws
         b = x0.shape[0]
         t2 = distributed.sample(torch.randint, (b,), 1, cm.T + 1, generator=gen, device=gen.device).cpu()
         t1 = torch.from_numpy(cm.earlier(t2.numpy()))
@@ -45,7 +45,7 @@ class LCMSRStage(LatentStage):
         def noised(t):
             a, s = (torch.from_numpy(np.asarray(c, dtype=np.float32)).to(x0.device).reshape(-1, 1, 1, 1)
                     for c in cm.noise_coefficients(t.numpy(), cm.T))
-            return a * x0 + s * noise
+            return a * z0 + s * noise
 
         pred = self.f(self.nets, noised(t2), held, t2.to(x0.device), pair.inv_scale)
         with torch.no_grad():
@@ -58,8 +58,9 @@ class LCMSRStage(LatentStage):
             second = None
             if self.settings.options.get("energy_weight", ENERGY_WEIGHT) > 0:
                 other = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
-                second = self.f(self.nets, other, held, end, pair.inv_scale)
-            adv, more = self.adversarial(pair, self.f(self.nets, start, held, end, pair.inv_scale), second)
+                second = self.clean(cond, self.f(self.nets, other, held, end, pair.inv_scale))
+            first = self.clean(cond, self.f(self.nets, start, held, end, pair.inv_scale))
+            adv, more = self.adversarial(pair, first, second)
             loss, logs = loss + adv, dict(logs, **more)
         return loss, logs
 
@@ -71,7 +72,7 @@ class LCMSRStage(LatentStage):
         def noise(k):
             return torch.randn(shape, generator=gen, device=cond.device)
 
-        return self.decode(pair, lcmsr_sample(ema["denoiser"], cond, pair.inv_scale, SAMPLE_STEPS, noise))
+        return self.decode(pair, self.clean(cond, lcmsr_sample(ema["denoiser"], cond, pair.inv_scale, SAMPLE_STEPS, noise)))
 
     def export_card(self):
         return dict(self.base_card(), T=cm.T, sigma_data=cm.SIGMA_DATA, steps=SAMPLE_STEPS, max_steps=MAX_STEPS)

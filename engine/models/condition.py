@@ -3,8 +3,9 @@
 The LR is bicubically sampled at the HR positions of the tile's latent cells (8×8 per cell, see
 engine.models.sampling), folded into channels (pixel unshuffle by 8) and refined by a few residual
 blocks modulated by 1/scale. Its output is the diffusion condition: its first ``latent`` channels are
-the regression latent (the guess of the clean latent the decoder reads), and ``features`` more
-channels, when the net has them, are features of the LR for the denoiser alone, which the decoder
+the regression latent (the guess of the clean latent the decoder reads); with ``spread``, the next
+``latent`` channels are the log of the spread of the true latent around that guess, per cell
+(engine.latent.from_residual); and ``features`` more channels, when the net has them, are features of the LR for the denoiser alone, which the decoder
 never sees: with them the denoiser knows where the LR is textured and where it is flat, so its
 samples can spread where the texture is uncertain (engine.latent.latent_guess).
 """
@@ -20,15 +21,17 @@ from .sampling import LATENT_FACTOR
 
 class ConditionNet(nn.Module):
     def __init__(self, bands: int = 3, latent: int = 4, channels: int = 64, blocks: int = 2, emb_dim: int = 64,
-                 features: int = 0):
+                 features: int = 0, spread: bool = False):
         super().__init__()
         self.config = {"bands": bands, "latent": latent, "channels": channels, "blocks": blocks, "emb_dim": emb_dim}
         if features:
             self.config["features"] = features
+        if spread:
+            self.config["spread"] = True
         self.scale_emb = Embedding(1, emb_dim)
         self.head = nn.Conv2d(bands * LATENT_FACTOR ** 2, channels, 1)
         self.blocks = nn.ModuleList(ResBlock(channels, channels, emb_dim) for _ in range(blocks))
-        self.out = nn.Conv2d(channels, latent + features, 3, padding=1)
+        self.out = nn.Conv2d(channels, latent * (2 if spread else 1) + features, 3, padding=1)
 
     def upsample(self, lr, hr_y_idx, hr_y_w, hr_x_idx, hr_x_w) -> torch.Tensor:
         """The bicubic LR at the latent-aligned HR positions (B, bands, 8·h_lat, 8·w_lat)."""

@@ -1,7 +1,8 @@
 """Latent denoiser: a small UNet on the latent, z_t concatenated with the condition.
 
-The condition is the conditioning net's whole output: its latent guess and, when it has them, its
-``features`` channels of LR features (engine.models.condition). Time (t/T) and 1/scale are embedded together and modulate every residual block. The same network
+The condition is the conditioning net's whole output: its latent guess and ``features`` more
+channels when it has them (its log spread and LR features, engine.models.condition). Time (t/T) and
+1/scale are embedded together and modulate every residual block. The same network
 serves E²DiffSR (output read as ε) and LCMSR (output read as F of the consistency function). Each
 level halves the resolution, so latent height and width must be multiples of ``multiple``.
 """

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from engine import metrics, modelfile
-from engine.latent import blend, e2diffsr_sample, latent_guess, lcmsr_sample
+from engine.latent import blend, e2diffsr_sample, from_residual, latent_guess, lcmsr_sample
 
 from .. import data
 from ..batch import make_pair
@@ -65,11 +65,13 @@ class Runs:
         def noise(k):
             return torch.randn(self.guess(cond).shape, generator=g)
 
-        if self.kind == "lcmsr":
-            return lcmsr_sample(self.nets["denoiser"], cond, pair.inv_scale, 1, noise)
         c = self.card
-        return e2diffsr_sample(self.nets["denoiser"], cond, pair.inv_scale, c["steps"], noise, c["betas"], c.get("eta", 1.0),
-                               c.get("prediction", "eps"))
+        if self.kind == "lcmsr":
+            sample = lcmsr_sample(self.nets["denoiser"], cond, pair.inv_scale, 1, noise)
+        else:
+            sample = e2diffsr_sample(self.nets["denoiser"], cond, pair.inv_scale, c["steps"], noise, c["betas"],
+                                     c.get("eta", 1.0), c.get("prediction", "eps"))
+        return from_residual(cond, c, sample)
 
 
 @torch.no_grad()
