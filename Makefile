@@ -60,12 +60,13 @@ RUNS ?= $(ROOT)/runs
 # keeps a regression of its own; the PatchGAN joins at half way.
 # Stage 2 adds a PatchGAN (started from stage 1's) on each method's decoded samples, with the LR
 # consistency of those samples, so that a sample looks like HR instead of the mean, and the energy
-# score of two samples; the denoiser gets 16 channels of LR features beside the latent guess, so
-# that the samples' spread can follow the texture.
+# score of two samples; the conditioning net also predicts the latent's spread around its guess, by
+# which the samplers' residual is scaled, so that the samples vary where the LR is textured, and 16
+# channels of LR features for the denoiser.
 STAGE1_STEPS ?= 1200
 STAGE2_STEPS ?= 1500
 STAGE1_ARGS ?= --lr 2e-4 --init $(ROOT)/resources/models/latentsr-rgb --latent-dropout 0.25 --gan-weight 0.01 --gan-start 600
-STAGE2_ARGS ?= --features 16 --gan-weight 0.5 --lr-weight 5 --energy-weight 10
+STAGE2_ARGS ?= --spread --features 16 --gan-weight 0.5 --lr-weight 5 --energy-weight 10
 TRAIN_ARGS ?=
 
 train: venv

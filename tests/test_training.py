@@ -313,6 +313,20 @@ def test_spread_and_features_reach_the_denoiser_and_not_the_decoder(images, stag
     pair = next(stage.stats_pairs(1))
     x0 = stage.target(pair)
     latent = x0.shape[1]
+    # the spread's prior fitted to latents whose deviation grows as texture^0.8 · scale^0.5 follows it,
+    # at the Laplace likelihood's own level (the mean of |x0| / spread is 1)
+    net = stage.nets["condition"]
+    pairs = [make_pair(pair.hr, scale, 4) for scale in (2.0, 3.0, 4.0, 6.0)]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        inputs = [net.spread_inputs(net.upsample(p.lr, *p.hr_tables()), p.inv_scale) for p in pairs]
+        truth = [torch.exp(0.8 * i[:, :1] + 0.5 * i[:, 1:] + 3.0).expand(-1, latent, -1, -1) for i in inputs]
+        latents = [t * torch.distributions.Laplace(0.0, 1.0).sample(t.shape) for t in truth]
+        stage.fit_spread_prior(pairs, latents)
+        fitted = torch.cat([net.spread_prior(i) for i in inputs]).exp()
+    truth, latents = torch.cat(truth), torch.cat(latents)
+    assert np.corrcoef(fitted.log().flatten(), truth.log().flatten())[0, 1] > 0.8
+    assert float((latents.abs() / fitted).mean()) == pytest.approx(1.0, abs=0.05)
     torch.nn.init.normal_(stage.nets["condition"].out.weight, std=0.01)  # every part nonzero, so each could move
     cond = stage.condition(stage.nets, pair)
     assert cond.shape[1] == 2 * latent + 2 and stage.guess(cond).shape[1] == latent

@@ -140,8 +140,11 @@ class LatentStage(Stage):
         spread (its feature channels keep their random start: from zero the denoiser's gradient
         hardly moved them)."""
         with torch.no_grad():
-            means = [self.encoder(pair.hr, pair.lr_up).flatten() for pair in self.stats_pairs(LATENT_BATCHES)]
-            self.latent_scale = float(1.0 / torch.cat(means).std().clamp_min(1e-6))
+            pairs = list(self.stats_pairs(LATENT_BATCHES))
+            means = [self.encoder(pair.hr, pair.lr_up) for pair in pairs]
+            self.latent_scale = float(1.0 / torch.cat([m.flatten() for m in means]).std().clamp_min(1e-6))
+            if self.layout["spread"]:
+                self.fit_spread_prior(pairs, [m * self.latent_scale for m in means])
             out = self.nets["condition"].out
             n = self.settings.latent * (2 if self.layout["spread"] else 1)
             out.weight[:n] = 0
@@ -151,6 +154,21 @@ class LatentStage(Stage):
             self.start_from(init)
         if self.adversary is not None:
             self.start_adversary()
+
+    def fit_spread_prior(self, pairs, latents) -> None:
+        """The conditioning net's spread prior (engine.models.condition) fitted to training batches,
+        where the guess is still a zero latent: per channel, least squares of log |x0| on the log
+        texture and log scale, then the offset that makes it the Laplace MLE (the mean of |x0|/spread
+        is 1)."""
+        net = self.nets["condition"]
+        inputs = torch.cat([net.spread_inputs(net.upsample(pair.lr, *pair.hr_tables()), pair.inv_scale)
+                            for pair in pairs]).permute(0, 2, 3, 1).reshape(-1, 2)
+        x0 = torch.cat(latents).permute(0, 2, 3, 1).reshape(inputs.shape[0], -1).abs()
+        design = torch.cat([inputs, torch.ones_like(inputs[:, :1])], 1).double()
+        coef = torch.linalg.lstsq(design, torch.log(x0 + 1e-3).double()).solution  # 3 × latent
+        offset = torch.log((x0.double() / torch.exp(design @ coef)).mean(0))
+        net.spread_prior.weight.copy_(coef[:2].T.reshape(net.spread_prior.weight.shape).float())
+        net.spread_prior.bias.copy_((coef[2] + offset).float())
 
     def start_adversary(self) -> None:
         """The discriminator starts from the one in the stage-1 run's checkpoint, when it has one."""
