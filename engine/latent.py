@@ -105,17 +105,10 @@ def blend(z_det, z_sample, detail: float):
     return z_det + float(detail) * (z_sample - z_det)
 
 
-def latent_channels(cond, spec: dict) -> int:
-    """How many latent channels a condition's guess has (engine.models.condition: the guess, then the
-    log spread when the card's ``spread`` is set, then ``features`` channels)."""
-    return (cond.shape[1] - int(spec.get("features", 0))) // (2 if spec.get("spread") else 1)
-
-
 def latent_guess(cond, spec: dict):
-    """The regression latent in a condition: its first latent_channels (the condition itself when it
-    has no more)."""
-    n = latent_channels(cond, spec)
-    return cond if n == cond.shape[1] else cond[:, :n]
+    """The regression latent in a condition (engine.models.condition): the condition itself, or, when
+    the card gives it ``features`` or a ``spread``, its first ``latent`` channels."""
+    return cond[:, :int(spec["latent"])] if spec.get("features") or spec.get("spread") else cond
 
 
 def from_residual(cond, spec: dict, residual):
@@ -126,7 +119,7 @@ def from_residual(cond, spec: dict, residual):
     flat. Without it the sampler's output is the latent itself."""
     if not spec.get("spread"):
         return residual
-    n = latent_channels(cond, spec)
+    n = int(spec["latent"])
     log_spread = cond[:, n:2 * n]
     spread = np.exp(log_spread) if isinstance(log_spread, np.ndarray) else log_spread.exp()
     return cond[:, :n] + spread * residual

@@ -60,7 +60,7 @@ def test_the_denoiser_sees_the_features_and_the_blend_only_the_guess():
 
     cond = np.concatenate([np.ones((1, 4, 2, 2), np.float32), np.full((1, 3, 2, 2), 9.0, np.float32)], 1)
     inv = np.full((1, 1), 0.5, np.float32)
-    spec = {"features": 3, "betas": [0.5], "eta": 0.0, "prediction": "x0"}
+    spec = {"latent": 4, "features": 3, "betas": [0.5], "eta": 0.0, "prediction": "x0"}
     assert np.array_equal(latent.sample_latent("e2diffsr", spec, 1, denoiser, cond, inv, np.zeros_like, 0.0), cond[:, :4])
     out = latent.sample_latent("e2diffsr", spec, 1, denoiser, cond, inv, lambda k: np.zeros((1, 4, 2, 2), np.float32), 0.5)
     assert seen == [7] and np.allclose(out, 1.5)  # halfway between the guess (1) and the z0 prediction (2)
@@ -71,8 +71,7 @@ def test_a_spread_scales_the_sampled_residual():
     the guess plus the spread (the exp of the condition's next channels) times it; D = 0 is the guess."""
     guess, log_spread = np.ones((1, 2, 1, 2), np.float32), np.log(np.array([[[[0.5, 2.0]], [[1.0, 4.0]]]], np.float32))
     cond = np.concatenate([guess, log_spread, np.full((1, 3, 1, 2), 7.0, np.float32)], 1)
-    spec = {"features": 3, "spread": True, "betas": [0.5], "eta": 0.0, "prediction": "x0"}
-    assert latent.latent_channels(cond, spec) == 2
+    spec = {"latent": 2, "features": 3, "spread": True, "betas": [0.5], "eta": 0.0, "prediction": "x0"}
     assert np.array_equal(latent.latent_guess(cond, spec), guess)
 
     def denoiser(z, c, t, inv_scale):

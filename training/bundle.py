@@ -39,14 +39,14 @@ def method_spec(method: str, latent_scale: float, stage_card: dict | None = None
                     max_steps=TABLE[method].max_steps)
     if stage_card:
         spec.update({k: stage_card[k] for k in ("betas", "eta", "prediction", "steps", "T", "sigma_data", "max_steps",
-                                                "features", "spread")
+                                                "features", "spread", "latent")
                      if k in stage_card})
     return spec
 
 
 def with_regression(methods: dict) -> dict:
     source = methods.get("lcmsr") or methods["e2diffsr"]
-    regression = {k: source[k] for k in ("condition", "latent_scale", "features", "spread") if k in source}
+    regression = {k: source[k] for k in ("condition", "latent_scale", "features", "spread", "latent") if k in source}
     return dict(methods, regression=regression)
 
 

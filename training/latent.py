@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from engine import modelfile
-from engine.latent import from_residual, latent_channels, latent_guess
+from engine.latent import from_residual, latent_guess
 from engine.models import preset
 
 from . import distributed
@@ -90,7 +90,8 @@ class LatentStage(Stage):
         self.stage1_card = card
         super().__init__(settings, device, specs or settings.options.get("networks") or self.fresh_specs(settings))
         config = self.specs["condition"]["config"]
-        self.layout = {"features": int(config.get("features", 0)), "spread": bool(config.get("spread", False))}
+        self.layout = {"latent": settings.latent, "features": int(config.get("features", 0)),
+                       "spread": bool(config.get("spread", False))}
         self.latent_scale = 1.0
         if settings.options.get("gan_weight", GAN_WEIGHT) > 0:
             self.adversary = Adversary(settings.bands, settings.preset, device)
@@ -118,7 +119,7 @@ class LatentStage(Stage):
     def held(self, cond: torch.Tensor) -> torch.Tensor:
         """The condition as the denoiser's losses see it: the latent guess and the spread held fixed
         (only their own losses move them), the features not."""
-        n = latent_channels(cond, self.layout) * (2 if self.layout["spread"] else 1)
+        n = self.layout["latent"] * (2 if self.layout["spread"] else 1)
         return torch.cat([cond[:, :n].detach(), cond[:, n:]], 1)
 
     def residual(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -255,4 +256,4 @@ class LatentStage(Stage):
     def base_card(self) -> dict:
         return {"kind": self.method, "latent": self.stage1_card.get("latent", 4), "latent_scale": self.latent_scale,
                 "stage1": {"sha256": self.stage1_card["weights"]["sha256"]},
-                **{k: v for k, v in self.layout.items() if v}}
+                **({k: v for k, v in self.layout.items() if v} if self.layout["features"] or self.layout["spread"] else {})}
