@@ -55,9 +55,10 @@ test: setup
 TRAIN_DATA ?= $(ROOT)/../shared/data/ucmerced/train
 VAL_DATA ?= $(ROOT)/../shared/data/ucmerced/val
 RUNS ?= $(ROOT)/runs
-# Stage 1 warm-starts its decoder's LR branch from the committed bundle; its encoder and detail path
-# start as a PCA of the residual; a quarter of the samples decode a zero latent, so that the LR branch
-# keeps a regression of its own; the PatchGAN joins at half way.
+# Stage 1 starts from the committed bundle: its stage-1 encoder and decoder (a bundle without an
+# encoder: its decoder's LR branch, with the encoder and detail path as a PCA of the residual); a
+# quarter of the samples decode a zero latent, so that the LR branch keeps a regression of its own;
+# the PatchGAN joins at half way.
 # Stage 2 adds a PatchGAN (started from stage 1's) on each method's decoded samples, with the LR
 # consistency of those samples, so that a sample looks like HR instead of the mean, and the energy
 # score of two samples; the conditioning net also predicts the latent's spread around its guess, by

@@ -82,5 +82,5 @@ def test_uncertainty_follows_texture(pair, tmp_path, method):
                          detail=1.0, uncertainty=str(tmp_path / "std.tif")))
     std, _ = read(tmp_path / "std.tif")
     textured, flat = std[:, 8:-8, 8:112].mean(), std[:, 8:-8, 144:-8].mean()  # 16 output pixels off the seam
-    assert flat < 0.1, (textured, flat)  # DN
+    assert flat < 0.5, (textured, flat)  # DN: below half a grey level
     assert textured > 0.02 and textured > 4 * flat, (textured, flat)

@@ -169,6 +169,7 @@ def export_graph(key: str, module: nn.Module, names, output: str, networks: list
     tmp = folder / f"{key}.onnx.tmp"
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter is deprecated
+        warnings.filterwarnings("ignore", message="Constant folding")  # slicing the condition; folding is off anyway
         torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=OPSET, input_names=list(names),
                           output_names=[output], dynamic_axes=dynamic_axes(names, output), do_constant_folding=False)
     model = onnx.load(str(tmp))

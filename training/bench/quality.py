@@ -26,6 +26,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -89,6 +90,7 @@ COMPARE_SCALE = 4.0
 COMPARE_ROWS = (Row("bicubic"), Row("regression"), Row("lcmsr", 1), Row("lcmsr", 1, 1.0), Row("e2diffsr", 4, 1.0),
                 *PEER_ROWS)
 CROP = 64  # HR pixels of each crop in the comparison picture
+LABEL_CHARS = 20  # a column label's line: the 2× zoomed crop is 128 px, 6 px a character
 
 
 def images(folder: Path, per_class: int | None = None, limit: int | None = None) -> list[Path]:
@@ -209,13 +211,14 @@ def compare_picture(val: Path, crops_dir: Path, rows, out: Path, default_detail:
         return (crops_dir / row.key).is_dir() and not same
 
     cols = [("LR", None)] + [(title(row), row.key) for row in rows if shown(row)] + [("HR", None)]
-    zoom, pad, head = 2, 4, 30
+    zoom, pad = 2, 4
     tile = CROP * zoom
+    labels = [textwrap.fill(title, LABEL_CHARS) for title, _ in cols]
+    head = 12 * max(label.count("\n") + 1 for label in labels) + 6
     sheet = Image.new("RGB", (len(cols) * (tile + pad) + pad, len(COMPARE) * (tile + pad) + pad + head), "white")
     draw = ImageDraw.Draw(sheet)
-    for j, (title, _) in enumerate(cols):
-        words = title.replace(" (", "\n(", 1)
-        draw.multiline_text((pad + j * (tile + pad) + 2, 2), words, fill="black", spacing=1)
+    for j, label in enumerate(labels):
+        draw.multiline_text((pad + j * (tile + pad) + 2, 2), label, fill="black", spacing=1)
     for i, (cls, idx) in enumerate(COMPARE):
         stem = f"{cls}{idx:02d}"
         hr, lr = hr_lr(val / cls / f"{stem}.png", COMPARE_SCALE)
