@@ -19,12 +19,15 @@ With ``energy_weight``, each method also decodes a second sample and adds that w
 score against HR, a proper scoring rule: the GAN judges one sample at a time and leaves the samples
 free to vary alike everywhere, the energy score asks their spread to follow the uncertainty.
 
-With ``features`` > 0 the conditioning net also gives the denoiser that many channels of LR features
-(engine.models.condition), trained by the denoiser's losses alone: the latent guess is held fixed for
-the denoiser, the features are not. Without them the denoiser knows the LR only through the guess,
-which its decoded L1 keeps near a zero latent (measured: std 0.018 against the true latent's 1.2), so
-it cannot tell flat from textured LR: on 12 val crops at ×4 its samples' latent std was 0.33 on both
+The spread (``spread``): the conditioning net also predicts, per cell and channel, the spread of the
+true latent around its guess (its Laplace likelihood, the guess held; a prior on the LR's texture,
+fitted when the run starts), and the samplers draw the residual standardised by it, so that a sample
+departs from the guess where the LR is textured and stays on it where it is flat. Without it the
+denoiser knew the LR only through the guess, which its decoded L1 keeps near a zero latent (std
+0.018 against the true latent's 1.2): on 12 val crops at ×4 its samples' latent std was 0.33 on both
 halves of crops whose right half was set flat, where the true latent is within 0.03 of the guess.
+``features`` > 0 adds that many channels of LR features for the denoiser, trained by its losses
+alone (the guess and the spread are held fixed for it); on their own they did not change that.
 
 Diffusion runs on the normalised latent x0 = latent_scale · encoder(HR, LR), with latent_scale =
 1/std of the encoder means over LATENT_BATCHES training batches, fixed when the run starts.

@@ -5,9 +5,8 @@ engine.models.sampling), folded into channels (pixel unshuffle by 8) and refined
 blocks modulated by 1/scale. Its output is the diffusion condition: its first ``latent`` channels are
 the regression latent (the guess of the clean latent the decoder reads); with ``spread``, the next
 ``latent`` channels are the log of the spread of the true latent around that guess, per cell
-(engine.latent.from_residual); and ``features`` more channels, when the net has them, are features of the LR for the denoiser alone, which the decoder
-never sees: with them the denoiser knows where the LR is textured and where it is flat, so its
-samples can spread where the texture is uncertain (engine.latent.latent_guess).
+(engine.latent.from_residual); and ``features`` more channels, when the net has them, are features
+of the LR for the denoiser alone, which the decoder never sees (engine.latent.latent_guess).
 """
 from __future__ import annotations
 
