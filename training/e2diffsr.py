@@ -61,16 +61,8 @@ class E2DiffSRStage(LatentStage):
         adv, logs = self.adversarial(pair, self.clean(cond, z0), second)
         return mse + self.cond_loss(cond, x0, pair) + adv, dict({"z0": mse.item()}, **logs)
 
-    def predict(self, pair, ema):
-        gen = torch.Generator(device=self.device).manual_seed(0)
-        cond = self.condition(ema, pair)
-        shape = self.guess(cond).shape
-
-        def noise(k):
-            return torch.randn(shape, generator=gen, device=cond.device)
-
-        return self.decode(pair, self.clean(cond, e2diffsr_sample(ema["denoiser"], cond, pair.inv_scale, SAMPLE_STEPS,
-                                                                  noise, ddpm.DEFAULT_BETAS, ETA, PREDICTION)))
+    def sample(self, denoiser, cond, inv_scale, noise):
+        return e2diffsr_sample(denoiser, cond, inv_scale, SAMPLE_STEPS, noise, ddpm.DEFAULT_BETAS, ETA, PREDICTION)
 
     def export_card(self):
         return dict(self.base_card(), betas=list(ddpm.DEFAULT_BETAS), eta=ETA, steps=SAMPLE_STEPS,

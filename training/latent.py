@@ -34,6 +34,7 @@ Diffusion runs on the normalised latent x0 = latent_scale · encoder(HR, LR), wi
 """
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 
 import torch
@@ -223,6 +224,21 @@ class LatentStage(Stage):
             energy = energy_score(sr, pair.keep_valid(self.decode(pair, second)), pair.hr)
             loss, logs = loss + o.get("energy_weight", ENERGY_WEIGHT) * energy, dict(logs, energy=energy.item())
         return loss, logs
+
+    @abc.abstractmethod
+    def sample(self, denoiser, cond, inv_scale, noise) -> torch.Tensor:
+        """The method's sampler output (a latent, or with the spread a standardised residual)."""
+
+    def predict(self, pair, ema):
+        """Validation's SR: a full sample (D = 1) of the EMA networks, seed 0."""
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        cond = self.condition(ema, pair)
+        shape = self.guess(cond).shape
+
+        def noise(k):
+            return torch.randn(shape, generator=gen, device=cond.device)
+
+        return self.decode(pair, self.clean(cond, self.sample(ema["denoiser"], cond, pair.inv_scale, noise)))
 
     def target(self, pair) -> torch.Tensor:
         """The normalised true latent x0 of a batch."""

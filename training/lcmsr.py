@@ -64,15 +64,8 @@ class LCMSRStage(LatentStage):
             loss, logs = loss + adv, dict(logs, **more)
         return loss, logs
 
-    def predict(self, pair, ema):
-        gen = torch.Generator(device=self.device).manual_seed(0)
-        cond = self.condition(ema, pair)
-        shape = self.guess(cond).shape
-
-        def noise(k):
-            return torch.randn(shape, generator=gen, device=cond.device)
-
-        return self.decode(pair, self.clean(cond, lcmsr_sample(ema["denoiser"], cond, pair.inv_scale, SAMPLE_STEPS, noise)))
+    def sample(self, denoiser, cond, inv_scale, noise):
+        return lcmsr_sample(denoiser, cond, inv_scale, SAMPLE_STEPS, noise)
 
     def export_card(self):
         return dict(self.base_card(), T=cm.T, sigma_data=cm.SIGMA_DATA, steps=SAMPLE_STEPS, max_steps=MAX_STEPS)
