@@ -111,6 +111,12 @@ def latent_guess(cond, spec: dict):
     return cond[:, :int(spec["latent"])] if spec.get("features") or spec.get("spread") else cond
 
 
+def log_spread(cond, spec: dict):
+    """The log spread in a condition of a card with ``spread``: the ``latent`` channels after the guess."""
+    n = int(spec["latent"])
+    return cond[:, n:2 * n]
+
+
 def from_residual(cond, spec: dict, residual):
     """The clean latent of a sampler's output. A card with ``spread`` diffuses the residual
     standardised per cell, (z − guess)/spread, with the spread the conditioning net predicts from the
@@ -119,10 +125,9 @@ def from_residual(cond, spec: dict, residual):
     flat. Without it the sampler's output is the latent itself."""
     if not spec.get("spread"):
         return residual
-    n = int(spec["latent"])
-    log_spread = cond[:, n:2 * n]
-    spread = np.exp(log_spread) if isinstance(log_spread, np.ndarray) else log_spread.exp()
-    return cond[:, :n] + spread * residual
+    log = log_spread(cond, spec)
+    spread = np.exp(log) if isinstance(log, np.ndarray) else log.exp()
+    return latent_guess(cond, spec) + spread * residual
 
 
 def sample_latent(name: str, spec: dict, steps: int, denoiser, cond, inv_scale, noise, detail: float = 1.0):

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from engine import modelfile
-from engine.latent import from_residual, latent_guess
+from engine.latent import from_residual, latent_guess, log_spread
 from engine.models import preset
 
 from . import distributed
@@ -131,8 +131,7 @@ class LatentStage(Stage):
         cell, (x0 − guess)/spread (engine.latent.from_residual)."""
         if not self.layout["spread"]:
             return x0
-        n = x0.shape[1]
-        return (x0 - cond[:, :n].detach()) / cond[:, n:2 * n].detach().exp()
+        return (x0 - self.guess(cond).detach()) / log_spread(cond, self.layout).detach().exp()
 
     def clean(self, cond: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The clean latent of a sampler's output (engine.latent.from_residual), the guess and the
@@ -256,9 +255,8 @@ class LatentStage(Stage):
         full, cond = cond, self.guess(cond)
         loss = o.get("cond_weight", COND_WEIGHT) * cell_mean((cond - x0) ** 2, pair)
         if self.layout["spread"]:
-            n = x0.shape[1]
-            log_spread = full[:, n:2 * n]
-            loss = loss + cell_mean((x0 - cond.detach()).abs() / log_spread.exp() + log_spread, pair)
+            log = log_spread(full, self.layout)
+            loss = loss + cell_mean((x0 - cond.detach()).abs() / log.exp() + log, pair)
         pixel = o.get("cond_pixel_weight", COND_PIXEL_WEIGHT)
         if pixel > 0:
             loss = loss + pixel * (pair.keep_valid(self.decode(pair, cond)) - pair.hr).abs().mean()

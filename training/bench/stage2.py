@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from engine import metrics, modelfile
-from engine.latent import blend, e2diffsr_sample, from_residual, latent_guess, lcmsr_sample
+from engine.latent import blend, latent_guess, sample_latent
 
 from .. import data
 from ..batch import make_pair
@@ -65,13 +65,8 @@ class Runs:
         def noise(k):
             return torch.randn(self.guess(cond).shape, generator=g)
 
-        c = self.card
-        if self.kind == "lcmsr":
-            sample = lcmsr_sample(self.nets["denoiser"], cond, pair.inv_scale, 1, noise)
-        else:
-            sample = e2diffsr_sample(self.nets["denoiser"], cond, pair.inv_scale, c["steps"], noise, c["betas"],
-                                     c.get("eta", 1.0), c.get("prediction", "eps"))
-        return from_residual(cond, c, sample)
+        steps = 1 if self.kind == "lcmsr" else self.card["steps"]
+        return sample_latent(self.kind, self.card, steps, self.nets["denoiser"], cond, pair.inv_scale, noise)
 
 
 @torch.no_grad()
