@@ -11,19 +11,31 @@ VRT and packs that exactly as a single run packs its scratch file (engine.raster
 Progress comes back as Dask events, one per tile. Cancel, a failing task or Ctrl-C sets a Dask
 Event that the running tasks check before every tile, waits for them to stop, cancels the
 futures and removes every shard and scratch file. A killed worker's task is rerun by Dask on
-another worker and gives the same bytes, since a band is a pure function of the request.
+another worker and gives the same bytes, since a band is a pure function of the request. The
+run's event topic and Event are removed from the scheduler when it ends.
+
+The client decides everything a worker could decide otherwise: the model folder (resolved here,
+LATENTSR_MODEL included, and checked on the worker against the client's model card), and the
+engine's version (a fingerprint of its source, which a worker must share). A worker keeps the
+last method it built, under a key made of every request field that can change it and the model
+folder's fingerprint (method_key, model_fingerprint).
 
 ``distributed`` is imported only here, and only when a cluster is asked for.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import functools
+import hashlib
+import ipaddress
 import logging
 import math
 import os
 import re
 import signal
+import socket
 import sys
 import sysconfig
 import threading
@@ -36,9 +48,10 @@ from typing import Callable
 import numpy as np
 from osgeo import gdal
 
-from . import pipeline, raster
+from . import modelfile, pipeline, raster
 from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError
+from .methods import LEARNED
 from .pipeline import (Request, Result, TilePlan, check_pending_memory, commit_outputs, make_method, open_outputs,
                        render, tile_plan)
 
@@ -49,20 +62,49 @@ MAX_LOCAL_WORKERS = 256
 MAX_BAND_ROWS = 64  # tile rows per band at most
 POLL_SECONDS = 0.2
 STOP_SECONDS = 120.0  # how long a cancel waits for running tasks to reach their next tile
-ADDRESS = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^\s:/]+(:\d+)?$", re.IGNORECASE)
+ADDRESS = re.compile(r"(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<host>\[[^\]\s]*\]|[^\s:/\[\]]*)"
+                     r"(?::(?P<port>[^:]*))?", re.IGNORECASE)
+SCHEMES = ("tcp", "tls", "ws", "wss")  # Dask's protocols over TCP (reach() opens a TCP connection first)
 
 
 def parse_address(text: str) -> tuple[str, int | None]:
-    """("local", N) for ``local:N``, else (scheduler address, None); a LatentSRError if malformed."""
+    """("local", N) for ``local:N``, else (scheduler address, None): [protocol://]host:port, with an
+    IPv6 host in brackets (tcp://[::1]:8786); a LatentSRError if malformed."""
     text = text.strip()
     if text.lower().startswith("local"):
         match = re.fullmatch(r"local:(\d+)", text, re.IGNORECASE)
         if not match or not 1 <= int(match.group(1)) <= MAX_LOCAL_WORKERS:
             raise LatentSRError(f"cluster '{text}': write local:N with 1 <= N <= {MAX_LOCAL_WORKERS} worker processes")
         return "local", int(match.group(1))
-    if not ADDRESS.match(text):
-        raise LatentSRError(f"cluster '{text}' is neither a Dask scheduler address (tcp://host:8786) nor local:N")
+    address_parts(text)  # refuses what cannot be a scheduler's address
     return text, None
+
+
+def address_parts(text: str) -> tuple[str, str, int]:
+    """(protocol, host, port) of a scheduler address (the host without IPv6 brackets)."""
+    usage = "neither a Dask scheduler address (tcp://host:8786) nor local:N"
+    match = ADDRESS.fullmatch(text)
+    if not match or not match.group("host"):
+        raise LatentSRError(f"cluster '{text}' is {usage}")
+    scheme, host, port = (match.group("scheme") or "tcp").lower(), match.group("host"), match.group("port")
+    if scheme == "inproc":
+        raise LatentSRError(f"cluster '{text}' is a Dask in-process address, which this run cannot reach: "
+                            f"give a scheduler's tcp://host:port or local:N")
+    if scheme not in SCHEMES:
+        raise LatentSRError(f"cluster '{text}': unknown protocol '{scheme}://' (Dask schedulers listen on "
+                            f"{', '.join(s + '://' for s in SCHEMES)})")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise LatentSRError(f"cluster '{text}': '{host}' is not an IPv6 address") from None
+        host = host[1:-1]
+    if port is None:
+        raise LatentSRError(f"cluster '{text}' has no port: write {scheme}://{match.group('host')}:8786 "
+                            f"(8786 is the Dask scheduler's default)")
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise LatentSRError(f"cluster '{text}': the port must be a number from 1 to 65535, got '{port}'")
+    return scheme, host, int(port)
 
 
 def band_rows(n_rows: int, workers: int) -> int:
@@ -88,12 +130,14 @@ def bands(n_rows: int, rows_per_band: int) -> list[range]:
 class Job:
     """What every band task of one run shares (sent to the workers)."""
 
-    request: Request  # with absolute paths
+    request: Request  # with absolute paths and the client's model (for_workers)
     window: tuple[int, int, int, int] | None  # the pixel window of the input that is processed
     norms: list  # the client's raster.BandNorm of the whole input
     scale: float
     axes: tuple  # (x, y) engine.grid.Axis: the output grid
     name: str  # of the cancel Event and the progress topic
+    engine: str  # the client's engine_version()
+    card: str | None  # the SHA-256 of the client's model card (None: the method has no model)
 
 
 @dataclass(frozen=True)
@@ -117,18 +161,21 @@ def import_distributed():
 def connect(address: str):
     """A distributed.Client on ``address`` (local:N starts N worker processes on 127.0.0.1 with one
     task thread each and an equal share of the cores for their numerical libraries) and its worker
-    count; everything started here is closed on exit."""
+    count; everything started here is closed on exit. A scheduler address is first reached within
+    Dask's connect timeout (distributed.comm.timeouts.connect), so that a wrong address, or another
+    service on that port, fails in one line instead of waiting for an answer that never comes."""
     distributed = import_distributed()
     import dask
 
-    verbose = log.isEnabledFor(logging.DEBUG)
-    logging.getLogger("distributed").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+    quiet_dask()
+    timeout = dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
     target, n = parse_address(address)
     with contextlib.ExitStack() as stack:
         if target == "local":
             use_python_for_workers()
             stack.enter_context(kept_environment(dask.config.get("distributed.nanny.pre-spawn-environ", {})))
             threads = str(max(1, (os.cpu_count() or 1) // n))
+            verbose = log.isEnabledFor(logging.DEBUG)
             try:
                 with warnings.catch_warnings(), sigint_ignored():  # "port 8787 is in use": another one is taken
                     warnings.simplefilter("ignore")
@@ -139,16 +186,80 @@ def connect(address: str):
             except Exception as exc:  # noqa: BLE001 - whatever stops the processes from starting, in one line
                 raise LatentSRError(f"cannot start a local Dask cluster of {n} workers: {raster.one_line(exc)}") from None
             target = cluster.scheduler_address
+        else:
+            reach(address, timeout)
         try:
-            client = stack.enter_context(distributed.Client(target, set_as_default=False))
+            client = stack.enter_context(distributed.Client(target, timeout=timeout, set_as_default=False))
         except (OSError, TimeoutError) as exc:
             raise LatentSRError(f"cannot reach the Dask scheduler at {address}: {raster.one_line(exc)}") from None
+        stack.callback(close_client, client)  # before the Client's own exit, which could wait on a lost scheduler
         try:
-            client.wait_for_workers(1, timeout=dask.utils.parse_timedelta(
-                dask.config.get("distributed.comm.timeouts.connect")))
+            client.wait_for_workers(1, timeout=timeout)
         except (OSError, TimeoutError):
             raise LatentSRError(f"the Dask scheduler at {address} has no workers") from None
         yield client, max(1, sum(client.nthreads().values()))
+
+
+def quiet_dask() -> None:
+    """Dask's loggers (distributed.client and others carry levels of their own) log only with
+    --verbose; otherwise what goes wrong reaches the user as one LatentSRError line."""
+    level = logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
+    for name in ["distributed", *logging.root.manager.loggerDict.copy()]:
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(level)
+
+
+def reach(address: str, timeout: float) -> None:
+    """Connect to the scheduler at ``address`` and exchange Dask's handshake, all within ``timeout``
+    seconds, or raise a LatentSRError that says why not. Dask's own connect waits for the handshake
+    without a limit (an HTTP server on the port never sends one), and reads a reply that is not
+    Dask's as a frame length (a 3 EiB MemoryError): neither reaches the user. It runs on a thread of
+    its own, so that it needs no event loop of the caller's."""
+    from distributed.comm import connect as dask_connect
+    from distributed.security import Security
+
+    _, host, port = address_parts(address)
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise LatentSRError(f"cannot reach the Dask scheduler at {address}: unknown host {host} "
+                            f"({exc.strerror or exc})") from None
+    try:  # a closed port fails here at once (Dask's connect would retry it for the whole timeout)
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise LatentSRError(f"cannot reach the Dask scheduler at {address}: {reason}") from None
+    outcome: list[BaseException | None] = []
+
+    async def handshake() -> None:
+        security = Security().get_connection_args("client")  # as the Client will (TLS from Dask's configuration)
+        comm = await asyncio.wait_for(dask_connect(address, timeout=timeout, **security), timeout)
+        await comm.close()
+
+    def attempt() -> None:
+        try:
+            asyncio.run(handshake())
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - judged below, on the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=attempt, name="latentsr-reach", daemon=True)
+    thread.start()
+    thread.join(timeout + 5.0)  # the attempt ends by itself within timeout; this bound is for a stuck resolver
+    exc = outcome[0] if outcome else TimeoutError()
+    if exc is None:
+        return
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        raise LatentSRError(f"cannot reach the Dask scheduler at {address}: no Dask handshake within {timeout:g} s: "
+                            f"is it a Dask scheduler? (distributed.comm.timeouts.connect sets the wait)")
+    raise LatentSRError(f"cannot reach the Dask scheduler at {address}: what answers there does not speak Dask's "
+                        f"protocol ({type(exc).__name__})")
+
+
+def close_client(client) -> None:
+    """Close ``client`` without waiting long for a scheduler that is gone."""
+    with contextlib.suppress(Exception):
+        client.close(timeout=2)
 
 
 def use_python_for_workers() -> None:
@@ -218,7 +329,9 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list, method, s
                  req.cluster, workers, info.width, info.height, plan.out_w, plan.out_h,
                  plan.tiles, len(cells))
         outputs = open_outputs(req, src, info, plan, virtual=True)
-        job = Job(absolute(req), window, norms, scale, plan.axes, f"latentsr-{uuid.uuid4().hex}")
+        sent = for_workers(req)
+        job = Job(sent, window, norms, scale, plan.axes, f"latentsr-{uuid.uuid4().hex}", engine_version(),
+                  card_sha256(sent))
         work = [Band(i, c.start, c.stop, tuple(out.shard_path(i) for out in outputs)) for i, c in enumerate(cells)]
 
         def fill() -> None:
@@ -233,17 +346,71 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list, method, s
     return Result(req.output, plan.out_w, plan.out_h, scale, method.name, plan.tiles, time.perf_counter() - start)
 
 
-def absolute(req: Request) -> Request:
-    """``req`` with its local paths absolute, as workers in other folders need them."""
+def for_workers(req: Request) -> Request:
+    """``req`` as the workers must run it: its input path absolute (workers start in other folders),
+    and for a learned method the model the client resolved (LATENTSR_MODEL included), as the name of
+    a bundled model (a worker has its own copy, checked by card_sha256) or as an absolute folder."""
     def local(path):
         return os.path.abspath(path) if path and os.path.exists(path) else path
-    return dataclasses.replace(req, input=local(req.input), model=local(req.model))
+    model = req.model
+    if req.method in LEARNED:
+        folder = os.path.abspath(modelfile.resolve(req.model))
+        bundled = os.path.dirname(folder) == os.path.abspath(modelfile.MODELS_DIR)
+        model = os.path.basename(folder) if bundled else folder
+    return dataclasses.replace(req, input=local(req.input), model=model)
+
+
+@functools.lru_cache(maxsize=1)
+def engine_version() -> str:
+    """A fingerprint of this engine: the SHA-256 of its package's Python files (names and bytes). A
+    worker whose engine differs from the client's refuses the run."""
+    home = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(home)):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            digest.update(os.path.relpath(path, home).replace(os.sep, "/").encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()
+
+
+def card_sha256(req: Request) -> str | None:
+    """The SHA-256 of the model card ``req`` runs with (it holds the weights' and graphs' SHA-256),
+    or None when the method has no model."""
+    if req.method not in LEARNED:
+        return None
+    return model_fingerprint(req.model)[0]
+
+
+def model_fingerprint(ref: str | None) -> tuple:
+    """What says that a model folder is still the one a method was built from: its card's SHA-256
+    and the name, size, modification time and inode of each of its files (a folder replaced at the
+    same path, or a file rewritten in place, changes it)."""
+    folder = modelfile.resolve(ref)
+    try:
+        card = hashlib.sha256((folder / modelfile.CARD).read_bytes()).hexdigest()
+        files = sorted((entry.name, *stat_key(entry.stat())) for entry in os.scandir(folder) if entry.is_file())
+    except OSError as exc:
+        raise LatentSRError(f"cannot read the model folder {folder}: {exc.strerror or exc}") from None
+    return card, tuple(files)
+
+
+def stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+class SchedulerLost(LatentSRError):
+    """The client lost its connection to the scheduler in the middle of a run."""
 
 
 def run_bands(client, job: Job, plan: TilePlan, work: list[Band], progress: Callable[[float], None],
               is_cancelled: Callable[[], bool]) -> None:
     """Run every band on the cluster; return when all shards are in place. On failure or cancel the
-    running tasks are stopped and the futures cancelled before this raises."""
+    running tasks are stopped and the futures cancelled before this raises; a lost scheduler ends
+    the run at once (there is nobody left to tell the workers). Once no task of the run is left,
+    its progress topic and cancel Event are removed from the scheduler."""
     distributed = import_distributed()
     tiles = [(plan.first_row(b.start), b.stop) for b in work]
     total = sum((stop - first) * len(plan.cols) for first, stop in tiles)
@@ -260,6 +427,7 @@ def run_bands(client, job: Job, plan: TilePlan, work: list[Band], progress: Call
     try:
         while True:
             time.sleep(POLL_SECONDS)
+            check_scheduler(client, job)
             for future in futures:
                 if future.status == "error":
                     raise band_error(future.exception())
@@ -277,22 +445,56 @@ def run_bands(client, job: Job, plan: TilePlan, work: list[Band], progress: Call
         if not all(f.result() for f in futures):
             raise Cancelled()
     except BaseException:
-        stop.set()
-        deadline = time.monotonic() + STOP_SECONDS
-        while any(f.status == "pending" for f in futures) and time.monotonic() < deadline:
-            time.sleep(POLL_SECONDS)  # each running task stops at its next tile, the others at once
-        client.cancel(futures)
+        if client.status == "running":
+            stop.set()
+            deadline = time.monotonic() + STOP_SECONDS
+            while any(f.status == "pending" for f in futures) and time.monotonic() < deadline:
+                time.sleep(POLL_SECONDS)  # each running task stops at its next tile, the others at once
+            client.cancel(futures)
         raise
     finally:
-        client.unsubscribe_topic(job.name)
+        if client.status == "running":
+            client.unsubscribe_topic(job.name)
+            if not any(f.status == "pending" for f in futures):  # else a task still running must see the Event
+                forget_run(client, stop)
+
+
+def check_scheduler(client, job: Job) -> None:
+    if client.status != "running":
+        raise SchedulerLost(f"lost the Dask scheduler at {job.request.cluster} during the run (it stopped, or the "
+                            f"network failed): nothing was written")
+
+
+def forget_run(client, stop) -> None:
+    """Remove the run's cancel Event (cleared, the scheduler drops it) and progress topic from the
+    scheduler: a long-lived scheduler would keep one of each per run."""
+    try:
+        stop.clear()
+        client.run_on_scheduler(drop_topic, stop.name)
+    except Exception:  # noqa: BLE001 - the run's outcome stands; what is left costs the scheduler a few bytes
+        log.debug("cannot remove the run's topic and Event from the scheduler", exc_info=True)
+
+
+async def drop_topic(name: str, dask_scheduler=None) -> None:
+    """On the scheduler: remove the event topic ``name`` (Dask has no public call for that; its
+    broker keeps every topic it has seen). The client's unsubscribe travels on its batched stream
+    and can arrive after this call, which would bring the topic back: wait for it first (a second
+    at most)."""
+    topics = dask_scheduler._broker._topics
+    for _ in range(100):
+        if name not in topics or not topics[name].subscribers:
+            break
+        await asyncio.sleep(0.01)
+    topics.pop(name, None)
 
 
 def band_error(exc: BaseException | None) -> LatentSRError:
     if isinstance(exc, LatentSRError):
         return LatentSRError(str(exc))
     if "deserializ" in str(exc):
-        return LatentSRError(f"the Dask workers cannot load LatentSR's engine ({module_root()}): start them with "
-                             f"{module_home()} on PYTHONPATH")
+        return LatentSRError(f"the Dask scheduler or workers cannot load LatentSR's engine ({module_root()}): start "
+                             f"both the scheduler and the workers with {module_home()} on PYTHONPATH (Dask reads the "
+                             f"tasks on the scheduler too)")
     return LatentSRError(f"a band failed on the cluster: {type(exc).__name__}: {raster.one_line(exc)}")
 
 
@@ -319,12 +521,13 @@ def run_band(job: Job, band: Band) -> bool:
         return False
     worker = get_worker()
     req = job.request
+    model = check_worker(job, worker.address)
     src, plan, shards = None, None, []
     gdal.PushErrorHandler(gdal_to_log)  # GDAL's own messages must not reach the worker's stderr
     fix_mmap_threshold()  # as the CLI does for its process: the networks' tensors must not pile up in the heap
     try:
         src, info = open_input(req, job.window)
-        method = worker_method(req)
+        method = worker_method(req, model)
         plan = tile_plan(info, job.scale, job.axes, req.tile, req.overlap, method.context)
         y0, y1 = plan.row_edges[band.start], plan.row_edges[band.stop]
         kinds = [(info.gdal_type, info.signed_byte), (raster.FLOAT32, False)][:len(band.shards)]
@@ -373,13 +576,45 @@ def open_input(req: Request, window):
     return src, raster.describe(src, bands)
 
 
+def check_worker(job: Job, where: str) -> tuple | None:
+    """Refuse a worker whose engine or model is not the client's; the model's fingerprint (None
+    for a method without a model)."""
+    if engine_version() != job.engine:
+        raise LatentSRError(f"the Dask worker at {where} runs another version of LatentSR's engine than the client "
+                            f"(its {module_root()} is in {module_home()}): start the workers from the client's "
+                            f"LatentSR")
+    if job.card is None:
+        return None
+    try:
+        model = model_fingerprint(job.request.model)
+    except LatentSRError as exc:
+        raise LatentSRError(f"on the Dask worker at {where}: {exc}") from None
+    if model[0] != job.card:
+        raise LatentSRError(f"the model {job.request.model} on the Dask worker at {where} is not the client's (its "
+                            f"model card differs): give the workers the client's model folder")
+    return model
+
+
+# The fields of Request that never change the method make_method builds from it. Every other field
+# is part of a worker's method key (method_key), so that an option added to Request is in it unless
+# it is declared here.
+NOT_METHOD = frozenset({"input", "output", "scale", "target_resolution", "bands", "tile", "overlap", "seed", "samples",
+                        "uncertainty", "cog", "extent", "cluster"})
+
+
+def method_key(req: Request, model: tuple | None) -> tuple:
+    """What decides the method a worker builds for ``req``: every field of the request but those in
+    NOT_METHOD, and the model folder's fingerprint (model_fingerprint)."""
+    return tuple((f.name, getattr(req, f.name)) for f in dataclasses.fields(req) if f.name not in NOT_METHOD), model
+
+
 _methods = threading.local()
 
 
-def worker_method(req: Request):
-    """The request's method, built once per worker thread for the fields that decide it (the last
-    one only: one model in memory)."""
-    key = (req.method, req.steps, req.backend, req.device, req.model, req.consistency)
+def worker_method(req: Request, model: tuple | None):
+    """The request's method, built once per worker thread for its method_key (the last one only: one
+    model in memory)."""
+    key = method_key(req, model)
     if getattr(_methods, "key", None) != key:
         _methods.key, _methods.method = None, None
         _methods.method, _methods.key = make_method(req), key

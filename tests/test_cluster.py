@@ -5,7 +5,9 @@ nodata and two band groups), a worker killed mid-run, cancel, a band that fails 
 a scheduler that cannot be reached."""
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -238,7 +240,7 @@ def test_band_rows_balance_work_and_waves(n_rows, workers):
 
 def test_workers_that_cannot_import_the_engine_get_told_where_it_is():
     error = cluster.band_error(RuntimeError("Error during deserialization of the task graph. This frequently occurs"))
-    assert f"({cluster.module_root()})" in str(error) and f"start them with {ROOT} on PYTHONPATH" in str(error)
+    assert f"({cluster.module_root()})" in str(error) and f"start both the scheduler and the workers with {ROOT} on PYTHONPATH" in str(error)
 
 
 def test_processing_cluster_parameter(provider, scheduler, crop, tmp_path):
@@ -269,3 +271,252 @@ def test_alpha_masked_input_gives_the_same_pixels_and_mask(scheduler, crop, tmp_
         ds = gdal.Open(str(tmp_path / name))  # kept while its mask band is read
         masks.append(ds.GetRasterBand(1).GetMaskBand().ReadAsArray())
     assert (masks[0] == 0).any() and np.array_equal(masks[0], masks[1])
+
+
+# Third hostile round (issue 23): what a long-lived cluster must never get wrong, and addresses.
+
+def tiny_model(folder, seed):
+    """A tiny random bundle written into ``folder`` (replacing what was there, as a resumed fine-tune
+    rewrites its folder)."""
+    import shutil
+
+    from training.bundle import random_bundle, write
+
+    shutil.rmtree(folder, ignore_errors=True)
+    return str(write(folder, *random_bundle("tiny", seed=seed)))
+
+
+def test_detail_changes_on_a_long_lived_cluster_give_each_single_run(scheduler, crop, tmp_path):
+    """The workers keep their method between runs: a run at another detail must not get the last one."""
+    singles = []
+    for i, detail in enumerate([0.25, 1.0, 0.0]):
+        kw = {"method": "lcmsr", "seed": 11, "detail": detail}
+        run(crop, tmp_path / f"single{i}.tif", **kw)
+        run(crop, tmp_path / f"cluster{i}.tif", cluster=scheduler, **kw)
+        same(tmp_path / f"single{i}.tif", tmp_path / f"cluster{i}.tif")
+        singles.append(pixels(tmp_path / f"single{i}.tif")[0].tobytes())
+    assert len(set(singles)) == 3  # each detail does give other pixels
+
+
+def test_a_model_folder_replaced_between_runs_is_reloaded(scheduler, crop, tmp_path):
+    folder = tmp_path / "model"
+    singles = []
+    for i, seed in enumerate([1, 2]):
+        tiny_model(folder, seed)
+        kw = {"method": "regression", "model": str(folder), "bands": [1, 2, 3]}
+        run(crop, tmp_path / f"single{i}.tif", **kw)
+        run(crop, tmp_path / f"cluster{i}.tif", cluster=scheduler, **kw)
+        same(tmp_path / f"single{i}.tif", tmp_path / f"cluster{i}.tif")
+        singles.append(pixels(tmp_path / f"single{i}.tif")[0].tobytes())
+    assert singles[0] != singles[1]
+
+
+def test_latentsr_model_set_on_the_client_only_is_what_the_workers_run(scheduler, crop, tmp_path, monkeypatch):
+    """The worker processes were started without LATENTSR_MODEL: the client sends its model."""
+    kw = {"method": "regression", "bands": [1, 2, 3]}
+    run(crop, tmp_path / "default.tif", **kw)
+    monkeypatch.setenv("LATENTSR_MODEL", tiny_model(tmp_path / "model", 3))
+    run(crop, tmp_path / "single.tif", **kw)
+    run(crop, tmp_path / "cluster.tif", cluster=scheduler, **kw)
+    same(tmp_path / "single.tif", tmp_path / "cluster.tif")
+    assert pixels(tmp_path / "default.tif")[0].tobytes() != pixels(tmp_path / "single.tif")[0].tobytes()
+
+
+@pytest.mark.parametrize("what, fake, message", [
+    ("engine_version", "0" * 64, r"^the Dask worker at tcp://127\.0\.0\.1:\d+ runs another version of LatentSR's engine"),
+    ("card_sha256", "0" * 64, r"^the model latentsr-rgb on the Dask worker at tcp://127\.0\.0\.1:\d+ is not the client's"),
+])
+def test_a_worker_that_differs_from_the_client_is_refused_in_one_line(scheduler, crop, tmp_path, monkeypatch, what,
+                                                                      fake, message):
+    """The client's fingerprint is faked (the worker processes compute their own)."""
+    monkeypatch.setattr(cluster, what, lambda *args: fake)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(LatentSRError, match=message) as info:
+        run(crop, out / "sr.tif", method="lcmsr", seed=1, cluster=scheduler)
+    assert "\n" not in str(info.value)
+    assert os.listdir(out) == []
+
+
+def test_runs_leave_no_topic_or_event_on_the_scheduler(scheduler, client, crop, tmp_path):
+    def leftovers(dask_scheduler=None):
+        return ([name for name in dask_scheduler._broker._topics if name.startswith("latentsr-")],
+                [name for name in dask_scheduler.extensions["events"]._events if str(name).startswith("latentsr-")])
+
+    client.run_on_scheduler(lambda dask_scheduler=None: [dask_scheduler._broker._topics.pop(name) for name in
+                                                         leftovers(dask_scheduler)[0]])  # earlier tests' runs
+    run(crop, tmp_path / "a.tif", method="bicubic", cluster=scheduler)
+    seen = []
+    with pytest.raises(Cancelled):  # a cancel sets the run's Event
+        superresolve(Request(input=crop, output=str(tmp_path / "b.tif"), method="lcmsr", cluster=scheduler, **TILING),
+                     progress=seen.append, is_cancelled=lambda: any(0 < f < 0.95 for f in seen))
+    assert client.run_on_scheduler(leftovers) == ([], [])
+
+
+def test_method_key_changes_with_each_run_option():
+    base = Request(input="in.tif", output="out.tif", scale=2, method="lcmsr")
+    key = cluster.method_key(base, None)
+    changes = {"method": "e2diffsr", "steps": 2, "detail": 0.5, "backend": "onnx", "device": "cpu", "model": "other",
+               "consistency": True}
+    assert set(changes) | cluster.NOT_METHOD == {f.name for f in dataclasses.fields(Request)}  # a new field is seen
+    for name, value in changes.items():
+        assert cluster.method_key(dataclasses.replace(base, **{name: value}), None) != key, name
+    assert cluster.method_key(base, ("card", ())) != key  # the model folder's fingerprint
+    unrelated = {"input": "x.tif", "output": "y.tif", "scale": 3.0, "target_resolution": 1.0, "bands": [1], "tile": 64,
+                 "overlap": 4, "seed": 9, "samples": 3, "uncertainty": "u.tif", "cog": True,
+                 "extent": (0, 0, 1, 1), "cluster": "local:2"}
+    assert set(unrelated) == cluster.NOT_METHOD
+    for name, value in unrelated.items():  # a worker keeps its method across runs that change only these
+        assert cluster.method_key(dataclasses.replace(base, **{name: value}), None) == key, name
+
+
+def test_make_method_reads_no_field_that_the_method_key_leaves_out(monkeypatch):
+    """The key leaves out the fields in NOT_METHOD: make_method must never read one of them."""
+    from engine import pipeline
+
+    read = set()
+
+    class Watched(Request):
+        def __getattribute__(self, name):
+            read.add(name)
+            return super().__getattribute__(name)
+
+    monkeypatch.setattr(pipeline, "build_method", lambda name, options: object())
+    monkeypatch.setattr(pipeline, "Projected", lambda method: method)
+    for consistency in (False, True):
+        pipeline.make_method(Watched(input="in.tif", output="out.tif", scale=2, consistency=consistency))
+    fields = {f.name for f in dataclasses.fields(Request)}
+    assert {"method", "steps", "detail", "model", "consistency"} <= read & fields
+    assert not read & cluster.NOT_METHOD
+
+
+def test_model_fingerprint_changes_when_the_folder_is_replaced_or_rewritten(tmp_path):
+    folder = tmp_path / "model"
+    tiny_model(folder, 1)
+    first = cluster.model_fingerprint(str(folder))
+    assert cluster.model_fingerprint(str(folder)) == first
+    tiny_model(folder, 2)  # another model at the same path
+    second = cluster.model_fingerprint(str(folder))
+    assert second[0] != first[0]
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[::-1])  # same size, same card: the file itself says it changed
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    third = cluster.model_fingerprint(str(folder))
+    assert third[0] == second[0] and third != second
+
+
+def test_the_client_sends_its_own_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTSR_MODEL", tiny_model(tmp_path / "model", 1))
+    req = Request(input="in.tif", output="out.tif", scale=2, method="lcmsr")
+    assert cluster.for_workers(req).model == str(tmp_path / "model")
+    monkeypatch.setenv("LATENTSR_MODEL", "latentsr-rgb")  # a bundled model goes by name: each worker has its copy
+    assert cluster.for_workers(req).model == "latentsr-rgb"
+    monkeypatch.delenv("LATENTSR_MODEL")
+    assert cluster.for_workers(req).model == "latentsr-rgb"
+    assert cluster.for_workers(dataclasses.replace(req, method="bicubic")).model is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("tcp://[::1]:8786", ("tcp", "::1", 8786)),
+    ("[fe80::1]:9000", ("tcp", "fe80::1", 9000)),
+    ("tls://10.0.0.5:8786", ("tls", "10.0.0.5", 8786)),
+    ("scheduler.example.org:8786", ("tcp", "scheduler.example.org", 8786)),
+])
+def test_scheduler_addresses_are_understood(text, expected):
+    assert cluster.parse_address(text) == (text, None)
+    assert cluster.address_parts(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("foo", "has no port: write tcp://foo:8786"),
+    ("inproc://x", "in-process address"),
+    ("http://host:8786", "unknown protocol 'http://'"),
+    ("tcp://[::zz]:8786", "is not an IPv6 address"),
+    ("tcp://host:0", "the port must be a number from 1 to 65535"),
+    ("tcp://host:99999", "the port must be a number from 1 to 65535"),
+    ("tcp://host:port", "the port must be a number from 1 to 65535"),
+])
+def test_bad_scheduler_addresses_are_one_line(text, message):
+    with pytest.raises(LatentSRError, match=f"^cluster '{re.escape(text)}'.*{re.escape(message)}"):
+        cluster.parse_address(text)
+
+
+@pytest.fixture
+def http_port():
+    """A port where an HTTP server, not a Dask scheduler, listens."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("address, message", [
+    ("inproc://x", "in-process address"),
+    ("foo", "has no port"),
+    ("tcp://[::1]:{free}", "cannot reach the Dask scheduler at tcp://[::1]:"),
+    ("tcp://127.0.0.1:{http}", "cannot reach the Dask scheduler at tcp://127.0.0.1:"),
+    ("tcp://10.255.255.1:8786", "cannot reach the Dask scheduler at tcp://10.255.255.1:8786"),
+])
+def test_cli_cluster_addresses_that_cannot_work_end_in_one_line(crop, tmp_path, http_port, address, message):
+    """Within the connect timeout (2 s here): a closed port, an HTTP server that never answers Dask's
+    handshake, an unroutable address; each as one line on stderr, exit 2, no traceback, no file."""
+    address = address.format(free=free_port(), http=http_port)
+    env = dict(os.environ, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
+    out = tmp_path / "out"
+    out.mkdir()
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "engine", "superresolve", crop, str(out / "sr.tif"), "--scale", "2",
+                           "--method", "bicubic", "--cluster", address],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert time.monotonic() - start < 20
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
+    assert os.listdir(out) == []
+
+
+def test_a_scheduler_killed_mid_run_ends_the_run_in_one_line(tmp_path):
+    """A scheduler and a worker of their own (PYTHONPATH on both, as the README says); the scheduler
+    is killed once the first shard exists: the CLI ends within seconds, one line, nothing left."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    dask_cli = os.path.join(os.path.dirname(sys.executable), "dask")
+    started = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    started.append(subprocess.Popen([dask_cli, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1",
+                                     "--no-dashboard"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL))
+    big = write_raster(tmp_path / "big.tif", np.random.default_rng(1).integers(1, 255, (3, 200, 200)).astype(np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        with distributed.Client(f"tcp://127.0.0.1:{port}", timeout=60, set_as_default=False) as c:
+            c.wait_for_workers(1, timeout=60)
+        p = subprocess.Popen([sys.executable, "-m", "engine", "superresolve", big, str(out / "sr.tif"), "--scale", "4",
+                              "--method", "lcmsr", "--tile", "32", "--overlap", "8", "--cluster",
+                              f"tcp://127.0.0.1:{port}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        started.append(p)
+        while not any(".shard" in n for n in os.listdir(out)) and p.poll() is None:
+            time.sleep(0.02)
+        started[0].kill()
+        killed = time.monotonic()
+        _, err = p.communicate(timeout=60)
+        assert time.monotonic() - killed < 10
+        deadline = time.monotonic() + 10  # the worker's running band stops at its next tile (no scheduler to ask)
+        while os.listdir(out) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        for proc in reversed(started):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert p.returncode == 2 and err.strip().splitlines() == [
+        f"error: lost the Dask scheduler at tcp://127.0.0.1:{port} during the run (it stopped, or the network failed): "
+        "nothing was written"]
+    assert os.listdir(out) == []
