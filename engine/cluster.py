@@ -82,7 +82,7 @@ def parse_address(text: str) -> tuple[str, int | None]:
 
 def address_parts(text: str) -> tuple[str, str, int]:
     """(protocol, host, port) of a scheduler address (the host without IPv6 brackets)."""
-    usage = "neither a Dask scheduler address (tcp://host:8786) nor local:N"
+    usage = "neither a Dask scheduler address (tcp://host:8786, an IPv6 host in brackets: tcp://[::1]:8786) nor local:N"
     match = ADDRESS.fullmatch(text)
     if not match or not match.group("host"):
         raise LatentSRError(f"cluster '{text}' is {usage}")

@@ -436,6 +436,7 @@ def test_scheduler_addresses_are_understood(text, expected):
     ("tcp://host:0", "the port must be a number from 1 to 65535"),
     ("tcp://host:99999", "the port must be a number from 1 to 65535"),
     ("tcp://host:port", "the port must be a number from 1 to 65535"),
+    ("tcp://::1:8786", "an IPv6 host in brackets: tcp://[::1]:8786"),
 ])
 def test_bad_scheduler_addresses_are_one_line(text, message):
     with pytest.raises(LatentSRError, match=f"^cluster '{re.escape(text)}'.*{re.escape(message)}"):
