@@ -51,7 +51,7 @@ from osgeo import gdal
 from . import modelfile, pipeline, raster
 from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError
-from .methods import LEARNED
+from .methods import LEARNED, choose_backend
 from .pipeline import (Request, Result, TilePlan, check_pending_memory, commit_outputs, make_method, open_outputs,
                        render, tile_plan)
 
@@ -349,15 +349,18 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list, method, s
 def for_workers(req: Request) -> Request:
     """``req`` as the workers must run it: its input path absolute (workers start in other folders),
     and for a learned method the model the client resolved (LATENTSR_MODEL included), as the name of
-    a bundled model (a worker has its own copy, checked by card_sha256) or as an absolute folder."""
+    a bundled model (a worker has its own copy, checked by card_sha256) or as an absolute folder,
+    and the backend the client chose for backend auto (a worker that lacks it then refuses in one
+    line instead of running another backend's floats)."""
     def local(path):
         return os.path.abspath(path) if path and os.path.exists(path) else path
-    model = req.model
+    model, backend = req.model, req.backend
     if req.method in LEARNED:
-        folder = os.path.abspath(modelfile.resolve(req.model))
-        bundled = os.path.dirname(folder) == os.path.abspath(modelfile.MODELS_DIR)
-        model = os.path.basename(folder) if bundled else folder
-    return dataclasses.replace(req, input=local(req.input), model=model)
+        folder = modelfile.resolve(req.model).absolute()
+        backend = choose_backend(req.backend, req.device, modelfile.read_card(folder))
+        bundled = folder.parent == modelfile.MODELS_DIR
+        model = folder.name if bundled else str(folder)
+    return dataclasses.replace(req, input=local(req.input), model=model, backend=backend)
 
 
 @functools.lru_cache(maxsize=1)

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from engine import cluster
+from engine import cluster, modelfile
 from engine.errors import Cancelled, LatentSRError
+from engine.methods import choose_backend
 from engine.cluster import superresolve
 from engine.pipeline import Request
 from tests.conftest import NAIP, ROOT, write_raster
@@ -406,12 +407,15 @@ def test_model_fingerprint_changes_when_the_folder_is_replaced_or_rewritten(tmp_
     assert third[0] == second[0] and third != second
 
 
-def test_the_client_sends_its_own_model(tmp_path, monkeypatch):
+def test_the_client_sends_its_own_model_and_backend(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTSR_MODEL", tiny_model(tmp_path / "model", 1))
     req = Request(input="in.tif", output="out.tif", scale=2, method="lcmsr")
     assert cluster.for_workers(req).model == str(tmp_path / "model")
+    assert cluster.for_workers(req).backend == "torch"  # auto, for a model without ONNX graphs
     monkeypatch.setenv("LATENTSR_MODEL", "latentsr-rgb")  # a bundled model goes by name: each worker has its copy
     assert cluster.for_workers(req).model == "latentsr-rgb"
+    assert cluster.for_workers(req).backend == choose_backend("auto", "auto", modelfile.read_card(modelfile.resolve(None)))
+    assert cluster.for_workers(dataclasses.replace(req, backend="torch")).backend == "torch"
     monkeypatch.delenv("LATENTSR_MODEL")
     assert cluster.for_workers(req).model == "latentsr-rgb"
     assert cluster.for_workers(dataclasses.replace(req, method="bicubic")).model is None
