@@ -2,7 +2,10 @@
 
 The same bytes as a single run (bicubic, regression, LCMSR with a seed, on a NAIP crop with
 nodata and two band groups), a worker killed mid-run, cancel, a band that fails on bad data, and
-a scheduler that cannot be reached."""
+a scheduler that cannot be reached. Then what a long-lived cluster must not get wrong: runs at
+other details or with a replaced model folder, LATENTSR_MODEL set on the client only, workers of
+another version, the scheduler's leftovers; and addresses that cannot work, a scheduler killed
+mid-run."""
 from __future__ import annotations
 
 import dataclasses
