@@ -471,3 +471,56 @@ def test_detail_slider(make_dock, small_raster):
     dock.method.setCurrentIndex(1)
     assert slider.isEnabled() and dock.parameters()["DETAIL"] == pytest.approx(0.3)
     assert make_dock().detail_value() == pytest.approx(0.3)
+
+
+def test_interpreter_is_qgis_own_python_not_a_decoy_first_on_path(tmp_path, monkeypatch):
+    """sys.executable inside QGIS can be another python3 found on PATH (a pyenv shim): pip and the
+    Dask workers must get this process's own Python."""
+    import multiprocessing
+    import multiprocessing.spawn
+
+    from latentsr.engine import cluster, interpreter
+    from latentsr.ui import deps
+    from latentsr.ui.installer import InstallDialog
+
+    decoy = tmp_path / "python3"
+    decoy.write_text(f"#!/bin/sh\ntouch {tmp_path / 'decoy-ran'}\nexec /bin/false\n")
+    decoy.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(sys, "executable", str(decoy))
+    interpreter.python_executable.cache_clear()
+    try:
+        python = deps.python_executable()
+        assert python and python != str(decoy)
+        probe = subprocess.run([python, "-c", "import sys, _csv; print(sys.prefix, sys.version_info[:2])"],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.stdout.split()[0] == sys.prefix and probe.stdout.strip().endswith(str(tuple(sys.version_info[:2])))
+        dialog = InstallDialog(target=str(tmp_path))
+        assert dialog.python == python
+        dialog.deleteLater()
+        before = multiprocessing.spawn.get_executable()
+        try:
+            cluster.use_python_for_workers()
+            assert os.fsdecode(multiprocessing.spawn.get_executable()) == python
+        finally:
+            multiprocessing.set_executable(before)
+    finally:
+        interpreter.python_executable.cache_clear()
+
+
+def test_installer_names_the_installed_torch_build_and_offers_the_training_packages(qgis_app, tmp_path):
+    from latentsr.engine.methods import cpu_only_torch
+    from latentsr.ui import deps
+    from latentsr.ui.installer import InstallDialog
+
+    assert cpu_only_torch()  # the test environment's torch is 2.13.0+cpu
+    dialog = InstallDialog(python=sys.executable, target=str(tmp_path))
+    try:
+        labels = {key: box.text() for key, box in dialog.choices.items()}
+    finally:
+        dialog.deleteLater()
+    assert labels["torch-cuda"].endswith("(PyTorch 2.13.0+cpu is installed (CPU build))")  # was "(installed)"
+    assert labels["torch"].endswith("(installed: 2.13.0+cpu)")
+    assert "onnx 1.19.0 and tqdm 4.70.1" in labels["training"] and labels["training"].endswith("(installed: 1.19.0, 4.70.1)")
+    args = deps.pip_arguments(["training"], str(tmp_path))
+    assert {"onnx==1.19.0", "tqdm==4.70.1"} <= set(args)
