@@ -524,3 +524,28 @@ def test_installer_names_the_installed_torch_build_and_offers_the_training_packa
     assert "onnx 1.19.0 and tqdm 4.70.1" in labels["training"] and labels["training"].endswith("(installed: 1.19.0, 4.70.1)")
     args = deps.pip_arguments(["training"], str(tmp_path))
     assert {"onnx==1.19.0", "tqdm==4.70.1"} <= set(args)
+
+
+def test_model_list_drops_trained_folders_that_are_gone(make_dock, tmp_path):
+    import shutil
+
+    from latentsr.engine import modelfile
+    from latentsr.provider import user_models
+
+    kept, gone = tmp_path / "kept", tmp_path / "gone"
+    for folder in (kept, gone):  # the card is what the list reads
+        folder.mkdir()
+        shutil.copy(modelfile.MODELS_DIR / modelfile.DEFAULT_MODEL / modelfile.CARD, folder)
+    settings = QgsSettings()
+    old = settings.value(user_models.TRAINED, [], type=list)
+    try:
+        user_models.register(str(kept))
+        user_models.register(str(gone))
+        shutil.rmtree(gone)
+        dock = make_dock()
+        dock.fill_model_list()
+        folders = [dock.model_list.itemData(i) for i in range(dock.model_list.count())]
+        assert str(kept) in folders and str(gone) not in folders
+        assert settings.value(user_models.TRAINED, [], type=list) == [str(kept)] + [f for f in old if os.path.isdir(f)]
+    finally:
+        settings.setValue(user_models.TRAINED, old)
