@@ -36,8 +36,6 @@ import os
 import re
 import signal
 import socket
-import sys
-import sysconfig
 import threading
 import time
 import uuid
@@ -264,19 +262,16 @@ def close_client(client) -> None:
 
 def use_python_for_workers() -> None:
     """Local workers are started with multiprocessing's spawn, which runs sys.executable: inside QGIS
-    (qgis, qgis_process) that is QGIS itself, so point it at the Python that QGIS embeds."""
+    that can be QGIS itself or another Python first on PATH, so point it at this process's own Python
+    (engine.interpreter)."""
     import multiprocessing
 
-    if os.path.basename(sys.executable).lower().startswith("python"):
-        return
-    version = "{}.{}".format(*sys.version_info[:2])
-    bindir = sysconfig.get_config_var("BINDIR") or ""  # where this Python's own build put its interpreter
-    for candidate in (os.path.join(bindir, "python" + version), os.path.join(sys.exec_prefix, "python.exe"),
-                      os.path.join(sys.exec_prefix, "bin", "python" + version)):
-        if candidate and os.path.isfile(candidate):
-            multiprocessing.set_executable(candidate)
-            return
-    raise LatentSRError("cannot find the Python interpreter to start local Dask workers: give a scheduler address")
+    from .interpreter import python_executable
+
+    python = python_executable()
+    if python is None:
+        raise LatentSRError("cannot find the Python interpreter to start local Dask workers: give a scheduler address")
+    multiprocessing.set_executable(python)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ them) and numpy arrays alike. This module never imports torch.
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Protocol
 
@@ -38,6 +39,9 @@ from .schedulers import consistency, ddpm
 log = logging.getLogger(__name__)
 
 CONTEXT = 16  # LR halo: the decoder's feature branch sees ±10 LR pixels, the latent nets a few cells more
+# Set by the caller of a method (engine.pipeline.sample_layers): called after each network call of
+# run_tile with the fraction of the call done; it may raise engine.errors.Cancelled between two calls.
+CALL_DONE: ContextVar[Callable[[float], None] | None] = ContextVar("latentsr_call_done", default=None)
 
 
 def band_groups(n: int, bands: int) -> list[list[int]]:
@@ -175,10 +179,21 @@ class Networks(Protocol):
 def run_tile(nets: Networks, name: str, spec: dict, steps: int, a: dict, noise: Callable[[int], object],
              detail: float = 1.0):
     """SR of one tile's band groups: condition -> sampler (blended at ``detail``) -> decoder, in the
-    backend's arrays."""
-    cond = nets.condition(a)
-    x0 = sample_latent(name, spec, steps, nets.denoiser, cond, a["inv_scale"], noise, detail)
-    return nets.decoder(a, x0 / latent_scale(spec))
+    backend's arrays. CALL_DONE hears of each network call."""
+    done = CALL_DONE.get() or (lambda fraction: None)
+    calls = [0, steps + 2]  # made, at most: the condition, the sampler's steps, the decoder
+
+    def called(out):
+        calls[0] += 1
+        done(calls[0] / calls[1])
+        return out
+
+    cond = called(nets.condition(a))
+    x0 = sample_latent(name, spec, steps, lambda *args: called(nets.denoiser(*args)), cond, a["inv_scale"], noise,
+                       detail)
+    sr = nets.decoder(a, x0 / latent_scale(spec))
+    done(1.0)
+    return sr
 
 
 def latent_scale(spec: dict) -> float:

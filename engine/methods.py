@@ -50,6 +50,7 @@ TABLE = {
 METHODS = tuple(TABLE)  # the Processing enum's order; the first is the default
 LEARNED = tuple(name for name, info in TABLE.items() if info.learned)
 STOCHASTIC = tuple(name for name, info in TABLE.items() if info.stochastic)
+MAX_STEPS = max(info.max_steps for info in TABLE.values())  # the most sampler steps of any method (a card may allow fewer)
 BACKENDS = ("auto", "torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -148,6 +149,27 @@ def cpu_only_torch() -> bool:
     """Whether the installed torch is a build without CUDA, known without importing it (a +cpu wheel, macOS)."""
     try:
         return sys.platform == "darwin" or importlib.metadata.version("torch").endswith("+cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def cuda_offered(backends: tuple[str, ...] = ("torch", "onnx")) -> bool:
+    """Whether device cuda is worth offering for ``backends``, known cheaply (nothing is imported): an
+    NVIDIA driver is installed and PyTorch is not a CPU-only build or, for onnx, onnxruntime-gpu is
+    installed. The run still checks that the GPU really works (choose_backend, the backends)."""
+    if sys.platform == "darwin":
+        return False
+    if sys.platform.startswith("linux"):
+        driver = os.path.exists("/proc/driver/nvidia/version")
+    else:
+        system = os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32")
+        driver = os.path.exists(os.path.join(system, "nvcuda.dll"))
+    if not driver:
+        return False
+    if "torch" in backends and importable("torch") and not cpu_only_torch():
+        return True
+    try:
+        return "onnx" in backends and bool(importlib.metadata.version("onnxruntime-gpu"))
     except importlib.metadata.PackageNotFoundError:
         return False
 

@@ -15,7 +15,7 @@ import numpy as np
 from . import raster
 from .errors import Cancelled, LatentSRError
 from .grid import Axis, Grid, resolution_axis, scale_axis, snap_window
-from .latent import check_detail
+from .latent import CALL_DONE, check_detail
 from .methods import BACKENDS, DEFAULTS, DEVICES, METHODS, STOCHASTIC, MethodOptions, build_method
 from .projection import Projected
 from .resample import nearest_indices
@@ -385,7 +385,14 @@ def render(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNo
                 xs=ax.centres(tx.out_start, tx.out_stop, tx.in_start),
                 scale=plan.scale, out_y0=ty.out_start, out_x0=tx.out_start, in_y0=ty.in_start, in_x0=tx.in_start,
                 in_h=info.height, in_w=info.width)
-            layers = sample_layers(method, x, grid, seeds, n_bands, bool(req.uncertainty))
+            k = (iy - first) * len(cols) + ix
+
+            def within(fraction: float, k: int = k) -> None:  # inside the tile: between two network calls
+                if is_cancelled():
+                    raise Cancelled()
+                progress((k + fraction) / total)
+
+            layers = sample_layers(method, x, grid, seeds, n_bands, bool(req.uncertainty), within)
             weight = ty.weights[:, None] * tx.weights[None, :]
             out_valid = valid[:, nearest_indices(grid.ys, valid.shape[1])][:, :, nearest_indices(grid.xs, valid.shape[2])]
             scatter(pending, [layer * weight for layer in layers], out_valid, ty.out_start, tx.out_start, iy, ix,
@@ -424,13 +431,22 @@ def sample_seeds(seed: int, samples: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence([seed, samples]).generate_state(samples, dtype=np.uint32)]
 
 
-def sample_layers(method, x: np.ndarray, grid: Grid, seeds: list[int], n_bands: int, with_std: bool) -> list[np.ndarray]:
+def sample_layers(method, x: np.ndarray, grid: Grid, seeds: list[int], n_bands: int, with_std: bool,
+                  within: Callable[[float], None] | None = None) -> list[np.ndarray]:
     """The SR of a tile (the mean of the samples when there are several) and, if asked, the
     per-pixel standard deviation of the samples (ddof = 1), both in normalised units. Several
-    samples are folded into running sums (Welford), so memory does not grow with their number."""
+    samples are folded into running sums (Welford), so memory does not grow with their number.
+    ``within(fraction of the tile)`` is called after every sample and every network call (it may
+    raise Cancelled)."""
     mean = m2 = None
     for k, seed in enumerate(seeds, start=1):
-        sr = method(x, grid, seed)
+        token = CALL_DONE.set(None if within is None else lambda f, k=k: within((k - 1 + f) / len(seeds)))
+        try:
+            sr = method(x, grid, seed)
+        finally:
+            CALL_DONE.reset(token)
+        if within is not None:
+            within(k / len(seeds))
         if sr.shape != (n_bands, *grid.shape):
             raise LatentSRError(f"method {method.name} returned shape {sr.shape}, expected {(n_bands, *grid.shape)}")
         if len(seeds) == 1:

@@ -18,7 +18,8 @@ from qgis.core import (
 from ..engine import evaluate, pipeline
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
-from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, METHODS, TABLE, steps_help
+from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, MAX_STEPS, METHODS, TABLE, steps_help
+from .superresolve import offered_devices
 
 NUMBERS = (("PSNR", "psnr", "PSNR (dB)"), ("SSIM", "ssim", "SSIM"), ("ERGAS", "ergas", "ERGAS"),
            ("SAM", "sam", "SAM (degrees)"), ("CONSISTENCY_PSNR", "consistency_psnr", "Consistency PSNR (dB)"),
@@ -79,7 +80,7 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
                                        defaultValue=METHODS.index(DEFAULTS.method)),
             "The SR method run on the degraded reference when INPUT is empty; ignored otherwise.")
         add(QgsProcessingParameterNumber(self.STEPS, "Sampling steps (0 = method default)",
-                                         QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=50),
+                                         QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=MAX_STEPS),
             f"Steps of the diffusion methods when INPUT is empty: {steps_help()}.")
         add(QgsProcessingParameterNumber(self.DETAIL, "Detail (0 = faithful, 1 = detailed; empty = model default)",
                                          QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0,
@@ -90,7 +91,7 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
             "Seed of the diffusion methods when INPUT is empty.", advanced=True)
         add(QgsProcessingParameterEnum(self.BACKEND, "Backend", list(BACKENDS), defaultValue=BACKENDS.index(DEFAULTS.backend)),
             "Backend of the learned methods when INPUT is empty (as in Super-resolve raster).", advanced=True)
-        add(QgsProcessingParameterEnum(self.DEVICE, "Device", list(DEVICES), defaultValue=DEVICES.index(DEFAULTS.device)),
+        add(QgsProcessingParameterEnum(self.DEVICE, "Device", offered_devices(), defaultValue=DEVICES.index(DEFAULTS.device)),
             "Device of the learned methods when INPUT is empty; auto uses CUDA when available.", advanced=True)
         add(QgsProcessingParameterFile(self.MODEL, "Model folder (empty: the bundled model)",
                                        behavior=QgsProcessingParameterFile.Folder, optional=True),

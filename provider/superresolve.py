@@ -1,6 +1,8 @@
 """Processing algorithm ``latentsr:superresolve``: a thin mapping of parameters onto the engine."""
 from __future__ import annotations
 
+import re
+
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterBand,
@@ -15,9 +17,44 @@ from qgis.core import (
 )
 
 from ..engine import cluster, pipeline
-from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, METHODS, TABLE, steps_help
+from ..engine.errors import LatentSRError
+from ..engine.methods import (BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, MAX_STEPS, METHODS, TABLE, cuda_offered,
+                              steps_help)
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
+
+
+def offered_devices() -> list[str]:
+    """The DEVICE choices: cuda only where it may run (engine.methods.cuda_offered); the indices stay DEVICES'."""
+    return list(DEVICES) if cuda_offered() else [d for d in DEVICES if d != "cuda"]
+
+
+def check_cluster(address: str, feedback) -> None:
+    """CLUSTER refused in one line when it is not local:N or a scheduler address with a port; for a
+    scheduler, say that the run waits for it (up to Dask's connect timeout) before the tiles start."""
+    try:
+        target, workers = cluster.parse_address(address)
+    except LatentSRError as exc:
+        raise QgsProcessingException(f"CLUSTER: {exc}") from None
+    if workers is not None:
+        feedback.pushInfo(f"Starting {workers} local Dask worker process{'es' * (workers > 1)}…")
+        return
+    if not re.search(r":\d+$", target):
+        raise QgsProcessingException(f"CLUSTER '{address}' has no port: write a Dask scheduler's address with its "
+                                     "port, such as tcp://host:8786, or local:N for N worker processes here")
+    feedback.pushInfo(f"Connecting to the Dask scheduler at {target} (waiting up to {connect_timeout()})…")
+
+
+def connect_timeout() -> str:
+    """Dask's connect timeout in words ("30 s"), or "Dask's connect timeout" when Dask is not importable."""
+    try:
+        import dask
+        import dask.utils
+        import distributed  # noqa: F401 - registers its configuration (the timeouts)
+
+        return f"{dask.utils.parse_timedelta(dask.config.get('distributed.comm.timeouts.connect')):g} s"
+    except (ImportError, KeyError, ValueError, TypeError):
+        return "Dask's connect timeout"
 
 
 class SuperResolveAlgorithm(LatentSRAlgorithm):
@@ -62,16 +99,17 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
                                        defaultValue=METHODS.index(DEFAULTS.method)),
             "LCMSR samples in one step; E²DiffSR runs a few diffusion steps; Regression is deterministic; Bicubic is the classic baseline.")
         add(QgsProcessingParameterNumber(self.STEPS, "Sampling steps (0 = method default)",
-                                         QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=50),
-            f"Steps of the diffusion methods: {steps_help()}. Ignored by the others.")
+                                         QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=MAX_STEPS),
+            f"Steps of the diffusion methods, at most {MAX_STEPS}: {steps_help()}. Ignored by the others.")
         add(QgsProcessingParameterNumber(self.DETAIL, "Detail (0 = faithful, 1 = detailed; empty = model default)",
                                          QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0,
                                          maxValue=1.0),
             DETAIL_HELP)
         add(QgsProcessingParameterEnum(self.BACKEND, "Backend", list(BACKENDS), defaultValue=BACKENDS.index(DEFAULTS.backend)),
             "auto: PyTorch on a CUDA GPU, else ONNX Runtime when the model has ONNX graphs (faster on CPU), else PyTorch.", advanced=True)
-        add(QgsProcessingParameterEnum(self.DEVICE, "Device", list(DEVICES), defaultValue=DEVICES.index(DEFAULTS.device)),
-            "auto uses CUDA when available, else the CPU.", advanced=True)
+        add(QgsProcessingParameterEnum(self.DEVICE, "Device", offered_devices(), defaultValue=DEVICES.index(DEFAULTS.device)),
+            "auto uses a CUDA GPU when available, else the CPU; cuda is listed only where an NVIDIA driver and a "
+            "CUDA build of PyTorch or ONNX Runtime are installed.", advanced=True)
         add(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (input pixels)", QgsProcessingParameterNumber.Integer,
                                          DEFAULTS.tile, minValue=pipeline.MIN_TILE),
             "The raster is processed in tiles of this many input pixels; smaller tiles use less memory.", advanced=True)
@@ -91,13 +129,17 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
             "Only super-resolve the part of the raster inside this extent (for a quick preview).", advanced=True)
         add(QgsProcessingParameterFile(self.MODEL, "Model folder (empty: the bundled model)",
                                        behavior=QgsProcessingParameterFile.Folder, optional=True),
-            "A model bundle folder (model.json + model.safetensors), e.g. one you trained with `make train`.", advanced=True)
+            "A model bundle folder (model.json + model.safetensors), for example one you trained with the Train "
+            "algorithm; empty: the bundled model.", advanced=True)
         add(QgsProcessingParameterBoolean(self.COG, "Write a Cloud Optimized GeoTIFF", False),
             "Write the output as a COG (with overviews) instead of a tiled GeoTIFF.", advanced=True)
-        add(QgsProcessingParameterString(self.CLUSTER, "Dask cluster (empty: this process)", optional=True),
-            "Run the tiles on a Dask distributed cluster: a scheduler address such as tcp://host:8786, or local:N for "
-            "N worker processes on this machine. The output is the same as without. Every worker must be able to read "
-            "the input and the model, and to write next to the output. Needs dask[distributed].", advanced=True)
+        add(QgsProcessingParameterString(self.CLUSTER, "Share the work out with Dask (empty: run here, in QGIS)",
+                                         optional=True),
+            "For large rasters: run the tiles in parallel on several processes or computers with Dask distributed. "
+            "Write local:N to start N worker processes on this computer, or the address of a running Dask scheduler "
+            "such as tcp://host:8786. Empty: QGIS runs every tile itself. The output is the same either way. Every "
+            "worker must be able to read the input and the model, and to write next to the output. Needs Dask "
+            "distributed (LatentSR → Install dependencies).", advanced=True)
         add(QgsProcessingParameterRasterDestination(self.OUTPUT, "Super-resolved raster"),
             "Output GeoTIFF.")
         add(QgsProcessingParameterRasterDestination(self.OUTPUT_UNCERTAINTY, "Uncertainty (std of samples)",
@@ -138,6 +180,8 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
             cluster=self.parameterAsString(parameters, self.CLUSTER, context).strip() or None,
         )
+        if request.cluster:
+            check_cluster(request.cluster, feedback)
         result = run_engine("Super-resolution", cluster.superresolve, request, feedback)
         feedback.pushInfo(f"Wrote {result.width}×{result.height} pixels (scale {result.scale:.4g}, {result.method}) "
                           f"in {result.seconds:.1f} s.")

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import time
 
 from qgis.core import (
+    QgsApplication,
     QgsProcessing,
     QgsProcessingException,
+    QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
@@ -19,8 +23,11 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProcessingUtils,
 )
 
+from ..engine.methods import cuda_offered
+from ..engine.pipeline import MAX_SCALE
 from .algorithm import LatentSRAlgorithm
 from .engine_run import FeedbackHandler
 from .user_models import register
@@ -28,6 +35,50 @@ from .user_models import register
 PLUGIN_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = ("cpu", "cuda")
 REPORT_EVERY = 10  # steps between the loss lines in the log
+NAME_CHARS = 60  # a default model folder's name is cut to this length
+# the training CLI's options in its messages, as this dialog names them
+OPTION_NAMES = {"--crop": "Window size (CROP)", "--batch": "Batch size (BATCH)", "--device": "Device (DEVICE)",
+                "--steps": "Training steps (STEPS)", "--stage2-steps": "Stage-2 steps (STAGE2_STEPS)",
+                "--bands": "Bands (BANDS)", "--init": "Start model folder (INIT_MODEL)",
+                "--out": "Output model folder (OUTPUT_MODEL)", "--val": "Validation raster (VALIDATION)"}
+# what each stage's validation compares the model with (training's Stage.reference)
+REFERENCES = {"stage1": "the decoder without the latent", "e2diffsr": "the faithful result (Detail 0)",
+              "lcmsr": "the faithful result (Detail 0)"}
+
+
+def models_folder() -> str:
+    """Where trained models go by default: the QGIS profile's latentsr/models (it outlives QGIS's
+    temporary processing folder, so the model stays and its training can be resumed)."""
+    return os.path.join(QgsApplication.qgisSettingsDirPath(), "latentsr", "models")
+
+
+def default_model_name(names: list[str]) -> str:
+    """A folder name made of the training layers' names: the same inputs give the same folder (so a
+    run again resumes)."""
+    text = "+".join(names[:3]) + (f"+{len(names) - 3} more" if len(names) > 3 else "")
+    text = re.sub(r"[^\w.+-]+", "_", text).strip("._") or "model"
+    return text[:NAME_CHARS]
+
+
+def output_folder(value, resolved: str, names: list[str]) -> str:
+    """The model folder of OUTPUT_MODEL: the folder given; a folder named after the inputs inside
+    models_folder() when it is left temporary, lies in QGIS's temporary processing folder, or is
+    models_folder() itself."""
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        value = value.sink.staticValue()
+    temporary = value in (None, "", QgsProcessing.TEMPORARY_OUTPUT) or not resolved
+    inside_temp = bool(resolved) and os.path.abspath(resolved).startswith(
+        os.path.abspath(QgsProcessingUtils.tempFolder()) + os.sep)
+    if temporary or inside_temp or os.path.abspath(resolved) == os.path.abspath(models_folder()):
+        return os.path.join(models_folder(), default_model_name(names))
+    return resolved
+
+
+def dialog_words(message: str) -> str:
+    """A training error in the dialog's terms: its parameters instead of the CLI's options."""
+    for option, name in OPTION_NAMES.items():
+        message = re.sub(re.escape(option) + r"(?![\w-])", name, message)
+    return message
 
 
 def parse_bands(text: str) -> list[int] | None:
@@ -57,6 +108,16 @@ def training_modules():
     return finetune, errors, engine_errors
 
 
+class TrainingLog(FeedbackHandler):
+    """The training log in the Processing log, less the trainer's validation lines: report() gives
+    them in this dialog's words."""
+
+    def emit(self, record):
+        if record.name.endswith("trainer") and str(record.msg).startswith("step %d: validation"):
+            return
+        super().emit(record)
+
+
 class TrainAlgorithm(LatentSRAlgorithm):
     INPUT, BANDS, INIT_MODEL, STEPS = "INPUT", "BANDS", "INIT_MODEL", "STEPS"
     SCALE_MIN, SCALE_MAX, VALIDATION, OUTPUT_MODEL = "SCALE_MIN", "SCALE_MAX", "VALIDATION", "OUTPUT_MODEL"
@@ -76,12 +137,15 @@ class TrainAlgorithm(LatentSRAlgorithm):
         return [
             "Fine-tunes a LatentSR model on your own raster layers (any band count and data type) and writes a new "
             "model folder, which the dock then offers in its model list. It runs the same code as "
-            "`python -m training finetune`: stage 1 (the residual autoencoder), then stage 2 of every diffusion "
+            "python -m training finetune: stage 1 (the residual autoencoder), then stage 2 of every diffusion "
             "method of the start model, then the bundle and its ONNX graphs.",
             ("Data.", "Random windows that hold at most 2% nodata pixels (no nodata pixel enters the loss), normalised "
              "exactly as super-resolution normalises the raster (whole-raster statistics per band, recorded in the "
              "model card)."),
             ("Cancel and resume.", "Cancel saves a checkpoint; running again with the same OUTPUT_MODEL resumes it."),
+            ("Where the model goes.", "By default into a folder named after the training rasters inside your QGIS "
+             "profile's latentsr/models folder, which stays after QGIS quits: the same rasters again resume or "
+             "reuse it."),
         ]
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
@@ -97,30 +161,35 @@ class TrainAlgorithm(LatentSRAlgorithm):
             "The model bundle to start from (model.json + model.safetensors); empty: the bundled model.")
         add(QgsProcessingParameterNumber(self.STEPS, "Training steps (stage 1)", QgsProcessingParameterNumber.Integer,
                                          600, minValue=1),
-            "Steps of stage 1; each stage-2 method trains half as many unless STAGE2_STEPS says otherwise. A step is "
-            "about a second on a 2-core CPU with the default batch and crop.")
+            "Steps of stage 1; each stage-2 method trains half as many unless STAGE2_STEPS says otherwise. How long a "
+            "step takes depends on the computer, the batch size and the window size: the log gives the time per step "
+            "and an estimate of the time left.")
         add(QgsProcessingParameterNumber(self.SCALE_MIN, "Smallest training scale", QgsProcessingParameterNumber.Double,
-                                         1.0, minValue=1.0, maxValue=8.0),
+                                         1.0, minValue=1.0, maxValue=MAX_SCALE),
             "Each step trains at a random scale between SCALE_MIN and SCALE_MAX; narrow it to the scales you will use.")
         add(QgsProcessingParameterNumber(self.SCALE_MAX, "Largest training scale", QgsProcessingParameterNumber.Double,
-                                         8.0, minValue=1.0, maxValue=8.0),
-            "The largest scale of the training steps (at most 8).")
+                                         MAX_SCALE, minValue=1.0, maxValue=MAX_SCALE),
+            f"The largest scale of the training steps (at most {MAX_SCALE:g}), not below SCALE_MIN.")
         add(QgsProcessingParameterRasterLayer(self.VALIDATION, "Validation raster", optional=True),
             "A raster the validation PSNR is measured on; empty: the last 15% of the rows of every training raster are "
             "held back for it and no training window reaches them.")
         add(QgsProcessingParameterNumber(self.STAGE2_STEPS, "Stage-2 steps (0: half the steps)",
                                          QgsProcessingParameterNumber.Integer, 0, minValue=0),
             "Steps of each stage-2 method (E²DiffSR, LCMSR); 0 means half of STEPS.", advanced=True)
-        add(QgsProcessingParameterEnum(self.DEVICE, "Device", list(DEVICES), defaultValue=0),
-            "cpu, or cuda for a CUDA GPU that PyTorch sees.", advanced=True)
+        add(QgsProcessingParameterEnum(self.DEVICE, "Device", [d for d in DEVICES if d != "cuda" or cuda_offered(("torch",))],
+                                       defaultValue=0),
+            "cpu, or cuda for a CUDA GPU that PyTorch sees (listed only where an NVIDIA driver and a CUDA build of "
+            "PyTorch are installed).", advanced=True)
         add(QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Integer, 8, minValue=1),
             "Windows per step.", advanced=True)
         add(QgsProcessingParameterNumber(self.CROP, "Window size (pixels)", QgsProcessingParameterNumber.Integer, 96,
                                          minValue=32, maxValue=1024),
             "The side of the training windows, a multiple of 32.", advanced=True)
-        add(QgsProcessingParameterFolderDestination(self.OUTPUT_MODEL, "Output model folder"),
+        add(QgsProcessingParameterFolderDestination(self.OUTPUT_MODEL, "Output model folder", models_folder()),
             "The new model's folder. Its training runs go to its training/ subfolder; running again with the same "
-            "folder resumes an interrupted or cancelled training.")
+            "folder resumes an interrupted or cancelled training. By default (this profile's latentsr/models, or a "
+            "temporary folder) a folder named after the training rasters inside latentsr/models of the QGIS "
+            "profile: it stays after QGIS quits.")
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         layers = self.parameterAsLayerList(parameters, self.INPUT, context)
@@ -130,7 +199,14 @@ class TrainAlgorithm(LatentSRAlgorithm):
             if layer.providerType() != "gdal":
                 raise QgsProcessingException(f"Only GDAL rasters are supported, not '{layer.providerType()}' layers.")
         validation = self.gdal_layer(parameters, self.VALIDATION, context)
-        out = self.parameterAsString(parameters, self.OUTPUT_MODEL, context)
+        out = output_folder(parameters.get(self.OUTPUT_MODEL),
+                            self.parameterAsString(parameters, self.OUTPUT_MODEL, context), [lyr.name() for lyr in layers])
+        scale_min = self.parameterAsDouble(parameters, self.SCALE_MIN, context)
+        scale_max = self.parameterAsDouble(parameters, self.SCALE_MAX, context)
+        if scale_min > scale_max:
+            raise QgsProcessingException(f"Smallest training scale (SCALE_MIN, {scale_min:g}) is above the largest "
+                                         f"(SCALE_MAX, {scale_max:g}): it must not be.")
+        feedback.pushInfo(f"The model goes to {out}")
         finetune, errors, engine_errors = training_modules()
         job = finetune.Finetune(
             rasters=[layer.source() for layer in layers], out=out,
@@ -138,20 +214,29 @@ class TrainAlgorithm(LatentSRAlgorithm):
             init=self.parameterAsFile(parameters, self.INIT_MODEL, context) or None,
             steps=self.parameterAsInt(parameters, self.STEPS, context),
             stage2_steps=self.parameterAsInt(parameters, self.STAGE2_STEPS, context) or None,
-            scale_min=self.parameterAsDouble(parameters, self.SCALE_MIN, context),
-            scale_max=self.parameterAsDouble(parameters, self.SCALE_MAX, context),
+            scale_min=scale_min, scale_max=scale_max,
             val=[validation.source()] if validation is not None else None,
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             batch=self.parameterAsInt(parameters, self.BATCH, context),
             crop=self.parameterAsInt(parameters, self.CROP, context), progress=False)
 
+        pace = {}  # stage: (monotonic time, step) of its first report in this run
+
         def report(stage, k, stages, step, steps, loss, val):
             feedback.setProgress(100.0 * (k + step / steps) / stages)
+            first = pace.setdefault(stage, (time.monotonic(), step))
             if step % REPORT_EVERY == 0 or step == steps:
-                psnr = f", validation PSNR {val[0]:.2f} dB (bicubic {val[1]:.2f})" if val else ""
-                feedback.pushInfo(f"{stage} step {step}/{steps}: loss {loss:.4g}{psnr}")
+                text = f"{stage} step {step}/{steps}: loss {loss:.4g}"
+                if step > first[1]:
+                    per_step = (time.monotonic() - first[0]) / (step - first[1])
+                    text += f", {per_step:.2g} s per step, about {per_step * (steps - step) / 60:.0f} min left in this stage"
+                if val:
+                    text += f"; validation PSNR: this model {val[0]:.2f} dB, bicubic {val[1]:.2f} dB"
+                    if len(val) > 2:
+                        text += f", {REFERENCES.get(stage, 'the reference')} {val[2]:.2f} dB"
+                feedback.pushInfo(text)
 
-        handler = FeedbackHandler(feedback)
+        handler = TrainingLog(feedback)
         logger = logging.getLogger(finetune.__name__.rsplit(".", 1)[0])
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -161,7 +246,7 @@ class TrainAlgorithm(LatentSRAlgorithm):
             raise QgsProcessingException(f"Cancelled at {exc.step} steps of the running stage: the checkpoint is "
                                          f"saved; run again with the same output model folder to resume.") from None
         except (errors.TrainingError, engine_errors.LatentSRError) as exc:
-            raise QgsProcessingException(str(exc).strip().splitlines()[0]) from None
+            raise QgsProcessingException(dialog_words(str(exc).strip().splitlines()[0])) from None
         finally:
             logger.removeHandler(handler)
         register(str(folder))

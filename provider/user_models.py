@@ -13,8 +13,13 @@ TRAINED = "latentsr/trained_models"
 
 
 def trained() -> list[str]:
-    value = QgsSettings().value(TRAINED, [], type=list)
-    return [str(v) for v in value if v]
+    """The folders ``latentsr:train`` wrote, newest first; those that are gone (deleted, or a temporary
+    folder that went with an earlier QGIS session) are dropped from the settings too."""
+    value = [str(v) for v in QgsSettings().value(TRAINED, [], type=list) if v]
+    kept = [folder for folder in value if os.path.isdir(folder)]
+    if kept != value:
+        QgsSettings().setValue(TRAINED, kept)
+    return kept
 
 
 def register(folder: str) -> None:

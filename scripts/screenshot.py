@@ -2,13 +2,15 @@
 ``qgis --code scripts/screenshot.py``. The script loads the sample raster, opens the dock, runs it
 (LCMSR when a bundled model and a backend are there, else Bicubic), waits for the result layer to
 be drawn, saves the main window to $LATENTSR_SCREENSHOT (default docs/dock.png) and quits QGIS
-with exit status 0, or 1 when anything fails (the reason goes to stderr)."""
+with exit status 0, or 1 when anything fails (the reason goes to stderr). The dock keeps the width
+and the state it has in a fresh profile (Advanced collapsed); the log says that width and the width
+its content needs."""
 import logging
 import os
 import sys
 
 from qgis.core import QgsApplication, QgsProject
-from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtCore import QTimer
 from qgis.utils import iface, loadPlugin, plugins, startPlugin
 
 
@@ -41,8 +43,6 @@ def shoot():
     dock = plugins["latentsr"].dock
     dock.show()
     dock.raise_()
-    dock.advanced.setCollapsed(False)
-    window.resizeDocks([dock], [420], Qt.Horizontal)
     dock.layer_combo.setLayer(source)
     models = os.path.join(root, "resources", "models")
     learned = os.path.isdir(models) and bool(os.listdir(models)) and dock.deps_frame.isHidden()
@@ -55,6 +55,10 @@ def shoot():
     later(240000, lambda: quit_with(1, "timed out"))
 
     def grab():
+        dock.widget().verticalScrollBar().setValue(0)
+        body = dock.widget().widget()
+        log.info("the dock is %d px wide; its content needs %d px (the view %d px)", dock.width(),
+                 body.minimumSizeHint().width(), dock.widget().viewport().width())
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if not window.grab().save(target):
             quit_with(1, f"could not write {target}")

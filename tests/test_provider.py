@@ -113,3 +113,103 @@ def test_png_output_is_refused_in_processing_and_the_cli(provider, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "must end in .tif or .tiff, not .png" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert os.listdir(tmp_path) == []
+
+
+def test_steps_maximum_is_the_engines(provider):
+    import engine.methods
+    from engine.methods import TABLE
+
+    most = max(info.max_steps for info in TABLE.values())  # 4: both diffusion methods refuse more
+    for name in ("superresolve", "evaluate"):
+        steps = provider.algorithm(name).parameterDefinition("STEPS")
+        assert (steps.minimum(), steps.maximum()) == (0, most), name
+    assert engine.methods.MAX_STEPS == most
+
+
+def test_no_cuda_offered_without_a_gpu(provider):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for name, devices in (("superresolve", ["auto", "cpu"]), ("evaluate", ["auto", "cpu"]), ("train", ["cpu"])):
+        assert provider.algorithm(name).parameterDefinition("DEVICE").options() == devices, name
+
+
+def test_cluster_address_without_port_is_one_line_without_traceback(provider, tmp_path, caplog):
+    import processing
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    out = tmp_path / "sr.tif"
+    with pytest.raises(QgsProcessingException) as caught:
+        processing.run("latentsr:superresolve", {"INPUT": SAMPLE, "SCALE": 2, "METHOD": 3, "CLUSTER": "foo",
+                                                 "OUTPUT": str(out)})
+    message = str(caught.value)
+    assert "CLUSTER" in message and "port" in message and "\n" not in message
+    assert not any(record.exc_info for record in caplog.records)  # no traceback in any log
+    assert os.listdir(tmp_path) == []
+    from latentsr.provider.superresolve import check_cluster
+
+    class Feedback(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def pushInfo(self, info):  # noqa: N802 - QGIS API
+            self.lines.append(info)
+
+    feedback = Feedback()
+    check_cluster("tcp://127.0.0.1:1", feedback)  # an unreachable scheduler: the run says that it waits
+    assert feedback.lines == ["Connecting to the Dask scheduler at tcp://127.0.0.1:1 (waiting up to 30 s)…"]
+    label = provider.algorithm("superresolve").parameterDefinition("CLUSTER").description()
+    assert "Dask" in label and "this process" not in label
+
+
+def test_help_has_no_literal_backticks(provider):
+    for alg in provider.algorithms():
+        assert "`" not in alg.shortHelpString(), alg.id()
+
+
+def test_default_train_output_is_a_persistent_folder_in_the_profile(provider):
+    from qgis.core import QgsApplication, QgsProcessing, QgsProcessingUtils
+
+    profile, temporary = QgsApplication.qgisSettingsDirPath(), QgsProcessingUtils.tempFolder()
+    default = provider.algorithm("train").parameterDefinition("OUTPUT_MODEL").defaultValue()
+    assert default and default.startswith(profile) and not default.startswith(temporary)
+    from latentsr.provider.train import models_folder, output_folder
+
+    # a temporary folder (gone after a restart) or the default give a folder named after the inputs
+    for value, resolved in ((QgsProcessing.TEMPORARY_OUTPUT, os.path.join(temporary, "OUTPUT_MODEL")),
+                            (default, default)):
+        folder = output_folder(value, resolved, ["naip 2020", "landsat"])
+        assert folder == os.path.join(models_folder(), "naip_2020+landsat")
+        assert folder.startswith(profile) and not folder.startswith(temporary)
+    assert output_folder("/data/mine", "/data/mine", ["naip"]) == "/data/mine"
+
+
+def test_train_errors_name_the_dialogs_parameters(provider, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    out = str(tmp_path / "model")
+    with pytest.raises(QgsProcessingException, match=r"SCALE_MIN.*SCALE_MAX"):
+        processing.run("latentsr:train", {"INPUT": [SAMPLE], "SCALE_MIN": 4, "SCALE_MAX": 2, "OUTPUT_MODEL": out})
+    with pytest.raises(QgsProcessingException) as caught:
+        processing.run("latentsr:train", {"INPUT": [SAMPLE], "STEPS": 1, "CROP": 100, "OUTPUT_MODEL": out})
+    assert "Window size (CROP) must be a multiple of 32, got 100" in str(caught.value) and "--" not in str(caught.value)
+
+
+def test_train_log_names_what_validation_compares(provider):
+    import logging
+
+    from qgis.core import QgsProcessingFeedback
+
+    from latentsr.provider.train import TrainingLog
+
+    feedback = QgsProcessingFeedback()
+    lines = []
+    feedback.pushInfo = lines.append
+    handler = TrainingLog(feedback)
+    handler.emit(logging.LogRecord("training.trainer", logging.INFO, "", 0, "step %d: validation PSNR %.2f dB%s",
+                                   (10, 30.0, "; reference 34.40 dB, the model -1.43 above it"), None))
+    handler.emit(logging.LogRecord("training.finetune", logging.INFO, "", 0, "fine-tune %d/%d", (1, 3), None))
+    assert lines == ["fine-tune 1/3"]

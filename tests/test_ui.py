@@ -11,7 +11,7 @@ import pytest
 from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsSettings, QgsVectorLayer
 from qgis.PyQt.QtCore import Qt
 
-from tests.conftest import PLUGINS, ROOT, write_raster
+from tests.conftest import PLUGINS, ROOT, SAMPLE, write_raster
 
 TIMEOUT = 60
 
@@ -182,7 +182,7 @@ def test_new_results_stack_above_older_ones_with_distinct_names(make_dock, small
     dock.output.setFilePath(str(tmp_path / "three.tif"))
     dock.uncertainty.setFilePath(str(tmp_path / "three_std.tif"))
     run_dock(dock)
-    assert tree_names()[1:4] == ["small ×2.5 LCMSR s7", "small ×2.5 LCMSR s7 σ", "small ×2.5 Bicubic #2"]
+    assert tree_names()[1:4] == ["small ×2.5 LCMSR D0.25 s7", "small ×2.5 LCMSR D0.25 s7 σ", "small ×2.5 Bicubic #2"]
     root = QgsProject.instance().layerTreeRoot()
     (sigma,) = [n for n in root.findLayers() if n.name().endswith("σ")]
     assert isinstance(sigma, QgsLayerTreeLayer) and not sigma.itemVisibilityChecked()
@@ -471,3 +471,163 @@ def test_detail_slider(make_dock, small_raster):
     dock.method.setCurrentIndex(1)
     assert slider.isEnabled() and dock.parameters()["DETAIL"] == pytest.approx(0.3)
     assert make_dock().detail_value() == pytest.approx(0.3)
+
+
+FRESH_DOCK_WIDTH = 298  # what QGIS 3.22 gives the dock in a fresh profile (offscreen fonts are wider than the desktop's)
+
+
+def test_dock_fits_its_default_width_and_scrolls_both_ways(make_dock, small_raster):
+    add_raster(small_raster, "small")
+    dock = make_dock()
+    scroll = dock.widget()
+    body = scroll.widget()
+    assert scroll.horizontalScrollBarPolicy() != Qt.ScrollBarAlwaysOff  # never clipped out of reach
+    for collapsed in (True, False):
+        dock.advanced.setCollapsed(collapsed)
+        body.layout().activate()
+        QgsApplication.processEvents()
+        assert body.minimumSizeHint().width() <= FRESH_DOCK_WIDTH, collapsed
+
+
+def test_cancel_inside_a_single_tile_answers_within_seconds(make_dock, tmp_path, qgis_iface):
+    """E²DiffSR, 8 samples, one tile of the bundled sample: progress moves inside the tile, and
+    Cancel says "Cancelling…" and ends the run within 5 s, writing nothing."""
+    add_raster(SAMPLE, "sample")
+    dock = make_dock()
+    dock.method.setCurrentIndex(dock.method.findData("e2diffsr"))
+    dock.scale.setValue(2)
+    dock.samples.setValue(8)
+    dock.tile.setValue(512)  # the whole 256² raster in one tile
+    dock.output.setFilePath(str(tmp_path / "sr.tif"))
+    dock.run_button.click()
+    run = dock.run
+    # past the first of the 8 samples (95 % of the run is the tiles), still inside the only tile
+    wait_for(lambda: dock.progress.value() >= 11 or dock.run is None, 20)
+    assert dock.run is run, "the run ended before the test could cancel it"
+    moved = dock.progress.value()
+    dock.cancel_button.click()
+    clicked = time.monotonic()
+    meanwhile = (dock.cancel_button.text(), dock.progress.format(), dock.cancel_button.isEnabled(),
+                 dock.run_button.isEnabled())
+    assert wait_for(lambda: dock.run is None, 60)
+    assert time.monotonic() - clicked < 5
+    assert meanwhile == ("Cancelling…", "Cancelling…", False, False)
+    assert moved > 0  # the bar moved inside the only tile
+    assert os.listdir(tmp_path) == [] and result_layers("sample") == []
+    assert any("Cancelled" in m for m in qgis_iface.messageBar().get_messages(Qgis.Info))
+    assert dock.cancel_button.text() == "Cancel" and dock.run_button.isEnabled()
+
+
+def test_interpreter_is_qgis_own_python_not_a_decoy_first_on_path(tmp_path, monkeypatch):
+    """sys.executable inside QGIS can be another python3 found on PATH (a pyenv shim): pip and the
+    Dask workers must get this process's own Python."""
+    import multiprocessing
+    import multiprocessing.spawn
+
+    from latentsr.engine import cluster, interpreter
+    from latentsr.ui import deps
+    from latentsr.ui.installer import InstallDialog
+
+    decoy = tmp_path / "python3"
+    decoy.write_text(f"#!/bin/sh\ntouch {tmp_path / 'decoy-ran'}\nexec /bin/false\n")
+    decoy.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(sys, "executable", str(decoy))
+    interpreter.python_executable.cache_clear()
+    try:
+        python = deps.python_executable()
+        assert python and python != str(decoy)
+        probe = subprocess.run([python, "-c", "import sys, _csv; print(sys.prefix, sys.version_info[:2])"],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.stdout.split()[0] == sys.prefix and probe.stdout.strip().endswith(str(tuple(sys.version_info[:2])))
+        dialog = InstallDialog(target=str(tmp_path))
+        assert dialog.python == python
+        dialog.deleteLater()
+        before = multiprocessing.spawn.get_executable()
+        try:
+            cluster.use_python_for_workers()
+            assert os.fsdecode(multiprocessing.spawn.get_executable()) == python
+        finally:
+            multiprocessing.set_executable(before)
+    finally:
+        interpreter.python_executable.cache_clear()
+
+
+def test_installer_names_the_installed_torch_build_and_offers_the_training_packages(qgis_app, tmp_path):
+    from latentsr.engine.methods import cpu_only_torch
+    from latentsr.ui import deps
+    from latentsr.ui.installer import InstallDialog
+
+    assert cpu_only_torch()  # the test environment's torch is 2.13.0+cpu
+    dialog = InstallDialog(python=sys.executable, target=str(tmp_path))
+    try:
+        labels = {key: box.text() for key, box in dialog.choices.items()}
+    finally:
+        dialog.deleteLater()
+    assert labels["torch-cuda"].endswith("(PyTorch 2.13.0+cpu is installed (CPU build))")  # was "(installed)"
+    assert labels["torch"].endswith("(installed: 2.13.0+cpu)")
+    assert "onnx 1.19.0 and tqdm 4.70.1" in labels["training"] and labels["training"].endswith("(installed: 1.19.0, 4.70.1)")
+    args = deps.pip_arguments(["training"], str(tmp_path))
+    assert {"onnx==1.19.0", "tqdm==4.70.1"} <= set(args)
+
+
+def test_out_of_range_values_disable_run_with_the_engines_reason(make_dock, small_raster):
+    from latentsr.engine.methods import TABLE
+    from latentsr.engine.pipeline import MAX_SAMPLES
+
+    add_raster(small_raster, "small")
+    dock = make_dock()
+    dock.scale.lineEdit().setText("× 9")  # typed
+    dock.scale.interpretText()
+    assert dock.scale.value() == 9 and not dock.run_button.isEnabled()
+    assert "out of range" in dock.size_label.text() and "at most 8" in dock.size_label.text()
+    dock.scale.setValue(1)
+    assert dock.scale.value() == 1 and not dock.run_button.isEnabled() and "above 1" in dock.size_label.text()
+    dock.scale.setValue(8)
+    assert dock.run_button.isEnabled()
+    for name in ("lcmsr", "e2diffsr"):
+        dock.method.setCurrentIndex(dock.method.findData(name))
+        assert dock.steps.maximum() == TABLE[name].max_steps
+    assert dock.samples.maximum() == MAX_SAMPLES
+
+
+def test_result_names_tell_detail_and_model_apart(make_dock, small_raster):
+    from latentsr.engine import modelfile
+
+    add_raster(small_raster, "small")
+    dock = make_dock()
+    dock.method.setCurrentIndex(dock.method.findData("e2diffsr"))
+    dock.seed.setValue(3)
+    dock.detail.setValue(0)
+    assert dock.result_name() == "small ×2 E²DiffSR D0"  # the seed does not matter at D = 0
+    dock.detail.setValue(100)
+    assert dock.result_name() == "small ×2 E²DiffSR D1 s3"
+    dock.model.setFilePath(str(modelfile.MODELS_DIR / modelfile.DEFAULT_MODEL))
+    assert dock.result_name() == f"small ×2 E²DiffSR D1 s3 {modelfile.DEFAULT_MODEL}"
+    dock.method.setCurrentIndex(dock.method.findData("bicubic"))
+    assert dock.result_name() == "small ×2 Bicubic"
+
+
+def test_model_list_drops_trained_folders_that_are_gone(make_dock, tmp_path):
+    import shutil
+
+    from latentsr.engine import modelfile
+    from latentsr.provider import user_models
+
+    kept, gone = tmp_path / "kept", tmp_path / "gone"
+    for folder in (kept, gone):  # the card is what the list reads
+        folder.mkdir()
+        shutil.copy(modelfile.MODELS_DIR / modelfile.DEFAULT_MODEL / modelfile.CARD, folder)
+    settings = QgsSettings()
+    old = settings.value(user_models.TRAINED, [], type=list)
+    try:
+        user_models.register(str(kept))
+        user_models.register(str(gone))
+        shutil.rmtree(gone)
+        dock = make_dock()
+        dock.fill_model_list()
+        folders = [dock.model_list.itemData(i) for i in range(dock.model_list.count())]
+        assert str(kept) in folders and str(gone) not in folders
+        assert settings.value(user_models.TRAINED, [], type=list) == [str(kept)] + [f for f in old if os.path.isdir(f)]
+    finally:
+        settings.setValue(user_models.TRAINED, old)

@@ -8,11 +8,13 @@ time the user opens the device list (importing the backends to ask them).
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import platform
 import sys
 
-from ..engine.methods import importable
+from ..engine import interpreter
+from ..engine.methods import cpu_only_torch, importable
 
 DEPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deps")
 
@@ -20,6 +22,8 @@ TORCH_VERSION = "2.13.0"
 ONNXRUNTIME_VERSION = "1.31.1"
 SAFETENSORS_VERSION = "0.8.0"
 DASK_VERSION = "2026.8.0"
+ONNX_VERSION = "1.19.0"
+TQDM_VERSION = "4.70.1"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 # What each installable choice puts into DEPS_DIR, as a label and the pip requirements.
@@ -31,6 +35,8 @@ PACKAGES = {
     "onnxruntime": "ONNX Runtime {} (CPU): the onnx backend, the faster one on CPU".format(ONNXRUNTIME_VERSION),
     "dask": "Dask distributed {} (optional): runs the tiles on a cluster (Processing's CLUSTER parameter)".format(
         DASK_VERSION),
+    "training": "onnx {} and tqdm {}: needed, with PyTorch, to train models in QGIS (LatentSR → Train)".format(
+        ONNX_VERSION, TQDM_VERSION),
 }
 
 
@@ -46,6 +52,30 @@ def add_to_path() -> bool:
 
 def detect() -> dict[str, bool]:
     return {"torch": importable("torch"), "onnxruntime": importable("onnxruntime"), "dask": importable("distributed")}
+
+
+def installed_note(key: str) -> str:
+    """What of the choice ``key`` (of PACKAGES) is installed already, for its label; empty when nothing.
+    The PyTorch build is told apart (a +cpu wheel is not the CUDA choice)."""
+    def version(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return ""
+
+    if key.startswith("torch"):
+        torch = version("torch") if importable("torch") else ""
+        if not torch:
+            return ""
+        cuda = not cpu_only_torch()
+        if (key == "torch-cuda") == cuda:
+            return f"installed: {torch}"
+        return f"PyTorch {torch} is installed" + (" (with CUDA)" if cuda else " (CPU build)")
+    modules = {"onnxruntime": ("onnxruntime",), "dask": ("distributed",), "training": ("onnx", "tqdm")}[key]
+    found = [version(m) for m in modules if importable(m)]
+    if len(found) != len(modules):
+        return ""
+    return "installed: " + ", ".join(found) if all(found) else "installed"
 
 
 def backends(found: dict[str, bool]) -> list[str]:
@@ -75,17 +105,10 @@ def cuda_available(backend: str, model: str | None = None) -> bool:
     return methods.cuda_backend(backend, card) is not None
 
 
-def python_executable() -> str:
-    """The Python interpreter QGIS embeds (sys.executable is the QGIS binary inside QGIS)."""
-    if os.path.basename(sys.executable).lower().startswith("python"):
-        return sys.executable
-    version = "{}.{}".format(*sys.version_info[:2])
-    for candidate in (os.path.join(sys.exec_prefix, "python.exe"), os.path.join(sys.exec_prefix, "python3.exe"),
-                      os.path.join(sys.exec_prefix, "bin", "python" + version),
-                      os.path.join(sys.exec_prefix, "bin", "python3")):
-        if os.path.isfile(candidate):
-            return candidate
-    return "python3"
+def python_executable() -> str | None:
+    """QGIS's own Python interpreter for pip (engine.interpreter: never a ``python3`` that merely comes
+    first on PATH, nor the QGIS binary); None when it cannot be found."""
+    return interpreter.python_executable()
 
 
 def requirements(choices: list[str]) -> tuple[list[str], list[str]]:
@@ -104,6 +127,8 @@ def requirements(choices: list[str]) -> tuple[list[str], list[str]]:
         reqs.append("onnxruntime=={}".format(ONNXRUNTIME_VERSION))
     if "dask" in choices:
         reqs.append("dask[distributed]=={}".format(DASK_VERSION))
+    if "training" in choices:
+        reqs += ["onnx=={}".format(ONNX_VERSION), "tqdm=={}".format(TQDM_VERSION)]
     return reqs, options
 
 

@@ -46,7 +46,7 @@ from qgis.PyQt.QtWidgets import (
 from ..engine import raster
 from ..engine.errors import LatentSRError
 from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, METHODS, TABLE, card_default_detail
-from ..engine.pipeline import MAX_SCALE, MIN_TILE, output_plan
+from ..engine.pipeline import MAX_SAMPLES, MAX_SCALE, MAX_SEED, MIN_TILE, output_plan
 from ..provider import user_models
 from . import deps
 from .task import SOURCE_PROPERTY, SuperResolveRun, add_result_layer, add_uncertainty_layer
@@ -57,6 +57,10 @@ LOG_TAG = "LatentSR"
 TEMPORARY = "[Save to temporary file]"
 NAME_CHARS = 24  # a source name longer than this is shortened in result names
 OTHER_MODEL = "Other folder (below)"
+SCALE_TYPED = (1.0, 100.0)  # what the Scale box lets one type; the engine's range (MAX_SCALE) decides if it runs
+SPIN_MAX = 2**31 - 1  # the largest value a Qt spin box holds
+CANCELLING = "Cancelling…"
+NARROW_COMBO = 10  # characters a combo of long entries asks room for (the dock must fit a fresh profile's width)
 
 
 class DeviceComboBox(QComboBox):
@@ -107,6 +111,7 @@ class SuperResolveDock(QgsDockWidget):
         layout.addWidget(self.deps_frame)
 
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.WrapLongRows)  # a narrow dock puts a field below its label
         self.layer_combo = QgsMapLayerComboBox()
         self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         self.layer_combo.setExcludedProviders(
@@ -117,9 +122,9 @@ class SuperResolveDock(QgsDockWidget):
         form.addRow("Bands", self.bands)
 
         self.by_scale = QRadioButton("Scale")
-        self.by_resolution = QRadioButton("Target resolution")
+        self.by_resolution = QRadioButton("Resolution")  # the target resolution (its tooltip says so)
         self.scale = QgsDoubleSpinBox()
-        self.scale.setRange(1.01, MAX_SCALE)
+        self.scale.setRange(*SCALE_TYPED)
         self.scale.setDecimals(2)
         self.scale.setSingleStep(0.5)
         self.scale.setClearValue(2.0)
@@ -137,12 +142,12 @@ class SuperResolveDock(QgsDockWidget):
 
         self.method = QComboBox()
         self.method.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.method.setMinimumContentsLength(12)
+        self.method.setMinimumContentsLength(NARROW_COMBO)
         for name in METHODS:
             self.method.addItem(TABLE[name].label, name)
         form.addRow("Method", self.method)
         self.steps = QgsSpinBox()
-        self.steps.setRange(0, 50)
+        self.steps.setRange(0, TABLE[DEFAULTS.method].max_steps)  # per method: method_changed
         self.steps.setSpecialValueText("method default")
         self.steps.setClearValue(0)
         form.addRow("Steps", self.steps)
@@ -160,7 +165,7 @@ class SuperResolveDock(QgsDockWidget):
         detail_row.addWidget(self.detail_label)
         form.addRow("Detail", detail_row)
         self.samples = QgsSpinBox()
-        self.samples.setRange(1, 64)
+        self.samples.setRange(1, min(MAX_SAMPLES, SPIN_MAX))
         self.samples.setClearValue(1)
         form.addRow("Samples", self.samples)
         self.uncertainty = QgsFileWidget()
@@ -174,14 +179,15 @@ class SuperResolveDock(QgsDockWidget):
         self.output.setFilter("GeoTIFF (*.tif *.tiff)")
         self.output.lineEdit().setPlaceholderText(TEMPORARY)
         form.addRow("Output file", self.output)
-        self.preview = QCheckBox("Visible map extent only (preview)")
-        form.addRow(self.preview)
+        self.preview = QCheckBox("Visible map extent only")
+        form.addRow("Preview", self.preview)
         layout.addLayout(form)
 
         self.advanced = QgsCollapsibleGroupBox("Advanced")
         self.advanced.setObjectName("latentsrAdvanced")
         self.advanced.setCollapsed(True)
         advanced = QFormLayout(self.advanced)
+        advanced.setRowWrapPolicy(QFormLayout.WrapLongRows)
         self.backend = QComboBox()
         advanced.addRow("Backend", self.backend)
         self.device = DeviceComboBox()
@@ -199,13 +205,15 @@ class SuperResolveDock(QgsDockWidget):
         self.overlap.setSuffix(" px")
         advanced.addRow("Tile overlap", self.overlap)
         self.seed = QgsSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setRange(0, min(MAX_SEED, SPIN_MAX))
         self.seed.setClearValue(0)
         advanced.addRow("Random seed", self.seed)
         self.consistency = QCheckBox("Radiometric consistency")
         advanced.addRow(self.consistency)
         self.model_list = DeviceComboBox()
         self.model_list.setObjectName("modelList")
+        self.model_list.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)  # long folder names
+        self.model_list.setMinimumContentsLength(NARROW_COMBO)
         advanced.addRow("Model", self.model_list)
         self.model = QgsFileWidget()
         self.model.setStorageMode(QgsFileWidget.GetDirectory)
@@ -236,7 +244,7 @@ class SuperResolveDock(QgsDockWidget):
 
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)  # never clipped out of reach
         scroll.setFrameShape(QFrame.NoFrame)
         scroll.setWidget(body)
         self.setWidget(scroll)
@@ -248,13 +256,15 @@ class SuperResolveDock(QgsDockWidget):
             self.bands: "Bands to super-resolve, in output order; none checked means all bands",
             self.by_scale: "Give the output as a scale of the input",
             self.scale: f"Continuous scale, above 1 and at most {MAX_SCALE:g} (for example 2.5)",
-            self.by_resolution: "Give the output pixel size instead of a scale",
+            self.by_resolution: "Target resolution: give the output pixel size instead of a scale",
             self.resolution: "Output pixel size in the layer's map units: the pixels are exactly this size, "
                              "the extent grows by less than one pixel",
             self.size_label: "The size and pixel size the run will write",
             self.method: "LCMSR samples in one step; E²DiffSR runs a few diffusion steps; Regression is "
                          "deterministic; Bicubic is the classic baseline",
-            self.steps: "Steps of the diffusion methods (LCMSR defaults to 1, E²DiffSR to 4)",
+            self.steps: "Steps of the diffusion methods (LCMSR defaults to 1, E²DiffSR to 4; at most "
+                        + ", ".join(f"{TABLE[m].max_steps} for {TABLE[m].short}" for m in METHODS if TABLE[m].max_steps)
+                        + ")",
             self.detail: "Faithful (left, 0) to detailed (right, 1). " + DETAIL_HELP,
             self.detail_label: "The detail D of the diffusion methods",
             self.samples: "Number of diffusion samples: with more than one the output is their mean",
@@ -273,7 +283,7 @@ class SuperResolveDock(QgsDockWidget):
             self.cog: "Write a Cloud Optimized GeoTIFF (with overviews) instead of a tiled GeoTIFF",
             self.progress: "Progress of the run",
             self.run_button: "Run the super-resolution in the background",
-            self.cancel_button: "Stop the run: nothing is written",
+            self.cancel_button: "Stop the run before its next network call: nothing is written",
             self.runner_label: "The backend and device that will run the chosen method",
             self.install_button: "Install PyTorch or ONNX Runtime into the plugin's folder",
             self.deps_label: "What the learned methods need",
@@ -297,7 +307,7 @@ class SuperResolveDock(QgsDockWidget):
         for spin in (self.scale, self.resolution):
             spin.valueChanged.connect(self.update_state)
         self.bands.checkedItemsChanged.connect(self.update_state)
-        self.method.currentIndexChanged.connect(self.update_state)
+        self.method.currentIndexChanged.connect(self.method_changed)
         self.samples.valueChanged.connect(self.update_state)
         self.preview.toggled.connect(self.update_state)
         self.iface.mapCanvas().extentsChanged.connect(self.canvas_moved)
@@ -464,6 +474,16 @@ class SuperResolveDock(QgsDockWidget):
         if self.preview.isChecked():
             self.update_state()
 
+    def fit_steps(self) -> None:
+        """The Steps box takes the diffusion method's own range (engine.methods.TABLE); for the other
+        methods it is disabled and keeps its value."""
+        if TABLE[self.method_name()].stochastic:
+            self.steps.setMaximum(TABLE[self.method_name()].max_steps)
+
+    def method_changed(self) -> None:
+        self.fit_steps()
+        self.update_state()
+
     def update_state(self) -> None:
         self.scale.setEnabled(not self.by_resolution.isChecked())
         self.resolution.setEnabled(self.by_resolution.isChecked())
@@ -475,7 +495,7 @@ class SuperResolveDock(QgsDockWidget):
         self.runner_label.setText(self.runner_text())
         idle = self.run is None
         self.run_button.setEnabled(idle and runnable)
-        self.cancel_button.setEnabled(not idle)
+        self.cancel_button.setEnabled(not idle and not self.run.feedback.isCanceled())
         self.save_settings()
 
     # -------------------------------------------------------------- settings
@@ -503,6 +523,7 @@ class SuperResolveDock(QgsDockWidget):
         s = QgsSettings()
         method = self.method.findData(s.value(SETTINGS + "method", DEFAULTS.method))
         self.method.setCurrentIndex(method if method >= 0 else self.method.findData(DEFAULTS.method))
+        self.fit_steps()
         self.scale.setValue(s.value(SETTINGS + "scale", 2.0, type=float))
         by_resolution = s.value(SETTINGS + "by_resolution", False, type=bool)
         (self.by_resolution if by_resolution else self.by_scale).setChecked(True)
@@ -570,14 +591,18 @@ class SuperResolveDock(QgsDockWidget):
         return params
 
     def result_name(self) -> str:
-        """A short name, distinct from earlier results of the same source: "<source> ×2.5 LCMSR", then
-        "… #2", "#3"; the seed is named when the method samples."""
+        """A short name, distinct from earlier results of the same source: "<source> ×2.5 LCMSR D0.25 s0",
+        then "… #2", "#3": the detail and the seed when the method samples (no seed at D = 0, where it
+        does not matter), and the model's name when it is not the bundled default."""
         layer = self.layer_combo.currentLayer()
         source = layer.name() if len(layer.name()) <= NAME_CHARS else layer.name()[:NAME_CHARS - 1] + "…"
         method = TABLE[self.method_name()]
         name = f"{source} ×{self.effective_scale():.3g} {method.short}"
         if method.stochastic:
-            name += f" s{self.seed.value()}"
+            name += f" D{self.detail_value():g}" + (f" s{self.seed.value()}" if self.detail_value() > 0 else "")
+        if method.learned and self.model.filePath():
+            model = user_models.card_name(self.model.filePath()) or self.model.filePath()
+            name += " " + (model if len(model) <= NAME_CHARS else model[:NAME_CHARS - 1] + "…")
         if self.preview.isChecked():
             name += " preview"
         taken = {lyr.name() for lyr in QgsProject.instance().mapLayers().values()
@@ -603,13 +628,17 @@ class SuperResolveDock(QgsDockWidget):
         self.run.feedback.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
         self.run.finished.connect(self.finished)
         self.progress.setValue(0)
+        self.progress.setFormat("%p%")
         self.update_state()
         self.run.start()
 
     def cancel(self) -> None:
+        """Ask the run to stop; until it has, the dock says it is cancelling."""
         if self.run is not None:
-            self.cancel_button.setEnabled(False)
             self.run.cancel()
+            self.cancel_button.setEnabled(False)
+            self.cancel_button.setText(CANCELLING)
+            self.progress.setFormat(CANCELLING)
 
     def layers_removed(self, layer_ids) -> None:
         """A run whose input layer leaves the project stops: its result would have no place."""
@@ -619,6 +648,8 @@ class SuperResolveDock(QgsDockWidget):
 
     def finished(self, ok: bool, results: dict, message: str) -> None:
         run, self.run = self.run, None
+        self.cancel_button.setText("Cancel")
+        self.progress.setFormat("%p%")
         self.update_state()
         if not ok:
             self.progress.setValue(0)

@@ -2,6 +2,7 @@
 private ``deps`` folder, with its output shown live, and that folder is put on sys.path."""
 from __future__ import annotations
 
+import html
 import platform
 
 from qgis.core import Qgis, QgsMessageLog
@@ -31,21 +32,25 @@ class InstallDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("LatentSR: install dependencies")
         self.resize(720, 480)
-        self.python = python or deps.python_executable()
+        self.python = python or deps.python_executable()  # None: QGIS's Python was not found
         self.target = target
         self.process: QProcess | None = None
         found = deps.detect()
 
         layout = QVBoxLayout(self)
-        intro = QLabel(f"Installs pinned packages with pip into the plugin's private folder<br><tt>{target}</tt><br>"
-                       f"using <tt>{self.python}</tt>. QGIS's own Python packages are not touched.")
+        using = (f"using <tt>{html.escape(self.python)}</tt>" if self.python else
+                 "but QGIS's own Python interpreter could not be found, so pip cannot be started from here: run "
+                 "<tt>python -m pip install --target</tt> with that folder from QGIS's Python (OSGeo4W Shell on Windows)")
+        intro = QLabel(f"Installs pinned packages with pip into the plugin's private folder<br><tt>{html.escape(target)}"
+                       f"</tt><br>{using}. QGIS's own Python packages are not touched.")
         intro.setWordWrap(True)
         layout.addWidget(intro)
         self.choices: dict[str, QCheckBox] = {}
         for key, label in deps.PACKAGES.items():
             if key == "torch-cuda" and platform.system() != "Linux":
                 continue
-            box = QCheckBox(label + ("  (installed)" if found.get(key.split("-")[0]) else ""))
+            note = deps.installed_note(key)
+            box = QCheckBox(label + (f"  ({note})" if note else ""))
             box.setChecked(key == "torch" and not found["torch"])
             layout.addWidget(box)
             self.choices[key] = box
@@ -64,6 +69,7 @@ class InstallDialog(QDialog):
         self.install_button = QPushButton("Install")
         self.buttons.addButton(self.install_button, QDialogButtonBox.ActionRole)
         self.install_button.clicked.connect(self.install)
+        self.install_button.setEnabled(self.python is not None)
         self.buttons.rejected.connect(self.reject)
         layout.addWidget(self.buttons)
 

@@ -72,7 +72,7 @@ class SuperResolveRun(QObject):
         QgsApplication.taskManager().addTask(self.task)
 
     def cancel(self) -> None:
-        """Ask the run to stop; the engine stops at the next tile and writes nothing."""
+        """Ask the run to stop; the engine stops before its next network call and writes nothing."""
         if not self.done:
             self.task.cancel()
 
