@@ -1,7 +1,6 @@
 """Processing algorithm ``latentsr:superresolve``: a thin mapping of parameters onto the engine."""
 from __future__ import annotations
 
-import re
 
 from qgis.core import (
     QgsProcessingException,
@@ -30,8 +29,8 @@ def offered_devices() -> list[str]:
 
 
 def check_cluster(address: str, feedback) -> None:
-    """CLUSTER refused in one line when it is not local:N or a scheduler address with a port; for a
-    scheduler, say that the run waits for it (up to Dask's connect timeout) before the tiles start."""
+    """CLUSTER refused in one line when engine.cluster cannot parse it (local:N, or a scheduler address with
+    its port); for a scheduler, say that the run waits for it (up to Dask's connect timeout) before the tiles start."""
     try:
         target, workers = cluster.parse_address(address)
     except LatentSRError as exc:
@@ -39,9 +38,6 @@ def check_cluster(address: str, feedback) -> None:
     if workers is not None:
         feedback.pushInfo(f"Starting {workers} local Dask worker process{'es' * (workers > 1)}…")
         return
-    if not re.search(r":\d+$", target):
-        raise QgsProcessingException(f"CLUSTER '{address}' has no port: write a Dask scheduler's address with its "
-                                     "port, such as tcp://host:8786, or local:N for N worker processes here")
     feedback.pushInfo(f"Connecting to the Dask scheduler at {target} (waiting up to {connect_timeout()})…")
 
 
