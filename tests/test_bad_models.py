@@ -190,10 +190,14 @@ def test_safetensors_longer_than_its_header_says(model):
 # ---------------------------------------------------------------------------------------------
 # 3. The card's config is checked against the weights' shapes before a network is built.
 
-def test_huge_decoder_refused_before_it_is_built(model, provider):
-    edit_card(model, lambda c: c["networks"]["decoder"]["config"].__setitem__("channels", 4800))
+@pytest.mark.parametrize("channels,fragment", [(4800, "'networks.decoder.config.channels' is 4800"),
+                                               (4000, "do not fit 'networks.decoder.config.channels'")])
+def test_huge_decoder_refused_before_it_is_built(model, provider, channels, fragment):
+    """4800 is above the bound of a network's sizes; 4000 is within it, and does not fit the weights:
+    either is refused under a 3 GiB address-space cap, where building it would not fit (8.9 GB at 4800)."""
+    edit_card(model, lambda c: c["networks"]["decoder"]["config"].__setitem__("channels", channels))
     r = engine_run(model, "--method", "regression", "--backend", "torch")
-    one_line_error(r, "'networks.decoder.config.channels' is 4800")
+    one_line_error(r, fragment)
     assert "networks.decoder.config.channels" in processing_error(provider, model, BACKEND=1)
 
 
