@@ -263,9 +263,40 @@ def learned(name: str, card: dict, spec: dict, nets, steps: int, detail: float) 
                                latent.latent_multiple(card, spec), TABLE[name].stochastic, detail)
 
 
-def method_steps(name: str, steps: int | None, spec: dict) -> int:
+def method_steps(name: str, steps: int | None, spec: dict, card_path=None) -> int:
+    """The steps method ``name`` runs with: the card entry ``spec`` within the engine's bounds (a
+    LatentSRError naming the card file ``card_path`` and the field otherwise), then ``steps`` within the card's."""
     info = TABLE[name]
+    problem = steps_problem(name, spec)
+    if problem:
+        raise LatentSRError(f"the model card{' ' + str(card_path) if card_path else ''} is not valid: {problem}")
     return latent.check_steps(name, steps, spec, info.default_steps, info.max_steps)
+
+
+def whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def steps_problem(name: str, spec: dict) -> str | None:
+    """What is wrong with the step fields of a card's method entry ``spec``, naming the field, or None:
+    the engine's own step range of the method (TABLE) bounds the card's too, so a card's betas, max_steps
+    and steps lie within 1..TABLE's max_steps."""
+    top = TABLE[name].max_steps
+    if top == 0:
+        return None
+    bounds = f"LatentSR runs {name} with 1 to {top} steps"
+    if "betas" in spec:
+        if not isinstance(spec["betas"], list) or not 1 <= len(spec["betas"]) <= top:
+            count = len(spec["betas"]) if isinstance(spec["betas"], list) else repr(spec["betas"])
+            return f"'methods.{name}.betas' gives {count} steps: {bounds}"
+        top = len(spec["betas"])
+    elif "max_steps" in spec:
+        if not whole(spec["max_steps"]) or not 1 <= spec["max_steps"] <= top:
+            return f"'methods.{name}.max_steps' is {spec['max_steps']!r}: {bounds}"
+        top = spec["max_steps"]
+    if "steps" in spec and (not whole(spec["steps"]) or not 1 <= spec["steps"] <= top):
+        return f"'methods.{name}.steps' is {spec['steps']!r}: {name} runs with 1 to {top} steps in this model"
+    return None
 
 
 def from_bundle(name: str, card: dict, tensors: dict, steps: int | None = None,
@@ -289,7 +320,7 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         onnx_backend.require(name, options.backend)
         spec = latent.method_spec(card, name)
         onnx_backend.require_graphs(card, folder)
-        steps = method_steps(name, options.steps, spec)
+        steps = method_steps(name, options.steps, spec, folder / modelfile.CARD)
         nets = onnx_backend.networks(name, steps, folder, card, spec, options.device, options.threads,
                                      latent.uses_fused(TABLE[name].stochastic, detail))
     else:
@@ -302,7 +333,7 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
 
         card, tensors = modelfile.load(str(folder))
         spec = latent.method_spec(card, name)
-        steps = method_steps(name, options.steps, spec)
+        steps = method_steps(name, options.steps, spec, folder / modelfile.CARD)
         nets = torch_backend.networks(card, tensors, spec, options.device)
     method = learned(name, card, spec, nets, steps, detail)
     latent.describe(method, card.get("name"), nets.where)

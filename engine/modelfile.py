@@ -6,6 +6,11 @@ normalisation, where the training data came from, and the SHA-256 of the weights
 names are ``<network>.<parameter>``. The checksum is verified before anything is parsed, and the
 weights are read with safetensors only (never pickle, never torch.load).
 
+Every file the card names (the weights, the ONNX graphs, the stage-1 encoder) is a relative path that
+stays inside the bundle folder (``member``: no absolute path, no ``..``, no symlink leading out), and
+is read as a regular file of bounded size (``read_member``): nothing outside the folder is ever read,
+written or removed on a card's word.
+
 Bundles are looked up by name in resources/models/<name>/ (resources/ beside engine/), or given
 as a folder path. Without either, the bundle named by the environment variable LATENTSR_MODEL is used,
 else latentsr-rgb.
@@ -16,6 +21,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import stat
 from pathlib import Path
 
 from .errors import LatentSRError
@@ -29,6 +36,14 @@ WEIGHTS = "model.safetensors"
 DEFAULT_MODEL = "latentsr-rgb"
 MODEL_ENV = "LATENTSR_MODEL"
 MODELS_DIR = Path(__file__).resolve().parent.parent / "resources" / "models"
+# Size bounds of the files of a bundle (the shipped model: a 20 kB card, 9 MB of weights, 10-100 kB graphs)
+CARD_LIMIT = 16 << 20
+WEIGHTS_LIMIT = 2 << 30
+GRAPH_LIMIT = 256 << 20
+HEADER_LIMIT = 100_000_000  # the safetensors header's declared length (the safetensors library's own bound)
+# a FIFO must not hang the open; a symlink in a temporary file's place is not followed (POSIX only)
+READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
 
 
 def resolve(ref: str | os.PathLike | None) -> Path:
@@ -51,11 +66,62 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_card(folder: Path) -> dict:
+def member(folder: Path, name, field: str) -> Path:
+    """The path of the file ``name`` of the bundle in ``folder``, which its card names in ``field``: a
+    relative path that stays inside the folder, also once symlinks are followed; a LatentSRError
+    naming the card and the field otherwise. Every reader and writer of a bundle's files goes through it."""
+    where = f"'{field}' in the model card {Path(folder) / CARD}"
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise LatentSRError(f"{where} must be a file name inside the model folder, got {name!r}")
+    if os.path.isabs(name) or ".." in Path(name).parts:
+        raise LatentSRError(f"{where} is {name!r}: a model file must lie inside the model folder "
+                            f"(no absolute path, no '..')")
+    root = Path(folder).resolve()
+    path = (root / name).resolve()
+    if path == root or root not in path.parents:
+        raise LatentSRError(f"{where} is {name!r}, which leads outside the model folder {folder} (a symlink?): "
+                            f"a model file must lie inside it")
+    return root / name
+
+
+def read_member(folder: Path, name: str, field: str, what: str, limit: int, hint: str = "") -> bytes:
+    """The bytes of the bundle file ``name`` (``member``), which must be a regular file of at most
+    ``limit`` bytes; ``what`` names it in messages, ``hint`` says what to do."""
+    path = member(folder, name, field)
+    hint = f": {hint}" if hint else ""
     try:
-        card = json.loads((folder / CARD).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise LatentSRError(f"cannot read the model card {folder / CARD}: {e}") from None
+        fd = os.open(path, READ_FLAGS)
+    except OSError as e:
+        raise LatentSRError(f"cannot read the {what} {path}: {e.strerror}{hint}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise LatentSRError(f"the {what} {path} is not a regular file{hint}")
+        if info.st_size > limit:
+            raise LatentSRError(f"the {what} {path} has {info.st_size} bytes, more than the {limit >> 20} MiB "
+                                f"a model file may have{hint}")
+        try:
+            data = f.read(info.st_size + 1)
+        except OSError as e:
+            raise LatentSRError(f"cannot read the {what} {path}: {e.strerror}{hint}") from None
+    if len(data) != info.st_size:
+        raise LatentSRError(f"the {what} {path} changed while it was read{hint}")
+    return data
+
+
+def parse_json(text, what: str):
+    """JSON text as Python values; a LatentSRError naming ``what`` for bad JSON or JSON nested too deeply."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise LatentSRError(f"cannot read {what}: it is nested too deeply") from None
+    except ValueError as e:
+        raise LatentSRError(f"cannot read {what}: {e}") from None
+
+
+def read_card(folder: Path) -> dict:
+    data = read_member(folder, CARD, "card", "model card", CARD_LIMIT)
+    card = parse_json(data.decode("utf-8", errors="replace"), f"the model card {folder / CARD}")
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise LatentSRError(f"{folder / CARD} is not a LatentSR model card")
     if card.get("version") != VERSION:
@@ -63,10 +129,25 @@ def read_card(folder: Path) -> dict:
     problem = card_problem(card)
     if problem:
         raise LatentSRError(f"the model card {folder / CARD} is not valid: {problem}")
+    for field, name in card_files(card):
+        member(folder, name, field)
     return card
 
 
+def card_files(card: dict) -> list[tuple[str, str]]:
+    """(field, file name) of every file a (checked) card names."""
+    files = [("weights.file", card.get("weights", {}).get("file", WEIGHTS))]
+    if card.get("encoder"):
+        files.append(("encoder.file", card["encoder"]["file"]))
+    for key, entry in ((card.get("onnx") or {}).get("graphs") or {}).items():
+        files.append((f"onnx.graphs.{key}.file", entry["file"]))
+    return files
+
+
 METHOD_NETWORKS = {"lcmsr": ("condition", "denoiser"), "e2diffsr": ("condition", "denoiser"), "regression": ("condition",)}
+
+
+NETWORK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 
 def positive_int(value) -> bool:
@@ -86,14 +167,23 @@ def card_problem(card: dict) -> str | None:
     if not isinstance(networks, dict) or not networks:
         return "'networks' must name at least one network"
     for name, spec in networks.items():
+        if not NETWORK_NAME.fullmatch(name) or ".." in name:
+            return (f"'networks' has a network named {name!r}: a name is letters, digits, '.', '_' and '-' "
+                    f"(it names its files)")
         if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
             kind = spec.get("kind") if isinstance(spec, dict) else spec
             return f"'networks.{name}.kind' must be one of {', '.join(KINDS)}, got {kind!r}"
         if not isinstance(spec.get("config"), dict):
             return f"'networks.{name}.config' must be an object"
+        problem = config_problem(name, spec["config"])
+        if problem:
+            return problem
         bands = spec["config"].get("bands", card["bands"])
         if bands != card["bands"]:
             return f"'networks.{name}.config.bands' is {bands!r} but the card's 'bands' is {card['bands']}"
+    problem = files_problem(card)
+    if problem:
+        return problem
     methods = card.get("methods", {})  # a stage 1 bundle has none
     if not isinstance(methods, dict):
         return "'methods' must be an object"
@@ -113,24 +203,77 @@ def card_problem(card: dict) -> str | None:
     return None
 
 
+CONFIG_LIMIT = 4096  # the largest whole number in a network's config (widths, blocks): the shipped model has 128
+CONFIG_LIST_LIMIT = 16  # the longest list in a network's config (levels): the shipped model has 3
+
+
+def config_problem(name: str, config: dict) -> str | None:
+    """What is out of bounds in a network's config, naming the field, or None: every whole number
+    (alone or in a list) is between 0 and CONFIG_LIMIT, and every list has at most CONFIG_LIST_LIMIT entries."""
+    for key, value in config.items():
+        if isinstance(value, list) and len(value) > CONFIG_LIST_LIMIT:
+            return (f"'networks.{name}.config.{key}' has {len(value)} entries, more than the {CONFIG_LIST_LIMIT} "
+                    f"a network may have")
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= CONFIG_LIMIT:
+                return f"'networks.{name}.config.{key}' is {value!r}: a network's sizes are between 0 and {CONFIG_LIMIT}"
+    return None
+
+
+def files_problem(card: dict) -> str | None:
+    """What is wrong with the card's entries that name files (weights, encoder, onnx), or None: the
+    weights are model.safetensors; every other entry is an object with a string 'file', the graphs'
+    ending in .onnx (export-onnx removes the graphs it no longer writes: never another kind of file)."""
+    weights = card.get("weights", {})
+    if not isinstance(weights, dict) or weights.get("file", WEIGHTS) != WEIGHTS:
+        return f"'weights' must be an object whose 'file' is {WEIGHTS}"
+    encoder = card.get("encoder")
+    if encoder and not (isinstance(encoder, dict) and isinstance(encoder.get("file"), str)
+                        and isinstance(encoder.get("config"), dict)):
+        return "'encoder' must be an object with a 'file' name and a 'config' object"
+    onnx = card.get("onnx")
+    if not onnx:
+        return None
+    if not isinstance(onnx, dict) or not isinstance(onnx.get("graphs", {}), dict):
+        return "'onnx' must be an object whose 'graphs' is an object"
+    for key, entry in onnx.get("graphs", {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"].endswith(".onnx"):
+            return f"'onnx.graphs.{key}.file' must be the name of a .onnx file"
+        if not isinstance(entry.get("networks"), list) or not all(isinstance(n, str) for n in entry["networks"]):
+            return f"'onnx.graphs.{key}.networks' must be a list of network names"
+        if not isinstance(entry.get("inputs", []), list) or not all(isinstance(n, str) for n in entry.get("inputs", [])):
+            return f"'onnx.graphs.{key}.inputs' must be a list of input names"
+    return None
+
+
 def load(ref: str | os.PathLike | None) -> tuple[dict, dict]:
     """(card, {name: torch tensor}) of a bundle, after checking the weights' SHA-256."""
     from safetensors.torch import load as load_safetensors
 
     folder = resolve(ref)
     card = read_card(folder)
+    data = read_weights(folder, WEIGHTS, "weights.file", card.get("weights", {}).get("sha256"))
     try:
-        data = (folder / WEIGHTS).read_bytes()
-    except OSError as e:
-        raise LatentSRError(f"cannot read the model weights {folder / WEIGHTS}: {e.strerror}") from None
-    expected = card.get("weights", {}).get("sha256")
-    if sha256(data) != expected:
-        raise LatentSRError(f"the weights in {folder / WEIGHTS} do not match the SHA-256 in the model card: "
-                            f"the file is damaged or was changed")
-    try:
-        return card, load_safetensors(data)
+        tensors = load_safetensors(data)
     except Exception as e:  # safetensors raises its own error types for malformed files
         raise LatentSRError(f"cannot read the model weights {folder / WEIGHTS}: {e}") from None
+    for name, spec in card["networks"].items():
+        check_shapes(name, spec, tensors, folder / CARD)
+    return card, tensors
+
+
+def read_weights(folder: Path, name: str, field: str, expected: str | None, what: str = "model weights",
+                 hint: str = "") -> bytes:
+    """The bytes of a safetensors file of the bundle (``read_member``, at most WEIGHTS_LIMIT bytes)
+    whose header is sound (safetensors_index) and whose SHA-256 is ``expected``."""
+    data = read_member(folder, name, field, what, WEIGHTS_LIMIT, hint)
+    path = folder / name
+    if sha256(data) != expected:
+        verb = "do" if what.endswith("weights") else "does"
+        raise LatentSRError(f"the {what} {path} {verb} not match the SHA-256 in the model card: "
+                            f"the file is damaged or was changed{': ' + hint if hint else ''}")
+    safetensors_index(data, f"the {what} {path}")
+    return data
 
 
 def save(folder: str | os.PathLike, card: dict, tensors: dict) -> Path:
@@ -141,27 +284,66 @@ def save(folder: str | os.PathLike, card: dict, tensors: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     card = dict(card, format=FORMAT, version=VERSION, weights={"file": WEIGHTS, "sha256": sha256(data)})
-    tmp_w = folder / (WEIGHTS + ".tmp")
-    tmp_w.write_bytes(data)
-    os.replace(tmp_w, folder / WEIGHTS)
+    write_member(folder, WEIGHTS, "weights.file", data)
     write_card(folder, card)
     return folder
 
 
 def write_card(folder: Path, card: dict) -> None:
     """Write ``card`` as the bundle's model.json (replaced at once, never half-written)."""
-    tmp = folder / (CARD + ".tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / CARD)
+    write_member(folder, CARD, "card", (json.dumps(card, indent=2) + "\n").encode("utf-8"))
 
 
-def safetensors_index(data: bytes) -> dict[str, tuple[str, list[int], int, int]]:
-    """name -> (dtype, shape, absolute offset, length in bytes) of each tensor in a safetensors file."""
+def write_member(folder: Path, name: str, field: str, data: bytes) -> Path:
+    """Write ``data`` as the bundle file ``name`` (``member``: inside the folder), replaced at once
+    through a temporary file made anew beside it: a stale one, or a symlink in its place, is removed,
+    never followed, and an interrupted write leaves none."""
+    path = member(folder, name, field)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            fd = os.open(tmp, CREATE_FLAGS, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise LatentSRError(f"cannot write the model file {path}: {e.strerror}") from None
+    return path
+
+
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def safetensors_index(data: bytes, what: str = "the model weights") -> dict[str, tuple[str, list[int], int, int]]:
+    """name -> (dtype, shape, absolute offset, length in bytes) of each tensor in a safetensors file;
+    a LatentSRError naming ``what`` unless the header's declared length is bounded and within the
+    file, and every tensor's extent matches its dtype and shape and lies within the data, which
+    ends where the file ends."""
     size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + size])
-    return {name: (info["dtype"], info["shape"], 8 + size + info["data_offsets"][0],
-                   info["data_offsets"][1] - info["data_offsets"][0])
-            for name, info in header.items() if name != "__metadata__"}
+    if len(data) < 8 or size > min(HEADER_LIMIT, len(data) - 8):
+        raise LatentSRError(f"cannot read {what}: its header declares {size} bytes, the file has {len(data)}")
+    header = parse_json(data[8:8 + size], what)
+    index, end = {}, 0
+    try:
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, stop = (int(v) for v in info["data_offsets"])
+            shape = [int(n) for n in info["shape"]]
+            if info["dtype"] not in DTYPE_SIZES or min(shape, default=0) < 0 or not 0 <= start <= stop \
+                    or stop - start != math.prod(shape) * DTYPE_SIZES[info["dtype"]]:
+                raise ValueError(f"the extent of {name} does not fit its dtype and shape")
+            index[name] = (info["dtype"], shape, 8 + size + start, stop - start)
+            end = max(end, stop)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise LatentSRError(f"cannot read {what}: its header is not valid ({e})") from None
+    if 8 + size + end != len(data):
+        raise LatentSRError(f"cannot read {what}: its header describes {8 + size + end} bytes, the file has {len(data)}")
+    return index
 
 
 def network_tensors(tensors: dict, network: str) -> dict:
@@ -187,3 +369,61 @@ def build_networks(card: dict, tensors: dict, names, device) -> dict:
                                 f"{str(e).splitlines()[0]}") from None
         nets[name] = net.to(device).eval()
     return nets
+
+
+def layout(kind: str, config: dict) -> dict[str, tuple]:
+    """name -> shape of the parameters and buffers of a ``kind`` network with ``config``, laid out on
+    torch's meta device: nothing is allocated."""
+    import torch
+
+    from .models import build
+
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in build(kind, config).state_dict().items()}
+
+
+def check_shapes(name: str, spec: dict, tensors: dict, card_path: Path) -> None:
+    """A LatentSRError naming the card, the network and its config field unless the parameters that
+    the card's config of network ``name`` gives have the shapes of the weights (the safetensors
+    header's): the layout is made on the meta device, so no network is built before they agree."""
+    try:
+        want = layout(spec["kind"], spec["config"])
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
+        raise LatentSRError(f"'networks.{name}.config' in the model card {card_path} is not valid: "
+                            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    have = {k: tuple(v.shape) for k, v in network_tensors(tensors, name).items()}
+    if want == have:
+        return
+    field = config_field(spec, have)
+    if set(want) != set(have):
+        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+        detail = (f"the card's config gives {len(want)} parameters, the weights hold {len(have)} "
+                  f"({'no ' + name + '.' + missing[0] if missing else 'an unexpected ' + name + '.' + extra[0]})")
+    else:
+        key = next(k for k in want if want[k] != have[k])
+        detail = f"{name}.{key} has shape {list(have[key])} there, the card's config gives {list(want[key])}"
+    raise LatentSRError(f"the weights in {card_path.parent / WEIGHTS} do not fit 'networks.{name}.config"
+                        f"{'.' + field if field else ''}' in the model card {card_path}: {detail}")
+
+
+def config_field(spec: dict, have: dict) -> str | None:
+    """The config field of a network whose change alone, to a size found in the weights' shapes
+    ``have``, makes the layout fit them; None when there is no such single field."""
+    sizes = sorted({d for shape in have.values() for d in shape})
+    config = spec["config"]
+    for key, value in config.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            trials = [d for d in sizes if d != value]
+        elif isinstance(value, list):
+            trials = [value[:i] + [d] + value[i + 1:] for i in range(len(value)) for d in sizes if d != value[i]]
+        else:
+            continue
+        for trial in trials:
+            try:
+                if layout(spec["kind"], dict(config, **{key: trial})) == have:
+                    return key
+            except (TypeError, ValueError, RuntimeError, ZeroDivisionError):
+                continue
+    return None

@@ -14,7 +14,10 @@ model.safetensors and stored there, so the weights exist once and both backends 
 The card's ``onnx`` entry names each graph's file, SHA-256 and networks, and the weights' SHA-256 the
 graphs were exported against. Before a session is made, the graph's bytes and the weights' bytes are
 checked against the card; the weights are read with numpy from those verified bytes and handed to ONNX
-Runtime, which therefore loads nothing that was not verified.
+Runtime, which therefore loads nothing that was not verified. A graph's files are the card's, read through
+engine.modelfile (inside the model folder, regular files, bounded in size). A graph runs only when its
+inputs are those the card lists and the engine gives, and when the configs of its networks are those it
+was exported with (the card it carries): a card edited afterwards is refused before anything runs.
 
 Sessions use every CPU core and full graph optimisation, run on CUDAExecutionProvider when the device
 allows it and it starts (else CPU), and are made once per method object, so all tiles reuse them.
@@ -62,15 +65,37 @@ def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
         raise LatentSRError(f"cannot read the model weights: {e}") from None
 
 
-def verified_bytes(path: Path, expected: str | None, what: str, hint: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise LatentSRError(f"cannot read the {what} {path}: {e.strerror}: {hint}") from None
-    if modelfile.sha256(data) != expected:
-        raise LatentSRError(f"the {what} {path} does not match the SHA-256 in the model card: "
+def verified_graph(folder: Path, key: str, entry: dict) -> bytes:
+    """The bytes of the card's graph ``key`` (entry ``entry``), checked against its SHA-256."""
+    hint = export_hint(folder)
+    data = modelfile.read_member(folder, entry["file"], f"onnx.graphs.{key}.file", "ONNX graph", modelfile.GRAPH_LIMIT,
+                                 hint)
+    if modelfile.sha256(data) != entry.get("sha256"):
+        raise LatentSRError(f"the ONNX graph {folder / entry['file']} does not match the SHA-256 in the model card: "
                             f"the file is damaged or was changed: {hint}")
     return data
+
+
+def exported_with(session, card: dict, networks: list[str], folder: Path, file: str) -> None:
+    """A LatentSRError naming the field unless each of ``networks`` has, in ``card``, the kind and
+    config that the graph (its ``latentsr.card`` metadata) was exported with."""
+    hint = export_hint(folder)
+    text = session.get_modelmeta().custom_metadata_map.get("latentsr.card")
+    if text is None:
+        raise LatentSRError(f"the ONNX graph {file} carries no model card (it was not written by LatentSR's "
+                            f"export): {hint}")
+    exported = modelfile.parse_json(text, f"the model card in the ONNX graph {file}")
+    for net in networks:
+        now, then = card["networks"].get(net, {}), (exported.get("networks") or {}).get(net) or {}
+        for key in sorted(set(now) | set(then)):
+            a, b = now.get(key), then.get(key)
+            if isinstance(a, dict) and isinstance(b, dict):
+                field = next((f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None)
+            else:
+                field = key if a != b else None
+            if field:
+                raise LatentSRError(f"'networks.{net}.{field}' in the model card {folder / modelfile.CARD} differs from "
+                                    f"the one the ONNX graph {file} was exported with: {hint}")
 
 
 def cuda_works() -> bool:
@@ -105,21 +130,37 @@ def providers_for(device: str, available: list[str]) -> list[str]:
 
 @dataclass
 class Graph:
-    """One ONNX Runtime session; called with named numpy arrays, returns its first output."""
+    """One ONNX Runtime session; called with named numpy arrays, returns its first output. ``listed``:
+    the inputs the card lists for it; any other input, or one of a type the engine does not give, is refused."""
 
     session: object
     weights: list = field(repr=False)  # the OrtValues the session's initializers point to: keep them alive
+    file: str  # the graph's file name, for messages
+    listed: tuple  # the inputs the card lists for it
 
     def __post_init__(self):
-        self.inputs = {i.name: INPUT_DTYPES[i.type] for i in self.session.get_inputs()}
+        self.inputs = {}
+        for i in self.session.get_inputs():
+            if i.name not in self.listed or i.type not in INPUT_DTYPES:
+                what = "that the model card does not list" if i.name not in self.listed else f"of type {i.type}"
+                raise LatentSRError(f"the ONNX graph {self.file} has an input '{i.name}' {what}: "
+                                    f"it is not a graph LatentSR can run")
+            self.inputs[i.name] = INPUT_DTYPES[i.type]
 
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
     def __call__(self, **arrays) -> np.ndarray:
+        missing = [name for name in self.inputs if name not in arrays]
+        if missing:
+            raise LatentSRError(f"the ONNX graph {self.file} asks for an input '{missing[0]}' that LatentSR does not give")
         feed = {name: np.ascontiguousarray(arrays[name], dtype=dtype) for name, dtype in self.inputs.items()}
-        return self.session.run(None, feed)[0]
+        try:
+            return self.session.run(None, feed)[0]
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise LatentSRError(f"ONNX Runtime failed running {self.file}: "
+                                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
 
 
 def default_threads() -> int:
@@ -141,8 +182,8 @@ class Sessions:
         if self.onnx.get("weights_sha256") != card.get("weights", {}).get("sha256"):
             raise LatentSRError(f"the ONNX graphs of the model '{card.get('name')}' were exported from other "
                                 f"weights: {export_hint(folder)}")
-        weights = verified_bytes(folder / modelfile.WEIGHTS, card.get("weights", {}).get("sha256"),
-                                 "model weights", "reinstall the model")
+        weights = modelfile.read_weights(folder, modelfile.WEIGHTS, "weights.file", card.get("weights", {}).get("sha256"),
+                                         hint="reinstall the model")
         self.tensors = read_safetensors(weights)
         self.providers = providers_for(device, ort.get_available_providers())
         self.device = device
@@ -153,7 +194,7 @@ class Sessions:
         so.intra_op_num_threads = self.threads
         so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.enable_cpu_mem_arena = False  # the arena keeps every peak: -40 % peak RSS for ~10 % time (docs/MODELS.md)
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # fatal only: a failure is reported once, as one line (Graph)
         return so
 
     def graph(self, key: str) -> Graph:
@@ -161,7 +202,7 @@ class Sessions:
         if entry is None:
             raise LatentSRError(f"the model '{self.card.get('name')}' has no ONNX graph '{key}': "
                                 f"{export_hint(self.folder)}")
-        data = verified_bytes(self.folder / entry["file"], entry.get("sha256"), "ONNX graph", export_hint(self.folder))
+        data = verified_graph(self.folder, key, entry)
         so = self.options()
         names = sorted(k for k in self.tensors if any(k.startswith(net + ".") for net in entry["networks"]))
         values = [self.ort.OrtValue.ortvalue_from_numpy(self.tensors[k]) for k in names]
@@ -176,7 +217,8 @@ class Sessions:
         finally:
             if quiet:
                 self.ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
-        graph = Graph(session, values)
+        exported_with(session, self.card, entry["networks"], self.folder, entry["file"])
+        graph = Graph(session, values, entry["file"], tuple(entry.get("inputs", ())))
         if CUDA in self.providers and graph.provider != CUDA:
             if self.device == "cuda":
                 raise LatentSRError("device 'cuda' was requested but backend onnx (ONNX Runtime) cannot start CUDA here "

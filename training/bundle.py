@@ -7,12 +7,12 @@ fine-tuning only, a bundle made from training stages ships the stage-1 encoder i
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from engine import modelfile
+from engine.errors import LatentSRError
 from engine.methods import TABLE
 from engine.models import LATENT, build, preset
 from engine.schedulers import consistency, ddpm
@@ -107,9 +107,7 @@ def write(folder: str | Path, card: dict, tensors: dict, encoder: tuple[dict, di
     folder.mkdir(parents=True, exist_ok=True)
     if encoder is not None:
         data = save_safetensors({f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder[1].items()})
-        tmp = folder / (ENCODER + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, folder / ENCODER)
+        modelfile.write_member(folder, ENCODER, "encoder.file", data)
         card = dict(card, encoder=dict(encoder[0], file=ENCODER, sha256=modelfile.sha256(data),
                                        use="stage-1 encoder for fine-tuning (python -m training finetune); "
                                            "inference never loads it"))
@@ -126,9 +124,7 @@ def load_encoder(ref: str) -> tuple[dict, dict] | None:
     if not entry:
         return None
     try:
-        data = (folder / entry["file"]).read_bytes()
-    except OSError as e:
-        raise TrainingError(f"cannot read the bundle's encoder {folder / entry['file']}: {e.strerror}") from None
-    if modelfile.sha256(data) != entry.get("sha256"):
-        raise TrainingError(f"the encoder in {folder / entry['file']} does not match the SHA-256 in the model card")
+        data = modelfile.read_weights(folder, entry["file"], "encoder.file", entry.get("sha256"), "bundle's encoder")
+    except LatentSRError as e:
+        raise TrainingError(str(e)) from None
     return {"kind": "encoder", "config": entry["config"]}, modelfile.network_tensors(load_safetensors(data), "encoder")

@@ -23,9 +23,12 @@ a difference above TOLERANCE is a TrainingError.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
-import os
+import signal
+import threading
 import warnings
 from pathlib import Path
 
@@ -160,19 +163,18 @@ def externalise(model: onnx.ModelProto, keys: dict, tensors: dict, offsets: dict
 
 
 def export_graph(key: str, module: nn.Module, names, output: str, networks: list[str], nets: dict, card: dict,
-                 tensors: dict, offsets: dict, folder: Path) -> dict:
-    """Write ``<key>.onnx``; its card entry."""
+                 tensors: dict, offsets: dict) -> tuple[bytes, dict]:
+    """The bytes of ``<key>.onnx`` (made in memory: nothing is written) and its card entry."""
     module.eval()
     inputs = example_inputs(card, names, 1, 23, 17, 2.5, seed=0, features=condition_features(module))
     args = tuple(torch.from_numpy(inputs[n]) for n in names)
-    path = folder / f"{key}.onnx"
-    tmp = folder / f"{key}.onnx.tmp"
+    buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter is deprecated
         warnings.filterwarnings("ignore", message="Constant folding")  # slicing the condition; folding is off anyway
-        torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=OPSET, input_names=list(names),
+        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET, input_names=list(names),
                           output_names=[output], dynamic_axes=dynamic_axes(names, output), do_constant_folding=False)
-    model = onnx.load(str(tmp))
+    model = onnx.load_from_string(buffer.getvalue())
     by_param = {id(p): f"{net}.{name}" for net in networks for name, p in nets[net].named_parameters()}
     keys = {name: by_param[id(p)] for name, p in module.named_parameters() if id(p) in by_param}
     used = externalise(model, keys, tensors, offsets)
@@ -186,10 +188,8 @@ def export_graph(key: str, module: nn.Module, names, output: str, networks: list
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
     data = model.SerializeToString()
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return {"file": path.name, "sha256": modelfile.sha256(data), "networks": networks,
-            "inputs": list(names), "output": output}
+    return data, {"file": f"{key}.onnx", "sha256": modelfile.sha256(data), "networks": networks,
+                  "inputs": list(names), "output": output}
 
 
 def check_graph(key: str, module: nn.Module, entry: dict, card: dict, sessions) -> float:
@@ -205,21 +205,90 @@ def check_graph(key: str, module: nn.Module, entry: dict, card: dict, sessions) 
     return float(np.abs(out - ref).max())
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stoppable():
+    """SIGTERM stops the export as Ctrl-C (SIGINT) does: a KeyboardInterrupt (main thread only,
+    where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """SIGINT and SIGTERM wait until the block is done (main thread only): the files it writes go
+    together."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def export(model: str | None = None) -> Path:
-    """Export the ONNX graphs of the bundle ``model`` (name or folder) into its folder; returns the folder."""
+    """Export the ONNX graphs of the bundle ``model`` (name or folder) into its folder; returns the folder.
+    The graphs are made in memory and written together with the card (SIGINT and SIGTERM wait for that
+    moment): stopped before it, the folder is as it was; stopped after, it holds the new graphs, unchecked.
+    Every file written or removed is a member of the folder (engine.modelfile.member)."""
     folder = modelfile.resolve(model)
+    written = []
+    try:
+        with stoppable():
+            check(folder, *write_graphs(folder, written))
+    except KeyboardInterrupt as e:
+        name = str(e) or "SIGINT"
+        if written:
+            raise TrainingError(f"the ONNX export was stopped ({name}) after it wrote the new graphs into {folder}, "
+                                f"before it checked them: run it again to check them") from None
+        raise TrainingError(f"the ONNX export was stopped ({name}); nothing in {folder} was changed") from None
+    return folder
+
+
+def write_graphs(folder: Path, written: list) -> tuple[dict, dict, dict]:
+    """Export and write the graphs of the bundle in ``folder`` with its new card (``written`` gets an
+    entry once they are); its card, tensors and graph entries."""
     card, tensors = modelfile.load(str(folder))
-    offsets = {name: entry[2:] for name, entry in modelfile.safetensors_index((folder / modelfile.WEIGHTS).read_bytes()).items()}
+    weights = modelfile.read_weights(folder, modelfile.WEIGHTS, "weights.file", card["weights"]["sha256"])
+    offsets = {name: entry[2:] for name, entry in modelfile.safetensors_index(weights).items()}
     nets = modelfile.build_networks(card, tensors, list(card["networks"]), "cpu")
     specs = graph_specs(card, nets)
     old = (card.get("onnx") or {}).get("graphs", {})
-    graphs = {key: export_graph(key, module, names, output, networks, nets, card, tensors, offsets, folder)
-              for key, (module, names, output, networks) in specs.items()}
+    made = {key: export_graph(key, module, names, output, networks, nets, card, tensors, offsets)
+            for key, (module, names, output, networks) in specs.items()}
+    graphs = {key: entry for key, (_, entry) in made.items()}
     card["onnx"] = {"opset": OPSET, "weights_sha256": card["weights"]["sha256"], "graphs": graphs}
-    modelfile.write_card(folder, card)
-    for entry in old.values():
-        if entry["file"] not in {g["file"] for g in graphs.values()}:
-            (folder / entry["file"]).unlink(missing_ok=True)
+    with uninterrupted():
+        for key, (data, entry) in made.items():
+            modelfile.write_member(folder, entry["file"], f"onnx.graphs.{key}.file", data)
+        modelfile.write_card(folder, card)
+        for key, entry in old.items():
+            if entry["file"] not in {g["file"] for g in graphs.values()}:
+                path = modelfile.member(folder, entry["file"], f"onnx.graphs.{key}.file")
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as e:
+                    log.warning("cannot remove the old graph %s: %s", path, e.strerror)
+        written.append(folder)
+    return card, tensors, graphs
+
+
+def check(folder: Path, card: dict, tensors: dict, graphs: dict) -> None:
+    """Check the written graphs against the networks built anew from the bundle."""
     sessions = Sessions(folder, card, "cpu")
     # the reference: the networks built anew from the bundle, composed as the engine composes them
     reference = graph_specs(card, modelfile.build_networks(card, tensors, list(card["networks"]), "cpu"))
@@ -231,4 +300,3 @@ def export(model: str | None = None) -> Path:
         log.info("  %-24s %7.1f kB  max |onnx - torch| %.1e", graphs[key]["file"],
                  (folder / graphs[key]["file"]).stat().st_size / 1024, diff)
     log.info("wrote %d ONNX graphs into %s", len(graphs), folder)
-    return folder
