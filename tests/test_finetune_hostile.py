@@ -94,6 +94,11 @@ def test_processing_refuses_a_folder_of_someone_elses_files(provider, uint16_ras
     assert fingerprint(tmp_path) == before
 
 
+def test_an_output_folder_that_cannot_be_made_is_one_line(uint16_raster, tiny_init, capsys):  # noqa: F811
+    assert train_main(finetune_args(uint16_raster, "/proc/latentsr-out/model", tiny_init)) == 2
+    one_line(capsys, "cannot write the output folder /proc/latentsr-out/model")
+
+
 # 2. a run is its options
 
 def test_a_rerun_with_other_defining_options_is_refused(uint16_raster, tiny_init, tmp_path, capsys):  # noqa: F811

@@ -22,6 +22,7 @@ become training data).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -219,8 +220,11 @@ def check_out(out: Path, job: Finetune, options: dict) -> bool:
                                 "files would become training data: choose an output folder outside it")
     if out.exists() and not out.is_dir():
         raise TrainingError(f"the output {out} exists and is not a folder")
-    if not out.exists() or not any(out.iterdir()):
-        return False
+    try:
+        if not out.exists() or not any(out.iterdir()):
+            return False
+    except OSError as exc:
+        raise TrainingError(f"cannot read the output folder {out}: {exc.strerror}") from None
     marker = out / MARKER
     if not marker.is_file():
         raise TrainingError(f"the output folder {out} already holds files and is not a fine-tune run (it has no "
@@ -243,12 +247,17 @@ def check_out(out: Path, job: Finetune, options: dict) -> bool:
 
 def write_marker(out: Path, options: dict) -> None:
     """OUT/MARKER, written whole (before any other file of the run)."""
-    out.mkdir(parents=True, exist_ok=True)
     tmp = out / (MARKER + ".tmp")
     with deferred_interrupts() as hits:
-        tmp.write_text(json.dumps({"format": MARKER_FORMAT, "version": 1, "options": options}, indent=2) + "\n",
-                       encoding="utf-8")
-        os.replace(tmp, out / MARKER)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"format": MARKER_FORMAT, "version": 1, "options": options}, indent=2) + "\n",
+                           encoding="utf-8")
+            os.replace(tmp, out / MARKER)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise TrainingError(f"cannot write the output folder {out}: {exc.strerror}") from None
     if hits:
         signal.raise_signal(hits[0])
 
