@@ -214,7 +214,8 @@ def test_damaged_state_is_one_line(finished, uint16_raster, tiny_init, tmp_path,
 
 # 5. start cards
 
-@pytest.mark.parametrize("change", ["config-string", "no-file", "entry-string", "file-outside", "device-file"])
+@pytest.mark.parametrize("change", ["config-string", "no-file", "entry-string", "file-outside", "device-file",
+                                    "config-unbuildable"])
 def test_bad_encoder_entry_of_the_start_card_is_one_line(finished, uint16_raster, tmp_path, capsys, change):  # noqa: F811
     init = tmp_path / "init"
     init.mkdir()
@@ -232,12 +233,37 @@ def test_bad_encoder_entry_of_the_start_card_is_one_line(finished, uint16_raster
         card["encoder"]["file"] = "../elsewhere/encoder.safetensors"
         (tmp_path / "elsewhere").mkdir()
         shutil.copy(finished / "encoder.safetensors", tmp_path / "elsewhere")
-    else:
+    elif change == "device-file":
         card["encoder"]["file"] = "/dev/zero"
+    else:
+        card["encoder"]["config"]["channels"] = "abc"
     (init / "model.json").write_text(json.dumps(card))
     assert train_main(finetune_args(uint16_raster, tmp_path / "m", str(init))) == 2
     assert "'encoder" in one_line(capsys, str(init / "model.json"))
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("change", ["huge-decoder", "weights-dev-zero"])
+def test_start_card_that_does_not_fit_its_weights_is_one_line(finished, uint16_raster, tmp_path, capsys, change):  # noqa: F811
+    """A card whose decoder has 4800 channels is refused before the network is built (the shapes are
+    compared on the meta device); weights that are a link to /dev/zero are never read."""
+    init = tmp_path / "init"
+    init.mkdir()
+    for name in ("model.json", "model.safetensors", "encoder.safetensors"):
+        shutil.copy(finished / name, init / name)
+    if change == "huge-decoder":
+        card = json.loads((init / "model.json").read_text())
+        card["networks"]["decoder"]["config"]["channels"] = 4800
+        (init / "model.json").write_text(json.dumps(card))
+        fragment = "does not fit its weights"
+    else:
+        (init / "model.safetensors").unlink()
+        (init / "model.safetensors").symlink_to("/dev/zero")
+        fragment = "must be a file in the model's folder"
+    start = time.perf_counter()
+    assert train_main(finetune_args(uint16_raster, tmp_path / "m", str(init))) == 2
+    assert fragment in one_line(capsys, str(init / "model.json"))
+    assert time.perf_counter() - start < 30 and not (tmp_path / "m").exists()
 
 
 # 6. SIGTERM
