@@ -241,9 +241,10 @@ def check(job: Finetune) -> None:
 
 
 def location(path) -> str:
-    """A raster path as the run marker records it: absolute (GDAL's /vsi… paths as given)."""
+    """A raster as the run marker records it: a file or folder by its absolute path, anything else
+    GDAL opens (/vsi… paths, subdataset names) as given."""
     text = str(path)
-    return text if text.startswith("/vsi") else str(Path(text).resolve())
+    return str(Path(text).resolve()) if Path(text).exists() else text
 
 
 def defining(job: Finetune, folder: Path, card: dict) -> dict:
