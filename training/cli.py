@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
-from engine.errors import LatentSRError
+from engine.errors import LatentSRError, single_line
 from engine.modelfile import DEFAULT_MODEL, MODELS_DIR
 
 from .errors import Interrupted, TrainingError
 
 STAGE_DEFAULTS = {"stage1": {"lr": 5e-4, "steps": 3000}, "e2diffsr": {"lr": 3e-4, "steps": 3000},
                   "lcmsr": {"lr": 3e-4, "steps": 3000}}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (``error: ...``, exit code 2)."""
+
+    def error(self, message: str):
+        raise TrainingError(f"{self.prog}: {message}")
 
 
 def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -119,8 +127,8 @@ def finetune_parser(sub) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m training", description="Train, bundle and benchmark LatentSR models.")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = OneLineParser(prog="python -m training", description="Train, bundle and benchmark LatentSR models.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _train_parser(sub, "stage1", "stage 1: residual autoencoder with the continuous-scale decoder")
     _train_parser(sub, "e2diffsr", "stage 2, E²DiffSR: conditioning net + short-chain latent diffusion")
     _train_parser(sub, "lcmsr", "stage 2, LCMSR: conditioning net + latent consistency model")
@@ -169,18 +177,31 @@ def train(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Bad input: one line on stderr, exit code 2. Ctrl-C during training checkpoints and exits with
+    130, SIGTERM (a batch scheduler stopping the job) likewise with 143; either signal elsewhere
+    unwinds (what is written is replaced whole) with one line and the same codes."""
+    from engine.cli import Terminated, terminate_cleanly
+
     from .distributed import is_main
 
     # under torchrun, the other ranks only report warnings and errors
     logging.basicConfig(level=logging.INFO if is_main() else logging.WARNING, format="%(message)s")
-    args = parser().parse_args(argv)
     try:
-        run(args)
+        args = parser().parse_args(argv)
+        with terminate_cleanly():
+            run(args)
     except (LatentSRError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {single_line(str(e))}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
+        terminated = e.signum == signal.SIGTERM
+        print(f"{'terminated' if terminated else 'interrupted'}: {e}", file=sys.stderr)
+        return 143 if terminated else 130
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -154,6 +154,15 @@ def validation(settings, source):
     return source.validation(settings.val_crop, settings.val_images)
 
 
+def ignore_interrupts(worker: int) -> None:
+    """A loader worker ignores Ctrl-C and SIGTERM, which reach the whole process group: the main
+    process finishes its step, checkpoints, and then ends the workers."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def loader(files, crop: int, bands: int, batch: int, seed: int, start: int, stop: int, workers: int,
            share: range | None = None):
     """Batches (B×C×crop×crop tensors) of steps start .. stop-1 of a training_source (their samples
@@ -161,7 +170,7 @@ def loader(files, crop: int, bands: int, batch: int, seed: int, start: int, stop
     from torch.utils.data import DataLoader
 
     return DataLoader(dataset(files, crop, bands, seed), batch_sampler=StepBatches(start, stop, batch, share),
-                      num_workers=workers)
+                      num_workers=workers, worker_init_fn=ignore_interrupts if workers else None)
 
 
 def batch_scale(seed: int, step: int, low: float, high: float) -> float:

@@ -8,8 +8,9 @@ class TrainingError(Exception):
 
 
 class Interrupted(Exception):
-    """Training stopped on request (Ctrl-C, a cancel) after saving a checkpoint that resumes it."""
+    """Training stopped on request (Ctrl-C, SIGTERM, a cancel) after saving a checkpoint that resumes
+    it; ``signum``: the signal that stopped it (None: a cancel)."""
 
-    def __init__(self, step: int, out):
+    def __init__(self, step: int, out, signum: int | None = None):
         super().__init__(f"stopped at step {step}; the checkpoint in {out} resumes it (run the same command again)")
-        self.step, self.out = step, out
+        self.step, self.out, self.signum = step, out, signum

@@ -13,25 +13,37 @@ card, the stage-1 encoder, ONNX graphs):
 Every network starts from the bundle's configuration (its card, not a preset), with the rasters'
 band count (training.bands). Running it again resumes: finished stages are kept, an interrupted one
 continues from its checkpoint, and a stage 2 whose stage 1 has moved on starts again.
+
+What it may write: OUT must be absent, empty, or a run of its own, which the run marker (MARKER,
+the first file a fine-tune writes there) recognises; a run again with other defining options
+(DEFINING: the data, bands, start model, scales, crop...) is refused, as is an OUT inside the
+plugin's bundled models or inside a folder of training or validation rasters (its own files would
+become training data).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
+import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from engine import modelfile
 from engine.errors import LatentSRError
-from engine.models import PRESETS, preset
+from engine.models import PRESETS, build, preset
 
 from . import bands as band_start
 from . import bundle, distributed
 from .errors import TrainingError
-from .trainer import STATE, Settings, Trainer
+from .trainer import STATE, Settings, Trainer, check_options, deferred_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +52,12 @@ VAL_EVERY = 50  # at least this many steps between validations (and at the end o
 METHODS = ("e2diffsr", "lcmsr")
 STAGE1_OPTIONS = {"kl_weight": 1e-4, "fft_weight": 0.05, "latent_noise": 0.1, "latent_dropout": 0.25,
                   "gan_weight": 0.0, "gan_start": 0}
+MARKER = "finetune-run.json"  # OUT/MARKER: this folder is a fine-tune's run, and of which options
+MARKER_FORMAT = "latentsr-finetune-run"
+# the options that make a run what it is; --steps, --stage2-steps, --device, --workers and --name may
+# change when it resumes
+DEFINING = ("rasters", "val", "bands", "init", "init_sha256", "scales", "crop", "batch", "lr", "seed", "val_crop",
+            "val_images")
 
 
 @dataclass
@@ -81,8 +99,89 @@ def with_bands(spec: dict, n: int) -> dict:
     return {"kind": spec["kind"], "config": config}
 
 
+def check_encoder(folder: Path, card: dict) -> None:
+    """The start bundle's ``encoder`` entry, when it has one, names a regular file inside its folder
+    and gives the encoder's configuration (an object with its latent channels), else a one-line
+    TrainingError naming the card."""
+    entry = card.get("encoder")
+    if entry is None:
+        return
+    where = f"the start model's card {folder / modelfile.CARD}"
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"]:
+        raise TrainingError(f"{where}: 'encoder' must be an object with the encoder's 'file', 'sha256' and 'config'")
+    config = entry.get("config")
+    if not isinstance(config, dict) or isinstance(config.get("latent"), bool) or not isinstance(config.get("latent"), int):
+        raise TrainingError(f"{where}: 'encoder.config' must be an object with the encoder's 'latent' channels, "
+                            f"got {config!r:.60}")
+    path = (folder / entry["file"]).resolve()
+    if not path.is_relative_to(folder.resolve()) or not path.is_file():
+        raise TrainingError(f"{where}: 'encoder.file' must name a file in the model's folder, got {entry['file']!r:.80}")
+
+
+def weight_shapes(folder: Path, file: str, where: str) -> dict:
+    """name -> shape of every tensor of a weights file of the start bundle, from its header only; the
+    file must be a regular file inside the bundle's folder."""
+    from safetensors import safe_open
+
+    path = (folder / file).resolve()
+    if not path.is_relative_to(folder.resolve()) or not path.is_file():
+        raise TrainingError(f"{where}: the weights {file!r:.80} must be a file in the model's folder")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+        raise TrainingError(f"{where}: cannot read the weights {path}: {str(exc).strip()[:100]}") from None
+
+
+def check_shapes(specs: dict, shapes: dict, file: str, where: str) -> None:
+    """Each network of ``specs`` (name -> kind and config) has the shapes of its weights in
+    ``shapes``: built on PyTorch's meta device, so a card that describes a huge network is refused
+    before any memory is taken."""
+    for name, spec in specs.items():
+        try:
+            with torch.device("meta"):
+                net = build(spec["kind"], spec["config"])
+        except Exception as exc:  # noqa: BLE001 - a configuration a network's constructor cannot take
+            raise TrainingError(f"{where}: the network '{name}' cannot be built from its configuration "
+                                f"({type(exc).__name__}: {str(exc).strip()[:80]})") from None
+        want = {f"{name}.{k}": list(v.shape) for k, v in net.state_dict().items()}
+        have = {k: v for k, v in shapes.items() if k.startswith(name + ".")}
+        if want != have:
+            key = next(k for k in sorted(want.keys() | have.keys()) if want.get(k) != have.get(k))
+            raise TrainingError(f"{where}: the network '{name}' does not fit its weights in {file} ({key}: "
+                                f"{want.get(key)} by the card, {have.get(key)} in the file)")
+
+
+def check_start(folder: Path, card: dict) -> None:
+    """The start bundle's networks that a fine-tune starts from (the decoder, each method's, the
+    encoder) fit their weights, and its encoder entry is whole (check_encoder), else a one-line
+    TrainingError naming the card."""
+    where = f"the start model's card {folder / modelfile.CARD}"
+    check_encoder(folder, card)
+    names = [card.get("decoder", "decoder")] + [spec[role] for m in METHODS if (spec := card.get("methods", {}).get(m))
+                                                for role in ("condition", "denoiser")]
+    if card.get("decoder", "decoder") not in card["networks"]:
+        raise TrainingError(f"{where}: 'decoder' names the network {card.get('decoder')!r}, which is not in 'networks'")
+    check_shapes({n: card["networks"][n] for n in names},
+                 weight_shapes(folder, modelfile.WEIGHTS, where), modelfile.WEIGHTS, where)
+    if card.get("encoder") is not None:
+        entry = card["encoder"]
+        check_shapes({"encoder": {"kind": "encoder", "config": entry["config"]}},
+                     weight_shapes(folder, entry["file"], where), entry["file"], where)
+
+
 def start_networks(folder: Path, card: dict, n: int) -> dict:
-    """The network specs of every stage, from the start bundle's card, for ``n`` bands."""
+    """The network specs of every stage, from the start bundle's card, for ``n`` bands (a card whose
+    entries do not give them: a one-line TrainingError naming it)."""
+    check_start(folder, card)
+    try:
+        return card_networks(folder, card, n)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrainingError(f"the start model's card {folder / modelfile.CARD} does not give its networks' "
+                            f"configuration ({type(exc).__name__}: {str(exc).strip()[:80]})") from None
+
+
+def card_networks(folder: Path, card: dict, n: int) -> dict:
     decoder = card["networks"][card.get("decoder", "decoder")]
     encoder = bundle.load_encoder(str(folder))
     latent = int(card.get("latent", decoder["config"]["latent"]))
@@ -126,6 +225,96 @@ def up_to_date(out: Path, tensors: dict) -> bool:
     return bool(card.get("onnx")) and card.get("weights", {}).get("sha256") == modelfile.sha256(data)
 
 
+def check(job: Finetune) -> None:
+    """The job's options in their ranges, else a one-line TrainingError (before anything is read or written)."""
+    for flag, value in (("--steps", job.steps), ("--stage2-steps", 1 if job.stage2_steps is None else job.stage2_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TrainingError(f"{flag} must be a whole number of at least 1, got {value}")
+    scales = (job.scale_min, job.scale_max)
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in scales) or not 1 <= job.scale_min <= job.scale_max <= 8:
+        raise TrainingError(f"the scales must satisfy 1 <= MIN <= MAX <= 8, got {job.scale_min:g} {job.scale_max:g}")
+    check_options(job)
+    if not job.rasters:
+        raise TrainingError("no training rasters given")
+    if job.device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was given but PyTorch sees no CUDA GPU")
+
+
+def location(path) -> str:
+    """A raster as the run marker records it: a file or folder by its absolute path, anything else
+    GDAL opens (/vsi… paths, subdataset names) as given."""
+    text = str(path)
+    return str(Path(text).resolve()) if Path(text).exists() else text
+
+
+def defining(job: Finetune, folder: Path, card: dict) -> dict:
+    """The options that define the run (DEFINING), as the run marker records them."""
+    return {"rasters": [location(r) for r in job.rasters], "val": [location(v) for v in job.val] if job.val else None,
+            "bands": list(job.bands) if job.bands else None, "init": str(folder.resolve()),
+            "init_sha256": card["weights"]["sha256"], "scales": [float(job.scale_min), float(job.scale_max)],
+            "crop": job.crop, "batch": job.batch, "lr": float(job.lr), "seed": job.seed, "val_crop": job.val_crop,
+            "val_images": job.val_images}
+
+
+def check_out(out: Path, job: Finetune, options: dict) -> bool:
+    """Whether the fine-tune may write into ``out``, refused in one line otherwise: never into the
+    plugin's bundled models or a folder of its training or validation rasters; an existing folder only
+    when it is empty, or is this fine-tune's own run (its MARKER) with the same DEFINING options.
+    True when ``out`` is already this run (its marker is there)."""
+    here = out.resolve()
+    bundled = modelfile.MODELS_DIR.resolve()
+    if here == bundled or here.is_relative_to(bundled):
+        raise TrainingError(f"the output folder {out} is inside the plugin's bundled models ({bundled}), which a "
+                            "fine-tune never writes: choose a folder of your own")
+    for source in list(job.rasters) + list(job.val or []):
+        folder = Path(source)
+        if folder.is_dir() and (here == folder.resolve() or here.is_relative_to(folder.resolve())):
+            raise TrainingError(f"the output folder {out} is inside the raster folder {source}, so the model's own "
+                                "files would become training data: choose an output folder outside it")
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"the output {out} exists and is not a folder")
+    try:
+        if not out.exists() or not any(out.iterdir()):
+            return False
+    except OSError as exc:
+        raise TrainingError(f"cannot read the output folder {out}: {exc.strerror}") from None
+    marker = out / MARKER
+    if not marker.is_file():
+        raise TrainingError(f"the output folder {out} already holds files and is not a fine-tune run (it has no "
+                            f"{MARKER}): a fine-tune writes only into a new or empty folder, or resumes its own")
+    try:
+        saved = json.loads(marker.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or saved.get("format") != MARKER_FORMAT or not isinstance(saved.get("options"), dict):
+            raise ValueError("not a fine-tune run marker")
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(f"the run marker {marker} is damaged ({reason}): delete the folder {out} to start this "
+                            "run over, or choose another --out") from None
+    for key in DEFINING:
+        if saved["options"].get(key) != options[key]:
+            raise TrainingError(f"{out} is the run of another fine-tune ({key} was {saved['options'].get(key)!r}, now "
+                                f"{options[key]!r}): choose a new --out for this one (only --steps, --stage2-steps, "
+                                "--device, --workers and --name may change when a run resumes)")
+    return True
+
+
+def write_marker(out: Path, options: dict) -> None:
+    """OUT/MARKER, written whole (before any other file of the run)."""
+    tmp = out / (MARKER + ".tmp")
+    with deferred_interrupts() as hits:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"format": MARKER_FORMAT, "version": 1, "options": options}, indent=2) + "\n",
+                           encoding="utf-8")
+            os.replace(tmp, out / MARKER)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise TrainingError(f"cannot write the output folder {out}: {exc.strerror}") from None
+    if hits:
+        signal.raise_signal(hits[0])
+
+
 def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[], bool] | None = None) -> Path:
     """Fine-tune and write the bundle into ``job.out``; returns its folder. ``report(stage, k,
     stages, step, steps, loss, val)`` after every step (val: the last validation PSNRs or None);
@@ -136,6 +325,7 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
     from .stage1 import Stage1
 
     start = time.perf_counter()
+    check(job)
     try:
         folder = modelfile.resolve(job.init)
         card = modelfile.read_card(folder)
@@ -144,13 +334,8 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
     out = Path(job.out)
     if out.resolve() == folder.resolve():
         raise TrainingError(f"the output folder {out} is the start model's folder: choose another")
-    if out.exists() and not out.is_dir():
-        raise TrainingError(f"the output {out} exists and is not a folder")
-    for p in (job.steps, job.stage2_steps or 1):
-        if p < 1:
-            raise TrainingError("the number of steps must be at least 1")
-    if not 1 <= job.scale_min <= job.scale_max <= 8:
-        raise TrainingError(f"the scales must satisfy 1 <= MIN <= MAX <= 8, got {job.scale_min:g} {job.scale_max:g}")
+    options = defining(job, folder, card)
+    ours = check_out(out, job, options)
     runs = out / RUNS
     old_bands = int(card["bands"])
 
@@ -171,6 +356,11 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
     methods = [m for m in METHODS if m in specs]
     if not methods:
         raise TrainingError(f"the start model {folder} has no diffusion method (e2diffsr, lcmsr) to fine-tune")
+    distributed.init(distributed.device(job.device))
+    distributed.barrier()  # every rank has checked OUT before rank 0 marks it
+    if not ours and distributed.is_main():
+        write_marker(out, options)
+    distributed.barrier()
     stages = [("stage1", Stage1, job.steps)] + [(m, {"e2diffsr": E2DiffSRStage, "lcmsr": LCMSRStage}[m],
                                                   job.stage2_steps or max(1, job.steps // 2)) for m in methods]
     for k, (name, cls, steps) in enumerate(stages):
@@ -209,7 +399,10 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
         log.info("%s is already the bundle of these runs", out)
         return out
     if distributed.is_main():  # under torchrun, rank 0 writes the bundle while the others wait
-        bundle.write(out, result, tensors, bundle.stage1_encoder(str(runs / "stage1")))
+        with deferred_interrupts() as hits:  # the weights and the card, written whole
+            bundle.write(out, result, tensors, bundle.stage1_encoder(str(runs / "stage1")))
+        if hits:
+            signal.raise_signal(hits[0])
         export.export(str(out))
         log.info("wrote %s (methods: %s)", out, ", ".join(result["methods"]))
     distributed.barrier()

@@ -66,15 +66,20 @@ def candidate_origins(valid: np.ndarray, size: int, max_nodata: float, rows: int
     return np.argwhere(share <= max_nodata + 1e-12)
 
 
-def grid_origins(valid: np.ndarray, size: int, row0: int, row1: int) -> list[tuple[int, int]]:
-    """Top-left pixels of non-overlapping size×size windows with no nodata pixel, on a grid over
-    rows row0..row1 of ``valid``."""
-    out = []
-    for y in range(row0, row1 - size + 1, size):
-        for x in range(0, valid.shape[1] - size + 1, size):
-            if valid[y:y + size, x:x + size].all():
-                out.append((y, x))
-    return out
+def grid_origins(valid: np.ndarray, step: int, size: int, row0: int, row1: int, width: int) -> list[tuple[int, int]]:
+    """Top-left pixels (y, x) of non-overlapping size×size windows, on a grid over rows row0..row1
+    of a raster ``width`` pixels wide, whose cells in ``valid``, its validity map read decimated by
+    ``step``, all hold data: with step 1 exactly the windows without a nodata pixel, row by row."""
+    ys = np.arange(row0, row1 - size + 1, size)
+    xs = np.arange(0, width - size + 1, size)
+    if not len(ys) or not len(xs):
+        return []
+    c = np.pad((~valid).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    y0, y1 = ys // step, (ys + size - 1) // step + 1
+    x0, x1 = xs // step, (xs + size - 1) // step + 1
+    counts = c[y1][:, x1] - c[y0][:, x1] - c[y1][:, x0] + c[y0][:, x0]
+    iy, ix = np.nonzero(counts == 0)
+    return list(zip(ys[iy].tolist(), xs[ix].tolist()))
 
 
 @dataclass
@@ -193,26 +198,39 @@ class RasterSet:
 
     def validation(self, crop: int, count: int) -> np.ndarray:
         """Up to ``count`` validation crops without nodata, spread evenly over the candidates:
-        N×C×crop×crop normalised with each raster's own statistics, as inference would."""
+        N×C×crop×crop normalised with each raster's own statistics, as inference would. The
+        candidates come from the validity map read decimated (as the window search reads it: about
+        MASK_PIXELS, whatever the raster's size); each crop read is checked, and one that holds a
+        nodata pixel the decimated map missed gives way to the next candidate."""
         found = []
         if self.held_back:
             for src in self.sources:
                 ds, info = self.dataset(src.path)
-                valid = validity(ds, info, 1)
-                found += [(src, ds, info, y, x) for y, x in grid_origins(valid, crop, src.train_rows, src.height)]
+                valid = validity(ds, info, src.step)
+                found += [(src, ds, info, y, x)
+                          for y, x in grid_origins(valid, src.step, crop, src.train_rows, src.height, src.width)]
         else:
             for path in self.val_paths:
                 src, ds, info = open_source(path, self.band_list, crop, None)
                 if len(src.bands) != self.bands:
                     raise TrainingError(f"the validation raster {path} has {len(src.bands)} bands, the training rasters {self.bands}")
-                valid = validity(ds, info, 1)
-                found += [(src, ds, info, y, x) for y, x in grid_origins(valid, crop, 0, src.height)]
-        if not found:
+                valid = validity(ds, info, src.step)
+                found += [(src, ds, info, y, x) for y, x in grid_origins(valid, src.step, crop, 0, src.height, src.width)]
+        picks = np.unique(np.linspace(0, len(found) - 1, min(count, len(found))).round().astype(int)) if found else []
+        chosen = set(picks)
+        crops = {}
+        for k in [*picks, *(k for k in range(len(found)) if k not in chosen)]:
+            if len(crops) == count:
+                break
+            src, ds, info, y, x = found[k]
+            img = self.read(src, x, y, crop, ds, info)
+            if not np.isnan(img).any():
+                crops[k] = img
+        if not crops:
             raise TrainingError(f"no validation window of {crop}×{crop} pixels without nodata: "
                                 + ("the held-back rows of the training rasters are too few or empty"
                                    if self.held_back else "the validation rasters are too small or empty"))
-        picks = np.unique(np.linspace(0, len(found) - 1, min(count, len(found))).round().astype(int))
-        return np.stack([self.read(src, x, y, crop, ds, info) for src, ds, info, y, x in (found[k] for k in picks)])
+        return np.stack([crops[k] for k in sorted(crops)])
 
     def card(self) -> dict:
         """What the model card records about the data: the per-band normalisation of each raster."""

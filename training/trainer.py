@@ -10,6 +10,7 @@ unwrapped networks and the global batch's losses, so it resumes with any number 
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import json
 import logging
@@ -43,6 +44,10 @@ VAL_SCALES = (2.0, 3.0, 4.0)
 GRAD_CLIP = 1.0
 LR_FLOOR = 0.02  # the cosine schedule ends at this fraction of the peak learning rate
 STATS_STEP = 1 << 40  # data keys of the batches that set statistics before training, far from any step
+MAX_SEED = 2**63 - 1  # the options' bounds (check_options)
+MAX_BATCH = 4096
+MAX_CROP = 1024
+MAX_WORKERS = 256
 
 
 @dataclass
@@ -207,17 +212,49 @@ class Stage(abc.ABC):
         """Card fields of the stage's output model folder, besides networks and training."""
 
 
-def deferring_interrupts(batches, hits: list):
-    """Yield the batches; meanwhile Ctrl-C (SIGINT) only appends to ``hits``, so that the loop can
-    finish its step and checkpoint. Outside the main thread it changes nothing."""
+def check_options(o) -> None:
+    """The options a run shares with a fine-tune (Settings or training.finetune.Finetune: batch,
+    crop, val_crop, val_images, lr, workers, seed) in their ranges, else a one-line TrainingError."""
+    def whole(value, low: int, high: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    if not whole(o.batch, 1, MAX_BATCH):
+        raise TrainingError(f"--batch must be a whole number from 1 to {MAX_BATCH}, got {o.batch}")
+    for flag, value in (("--crop", o.crop), ("--val-crop", o.val_crop)):
+        if not whole(value, 32, MAX_CROP) or value % 32:
+            raise TrainingError(f"{flag} must be a multiple of 32 from 32 to {MAX_CROP}, got {value}")
+    if not whole(o.val_images, 1, 1 << 20):
+        raise TrainingError(f"--val-images must be a whole number of at least 1, got {o.val_images}")
+    if isinstance(o.lr, bool) or not isinstance(o.lr, (int, float)) or not math.isfinite(o.lr) or o.lr <= 0:
+        raise TrainingError(f"--lr must be a finite number greater than 0, got {o.lr}")
+    if not whole(o.workers, 0, MAX_WORKERS):
+        raise TrainingError(f"--workers must be a whole number from 0 to {MAX_WORKERS}, got {o.workers}")
+    if not whole(o.seed, 0, MAX_SEED):
+        raise TrainingError(f"--seed must be a whole number from 0 to 2**63-1, got {o.seed}")
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """While the block runs, Ctrl-C (SIGINT) and SIGTERM (a batch scheduler stopping the job) are only
+    appended to the list it yields, so that the block can finish a step or a write; the caller acts
+    on them. Outside the main thread it changes nothing."""
+    hits: list = []
     if threading.current_thread() is not threading.main_thread():
-        yield from batches
+        yield hits
         return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
+    previous = {s: signal.signal(s, lambda signum, frame: hits.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield from batches
+        yield hits
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def damaged(path: Path, out: Path, exc: BaseException) -> TrainingError:
+    """The one-line error of a training state file that cannot be read back."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return TrainingError(f"the training state {path} is damaged ({reason}): delete the folder {out} to start this "
+                         "run over, or choose another --out")
 
 
 class Trainer:
@@ -234,22 +271,32 @@ class Trainer:
         self.device = distributed.device(settings.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise TrainingError("--device cuda was given but PyTorch sees no CUDA GPU")
+        check_options(settings)
         distributed.init(self.device)
         if settings.batch % distributed.world_size():
             raise TrainingError(f"--batch {settings.batch} does not split evenly over {distributed.world_size()} ranks")
-        if settings.crop % 32:
-            raise TrainingError(f"--crop must be a multiple of 32, got {settings.crop}")
-        if settings.val_crop % 32:
-            raise TrainingError(f"--val-crop must be a multiple of 32, got {settings.val_crop}")
+        for flag, value in (("--ckpt-every", settings.ckpt_every), ("--val-every", settings.val_every)):
+            if value < 1:
+                raise TrainingError(f"{flag} must be at least 1, got {value}")
         self.files = data.training_source(settings)
         ckpt = self.out / STATE
         saved = None
         if ckpt.exists():
             if not settings.resume:
                 raise TrainingError(f"{self.out} already holds a checkpoint: pass --resume to continue it or choose another --out")
-            saved = json.loads(ckpt.read_text())
+            try:
+                saved = json.loads(ckpt.read_text(encoding="utf-8"))
+                if not isinstance(saved, dict) or not isinstance(saved.get("networks"), dict):
+                    raise ValueError("not a checkpoint's state")
+            except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                raise damaged(ckpt, self.out, exc) from None
         torch.manual_seed(settings.seed)
-        self.stage = stage_cls(settings, self.device, saved["networks"] if saved else None)
+        try:
+            self.stage = stage_cls(settings, self.device, saved["networks"] if saved else None)
+        except (KeyError, TypeError, ValueError) as exc:
+            if not saved:
+                raise
+            raise damaged(ckpt, self.out, exc) from None
         if not saved:
             self.stage.setup()
         # after setup, so the EMA networks start from, and keep, what setup set (weights and buffers)
@@ -274,17 +321,23 @@ class Trainer:
     def _restore(self, saved: dict) -> None:
         from safetensors.torch import load_file
 
-        tensors = load_file(str(self.out / CHECKPOINT), device=str(self.device))
-        for prefix, nets in (("model", self.stage.nets), ("ema", self.ema)):
-            for name, net in nets.items():
-                net.load_state_dict(modelfile.network_tensors(tensors, f"{prefix}.{name}"))
-        load_optimizer(self.opt, tensors, "optim", saved["param_groups"])
-        self.step = saved["step"]
-        self.horizon = self.s.schedule_steps or saved["horizon"]
-        self.history = saved["history"]
-        self.seconds = saved.get("seconds", 0.0)
-        self.stage.load_state(saved["stage"])
-        self.stage.load_aux_tensors(aux_part(tensors))
+        try:
+            tensors = load_file(str(self.out / CHECKPOINT), device=str(self.device))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+            raise damaged(self.out / CHECKPOINT, self.out, exc) from None
+        try:
+            for prefix, nets in (("model", self.stage.nets), ("ema", self.ema)):
+                for name, net in nets.items():
+                    net.load_state_dict(modelfile.network_tensors(tensors, f"{prefix}.{name}"))
+            load_optimizer(self.opt, tensors, "optim", saved["param_groups"])
+            self.step = int(saved["step"])
+            self.horizon = self.s.schedule_steps or int(saved["horizon"])
+            self.history = {"loss": list(saved["history"]["loss"]), "val": list(saved["history"]["val"])}
+            self.seconds = float(saved.get("seconds", 0.0))
+            self.stage.load_state(saved["stage"])
+            self.stage.load_aux_tensors(aux_part(tensors))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: weights that do not fit
+            raise damaged(self.out / STATE, self.out, exc) from None
         log.info("resumed %s at step %d", self.out, self.step)
 
     def checkpoint(self) -> None:
@@ -348,9 +401,16 @@ class Trainer:
                               distributed.share(s.batch))
         bar = tqdm(total=s.steps, initial=self.step, desc=self.stage.name, disable=not (s.progress and distributed.is_main()),
                    dynamic_ncols=True)
-        interrupts = []
+        log.info("%s: training from step %d to %d", self.stage.name, self.step, s.steps)
+        with deferred_interrupts() as interrupts:
+            self._loop(batches, bar, interrupts)
+        bar.close()
+        distributed.barrier()  # what rank 0 wrote is complete before any rank goes on
+
+    def _loop(self, batches, bar, interrupts: list) -> None:
+        s = self.s
         clock = time.perf_counter()
-        for hr in deferring_interrupts(batches, interrupts):
+        for hr in batches:
             for group in self.opt.param_groups:
                 group["lr"] = learning_rate(self.step, s.lr, s.warmup, self.horizon)
             pair = make_pair(hr.to(self.device), data.batch_scale(s.seed, self.step, s.scale_min, s.scale_max),
@@ -386,6 +446,4 @@ class Trainer:
             stop = bool(interrupts) or (self.should_stop is not None and self.should_stop())
             if self.step < s.steps and distributed.any_rank(stop, self.device):  # all ranks stop after the same step
                 self.checkpoint()
-                raise Interrupted(self.step, self.out)
-        bar.close()
-        distributed.barrier()  # what rank 0 wrote is complete before any rank goes on
+                raise Interrupted(self.step, self.out, interrupts[0] if interrupts else None)
