@@ -382,14 +382,17 @@ def layout(kind: str, config: dict) -> dict[str, tuple]:
         return {k: tuple(v.shape) for k, v in build(kind, config).state_dict().items()}
 
 
-def check_shapes(name: str, spec: dict, tensors: dict, card_path: Path) -> None:
+def check_shapes(name: str, spec: dict, tensors: dict, card_path: Path, entry: str | None = None) -> None:
     """A LatentSRError naming the card, the network and its config field unless the parameters that
     the card's config of network ``name`` gives have the shapes of the weights (the safetensors
-    header's): the layout is made on the meta device, so no network is built before they agree."""
+    header's): the layout is made on the meta device, so no network is built before they agree. ``entry``
+    is where the card holds the network (``networks.<name>`` unless given: the stage-1 encoder's is
+    ``encoder``)."""
+    entry = entry or f"networks.{name}"
     try:
         want = layout(spec["kind"], spec["config"])
     except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
-        raise LatentSRError(f"'networks.{name}.config' in the model card {card_path} is not valid: "
+        raise LatentSRError(f"'{entry}.config' in the model card {card_path} is not valid: "
                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
     have = {k: tuple(v.shape) for k, v in network_tensors(tensors, name).items()}
     if want == have:
@@ -402,7 +405,7 @@ def check_shapes(name: str, spec: dict, tensors: dict, card_path: Path) -> None:
     else:
         key = next(k for k in want if want[k] != have[k])
         detail = f"{name}.{key} has shape {list(have[key])} there, the card's config gives {list(want[key])}"
-    raise LatentSRError(f"the weights in {card_path.parent / WEIGHTS} do not fit 'networks.{name}.config"
+    raise LatentSRError(f"the weights in {card_path.parent / WEIGHTS} do not fit '{entry}.config"
                         f"{'.' + field if field else ''}' in the model card {card_path}: {detail}")
 
 

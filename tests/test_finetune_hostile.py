@@ -245,8 +245,9 @@ def test_bad_encoder_entry_of_the_start_card_is_one_line(finished, uint16_raster
 
 @pytest.mark.parametrize("change", ["huge-decoder", "weights-dev-zero"])
 def test_start_card_that_does_not_fit_its_weights_is_one_line(finished, uint16_raster, tmp_path, capsys, change):  # noqa: F811
-    """A card whose decoder has 4800 channels is refused before the network is built (the shapes are
-    compared on the meta device); weights that are a link to /dev/zero are never read."""
+    """A card whose decoder has 4800 channels is refused before the network is built (the engine's
+    bounds on a card, then its shapes compared on the meta device); weights that are a link to
+    /dev/zero are never read."""
     init = tmp_path / "init"
     init.mkdir()
     for name in ("model.json", "model.safetensors", "encoder.safetensors"):
@@ -255,11 +256,11 @@ def test_start_card_that_does_not_fit_its_weights_is_one_line(finished, uint16_r
         card = json.loads((init / "model.json").read_text())
         card["networks"]["decoder"]["config"]["channels"] = 4800
         (init / "model.json").write_text(json.dumps(card))
-        fragment = "does not fit its weights"
+        fragment = "'networks.decoder.config.channels' is 4800"
     else:
         (init / "model.safetensors").unlink()
         (init / "model.safetensors").symlink_to("/dev/zero")
-        fragment = "must be a file in the model's folder"
+        fragment = "a model file must lie inside it"
     start = time.perf_counter()
     assert train_main(finetune_args(uint16_raster, tmp_path / "m", str(init))) == 2
     assert fragment in one_line(capsys, str(init / "model.json"))

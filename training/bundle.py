@@ -115,16 +115,19 @@ def write(folder: str | Path, card: dict, tensors: dict, encoder: tuple[dict, di
 
 
 def load_encoder(ref: str) -> tuple[dict, dict] | None:
-    """(spec, state dict) of the stage-1 encoder a bundle ships (checked against its SHA-256), or
-    None when it has none."""
+    """(spec, state dict) of the stage-1 encoder a bundle ships (checked against its SHA-256, its
+    configuration against the weights' shapes before it is built), or None when it has none."""
     from safetensors.torch import load as load_safetensors
 
     folder = modelfile.resolve(ref)
     entry = modelfile.read_card(folder).get("encoder")
     if not entry:
         return None
+    spec = {"kind": "encoder", "config": entry["config"]}
     try:
         data = modelfile.read_weights(folder, entry["file"], "encoder.file", entry.get("sha256"), "bundle's encoder")
+        tensors = load_safetensors(data)
+        modelfile.check_shapes("encoder", spec, tensors, folder / modelfile.CARD, "encoder")
     except LatentSRError as e:
         raise TrainingError(str(e)) from None
-    return {"kind": "encoder", "config": entry["config"]}, modelfile.network_tensors(load_safetensors(data), "encoder")
+    return spec, modelfile.network_tensors(tensors, "encoder")

@@ -99,81 +99,22 @@ def with_bands(spec: dict, n: int) -> dict:
     return {"kind": spec["kind"], "config": config}
 
 
-def check_encoder(folder: Path, card: dict) -> None:
-    """The start bundle's ``encoder`` entry, when it has one, names a regular file inside its folder
-    and gives the encoder's configuration (an object with its latent channels), else a one-line
-    TrainingError naming the card."""
-    entry = card.get("encoder")
-    if entry is None:
-        return
-    where = f"the start model's card {folder / modelfile.CARD}"
-    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"]:
-        raise TrainingError(f"{where}: 'encoder' must be an object with the encoder's 'file', 'sha256' and 'config'")
-    config = entry.get("config")
-    if not isinstance(config, dict) or isinstance(config.get("latent"), bool) or not isinstance(config.get("latent"), int):
-        raise TrainingError(f"{where}: 'encoder.config' must be an object with the encoder's 'latent' channels, "
-                            f"got {config!r:.60}")
-    path = (folder / entry["file"]).resolve()
-    if not path.is_relative_to(folder.resolve()) or not path.is_file():
-        raise TrainingError(f"{where}: 'encoder.file' must name a file in the model's folder, got {entry['file']!r:.80}")
-
-
-def weight_shapes(folder: Path, file: str, where: str) -> dict:
-    """name -> shape of every tensor of a weights file of the start bundle, from its header only; the
-    file must be a regular file inside the bundle's folder."""
-    from safetensors import safe_open
-
-    path = (folder / file).resolve()
-    if not path.is_relative_to(folder.resolve()) or not path.is_file():
-        raise TrainingError(f"{where}: the weights {file!r:.80} must be a file in the model's folder")
+def check_start(folder: Path) -> None:
+    """The start bundle opens as the engine opens any model (engine.modelfile.load: the files its card
+    names are regular files inside its folder, read with a bound, and each network's configuration is
+    compared with its weights' shapes before any network is built), and so does the stage-1 encoder it
+    ships (bundle.load_encoder); else a one-line TrainingError naming the card."""
     try:
-        with safe_open(str(path), "pt") as f:
-            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
-        raise TrainingError(f"{where}: cannot read the weights {path}: {str(exc).strip()[:100]}") from None
-
-
-def check_shapes(specs: dict, shapes: dict, file: str, where: str) -> None:
-    """Each network of ``specs`` (name -> kind and config) has the shapes of its weights in
-    ``shapes``: built on PyTorch's meta device, so a card that describes a huge network is refused
-    before any memory is taken."""
-    for name, spec in specs.items():
-        try:
-            with torch.device("meta"):
-                net = build(spec["kind"], spec["config"])
-        except Exception as exc:  # noqa: BLE001 - a configuration a network's constructor cannot take
-            raise TrainingError(f"{where}: the network '{name}' cannot be built from its configuration "
-                                f"({type(exc).__name__}: {str(exc).strip()[:80]})") from None
-        want = {f"{name}.{k}": list(v.shape) for k, v in net.state_dict().items()}
-        have = {k: v for k, v in shapes.items() if k.startswith(name + ".")}
-        if want != have:
-            key = next(k for k in sorted(want.keys() | have.keys()) if want.get(k) != have.get(k))
-            raise TrainingError(f"{where}: the network '{name}' does not fit its weights in {file} ({key}: "
-                                f"{want.get(key)} by the card, {have.get(key)} in the file)")
-
-
-def check_start(folder: Path, card: dict) -> None:
-    """The start bundle's networks that a fine-tune starts from (the decoder, each method's, the
-    encoder) fit their weights, and its encoder entry is whole (check_encoder), else a one-line
-    TrainingError naming the card."""
-    where = f"the start model's card {folder / modelfile.CARD}"
-    check_encoder(folder, card)
-    names = [card.get("decoder", "decoder")] + [spec[role] for m in METHODS if (spec := card.get("methods", {}).get(m))
-                                                for role in ("condition", "denoiser")]
-    if card.get("decoder", "decoder") not in card["networks"]:
-        raise TrainingError(f"{where}: 'decoder' names the network {card.get('decoder')!r}, which is not in 'networks'")
-    check_shapes({n: card["networks"][n] for n in names},
-                 weight_shapes(folder, modelfile.WEIGHTS, where), modelfile.WEIGHTS, where)
-    if card.get("encoder") is not None:
-        entry = card["encoder"]
-        check_shapes({"encoder": {"kind": "encoder", "config": entry["config"]}},
-                     weight_shapes(folder, entry["file"], where), entry["file"], where)
+        modelfile.load(folder)
+    except LatentSRError as exc:
+        raise TrainingError(str(exc)) from None
+    bundle.load_encoder(str(folder))
 
 
 def start_networks(folder: Path, card: dict, n: int) -> dict:
     """The network specs of every stage, from the start bundle's card, for ``n`` bands (a card whose
     entries do not give them: a one-line TrainingError naming it)."""
-    check_start(folder, card)
+    check_start(folder)
     try:
         return card_networks(folder, card, n)
     except (KeyError, TypeError, ValueError) as exc:
