@@ -126,12 +126,13 @@ def scale_for_resolution(geotransform: tuple[float, ...] | None, target: float) 
 
 
 def output_axes(width: int, height: int, geotransform: tuple[float, ...] | None, scale: float,
-                target: float | None = None,
-                window: tuple[int, int, int, int] | None = None) -> tuple[Axis, Axis, tuple[int, int, int, int] | None]:
+                target: float | None = None, window: tuple[int, int, int, int] | None = None,
+                halo: int = 0) -> tuple[Axis, Axis, tuple[int, int, int, int] | None]:
     """The output grid (x and y ``Axis``) of a width×height input: ``scale`` keeps the extent, a
     ``target`` resolution gives exactly target × target pixels (origin kept, extent grown by less
     than one output pixel). With a pixel ``window`` (x0, y0, w, h) the output is the part of the
-    whole raster's output grid that covers it, and the window returned is the input that holds it."""
+    whole raster's output grid that covers it, and the window returned is the input that holds it,
+    with ``halo`` more pixels around it (within the raster) for the method's context."""
     if target is None:
         ax, ay = scale_axis(width, scale), scale_axis(height, scale)
     else:
@@ -140,8 +141,8 @@ def output_axes(width: int, height: int, geotransform: tuple[float, ...] | None,
     if window is None:
         return ax, ay, None
     x0, y0, w, h = window
-    xa, xb, ax = snap_window(ax, width, x0, x0 + w)
-    ya, yb, ay = snap_window(ay, height, y0, y0 + h)
+    xa, xb, ax = snap_window(ax, width, x0, x0 + w, halo)
+    ya, yb, ay = snap_window(ay, height, y0, y0 + h, halo)
     return ax, ay, (xa, ya, xb - xa, yb - ya)
 
 
@@ -231,10 +232,12 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     info = raster.describe(whole, bands)
     window = raster.extent_window(info, req.extent) if req.extent else None
     scale = req.scale if req.target_resolution is None else scale_for_resolution(info.geotransform, req.target_resolution)
-    axes = output_axes(info.width, info.height, info.geotransform, scale, req.target_resolution, window)
-    window = axes[2]
     raster.check_outputs({"output": req.output, "uncertainty output": req.uncertainty}, {"input": (req.input, whole)})
     method = make_method(req)
+    # a window is read with the context the method has in a whole run, so that it gives the same pixels
+    axes = output_axes(info.width, info.height, info.geotransform, scale, req.target_resolution, window,
+                       halo=method.context + FILL_ITERATIONS)
+    window = axes[2]
     if req.samples > 1 and method.deterministic:
         log.warning("%s at detail 0 is deterministic: its %d samples are the same and the uncertainty is 0 "
                     "(raise the detail to sample)", req.method, req.samples)
@@ -380,11 +383,12 @@ def render(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNo
             valid = raster.read_valid(src, info, stored, tx.in_start, ty.in_start)
             x = np.stack([norms[c].forward(stored[c].astype(np.float64)) for c in range(n_bands)])
             x = fill_invalid(x, valid, fill)
-            grid = Grid(
+            grid = Grid(  # placed on the whole raster, also in a window (engine.grid.Axis)
                 ys=ay.centres(ty.out_start, ty.out_stop, ty.in_start),
                 xs=ax.centres(tx.out_start, tx.out_stop, tx.in_start),
-                scale=plan.scale, out_y0=ty.out_start, out_x0=tx.out_start, in_y0=ty.in_start, in_x0=tx.in_start,
-                in_h=info.height, in_w=info.width)
+                scale=plan.scale, out_y0=ay.first + ty.out_start, out_x0=ax.first + tx.out_start,
+                in_y0=ay.origin + ty.in_start, in_x0=ax.origin + tx.in_start,
+                in_h=ay.whole or info.height, in_w=ax.whole or info.width)
             layers = sample_layers(method, x, grid, seeds, n_bands, bool(req.uncertainty))
             weight = ty.weights[:, None] * tx.weights[None, :]
             out_valid = valid[:, nearest_indices(grid.ys, valid.shape[1])][:, :, nearest_indices(grid.xs, valid.shape[2])]
