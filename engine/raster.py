@@ -56,19 +56,32 @@ def one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+FLOAT64_HALF_MAX = float(np.finfo(np.float64).max) / 2
+
+
 @dataclass(frozen=True)
 class BandNorm:
-    """An affine map between stored values and the normalised units the methods see."""
+    """An affine map between stored values and the normalised units the methods see. Both ways are
+    computed on halves of the values (exact in binary floating point, so the results are the
+    same bits as the plain formulas), which cannot overflow: a Float64 band whose values reach
+    ±1e308 maps without an infinity or a NaN."""
 
     offset: float
     scale: float
     fill: float  # normalised value used where no neighbour can fill a nodata pixel
 
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        """(x − offset) / scale in float64."""
+        return (x * 0.5 - self.offset * 0.5) / (self.scale * 0.5)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.offset) / self.scale).astype(np.float32)
+        return self.normalise(x).astype(np.float32)
 
     def inverse(self, x: np.ndarray) -> np.ndarray:
-        return x.astype(np.float64) * self.scale + self.offset
+        """x × scale + offset in float64, clipped to the largest float64 where it would overflow."""
+        with np.errstate(over="ignore"):
+            half = x.astype(np.float64) * (self.scale * 0.5) + self.offset * 0.5
+        return np.clip(half, -FLOAT64_HALF_MAX, FLOAT64_HALF_MAX) * 2
 
 
 @dataclass(frozen=True)
@@ -194,11 +207,22 @@ def band_norms(ds: gdal.Dataset, info: RasterInfo) -> list[BandNorm]:
             offset, scale = 0.0, 255.0
         elif info.dtype == np.int8:
             offset, scale = -128.0, 255.0
-        else:
-            lo, hi = np.percentile(values, [0.1, 99.9])
-            offset, scale = float(lo), float(hi - lo) if hi > lo else 1.0
-        norms.append(BandNorm(offset, scale, float((values.mean() - offset) / scale)))
+        else:  # on halves, as BandNorm: the same bits, and no overflow where the range is wider than float64 holds
+            lo, hi = np.percentile(values * 0.5, [0.1, 99.9])
+            offset, scale = float(lo * 2), float(min(hi - lo, FLOAT64_HALF_MAX) * 2) if hi > lo else 1.0
+            if hi - lo > FLOAT64_HALF_MAX:
+                log.info("band %d spans %g to %g, wider than a float64 holds: it is normalised by the largest float64 "
+                         "(its range maps to 0..%.3g)", b, lo * 2, hi * 2, (hi - lo) / FLOAT64_HALF_MAX)
+        norm = BandNorm(offset, scale, 0.0)
+        norms.append(replace(norm, fill=float(norm.normalise(finite_mean(values)))))
     return norms
+
+
+def finite_mean(values: np.ndarray) -> float:
+    """The mean of float64 ``values``, also where their sum overflows."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(values.mean())
+    return mean if np.isfinite(mean) else float((values / values.size).sum())
 
 
 def read_window(ds: gdal.Dataset, info: RasterInfo, x0: int, y0: int, w: int, h: int) -> np.ndarray:
