@@ -7,6 +7,7 @@ import glob
 import logging
 import os
 import re
+import tempfile
 import uuid
 from dataclasses import dataclass, replace
 from xml.sax.saxutils import escape
@@ -390,6 +391,20 @@ def check_writable(output: str) -> None:
         raise LatentSRError(f"output folder does not exist: {folder}")
     if not os.access(folder, os.W_OK):
         raise LatentSRError(f"output folder is not writable: {folder}")
+    try:  # access() does not see everything (root on /sys or /proc, ACLs, some network mounts): try it
+        fd, probe = tempfile.mkstemp(prefix=".latentsr-probe-", dir=folder)
+    except OSError as exc:
+        raise LatentSRError(f"output folder cannot be written: {folder} ({exc.strerror or one_line(exc)})") from None
+    os.close(fd)
+    os.remove(probe)
+
+
+def check_tif_name(path: str | None, role: str) -> None:
+    """Refuse, in one line, a GeoTIFF output whose name does not end in .tif or .tiff."""
+    ext = os.path.splitext(path or "")[1].lower()
+    if ext not in ("", ".tif", ".tiff"):
+        raise LatentSRError(f"the {role} is written as a GeoTIFF, so its name must end in .tif or .tiff, not {ext}: "
+                            f"{path}")
 
 
 class OutputRaster:
@@ -656,6 +671,9 @@ def take_lock(lock: str, path: str, scratch_prefix: str = "") -> None:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            if os.path.isdir(lock) or not os.path.isfile(lock):
+                raise LatentSRError(f"the lock file of {path} is taken by a folder or another non-file: {lock}; "
+                                    "remove it or choose another output path") from None
             alive, pid = lock_owner_alive(lock)
             if alive:
                 raise LatentSRError(f"another run (process {pid}) is already writing {path}; if no run is, delete "
