@@ -90,11 +90,8 @@ class Request:
                 raise LatentSRError("an uncertainty output needs at least 2 samples")
         if not 0 <= self.seed <= MAX_SEED:
             raise LatentSRError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
-        for path in (self.output, self.uncertainty):
-            ext = os.path.splitext(path or "")[1].lower()
-            if ext not in ("", ".tif", ".tiff"):
-                raise LatentSRError(f"the output is written as a GeoTIFF, so its name must end in .tif or .tiff, "
-                                    f"not {ext}: {path}")
+        raster.check_tif_name(self.output, "output")
+        raster.check_tif_name(self.uncertainty, "uncertainty output")
 
 
 def check_extent(extent: tuple[float, float, float, float]) -> None:
@@ -343,20 +340,16 @@ def open_outputs(req: Request, src, info: raster.RasterInfo, plan: TilePlan, vir
 
 
 def commit_outputs(outputs: list, fill: Callable[[], None]) -> None:
-    """``fill()`` the outputs, then put them in place, the main one last, once everything else is. On
-    any failure or cancel every output is discarded, and one already in place is removed."""
-    committed: list[str] = []
+    """``fill()`` the outputs, then put them all in place together, the main one last
+    (raster.commit_together). On any failure or cancel every output is discarded, and each final
+    name keeps the file it held before the run."""
     try:
         fill()
-        for out in reversed(outputs):
-            out.commit()
-            committed.append(out.path)
     except BaseException:
         for out in outputs:
             out.discard()
-        for path in committed:  # a sibling this run already put in place must not outlive the failure
-            os.remove(path)
         raise
+    raster.commit_together(list(reversed(outputs)))
 
 
 def render(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNorm], method, plan: TilePlan,
