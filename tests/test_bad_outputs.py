@@ -304,6 +304,11 @@ class TestPreviewSeam:
         part, whole = preview_and_whole(tmp_path, "regression", tile=96, overlap=40)
         assert np.abs(part - whole).max() <= 1  # within float rounding of a tiled run, at the edges too
 
+    def test_sampled_lcmsr_preview_equals_the_whole_run(self, tmp_path, tiny_model):
+        """Its noise is drawn per latent cell of the whole raster's output grid, in a preview too."""
+        part, whole = preview_and_whole(tmp_path, "lcmsr", model=tiny_model, detail=1.0, seed=3)
+        assert np.abs(part - whole).max() <= 1
+
     def test_processing_preview(self, tmp_path, provider):
         """As the dock's "Visible map extent only": an EXTENT in the layer's CRS."""
         gt = gdal.Open(SAMPLE).GetGeoTransform()
