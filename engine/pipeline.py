@@ -233,7 +233,7 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     method = make_method(req)
     # a window is read with the context the method has in a whole run, so that it gives the same pixels
     axes = output_axes(info.width, info.height, info.geotransform, scale, req.target_resolution, window,
-                       halo=method.context + FILL_ITERATIONS)
+                       halo=method.halo(scale) + FILL_ITERATIONS)
     window = axes[2]
     if req.samples > 1 and method.deterministic:
         log.warning("%s at detail 0 is deterministic: its %d samples are the same and the uncertainty is 0 "
@@ -259,7 +259,7 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
               axes: tuple[Axis, Axis], start: float, progress: Callable[[float], None],
               is_cancelled: Callable[[], bool]) -> Result:
     """Stream the tiles of ``src`` through ``method`` into the output GeoTIFF on the grid ``axes`` (x, y)."""
-    plan = tile_plan(info, scale, axes, req.tile, req.overlap, method.context)
+    plan = tile_plan(info, scale, axes, req.tile, req.overlap, method.halo(scale))
     log.info("%s ×%.4g: %d×%d -> %d×%d, %d tiles", method.name, scale, info.width, info.height, plan.out_w, plan.out_h,
              plan.tiles)
     check_pending_memory(plan.rows, plan.out_w, len(info.bands), 2 if req.uncertainty else 1)
@@ -317,9 +317,14 @@ class TilePlan:
 
 def tile_plan(info: raster.RasterInfo, scale: float, axes: tuple[Axis, Axis], tile: int, overlap: int,
               context: int) -> TilePlan:
+    """The tiles of ``tile`` input pixels overlapping by ``overlap``, each read with ``context`` pixels
+    (a method's halo) and the nodata fill's around the part it is trusted on: the overlap gives
+    up to half of it (engine.tiling.required_margin), a wider read the rest, so a method sees as much
+    in a tile as in a whole run whatever the overlap."""
     margin = required_margin(context + FILL_ITERATIONS, overlap)
-    return TilePlan(scale, tuple(axes), axis_plan(info.height, axes[1], tile, overlap, margin),
-                    axis_plan(info.width, axes[0], tile, overlap, margin))
+    extra = math.ceil(context + FILL_ITERATIONS - margin)
+    return TilePlan(scale, tuple(axes), axis_plan(info.height, axes[1], tile, overlap, margin, halo=extra),
+                    axis_plan(info.width, axes[0], tile, overlap, margin, halo=extra))
 
 
 def open_outputs(req: Request, src, info: raster.RasterInfo, plan: TilePlan, virtual: bool = False) -> list:
