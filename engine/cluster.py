@@ -316,7 +316,7 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list, method, s
               start: float, progress: Callable[[float], None], is_cancelled: Callable[[], bool],
               window: tuple[int, int, int, int] | None = None) -> Result:
     """engine.pipeline.run_tiles on the cluster ``req.cluster``: the same output, band by band."""
-    plan = tile_plan(info, scale, axes, req.tile, req.overlap, method.context)
+    plan = tile_plan(info, scale, axes, req.tile, req.overlap, method.halo(scale))
     check_pending_memory(plan.rows, plan.out_w, len(info.bands), 2 if req.uncertainty else 1)  # as on each worker
     with connect(req.cluster) as (client, workers):
         cells = bands(len(plan.rows), band_rows(len(plan.rows), workers))
@@ -526,7 +526,7 @@ def run_band(job: Job, band: Band) -> bool:
     try:
         src, info = open_input(req, job.window)
         method = worker_method(req, model)
-        plan = tile_plan(info, job.scale, job.axes, req.tile, req.overlap, method.context)
+        plan = tile_plan(info, job.scale, job.axes, req.tile, req.overlap, method.halo(job.scale))
         y0, y1 = plan.row_edges[band.start], plan.row_edges[band.stop]
         kinds = [(info.gdal_type, info.signed_byte), (raster.FLOAT32, False)][:len(band.shards)]
         for path, (dtype, signed) in zip(band.shards, kinds):

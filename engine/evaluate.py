@@ -25,6 +25,8 @@ Conventions:
   ERGAS Wald's over the bands; the HF ratio the ratio of energies summed over the bands; SAM needs
   at least two bands. Without a scale (no SCALE and no LR) ERGAS and the consistency PSNR are not
   available and no border is cropped. A metric that is not available is NaN.
+- Values so large that their differences or squares would overflow (beyond ±2^100) are scored
+  scaled down by a common power of two, which is exact and changes no metric; a note says so.
 - Whole rasters are read into memory: each raster may hold at most ``MAX_VALUES`` values
   (bands × width × height); at that limit an evaluation peaks at about 3 GB of memory.
 """
@@ -221,32 +223,36 @@ def evaluate(req: EvaluateRequest, progress: Callable[[float], None] | None = No
         check_scale(req.scale)
     if req.detail is not None:
         check_detail(req.detail)
-    if req.correctness:
-        if req.sr and req.scale is None and not req.lr:
-            raise LatentSRError("the correctness raster compares the SR with the LR: give a scale or an LR raster")
-        if os.path.splitext(req.correctness)[1].lower() not in (".tif", ".tiff"):
-            raise LatentSRError(f"the correctness raster is written as a GeoTIFF, so its name must end in .tif or "
-                                f".tiff: {req.correctness}")
+    if req.correctness and req.sr and req.scale is None and not req.lr:
+        raise LatentSRError("the correctness raster compares the SR with the LR: give a scale or an LR raster")
     raster.check_outputs({"HTML report": req.html, "difference raster": req.difference,
                           "correctness raster": req.correctness},
                          {"reference": (req.reference, None), "SR raster": (req.sr, None), "LR raster": (req.lr, None)})
-    report = reference_mode(req) if req.sr else degradation_mode(req, progress, is_cancelled)
+    raster.check_tif_name(req.difference, "difference raster")
+    raster.check_tif_name(req.correctness, "correctness raster")
+    staged: list = []  # the outputs, put in place together once the report is made (raster.commit_together)
+    try:
+        report = reference_mode(req, staged) if req.sr else degradation_mode(req, progress, is_cancelled, staged)
+        for note in report.notes:
+            log.info("%s", note)
+        if req.html:
+            staged.append(raster.OutputText(req.html, render_html(report)))
+        raster.commit_together(staged)
+    except BaseException:
+        for out in staged:
+            out.discard()
+        raise
     report.difference = req.difference or None
     report.correctness = req.correctness or None
-    for note in report.notes:
-        log.info("%s", note)
-
-    if req.html:
-        with open(req.html, "w", encoding="utf-8") as f:
-            f.write(render_html(report))
-        report.html = req.html
+    report.html = req.html or None
     progress(1.0)
     return report
 
 
-def reference_mode(req: EvaluateRequest) -> Report:
+def reference_mode(req: EvaluateRequest, staged: list) -> Report:
     ref = load(req.reference, req.bands, "reference")
     sr = load(req.sr, req.bands, "SR raster")
+    low = load(req.lr, req.bands, "LR raster") if req.lr else None
     if (sr.info.width, sr.info.height) != (ref.info.width, ref.info.height):
         raise LatentSRError(f"the SR raster is {sr.info.width}×{sr.info.height} pixels and the reference "
                             f"{ref.info.width}×{ref.info.height}: they must be on the same grid")
@@ -257,11 +263,13 @@ def reference_mode(req: EvaluateRequest) -> Report:
     valid = sr.valid & ref.valid
     if not valid.any():
         raise LatentSRError("no pixel is valid in both the SR raster and the reference")
+    diff = difference_of(sr, ref, 0) if req.difference else None
+    shift = overflow_shift(notes, sr, ref, *([low] if low else []))
+    sr, ref, low = (shifted(r, shift) for r in (sr, ref, low))
     drange = data_range(ref, valid)
     s, h = joint_fill(sr.data, ref.data, valid)
     scale, lr, lr_valid = req.scale, None, None
-    if req.lr:
-        low = load(req.lr, req.bands, "LR raster")
+    if low is not None:
         if len(low.info.bands) != len(ref.info.bands):
             raise LatentSRError(f"the LR raster has {len(low.info.bands)} band(s) and the reference {len(ref.info.bands)}")
         if low.info.width >= ref.info.width or low.info.height >= ref.info.height:
@@ -282,10 +290,10 @@ def reference_mode(req: EvaluateRequest) -> Report:
     check_crop(ref.info.width, ref.info.height, scale)
     rows = [score(os.path.basename(req.sr), s, h, valid, lr, lr_valid, scale, drange)]
     if req.difference:
-        write_difference(req.difference, sr.ds, sr.info, sr.data - ref.data, valid)
+        staged.append(write_difference(req.difference, sr.ds, sr.info, diff, valid))
     if req.correctness:
-        write_classes(req.correctness, sr.ds, sr.info, rows[0].classes)
-    report = make_report("reference", req, ref, scale, drange, rows, notes, band_names(ref, sr))
+        staged.append(write_classes(req.correctness, sr.ds, sr.info, rows[0].classes))
+    report = make_report("reference", req, ref, scale, drange, rows, notes, band_names(ref, sr), shift)
     report.warnings = warnings
     return report
 
@@ -368,7 +376,7 @@ def degraded_size(n: int, scale: float) -> int:
 
 
 def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
-                     is_cancelled: Callable[[], bool]) -> Report:
+                     is_cancelled: Callable[[], bool], staged: list) -> Report:
     if req.scale is None:
         raise LatentSRError("without an SR raster, evaluate degrades the reference itself and needs a scale")
     if req.lr:
@@ -384,13 +392,16 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
     ref = Loaded(full.ds, info, full.data[:, :hr_h, :hr_w], full.valid[:, :hr_h, :hr_w])
     if not ref.valid.any():
         raise LatentSRError("the reference has no valid pixel")
+    notes = [f"The reference was cropped to its top-left {hr_w}×{hr_h} pixels and degraded to {lr_w}×{lr_h} "
+             f"(antialiased bicubic, the training degradation); each method super-resolved that LR ×{scale:g}."]
+    shift = overflow_shift(notes, ref)
+    ref = shifted(ref, shift)
     drange = data_range(ref, ref.valid)
     _, hr_filled = joint_fill(ref.data, ref.data, ref.valid)
     lr_valid = lr_validity(ref.valid, lr_h, lr_w)
-    lr = to_storage(downsample(hr_filled, lr_h, lr_w), [IDENTITY] * len(info.bands), info.dtype, info.nodata, lr_valid)
+    degraded = downsample(hr_filled, lr_h, lr_w).astype(np.float64)
+    lr = to_storage(np.ldexp(degraded, shift), [IDENTITY] * len(info.bands), info.dtype, info.nodata, lr_valid)
     methods = [req.method] if req.method == "bicubic" else [req.method, "bicubic"]
-    notes = [f"The reference was cropped to its top-left {hr_w}×{hr_h} pixels and degraded to {lr_w}×{lr_h} "
-             f"(antialiased bicubic, the training degradation); each method super-resolved that LR ×{scale:g}."]
     rows, difference, classes = [], None, None
     with tempfile.TemporaryDirectory(prefix="latentsr-evaluate-") as tmp:
         lr_path = os.path.join(tmp, "lr.tif")
@@ -401,7 +412,7 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
             out.discard()
             raise
         out.commit()
-        lr_data = lr.astype(np.float64)
+        lr_data = np.ldexp(lr.astype(np.float64), -shift)
         for k, method in enumerate(methods):
             if is_cancelled():
                 raise Cancelled()
@@ -409,21 +420,21 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
             superresolve(Request(input=lr_path, output=sr_path, scale=scale, method=method, steps=req.steps,
                                  detail=req.detail if method == req.method else None, seed=req.seed, backend=req.backend, device=req.device, model=req.model),
                          progress=lambda f, k=k: progress(0.9 * (k + f) / len(methods)), is_cancelled=is_cancelled)
-            sr = load(sr_path, None, "SR raster")
+            sr = shifted(load(sr_path, None, "SR raster"), shift)
             valid = sr.valid & ref.valid
             s, h = joint_fill(sr.data, ref.data, valid)
             rows.append(score(method, s, h, valid, lr_data, lr_validity(valid, lr_h, lr_w), scale, drange))
             if k == 0 and req.difference:  # the method's, on the reference's grid; written once all ran
-                difference = (sr.ds, sr.info, sr.data - ref.data, valid)
+                difference = (sr.ds, sr.info, difference_of(sr, ref, shift), valid)
             if k == 0 and req.correctness:
                 classes = (sr.ds, sr.info, rows[0].classes)
             sr = None
         if difference:
-            write_difference(req.difference, *difference)
+            staged.append(write_difference(req.difference, *difference))
         if classes:
-            write_classes(req.correctness, *classes)
+            staged.append(write_classes(req.correctness, *classes))
         difference = classes = None  # closes the SR dataset before its folder is removed
-    return make_report("degradation", req, ref, scale, drange, rows, notes, band_names(ref))
+    return make_report("degradation", req, ref, scale, drange, rows, notes, band_names(ref), shift)
 
 
 def band_names(*rasters: Loaded) -> list[str]:
@@ -433,15 +444,51 @@ def band_names(*rasters: Loaded) -> list[str]:
 
 
 def make_report(mode: str, req: EvaluateRequest, ref: Loaded, scale: float | None, drange: float,
-                rows: list[Scores], notes: list[str], names: list[str]) -> Report:
-    notes.append(f"Data range {drange:g} ({'Byte' if ref.info.dtype == np.uint8 else 'valid max − min of the reference'}); "
+                rows: list[Scores], notes: list[str], names: list[str], shift: int = 0) -> Report:
+    """The report; ``drange`` is in the units scored, the values as stored × 2^-``shift``."""
+    shown = f"{drange:g}" + (f" × 2^{shift}" if shift else "")
+    what = "Byte" if ref.info.dtype == np.uint8 else "valid max − min of the reference"
+    notes.append(f"Data range {shown} ({what}); "
                  f"border crop {math.ceil(scale) if scale else 0} pixels; nodata pixels of either raster are excluded.")
-    return Report(mode, req.reference, list(ref.info.bands), names, scale, drange,
+    with np.errstate(over="ignore"):
+        stored = float(np.ldexp(drange, shift))
+    return Report(mode, req.reference, list(ref.info.bands), names, scale, stored,
                   math.ceil(scale) if scale else 0, rows, notes)
 
 
-def write_difference(path: str, src, info: raster.RasterInfo, diff: np.ndarray, valid: np.ndarray) -> None:
-    """SR − HR as Float32 on the SR's grid and georeferencing, NaN where either raster has no data."""
+SAFE_MAGNITUDE = 2.0 ** 100  # larger values are scored scaled down (module notes)
+
+
+def overflow_shift(notes: list[str], *rasters: Loaded) -> int:
+    """0, or the k for which the valid values of ``rasters`` × 2^-k lie within ±SAFE_MAGNITUDE, so
+    that no difference, square or sum of them overflows (and the float32 resampling neither); then
+    a note says so. Every metric is unchanged by a common scale, and × 2^-k is exact."""
+    peak = max(float(np.abs(r.data[r.valid]).max(initial=0.0)) for r in rasters)
+    if peak <= SAFE_MAGNITUDE:
+        return 0
+    shift = math.ceil(math.log2(peak / SAFE_MAGNITUDE))
+    notes.append(f"Values reach {peak:.3g}, so large that their differences and squares overflow: they were scored "
+                 f"× 2^-{shift} (exact; every metric here is scale-free).")
+    return shift
+
+
+def shifted(r: Loaded | None, shift: int) -> Loaded | None:
+    """``r`` with its values × 2^-``shift``."""
+    return replace(r, data=np.ldexp(r.data, -shift)) if r is not None and shift else r
+
+
+def difference_of(sr: Loaded, ref: Loaded, shift: int) -> np.ndarray:
+    """SR − HR in stored units, of values held × 2^-``shift``, clipped to the Float32 range of the
+    difference raster (never infinite)."""
+    limit = float(np.finfo(np.float32).max)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.clip(np.ldexp(sr.data - ref.data, shift), -limit, limit)
+
+
+def write_difference(path: str, src, info: raster.RasterInfo, diff: np.ndarray,
+                     valid: np.ndarray) -> raster.OutputRaster:
+    """SR − HR as Float32 on the SR's grid and georeferencing, NaN where either raster has no data;
+    written, to be put in place with the run's other outputs (raster.commit_together)."""
     n = len(info.bands)
     out = raster.OutputRaster(path, src, info, info.width, info.height, dtype=raster.FLOAT32, nodata=[math.nan] * n)
     try:
@@ -449,12 +496,13 @@ def write_difference(path: str, src, info: raster.RasterInfo, diff: np.ndarray, 
     except BaseException:
         out.discard()
         raise
-    out.commit()
+    return out
 
 
-def write_classes(path: str, src, info: raster.RasterInfo, classes: np.ndarray) -> None:
+def write_classes(path: str, src, info: raster.RasterInfo, classes: np.ndarray) -> raster.OutputRaster:
     """The correctness class per pixel (engine.metrics: 1 improvement, 2 omission, 3 hallucination;
-    0, the nodata value, where a pixel is not classified) as a one-band Byte GeoTIFF on the SR's grid."""
+    0, the nodata value, where a pixel is not classified) as a one-band Byte GeoTIFF on the SR's grid;
+    written, to be put in place with the run's other outputs (raster.commit_together)."""
     one = replace(info, bands=(info.bands[0],), dtype=np.dtype(np.uint8), nodata=(0,))
     out = raster.OutputRaster(path, src, one, info.width, info.height, dtype=gdal.GDT_Byte, nodata=[0])
     try:
@@ -465,7 +513,7 @@ def write_classes(path: str, src, info: raster.RasterInfo, classes: np.ndarray) 
     except BaseException:
         out.discard()
         raise
-    out.commit()
+    return out
 
 
 def fmt(value: float, key: str) -> str:
@@ -508,7 +556,8 @@ def render_json(report: Report) -> str:
         return {k: json_value(d[k]) for k in METRICS}
 
     return json.dumps({
-        "mode": report.mode, "reference": report.reference, "scale": report.scale, "data_range": report.data_range,
+        "mode": report.mode, "reference": report.reference, "scale": report.scale,
+        "data_range": json_value(report.data_range),
         "border": report.border, "notes": report.notes, "warnings": report.warnings, "html": report.html, "difference": report.difference,
         "correctness": report.correctness,
         "results": [{"method": r.label, "overall": values(r.overall),

@@ -65,11 +65,17 @@ class Grid:
 @dataclass(frozen=True)
 class Axis:
     """One axis of an output grid: ``n_out`` output pixels of ``step`` input pixels each, the first
-    one starting at input coordinate ``shift`` (input pixel i spans [i, i+1) here)."""
+    one starting at input coordinate ``shift`` (input pixel i spans [i, i+1) here). A window's axis
+    (``snap_window``) also says where it lies on the whole raster: its first output pixel is pixel
+    ``first`` of the whole raster's output grid, its input starts at the whole raster's input pixel
+    ``origin``, and the whole raster is ``whole`` input pixels long (0: the axis is the whole raster's)."""
 
     n_out: int
     step: float
     shift: float = 0.0
+    first: int = 0
+    origin: int = 0
+    whole: int = 0
 
     @property
     def span(self) -> float:
@@ -96,12 +102,14 @@ def resolution_axis(n_in: int, pixel: float, target: float) -> Axis:
     return Axis(n_out, step)
 
 
-def snap_window(axis: Axis, n_in: int, start: int, stop: int) -> tuple[int, int, Axis]:
+def snap_window(axis: Axis, n_in: int, start: int, stop: int, halo: int = 0) -> tuple[int, int, Axis]:
     """The output pixels of ``axis`` (a whole-raster axis) that cover input pixels [start, stop),
-    as the input window (a, b) that holds them and the axis of that window's output, which lies on
-    the whole raster's output grid pixel for pixel."""
+    as the input window (a, b) that holds them, widened by ``halo`` input pixels on each side
+    within the raster (the context a method reads there in a whole run), and the axis of that
+    window's output, which lies on the whole raster's output grid pixel for pixel."""
     first = max(0, math.floor(start / axis.step + 1e-9))
     last = min(axis.n_out, max(first + 1, math.ceil(stop / axis.step - 1e-9)))
     a = math.floor(first * axis.step + 1e-9)
     b = min(n_in, max(a + 1, math.ceil(last * axis.step - 1e-9)))
-    return a, b, Axis(last - first, axis.step, first * axis.step - a)
+    a, b = max(0, a - halo), min(n_in, b + halo)
+    return a, b, Axis(last - first, axis.step, first * axis.step - a, first, a, n_in)

@@ -34,11 +34,11 @@ from .errors import LatentSRError
 from .grid import Grid
 from .models.sampling import Plan, unet_multiple
 from .noise import gaussian
+from .reach import method_halo
 from .schedulers import consistency, ddpm
 
 log = logging.getLogger(__name__)
 
-CONTEXT = 16  # LR halo: the decoder's feature branch sees ±10 LR pixels, the latent nets a few cells more
 # Set by the caller of a method (engine.pipeline.sample_layers): called after each network call of
 # run_tile with the fraction of the call done; it may raise engine.errors.Cancelled between two calls.
 CALL_DONE: ContextVar[Callable[[float], None] | None] = ContextVar("latentsr_call_done", default=None)
@@ -258,13 +258,17 @@ class LatentMethod:
     steps: int
     multiple: int  # the latent grid's alignment (latent_multiple)
     stochastic: bool  # draws noise (engine.methods.TABLE)
+    decoder: dict  # the card's decoder config: how far the method sees (engine.reach)
     detail: float = 1.0  # the faithful ↔ detailed control of a stochastic method (module notes)
-    context: int = CONTEXT
 
     @property
     def deterministic(self) -> bool:
         """Whether the output does not depend on the seed: a deterministic method, or detail 0."""
         return not self.stochastic or self.detail == 0
+
+    def halo(self, scale: float) -> int:
+        """The LR pixels of context a tile needs at ``scale`` (engine.reach.method_halo)."""
+        return method_halo(self.decoder, scale, not self.deterministic)
 
     def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray:
         n, h, w = tile.shape

@@ -4,8 +4,8 @@ builds a method on a backend.
 A method is a callable ``method(tile, grid, seed) -> sr`` where ``tile`` is a float32 C×h×w LR tile in
 normalised units, ``grid`` (engine.grid.Grid) says where each output pixel centre falls on the tile,
 and ``seed`` draws the noise of the stochastic methods (the others ignore it). It returns float32
-C×len(grid.ys)×len(grid.xs). ``context`` is the halo, in LR pixels, that the method needs around the
-part of a tile it is trusted on; the tiler never gives it less.
+C×len(grid.ys)×len(grid.xs). ``halo(scale)`` is the context, in LR pixels, that the method needs at that
+scale around the part of a tile it is trusted on (engine.reach); the tiler never gives it less.
 
 The CLI, the Processing provider and the dock take the method names, labels, step ranges and the
 defaults from here.
@@ -110,7 +110,8 @@ def ignore_detail(name: str, detail: float | None) -> None:
 class SRMethod(Protocol):
     name: str
     deterministic: bool
-    context: int
+
+    def halo(self, scale: float) -> int: ...
 
     def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray: ...
 
@@ -121,7 +122,9 @@ class Bicubic:
 
     name: str = "bicubic"
     deterministic: bool = True
-    context: int = 2
+
+    def halo(self, scale: float) -> int:
+        return 2  # the cubic kernel's taps
 
     def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray:
         return cubic_resample(tile, grid.ys, grid.xs)
@@ -260,7 +263,8 @@ def method_detail(name: str, detail: float | None, card: dict) -> float:
 def learned(name: str, card: dict, spec: dict, nets, steps: int, detail: float) -> latent.LatentMethod:
     """The learned method ``name`` of a bundle (its card and the method's entry) over a backend's networks."""
     return latent.LatentMethod(name, nets, spec, int(card["bands"]), int(card.get("latent", 4)), steps,
-                               latent.latent_multiple(card, spec), TABLE[name].stochastic, detail)
+                               latent.latent_multiple(card, spec), TABLE[name].stochastic,
+                               card["networks"][card.get("decoder", "decoder")]["config"], detail)
 
 
 def method_steps(name: str, steps: int | None, spec: dict, card_path=None) -> int:

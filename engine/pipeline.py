@@ -90,11 +90,8 @@ class Request:
                 raise LatentSRError("an uncertainty output needs at least 2 samples")
         if not 0 <= self.seed <= MAX_SEED:
             raise LatentSRError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
-        for path in (self.output, self.uncertainty):
-            ext = os.path.splitext(path or "")[1].lower()
-            if ext not in ("", ".tif", ".tiff"):
-                raise LatentSRError(f"the output is written as a GeoTIFF, so its name must end in .tif or .tiff, "
-                                    f"not {ext}: {path}")
+        raster.check_tif_name(self.output, "output")
+        raster.check_tif_name(self.uncertainty, "uncertainty output")
 
 
 def check_extent(extent: tuple[float, float, float, float]) -> None:
@@ -126,12 +123,13 @@ def scale_for_resolution(geotransform: tuple[float, ...] | None, target: float) 
 
 
 def output_axes(width: int, height: int, geotransform: tuple[float, ...] | None, scale: float,
-                target: float | None = None,
-                window: tuple[int, int, int, int] | None = None) -> tuple[Axis, Axis, tuple[int, int, int, int] | None]:
+                target: float | None = None, window: tuple[int, int, int, int] | None = None,
+                halo: int = 0) -> tuple[Axis, Axis, tuple[int, int, int, int] | None]:
     """The output grid (x and y ``Axis``) of a width×height input: ``scale`` keeps the extent, a
     ``target`` resolution gives exactly target × target pixels (origin kept, extent grown by less
     than one output pixel). With a pixel ``window`` (x0, y0, w, h) the output is the part of the
-    whole raster's output grid that covers it, and the window returned is the input that holds it."""
+    whole raster's output grid that covers it, and the window returned is the input that holds it,
+    with ``halo`` more pixels around it (within the raster) for the method's context."""
     if target is None:
         ax, ay = scale_axis(width, scale), scale_axis(height, scale)
     else:
@@ -140,8 +138,8 @@ def output_axes(width: int, height: int, geotransform: tuple[float, ...] | None,
     if window is None:
         return ax, ay, None
     x0, y0, w, h = window
-    xa, xb, ax = snap_window(ax, width, x0, x0 + w)
-    ya, yb, ay = snap_window(ay, height, y0, y0 + h)
+    xa, xb, ax = snap_window(ax, width, x0, x0 + w, halo)
+    ya, yb, ay = snap_window(ay, height, y0, y0 + h, halo)
     return ax, ay, (xa, ya, xb - xa, yb - ya)
 
 
@@ -231,10 +229,12 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     info = raster.describe(whole, bands)
     window = raster.extent_window(info, req.extent) if req.extent else None
     scale = req.scale if req.target_resolution is None else scale_for_resolution(info.geotransform, req.target_resolution)
-    axes = output_axes(info.width, info.height, info.geotransform, scale, req.target_resolution, window)
-    window = axes[2]
     raster.check_outputs({"output": req.output, "uncertainty output": req.uncertainty}, {"input": (req.input, whole)})
     method = make_method(req)
+    # a window is read with the context the method has in a whole run, so that it gives the same pixels
+    axes = output_axes(info.width, info.height, info.geotransform, scale, req.target_resolution, window,
+                       halo=method.halo(scale) + FILL_ITERATIONS)
+    window = axes[2]
     if req.samples > 1 and method.deterministic:
         log.warning("%s at detail 0 is deterministic: its %d samples are the same and the uncertainty is 0 "
                     "(raise the detail to sample)", req.method, req.samples)
@@ -259,7 +259,7 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list[raster.Ban
               axes: tuple[Axis, Axis], start: float, progress: Callable[[float], None],
               is_cancelled: Callable[[], bool]) -> Result:
     """Stream the tiles of ``src`` through ``method`` into the output GeoTIFF on the grid ``axes`` (x, y)."""
-    plan = tile_plan(info, scale, axes, req.tile, req.overlap, method.context)
+    plan = tile_plan(info, scale, axes, req.tile, req.overlap, method.halo(scale))
     log.info("%s ×%.4g: %d×%d -> %d×%d, %d tiles", method.name, scale, info.width, info.height, plan.out_w, plan.out_h,
              plan.tiles)
     check_pending_memory(plan.rows, plan.out_w, len(info.bands), 2 if req.uncertainty else 1)
@@ -317,9 +317,14 @@ class TilePlan:
 
 def tile_plan(info: raster.RasterInfo, scale: float, axes: tuple[Axis, Axis], tile: int, overlap: int,
               context: int) -> TilePlan:
+    """The tiles of ``tile`` input pixels overlapping by ``overlap``, each read with ``context`` pixels
+    (a method's halo) and the nodata fill's around the part it is trusted on: the overlap gives
+    up to half of it (engine.tiling.required_margin), a wider read the rest, so a method sees as much
+    in a tile as in a whole run whatever the overlap."""
     margin = required_margin(context + FILL_ITERATIONS, overlap)
-    return TilePlan(scale, tuple(axes), axis_plan(info.height, axes[1], tile, overlap, margin),
-                    axis_plan(info.width, axes[0], tile, overlap, margin))
+    extra = math.ceil(context + FILL_ITERATIONS - margin)
+    return TilePlan(scale, tuple(axes), axis_plan(info.height, axes[1], tile, overlap, margin, halo=extra),
+                    axis_plan(info.width, axes[0], tile, overlap, margin, halo=extra))
 
 
 def open_outputs(req: Request, src, info: raster.RasterInfo, plan: TilePlan, virtual: bool = False) -> list:
@@ -340,20 +345,16 @@ def open_outputs(req: Request, src, info: raster.RasterInfo, plan: TilePlan, vir
 
 
 def commit_outputs(outputs: list, fill: Callable[[], None]) -> None:
-    """``fill()`` the outputs, then put them in place, the main one last, once everything else is. On
-    any failure or cancel every output is discarded, and one already in place is removed."""
-    committed: list[str] = []
+    """``fill()`` the outputs, then put them all in place together, the main one last
+    (raster.commit_together). On any failure or cancel every output is discarded, and each final
+    name keeps the file it held before the run."""
     try:
         fill()
-        for out in reversed(outputs):
-            out.commit()
-            committed.append(out.path)
     except BaseException:
         for out in outputs:
             out.discard()
-        for path in committed:  # a sibling this run already put in place must not outlive the failure
-            os.remove(path)
         raise
+    raster.commit_together(list(reversed(outputs)))
 
 
 def render(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNorm], method, plan: TilePlan,
@@ -380,11 +381,12 @@ def render(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNo
             valid = raster.read_valid(src, info, stored, tx.in_start, ty.in_start)
             x = np.stack([norms[c].forward(stored[c].astype(np.float64)) for c in range(n_bands)])
             x = fill_invalid(x, valid, fill)
-            grid = Grid(
+            grid = Grid(  # placed on the whole raster, also in a window (engine.grid.Axis)
                 ys=ay.centres(ty.out_start, ty.out_stop, ty.in_start),
                 xs=ax.centres(tx.out_start, tx.out_stop, tx.in_start),
-                scale=plan.scale, out_y0=ty.out_start, out_x0=tx.out_start, in_y0=ty.in_start, in_x0=tx.in_start,
-                in_h=info.height, in_w=info.width)
+                scale=plan.scale, out_y0=ay.first + ty.out_start, out_x0=ax.first + tx.out_start,
+                in_y0=ay.origin + ty.in_start, in_x0=ax.origin + tx.in_start,
+                in_h=ay.whole or info.height, in_w=ax.whole or info.width)
             k = (iy - first) * len(cols) + ix
 
             def within(fraction: float, k: int = k) -> None:  # inside the tile: between two network calls

@@ -69,9 +69,8 @@ class Projected:
     def deterministic(self) -> bool:
         return self.inner.deterministic
 
-    @property
-    def context(self) -> int:
-        return self.inner.context + int(SUPPORT) + 1
+    def halo(self, scale: float) -> int:
+        return self.inner.halo(scale) + int(SUPPORT) + 1
 
     def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray:
         return project(self.inner(tile, grid, seed), tile, grid)

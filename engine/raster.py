@@ -7,6 +7,7 @@ import glob
 import logging
 import os
 import re
+import tempfile
 import uuid
 from dataclasses import dataclass, replace
 from xml.sax.saxutils import escape
@@ -56,19 +57,32 @@ def one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+FLOAT64_HALF_MAX = float(np.finfo(np.float64).max) / 2
+
+
 @dataclass(frozen=True)
 class BandNorm:
-    """An affine map between stored values and the normalised units the methods see."""
+    """An affine map between stored values and the normalised units the methods see. Both ways are
+    computed on halves of the values (exact in binary floating point, so the results are the
+    same bits as the plain formulas), which cannot overflow: a Float64 band whose values reach
+    ±1e308 maps without an infinity or a NaN."""
 
     offset: float
     scale: float
     fill: float  # normalised value used where no neighbour can fill a nodata pixel
 
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        """(x − offset) / scale in float64."""
+        return (x * 0.5 - self.offset * 0.5) / (self.scale * 0.5)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.offset) / self.scale).astype(np.float32)
+        return self.normalise(x).astype(np.float32)
 
     def inverse(self, x: np.ndarray) -> np.ndarray:
-        return x.astype(np.float64) * self.scale + self.offset
+        """x × scale + offset in float64, clipped to the largest float64 where it would overflow."""
+        with np.errstate(over="ignore"):
+            half = x.astype(np.float64) * (self.scale * 0.5) + self.offset * 0.5
+        return np.clip(half, -FLOAT64_HALF_MAX, FLOAT64_HALF_MAX) * 2
 
 
 @dataclass(frozen=True)
@@ -194,11 +208,22 @@ def band_norms(ds: gdal.Dataset, info: RasterInfo) -> list[BandNorm]:
             offset, scale = 0.0, 255.0
         elif info.dtype == np.int8:
             offset, scale = -128.0, 255.0
-        else:
-            lo, hi = np.percentile(values, [0.1, 99.9])
-            offset, scale = float(lo), float(hi - lo) if hi > lo else 1.0
-        norms.append(BandNorm(offset, scale, float((values.mean() - offset) / scale)))
+        else:  # on halves, as BandNorm: the same bits, and no overflow where the range is wider than float64 holds
+            lo, hi = np.percentile(values * 0.5, [0.1, 99.9])
+            offset, scale = float(lo * 2), float(min(hi - lo, FLOAT64_HALF_MAX) * 2) if hi > lo else 1.0
+            if hi - lo > FLOAT64_HALF_MAX:
+                log.info("band %d spans %g to %g, wider than a float64 holds: it is normalised by the largest float64 "
+                         "(its range maps to 0..%.3g)", b, lo * 2, hi * 2, (hi - lo) / FLOAT64_HALF_MAX)
+        norm = BandNorm(offset, scale, 0.0)
+        norms.append(replace(norm, fill=float(norm.normalise(finite_mean(values)))))
     return norms
+
+
+def finite_mean(values: np.ndarray) -> float:
+    """The mean of float64 ``values``, also where their sum overflows."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(values.mean())
+    return mean if np.isfinite(mean) else float((values / values.size).sum())
 
 
 def read_window(ds: gdal.Dataset, info: RasterInfo, x0: int, y0: int, w: int, h: int) -> np.ndarray:
@@ -324,7 +349,9 @@ def file_key(path: str) -> tuple:
 
 def check_outputs(outputs: dict[str, str | None], inputs: dict[str, tuple[str, gdal.Dataset | None]]) -> None:
     """Refuse, in one line, any output that is (or whose sidecars are) a file one of ``inputs``
-    reads, two outputs that are the same file, and an output path that cannot be written.
+    reads, two outputs that are the same file or one of which is the other's sidecar (.aux.xml,
+    .ovr, .msk: writing an output removes its older sidecars), and an output path that cannot be
+    written.
     ``outputs`` maps a role ("output", "HTML report"...) to a path; ``inputs`` maps a role to
     (path, open dataset or None)."""
     read = {}
@@ -332,7 +359,7 @@ def check_outputs(outputs: dict[str, str | None], inputs: dict[str, tuple[str, g
         if path:
             for f in source_files(path, ds):
                 read.setdefault(file_key(f), (role, path, f))
-    seen = {}
+    seen = {}  # file key -> (role, path, sidecar extension or "") of each output and of its sidecars
     for role, path in outputs.items():
         if path is None:
             continue
@@ -344,11 +371,19 @@ def check_outputs(outputs: dict[str, str | None], inputs: dict[str, tuple[str, g
                 via = "" if file_key(path_in) == file_key(written) else f" (it reads {f})"
                 raise LatentSRError(f"the {role} {path} would overwrite the {role_in} {path_in}{via}: "
                                     "choose another output path")
-        key = file_key(path)
-        if key in seen:
-            raise LatentSRError(f"the {seen[key][0]} {seen[key][1]} and the {role} {path} are the same file: "
-                                "give them different paths")
-        seen[key] = (role, path)
+        names = [(path, "")] + [(path + ext, ext) for ext in SIDECARS]
+        for written, ext in names:
+            other = seen.get(file_key(written))
+            if other is None or (ext and other[2]):
+                continue
+            if not ext and not other[2]:
+                raise LatentSRError(f"the {other[0]} {other[1]} and the {role} {path} are the same file: "
+                                    "give them different paths")
+            owner, sidecar = ((other[0], other[1]), (role, path)) if other[2] else ((role, path), (other[0], other[1]))
+            raise LatentSRError(f"the {sidecar[0]} {sidecar[1]} is the {other[2] or ext} sidecar of the {owner[0]} "
+                                f"{owner[1]}: writing one would destroy the other; give them different paths")
+        for written, ext in names:
+            seen.setdefault(file_key(written), (role, path, ext))
 
 
 def check_writable(output: str) -> None:
@@ -366,6 +401,20 @@ def check_writable(output: str) -> None:
         raise LatentSRError(f"output folder does not exist: {folder}")
     if not os.access(folder, os.W_OK):
         raise LatentSRError(f"output folder is not writable: {folder}")
+    try:  # access() does not see everything (root on /sys or /proc, ACLs, some network mounts): try it
+        fd, probe = tempfile.mkstemp(prefix=".latentsr-probe-", dir=folder)
+    except OSError as exc:
+        raise LatentSRError(f"output folder cannot be written: {folder} ({exc.strerror or one_line(exc)})") from None
+    os.close(fd)
+    os.remove(probe)
+
+
+def check_tif_name(path: str | None, role: str) -> None:
+    """Refuse, in one line, a GeoTIFF output whose name does not end in .tif or .tiff."""
+    ext = os.path.splitext(path or "")[1].lower()
+    if ext not in ("", ".tif", ".tiff"):
+        raise LatentSRError(f"the {role} is written as a GeoTIFF, so its name must end in .tif or .tiff, not {ext}: "
+                            f"{path}")
 
 
 class OutputRaster:
@@ -490,7 +539,11 @@ class OutputRaster:
         raise LatentSRError(f"writing the output failed: {message}")
 
     def commit(self) -> None:
-        """Pack the scratch file into the final GeoTIFF and move it into place."""
+        """Pack the scratch file into the final GeoTIFF and move it into place (commit_together)."""
+        commit_together([self])
+
+    def stage(self) -> None:
+        """Pack the scratch file into the hidden ``packed`` file beside the final name."""
         try:
             self._pack()
             return
@@ -498,7 +551,6 @@ class OutputRaster:
             message = one_line(exc)
             with quiet_gdal():  # drop the failed call's frames, and the datasets they hold, without noise
                 exc.__traceback__ = None
-        self.discard()
         raise LatentSRError(f"writing the output failed: {message}")
 
     def _pack(self) -> None:
@@ -518,10 +570,13 @@ class OutputRaster:
             raise RuntimeError("GDAL could not write the packed GeoTIFF")
         out.FlushCache()
         out = None
-        os.replace(self.packed, self.path)
+
+    def finish(self) -> None:
+        """Once the output is in place: remove its scratch files, its lock, and the sidecars of the
+        older output it replaced."""
         for stale in (self.path + ".aux.xml", self.path + ".ovr", self.path + ".msk", self.scratch, *self.shards(),
                       self.lock):
-            self._remove(stale)  # the scratch files, the lock, and sidecars of an older output
+            self._remove(stale)
 
     def discard(self) -> None:
         with quiet_gdal():  # closing flushes what is cached; on a full disk that fails, and it does not matter now
@@ -538,6 +593,104 @@ class OutputRaster:
         for p in (path, path + ".aux.xml", path + ".msk"):
             if os.path.exists(p):
                 os.remove(p)
+
+
+class OutputText:
+    """A text output (the HTML report), written into a hidden file beside its final name and moved
+    into place with the run's other outputs (commit_together), so that a failed write never
+    truncates the older file."""
+
+    def __init__(self, path: str, text: str):
+        self.path = path
+        self.text = text
+        folder, name = os.path.split(os.path.abspath(path))
+        self.packed = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.part")
+
+    def stage(self) -> None:
+        try:
+            with open(self.packed, "w", encoding="utf-8") as f:
+                f.write(self.text)
+        except OSError as exc:
+            raise LatentSRError(f"writing {self.path} failed: {exc.strerror or one_line(exc)}") from None
+
+    def finish(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        if os.path.exists(self.packed):
+            os.remove(self.packed)
+
+
+def commit_together(outputs: list) -> None:
+    """Put all ``outputs`` of a run (OutputRaster, OutputText) in place, or none of them. Each is
+    first staged into its hidden file beside its final name (a raster packed, a report written);
+    only once all are, they are moved into place in order (install). On any failure every output
+    is discarded and each final name holds the file it held before."""
+    try:
+        for out in outputs:
+            out.stage()
+        install([(out.packed, out.path) for out in outputs])
+    except BaseException:
+        for out in outputs:
+            out.discard()
+        raise
+    for out in outputs:
+        out.finish()
+
+
+def install(moves: list[tuple[str, str]]) -> None:
+    """Move each staged file onto its final name. The file a final name held is kept meanwhile (as
+    a hard link, or moved aside where the file system has none), so that if a later move fails the
+    moves already done are undone: each final name gets its older file back, or is removed if it
+    had none."""
+    for _, path in moves:
+        check_writable(path)  # a folder or a FIFO that took a final name during the run: refused before any move
+    done = []  # per move: [final name, its older file's backup or None, whether that is a hard link, moved]
+    try:
+        for staged, path in moves:
+            entry = [path, None, False, False]
+            done.append(entry)
+            entry[1:3] = keep_aside(path, staged + ".old")
+            try:
+                os.replace(staged, path)
+            except OSError as exc:
+                raise LatentSRError(f"writing the output failed: it cannot be moved into place at {path}: "
+                                    f"{exc.strerror or one_line(exc)}") from None
+            entry[3] = True
+    except BaseException:
+        for entry in reversed(done):
+            put_back(*entry)
+        raise
+    for _, backup, _, _ in done:
+        if backup:
+            os.remove(backup)
+
+
+def keep_aside(path: str, backup: str) -> tuple[str | None, bool]:
+    """Keep the file at ``path`` (if any) at ``backup`` too: (``backup``, whether it is a hard link
+    and ``path`` still holds the file), or (None, False) when ``path`` holds nothing."""
+    if not os.path.lexists(path):
+        return None, False
+    try:
+        os.link(path, backup, follow_symlinks=False)
+        return backup, True
+    except OSError:  # no hard links on this file system: the older file is moved aside instead
+        os.replace(path, backup)
+        return backup, False
+
+
+def put_back(path: str, backup: str | None, linked: bool, moved: bool) -> None:
+    """Undo one move of install: ``path`` gets its older file back, or loses the new one."""
+    try:
+        if backup and (moved or not linked):
+            os.replace(backup, path)
+        elif backup:  # the move did not happen: ``path`` still holds its older file
+            os.remove(backup)
+        elif moved:
+            os.remove(path)
+    except OSError as exc:
+        log.error("could not put back the older file of %s (%s)%s", path, exc.strerror,
+                  f"; it is kept at {backup}" if backup else "")
 
 
 BIGTIFF_MAX_SIDE = 2**31 - 1  # GDAL's GeoTIFF driver keeps the raster size in signed 32-bit integers
@@ -632,6 +785,9 @@ def take_lock(lock: str, path: str, scratch_prefix: str = "") -> None:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            if os.path.isdir(lock) or not os.path.isfile(lock):
+                raise LatentSRError(f"the lock file of {path} is taken by a folder or another non-file: {lock}; "
+                                    "remove it or choose another output path") from None
             alive, pid = lock_owner_alive(lock)
             if alive:
                 raise LatentSRError(f"another run (process {pid}) is already writing {path}; if no run is, delete "
@@ -652,7 +808,7 @@ def take_lock(lock: str, path: str, scratch_prefix: str = "") -> None:
 def remove_stale_scratch(folder: str, prefix: str) -> None:
     """Remove the scratch and part files of earlier runs on the same output (this run holds its
     lock, so no live run owns them)."""
-    pattern = re.compile(re.escape(prefix) + r"[0-9a-f]{8}\.(scratch\.tif|scratch\.vrt|part\.tif|"
+    pattern = re.compile(re.escape(prefix) + r"[0-9a-f]{8}\.(scratch\.tif|scratch\.vrt|part\.tif(\.old)?|"
                          r"shard\d{5}\.tif(\.[0-9a-f]{8}\.part)?)(\.msk|\.aux\.xml)?")
     for name in os.listdir(folder):
         if pattern.fullmatch(name):

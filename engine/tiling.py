@@ -6,6 +6,8 @@ Between two neighbouring windows the weight moves from one to the other across a
 centred in their overlap. The weights of an axis are built as differences of cumulative ramps,
 so they are never negative and sum to exactly 1 at every output pixel, and the first ``margin``
 input pixels inside an interior window edge get weight 0, which is where a method lacks context.
+A method that needs more context than half the overlap gives is read with a ``halo`` of more input
+pixels around each window, so what it sees does not depend on the overlap.
 A 2-D tile's weight is the outer product of its row and column weights, so it sums to 1 too.
 """
 from __future__ import annotations
@@ -21,7 +23,8 @@ RAMPS = ("cosine", "linear")
 
 @dataclass(frozen=True)
 class AxisTile:
-    """One window along an axis: input pixels [in_start, in_stop), output pixels [out_start, out_stop)."""
+    """One window along an axis: input pixels [in_start, in_stop) are read (the window and its halo),
+    output pixels [out_start, out_stop) are its own."""
 
     in_start: int
     in_stop: int
@@ -52,13 +55,16 @@ def ramp(t: np.ndarray, kind: str = "cosine") -> np.ndarray:
     raise ValueError(f"unknown ramp '{kind}': choose one of {', '.join(RAMPS)}")
 
 
-def axis_plan(n_in: int, n_out: int | Axis, tile: int, overlap: int, margin: float, kind: str = "cosine") -> list[AxisTile]:
+def axis_plan(n_in: int, n_out: int | Axis, tile: int, overlap: int, margin: float, kind: str = "cosine",
+              halo: int = 0) -> list[AxisTile]:
     """The windows of one axis and the blend weights of their output pixels. ``n_out`` is the output
     size over exactly the input's extent, or the output grid's ``Axis``.
 
     ``margin`` (input pixels) is how far inside an interior window edge the weight stays 0; it is
     capped at half the overlap. The transition between two windows is centred in their overlap and
-    spans ``overlap - 2 * margin`` input pixels (a hard switch when that is 0).
+    spans ``overlap - 2 * margin`` input pixels (a hard switch when that is 0). Each window is read
+    with ``halo`` more input pixels on both sides (within the input): its ``in_start``/``in_stop``,
+    so a method sees margin + halo pixels beyond the output it is trusted on.
     """
     starts = window_starts(n_in, tile, overlap)
     stops = [min(s + tile, n_in) for s in starts]
@@ -92,7 +98,8 @@ def axis_plan(n_in: int, n_out: int | Axis, tile: int, overlap: int, margin: flo
         if idx.size == 0:  # a window squeezed between its neighbours owns no output pixel
             continue
         first, last = int(idx[0]), int(idx[-1]) + 1
-        plan.append(AxisTile(a, b, lo + first, lo + last, w[first:last].astype(np.float32)))
+        plan.append(AxisTile(max(0, a - halo), min(n_in, b + halo), lo + first, lo + last,
+                             w[first:last].astype(np.float32)))
     return plan
 
 

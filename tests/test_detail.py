@@ -118,7 +118,7 @@ def test_tiled_equals_untiled_at_every_detail(bundle, name, detail):
     method = from_bundle(name, *bundle, device="cpu", detail=detail)
     x = lr(h=64, w=56, seed=3)
     whole = method(x, Grid.whole(64, 56, 2.5), 5)
-    tiled = tiled_run(x, 2.5, lambda iy, ix: lambda t, g: method(t, g, 5), context=method.context)
+    tiled = tiled_run(x, 2.5, lambda iy, ix: lambda t, g: method(t, g, 5), context=method.halo(2.5))
     assert np.abs(tiled - whole).max() < 5e-4
 
 

@@ -183,7 +183,7 @@ def test_tiled_run_has_no_seams(bundle, name):
     method = from_bundle(name, *bundle, device="cpu")
     x = lr(h=64, w=56, seed=3)
     whole = method(x, Grid.whole(64, 56, 2.5), 5)
-    tiled = tiled_run(x, 2.5, lambda iy, ix: lambda t, g: method(t, g, 5), context=method.context)
+    tiled = tiled_run(x, 2.5, lambda iy, ix: lambda t, g: method(t, g, 5), context=method.halo(2.5))
     assert np.abs(tiled - whole).max() < 5e-4
 
 
@@ -196,7 +196,7 @@ def test_noise_drawn_per_tile_would_show_seams(bundle):
     def method_for_tile(iy, ix):
         return lambda t, g: method(t, g, 100 + 10 * iy + ix)
 
-    assert np.abs(tiled_run(x, 2.5, method_for_tile, context=method.context) - whole).max() > 5e-3
+    assert np.abs(tiled_run(x, 2.5, method_for_tile, context=method.halo(2.5)) - whole).max() > 5e-3
 
 
 def test_pca_of_known_blocks():

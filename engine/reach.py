@@ -1,0 +1,46 @@
+"""How far into the LR a learned method's output pixel sees: the halo the tiler gives each tile, so
+that a tiled run equals an untiled one (pure Python, from a model card's network configs).
+
+An output pixel reads, along each axis:
+- the LR directly, through the decoder's feature branch (its head, two 3×3 convolutions per block
+  and body_out, at LR resolution), one more pixel through the pyramid's bilinear taps and one for
+  where in its LR pixel the output pixel falls: ``decoder_reach`` LR pixels;
+- the latent, through the decoder's guide (two 3×3 convolutions on the latent, then bilinear to the
+  LR pixels) or its detail path (one 3×3 convolution): ``GUIDE_CELLS`` cells. A cell is 8 output
+  pixels, 8/scale LR pixels.
+
+What the latent reads is where the exact receptive field stops being useful. The conditioning net
+sees 5 cells (two 3×3 convs per block and its out conv) and each call of the bundled 3-level
+denoiser UNet 38 more (the union over its skips and its down/up path, worst phase); E²DiffSR's 4
+steps compound them to 157 cells, more than 600 LR pixels at ×2. But their weights fall off fast.
+Measured by truncating a tile at a distance h from the pixels compared (docs/MODELS.md, "Tiles"),
+the regression latent changes the output by less than 0.01 DN at h = 12 LR pixels, and a sampled latent (D > 0) stops mattering about ``SAMPLE_EDGE_CELLS`` cells inside the
+tile's latent edge: beyond them its error is below 0.2 DN at ×2, ×3.3 and ×4, within them it
+reaches 2–3 DN. The halo is therefore the exact reach of the decoder plus, when the method
+samples, the guide's exact reach and that measured edge, in cells of the run's scale
+(``method_halo``).
+"""
+from __future__ import annotations
+
+import math
+
+SAMPLE_EDGE_CELLS = 4  # measured: a sampled latent within this many cells of a tile's latent edge differs from a whole run's
+GUIDE_CELLS = 3  # the decoder's guide: two 3×3 convs on the latent, then bilinear to the LR pixels (the detail path: one conv)
+
+
+def decoder_reach(config: dict) -> int:
+    """LR pixels an output pixel reads through the feature branch of a decoder with this config: its
+    head, two 3×3 convs per guided block and body_out, one pixel of the pyramid's bilinear taps and
+    one for the output pixel's place in its LR pixel (the bicubic skip's 2 pixels are within it)."""
+    return 1 + 2 * int(config["blocks"]) + 1 + 1 + 1
+
+
+def method_halo(decoder: dict, scale: float, samples: bool) -> int:
+    """The halo, in LR pixels, that a learned method whose decoder has the config ``decoder`` needs
+    around the output it is trusted on at ``scale``: the decoder's reach and, when the method
+    ``samples`` a latent (D > 0), the guide's reach and the measured edge of the sampled latent,
+    in cells of 8/scale LR pixels (module notes)."""
+    halo = decoder_reach(decoder)
+    if samples:
+        halo += (GUIDE_CELLS + SAMPLE_EDGE_CELLS) * 8.0 / scale
+    return math.ceil(halo - 1e-9)
