@@ -50,7 +50,8 @@ CASES = [
     Case("tile-too-small", cli=["--tile", "8", "--overlap", "2"], alg={"TILE_SIZE": 8, "OVERLAP": 2}, error="at least 16", alg_error="TILE_SIZE"),
     Case("steps-0", cli=["--method", "lcmsr", "--steps", "0"], alg={"METHOD": 0, "STEPS": -1}, error="steps", alg_error="STEPS"),
     Case("steps-too-many", cli=["--method", "lcmsr", "--steps", "9", "--model", "{good}"],
-         alg={"METHOD": 0, "STEPS": 9, "MODEL": "{good}"}, error="steps must be between 1 and 4"),
+         alg={"METHOD": 0, "STEPS": 9, "MODEL": "{good}"}, error="steps must be between 1 and 4",
+         alg_error="STEPS"),  # Processing's STEPS stops at the engine's maximum (engine.methods.MAX_STEPS)
     Case("detail-nan", cli=["--method", "lcmsr", "--detail", "nan"], alg={"METHOD": 0, "DETAIL": float("nan")},
          error="detail must be between 0 and 1"),
     Case("detail-negative", cli=["--method", "lcmsr", "--detail", "-0.1"], alg={"METHOD": 0, "DETAIL": -0.1},

@@ -195,7 +195,7 @@ def test_train_errors_name_the_dialogs_parameters(provider, tmp_path):
         processing.run("latentsr:train", {"INPUT": [SAMPLE], "SCALE_MIN": 4, "SCALE_MAX": 2, "OUTPUT_MODEL": out})
     with pytest.raises(QgsProcessingException) as caught:
         processing.run("latentsr:train", {"INPUT": [SAMPLE], "STEPS": 1, "CROP": 100, "OUTPUT_MODEL": out})
-    assert "Window size (CROP) must be a multiple of 32, got 100" in str(caught.value) and "--" not in str(caught.value)
+    assert "Window size (CROP) must be a multiple of 32 from 32 to 1024, got 100" in str(caught.value) and "--" not in str(caught.value)
 
 
 def test_train_log_names_what_validation_compares(provider):
