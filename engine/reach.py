@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 
+from .models.sampling import LATENT_FACTOR
+
 SAMPLE_EDGE_CELLS = 6  # measured: a sampled latent within this many cells of a tile's edge differs from a whole run's
 GUIDE_CELLS = 3  # the decoder's guide: two 3×3 convs on the latent, then bilinear to the LR pixels (the detail path: one conv)
 
@@ -43,5 +45,5 @@ def method_halo(decoder: dict, scale: float, samples: bool) -> int:
     in cells of 8/scale LR pixels (module notes)."""
     halo = decoder_reach(decoder)
     if samples:
-        halo += (GUIDE_CELLS + SAMPLE_EDGE_CELLS) * 8.0 / scale
+        halo += (GUIDE_CELLS + SAMPLE_EDGE_CELLS) * LATENT_FACTOR / scale
     return math.ceil(halo - 1e-9)
