@@ -14,17 +14,20 @@ sees 5 cells (two 3×3 convs per block and its out conv) and each call of the bu
 denoiser UNet 38 more (the union over its skips and its down/up path, worst phase); E²DiffSR's 4
 steps compound them to 157 cells, more than 600 LR pixels at ×2. But their weights fall off fast.
 Measured by truncating a tile at a distance h from the pixels compared (docs/MODELS.md, "Tiles"),
-the regression latent changes the output by less than 0.01 DN at h = 12 LR pixels, and a sampled latent (D > 0) stops mattering about ``SAMPLE_EDGE_CELLS`` cells inside the
-tile's latent edge: beyond them its error is below 0.2 DN at ×2, ×3.3 and ×4, within them it
-reaches 2–3 DN. The halo is therefore the exact reach of the decoder plus, when the method
-samples, the guide's exact reach and that measured edge, in cells of the run's scale
-(``method_halo``).
+the regression latent changes the output by less than 0.01 DN at h = 12 LR pixels, but a sampled
+latent (D > 0) by up to 2–3 DN at h = 16, and by less than 0.2 DN once h covers the decoder's reach,
+the guide's 3 cells and about 4 more. Through the tiler, on a 512² mosaic of four UC Merced images,
+those 4 cells still left 2 DN at ×3.3 and 5 gave 1 DN; ``SAMPLE_EDGE_CELLS`` keeps one more. The halo is therefore the exact
+reach of the decoder plus, when the method samples, the guide's exact reach and that measured
+edge, in cells of the run's scale (``method_halo``).
 """
 from __future__ import annotations
 
 import math
 
-SAMPLE_EDGE_CELLS = 4  # measured: a sampled latent within this many cells of a tile's latent edge differs from a whole run's
+from .models.sampling import LATENT_FACTOR
+
+SAMPLE_EDGE_CELLS = 6  # measured: a sampled latent within this many cells of a tile's edge differs from a whole run's
 GUIDE_CELLS = 3  # the decoder's guide: two 3×3 convs on the latent, then bilinear to the LR pixels (the detail path: one conv)
 
 
@@ -42,5 +45,5 @@ def method_halo(decoder: dict, scale: float, samples: bool) -> int:
     in cells of 8/scale LR pixels (module notes)."""
     halo = decoder_reach(decoder)
     if samples:
-        halo += (GUIDE_CELLS + SAMPLE_EDGE_CELLS) * 8.0 / scale
+        halo += (GUIDE_CELLS + SAMPLE_EDGE_CELLS) * LATENT_FACTOR / scale
     return math.ceil(halo - 1e-9)

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from engine.methods import DEFAULTS  # noqa: E402
 from engine.pipeline import Request, superresolve  # noqa: E402
 
-NAIP = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "geotiff", "naip",
+NAIP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "geotiff", "naip",
                     "m_4709963_se_14_1_20200831.tif")
 
 

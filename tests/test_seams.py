@@ -14,8 +14,8 @@ from engine.pipeline import Request, superresolve
 from engine.tiling import axis_plan, required_margin
 from tests.conftest import NAIP, read
 
-CROP = (0, 0, 128, 112)  # x, y, w, h on the NAIP tile
-TILE = 80  # 2 × 2 tiles on the crop (the default 256 would make it one)
+CROP = (0, 0, 176, 112)  # x, y, w, h on the NAIP tile
+TILE = 80  # 3 × 2 tiles on the crop (the default 256 would make it one)
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +29,21 @@ def naip_crop(tmp_path_factory):
 @pytest.mark.parametrize("scale", [2.0, 3.3, 4.0])
 @pytest.mark.parametrize("name", ["lcmsr", "e2diffsr"])
 def test_tiled_equals_untiled_with_the_default_overlap(naip_crop, tmp_path, name, scale, detail):
-    """The bundled model on a 128×112 NAIP crop, default overlap (32) and backend, a smaller tile
-    (80, so that the crop makes 2 × 2 tiles) against one tile over the whole crop. A 1-DN step can
-    come from any float difference across a rounding boundary, so the share of pixels that differ
-    (the mean difference in DN) is bounded too. With the fixed 16-pixel halo before engine.reach,
-    E²DiffSR at D = 1 differed by 2–3 DN on 1.0–2.4 % of the pixels (×2: 2 DN, ×3.3: 3 DN, ×4: 2 DN),
-    and at the default D on 0.56 % at ×2; with engine.reach's halo every case is within 1 DN, on
-    0.20 % of the pixels at most."""
+    """The bundled model on a 176×112 NAIP crop, default overlap (32) and backend, a smaller tile
+    (80, so that the crop makes 3 × 2 tiles; at ×2 and D > 0 the halo, 50 LR pixels, reaches over
+    the crop's height, so there the vertical seams are the ones tested) against one tile over the
+    whole crop. A 1-DN step can come from any float difference across a rounding boundary, so the
+    share of pixels that differ (the mean difference in DN) is bounded too. With the fixed 16-pixel
+    halo before engine.reach, E²DiffSR at D = 1 differed by 2 DN, on 1.2–3.2 % of the pixels, and
+    at ×2 and the default D on 0.8 %; with engine.reach's halo every case is within 1 DN, on 0.11 %
+    of the pixels at most."""
     outputs = []
     for tile, overlap in ((max(CROP[2:]) + 1, 0), (TILE, DEFAULTS.overlap)):
         out = str(tmp_path / f"{tile}.tif")
         result = superresolve(Request(input=naip_crop, output=out, scale=scale, method=name, detail=detail, tile=tile,
                                       overlap=overlap, seed=5))
         outputs.append(read(out)[0].astype(np.int16))
-    assert result.tiles == 4
+    assert result.tiles == 6
     diff = np.abs(outputs[1] - outputs[0])
     assert diff.max() <= 1
     assert diff.mean() <= 0.005
@@ -53,9 +54,9 @@ def test_halo_follows_scale_and_detail():
     decoder = card["networks"][card["decoder"]]["config"]
     assert reach.decoder_reach(decoder) == 12  # 4 guided blocks
     assert [reach.method_halo(decoder, s, False) for s in (2, 3.3, 4, 8)] == [12] * 4
-    assert [reach.method_halo(decoder, s, True) for s in (2, 3.3, 4, 8)] == [40, 29, 26, 19]  # + 7 cells of 8/scale
+    assert [reach.method_halo(decoder, s, True) for s in (2, 3.3, 4, 8)] == [48, 34, 30, 21]  # + 9 cells of 8/scale
     d1 = build_method("e2diffsr", MethodOptions(detail=1.0))
-    assert d1.halo(2.0) == 40 and build_method("e2diffsr", MethodOptions(detail=0.0)).halo(2.0) == 12
+    assert d1.halo(2.0) == 48 and build_method("e2diffsr", MethodOptions(detail=0.0)).halo(2.0) == 12
     assert build_method("regression").halo(2.0) == 12
 
 
