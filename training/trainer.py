@@ -29,7 +29,7 @@ from tqdm import tqdm
 from engine import modelfile
 from engine.models import LATENT, build, preset
 
-from . import curves, data, distributed
+from . import curves, data, distributed, precision
 from .errors import Interrupted, TrainingError
 from .batch import make_pair
 
@@ -75,6 +75,7 @@ class Settings:
     options: dict = field(default_factory=dict)  # stage-specific loss weights
     rasters: bool = False  # data (and val) name GDAL rasters or folders of them (training.rasters)
     raster_bands: list | None = None  # the rasters' 1-based bands to train on (None: all)
+    precision: str = "auto"  # auto, bf16 or float32 (training.precision)
 
 
 def learning_rate(step: int, peak: float, warmup: int, horizon: int) -> float:
@@ -248,6 +249,10 @@ class Trainer:
             if not settings.resume:
                 raise TrainingError(f"{self.out} already holds a checkpoint: pass --resume to continue it or choose another --out")
             saved = json.loads(ckpt.read_text())
+        # a resumed run keeps its checkpoint's precision (checkpoints from before it was recorded: float32)
+        self.precision = (precision.on_resume(settings.precision, saved.get("precision", "float32")) if saved
+                          else precision.choose(settings.precision, self.device))
+        log.info("precision: %s", self.precision)
         torch.manual_seed(settings.seed)
         self.stage = stage_cls(settings, self.device, saved["networks"] if saved else None)
         if not saved:
@@ -303,7 +308,7 @@ class Trainer:
         settings = {k: v for k, v in asdict(self.s).items() if k != "resume"}
         state = {"step": self.step, "horizon": self.horizon, "networks": self.stage.specs,
                  "param_groups": opt["param_groups"], "stage": self.stage.state(), "settings": settings,
-                 "history": self.history, "seconds": self.seconds}
+                 "history": self.history, "seconds": self.seconds, "precision": self.precision}
         save_file(tensors, str(self.out / (CHECKPOINT + ".tmp")), metadata={"step": str(self.step)})
         (self.out / (STATE + ".tmp")).write_text(json.dumps(state))
         os.replace(self.out / (CHECKPOINT + ".tmp"), self.out / CHECKPOINT)
@@ -318,7 +323,8 @@ class Trainer:
         card["training"] = {"stage": self.stage.name, "step": self.step, "data": str(self.s.data),
                             "crop": self.s.crop, "batch": self.s.batch, "scales": [self.s.scale_min, self.s.scale_max],
                             "seed": self.s.seed, "options": {k: v for k, v in self.s.options.items() if k != "networks"},
-                            "seconds": round(self.seconds), "hardware": hardware(self.device), "torch": torch.__version__,
+                            "seconds": round(self.seconds), "hardware": hardware(self.device), "precision": self.precision,
+                            "torch": torch.__version__,
                             "ranks": distributed.world_size()}
         if not isinstance(self.files, list):  # rasters: their per-band normalisation
             card["normalisation"] = self.files.card()
@@ -357,7 +363,8 @@ class Trainer:
                              self.stage.multiple)
             self.stage.step = self.step
             with distributed.training_networks(self.stage, self.replicas):
-                loss, logs = self.stage.loss(pair, step_generator(self.device, s.seed, self.step), self.ema)
+                with precision.autocast(self.device, self.precision):
+                    loss, logs = self.stage.loss(pair, step_generator(self.device, s.seed, self.step), self.ema)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP)
