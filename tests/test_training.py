@@ -328,7 +328,7 @@ def test_benchmarks_have_one_entry_point(capsys):
     from training import bench
 
     assert bench.main([]) == 2 and bench.main(["evaluate"]) == 2
-    usage = "usage: python -m training.bench {quality,backends,scale,speed,cluster,stage2} [options]"
+    usage = "usage: python -m training.bench {quality,backends,scale,speed,cluster,stage2,step} [options]"
     assert capsys.readouterr().err.splitlines() == [usage, usage]
     with pytest.raises(SystemExit) as done:  # argparse's --help: each kind is a module of training/bench/
         bench.main(["backends", "--help"])
@@ -393,3 +393,32 @@ def test_spread_and_features_reach_the_denoiser_and_not_the_decoder(images, stag
                 for b in ("torch", "onnx")]
         assert outs[0].shape == (3, 57, 63)
         assert np.allclose(outs[0], outs[1], atol=1e-4), (name, detail, np.abs(outs[0] - outs[1]).max())
+
+
+def test_bf16_runs_on_channels_last_weights(images, tmp_path):
+    """Under bf16 every network a step runs (the critic and the EMA too) has channels_last weights; in
+    float32 they keep the plain layout."""
+    from training.trainer import Trainer
+
+    for prec, layout in (("bf16", torch.channels_last), ("float32", torch.contiguous_format)):
+        settings = Settings(data=str(images / "train"), out=str(tmp_path / prec), crop=32, batch=2, preset="tiny",
+                            precision=prec, options={"gan_weight": 0.1})
+        t = Trainer(Stage1, settings)
+        nets = t.stage.modules() + list(t.ema.values())
+        assert t.stage.adversary.net in nets
+        weights = [p for net in nets for p in net.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+        assert weights and all(p.is_contiguous(memory_format=layout) for p in weights)
+
+
+def test_step_bench_splits_a_step(images, capsys):
+    """python -m training.bench step: per configuration, the phases of a step and each network alone."""
+    from training.bench import step
+
+    assert step.main(["--data", str(images / "train"), "--preset", "tiny", "--batch", "2", "--crop", "32", "--steps", "2",
+                      "--rounds", "2", "--stages", "stage1", "--precisions", "float32", "--channels-last", "no"]) == 0
+    out = capsys.readouterr().out
+    assert "| phase | float32 |" in out
+    for phase in ("backward", "critic update (in loss)", "data: crops", "forward: decoder (in loss)",
+                  "optimizer: AdamW", "total", "samples / s", "median step (ms)"):
+        assert f"| {phase} |" in out, phase
+    assert "| decoder | " in out and "| encoder | " in out

@@ -156,6 +156,10 @@ class Stage(abc.ABC):
                                for n, k in self.NETWORKS.items()}
         self.nets = {n: build(s["kind"], s["config"]).to(self.device) for n, s in self.specs.items()}
 
+    def modules(self) -> list[torch.nn.Module]:
+        """Every network a training step runs: the trained ones, and the critic."""
+        return list(self.nets.values()) + ([] if self.adversary is None else [self.adversary.net])
+
     @property
     def multiple(self) -> int:
         """The latent alignment the stage's networks need."""
@@ -267,6 +271,9 @@ class Trainer:
         self.seconds = 0.0  # wall time of the training loop, over all resumes
         if saved:
             self._restore(saved)
+        if self.precision == "bf16":  # bf16 convolutions on the CPU run faster on channels_last weights (docs/TRAINING.md)
+            for net in self.stage.modules() + list(self.ema.values()):
+                net.to(memory_format=torch.channels_last)
         if not distributed.same_on_all(self.step):
             raise TrainingError(f"the ranks see different checkpoints in {self.out}: give all machines one shared --out")
         if distributed.world_size() > 1:  # rank 0's start on all ranks (DDP broadcasts the trained weights)
