@@ -38,8 +38,6 @@ from ..lcmsr import LCMSRStage
 from ..stage1 import Stage1
 from ..trainer import Settings, Trainer
 
-log = logging.getLogger(__name__)
-
 STAGE1_OPTIONS = {"kl_weight": 1e-4, "fft_weight": 0.05, "latent_dropout": 0.25, "latent_noise": 0.1,
                   "gan_weight": 0.01, "gan_start": 0}
 LCMSR_OPTIONS = {"cond_weight": 0.01, "cond_pixel_weight": 1.0, "gan_weight": 0.5, "lr_weight": 5.0,
@@ -261,7 +259,7 @@ def report(stage_name, args, configs, totals, counted, steps, runs) -> list[str]
             f"{median[base] / median[c]:.2f}×" for c in configs) + " |")
     lines.append(f"| speed against {label(base)} | " + " | ".join(
         f"{totals[base]['total'] / counted[base] / (totals[c]['total'] / counted[c]):.2f}×" for c in configs) + " |")
-    lines += ["", f"Each network alone (ms, forward / backward, the best of 3):", "",
+    lines += ["", "Each network alone (ms, forward / backward, the best of 3):", "",
               "| network | " + " | ".join(label(c) for c in configs) + " |", "|---|" + "---:|" * len(configs)]
     alone = {c: isolated(runs[c][2], runs[c][0].device, c[0]) for c in configs}
     for name in sorted(runs[base][2]):
