@@ -27,6 +27,16 @@ Conventions:
   available and no border is cropped. A metric that is not available is NaN.
 - Values so large that their differences or squares would overflow (beyond ±2^100) are scored
   scaled down by a common power of two, which is exact and changes no metric; a note says so.
+- The lattice figure (engine.metrics.lattice, dB), for the first result only (the SR raster, or the
+  method): what the result adds to a baseline, SR − baseline, at the LR pixel frequency 1/scale and
+  its harmonics against the adjacent frequency bins, and beside it (``lattice_hr``) the reference's
+  own, HR − baseline, per band and overall (the band mean). The baseline is the regression of the
+  same model, run on the same LR, in degradation mode with a diffusion method (lcmsr, e2diffsr: one
+  more run, not a row of the report); everywhere else the bicubic of the LR on the SR's grid
+  (engine.resample.cubic_upsample of the LR raster, or of the reference degraded by the scale), since
+  a given SR raster comes without its regression. Excluded pixels take the fill of SSIM's. Without
+  a scale or an LR, below ×2 (the LR pixel frequency above 0.5 cycles/pixel), and for the other rows
+  it is NaN.
 - Whole rasters are read into memory: each raster may hold at most ``MAX_VALUES`` values
   (bands × width × height); at that limit an evaluation peaks at about 3 GB of memory.
 """
@@ -54,12 +64,14 @@ from .resample import cubic_upsample, downsample, nearest_indices
 log = logging.getLogger(__name__)
 
 MAX_VALUES = 40_000_000
-METRICS = ("psnr", "ssim", "ergas", "sam", "consistency_psnr", "hf_ratio", "lsd") + metrics.CLASSES
+LATTICE_REGRESSION = ("lcmsr", "e2diffsr")  # degradation mode: their lattice is measured against the regression
+METRICS = ("psnr", "ssim", "ergas", "sam", "consistency_psnr", "hf_ratio", "lsd", "lattice", "lattice_hr") + metrics.CLASSES
 HEADINGS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "ergas": "ERGAS", "sam": "SAM (°)",
             "consistency_psnr": "Consistency PSNR (dB)", "hf_ratio": "HF ratio", "lsd": "LSD (dB)",
+            "lattice": "Lattice (dB)", "lattice_hr": "Reference's lattice (dB)",
             "improvement": "Improvement", "omission": "Omission", "hallucination": "Hallucination"}
 SHORT = {"psnr": "PSNR", "ssim": "SSIM", "ergas": "ERGAS", "sam": "SAM", "consistency_psnr": "cons.PSNR",
-         "hf_ratio": "HF ratio", "lsd": "LSD", "improvement": "improv.", "omission": "omiss.", "hallucination": "halluc."}
+         "hf_ratio": "HF ratio", "lsd": "LSD", "lattice": "lattice", "lattice_hr": "HR lattice", "improvement": "improv.", "omission": "omiss.", "hallucination": "halluc."}
 SSIM_WINDOW = 11  # metrics.ssim's Gaussian window needs this many pixels a side
 IDENTITY = raster.BandNorm(0.0, 1.0, 0.0)
 
@@ -170,11 +182,19 @@ def check_crop(width: int, height: int, scale: float | None) -> None:
                             f"at scale {scale:g}")
 
 
+def baseline_fill(base: np.ndarray, hr: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The lattice baseline with the pixels outside ``valid`` set as joint_fill sets SR and HR (``hr`` unfilled)."""
+    fill = np.array([hr[c][valid[c]].mean() for c in range(hr.shape[0])])[:, None, None]
+    return np.where(valid, base, fill)
+
+
 def score(label: str, sr: np.ndarray, hr: np.ndarray, valid: np.ndarray, lr: np.ndarray | None,
-          lr_valid: np.ndarray | None, scale: float | None, drange: float) -> Scores:
-    """The metrics of ``sr`` against ``hr`` (both filled, C×H×W float64; see the module notes)."""
+          lr_valid: np.ndarray | None, scale: float | None, drange: float, base: np.ndarray | None = None) -> Scores:
+    """The metrics of ``sr`` against ``hr`` (both filled, C×H×W float64; see the module notes); the
+    lattice figures against ``base`` (filled likewise) when it is given."""
     n = sr.shape[0]
     s, h, v = (metrics.crop_border(a, math.ceil(scale) if scale else 0) for a in (sr, hr, valid))
+    b = metrics.crop_border(base, math.ceil(scale)) if base is not None and scale else None
     if not v.any(axis=(1, 2)).all():
         raise LatentSRError("a band has no pixel that is valid in both rasters (after the border crop)")
     with_ssim = min(s.shape[-2:]) >= SSIM_WINDOW
@@ -190,6 +210,7 @@ def score(label: str, sr: np.ndarray, hr: np.ndarray, valid: np.ndarray, lr: np.
         if down is not None and lr_valid[c].any():
             row["consistency_psnr"] = metrics.psnr(down[c][lr_valid[c]], lr[c][lr_valid[c]], drange)
         row["lsd"] = metrics.lsd(s[c], h[c])
+        row.update(lattice_pair(s[c], h[c], None if b is None else b[c], scale))
         row.update(dict.fromkeys(metrics.CLASSES, math.nan))
         bands.append(row)
     every = v.all(axis=0)
@@ -202,6 +223,7 @@ def score(label: str, sr: np.ndarray, hr: np.ndarray, valid: np.ndarray, lr: np.
     if down is not None and lr_valid.any():
         overall["consistency_psnr"] = metrics.psnr(down[lr_valid], lr[lr_valid], drange)
     overall["lsd"] = metrics.lsd(s, h)
+    overall.update(lattice_pair(s, h, b, scale))
     classes = None
     if lr is not None:
         border = math.ceil(scale)
@@ -211,6 +233,12 @@ def score(label: str, sr: np.ndarray, hr: np.ndarray, valid: np.ndarray, lr: np.
     overall.update(metrics.correctness_shares(classes) if classes is not None else dict.fromkeys(metrics.CLASSES, math.nan))
     return Scores(label, bands, overall, classes)
 
+
+def lattice_pair(sr: np.ndarray, hr: np.ndarray, base: np.ndarray | None, scale: float | None) -> dict[str, float]:
+    """The lattice figures of SR − base and HR − base (module notes); NaN without a base."""
+    if base is None:
+        return {"lattice": math.nan, "lattice_hr": math.nan}
+    return {"lattice": metrics.lattice(sr - base, scale), "lattice_hr": metrics.lattice(hr - base, scale)}
 
 
 def evaluate(req: EvaluateRequest, progress: Callable[[float], None] | None = None,
@@ -288,7 +316,10 @@ def reference_mode(req: EvaluateRequest, staged: list) -> Report:
     else:
         notes.append("No scale and no LR raster: ERGAS and the consistency PSNR are not available, no border is cropped.")
     check_crop(ref.info.width, ref.info.height, scale)
-    rows = [score(os.path.basename(req.sr), s, h, valid, lr, lr_valid, scale, drange)]
+    base = None if lr is None else baseline_fill(cubic_upsample(lr, *h.shape[1:]), ref.data, valid)
+    if base is not None:
+        notes.append("Lattice: SR − bicubic of the LR against the reference's HR − bicubic of the LR.")
+    rows = [score(os.path.basename(req.sr), s, h, valid, lr, lr_valid, scale, drange, base)]
     if req.difference:
         staged.append(write_difference(req.difference, sr.ds, sr.info, diff, valid))
     if req.correctness:
@@ -402,6 +433,7 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
     degraded = downsample(hr_filled, lr_h, lr_w).astype(np.float64)
     lr = to_storage(np.ldexp(degraded, shift), [IDENTITY] * len(info.bands), info.dtype, info.nodata, lr_valid)
     methods = [req.method] if req.method == "bicubic" else [req.method, "bicubic"]
+    runs = (["regression"] if req.method in LATTICE_REGRESSION else []) + methods  # the regression: the lattice's baseline
     rows, difference, classes = [], None, None
     with tempfile.TemporaryDirectory(prefix="latentsr-evaluate-") as tmp:
         lr_path = os.path.join(tmp, "lr.tif")
@@ -413,20 +445,31 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
             raise
         out.commit()
         lr_data = np.ldexp(lr.astype(np.float64), -shift)
-        for k, method in enumerate(methods):
+        base = None
+        for k, method in enumerate(runs):
             if is_cancelled():
                 raise Cancelled()
             sr_path = os.path.join(tmp, f"sr-{method}.tif")
-            superresolve(Request(input=lr_path, output=sr_path, scale=scale, method=method, steps=req.steps,
+            superresolve(Request(input=lr_path, output=sr_path, scale=scale, method=method,
+                                 steps=req.steps if method == req.method else None,
                                  detail=req.detail if method == req.method else None, seed=req.seed, backend=req.backend, device=req.device, model=req.model),
-                         progress=lambda f, k=k: progress(0.9 * (k + f) / len(methods)), is_cancelled=is_cancelled)
+                         progress=lambda f, k=k: progress(0.9 * (k + f) / len(runs)), is_cancelled=is_cancelled)
             sr = shifted(load(sr_path, None, "SR raster"), shift)
             valid = sr.valid & ref.valid
+            if k == 0:  # the lattice's baseline: the regression, or else the bicubic of the LR
+                base = sr.data if method != req.method else cubic_upsample(lr_data, hr_h, hr_w)
+                base = baseline_fill(base, ref.data, valid)
+                notes.append(f"Lattice: {req.method} − {'regression' if method != req.method else 'bicubic of the LR'} "
+                             f"against the reference's HR − the same.")
+            if method not in methods:
+                sr = None
+                continue
             s, h = joint_fill(sr.data, ref.data, valid)
-            rows.append(score(method, s, h, valid, lr_data, lr_validity(valid, lr_h, lr_w), scale, drange))
-            if k == 0 and req.difference:  # the method's, on the reference's grid; written once all ran
+            rows.append(score(method, s, h, valid, lr_data, lr_validity(valid, lr_h, lr_w), scale, drange,
+                              base if method == req.method else None))
+            if method == req.method and req.difference:  # the method's, on the reference's grid; written once all ran
                 difference = (sr.ds, sr.info, difference_of(sr, ref, shift), valid)
-            if k == 0 and req.correctness:
+            if method == req.method and req.correctness:
                 classes = (sr.ds, sr.info, rows[0].classes)
             sr = None
         if difference:

@@ -10,6 +10,10 @@ LSD, the log-spectral distance (docs/MODELS.md, DESIGN.md): the power spectrum o
 the RMS over the bins of the difference of log10 power, in dB. 0 is the reference's spectrum; blur
 and noise both raise it.
 
+The lattice figure (``lattice``): the power of an added detail (SR − regression, or HR − regression
+beside it) at the LR pixel frequency 1/scale and its harmonics ≤ 0.5 cycles/pixel, along both axes,
+against the bins 2–6 away from them, in dB (0: no peak; its docstring defines it exactly).
+
 Correctness (ESA opensr-test's improvement / omission / hallucination, with the L1 distance, in our
 own code): per pixel, the band-mean L1 distances d_ref = |LR↑ − HR|, d_im = |SR − HR| and
 d_om = |SR − LR↑| (LR↑ the bicubic LR on the HR grid). Pixels where none of the three exceeds the
@@ -184,3 +188,70 @@ def correctness_shares(classes: np.ndarray) -> dict[str, float]:
     """The share of the classified pixels in each class (NaN when no pixel is classified)."""
     n = int((classes > 0).sum())
     return {name: (float((classes == k + 1).sum()) / n if n else math.nan) for k, name in enumerate(CLASSES)}
+
+
+LATTICE_NEAR = 2  # adjacent bins: from this many bins away from a harmonic's bin ...
+LATTICE_FAR = 6  # ... to this many, on both sides
+
+
+def axis_power(img: np.ndarray, axis: int) -> np.ndarray:
+    """The power spectrum along ``axis`` of a 2-D image (mean removed), averaged over the other axis,
+    per frequency bin j = 0..n//2 (frequency j/n cycles/pixel): 2·|X_j|²/n², so that white noise of
+    variance σ² has 2σ²/n in every bin, the Nyquist bin included, and a cosine of amplitude A
+    between DC and Nyquist puts A²/2 (its variance) into its bin."""
+    n = img.shape[axis]
+    return 2.0 * (np.abs(np.fft.rfft(img - img.mean(), axis=axis)) ** 2).mean(axis=1 - axis) / n ** 2
+
+
+def lattice_bins(n: int, scale: float) -> list[tuple[int, list[int]]]:
+    """For an axis of n pixels, each harmonic k/scale ≤ 0.5 cycles/pixel of the LR pixel frequency:
+    (its bin round(k·n/scale), its adjacent bins: LATTICE_NEAR..LATTICE_FAR bins away on both sides,
+    inside 1..n//2 and further than one bin from every harmonic's bin). Harmonics whose bin has no
+    adjacent bin (tiny images) are left out."""
+    peaks = [round(k * n / scale) for k in range(1, int(math.floor(0.5 * scale + 1e-9)) + 1)]
+    peaks = [j for j in dict.fromkeys(peaks) if 1 <= j <= n // 2]
+    out = []
+    for j in peaks:
+        near = [i for d in range(LATTICE_NEAR, LATTICE_FAR + 1) for i in (j - d, j + d)
+                if 1 <= i <= n // 2 and all(abs(i - p) > 1 for p in peaks)]
+        if near:
+            out.append((j, sorted(near)))
+    return out
+
+
+def lattice(detail: np.ndarray, scale: float) -> float:
+    """The lattice figure of an added detail (e.g. SR − regression, or HR − regression), in dB: how
+    much of its power sits at the LR pixel frequency and its harmonics, against the frequencies next
+    to them. ``detail`` is C×H×W (its band mean is used) or H×W; ``scale`` the output/LR pixel ratio.
+
+    Definition. For each axis (x: along rows, y: along columns) of n pixels, P(j) is the detail's
+    power at frequency j/n cycles/pixel, averaged over the other axis (``axis_power``: a pattern
+    locked to the LR columns puts its power at the same bins in every row, whatever it does along
+    the columns). The harmonics are the frequencies k/scale ≤ 0.5 cycles/pixel, k = 1, 2, ...
+    (×4: 0.25 and 0.5; ×2: 0.5; ×3: 0.333; none below ×2, where the figure is NaN); each one's
+    bin is round(k·n/scale), and its adjacent bins are those 2 to 6 bins away on either side,
+    inside 1..n/2 and not within one bin of any harmonic's bin (the next bin is left out: it holds
+    what leaks from a period that falls between bins). With the sums over both axes and all
+    harmonics, peak = Σ P(harmonic's bin) and background = Σ mean of P over its adjacent bins, and
+
+        lattice = 10·log10(peak / background)  dB.
+
+    0 dB: the harmonics hold what their neighbours hold (white noise, texture that does not know
+    the LR grid); each +10 dB is ten times more. A detail with power at the harmonics and none
+    around them gives +inf, one with none at the harmonics −inf, one with no power at all NaN.
+    """
+    img = np.asarray(detail, np.float64)
+    if img.ndim == 3:
+        img = img.mean(axis=0)
+    peak = background = 0.0
+    for axis in (0, 1):
+        bins = lattice_bins(img.shape[axis], scale)
+        if not bins:
+            continue
+        power = axis_power(img, axis)
+        for j, near in bins:
+            peak += float(power[j])
+            background += float(power[near].mean())
+    if background > 0:
+        return 10.0 * math.log10(peak / background) if peak > 0 else -math.inf
+    return math.inf if peak > 0 else math.nan

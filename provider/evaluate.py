@@ -24,6 +24,8 @@ from .superresolve import offered_devices
 NUMBERS = (("PSNR", "psnr", "PSNR (dB)"), ("SSIM", "ssim", "SSIM"), ("ERGAS", "ergas", "ERGAS"),
            ("SAM", "sam", "SAM (degrees)"), ("CONSISTENCY_PSNR", "consistency_psnr", "Consistency PSNR (dB)"),
            ("HF_RATIO", "hf_ratio", "High-frequency energy ratio"), ("LSD", "lsd", "Log-spectral distance (dB)"),
+           ("LATTICE", "lattice", "Lattice figure of the added detail (dB)"),
+           ("LATTICE_HR", "lattice_hr", "Lattice figure of the reference (dB)"),
            ("IMPROVEMENT", "improvement", "Improvement share"), ("OMISSION", "omission", "Omission share"),
            ("HALLUCINATION", "hallucination", "Hallucination share"))
 
@@ -54,7 +56,11 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
              "the training degradation), super-resolved with METHOD, and scored with bicubic beside it."),
             "PSNR and SSIM use a data range of 255 for Byte rasters, else the reference's valid max − min. A border "
             "of ceil(scale) pixels is left out. Nodata pixels of either raster are left out of PSNR, ERGAS and SAM; "
-            "SSIM and the HF ratio see them as equal in both rasters. Rasters are read whole, up to "
+            "SSIM and the HF ratio see them as equal in both rasters. The lattice figure (dB) is the power of what "
+            "the result adds to a baseline at the LR pixel frequency (1/scale cycles per pixel) and its harmonics, "
+            "against the neighbouring frequencies, beside the reference's own (0 dB: no peak; above the reference's: "
+            "detail locked to the LR pixels); the baseline is the model's regression when METHOD is a diffusion method "
+            "and INPUT is empty, else the bicubic of the LR. Rasters are read whole, up to "
             f"{evaluate.MAX_VALUES:,} values (bands × width × height) each (about 3 GB of memory at that limit).",
         ]
 

@@ -303,3 +303,45 @@ def test_cli_errors(tmp_path, args, fragment):
     assert not os.path.exists(tmp_path / "c.tif") and not os.path.exists(tmp_path / "c.png")
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], r.stderr
+
+
+def test_lattice_against_the_bicubic_of_the_lr(tmp_path):
+    """Reference mode: an SR that is bicubic plus a cross-hatch locked to the LR pixels has a lattice
+    figure far above the reference's own, and both are engine.metrics.lattice of the border crops of
+    SR − bicubic(LR) and HR − bicubic(LR)."""
+    from engine.resample import cubic_upsample
+
+    rng = np.random.default_rng(3)
+    hr = metrics.gaussian_blur(rng.random((3, 74, 74)) * 255, sigma=1.0, radius=5)  # 64×64 of texture
+    lr = downsample(hr, 16, 16)
+    t = np.arange(64)
+    hatch = 4 * np.add.outer(np.cos(2 * np.pi * t / 4), np.cos(2 * np.pi * t / 4))
+    sr = cubic_upsample(lr, 64, 64) + hatch
+    paths = [write_raster(tmp_path / f"{n}.tif", a, FLOAT32) for n, a in (("hr", hr), ("lr", lr), ("sr", sr))]
+    report = evaluate.evaluate(EvaluateRequest(reference=paths[0], lr=paths[1], sr=paths[2]))
+    crop = [metrics.crop_border(a.astype(np.float32).astype(np.float64), 4) for a in (sr, hr, cubic_upsample(
+        lr.astype(np.float32).astype(np.float64), 64, 64))]
+    overall = report.main.overall
+    assert overall["lattice"] == pytest.approx(metrics.lattice(crop[0] - crop[2], 4), abs=1e-6)
+    assert overall["lattice_hr"] == pytest.approx(metrics.lattice(crop[1] - crop[2], 4), abs=1e-6)
+    assert overall["lattice"] > 40 > overall["lattice_hr"] + 30
+    assert report.main.bands[0]["lattice"] > 40
+    assert any(n.startswith("Lattice: SR − bicubic") for n in report.notes)
+    no_scale = evaluate.evaluate(EvaluateRequest(reference=paths[0], sr=paths[2]))
+    assert math.isnan(no_scale.main.overall["lattice"]) and math.isnan(no_scale.main.overall["lattice_hr"])
+
+
+def test_lattice_of_a_diffusion_method_is_against_its_regression(tmp_path, model_dir):
+    """Degradation mode with LCMSR: the baseline is the model's regression (one more run, not a row);
+    bicubic's row has no lattice figure. The reference's figure is HR − that regression's."""
+    hr = write_raster(tmp_path / "hr.tif", texture((3, 64, 64)))
+    report = evaluate.evaluate(EvaluateRequest(reference=hr, scale=4, method="lcmsr", model=model_dir, detail=1.0))
+    assert [r.label for r in report.rows] == ["lcmsr", "bicubic"]
+    assert "Lattice: lcmsr − regression against the reference's HR − the same." in report.notes
+    assert math.isfinite(report.main.overall["lattice"]) and math.isnan(report.rows[1].overall["lattice"])
+    reg = evaluate.evaluate(EvaluateRequest(reference=hr, scale=4, method="regression", model=model_dir,
+                                            difference=str(tmp_path / "reg.tif")))
+    minus_hr = read(tmp_path / "reg.tif")[0].astype(np.float64)  # the difference raster: regression − HR
+    expected = metrics.lattice(-metrics.crop_border(minus_hr, 4), 4)
+    assert report.main.overall["lattice_hr"] == pytest.approx(expected, abs=1e-3)
+    assert "Lattice: regression − bicubic of the LR against the reference's HR − the same." in reg.notes

@@ -136,3 +136,70 @@ def test_correctness_scores_by_hand():
     pull = 1 - math.exp(-0.05 * h[0])
     assert im[0] == pytest.approx(0.5 + 2.0 * pull) and om[0] == pytest.approx(2.0 + 0.5 * pull)
     assert ha[0] == pytest.approx(math.exp(-0.05 * 1.0))
+
+
+def pink_texture(n: int, beta: float, seed: int) -> np.ndarray:
+    """Noise with a power spectrum falling as 1/f^beta: texture that does not know any pixel grid."""
+    rng = np.random.default_rng(seed)
+    f = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.fftfreq(n)[None, :])
+    f[0, 0] = 1.0
+    return np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(n, n))) * f ** (-beta / 2)))
+
+
+def test_lattice_by_hand():
+    """×4 on 64 pixels: the harmonics are bins 16 (0.25 cycles/pixel) and 32 (Nyquist). Along x a
+    cosine of amplitude 1 at bin 16 (power 1/2) and one at Nyquist (power 2, twice its variance);
+    along y only a cosine at bin 19, 3 bins from the harmonic: its power 1/2 is one of the 10
+    adjacent bins of bin 16. Peak 2.5, background 0.05: 10·log10(50) dB."""
+    n = 64
+    t = np.arange(n)
+    x = np.cos(2 * np.pi * 16 * t / n) + np.cos(np.pi * t)
+    y = np.cos(2 * np.pi * 19 * t / n)
+    img = x[None, :] + y[:, None]
+    assert metrics.lattice(img, 4) == pytest.approx(10 * math.log10(50))
+    assert metrics.lattice(np.stack([img, img, img]), 4) == pytest.approx(10 * math.log10(50))  # band mean
+    assert metrics.lattice(img.T, 4) == pytest.approx(10 * math.log10(50))  # the axes are alike
+    assert metrics.lattice_bins(n, 4) == [(16, [10, 11, 12, 13, 14, 18, 19, 20, 21, 22]), (32, [26, 27, 28, 29, 30])]
+
+
+def test_lattice_of_an_lr_period_cross_hatch_is_high_and_of_noise_and_texture_near_zero():
+    rng = np.random.default_rng(0)
+    n = 248  # the bench's ×4 crop: 256 − 2·4
+    t = np.arange(n)
+    hatch = np.add.outer(np.cos(2 * np.pi * t / 4 + 0.3), np.cos(2 * np.pi * t / 4 + 1.1))
+    assert metrics.lattice(hatch, 4) > 100  # nothing beside the harmonics but rounding
+    texture = pink_texture(n, 2.0, 1)
+    figures = [metrics.lattice(rng.normal(size=(n, n)), 4) for _ in range(5)]
+    figures += [metrics.lattice(pink_texture(n, beta, seed), 4) for beta in (1.0, 2.0, 3.0) for seed in range(3)]
+    assert max(abs(f) for f in figures) < 1.0
+    # the same texture with a faint hatch locked to the LR pixels (5% of its variance) stands out
+    faint = texture + hatch * math.sqrt(0.05 * texture.var() / hatch.var())
+    assert metrics.lattice(faint, 4) > 6
+    # ×3: one harmonic, 0.333 cycles/pixel; ×2: the Nyquist bin
+    for scale in (2, 3):
+        lines = np.add.outer(np.cos(2 * np.pi * t / scale), np.cos(2 * np.pi * t / scale))[:n - n % scale, :n - n % scale]
+        assert metrics.lattice(lines, scale) > 100
+        assert abs(metrics.lattice(pink_texture(n, 2.0, 2), scale)) < 1.0
+
+
+def test_lattice_without_harmonics_or_power():
+    rng = np.random.default_rng(1)
+    assert math.isnan(metrics.lattice(rng.normal(size=(64, 64)), 1.5))  # the LR pixel frequency is above Nyquist
+    assert math.isnan(metrics.lattice(np.zeros((64, 64)), 4))
+    t = np.arange(64)
+    assert metrics.lattice(np.cos(2 * np.pi * 19 * t / 64)[None, :] * np.ones((64, 1)), 4) < -200  # none but rounding
+
+
+def test_bench_lattice_figures_are_against_the_regression_on_the_border_crop():
+    """make bench's diffusion rows: the figure of SR − regression beside HR − regression, both cropped."""
+    from training.bench.quality import lattice_figures
+
+    rng = np.random.default_rng(2)
+    regression = pink_texture(72, 2.0, 3) * 20 + 128
+    t = np.arange(72)
+    hatch = 3 * np.add.outer(np.cos(2 * np.pi * t / 4), np.cos(2 * np.pi * t / 4)) + rng.normal(0, 1, (72, 72))
+    hr = regression + rng.normal(0, 3, regression.shape)
+    hatch[:4] = 1000.0  # in the border crop of ceil(4): left out
+    figures = lattice_figures(np.stack([regression + hatch] * 3), np.stack([hr] * 3), np.stack([regression] * 3), 4.0)
+    assert figures["lattice"] == pytest.approx(metrics.lattice(metrics.crop_border(hatch, 4), 4), abs=1e-6)
+    assert figures["lattice"] > 10 and abs(figures["lattice_hr"]) < 2

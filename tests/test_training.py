@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from engine.grid import Grid
 from engine.methods import MethodOptions, build_method
-from training import data
+from training import data, precision
 from training.batch import make_pair
 from training.cli import main
 from training.stage1 import Stage1
@@ -192,13 +192,17 @@ def test_an_existing_run_needs_resume(images, stage1, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "pass --resume" in err
 
 
-@pytest.mark.parametrize("stage", ["stage1", "stage1-gan", "lcmsr", "lcmsr-gan", "e2diffsr", "e2diffsr-gan"])
+@pytest.mark.parametrize("stage", ["stage1", "stage1-gan", "lcmsr", "lcmsr-gan", "e2diffsr", "e2diffsr-gan",
+                                   "stage1-gan-bf16", "stage1-gan-float32", "lcmsr-gan-bf16"])
 def test_resume_continues_exactly(images, stage1, tmp_path, stage):
-    """Resuming gives the same weights, optimizer states (the discriminator's too) and history."""
-    stage, _, gan = stage.partition("-")
+    """Resuming gives the same weights, optimizer states (the discriminator's too) and history, in
+    either precision (the machine's own without --precision)."""
+    stage, *flags = stage.split("-")
     extra = [] if stage == "stage1" else ["--stage1", str(stage1)]
-    if gan:
+    if "gan" in flags:
         extra += ["--gan-weight", "0.1"] + (["--gan-start", "1"] if stage == "stage1" else ["--energy-weight", "1"])
+    chosen = [f for f in flags if f in precision.CHOICES]
+    extra += ["--precision", *chosen] if chosen else []
     assert main(train_args(stage, images, tmp_path / "straight", 4, *extra)) == 0
     assert main(train_args(stage, images, tmp_path / "resumed", 2, "--schedule-steps", "4", *extra)) == 0
     assert main(train_args(stage, images, tmp_path / "resumed", 4, "--resume", *extra)) == 0
@@ -212,6 +216,42 @@ def test_resume_continues_exactly(images, stage1, tmp_path, stage):
     sb = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
     assert sa["history"] == sb["history"] and sa["step"] == sb["step"] == 4
     assert sb["seconds"] > 0  # the resumed run's wall time adds to the first part's
+    assert sa["precision"] == sb["precision"] == precision.choose((chosen or ["auto"])[0], torch.device("cpu"))
+
+
+def test_precision_falls_back_to_float32_without_bf16_units(images, tmp_path, monkeypatch, capsys):
+    """auto: bf16 only where the CPU's flags have bfloat16 matrix units (AMX) or the GPU bfloat16. A run records its
+    precision in its checkpoint and card, a resume keeps it whatever the machine has, and an explicit
+    other one is refused; bf16 really changes the arithmetic."""
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"fpu", "avx512f", "avx2"})
+    cpu = torch.device("cpu")
+    assert precision.choose("auto", cpu) == "float32" and precision.choose("float32", cpu) == "float32"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})  # bf16 without AMX: not faster here
+    assert precision.choose("auto", cpu) == "float32" and precision.choose("bf16", cpu) == "bf16"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"amx_bf16"})
+    assert precision.choose("auto", cpu) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert precision.choose("auto", torch.device("cuda")) == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision.choose("auto", torch.device("cuda")) == "bf16"
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: set())  # a CPU without bf16
+    assert main(train_args("stage1", images, tmp_path / "plain", 2)) == 0
+    card = json.loads((tmp_path / "plain" / "model.json").read_text())
+    assert card["training"]["precision"] == "float32"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16"})  # resumed on one with it
+    assert main(train_args("stage1", images, tmp_path / "plain", 4, "--resume")) == 0
+    assert json.loads((tmp_path / "plain" / "checkpoint.json").read_text())["precision"] == "float32"
+    assert json.loads((tmp_path / "plain" / "model.json").read_text())["training"]["precision"] == "float32"
+    capsys.readouterr()
+    assert main(train_args("stage1", images, tmp_path / "plain", 6, "--resume", "--precision", "bf16")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trained in float32" in err
+    assert main(train_args("stage1", images, tmp_path / "bf16", 4)) == 0  # auto on this CPU: bf16
+    assert json.loads((tmp_path / "bf16" / "model.json").read_text())["training"]["precision"] == "bf16"
+    a = load_file(str(tmp_path / "plain" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "bf16" / "checkpoint.safetensors"))
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("model."))
 
 
 def test_stage2_adversary_starts_from_stage1_and_trains_the_sample(images, tmp_path):
@@ -288,7 +328,7 @@ def test_benchmarks_have_one_entry_point(capsys):
     from training import bench
 
     assert bench.main([]) == 2 and bench.main(["evaluate"]) == 2
-    usage = "usage: python -m training.bench {quality,backends,scale,speed,cluster,stage2} [options]"
+    usage = "usage: python -m training.bench {quality,backends,scale,speed,cluster,stage2,step} [options]"
     assert capsys.readouterr().err.splitlines() == [usage, usage]
     with pytest.raises(SystemExit) as done:  # argparse's --help: each kind is a module of training/bench/
         bench.main(["backends", "--help"])
@@ -353,3 +393,32 @@ def test_spread_and_features_reach_the_denoiser_and_not_the_decoder(images, stag
                 for b in ("torch", "onnx")]
         assert outs[0].shape == (3, 57, 63)
         assert np.allclose(outs[0], outs[1], atol=1e-4), (name, detail, np.abs(outs[0] - outs[1]).max())
+
+
+def test_bf16_runs_on_channels_last_weights(images, tmp_path):
+    """Under bf16 every network a step runs (the critic and the EMA too) has channels_last weights; in
+    float32 they keep the plain layout."""
+    from training.trainer import Trainer
+
+    for prec, layout in (("bf16", torch.channels_last), ("float32", torch.contiguous_format)):
+        settings = Settings(data=str(images / "train"), out=str(tmp_path / prec), crop=32, batch=2, preset="tiny",
+                            precision=prec, options={"gan_weight": 0.1})
+        t = Trainer(Stage1, settings)
+        nets = t.stage.modules() + list(t.ema.values())
+        assert t.stage.adversary.net in nets
+        weights = [p for net in nets for p in net.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+        assert weights and all(p.is_contiguous(memory_format=layout) for p in weights)
+
+
+def test_step_bench_splits_a_step(images, capsys):
+    """python -m training.bench step: per configuration, the phases of a step and each network alone."""
+    from training.bench import step
+
+    assert step.main(["--data", str(images / "train"), "--preset", "tiny", "--batch", "2", "--crop", "32", "--steps", "2",
+                      "--rounds", "2", "--stages", "stage1", "--precisions", "float32", "--channels-last", "no"]) == 0
+    out = capsys.readouterr().out
+    assert "| phase | float32 |" in out
+    for phase in ("backward", "critic update (in loss)", "data: crops", "forward: decoder (in loss)",
+                  "optimizer: AdamW", "total", "samples / s", "median step (ms)"):
+        assert f"| {phase} |" in out, phase
+    assert "| decoder | " in out and "| encoder | " in out

@@ -55,6 +55,9 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--val-crop", type=int, default=128)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--preset", default="default", help="network sizes: default, small or tiny")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "float32"),
+                   help="bf16: autocast to bfloat16 in the steps' forward passes; auto (default): bf16 where the CPU "
+                        "(avx512_bf16 or amx_bf16) or GPU has bfloat16 units, else float32; a resumed run keeps its own")
     if name == "stage1":
         p.add_argument("--bands", type=int, default=3, help="band count of the model")
         p.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the latent's KL against N(0, I)")
@@ -171,7 +174,7 @@ def train(args) -> None:
         ckpt_every=args.ckpt_every, val_every=args.val_every, crop=args.crop, workers=args.workers, seed=args.seed,
         scale_min=args.scales[0], scale_max=args.scales[1], ema_decay=args.ema_decay, preset=args.preset,
         bands=getattr(args, "bands", 3), latent=getattr(args, "latent", 16), val_images=args.val_images, val_crop=args.val_crop,
-        progress=not args.no_progress, stage1=getattr(args, "stage1", None), options=options)
+        progress=not args.no_progress, stage1=getattr(args, "stage1", None), options=options, precision=args.precision)
     with logging_redirect_tqdm():
         Trainer(stage, settings).run()
 

@@ -100,6 +100,9 @@ class LatentStage(Stage):
         if settings.options.get("gan_weight", GAN_WEIGHT) > 0:
             self.adversary = Adversary(settings.bands, settings.preset, device)
 
+    def modules(self) -> list[torch.nn.Module]:
+        return super().modules() + [self.encoder, self.decoder]
+
     def fresh_specs(self, settings) -> dict:
         """The preset's networks; the conditioning net with ``features`` channels and the ``spread``,
         and a denoiser that reads them."""

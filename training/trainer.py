@@ -30,7 +30,7 @@ from tqdm import tqdm
 from engine import modelfile
 from engine.models import LATENT, build, preset
 
-from . import curves, data, distributed
+from . import curves, data, distributed, precision
 from .errors import Interrupted, TrainingError
 from .batch import make_pair
 
@@ -80,6 +80,7 @@ class Settings:
     options: dict = field(default_factory=dict)  # stage-specific loss weights
     rasters: bool = False  # data (and val) name GDAL rasters or folders of them (training.rasters)
     raster_bands: list | None = None  # the rasters' 1-based bands to train on (None: all)
+    precision: str = "auto"  # auto, bf16 or float32 (training.precision)
 
 
 def learning_rate(step: int, peak: float, warmup: int, horizon: int) -> float:
@@ -159,6 +160,10 @@ class Stage(abc.ABC):
         self.specs = specs or {n: {"kind": k, "config": preset(settings.preset, k, bands=settings.bands, latent=settings.latent)}
                                for n, k in self.NETWORKS.items()}
         self.nets = {n: build(s["kind"], s["config"]).to(self.device) for n, s in self.specs.items()}
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every network a training step runs: the trained ones, and the critic."""
+        return list(self.nets.values()) + ([] if self.adversary is None else [self.adversary.net])
 
     @property
     def multiple(self) -> int:
@@ -290,6 +295,10 @@ class Trainer:
                     raise ValueError("not a checkpoint's state")
             except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
                 raise damaged(ckpt, self.out, exc) from None
+        # a resumed run keeps its checkpoint's precision (checkpoints from before it was recorded: float32)
+        self.precision = (precision.on_resume(settings.precision, saved.get("precision", "float32")) if saved
+                          else precision.choose(settings.precision, self.device))
+        log.info("precision: %s", self.precision)
         torch.manual_seed(settings.seed)
         try:
             self.stage = stage_cls(settings, self.device, saved["networks"] if saved else None)
@@ -309,6 +318,9 @@ class Trainer:
         self.seconds = 0.0  # wall time of the training loop, over all resumes
         if saved:
             self._restore(saved)
+        if self.precision == "bf16":  # bf16 convolutions on the CPU run faster on channels_last weights (docs/TRAINING.md)
+            for net in self.stage.modules() + list(self.ema.values()):
+                net.to(memory_format=torch.channels_last)
         if not distributed.same_on_all(self.step):
             raise TrainingError(f"the ranks see different checkpoints in {self.out}: give all machines one shared --out")
         if distributed.world_size() > 1:  # rank 0's start on all ranks (DDP broadcasts the trained weights)
@@ -356,7 +368,7 @@ class Trainer:
         settings = {k: v for k, v in asdict(self.s).items() if k != "resume"}
         state = {"step": self.step, "horizon": self.horizon, "networks": self.stage.specs,
                  "param_groups": opt["param_groups"], "stage": self.stage.state(), "settings": settings,
-                 "history": self.history, "seconds": self.seconds}
+                 "history": self.history, "seconds": self.seconds, "precision": self.precision}
         save_file(tensors, str(self.out / (CHECKPOINT + ".tmp")), metadata={"step": str(self.step)})
         (self.out / (STATE + ".tmp")).write_text(json.dumps(state))
         os.replace(self.out / (CHECKPOINT + ".tmp"), self.out / CHECKPOINT)
@@ -371,7 +383,8 @@ class Trainer:
         card["training"] = {"stage": self.stage.name, "step": self.step, "data": str(self.s.data),
                             "crop": self.s.crop, "batch": self.s.batch, "scales": [self.s.scale_min, self.s.scale_max],
                             "seed": self.s.seed, "options": {k: v for k, v in self.s.options.items() if k != "networks"},
-                            "seconds": round(self.seconds), "hardware": hardware(self.device), "torch": torch.__version__,
+                            "seconds": round(self.seconds), "hardware": hardware(self.device), "precision": self.precision,
+                            "torch": torch.__version__,
                             "ranks": distributed.world_size()}
         if not isinstance(self.files, list):  # rasters: their per-band normalisation
             card["normalisation"] = self.files.card()
@@ -417,7 +430,8 @@ class Trainer:
                              self.stage.multiple)
             self.stage.step = self.step
             with distributed.training_networks(self.stage, self.replicas):
-                loss, logs = self.stage.loss(pair, step_generator(self.device, s.seed, self.step), self.ema)
+                with precision.autocast(self.device, self.precision):
+                    loss, logs = self.stage.loss(pair, step_generator(self.device, s.seed, self.step), self.ema)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP)

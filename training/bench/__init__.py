@@ -7,7 +7,9 @@
 - ``speed``: parameters and time per LR tile of each method with random weights;
 - ``cluster``: ``--cluster`` on one machine (local:1 against local:2), the overhead of a band, and a scaling model;
 - ``stage2``: a stage-2 run judged before it is bundled: detail and fidelity at each D, and whether its samples
-  spread where the texture is.
+  spread where the texture is;
+- ``step``: where a training step's time goes (data, each network's forward and backward, the critic, the
+  optimizer) for make train's stage-1 and LCMSR recipes, in float32 and bf16, with and without channels_last.
 
 The benchmark owns its processes, so, like the engine CLI and qgis_process, it fixes glibc's mmap
 threshold (engine/allocator.py) before it builds any method.
@@ -19,7 +21,7 @@ import sys
 
 from engine.allocator import fix_mmap_threshold
 
-KINDS = ("quality", "backends", "scale", "speed", "cluster", "stage2")
+KINDS = ("quality", "backends", "scale", "speed", "cluster", "stage2", "step")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,10 @@ antialiased bicubic downsampling (engine.resample.downsample, the training degra
 method sees LR/255 and its output is quantised to 8 bits, as a Byte GeoTIFF would be. PSNR, SSIM,
 ERGAS, SAM, the HF ratio, LSD and the correctness shares are on RGB after cropping ceil(scale)
 pixels at the border (engine.metrics.all_metrics); the consistency PSNR compares downsample(SR)
-with LR. Each method runs in its own process, so its peak RSS is its own; time is the method call
-only, per output megapixel.
+with LR. The diffusion rows also get the lattice figure (engine.metrics.lattice) of what they add to
+the regression, SR − regression (both 8-bit), beside HR's own, HR − regression, on the same crop.
+Each method runs in its own process, so its peak RSS is its own; time is the method call only, per
+output megapixel.
 
 At ×4 the diffusion methods also run at every detail of ``DETAILS``, and the two peers of
 training/bench/peers.py (Real-ESRGAN x4plus, RealSR DF2K; ncnn on the CPU) when they are installed.
@@ -89,6 +91,7 @@ COMPARE = (("buildings", 84), ("denseresidential", 81), ("harbor", 85), ("freewa
 COMPARE_SCALE = 4.0
 COMPARE_ROWS = (Row("bicubic"), Row("regression"), Row("lcmsr", 1), Row("lcmsr", 1, 1.0), Row("e2diffsr", 4, 1.0),
                 *PEER_ROWS)
+LATTICE_METHODS = ("lcmsr", "e2diffsr")  # the rows with a lattice figure: what they add to the regression
 CROP = 64  # HR pixels of each crop in the comparison picture
 LABEL_CHARS = 20  # a column label's line: the 2× zoomed crop is 128 px, 6 px a character
 
@@ -135,10 +138,21 @@ def build(row: Row, model: str | None, backend: str):
         nets.backend if nets is not None else "numpy"
 
 
+def lattice_figures(sr: np.ndarray, hr: np.ndarray, regression: np.ndarray, scale: float) -> dict[str, float]:
+    """The lattice figures (engine.metrics.lattice, dB) of SR − regression and of HR − regression, on the
+    border crop of ceil(scale); the images in the same units."""
+    b = math.ceil(scale)
+    reg = metrics.crop_border(regression, b)
+    return {"lattice": metrics.lattice(metrics.crop_border(sr, b) - reg, scale),
+            "lattice_hr": metrics.lattice(metrics.crop_border(hr, b) - reg, scale)}
+
+
 def worker(row: Row, files: list[Path], scales, model: str | None, crops_dir: Path, backend: str, val: Path) -> dict:
     """Metrics (means over images) and timing of one row at each scale, its peak RSS, and its crops of
-    the comparison images at ×4."""
+    the comparison images at ×4. A diffusion row also runs the regression (untimed) for the lattice
+    figures of its added detail and of HR's (``lattice_figures``; their mean in dB over the images)."""
     run, backend_name = build(row, model, backend)
+    regression = build(Row("regression"), model, backend)[0] if row.method.split("+")[0] in LATTICE_METHODS else None
     out = {"scales": {}, "backend": backend_name}
     for scale in scales:
         sums, seconds, pixels = {}, 0.0, 0
@@ -149,6 +163,9 @@ def worker(row: Row, files: list[Path], scales, model: str | None, crops_dir: Pa
             seconds += time.perf_counter() - start
             pixels += sr.shape[1] * sr.shape[2]
             m = metrics.all_metrics(quantise(sr).astype(np.float64), hr.astype(np.float64), lr * 255.0, scale, 255.0)
+            if regression is not None:
+                m.update(lattice_figures(quantise(sr).astype(np.float64), hr.astype(np.float64),
+                                         quantise(regression(lr, scale)).astype(np.float64), scale))
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
         row_metrics = {k: v / len(files) for k, v in sums.items()}
@@ -336,7 +353,9 @@ def card_metrics(results: dict, scales, n_images: int, command: str) -> dict:
             base = results[Row("bicubic").label]["scales"].get(key)
             rows.setdefault(f"x{float(key):g}", {})[label] = {
                 "psnr_db": round(m["psnr"], 2), "lsd_db": round(m["lsd"], 2),
-                **({} if base is None else {"delta_psnr_db": round(m["psnr"] - base["psnr"], 2)})}
+                **({} if base is None else {"delta_psnr_db": round(m["psnr"] - base["psnr"], 2)}),
+                **({"lattice_db": round(m["lattice"], 1), "hr_lattice_db": round(m["lattice_hr"], 1)}
+                   if "lattice" in m and math.isfinite(m["lattice"]) else {})}
     cal = results.get("calibration", {})
     return {"protocol": f"docs/BENCHMARKS.md: {n_images} UC Merced val images, LR = antialiased bicubic, 8-bit outputs, "
                         "border crop ceil(s); LSD in dB (lower is closer to HR's spectrum)",
@@ -353,6 +372,11 @@ def write_card_metrics(metrics_: dict, model: str | None) -> None:
     card["metrics"] = metrics_
     modelfile.write_card(folder, card)
     log.info("metrics written to %s", folder / "model.json")
+
+
+def fmt_db(v: float) -> str:
+    """A lattice figure: NaN (no added detail, e.g. D = 0) as —."""
+    return "—" if math.isnan(v) else f"{v:.1f}"
 
 
 def fmt_share(v: float) -> str:
@@ -378,13 +402,19 @@ def report(results: dict, scales, n_images: int, limit: int | None, command: str
     lines += ["The diffusion rows without a D ran at "
               + ", ".join(f"{name} D = {d:g}" for name, d in default_detail.items())
               + " (the model card's detail_default when it has one, else the fallback in engine/methods.py).", ""]
+    lines += ["Lattice (dB): the power of the detail a diffusion row adds to the regression (SR − regression, band "
+              "mean) at the LR pixel frequency 1/scale and its harmonics up to 0.5 cycles/pixel, on both axes, against "
+              "the frequency bins 2–6 away from them (engine.metrics.lattice; 0 dB: no peak), the mean over the images; "
+              "in brackets HR's own, HR − regression. Above HR's figure, the added detail is locked to the LR pixels.", ""]
     heading = ("| method | backend | PSNR | ΔPSNR vs bicubic | SSIM | ERGAS | SAM (°) | consistency PSNR | HF ratio | LSD (dB) "
-               "| improv. % | omiss. % | halluc. % | s / output MP | peak RSS (MB) |")
-    rule = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+               "| lattice (dB) (HR's) | improv. % | omiss. % | halluc. % | s / output MP | peak RSS (MB) |")
+    rule = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
     def line(row, r, m, base):
+        grid = f"{fmt_db(m['lattice'])} ({fmt_db(m['lattice_hr'])})" if "lattice" in m else "—"
         return (f"| {row.label} | {r['backend']} | {m['psnr']:.2f} | {m['psnr'] - base:+.2f} | {m['ssim']:.4f} | "
                 f"{m['ergas']:.3f} | {m['sam']:.3f} | {m['consistency_psnr']:.2f} | {m['hf_ratio']:.3f} | {m['lsd']:.2f} | "
+                f"{grid} | "
                 f"{fmt_share(m['improvement'])} | {fmt_share(m['omission'])} | {fmt_share(m['hallucination'])} | "
                 f"{m['s_per_mp']:.3f} | {r['peak_rss_mb']:.0f} |")
 
