@@ -100,6 +100,49 @@ def test_same_bytes_as_a_single_run(scheduler, crop, tmp_path, method, kw):
     assert sorted(os.listdir(tmp_path)) == ["cluster.tif", "single.tif"]  # no shard, VRT or lock left
 
 
+@pytest.fixture(scope="module")
+def stock_scheduler(tmp_path_factory):
+    """The address of a plain `dask scheduler` and two plain `dask worker` processes, started in a
+    folder of their own from an environment that has the engine's dependencies but not the engine."""
+    folder = tmp_path_factory.mktemp("stock")
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+             if p and os.path.realpath(p) != os.path.realpath(ROOT)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    python = sys.executable
+    assert subprocess.run([python, "-c", "import engine"], env=env, cwd=folder, capture_output=True).returncode != 0
+    port = free_port()
+    dask_cli = os.path.join(os.path.dirname(python), "dask")
+    started = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    started += [subprocess.Popen([dask_cli, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-dashboard"],
+                                 env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for _ in range(2)]
+    try:
+        with distributed.Client(f"tcp://127.0.0.1:{port}", timeout=60, set_as_default=False) as c:
+            c.wait_for_workers(2, timeout=60)
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        for proc in reversed(started):
+            proc.kill()
+            proc.wait()
+
+
+def test_stock_dask_workers_get_the_engine_from_the_client(stock_scheduler, crop, tmp_path):
+    """Bicubic, regression and seeded LCMSR on stock workers: the bytes of a single run, and the
+    workers (and the scheduler, which unpickles the tasks) import the engine the client shipped."""
+    for method, kw in [("bicubic", {}), ("regression", {}), ("lcmsr", {"seed": 7})]:
+        run(crop, tmp_path / f"{method}_single.tif", method=method, **kw)
+        run(crop, tmp_path / f"{method}_cluster.tif", method=method, cluster=stock_scheduler, **kw)
+        same(tmp_path / f"{method}_single.tif", tmp_path / f"{method}_cluster.tif")
+    with distributed.Client(stock_scheduler, set_as_default=False) as c:
+        homes = [*c.run(cluster.module_home).values(), c.run_on_scheduler(cluster.module_home)]
+        versions = set(c.run(cluster.engine_version).values())
+    zip_name = f"latentsr-engine-{cluster.engine_version()[:16]}.zip"
+    assert len(homes) == 3 and all(os.path.basename(h) == zip_name for h in homes), homes
+    assert versions == {cluster.engine_version()}
+    assert len(os.listdir(tmp_path)) == 6  # no shard, VRT or lock left
+
+
 def test_samples_and_uncertainty_on_the_cluster(scheduler, crop, tmp_path):
     kw = {"method": "lcmsr", "seed": 3, "samples": 2, "bands": [3, 1]}
     run(crop, tmp_path / "single.tif", uncertainty=str(tmp_path / "single_std.tif"), **kw)
@@ -244,7 +287,7 @@ def test_band_rows_balance_work_and_waves(n_rows, workers):
 
 def test_workers_that_cannot_import_the_engine_get_told_where_it_is():
     error = cluster.band_error(RuntimeError("Error during deserialization of the task graph. This frequently occurs"))
-    assert f"({cluster.module_root()})" in str(error) and f"start both the scheduler and the workers with {ROOT} on PYTHONPATH" in str(error)
+    assert f"({cluster.module_root()}), which the client sends them: both need its dependencies" in str(error)
 
 
 def test_processing_cluster_parameter(provider, scheduler, crop, tmp_path):
@@ -328,7 +371,7 @@ def test_latentsr_model_set_on_the_client_only_is_what_the_workers_run(scheduler
 
 @pytest.mark.parametrize("what, fake, message", [
     ("engine_version", "0" * 64, r"^the Dask worker at tcp://127\.0\.0\.1:\d+ runs another version of LatentSR's engine"),
-    ("card_sha256", "0" * 64, r"^the model latentsr-rgb on the Dask worker at tcp://127\.0\.0\.1:\d+ is not the client's"),
+    ("card_sha256", "0" * 64, r"^the model \S*/latentsr-rgb on the Dask worker at tcp://127\.0\.0\.1:\d+ is not the client's"),
 ])
 def test_a_worker_that_differs_from_the_client_is_refused_in_one_line(scheduler, crop, tmp_path, monkeypatch, what,
                                                                       fake, message):
@@ -415,12 +458,12 @@ def test_the_client_sends_its_own_model_and_backend(tmp_path, monkeypatch):
     req = Request(input="in.tif", output="out.tif", scale=2, method="lcmsr")
     assert cluster.for_workers(req).model == str(tmp_path / "model")
     assert cluster.for_workers(req).backend == "torch"  # auto, for a model without ONNX graphs
-    monkeypatch.setenv("LATENTSR_MODEL", "latentsr-rgb")  # a bundled model goes by name: each worker has its copy
-    assert cluster.for_workers(req).model == "latentsr-rgb"
+    monkeypatch.setenv("LATENTSR_MODEL", "latentsr-rgb")  # a bundled model goes as its folder (the card is checked)
+    assert cluster.for_workers(req).model == str(modelfile.MODELS_DIR / "latentsr-rgb")
     assert cluster.for_workers(req).backend == choose_backend("auto", "auto", modelfile.read_card(modelfile.resolve(None)))
     assert cluster.for_workers(dataclasses.replace(req, backend="torch")).backend == "torch"
     monkeypatch.delenv("LATENTSR_MODEL")
-    assert cluster.for_workers(req).model == "latentsr-rgb"
+    assert cluster.for_workers(req).model == str(modelfile.MODELS_DIR / "latentsr-rgb")
     assert cluster.for_workers(dataclasses.replace(req, method="bicubic")).model is None
 
 
