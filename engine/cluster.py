@@ -6,7 +6,9 @@ GDAL URL that every worker can read), runs the tile rows that reach the band, fr
 one whose blend weights touch its top row, through engine.pipeline.render (the single run's own
 loop, so every cell sums the same tiles in the same order), and writes the band's rows into a
 shard GeoTIFF under a scratch name next to the output. The client then assembles the shards as a
-VRT and packs that exactly as a single run packs its scratch file (engine.raster.OutputRaster).
+VRT and packs that exactly as a single run packs its scratch file (engine.raster.OutputRaster); for
+an output named .vrt, the shards are written tiled and compressed, as the output's own files, and
+the client writes only the VRT: no step on the client grows with the output's pixels.
 
 Progress comes back as Dask events, one per tile. Cancel, a failing task or Ctrl-C sets a Dask
 Event that the running tasks check before every tile, waits for them to stop, cancels the
@@ -142,6 +144,7 @@ class Job:
     name: str  # of the cancel Event and the progress topic
     engine: str  # the client's engine_version()
     card: str | None  # the SHA-256 of the client's model card (None: the method has no model)
+    final: tuple[bool, ...] = ()  # per output: its shards are its own files (a .vrt output), so written compressed
 
 
 @dataclass(frozen=True)
@@ -333,7 +336,7 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list, method, s
         outputs = open_outputs(req, src, info, plan, virtual=True)
         sent = for_workers(req)
         job = Job(sent, window, norms, scale, plan.axes, f"latentsr-{uuid.uuid4().hex}", engine_version(),
-                  card_sha256(sent))
+                  card_sha256(sent), tuple(out.tiled_vrt for out in outputs))
         work = [Band(i, c.start, c.stop, tuple(out.shard_path(i) for out in outputs)) for i, c in enumerate(cells)]
 
         def fill() -> None:
@@ -582,8 +585,8 @@ def run_band(job: Job, band: Band) -> bool:
         plan = tile_plan(info, job.scale, job.axes, req.tile, req.overlap, method.halo(job.scale))
         y0, y1 = plan.row_edges[band.start], plan.row_edges[band.stop]
         kinds = [(info.gdal_type, info.signed_byte), (raster.FLOAT32, False)][:len(band.shards)]
-        for path, (dtype, signed) in zip(band.shards, kinds):
-            shards.append(Shard(path, plan.out_w, y1 - y0, len(info.bands), dtype, y0, info.masked, signed))
+        for path, (dtype, signed), final in zip(band.shards, kinds, job.final or (False,) * len(band.shards)):
+            shards.append(Shard(path, plan.out_w, y1 - y0, len(info.bands), dtype, y0, info.masked, signed, final))
         render(req, src, info, job.norms, method, plan, shards, range(band.start, band.stop),
                lambda f: worker.log_event(job.name, [band.index, f]), stop.is_set)
         for shard in shards:
@@ -675,13 +678,19 @@ def worker_method(req: Request, model: tuple | None):
 class Shard:
     """The rows y0.. of one output (its mask too, if ``masked``), written into a GeoTIFF under a scratch
     name of its own and renamed to ``path`` by ``finish``: a rerun of the same band (after a lost
-    worker) never sees a half file."""
+    worker) never sees a half file. A ``final`` shard is one of a .vrt output's own files: tiled and
+    compressed as a packed output (engine.raster.OutputRaster); else uncompressed, for the client
+    to pack."""
 
     def __init__(self, path: str, width: int, height: int, bands: int, dtype: int, y0: int, masked: bool = False,
-                 signed: bool = False):
+                 signed: bool = False, final: bool = False):
         self.path, self.y0, self.masked = path, y0, masked
         self.scratch = f"{path}.{uuid.uuid4().hex[:8]}.part"
         options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "BIGTIFF=IF_NEEDED", "INTERLEAVE=BAND"]
+        if final:
+            predictor = "3" if gdal.GetDataTypeName(dtype).startswith("Float") else "2"
+            options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", f"PREDICTOR={predictor}",
+                       "BIGTIFF=IF_SAFER"]
         if signed:
             options.append("PIXELTYPE=SIGNEDBYTE")
         try:

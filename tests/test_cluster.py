@@ -151,6 +151,51 @@ def test_samples_and_uncertainty_on_the_cluster(scheduler, crop, tmp_path):
     same(tmp_path / "single_std.tif", tmp_path / "cluster_std.tif")
 
 
+def fingerprints(folder) -> dict:
+    """sha256 of every file under ``folder``, by relative path."""
+    import hashlib
+
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def test_a_vrt_output_is_written_by_the_workers(scheduler, crop, tmp_path):
+    """x.vrt: the workers write tiled DEFLATE GeoTIFF shards into x.shards, the client only the VRT
+    (sources relative to it); pixels, nodata, mask, geotransform and type are the single run's, and
+    the pair still reads the same once moved elsewhere."""
+    kw = {"method": "lcmsr", "seed": 3, "samples": 2}
+    run(crop, tmp_path / "single.tif", uncertainty=str(tmp_path / "single_std.tif"), **kw)
+    out = tmp_path / "out"
+    out.mkdir()
+    run(crop, out / "sr.vrt", uncertainty=str(out / "sr_std.vrt"), cluster=scheduler, **kw)
+    assert sorted(os.listdir(out)) == ["sr.shards", "sr.vrt", "sr_std.shards", "sr_std.vrt"]
+    assert sorted(os.listdir(out / "sr.shards")) == ["rows00000.tif", "rows00001.tif"]  # 2 bands, nothing else
+    shard = gdal.Open(str(out / "sr.shards" / "rows00000.tif"))
+    assert shard.GetMetadataItem("COMPRESSION", "IMAGE_STRUCTURE") == "DEFLATE"
+    assert shard.GetRasterBand(1).GetBlockSize() == [256, 256]
+    assert 'relativeToVRT="1">sr.shards/rows00000.tif<' in (out / "sr.vrt").read_text()
+    os.rename(out, tmp_path / "moved")
+    for name, single in [("sr.vrt", "single.tif"), ("sr_std.vrt", "single_std.tif")]:
+        same(tmp_path / single, tmp_path / "moved" / name)
+    datasets = [gdal.Open(str(p)) for p in (tmp_path / "single.tif", tmp_path / "moved" / "sr.vrt")]
+    masks = [ds.GetRasterBand(1).GetMaskBand().ReadAsArray() for ds in datasets]
+    assert masks[0].tobytes() == masks[1].tobytes() and (masks[0] == 0).any()
+
+
+def test_a_vrt_output_without_a_cluster_or_as_a_cog_is_refused(crop, tmp_path):
+    with pytest.raises(LatentSRError, match=r"^a \.vrt output is a VRT of GeoTIFF shards that the workers of a "
+                                            r"cluster write: give --cluster"):
+        run(crop, tmp_path / "sr.vrt", method="bicubic")
+    with pytest.raises(LatentSRError, match=r"^a COG is one file: give the output a \.tif name, not sr\.vrt$"):
+        run(crop, tmp_path / "sr.vrt", method="bicubic", cog=True, cluster="local:1")
+    assert os.listdir(tmp_path) == []
+
+
 class KillOnce(distributed.WorkerPlugin):
     """Kills its worker's process the first time, cluster-wide, that a band task starts executing."""
 
@@ -166,16 +211,19 @@ class KillOnce(distributed.WorkerPlugin):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_a_killed_worker_changes_nothing(scheduler, client, crop, tmp_path):
+@pytest.mark.parametrize("name", ["cluster.tif", "cluster.vrt"])
+def test_a_killed_worker_changes_nothing(scheduler, client, crop, tmp_path, name):
     run(crop, tmp_path / "single.tif", method="lcmsr", seed=5)
     marker = str(tmp_path / "killed")
     client.register_plugin(KillOnce(marker), name="kill-once")
     try:
-        run(crop, tmp_path / "cluster.tif", method="lcmsr", seed=5, cluster=scheduler)
+        run(crop, tmp_path / name, method="lcmsr", seed=5, cluster=scheduler)
     finally:
         client.unregister_worker_plugin("kill-once")
     assert os.path.exists(marker)  # a worker did die with a band in hand
-    same(tmp_path / "single.tif", tmp_path / "cluster.tif")
+    same(tmp_path / "single.tif", tmp_path / name)
+    if name.endswith(".vrt"):
+        assert sorted(os.listdir(tmp_path / "cluster.shards")) == ["rows00000.tif", "rows00001.tif"]
     client.wait_for_workers(2)  # the nanny restarts it for the next tests
 
 
@@ -188,6 +236,38 @@ def test_cancel_leaves_nothing(scheduler, client, crop, tmp_path):
                      progress=seen.append, is_cancelled=lambda: any(0 < f < 0.95 for f in seen))
     assert os.listdir(out) == []
     assert not any(client.processing().values())  # no band is still running
+
+
+def test_a_vrt_output_and_its_shards_are_replaced_together_or_not_at_all(scheduler, client, crop, tmp_path,
+                                                                          monkeypatch):
+    """An older x.vrt with its x.shards: a cancelled run, and a run whose last move fails, leave every
+    byte of it; a finished run replaces both (no older shard stays)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    run(crop, out / "sr.vrt", method="bicubic", cluster=scheduler, tile=16, overlap=4)  # more bands than later
+    (out / "sr.shards" / "rows00009.tif").write_bytes(b"an older shard that only the older VRT names")
+    before = fingerprints(out)
+    seen = []
+    with pytest.raises(Cancelled):
+        superresolve(Request(input=crop, output=str(out / "sr.vrt"), method="lcmsr", cluster=scheduler, **TILING),
+                     progress=seen.append, is_cancelled=lambda: any(0 < f < 0.95 for f in seen))
+    assert fingerprints(out) == before and sorted(os.listdir(out)) == ["sr.shards", "sr.vrt"]
+    real_replace = os.replace
+
+    def fail_on_the_vrt(a, b):
+        if str(b).endswith("sr.vrt") and ".part.vrt" in str(a):
+            raise OSError(28, "No space left on device")
+        return real_replace(a, b)
+    monkeypatch.setattr(os, "replace", fail_on_the_vrt)
+    with pytest.raises(LatentSRError, match="cannot be moved into place"):
+        run(crop, out / "sr.vrt", method="lcmsr", seed=1, cluster=scheduler)
+    monkeypatch.undo()
+    assert fingerprints(out) == before and sorted(os.listdir(out)) == ["sr.shards", "sr.vrt"]
+    run(crop, out / "sr.vrt", method="lcmsr", seed=1, cluster=scheduler)
+    run(crop, tmp_path / "single.tif", method="lcmsr", seed=1)
+    same(tmp_path / "single.tif", out / "sr.vrt")
+    assert sorted(os.listdir(out)) == ["sr.shards", "sr.vrt"]
+    assert sorted(os.listdir(out / "sr.shards")) == ["rows00000.tif", "rows00001.tif"]
 
 
 def test_ctrl_c_on_a_local_cluster_is_one_line_and_leaves_nothing(tmp_path):
@@ -211,7 +291,8 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_and_leaves_nothing(tmp_path):
     assert os.listdir(out) == []
 
 
-def test_a_band_that_fails_names_its_window_and_leaves_nothing(scheduler, tmp_path):
+@pytest.mark.parametrize("name", ["sr.tif", "sr.vrt"])
+def test_a_band_that_fails_names_its_window_and_leaves_nothing(scheduler, tmp_path, name):
     """One strip of a DEFLATE GeoTIFF is garbage: the client's decimated statistics never read it,
     the band that needs it fails."""
     src = write_raster(tmp_path / "bad.tif", np.random.default_rng(0).integers(1, 255, (64, 1100)).astype(np.uint8))
@@ -226,7 +307,7 @@ def test_a_band_that_fails_names_its_window_and_leaves_nothing(scheduler, tmp_pa
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(LatentSRError, match=r"output rows \d+-\d+ \(input rows \d+-\d+\) failed: reading the input") as info:
-        superresolve(Request(input=str(tmp_path / "strips.tif"), output=str(out / "sr.tif"), method="bicubic",
+        superresolve(Request(input=str(tmp_path / "strips.tif"), output=str(out / name), method="bicubic",
                              cluster=scheduler, **TILING))
     rows = [int(v) for v in info.value.args[0].split("input rows ")[1].split(")")[0].split("-")]
     assert rows[0] <= 40 <= rows[1]
