@@ -373,6 +373,12 @@ def check_outputs(outputs: dict[str, str | None], inputs: dict[str, tuple[str, g
                 via = "" if file_key(path_in) == file_key(written) else f" (it reads {f})"
                 raise LatentSRError(f"the {role} {path} would overwrite the {role_in} {path_in}{via}: "
                                     "choose another output path")
+        if path.lower().endswith(".vrt"):  # its shards folder is replaced too
+            folder = os.path.realpath(shards_folder(path))
+            for role_in, path_in, f in read.values():
+                if os.path.realpath(f).startswith(folder + os.sep):
+                    raise LatentSRError(f"the {role} {path} would replace its shards folder {folder}, which the "
+                                        f"{role_in} {path_in} reads ({f}): choose another output path")
         names = [(path, "")] + [(path + ext, ext) for ext in SIDECARS]
         for written, ext in names:
             other = seen.get(file_key(written))

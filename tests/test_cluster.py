@@ -187,6 +187,18 @@ def test_a_vrt_output_is_written_by_the_workers(scheduler, crop, tmp_path):
     assert masks[0].tobytes() == masks[1].tobytes() and (masks[0] == 0).any()
 
 
+def test_a_vrt_output_whose_shards_folder_holds_the_input_is_refused(scheduler, crop, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run(crop, out / "sr.vrt", method="bicubic", cluster=scheduler)
+    before = fingerprints(out)
+    shard = str(out / "sr.shards" / "rows00000.tif")
+    with pytest.raises(LatentSRError, match=r"^the output \S+sr\.vrt would replace its shards folder \S+sr\.shards, "
+                                            r"which the input \S+rows00000\.tif reads"):
+        superresolve(Request(input=shard, output=str(out / "sr.vrt"), method="bicubic", cluster=scheduler, **TILING))
+    assert fingerprints(out) == before
+
+
 def test_a_vrt_output_without_a_cluster_or_as_a_cog_is_refused(crop, tmp_path):
     with pytest.raises(LatentSRError, match=r"^a \.vrt output is a VRT of GeoTIFF shards that the workers of a "
                                             r"cluster write: give --cluster"):
