@@ -122,9 +122,13 @@ def stock_scheduler(tmp_path_factory):
             c.wait_for_workers(2, timeout=60)
         yield f"tcp://127.0.0.1:{port}"
     finally:
-        for proc in reversed(started):
-            proc.kill()
-            proc.wait()
+        for proc in reversed(started):  # SIGTERM: Dask removes its scratch folders (and the engine's zip)
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def test_stock_dask_workers_get_the_engine_from_the_client(stock_scheduler, crop, tmp_path):
