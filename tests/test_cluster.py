@@ -8,9 +8,11 @@ another version, the scheduler's leftovers; and addresses that cannot work, a sc
 mid-run."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -100,14 +102,19 @@ def test_same_bytes_as_a_single_run(scheduler, crop, tmp_path, method, kw):
     assert sorted(os.listdir(tmp_path)) == ["cluster.tif", "single.tif"]  # no shard, VRT or lock left
 
 
-@pytest.fixture(scope="module")
-def stock_scheduler(tmp_path_factory):
-    """The address of a plain `dask scheduler` and two plain `dask worker` processes, started in a
-    folder of their own from an environment that has the engine's dependencies but not the engine."""
-    folder = tmp_path_factory.mktemp("stock")
+def without_the_repo() -> dict:
+    """This process's environment without the repository on PYTHONPATH."""
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
              if p and os.path.realpath(p) != os.path.realpath(ROOT)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+@contextlib.contextmanager
+def stock_cluster(folder, workers: int, worker_env: dict | None = None):
+    """The address of a plain `dask scheduler` and ``workers`` plain `dask worker` processes, started
+    in ``folder`` from an environment that has the engine's dependencies but not the engine (the
+    workers' environment: ``worker_env``)."""
+    env = without_the_repo()
     python = sys.executable
     assert subprocess.run([python, "-c", "import engine"], env=env, cwd=folder, capture_output=True).returncode != 0
     port = free_port()
@@ -115,11 +122,12 @@ def stock_scheduler(tmp_path_factory):
     started = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
                                 env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     started += [subprocess.Popen([dask_cli, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-dashboard"],
-                                 env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                for _ in range(2)]
+                                 env=worker_env or env, cwd=folder, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+                for _ in range(workers)]
     try:
         with distributed.Client(f"tcp://127.0.0.1:{port}", timeout=60, set_as_default=False) as c:
-            c.wait_for_workers(2, timeout=60)
+            c.wait_for_workers(workers, timeout=60)
         yield f"tcp://127.0.0.1:{port}"
     finally:
         for proc in reversed(started):  # SIGTERM: Dask removes its scratch folders (and the engine's zip)
@@ -129,6 +137,30 @@ def stock_scheduler(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="module")
+def stock_scheduler(tmp_path_factory):
+    with stock_cluster(tmp_path_factory.mktemp("stock"), 2) as address:
+        yield address
+
+
+def test_a_stock_worker_with_another_engine_on_its_pythonpath_is_refused_in_one_line(crop, tmp_path):
+    """The worker imports its own engine (an edited copy), not the one the client ships."""
+    shutil.copytree(os.path.join(ROOT, "engine"), tmp_path / "old" / "engine",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / "old" / "engine" / "errors.py", "a") as f:
+        f.write("# another version\n")
+    env = without_the_repo()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "old"), *filter(None, [env["PYTHONPATH"]])])
+    out = tmp_path / "out"
+    out.mkdir()
+    with stock_cluster(tmp_path, 1, worker_env=env) as address:
+        with pytest.raises(LatentSRError, match=r"^the Dask worker at tcp://127\.0\.0\.1:\d+ runs another version of "
+                                                r"LatentSR's engine than the client \(its engine is in \S+/old\): take "
+                                                r"LatentSR off the worker's PYTHONPATH") as info:
+            run(crop, out / "sr.tif", method="bicubic", cluster=address)
+    assert "\n" not in str(info.value) and os.listdir(out) == []
 
 
 def test_stock_dask_workers_get_the_engine_from_the_client(stock_scheduler, crop, tmp_path):
