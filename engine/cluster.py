@@ -6,7 +6,9 @@ GDAL URL that every worker can read), runs the tile rows that reach the band, fr
 one whose blend weights touch its top row, through engine.pipeline.render (the single run's own
 loop, so every cell sums the same tiles in the same order), and writes the band's rows into a
 shard GeoTIFF under a scratch name next to the output. The client then assembles the shards as a
-VRT and packs that exactly as a single run packs its scratch file (engine.raster.OutputRaster).
+VRT and packs that exactly as a single run packs its scratch file (engine.raster.OutputRaster); for
+an output named .vrt, the shards are written tiled and compressed, as the output's own files, and
+the client writes only the VRT: no step on the client grows with the output's pixels.
 
 Progress comes back as Dask events, one per tile. Cancel, a failing task or Ctrl-C sets a Dask
 Event that the running tasks check before every tile, waits for them to stop, cancels the
@@ -14,9 +16,12 @@ futures and removes every shard and scratch file. A killed worker's task is reru
 another worker and gives the same bytes, since a band is a pure function of the request. The
 run's event topic and Event are removed from the scheduler when it ends.
 
-The client decides everything a worker could decide otherwise: the model folder (resolved here,
-LATENTSR_MODEL included, and checked on the worker against the client's model card), and the
-engine's version (a fingerprint of its source, which a worker must share). A worker keeps the
+The client sends the engine itself: a zip of its package, installed on the scheduler and every
+worker through Dask plugins (ship_engine, engine.shipping), so stock `dask scheduler` and `dask
+worker` processes with the engine's dependencies run it. It decides everything a worker could
+decide otherwise: the model folder (resolved here, LATENTSR_MODEL included, sent as an absolute
+path and checked on the worker against the client's model card), and the engine's version (a
+fingerprint of its source, which a worker must share). A worker keeps the
 last method it built, under a key made of every request field that can change it and the model
 folder's fingerprint (method_key, model_fingerprint).
 
@@ -29,6 +34,8 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib.resources
+import io
 import ipaddress
 import logging
 import math
@@ -40,6 +47,7 @@ import threading
 import time
 import uuid
 import warnings
+import zipfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -136,6 +144,7 @@ class Job:
     name: str  # of the cancel Event and the progress topic
     engine: str  # the client's engine_version()
     card: str | None  # the SHA-256 of the client's model card (None: the method has no model)
+    final: tuple[bool, ...] = ()  # per output: its shards are its own files (a .vrt output), so written compressed
 
 
 @dataclass(frozen=True)
@@ -323,10 +332,11 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list, method, s
         log.info("%s ×%.4g on %s (%d worker threads): %d×%d -> %d×%d, %d tiles in %d bands", method.name, scale,
                  req.cluster, workers, info.width, info.height, plan.out_w, plan.out_h,
                  plan.tiles, len(cells))
+        ship_engine(client)
         outputs = open_outputs(req, src, info, plan, virtual=True)
         sent = for_workers(req)
         job = Job(sent, window, norms, scale, plan.axes, f"latentsr-{uuid.uuid4().hex}", engine_version(),
-                  card_sha256(sent))
+                  card_sha256(sent), tuple(out.tiled_vrt for out in outputs))
         work = [Band(i, c.start, c.stop, tuple(out.shard_path(i) for out in outputs)) for i, c in enumerate(cells)]
 
         def fill() -> None:
@@ -343,9 +353,9 @@ def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list, method, s
 
 def for_workers(req: Request) -> Request:
     """``req`` as the workers must run it: its input path absolute (workers start in other folders),
-    and for a learned method the model the client resolved (LATENTSR_MODEL included), as the name of
-    a bundled model (a worker has its own copy, checked by card_sha256) or as an absolute folder,
-    and the backend the client chose for backend auto (a worker that lacks it then refuses in one
+    and for a learned method the model the client resolved (LATENTSR_MODEL included), as an absolute
+    folder that the workers read like the input (its card is checked on each: card_sha256; the
+    engine the client ships has no bundled models), and the backend the client chose for backend auto (a worker that lacks it then refuses in one
     line instead of running another backend's floats)."""
     def local(path):
         return os.path.abspath(path) if path and os.path.exists(path) else path
@@ -353,25 +363,70 @@ def for_workers(req: Request) -> Request:
     if req.method in LEARNED:
         folder = modelfile.resolve(req.model).absolute()
         backend = choose_backend(req.backend, req.device, modelfile.read_card(folder))
-        bundled = folder.parent == modelfile.MODELS_DIR
-        model = folder.name if bundled else str(folder)
+        model = str(folder)
     return dataclasses.replace(req, input=local(req.input), model=model, backend=backend)
+
+
+@functools.lru_cache(maxsize=1)
+def engine_files() -> tuple[tuple[str, bytes], ...]:
+    """(path inside the package, bytes) of each Python file of this engine, sorted by path: read
+    from its folder, or from the zip a client shipped (ship_engine), once per process (what is
+    shipped is what engine_version fingerprints)."""
+    def walk(node, prefix: str):
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            if child.is_dir():
+                yield from walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(".py"):
+                yield f"{prefix}{child.name}", child.read_bytes()
+    return tuple(walk(importlib.resources.files(module_root()), ""))
 
 
 @functools.lru_cache(maxsize=1)
 def engine_version() -> str:
     """A fingerprint of this engine: the SHA-256 of its package's Python files (names and bytes). A
     worker whose engine differs from the client's refuses the run."""
-    home = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
-    for folder, dirs, files in sorted(os.walk(home)):
-        dirs.sort()
-        for name in sorted(f for f in files if f.endswith(".py")):
-            path = os.path.join(folder, name)
-            digest.update(os.path.relpath(path, home).replace(os.sep, "/").encode() + b"\0")
-            with open(path, "rb") as f:
-                digest.update(hashlib.sha256(f.read()).digest())
+    for name, data in engine_files():
+        digest.update(name.encode() + b"\0")
+        digest.update(hashlib.sha256(data).digest())
     return digest.hexdigest()
+
+
+def engine_zip() -> bytes:
+    """This engine's Python files as a zip that imports under module_root() (with an empty
+    __init__.py for each package above it: latentsr.engine inside QGIS)."""
+    root = module_root().split(".")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for depth in range(1, len(root)):
+            archive.writestr(zipfile.ZipInfo("/".join(root[:depth]) + "/__init__.py", FIXED_TIME), b"")
+        for name, data in engine_files():
+            archive.writestr(zipfile.ZipInfo("/".join(root) + "/" + name, FIXED_TIME), data)
+    return buffer.getvalue()
+
+
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # zip entries' time: the same engine gives the same bytes
+
+
+def ship_engine(client) -> None:
+    """Install this engine on the cluster's scheduler and on every worker, those that join later too,
+    through Dask (engine.shipping): stock ``dask scheduler`` and ``dask worker`` processes with the
+    engine's dependencies (numpy, GDAL, onnxruntime or torch) need nothing else. Registered once per
+    scheduler and engine version; a process that imports an engine of its own keeps it, and a
+    worker's that differs from the client's is refused (check_worker)."""
+    import cloudpickle
+
+    from . import shipping
+
+    cloudpickle.register_pickle_by_value(shipping)  # the scheduler and workers cannot import it before it is there
+    name = f"latentsr-engine-{engine_version()[:16]}"
+    data = engine_zip()
+    try:
+        client.register_plugin(shipping.EngineOnScheduler(f"{name}.zip", data), name=name)
+        client.register_plugin(shipping.EngineOnWorker(f"{name}.zip", data), name=name)  # raises a worker's error
+    except Exception as exc:  # noqa: BLE001 - whatever stops it, in one line
+        raise LatentSRError(f"cannot install LatentSR's engine on the Dask cluster: {type(exc).__name__}: "
+                            f"{raster.one_line(exc)}") from None
 
 
 def card_sha256(req: Request) -> str | None:
@@ -490,9 +545,10 @@ def band_error(exc: BaseException | None) -> LatentSRError:
     if isinstance(exc, LatentSRError):
         return LatentSRError(str(exc))
     if "deserializ" in str(exc):
-        return LatentSRError(f"the Dask scheduler or workers cannot load LatentSR's engine ({module_root()}): start "
-                             f"both the scheduler and the workers with {module_home()} on PYTHONPATH (Dask reads the "
-                             f"tasks on the scheduler too)")
+        return LatentSRError(f"the Dask scheduler or workers cannot load LatentSR's engine ({module_root()}), which "
+                             f"the client sends them: both need its dependencies (numpy, GDAL, and onnxruntime or "
+                             f"torch) and no other LatentSR on their PYTHONPATH (Dask reads the tasks on the "
+                             f"scheduler too)")
     return LatentSRError(f"a band failed on the cluster: {type(exc).__name__}: {raster.one_line(exc)}")
 
 
@@ -502,7 +558,7 @@ def module_root() -> str:
 
 
 def module_home() -> str:
-    """The folder that must be on a worker's PYTHONPATH for module_root() to import."""
+    """Where module_root() is imported from: a folder, or the zip a client shipped (ship_engine)."""
     home = os.path.dirname(os.path.abspath(__file__))
     for _ in module_root().split("."):
         home = os.path.dirname(home)
@@ -529,8 +585,8 @@ def run_band(job: Job, band: Band) -> bool:
         plan = tile_plan(info, job.scale, job.axes, req.tile, req.overlap, method.halo(job.scale))
         y0, y1 = plan.row_edges[band.start], plan.row_edges[band.stop]
         kinds = [(info.gdal_type, info.signed_byte), (raster.FLOAT32, False)][:len(band.shards)]
-        for path, (dtype, signed) in zip(band.shards, kinds):
-            shards.append(Shard(path, plan.out_w, y1 - y0, len(info.bands), dtype, y0, info.masked, signed))
+        for path, (dtype, signed), final in zip(band.shards, kinds, job.final or (False,) * len(band.shards)):
+            shards.append(Shard(path, plan.out_w, y1 - y0, len(info.bands), dtype, y0, info.masked, signed, final))
         render(req, src, info, job.norms, method, plan, shards, range(band.start, band.stop),
                lambda f: worker.log_event(job.name, [band.index, f]), stop.is_set)
         for shard in shards:
@@ -579,8 +635,8 @@ def check_worker(job: Job, where: str) -> tuple | None:
     for a method without a model)."""
     if engine_version() != job.engine:
         raise LatentSRError(f"the Dask worker at {where} runs another version of LatentSR's engine than the client "
-                            f"(its {module_root()} is in {module_home()}): start the workers from the client's "
-                            f"LatentSR")
+                            f"(its {module_root()} is in {module_home()}): take LatentSR off the worker's PYTHONPATH "
+                            f"(the client sends its own engine) and restart the worker")
     if job.card is None:
         return None
     try:
@@ -622,13 +678,19 @@ def worker_method(req: Request, model: tuple | None):
 class Shard:
     """The rows y0.. of one output (its mask too, if ``masked``), written into a GeoTIFF under a scratch
     name of its own and renamed to ``path`` by ``finish``: a rerun of the same band (after a lost
-    worker) never sees a half file."""
+    worker) never sees a half file. A ``final`` shard is one of a .vrt output's own files: tiled and
+    compressed as a packed output (engine.raster.OutputRaster); else uncompressed, for the client
+    to pack."""
 
     def __init__(self, path: str, width: int, height: int, bands: int, dtype: int, y0: int, masked: bool = False,
-                 signed: bool = False):
+                 signed: bool = False, final: bool = False):
         self.path, self.y0, self.masked = path, y0, masked
         self.scratch = f"{path}.{uuid.uuid4().hex[:8]}.part"
         options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "BIGTIFF=IF_NEEDED", "INTERLEAVE=BAND"]
+        if final:
+            predictor = "3" if gdal.GetDataTypeName(dtype).startswith("Float") else "2"
+            options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", f"PREDICTOR={predictor}",
+                       "BIGTIFF=IF_SAFER"]
         if signed:
             options.append("PIXELTYPE=SIGNEDBYTE")
         try:

@@ -90,8 +90,8 @@ class Request:
                 raise LatentSRError("an uncertainty output needs at least 2 samples")
         if not 0 <= self.seed <= MAX_SEED:
             raise LatentSRError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
-        raster.check_tif_name(self.output, "output")
-        raster.check_tif_name(self.uncertainty, "uncertainty output")
+        raster.check_tif_name(self.output, "output", vrt=bool(self.cluster))
+        raster.check_tif_name(self.uncertainty, "uncertainty output", vrt=bool(self.cluster))
 
 
 def check_extent(extent: tuple[float, float, float, float]) -> None:

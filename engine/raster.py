@@ -7,9 +7,11 @@ import glob
 import logging
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass, replace
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -371,6 +373,12 @@ def check_outputs(outputs: dict[str, str | None], inputs: dict[str, tuple[str, g
                 via = "" if file_key(path_in) == file_key(written) else f" (it reads {f})"
                 raise LatentSRError(f"the {role} {path} would overwrite the {role_in} {path_in}{via}: "
                                     "choose another output path")
+        if path.lower().endswith(".vrt"):  # its shards folder is replaced too
+            folder = os.path.realpath(shards_folder(path))
+            for role_in, path_in, f in read.values():
+                if os.path.realpath(f).startswith(folder + os.sep):
+                    raise LatentSRError(f"the {role} {path} would replace its shards folder {folder}, which the "
+                                        f"{role_in} {path_in} reads ({f}): choose another output path")
         names = [(path, "")] + [(path + ext, ext) for ext in SIDECARS]
         for written, ext in names:
             other = seen.get(file_key(written))
@@ -409,12 +417,21 @@ def check_writable(output: str) -> None:
     os.remove(probe)
 
 
-def check_tif_name(path: str | None, role: str) -> None:
-    """Refuse, in one line, a GeoTIFF output whose name does not end in .tif or .tiff."""
+def check_tif_name(path: str | None, role: str, vrt: bool = False) -> None:
+    """Refuse, in one line, a GeoTIFF output whose name does not end in .tif or .tiff, or, where
+    ``vrt`` allows it (a cluster run), .vrt: a VRT of GeoTIFF shards (OutputRaster)."""
     ext = os.path.splitext(path or "")[1].lower()
-    if ext not in ("", ".tif", ".tiff"):
-        raise LatentSRError(f"the {role} is written as a GeoTIFF, so its name must end in .tif or .tiff, not {ext}: "
-                            f"{path}")
+    if ext == ".vrt" and not vrt:
+        raise LatentSRError(f"a .vrt {role} is a VRT of GeoTIFF shards that the workers of a cluster write: give "
+                            f"--cluster (local:N on one machine), or a .tif name: {path}")
+    if ext not in ("", ".tif", ".tiff", *([".vrt"] if vrt else [])):
+        raise LatentSRError(f"the {role} is written as a GeoTIFF, so its name must end in .tif or .tiff"
+                            f"{' (or .vrt)' if vrt else ''}, not {ext}: {path}")
+
+
+def shards_folder(path: str) -> str:
+    """The folder of the GeoTIFF shards of the .vrt output ``path``: x.vrt has x.shards beside it."""
+    return os.path.splitext(os.path.abspath(path))[0] + ".shards"
 
 
 class OutputRaster:
@@ -423,7 +440,10 @@ class OutputRaster:
     the final name only on success. ``discard`` removes everything; nothing half-written remains.
 
     A ``virtual`` one is instead a VRT of shards, GeoTIFFs of whole rows that others write under
-    ``shard_path`` names (engine.cluster); they are removed with the scratch file."""
+    ``shard_path`` names (engine.cluster); they are removed with the scratch file. If its name ends
+    in .vrt (``tiled_vrt``), the shards are the output's own files, written tiled and compressed by
+    the workers into a hidden folder: staging writes only the VRT (sources relative to it), and the
+    folder moves to ``shards_folder(path)`` together with the VRT; no pixel passes through here."""
 
     def __init__(self, path: str, src: gdal.Dataset, info: RasterInfo, width: int, height: int,
                  dtype: int | None = None, nodata: list[float | None] | None = None, cog: bool = False,
@@ -433,7 +453,11 @@ class OutputRaster:
         folder, name = os.path.split(os.path.abspath(path))
         self.stem = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}")  # every scratch file starts with it
         self.scratch = self.stem + (".scratch.vrt" if virtual else ".scratch.tif")
-        self.packed = self.stem + ".part.tif"
+        self.tiled_vrt = virtual and path.lower().endswith(".vrt")
+        self.packed = self.stem + (".part.vrt" if self.tiled_vrt else ".part.tif")
+        self.shard_dir = self.stem + ".shards"  # a tiled_vrt's shards until they move to shards_folder(path)
+        if self.tiled_vrt and cog:
+            raise LatentSRError(f"a COG is one file: give the output a .tif name, not {name}")
         self.lock = os.path.join(folder, f".{name}.latentsr-lock")
         self.dtype = info.gdal_type if dtype is None else dtype
         self.signed = info.signed_byte and dtype is None
@@ -452,6 +476,11 @@ class OutputRaster:
         options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "BIGTIFF=IF_NEEDED", "INTERLEAVE=BAND"]
         if self.signed:
             options.append("PIXELTYPE=SIGNEDBYTE")
+        if self.tiled_vrt:
+            try:
+                os.mkdir(self.shard_dir)
+            except OSError as exc:
+                raise LatentSRError(f"cannot create the output's shards folder: {exc.strerror or exc}") from None
         try:
             with internal_masks():
                 if virtual:
@@ -494,6 +523,8 @@ class OutputRaster:
             self.ds.SetMetadata(metadata)
 
     def shard_path(self, index: int) -> str:
+        if self.tiled_vrt:
+            return os.path.join(self.shard_dir, f"rows{index:05d}.tif")
         return f"{self.stem}.shard{index:05d}.tif"
 
     def add_shard(self, path: str, y0: int, height: int) -> None:
@@ -543,9 +574,10 @@ class OutputRaster:
         commit_together([self])
 
     def stage(self) -> None:
-        """Pack the scratch file into the hidden ``packed`` file beside the final name."""
+        """Pack the scratch file into the hidden ``packed`` file beside the final name (a tiled_vrt:
+        write its VRT there)."""
         try:
-            self._pack()
+            self._write_vrt() if self.tiled_vrt else self._pack()
             return
         except (RuntimeError, OSError) as exc:
             message = one_line(exc)
@@ -571,6 +603,26 @@ class OutputRaster:
         out.FlushCache()
         out = None
 
+    def _write_vrt(self) -> None:
+        """The scratch VRT with each source named relative to the VRT, in the shards folder it will
+        have under its final name; a killed worker's unfinished shard (a .part file) is removed."""
+        self.ds.FlushCache()
+        self.ds = None
+        for name in os.listdir(self.shard_dir):
+            if not re.fullmatch(r"rows\d{5}\.tif", name):
+                self._remove(os.path.join(self.shard_dir, name))
+        tree = ElementTree.parse(self.scratch)
+        folder = os.path.basename(shards_folder(self.path))
+        for source in tree.iter("SourceFilename"):
+            source.text = f"{folder}/{os.path.basename(source.text)}"
+            source.set("relativeToVRT", "1")
+        tree.write(self.packed, encoding="UTF-8")
+
+    def moves(self) -> list[tuple[str, str]]:
+        """(staged, final) names, in the order they move into place (install): a tiled_vrt's shards
+        folder before its VRT."""
+        return ([(self.shard_dir, shards_folder(self.path))] if self.tiled_vrt else []) + [(self.packed, self.path)]
+
     def finish(self) -> None:
         """Once the output is in place: remove its scratch files, its lock, and the sidecars of the
         older output it replaced."""
@@ -585,14 +637,13 @@ class OutputRaster:
             self._remove(p)
 
     def shards(self) -> list[str]:
-        """The shard files of this output, finished or not."""
+        """The shard files (or a tiled_vrt's shards folder) of this output, finished or not."""
         return glob.glob(glob.escape(self.stem) + ".shard*")
 
     @staticmethod
     def _remove(path: str) -> None:
         for p in (path, path + ".aux.xml", path + ".msk"):
-            if os.path.exists(p):
-                os.remove(p)
+            remove_path(p)
 
 
 class OutputText:
@@ -613,12 +664,23 @@ class OutputText:
         except OSError as exc:
             raise LatentSRError(f"writing {self.path} failed: {exc.strerror or one_line(exc)}") from None
 
+    def moves(self) -> list[tuple[str, str]]:
+        return [(self.packed, self.path)]
+
     def finish(self) -> None:
         pass
 
     def discard(self) -> None:
         if os.path.exists(self.packed):
             os.remove(self.packed)
+
+
+def remove_path(path: str) -> None:
+    """Remove the file, link or folder (with what it holds) at ``path``, if any."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def commit_together(outputs: list) -> None:
@@ -629,7 +691,7 @@ def commit_together(outputs: list) -> None:
     try:
         for out in outputs:
             out.stage()
-        install([(out.packed, out.path) for out in outputs])
+        install([move for out in outputs for move in out.moves()])
     except BaseException:
         for out in outputs:
             out.discard()
@@ -639,12 +701,17 @@ def commit_together(outputs: list) -> None:
 
 
 def install(moves: list[tuple[str, str]]) -> None:
-    """Move each staged file onto its final name. The file a final name held is kept meanwhile (as
-    a hard link, or moved aside where the file system has none), so that if a later move fails the
-    moves already done are undone: each final name gets its older file back, or is removed if it
-    had none."""
-    for _, path in moves:
-        check_writable(path)  # a folder or a FIFO that took a final name during the run: refused before any move
+    """Move each staged file (or folder: a .vrt output's shards) onto its final name. The file a
+    final name held is kept meanwhile (as a hard link, or moved aside where the file system has
+    none, and always for a folder), so that if a later move fails the moves already done are undone:
+    each final name gets its older file back, or is removed if it had none."""
+    for staged, path in moves:
+        if os.path.isdir(staged):  # a folder replaces a folder (the older output's shards), nothing else
+            if os.path.lexists(path) and not (os.path.isdir(path) and not os.path.islink(path)):
+                raise LatentSRError(f"the output's shards folder {path} is taken by a file: remove it or choose "
+                                    f"another output path")
+        else:
+            check_writable(path)  # a folder or a FIFO that took a final name during the run: refused before any move
     done = []  # per move: [final name, its older file's backup or None, whether that is a hard link, moved]
     try:
         for staged, path in moves:
@@ -663,7 +730,7 @@ def install(moves: list[tuple[str, str]]) -> None:
         raise
     for _, backup, _, _ in done:
         if backup:
-            os.remove(backup)
+            remove_path(backup)
 
 
 def keep_aside(path: str, backup: str) -> tuple[str | None, bool]:
@@ -671,6 +738,9 @@ def keep_aside(path: str, backup: str) -> tuple[str | None, bool]:
     and ``path`` still holds the file), or (None, False) when ``path`` holds nothing."""
     if not os.path.lexists(path):
         return None, False
+    if os.path.isdir(path) and not os.path.islink(path):  # a folder cannot be hard-linked
+        os.replace(path, backup)
+        return backup, False
     try:
         os.link(path, backup, follow_symlinks=False)
         return backup, True
@@ -683,11 +753,13 @@ def put_back(path: str, backup: str | None, linked: bool, moved: bool) -> None:
     """Undo one move of install: ``path`` gets its older file back, or loses the new one."""
     try:
         if backup and (moved or not linked):
+            if moved and os.path.isdir(path) and not os.path.islink(path):  # the new folder goes first
+                remove_path(path)
             os.replace(backup, path)
         elif backup:  # the move did not happen: ``path`` still holds its older file
             os.remove(backup)
         elif moved:
-            os.remove(path)
+            remove_path(path)
     except OSError as exc:
         log.error("could not put back the older file of %s (%s)%s", path, exc.strerror,
                   f"; it is kept at {backup}" if backup else "")
@@ -808,12 +880,12 @@ def take_lock(lock: str, path: str, scratch_prefix: str = "") -> None:
 def remove_stale_scratch(folder: str, prefix: str) -> None:
     """Remove the scratch and part files of earlier runs on the same output (this run holds its
     lock, so no live run owns them)."""
-    pattern = re.compile(re.escape(prefix) + r"[0-9a-f]{8}\.(scratch\.tif|scratch\.vrt|part\.tif(\.old)?|"
-                         r"shard\d{5}\.tif(\.[0-9a-f]{8}\.part)?)(\.msk|\.aux\.xml)?")
+    pattern = re.compile(re.escape(prefix) + r"[0-9a-f]{8}\.(scratch\.tif|scratch\.vrt|part\.(tif|vrt)(\.old)?|"
+                         r"shards(\.old)?|shard\d{5}\.tif(\.[0-9a-f]{8}\.part)?)(\.msk|\.aux\.xml)?")
     for name in os.listdir(folder):
         if pattern.fullmatch(name):
             with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(folder, name))
+                remove_path(os.path.join(folder, name))
                 log.info("removed %s, left by an earlier run that did not finish", name)
 
 

@@ -8,9 +8,11 @@ another version, the scheduler's leftovers; and addresses that cannot work, a sc
 mid-run."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -100,12 +102,146 @@ def test_same_bytes_as_a_single_run(scheduler, crop, tmp_path, method, kw):
     assert sorted(os.listdir(tmp_path)) == ["cluster.tif", "single.tif"]  # no shard, VRT or lock left
 
 
+def without_the_repo() -> dict:
+    """This process's environment without the repository on PYTHONPATH."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+             if p and os.path.realpath(p) != os.path.realpath(ROOT)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+@contextlib.contextmanager
+def stock_cluster(folder, workers: int, worker_env: dict | None = None):
+    """The address of a plain `dask scheduler` and ``workers`` plain `dask worker` processes, started
+    in ``folder`` from an environment that has the engine's dependencies but not the engine (the
+    workers' environment: ``worker_env``)."""
+    env = without_the_repo()
+    python = sys.executable
+    assert subprocess.run([python, "-c", "import engine"], env=env, cwd=folder, capture_output=True).returncode != 0
+    port = free_port()
+    dask_cli = os.path.join(os.path.dirname(python), "dask")
+    started = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    started += [subprocess.Popen([dask_cli, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-dashboard"],
+                                 env=worker_env or env, cwd=folder, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+                for _ in range(workers)]
+    try:
+        with distributed.Client(f"tcp://127.0.0.1:{port}", timeout=60, set_as_default=False) as c:
+            c.wait_for_workers(workers, timeout=60)
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        for proc in reversed(started):  # SIGTERM: Dask removes its scratch folders (and the engine's zip)
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def stock_scheduler(tmp_path_factory):
+    with stock_cluster(tmp_path_factory.mktemp("stock"), 2) as address:
+        yield address
+
+
+def test_a_stock_worker_with_another_engine_on_its_pythonpath_is_refused_in_one_line(crop, tmp_path):
+    """The worker imports its own engine (an edited copy), not the one the client ships."""
+    shutil.copytree(os.path.join(ROOT, "engine"), tmp_path / "old" / "engine",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / "old" / "engine" / "errors.py", "a") as f:
+        f.write("# another version\n")
+    env = without_the_repo()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "old"), *filter(None, [env["PYTHONPATH"]])])
+    out = tmp_path / "out"
+    out.mkdir()
+    with stock_cluster(tmp_path, 1, worker_env=env) as address:
+        with pytest.raises(LatentSRError, match=r"^the Dask worker at tcp://127\.0\.0\.1:\d+ runs another version of "
+                                                r"LatentSR's engine than the client \(its engine is in \S+/old\): take "
+                                                r"LatentSR off the worker's PYTHONPATH") as info:
+            run(crop, out / "sr.tif", method="bicubic", cluster=address)
+    assert "\n" not in str(info.value) and os.listdir(out) == []
+
+
+def test_stock_dask_workers_get_the_engine_from_the_client(stock_scheduler, crop, tmp_path):
+    """Bicubic, regression and seeded LCMSR on stock workers: the bytes of a single run, and the
+    workers (and the scheduler, which unpickles the tasks) import the engine the client shipped."""
+    for method, kw in [("bicubic", {}), ("regression", {}), ("lcmsr", {"seed": 7})]:
+        run(crop, tmp_path / f"{method}_single.tif", method=method, **kw)
+        run(crop, tmp_path / f"{method}_cluster.tif", method=method, cluster=stock_scheduler, **kw)
+        same(tmp_path / f"{method}_single.tif", tmp_path / f"{method}_cluster.tif")
+    with distributed.Client(stock_scheduler, set_as_default=False) as c:
+        homes = [*c.run(cluster.module_home).values(), c.run_on_scheduler(cluster.module_home)]
+        versions = set(c.run(cluster.engine_version).values())
+    zip_name = f"latentsr-engine-{cluster.engine_version()[:16]}.zip"
+    assert len(homes) == 3 and all(os.path.basename(h) == zip_name for h in homes), homes
+    assert versions == {cluster.engine_version()}
+    assert len(os.listdir(tmp_path)) == 6  # no shard, VRT or lock left
+
+
 def test_samples_and_uncertainty_on_the_cluster(scheduler, crop, tmp_path):
     kw = {"method": "lcmsr", "seed": 3, "samples": 2, "bands": [3, 1]}
     run(crop, tmp_path / "single.tif", uncertainty=str(tmp_path / "single_std.tif"), **kw)
     run(crop, tmp_path / "cluster.tif", uncertainty=str(tmp_path / "cluster_std.tif"), cluster=scheduler, **kw)
     same(tmp_path / "single.tif", tmp_path / "cluster.tif")
     same(tmp_path / "single_std.tif", tmp_path / "cluster_std.tif")
+
+
+def fingerprints(folder) -> dict:
+    """sha256 of every file under ``folder``, by relative path."""
+    import hashlib
+
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def test_a_vrt_output_is_written_by_the_workers(scheduler, crop, tmp_path):
+    """x.vrt: the workers write tiled DEFLATE GeoTIFF shards into x.shards, the client only the VRT
+    (sources relative to it); pixels, nodata, mask, geotransform and type are the single run's, and
+    the pair still reads the same once moved elsewhere."""
+    kw = {"method": "lcmsr", "seed": 3, "samples": 2}
+    run(crop, tmp_path / "single.tif", uncertainty=str(tmp_path / "single_std.tif"), **kw)
+    out = tmp_path / "out"
+    out.mkdir()
+    run(crop, out / "sr.vrt", uncertainty=str(out / "sr_std.vrt"), cluster=scheduler, **kw)
+    assert sorted(os.listdir(out)) == ["sr.shards", "sr.vrt", "sr_std.shards", "sr_std.vrt"]
+    assert sorted(os.listdir(out / "sr.shards")) == ["rows00000.tif", "rows00001.tif"]  # 2 bands, nothing else
+    shard = gdal.Open(str(out / "sr.shards" / "rows00000.tif"))
+    assert shard.GetMetadataItem("COMPRESSION", "IMAGE_STRUCTURE") == "DEFLATE"
+    assert shard.GetRasterBand(1).GetBlockSize() == [256, 256]
+    assert 'relativeToVRT="1">sr.shards/rows00000.tif<' in (out / "sr.vrt").read_text()
+    os.rename(out, tmp_path / "moved")
+    for name, single in [("sr.vrt", "single.tif"), ("sr_std.vrt", "single_std.tif")]:
+        same(tmp_path / single, tmp_path / "moved" / name)
+    datasets = [gdal.Open(str(p)) for p in (tmp_path / "single.tif", tmp_path / "moved" / "sr.vrt")]
+    masks = [ds.GetRasterBand(1).GetMaskBand().ReadAsArray() for ds in datasets]
+    assert masks[0].tobytes() == masks[1].tobytes() and (masks[0] == 0).any()
+
+
+def test_a_vrt_output_whose_shards_folder_holds_the_input_is_refused(scheduler, crop, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run(crop, out / "sr.vrt", method="bicubic", cluster=scheduler)
+    before = fingerprints(out)
+    shard = str(out / "sr.shards" / "rows00000.tif")
+    with pytest.raises(LatentSRError, match=r"^the output \S+sr\.vrt would replace its shards folder \S+sr\.shards, "
+                                            r"which the input \S+rows00000\.tif reads"):
+        superresolve(Request(input=shard, output=str(out / "sr.vrt"), method="bicubic", cluster=scheduler, **TILING))
+    assert fingerprints(out) == before
+
+
+def test_a_vrt_output_without_a_cluster_or_as_a_cog_is_refused(crop, tmp_path):
+    with pytest.raises(LatentSRError, match=r"^a \.vrt output is a VRT of GeoTIFF shards that the workers of a "
+                                            r"cluster write: give --cluster"):
+        run(crop, tmp_path / "sr.vrt", method="bicubic")
+    with pytest.raises(LatentSRError, match=r"^a COG is one file: give the output a \.tif name, not sr\.vrt$"):
+        run(crop, tmp_path / "sr.vrt", method="bicubic", cog=True, cluster="local:1")
+    assert os.listdir(tmp_path) == []
 
 
 class KillOnce(distributed.WorkerPlugin):
@@ -123,16 +259,19 @@ class KillOnce(distributed.WorkerPlugin):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_a_killed_worker_changes_nothing(scheduler, client, crop, tmp_path):
+@pytest.mark.parametrize("name", ["cluster.tif", "cluster.vrt"])
+def test_a_killed_worker_changes_nothing(scheduler, client, crop, tmp_path, name):
     run(crop, tmp_path / "single.tif", method="lcmsr", seed=5)
     marker = str(tmp_path / "killed")
     client.register_plugin(KillOnce(marker), name="kill-once")
     try:
-        run(crop, tmp_path / "cluster.tif", method="lcmsr", seed=5, cluster=scheduler)
+        run(crop, tmp_path / name, method="lcmsr", seed=5, cluster=scheduler)
     finally:
         client.unregister_worker_plugin("kill-once")
     assert os.path.exists(marker)  # a worker did die with a band in hand
-    same(tmp_path / "single.tif", tmp_path / "cluster.tif")
+    same(tmp_path / "single.tif", tmp_path / name)
+    if name.endswith(".vrt"):
+        assert sorted(os.listdir(tmp_path / "cluster.shards")) == ["rows00000.tif", "rows00001.tif"]
     client.wait_for_workers(2)  # the nanny restarts it for the next tests
 
 
@@ -145,6 +284,38 @@ def test_cancel_leaves_nothing(scheduler, client, crop, tmp_path):
                      progress=seen.append, is_cancelled=lambda: any(0 < f < 0.95 for f in seen))
     assert os.listdir(out) == []
     assert not any(client.processing().values())  # no band is still running
+
+
+def test_a_vrt_output_and_its_shards_are_replaced_together_or_not_at_all(scheduler, client, crop, tmp_path,
+                                                                          monkeypatch):
+    """An older x.vrt with its x.shards: a cancelled run, and a run whose last move fails, leave every
+    byte of it; a finished run replaces both (no older shard stays)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    run(crop, out / "sr.vrt", method="bicubic", cluster=scheduler, tile=16, overlap=4)  # more bands than later
+    (out / "sr.shards" / "rows00009.tif").write_bytes(b"an older shard that only the older VRT names")
+    before = fingerprints(out)
+    seen = []
+    with pytest.raises(Cancelled):
+        superresolve(Request(input=crop, output=str(out / "sr.vrt"), method="lcmsr", cluster=scheduler, **TILING),
+                     progress=seen.append, is_cancelled=lambda: any(0 < f < 0.95 for f in seen))
+    assert fingerprints(out) == before and sorted(os.listdir(out)) == ["sr.shards", "sr.vrt"]
+    real_replace = os.replace
+
+    def fail_on_the_vrt(a, b):
+        if str(b).endswith("sr.vrt") and ".part.vrt" in str(a):
+            raise OSError(28, "No space left on device")
+        return real_replace(a, b)
+    monkeypatch.setattr(os, "replace", fail_on_the_vrt)
+    with pytest.raises(LatentSRError, match="cannot be moved into place"):
+        run(crop, out / "sr.vrt", method="lcmsr", seed=1, cluster=scheduler)
+    monkeypatch.undo()
+    assert fingerprints(out) == before and sorted(os.listdir(out)) == ["sr.shards", "sr.vrt"]
+    run(crop, out / "sr.vrt", method="lcmsr", seed=1, cluster=scheduler)
+    run(crop, tmp_path / "single.tif", method="lcmsr", seed=1)
+    same(tmp_path / "single.tif", out / "sr.vrt")
+    assert sorted(os.listdir(out)) == ["sr.shards", "sr.vrt"]
+    assert sorted(os.listdir(out / "sr.shards")) == ["rows00000.tif", "rows00001.tif"]
 
 
 def test_ctrl_c_on_a_local_cluster_is_one_line_and_leaves_nothing(tmp_path):
@@ -168,7 +339,8 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_and_leaves_nothing(tmp_path):
     assert os.listdir(out) == []
 
 
-def test_a_band_that_fails_names_its_window_and_leaves_nothing(scheduler, tmp_path):
+@pytest.mark.parametrize("name", ["sr.tif", "sr.vrt"])
+def test_a_band_that_fails_names_its_window_and_leaves_nothing(scheduler, tmp_path, name):
     """One strip of a DEFLATE GeoTIFF is garbage: the client's decimated statistics never read it,
     the band that needs it fails."""
     src = write_raster(tmp_path / "bad.tif", np.random.default_rng(0).integers(1, 255, (64, 1100)).astype(np.uint8))
@@ -183,7 +355,7 @@ def test_a_band_that_fails_names_its_window_and_leaves_nothing(scheduler, tmp_pa
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(LatentSRError, match=r"output rows \d+-\d+ \(input rows \d+-\d+\) failed: reading the input") as info:
-        superresolve(Request(input=str(tmp_path / "strips.tif"), output=str(out / "sr.tif"), method="bicubic",
+        superresolve(Request(input=str(tmp_path / "strips.tif"), output=str(out / name), method="bicubic",
                              cluster=scheduler, **TILING))
     rows = [int(v) for v in info.value.args[0].split("input rows ")[1].split(")")[0].split("-")]
     assert rows[0] <= 40 <= rows[1]
@@ -244,7 +416,7 @@ def test_band_rows_balance_work_and_waves(n_rows, workers):
 
 def test_workers_that_cannot_import_the_engine_get_told_where_it_is():
     error = cluster.band_error(RuntimeError("Error during deserialization of the task graph. This frequently occurs"))
-    assert f"({cluster.module_root()})" in str(error) and f"start both the scheduler and the workers with {ROOT} on PYTHONPATH" in str(error)
+    assert f"({cluster.module_root()}), which the client sends them: both need its dependencies" in str(error)
 
 
 def test_processing_cluster_parameter(provider, scheduler, crop, tmp_path):
@@ -328,7 +500,7 @@ def test_latentsr_model_set_on_the_client_only_is_what_the_workers_run(scheduler
 
 @pytest.mark.parametrize("what, fake, message", [
     ("engine_version", "0" * 64, r"^the Dask worker at tcp://127\.0\.0\.1:\d+ runs another version of LatentSR's engine"),
-    ("card_sha256", "0" * 64, r"^the model latentsr-rgb on the Dask worker at tcp://127\.0\.0\.1:\d+ is not the client's"),
+    ("card_sha256", "0" * 64, r"^the model \S*/latentsr-rgb on the Dask worker at tcp://127\.0\.0\.1:\d+ is not the client's"),
 ])
 def test_a_worker_that_differs_from_the_client_is_refused_in_one_line(scheduler, crop, tmp_path, monkeypatch, what,
                                                                       fake, message):
@@ -415,12 +587,12 @@ def test_the_client_sends_its_own_model_and_backend(tmp_path, monkeypatch):
     req = Request(input="in.tif", output="out.tif", scale=2, method="lcmsr")
     assert cluster.for_workers(req).model == str(tmp_path / "model")
     assert cluster.for_workers(req).backend == "torch"  # auto, for a model without ONNX graphs
-    monkeypatch.setenv("LATENTSR_MODEL", "latentsr-rgb")  # a bundled model goes by name: each worker has its copy
-    assert cluster.for_workers(req).model == "latentsr-rgb"
+    monkeypatch.setenv("LATENTSR_MODEL", "latentsr-rgb")  # a bundled model goes as its folder (the card is checked)
+    assert cluster.for_workers(req).model == str(modelfile.MODELS_DIR / "latentsr-rgb")
     assert cluster.for_workers(req).backend == choose_backend("auto", "auto", modelfile.read_card(modelfile.resolve(None)))
     assert cluster.for_workers(dataclasses.replace(req, backend="torch")).backend == "torch"
     monkeypatch.delenv("LATENTSR_MODEL")
-    assert cluster.for_workers(req).model == "latentsr-rgb"
+    assert cluster.for_workers(req).model == str(modelfile.MODELS_DIR / "latentsr-rgb")
     assert cluster.for_workers(dataclasses.replace(req, method="bicubic")).model is None
 
 

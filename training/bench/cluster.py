@@ -6,12 +6,15 @@ on ``local:2`` (two workers, half the cores each, so the cores are never oversub
 the speed-up; a 64² bicubic run gives the fixed cost of a cluster (starting it, connecting, closing
 it); bicubic on ``local:1`` with one band per tile row against its own choice gives the overhead of a
 band (scheduling, opening the input, its context tile row, writing and reading back its shard). Packing (tiled DEFLATE, serial on the
-client) is timed apart on the LCMSR output. The pixels of every cluster run are checked against the
-single run's.
+client) is timed apart on the LCMSR output. Bicubic on ``local:2`` into a .vrt output (the workers
+write the compressed shards, the client only the VRT) gives the client's own CPU time against a
+.tif output's. The pixels of every cluster run are checked against the single run's.
 
 Scaling model, fitted to those runs: time = fixed + per_MP · MP · (1 + 1/k) / workers
-+ per_band · bands / workers + pack · MP, where k is the tile rows per band (engine.cluster.band_rows:
-each band also runs the tile row above it) and per_MP is a one-core worker's LCMSR cost (from local:2).
++ per_band · bands / workers + pack · MP for a .tif output, where k is the tile rows per band
+(engine.cluster.band_rows: each band also runs the tile row above it) and per_MP is a one-core
+worker's LCMSR cost (from local:2); for a .vrt output the packing's compression runs on the workers
+instead: + pack · MP / workers.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,17 +45,20 @@ NAIP = ROOT.parent / "shared" / "data" / "geotiff" / "naip" / "m_4709963_se_14_1
 SCALE = 4
 TILE, OVERLAP = 256, 32  # the engine's defaults
 CHILD = """
-import hashlib, json, os, sys, time
+import hashlib, json, os, resource, sys, time
 from osgeo import gdal
 import engine.cluster
 from engine.cli import main
 if os.environ.get("BENCH_ONE_ROW_BANDS"):  # every tile row its own band, to measure what a band costs
     engine.cluster.band_rows = lambda rows, workers: 1
-start = time.perf_counter()
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+start, cpu0 = time.perf_counter(), cpu()
 rc = main(sys.argv[1:])
-seconds = time.perf_counter() - start
+seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu0  # the client's process (the local scheduler too)
 digest = hashlib.sha256(gdal.Open(sys.argv[2]).ReadAsArray().tobytes()).hexdigest() if rc == 0 else ""
-print(json.dumps({"rc": rc, "seconds": seconds, "pixels": digest}))
+print(json.dumps({"rc": rc, "seconds": seconds, "cpu": cpu_seconds, "pixels": digest}))
 """
 
 
@@ -115,8 +122,11 @@ def main(argv=None) -> int:
                 pack = pack_seconds(tmp / f"{name}.tif", tmp)
             (tmp / f"{name}.tif").unlink()
         r["bicubic", "rows"] = run(src, tmp / "rows.tif", "bicubic", "local:1", one_row_bands=True)
+        r["bicubic", "tif"] = run(src, tmp / "client.tif", "bicubic", "local:2")
+        r["bicubic", "vrt"] = run(src, tmp / "client.vrt", "bicubic", "local:2")
+        shutil.rmtree(tmp / "client.shards")
     same = all(r[name, w]["pixels"] == r[name, None]["pixels"] for name in ("bicubic", "lcmsr") for w in ("local:1", "local:2"))
-    same = same and r["bicubic", "rows"]["pixels"] == r["bicubic", None]["pixels"]
+    same = same and all(r["bicubic", w]["pixels"] == r["bicubic", None]["pixels"] for w in ("rows", "tif", "vrt"))
     mp = output_size(size, SCALE) ** 2 / 1e6
     fixed = {w: r["tiny", w]["seconds"] - r["tiny", None]["seconds"] for w in ("local:1", "local:2")}
     k1, n1, extra1 = plan(size, 1)
@@ -134,6 +144,8 @@ def main(argv=None) -> int:
     compute = per_mp * big_mp * extrab / workers
     overhead = per_band * nb / workers
     predicted = fixed["local:2"] + compute + overhead + pack_mp * big_mp
+    predicted_vrt = fixed["local:2"] + compute + overhead + pack_mp * big_mp / workers
+    share = {form: r["bicubic", form]["cpu"] / r["bicubic", form]["seconds"] for form in ("tif", "vrt")}
 
     command = f"python -m training.bench cluster --size {size} --out docs/BENCHMARKS.md"
     lines = ["", f"## On a Dask cluster (`--cluster`), {time.strftime('%Y-%m-%d')}", "",
@@ -161,6 +173,10 @@ def main(argv=None) -> int:
               f"took {r['bicubic', 'rows']['seconds']:.1f} s against {r['bicubic', 'local:1']['seconds']:.1f} s "
               f"with {n1}.",
               f"- Packing on the client (tiled DEFLATE, one thread): {pack:.1f} s, {pack_mp:.3f} s per output MP.",
+              f"- The client's own CPU time (its process, with the local scheduler), bicubic on `local:2`: "
+              f"{r['bicubic', 'tif']['cpu']:.1f} s of {r['bicubic', 'tif']['seconds']:.1f} s ({100 * share['tif']:.0f} %) "
+              f"into a .tif, **{r['bicubic', 'vrt']['cpu']:.1f} s of {r['bicubic', 'vrt']['seconds']:.1f} s "
+              f"({100 * share['vrt']:.0f} %)** into a .vrt (the workers write the compressed shards).",
               "",
               f"Scaling model: time = fixed + per_MP · MP · (1 + 1/k) / workers + per_band · bands / workers + "
               f"pack · MP, with fixed = {fixed['local:2']:.1f} s, per_MP = {per_mp:.2f} s (LCMSR, one one-core "
@@ -168,8 +184,9 @@ def main(argv=None) -> int:
               f"For **100 one-core workers on a 100-gigapixel output** (×{SCALE}, LR {lr:,}², {tile_rows(lr)} tile rows "
               f"in {nb} bands of {kb}): compute {compute / 3600:.1f} h, band overhead {overhead:.0f} s, packing on "
               f"the client {pack_mp * big_mp / 3600:.1f} h: **{predicted / 3600:.1f} h** in all, against "
-              f"{per_mp * big_mp / 3600:.0f} h for one such worker. At that size the serial packing is a large "
-              f"share: packing with several threads, or leaving the shards as a VRT of GeoTIFFs, is the next step."]
+              f"{per_mp * big_mp / 3600:.0f} h for one such worker. Into a .vrt output the compression runs on the "
+              f"workers ({pack_mp * big_mp / workers / 60:.0f} min on 100) and the client writes only the VRT: "
+              f"**{predicted_vrt / 3600:.2f} h**, nearly all of it the workers' compute."]
     text = "\n".join(lines) + "\n"
     if args.out:
         with open(args.out, "a", encoding="utf-8") as f:
