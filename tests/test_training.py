@@ -89,12 +89,27 @@ def test_schedules():
 
 
 def test_overfitting_one_batch():
-    """From plain bicubic (the decoder's last layer starts at zero), 200 steps on four real 64×64
-    UC Merced crops at ×4 must cut the loss well below bicubic's."""
+    """Stage 1 can learn: from plain bicubic (the decoder's last layer starts at zero), 200 steps on
+    four real 64×64 UC Merced crops at ×4 must cut the loss well below bicubic's. This shows the loss,
+    its gradients and the optimiser's wiring, not capacity, so the ``tiny`` preset shows it as ``small``
+    did (the mean of the last 10 losses is 0.52 of the first on tiny, 0.45 on small; the bound is 0.7).
+    On one thread: a tiny network's operations are too small to share, and on a busy 2-core machine
+    two OpenMP threads made 40 steps take 70 s instead of 3 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        losses = overfit_one_batch()
+    finally:
+        torch.set_num_threads(threads)
+    assert np.mean(losses[-10:]) < 0.7 * losses[0]
+
+
+def overfit_one_batch() -> list[float]:
+    """The losses of 200 stage-1 steps on one batch of four UC Merced crops, tiny preset."""
     torch.manual_seed(0)
     crops = data.read_image(DATA / "ucmerced_crops.png")
     hr = torch.from_numpy(np.stack([crops[:, :, 64 * i:64 * i + 64] for i in range(4)]))
-    stage = Stage1(Settings(data=str(DATA), out="", preset="small", crop=64, batch=4), torch.device("cpu"), None)
+    stage = Stage1(Settings(data=str(DATA), out="", preset="tiny", crop=64, batch=4), torch.device("cpu"), None)
     stage.setup()
     opt = torch.optim.Adam([p for m in stage.nets.values() for p in m.parameters()], lr=2e-3)
     pair = make_pair(hr, 4.0, 1)
@@ -105,7 +120,7 @@ def test_overfitting_one_batch():
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert np.mean(losses[-10:]) < 0.7 * losses[0]
+    return losses
 
 
 def test_stage1_starts_as_the_residual_pca_and_init_keeps_the_regression(stage1):
