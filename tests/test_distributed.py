@@ -22,14 +22,7 @@ EXTRA = {"stage1": ["--gan-weight", "0.1", "--gan-start", "1"], "lcmsr": [], "e2
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The single-process runs on one thread, as each rank runs (OMP_NUM_THREADS=1 below): on two
-    busy cores, a second thread only waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the single-process runs on one thread, as each rank runs
 
 
 def test_single_process_is_unchanged():

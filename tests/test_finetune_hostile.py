@@ -27,6 +27,7 @@ from tests.conftest import NAIP, ROOT, write_raster
 from tests.test_finetune import finetune_args, tiny_init, uint16_raster  # noqa: F401 - fixtures
 from tests.test_training import texture
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks fine-tuned in-process (conftest.one_thread)
 MARKER = "finetune-run.json"  # training.finetune.MARKER: the run marker a fine-tune writes first into its folder
 
 

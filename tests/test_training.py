@@ -17,6 +17,7 @@ from training.stage1 import Stage1
 from training.trainer import Settings, ema_decay, learning_rate
 
 DATA = Path(__file__).parent / "data"
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks trained in-process (conftest.one_thread)
 
 
 def texture(h: int, w: int, seed: int, bands: int = 3) -> np.ndarray:
@@ -92,20 +93,7 @@ def test_overfitting_one_batch():
     """Stage 1 can learn: from plain bicubic (the decoder's last layer starts at zero), 200 steps on
     four real 64×64 UC Merced crops at ×4 must cut the loss well below bicubic's. This shows the loss,
     its gradients and the optimiser's wiring, not capacity, so the ``tiny`` preset shows it as ``small``
-    did (the mean of the last 10 losses is 0.52 of the first on tiny, 0.45 on small; the bound is 0.7).
-    On one thread: a tiny network's operations are too small to share, and on a busy 2-core machine
-    two OpenMP threads made 40 steps take 70 s instead of 3 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        losses = overfit_one_batch()
-    finally:
-        torch.set_num_threads(threads)
-    assert np.mean(losses[-10:]) < 0.7 * losses[0]
-
-
-def overfit_one_batch() -> list[float]:
-    """The losses of 200 stage-1 steps on one batch of four UC Merced crops, tiny preset."""
+    did (the mean of the last 10 losses is 0.52 of the first on tiny, 0.45 on small; the bound is 0.7)."""
     torch.manual_seed(0)
     crops = data.read_image(DATA / "ucmerced_crops.png")
     hr = torch.from_numpy(np.stack([crops[:, :, 64 * i:64 * i + 64] for i in range(4)]))
@@ -120,7 +108,7 @@ def overfit_one_batch() -> list[float]:
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    return losses
+    assert np.mean(losses[-10:]) < 0.7 * losses[0]
 
 
 def test_stage1_starts_as_the_residual_pca_and_init_keeps_the_regression(stage1):
