@@ -287,6 +287,28 @@ def test_stage2_bench_judges_a_run_before_bundling(images, stage1, tmp_path, cap
     assert bench.main(["stage2", "--stage1", str(tmp_path / "lcmsr"), "--stage2", str(stage1)]) == 2  # one line
 
 
+def test_the_cards_and_benchmarks_name_the_cpu_alike(monkeypatch):
+    """One cpu_name (training.trainer) for the model card's hardware and the backends benchmark;
+    without /proc/cpuinfo it falls back to the platform's processor, then its machine."""
+    from training import trainer
+    from training.bench import backends
+
+    rows = [{"method": "regression", "backend": b, "steps": None, "seconds": 1.0, "seconds_per_mp": 1.0,
+             "peak_rss_mb": 100.0} for b in ("torch", "onnx")]
+    monkeypatch.setattr(trainer, "cpu_name", lambda: "the test's CPU")
+    assert "threads on the test's CPU;" in backends.markdown(rows, None, 64, 2.0, 1, 2)
+    assert "CPU: the test's CPU," in trainer.hardware(torch.device("cpu"))
+    monkeypatch.undo()
+
+    def no_cpuinfo(*args, **kwargs):
+        raise OSError("no /proc/cpuinfo")
+
+    monkeypatch.setattr("builtins.open", no_cpuinfo)
+    monkeypatch.setattr(trainer.platform, "processor", lambda: "")
+    monkeypatch.setattr(trainer.platform, "machine", lambda: "riscv64")
+    assert trainer.cpu_name() == "riscv64"
+
+
 def test_benchmarks_have_one_entry_point(capsys):
     from training import bench
 
