@@ -328,6 +328,19 @@ def test_a_window_fills_nodata_by_inferences_rule_deeper():
     assert np.isfinite(trained).all() and trained.min() >= 0
 
 
+@pytest.mark.parametrize("name", ["default", "small", "tiny"])
+def test_the_discriminator_is_sized_by_the_presets(name):
+    """The PatchGAN's sizes are in engine.models.PRESETS beside the other networks' (they were a
+    table of training.adversary's own), the same sizes as before."""
+    from engine.models import PRESETS
+    from training.adversary import Adversary
+
+    net = Adversary(3, name, torch.device("cpu")).net
+    assert net.config["channels"] == PRESETS[name]["discriminator"]["channels"] == \
+        {"default": [32, 64, 128], "small": [16, 32, 64], "tiny": [8, 8, 8]}[name]
+    assert [conv.out_channels for conv in net.body] == PRESETS[name]["discriminator"]["channels"]
+
+
 def test_benchmarks_have_one_entry_point(capsys):
     from training import bench
 
