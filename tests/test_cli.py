@@ -57,8 +57,8 @@ def test_bad_input_one_line_and_nonzero(tmp_path, args, fragment):
     assert sorted(os.listdir(tmp_path)) == ["empty.tif", "notes.txt"]
 
 
-@pytest.mark.parametrize("text,reason", [("x", "comma-separated"), ("1,,b", "comma-separated"), ("0,1", "numbered from 1"),
-                                         ("2,-1", "numbered from 1")])
+@pytest.mark.parametrize("text,reason", [("x", "comma-separated"), ("1,,b", "comma-separated"), ("1 2,3", "comma-separated"),
+                                         ("0,1", "numbered from 1"), ("2,-1", "numbered from 1")])
 def test_one_band_list_parser_for_both_clis_and_the_train_algorithm(qgis_app, text, reason, capsys):
     """engine.raster.parse_bands is the one parser: the engine's --bands, training's --raster-bands and
     --bands, and the train algorithm's BANDS give the same reason for the same bad list, and read a
