@@ -54,6 +54,10 @@ def assert_same_run(a: Path, b: Path) -> float:
 
 
 def test_two_ranks_match_one_process_and_resume_on_one(images, stage1, tmp_path):  # noqa: F811
+    """Slow (15–30 s on two busy cores) and kept whole: one torchrun of two rank processes (each
+    imports torch and starts a process group) runs all three stages and the refused odd batch, so
+    that each stage's two-rank run is compared with one process's, and stage 1's resumes on one."""
+
     def args(stage, out, steps, *more):
         return train_args(stage, images, out, steps, "--batch", "4", "--schedule-steps", "3", *EXTRA[stage],
                           *(["--stage1", str(stage1)] if stage != "stage1" else []), *more)
