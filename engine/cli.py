@@ -16,7 +16,7 @@ import threading
 
 from osgeo import gdal
 
-from . import evaluate
+from . import evaluate, raster
 from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError, single_line
 from .cluster import superresolve
@@ -41,12 +41,14 @@ class OneLineParser(argparse.ArgumentParser):
         raise LatentSRError(f"{self.prog}: {message}")
 
 
-def parse_bands(text: str) -> list[int]:
+def band_list(text: str) -> list[int]:
+    """An argparse type: raster.parse_bands, where no band is an error (leave the option out for all
+    bands); training's CLI uses it too."""
     try:
-        bands = [int(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bands must be a comma-separated list of band numbers, got '{text}'") from None
-    if not bands:
+        bands = raster.parse_bands(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if bands is None:
         raise argparse.ArgumentTypeError("no band given")
     return bands
 
@@ -109,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=DEFAULTS.seed)
     s.add_argument("--samples", type=int, default=1, help="diffusion samples to average (at most 1000)")
     s.add_argument("--uncertainty", help="GeoTIFF for the per-pixel standard deviation of the samples")
-    s.add_argument("--bands", type=parse_bands, help="1-based bands to use, e.g. 1,2,3 (default: all)")
+    s.add_argument("--bands", type=band_list, help="1-based bands to use, e.g. 1,2,3 (default: all)")
     s.add_argument("--model", help="bundled model name or model folder (default: the bundled default)")
     s.add_argument("--extent", type=parse_extent, help="only this part: xmin,ymin,xmax,ymax in the input's CRS")
     s.add_argument("--consistency", action="store_true",
@@ -124,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
                                 "and super-resolved with --method")
     e.add_argument("--lr", help="LR raster for the consistency PSNR (default: the reference degraded by --scale)")
     e.add_argument("--scale", type=float, help="scale factor of the SR (default with --lr: the size ratio)")
-    e.add_argument("--bands", type=parse_bands, help="1-based bands used in every raster, e.g. 1,2,3 (default: all)")
+    e.add_argument("--bands", type=band_list, help="1-based bands used in every raster, e.g. 1,2,3 (default: all)")
     e.add_argument("--method", choices=METHODS, default=DEFAULTS.method,
                    help=f"SR method without --sr (default {DEFAULTS.method})")
     e.add_argument("--steps", type=int, help="sampling steps for the diffusion methods (without --sr)")

@@ -115,6 +115,23 @@ def same_nodata(a: float | None, b: float | None) -> bool:
     return a == b or (a is not None and b is not None and np.isnan(a) and np.isnan(b))
 
 
+def parse_bands(text: str | None) -> list[int] | None:
+    """1-based band numbers from their comma-separated list ("1,2,3"; spaces around a number
+    ignored, inside one an error: "1 2" is not band 12), None for no text (all bands): the one
+    parser of both CLIs' --bands and the train algorithm's BANDS. Bad text raises ValueError with a
+    one-line reason."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        bands = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"bands must be a comma-separated list of band numbers, such as 1,2,3; got '{text}'") from None
+    if not bands or min(bands) < 1:
+        raise ValueError(f"bands are numbered from 1; got '{text}'")
+    return bands
+
+
 def describe(ds: gdal.Dataset, bands: list[int] | None) -> RasterInfo:
     """Geometry and types of the selected bands, validated: palette rasters, bands of different
     types or different nodata values are refused."""

@@ -26,6 +26,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
+from ..engine import raster
 from ..engine.methods import cuda_offered
 from ..engine.pipeline import MAX_SCALE
 from .algorithm import LatentSRAlgorithm
@@ -82,17 +83,11 @@ def dialog_words(message: str) -> str:
 
 
 def parse_bands(text: str) -> list[int] | None:
-    """BANDS as 1-based band numbers ("1,2,3,4"); None when empty (all bands)."""
-    text = (text or "").strip()
-    if not text:
-        return None
+    """BANDS by the engine's parser (engine.raster.parse_bands); None when empty (all bands)."""
     try:
-        bands = [int(b) for b in text.replace(" ", "").split(",") if b]
-    except ValueError:
-        raise QgsProcessingException(f"BANDS must be band numbers separated by commas, such as 1,2,3,4; got '{text}'") from None
-    if not bands or min(bands) < 1:
-        raise QgsProcessingException(f"BANDS are numbered from 1; got '{text}'")
-    return bands
+        return raster.parse_bands(text)
+    except ValueError as exc:
+        raise QgsProcessingException(f"BANDS: {exc}") from None
 
 
 def training_modules():

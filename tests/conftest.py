@@ -59,6 +59,20 @@ def read(path):
     return ds.ReadAsArray(), ds
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """PyTorch on one thread for a module's in-process training runs (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): the tests' networks are too small to share across
+    threads, and on two busy cores a second OpenMP thread only waits (one-batch overfitting, 40
+    steps: 70 s on two threads, 3 s on one, at a load of 12)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def qgis_env():
     """Environment for a qgis_process.bin subprocess that sees the plugin and the venv."""

@@ -55,3 +55,27 @@ def test_bad_input_one_line_and_nonzero(tmp_path, args, fragment):
     assert fragment in lines[0]
     assert not (tmp_path / "sr.tif").exists()
     assert sorted(os.listdir(tmp_path)) == ["empty.tif", "notes.txt"]
+
+
+@pytest.mark.parametrize("text,reason", [("x", "comma-separated"), ("1,,b", "comma-separated"), ("1 2,3", "comma-separated"),
+                                         ("0,1", "numbered from 1"), ("2,-1", "numbered from 1")])
+def test_one_band_list_parser_for_both_clis_and_the_train_algorithm(qgis_app, text, reason, capsys):
+    """engine.raster.parse_bands is the one parser: the engine's --bands, training's --raster-bands and
+    --bands, and the train algorithm's BANDS give the same reason for the same bad list, and read a
+    good one alike ("1, 3,2" is [1, 3, 2]; the algorithm reads an empty BANDS as all bands)."""
+    from qgis.core import QgsProcessingException
+
+    from engine import cli as engine_cli, raster
+    from latentsr.provider.train import parse_bands
+    from training.cli import main as train_main
+
+    with pytest.raises(ValueError, match=reason):
+        raster.parse_bands(text)
+    with pytest.raises(QgsProcessingException, match=f"BANDS: .*{reason}"):
+        parse_bands(text)
+    r = cli("superresolve", SAMPLE, "/nonexistent/sr.tif", "--scale", "2", "--bands", text)
+    assert r.returncode == 2 and reason in r.stderr
+    assert train_main(["finetune", "--rasters", SAMPLE, "--out", "/nonexistent/m", "--bands", text]) == 2
+    assert reason in capsys.readouterr().err
+    assert raster.parse_bands("1, 3,2") == parse_bands("1, 3,2") == engine_cli.band_list("1, 3,2") == [1, 3, 2]
+    assert raster.parse_bands(" ") is None and parse_bands("") is None

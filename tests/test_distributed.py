@@ -22,14 +22,7 @@ EXTRA = {"stage1": ["--gan-weight", "0.1", "--gan-start", "1"], "lcmsr": [], "e2
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The single-process runs on one thread, as each rank runs (OMP_NUM_THREADS=1 below): on two
-    busy cores, a second thread only waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the single-process runs on one thread, as each rank runs
 
 
 def test_single_process_is_unchanged():
@@ -61,6 +54,10 @@ def assert_same_run(a: Path, b: Path) -> float:
 
 
 def test_two_ranks_match_one_process_and_resume_on_one(images, stage1, tmp_path):  # noqa: F811
+    """Slow (15–30 s on two busy cores) and kept whole: one torchrun of two rank processes (each
+    imports torch and starts a process group) runs all three stages and the refused odd batch, so
+    that each stage's two-rank run is compared with one process's, and stage 1's resumes on one."""
+
     def args(stage, out, steps, *more):
         return train_args(stage, images, out, steps, "--batch", "4", "--schedule-steps", "3", *EXTRA[stage],
                           *(["--stage1", str(stage1)] if stage != "stage1" else []), *more)

@@ -18,13 +18,16 @@ import pytest
 from osgeo import gdal
 
 from engine.modelfile import DEFAULT_MODEL, MODELS_DIR
+from training import finetune
 from training.bundle import random_bundle, write
 from training.cli import main as train_main
+from training.errors import TrainingError
 
 from tests.conftest import NAIP, ROOT, write_raster
 from tests.test_finetune import finetune_args, tiny_init, uint16_raster  # noqa: F401 - fixtures
 from tests.test_training import texture
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks fine-tuned in-process (conftest.one_thread)
 MARKER = "finetune-run.json"  # training.finetune.MARKER: the run marker a fine-tune writes first into its folder
 
 
@@ -101,10 +104,19 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(uint16_raster, tiny_in
 
 # 2. a run is its options
 
-def test_a_rerun_with_other_defining_options_is_refused(uint16_raster, tiny_init, tmp_path, capsys):  # noqa: F811
+def test_a_rerun_with_other_defining_options_is_refused(uint16_raster, tiny_init, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """The refusals come before any training, so the first run stops right after writing its marker
+    (the fine-tune's own code writes it: its first stage cannot start); only the accepted re-run trains
+    (that a finished run resumes from its checkpoints: test_finetune.py)."""
+    def no_training(*args, **kwargs):
+        raise TrainingError("no training in this test")
+
     out = tmp_path / "run"
-    assert train_main(finetune_args(uint16_raster, out, tiny_init, 2, "--bands", "1,2,3")) == 0
-    capsys.readouterr()
+    monkeypatch.setattr(finetune, "Trainer", no_training)
+    assert train_main(finetune_args(uint16_raster, out, tiny_init, 2, "--bands", "1,2,3")) == 2
+    one_line(capsys, "no training in this test")
+    monkeypatch.undo()
+    assert os.listdir(out) == [MARKER]
     marker = json.loads((out / MARKER).read_text())
     assert marker["options"]["bands"] == [1, 2, 3] and marker["options"]["init"] == str(Path(tiny_init).resolve())
     before = fingerprint(out)
@@ -113,7 +125,7 @@ def test_a_rerun_with_other_defining_options_is_refused(uint16_raster, tiny_init
         assert train_main(finetune_args(uint16_raster, out, tiny_init, 2, *other)) == 2
         assert "choose a new --out" in one_line(capsys, str(out))
     assert fingerprint(out) == before
-    # what may change on resume: more steps continue stage 1 on the same bands
+    # what may change on resume: the steps; the run goes on with its bands
     assert train_main(finetune_args(uint16_raster, out, tiny_init, 3, "--bands", "1,2,3")) == 0
     state = json.loads((out / "training" / "stage1" / "checkpoint.json").read_text())
     assert [s for s, _ in state["history"]["loss"]] == [1, 2, 3]

@@ -7,7 +7,7 @@ from engine.schedulers import ddpm
 
 
 def test_boundary_condition_is_exact():
-    assert cm.c_skip(0) == 1.0 and cm.c_out(0) == 0.0
+    assert cm.boundary(0) == (1.0, 0.0)
     z = np.random.default_rng(0).normal(size=(4, 8, 8))
     f_out = np.random.default_rng(1).normal(size=(4, 8, 8)) * 100
     np.testing.assert_array_equal(cm.consistency(z, f_out, 0), z)
@@ -16,16 +16,29 @@ def test_boundary_condition_is_exact():
 
 
 def test_published_coefficients():
-    t = 100.0  # 10t/T = 1
-    assert cm.c_skip(t) == pytest.approx(0.25 / 1.25)
-    assert cm.c_out(t) == pytest.approx(1 / np.sqrt(1.25))
+    t = cm.T / cm.TIME_SCALE  # u = 1
+    c_skip, c_out = cm.boundary(t)
+    assert cm.TIME_SCALE == 10.0 and t == 100.0
+    assert c_skip == pytest.approx(0.25 / 1.25)
+    assert c_out == pytest.approx(1 / np.sqrt(1.25))
+
+
+def test_boundary_is_the_same_on_numbers_arrays_and_tensors():
+    """The engine samples with a number t, training with a tensor of per-sample t: one function,
+    the same coefficients (to the last bits of torch's vectorised power)."""
+    t = np.array([0.0, 1.0, 250.0, 999.0, 1000.0])
+    arrays = cm.boundary(t)
+    tensors = cm.boundary(torch.from_numpy(t))
+    for k, number in enumerate(t):
+        for array, tensor, scalar in zip(arrays, tensors, cm.boundary(float(number))):
+            assert array[k] == scalar and tensor[k].item() == pytest.approx(scalar, rel=1e-15, abs=0)
 
 
 def test_c_skip_falls_and_c_out_rises():
-    t = np.arange(cm.T + 1, dtype=np.float64)
-    assert np.all(np.diff(cm.c_skip(t)) < 0)
-    assert np.all(np.diff(cm.c_out(t)) > 0)
-    assert cm.c_skip(cm.T) < 0.01 and cm.c_out(cm.T) > 0.99
+    c_skip, c_out = cm.boundary(np.arange(cm.T + 1, dtype=np.float64))
+    assert np.all(np.diff(c_skip) < 0)
+    assert np.all(np.diff(c_out) > 0)
+    assert c_skip[-1] < 0.01 and c_out[-1] > 0.99
 
 
 def test_consistency_schedule_ends_in_pure_noise():
@@ -49,14 +62,41 @@ def test_short_chain():
     ab = ddpm.alphas_bar()
     assert len(ab) == 5 and ab[0] == 1.0
     assert np.all(np.diff(ab) < 0) and ab[-1] < 0.05
-    assert ddpm.chain(4, 4) == [(4, 3), (3, 2), (2, 1), (1, 0)]
-    assert ddpm.chain(4, 2) == [(4, 2), (2, 0)]
-    assert ddpm.chain(4, 1) == [(4, 0)]
-    assert [t for t, _ in ddpm.chain(4, 3)] == [4, 3, 1]
+    assert ddpm.T == 4
+    assert ddpm.chain(4) == [(4, 3), (3, 2), (2, 1), (1, 0)]
+    assert ddpm.chain(2) == [(4, 2), (2, 0)]
+    assert ddpm.chain(1) == [(4, 0)]
+    assert [t for t, _ in ddpm.chain(3)] == [4, 3, 1]
+    assert ddpm.chain(2, 8) == [(8, 4), (4, 0)]
     with pytest.raises(ValueError):
-        ddpm.timesteps(4, 5)
+        ddpm.timesteps(5)
+    with pytest.raises(ValueError):
+        ddpm.timesteps(0, 4)
     with pytest.raises(ValueError):
         ddpm.alphas_bar([0.5, 1.0])
+
+
+def test_both_schedulers_take_the_steps_then_the_total():
+    """timesteps(n, total) in both: n steps from total down, total defaulting to the scheduler's T."""
+    for scheduler in (ddpm, cm):
+        assert scheduler.timesteps(2) == scheduler.timesteps(2, scheduler.T)
+        assert scheduler.timesteps(2, 8) == [8, 4]
+
+
+def test_q_sample_takes_a_number_or_per_sample_levels():
+    """Training draws one t per sample and noises with ddpm.q_sample as the tests do with one
+    number: per sample it is the number's result."""
+    rng = np.random.default_rng(2)
+    x0, eps = (torch.from_numpy(a) for a in rng.normal(size=(2, 3, 2, 4, 4)).astype(np.float32))
+    ab = ddpm.alphas_bar()
+    t = torch.tensor([1, 4, 2])
+    abar = torch.as_tensor(ab, dtype=torch.float32)[t].reshape(-1, 1, 1, 1)
+    batch = ddpm.q_sample(x0, eps, abar)
+    assert torch.equal(batch, abar.sqrt() * x0 + (1 - abar).sqrt() * eps)  # what training wrote inline
+    for k in range(3):
+        torch.testing.assert_close(batch[k], ddpm.q_sample(x0[k], eps[k], float(abar[k])), rtol=0, atol=1e-6)
+    numbers = ddpm.q_sample(x0.numpy(), eps.numpy(), abar.numpy())
+    np.testing.assert_allclose(numbers, batch.numpy(), rtol=0, atol=1e-6)
 
 
 def test_ddpm_step_with_the_true_noise_recovers_x0():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.models import PRESETS
 from engine.models.discriminator import Discriminator
 
 from . import distributed
@@ -15,13 +16,13 @@ from .gan import hinge_discriminator, hinge_generator
 from .trainer import load_optimizer, optimizer_tensors
 
 LR = 2e-4
-CHANNELS = {"small": (16, 32, 64), "tiny": (8, 8, 8)}  # by preset; else (32, 64, 128)
 PREFIX = "discriminator."
 
 
 class Adversary:
     def __init__(self, bands: int, preset: str, device):
-        self.net = Discriminator(bands, CHANNELS.get(preset, (32, 64, 128))).to(device)
+        sizes = PRESETS.get(preset, PRESETS["default"])["discriminator"]
+        self.net = Discriminator(bands, tuple(sizes["channels"])).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=LR, betas=(0.5, 0.9))
         self._groups = None
 

@@ -1,7 +1,7 @@
 """LR/HR training pairs: bicubic-antialiased LR of an HR batch, and the sampling tables.
 
-NaN pixels in an HR batch (nodata of a training raster) are filled from their valid neighbours, as
-inference fills nodata, before the LR is made, and the pair's ``valid`` mask keeps them out of
+NaN pixels in an HR batch (nodata of a training raster) are filled from their valid neighbours by
+inference's rule (engine.pipeline.fill_invalid), deeper (WINDOW_FILL_DEPTH), before the LR is made, and the pair's ``valid`` mask keeps them out of
 the losses (``keep_valid`` for image losses, ``cell_valid`` for latent ones)."""
 from __future__ import annotations
 
@@ -46,17 +46,21 @@ class Pair:
         return t["hr_y_idx"], t["hr_y_w"], t["hr_x_idx"], t["hr_x_w"]
 
 
-FILL_ITERATIONS = 16
+# How deep a window's nodata is filled from its neighbours. Not engine.pipeline.FILL_ITERATIONS (2):
+# inference's depth is part of every tile's halo, so that tiles agree, and beyond it the band's
+# whole-raster fill value takes over; a training window is read whole, with no tiles to agree, so
+# it fills deeper by the same 3×3 rule before the window's own valid mean takes over.
+WINDOW_FILL_DEPTH = 16
 
 
 def fill_nodata(hr: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """NaN-free ``hr`` (B×C×H×W): pixels not ``valid`` (B×1×H×W) take the mean of their valid 3×3
-    neighbours, FILL_ITERATIONS deep (engine.pipeline.fill_invalid's rule); what is still empty
-    then takes the image's valid mean per band."""
+    neighbours, WINDOW_FILL_DEPTH deep (engine.pipeline.fill_invalid's rule, which stops at 2); what
+    is still empty then takes the image's valid mean per band."""
     x = torch.where(valid > 0, hr, torch.zeros_like(hr))
     known = valid.clone()
     ones = torch.ones(hr.shape[1], 1, 3, 3, dtype=hr.dtype, device=hr.device)
-    for _ in range(FILL_ITERATIONS):
+    for _ in range(WINDOW_FILL_DEPTH):
         if bool(known.all()):
             break
         total = F.conv2d(x * known, ones, padding=1, groups=hr.shape[1])

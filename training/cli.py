@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from engine.cli import band_list
 from engine.errors import LatentSRError, single_line
 from engine.modelfile import DEFAULT_MODEL, MODELS_DIR
 
@@ -93,16 +94,6 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
                        help="with --gan-weight: weight of the energy score of two decoded samples against HR, "
                             "which asks their spread to follow the uncertainty (default %(default)s)")
     return p
-
-
-def band_list(text: str) -> list[int]:
-    try:
-        bands = [int(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bands must be a comma-separated list of band numbers, got '{text}'") from None
-    if not bands or min(bands) < 1:
-        raise argparse.ArgumentTypeError(f"bands are numbered from 1, got '{text}'")
-    return bands
 
 
 def finetune_parser(sub) -> None:

@@ -42,16 +42,15 @@ class E2DiffSRStage(LatentStage):
     def loss(self, pair, gen, ema):
         x0 = self.target(pair)
         cond = self.condition(self.nets, pair)
-        total = len(ddpm.DEFAULT_BETAS)
-        t = distributed.sample(torch.randint, (x0.shape[0],), 1, total + 1, generator=gen, device=gen.device).to(x0.device)
+        t = distributed.sample(torch.randint, (x0.shape[0],), 1, ddpm.T + 1, generator=gen, device=gen.device).to(x0.device)
         abar = torch.as_tensor(ddpm.alphas_bar(ddpm.DEFAULT_BETAS), dtype=x0.dtype, device=x0.device)[t]
         abar = abar.reshape(-1, 1, 1, 1)
-        held, level = self.held(cond), t.to(x0.dtype)[:, None] / total
+        held, level = self.held(cond), t.to(x0.dtype)[:, None] / ddpm.T
         r0 = self.residual(x0, cond)  # what the sampler draws
 
         def predict():
             noise = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
-            return self.nets["denoiser"](abar.sqrt() * r0 + (1 - abar).sqrt() * noise, held, level, pair.inv_scale)
+            return self.nets["denoiser"](ddpm.q_sample(r0, noise, abar), held, level, pair.inv_scale)
 
         z0 = predict()
         mse = cell_mean((z0 - r0) ** 2, pair)

@@ -118,12 +118,12 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, prefix: str, param
 
 
 def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    """The CPU's model name (from /proc/cpuinfo where there is one), for model cards and benchmarks."""
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+        return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def hardware(device: torch.device) -> str:

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BLOCK = 8
+from .sampling import LATENT_FACTOR
 
 
 def residual_blocks(hr: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
     """The residual's 8×8 blocks as rows (N, bands·64), in pixel_unshuffle's channel order."""
-    r = F.pixel_unshuffle(hr - lr_up, BLOCK)
+    r = F.pixel_unshuffle(hr - lr_up, LATENT_FACTOR)
     return r.permute(0, 2, 3, 1).reshape(-1, r.shape[1])
 
 
@@ -37,7 +37,7 @@ class Encoder(nn.Module):
     def __init__(self, bands: int = 3, latent: int = 16, channels: tuple[int, ...] = (32, 64, 96)):
         super().__init__()
         self.config = {"bands": bands, "latent": latent, "channels": list(channels)}
-        self.analysis = nn.Conv2d(bands * BLOCK ** 2, latent, 1)
+        self.analysis = nn.Conv2d(bands * LATENT_FACTOR ** 2, latent, 1)
         self.head = nn.Conv2d(2 * bands, channels[0], 3, padding=1)
         stages = []
         c_in = channels[0]
@@ -58,4 +58,4 @@ class Encoder(nn.Module):
         """The latent (B, latent, H/8, W/8)."""
         r = hr - lr_up
         learned = self.out(self.body(F.silu(self.head(torch.cat([r, lr_up], dim=1)))))
-        return self.analysis(F.pixel_unshuffle(r, BLOCK)) + learned
+        return self.analysis(F.pixel_unshuffle(r, LATENT_FACTOR)) + learned

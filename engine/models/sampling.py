@@ -22,7 +22,7 @@ import numpy as np
 from ..grid import Grid
 from ..resample import cubic_taps
 
-LATENT_FACTOR = 8
+LATENT_FACTOR = 8  # the cell size: one latent cell per 8×8 output pixels (every network and training read it here)
 LEVELS = (1, 2, 4, 8)  # feature pyramid of the decoder, in sub-pixels per LR pixel
 OUT_TAPS = 2 * len(LEVELS) + 4 + 1  # rows of the output tables: 2 bilinear taps per level, 4 cubic taps, 1 detail row
 DETAIL_ROW = OUT_TAPS - 1  # the output pixel's row (column) on the tile's latent-aligned HR grid, weight 1

@@ -1,9 +1,10 @@
 """LCMSR's consistency parameterisation, noise schedule and samplers (pure math).
 
-f(z_t, t) = c_skip(t)·z_t + c_out(t)·F(z_t, t), with c_skip = σd²/((10t/T)²+σd²) and
-c_out = (10t/T)/sqrt((10t/T)²+σd²), σd = 0.5, T = 1000: at t = 0, c_skip = 1 and c_out = 0, so
-f(z, 0) = z exactly (the boundary condition). The forward process is the cosine variance-preserving
-schedule, with ᾱ(0) = 1 and ᾱ(T) = 0 (pure noise), so one-step sampling is z0 = f(noise, T).
+f(z_t, t) = c_skip(t)·z_t + c_out(t)·F(z_t, t), with u = TIME_SCALE·t/T, c_skip = σd²/(u²+σd²) and
+c_out = u/sqrt(u²+σd²), σd = 0.5, T = 1000, TIME_SCALE = 10 (``boundary``): at t = 0, c_skip = 1 and
+c_out = 0, so f(z, 0) = z exactly (the boundary condition). The forward process is the cosine
+variance-preserving schedule, with ᾱ(0) = 1 and ᾱ(T) = 0 (pure noise), so one-step sampling is
+z0 = f(noise, T).
 """
 from __future__ import annotations
 
@@ -11,23 +12,23 @@ import numpy as np
 
 T = 1000
 SIGMA_DATA = 0.5
+TIME_SCALE = 10.0  # u = TIME_SCALE·t/T: the boundary scalings' time (diffusers' LCMScheduler timestep_scaling)
 DELTA = 250
 COSINE_OFFSET = 0.008
 
 
-def c_skip(t, total: int = T, sigma_data: float = SIGMA_DATA):
-    u = 10.0 * t / total
-    return sigma_data ** 2 / (u ** 2 + sigma_data ** 2)
-
-
-def c_out(t, total: int = T, sigma_data: float = SIGMA_DATA):
-    u = 10.0 * t / total
-    return u / (u ** 2 + sigma_data ** 2) ** 0.5
+def boundary(t, total: int = T, sigma_data: float = SIGMA_DATA):
+    """(c_skip(t), c_out(t)) of the consistency function, t a number, numpy array or torch tensor;
+    the one place they are computed (the engine's sampler and training both go through
+    ``consistency``)."""
+    u = TIME_SCALE * t / total
+    return sigma_data ** 2 / (u ** 2 + sigma_data ** 2), u / (u ** 2 + sigma_data ** 2) ** 0.5
 
 
 def consistency(z_t, f_out, t, total: int = T, sigma_data: float = SIGMA_DATA):
     """f(z_t, t) from the network output F."""
-    return c_skip(t, total, sigma_data) * z_t + c_out(t, total, sigma_data) * f_out
+    c_skip, c_out = boundary(t, total, sigma_data)
+    return c_skip * z_t + c_out * f_out
 
 
 def alpha_bar(t, total: int = T) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 DEFAULT_BETAS = (0.1, 0.3, 0.6, 0.9)
+T = len(DEFAULT_BETAS)  # the chain's length: its last timestep
 
 
 def alphas_bar(betas: Sequence[float] = DEFAULT_BETAS) -> np.ndarray:
@@ -22,22 +23,31 @@ def alphas_bar(betas: Sequence[float] = DEFAULT_BETAS) -> np.ndarray:
     return np.concatenate([[1.0], np.cumprod(1.0 - b)])
 
 
-def timesteps(T: int, n: int) -> list[int]:
-    """The n timesteps an n-step sampler visits, from T down (evenly spaced, distinct, ≥ 1)."""
-    if not 1 <= n <= T:
-        raise ValueError(f"steps must be between 1 and {T}, got {n}")
-    return [int(t) for t in np.round(np.linspace(T, 0, n + 1))[:n]]
+def timesteps(n: int, total: int = T) -> list[int]:
+    """The n timesteps an n-step sampler visits, from ``total`` down (evenly spaced, distinct, ≥ 1);
+    the arguments in consistency.timesteps' order."""
+    if not 1 <= n <= total:
+        raise ValueError(f"steps must be between 1 and {total}, got {n}")
+    return [int(t) for t in np.round(np.linspace(total, 0, n + 1))[:n]]
 
 
-def chain(T: int, n: int) -> list[tuple[int, int]]:
+def chain(n: int, total: int = T) -> list[tuple[int, int]]:
     """(t, t_prev) pairs of an n-step sampler; the last t_prev is 0."""
-    ts = timesteps(T, n) + [0]
+    ts = timesteps(n, total) + [0]
     return list(zip(ts[:-1], ts[1:]))
 
 
-def q_sample(x0, noise, abar_t: float):
-    """x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·noise."""
-    return math.sqrt(abar_t) * x0 + math.sqrt(1.0 - abar_t) * noise
+def root(x):
+    """√x of a number (a float), a numpy array or a torch tensor (of its own type)."""
+    if isinstance(x, (int, float)):
+        return math.sqrt(x)
+    return x.sqrt() if hasattr(x, "sqrt") else np.sqrt(x)
+
+
+def q_sample(x0, noise, abar_t):
+    """x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·noise; ᾱ_t a number, or per sample an array or tensor that
+    broadcasts against x0 (training draws one t per sample)."""
+    return root(abar_t) * x0 + root(1.0 - abar_t) * noise
 
 
 def predict_x0(x_t, eps, abar_t: float):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -82,18 +81,9 @@ def versions() -> str:
     return ", ".join(found)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def markdown(rows: list[dict], model: str | None, tile: int, scale: float, repeats: int, threads: int) -> str:
     from engine.grid import output_size
+    from training.trainer import cpu_name  # here, not at the top: the ONNX child processes never import torch
 
     out = output_size(tile, scale)
     label = model or "a random default-size bundle"
