@@ -49,6 +49,7 @@ from .errors import Cancelled, LatentSRError
 from .grid import output_size
 from .latent import check_detail
 from .pipeline import Request, check_scale, superresolve, to_storage
+from .registry import BICUBIC, METHODS
 from .resample import cubic_upsample, downsample, nearest_indices
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class EvaluateRequest:
     lr: str | None = None
     scale: float | None = None
     bands: Sequence[int] | None = None
-    method: str = "lcmsr"  # degradation mode only, like steps, seed, backend, device and model
+    method: str = METHODS[0]  # degradation mode only, like steps, seed, backend, device and model
     steps: int | None = None
     seed: int = 0
     backend: str = "auto"
@@ -401,7 +402,7 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
     lr_valid = lr_validity(ref.valid, lr_h, lr_w)
     degraded = downsample(hr_filled, lr_h, lr_w).astype(np.float64)
     lr = to_storage(np.ldexp(degraded, shift), [IDENTITY] * len(info.bands), info.dtype, info.nodata, lr_valid)
-    methods = [req.method] if req.method == "bicubic" else [req.method, "bicubic"]
+    methods = [req.method] if req.method == BICUBIC.name else [req.method, BICUBIC.name]
     rows, difference, classes = [], None, None
     with tempfile.TemporaryDirectory(prefix="latentsr-evaluate-") as tmp:
         lr_path = os.path.join(tmp, "lr.tif")
