@@ -231,12 +231,6 @@ def check_detail(detail) -> float:
     return value
 
 
-def uses_fused(stochastic: bool, detail: float) -> bool:
-    """Whether a method's single-call graph computes it: always for a deterministic method, only at
-    detail 1 (a full sample) for a stochastic one."""
-    return not stochastic or detail == 1
-
-
 def check_steps(name: str, steps: int | None, spec: dict, default: int, top: int) -> int:
     """The number of sampler steps: the card's default (else ``default``) when None; a LatentSRError
     outside 1..max (the card's betas or max_steps, else ``top``). Deterministic methods: ``top`` = 0, 0 steps."""
@@ -294,7 +288,7 @@ class LatentMethod:
 
         with nets.running():
             a = {name: nets.array(x) for name, x in arrays.items()}
-            if nets.fused is not None and uses_fused(self.stochastic, self.detail):
+            if nets.fused is not None:  # the backend built it for this run (engine.registry.Method.fuses)
                 sr = nets.fused(a, noise)
             else:
                 sr = run_tile(nets, self.kind, self.spec, self.steps, a, noise, self.detail)

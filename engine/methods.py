@@ -289,8 +289,8 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         spec = latent.method_spec(card, name)
         onnx_backend.require_graphs(card, folder)
         steps = method_steps(name, options.steps, spec, folder / modelfile.CARD)
-        nets = onnx_backend.networks(REGISTRY[name], steps, folder, card, spec, options.device, options.threads,
-                                     latent.uses_fused(REGISTRY[name].stochastic, detail))
+        nets = onnx_backend.networks(REGISTRY[name], folder, card, spec, options.device, options.threads,
+                                     REGISTRY[name].fuses(steps, detail))
     else:
         try:
             import torch  # noqa: F401

@@ -289,13 +289,13 @@ def require_graphs(card: dict, folder: Path) -> None:
         raise LatentSRError(f"the model '{card.get('name')}' has no ONNX graphs: {export_hint(folder)}")
 
 
-def networks(method: Method, steps: int, folder: Path, card: dict, spec: dict, device: str,
-             threads: int | None = None, fused: bool = True) -> OnnxNetworks:
-    """The graphs of ``method`` (engine.registry) with ``steps`` steps (card entry ``spec``) of the bundle in ``folder``,
-    with ``threads`` intra-op threads (default: default_threads()). ``fused``: whether the method's
-    single-call graph may compute it (engine.latent.uses_fused: not for a detail below 1)."""
+def networks(method: Method, folder: Path, card: dict, spec: dict, device: str, threads: int | None = None,
+             fused: bool = False) -> OnnxNetworks:
+    """The graphs of ``method`` (engine.registry; card entry ``spec``) of the bundle in ``folder``, with
+    ``threads`` intra-op threads (default: default_threads()). ``fused``: the method's single-call graph
+    computes the run (Method.fuses), else its condition, denoiser and decoder graphs do."""
     sessions = Sessions(folder, card, device, threads)
-    if method.fused_graph and steps <= 1 and fused:
+    if fused:
         graphs = {"fused": sessions.graph(method.fused_graph)}
     else:
         graphs = {"condition": sessions.graph(spec["condition"]), "denoiser": sessions.graph(spec["denoiser"]),

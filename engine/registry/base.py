@@ -36,3 +36,8 @@ class Method:
         """Whether it runs networks of a model bundle."""
         return bool(self.roles)
 
+    def fuses(self, steps: int, detail: float) -> bool:
+        """Whether its single-call graph computes a run of ``steps`` steps at ``detail``: it has one, the
+        run takes at most one step, and it is deterministic or a full sample (detail 1)."""
+        return self.fused_graph is not None and steps <= 1 and (not self.stochastic or detail == 1)
+
