@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import LatentSRError
 from .grid import Grid
-from .models.sampling import Plan, unet_multiple
+from .models.sampling import Plan
 from .noise import gaussian
 from .reach import method_halo
 from .schedulers import consistency, ddpm
@@ -204,22 +204,6 @@ def latent_scale(spec: dict) -> float:
     return float(spec.get("latent_scale", 1.0))
 
 
-def method_spec(card: dict, name: str) -> dict:
-    """The card's entry for method ``name``; a LatentSRError if the model does not have it."""
-    spec = card.get("methods", {}).get(name)
-    if spec is None:
-        raise LatentSRError(f"the model '{card.get('name')}' cannot run method '{name}': "
-                            f"it has {', '.join(card.get('methods', {})) or 'no methods'}")
-    return spec
-
-
-def latent_multiple(card: dict, spec: dict) -> int:
-    """The latent grid's alignment for a method: its denoiser's downsampling factor (1 without one)."""
-    if "denoiser" not in spec:
-        return 1
-    return unet_multiple(card["networks"][spec["denoiser"]]["config"]["channels"])
-
-
 def check_detail(detail) -> float:
     """``detail`` as a float in [0, 1]; a LatentSRError for anything else (NaN, out of range, not a number)."""
     try:
@@ -229,18 +213,6 @@ def check_detail(detail) -> float:
     if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise LatentSRError(f"detail must be between 0 and 1, got {detail}")
     return value
-
-
-def check_steps(name: str, steps: int | None, spec: dict, default: int, top: int) -> int:
-    """The number of sampler steps: the card's default (else ``default``) when None; a LatentSRError
-    outside 1..max (the card's betas or max_steps, else ``top``). Deterministic methods: ``top`` = 0, 0 steps."""
-    if top == 0:
-        return 0
-    top = len(spec["betas"]) if "betas" in spec else int(spec.get("max_steps", top))
-    steps = int(spec.get("steps", default)) if steps is None else steps
-    if not 1 <= steps <= top:
-        raise LatentSRError(f"steps must be between 1 and {top} for {name}, got {steps}")
-    return steps
 
 
 @dataclass

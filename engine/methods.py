@@ -24,6 +24,7 @@ import numpy as np
 from . import latent, modelfile
 from .errors import LatentSRError
 from .grid import Grid
+from .models.sampling import unet_multiple
 from .registry import METHODS, REGISTRY
 
 log = logging.getLogger(__name__)
@@ -224,21 +225,45 @@ def method_detail(name: str, detail: float | None, card: dict) -> float:
     return default_detail(name, card) if detail is None else latent.check_detail(detail)
 
 
+def method_spec(card: dict, name: str) -> dict:
+    """The card's entry for method ``name``; a LatentSRError if the model does not have it."""
+    spec = card.get("methods", {}).get(name)
+    if spec is None:
+        raise LatentSRError(f"the model '{card.get('name')}' cannot run method '{name}': "
+                            f"it has {', '.join(card.get('methods', {})) or 'no methods'}")
+    return spec
+
+
+def latent_multiple(card: dict, spec: dict) -> int:
+    """The latent grid's alignment for a method: its denoiser's downsampling factor (1 without one)."""
+    if "denoiser" not in spec:
+        return 1
+    return unet_multiple(card["networks"][spec["denoiser"]]["config"]["channels"])
+
+
 def learned(name: str, card: dict, spec: dict, nets, steps: int, detail: float) -> latent.LatentMethod:
     """The learned method ``name`` of a bundle (its card and the method's entry) over a backend's networks."""
     return latent.LatentMethod(REGISTRY[name], nets, spec, int(card["bands"]), int(card.get("latent", 4)), steps,
-                               latent.latent_multiple(card, spec),
+                               latent_multiple(card, spec),
                                card["networks"][card.get("decoder", "decoder")]["config"], detail)
 
 
 def method_steps(name: str, steps: int | None, spec: dict, card_path=None) -> int:
     """The steps method ``name`` runs with: the card entry ``spec`` within the engine's bounds (a
-    LatentSRError naming the card file ``card_path`` and the field otherwise), then ``steps`` within the card's."""
+    LatentSRError naming the card file ``card_path`` and the field otherwise), then ``steps`` (None: the
+    card's default, else the registry's) within the card's (its betas or max_steps, else the registry's
+    maximum). A deterministic method runs 0 steps."""
     info = REGISTRY[name]
     problem = steps_problem(name, spec)
     if problem:
         raise LatentSRError(f"the model card{' ' + str(card_path) if card_path else ''} is not valid: {problem}")
-    return latent.check_steps(name, steps, spec, info.default_steps, info.max_steps)
+    if info.max_steps == 0:
+        return 0
+    top = len(spec["betas"]) if "betas" in spec else int(spec.get("max_steps", info.max_steps))
+    steps = int(spec.get("steps", info.default_steps)) if steps is None else steps
+    if not 1 <= steps <= top:
+        raise LatentSRError(f"steps must be between 1 and {top} for {name}, got {steps}")
+    return steps
 
 
 def whole(value) -> bool:
@@ -272,7 +297,7 @@ def from_bundle(name: str, card: dict, tensors: dict, steps: int | None = None,
     """The method ``name`` over an already loaded bundle, on torch."""
     from . import torch_backend
 
-    spec = latent.method_spec(card, name)
+    spec = method_spec(card, name)
     steps = method_steps(name, steps, spec)
     return learned(name, card, spec, torch_backend.networks(card, tensors, spec, device), steps,
                    method_detail(name, detail, card))
@@ -286,7 +311,7 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         from . import onnx_backend
 
         onnx_backend.require(name, options.backend)
-        spec = latent.method_spec(card, name)
+        spec = method_spec(card, name)
         onnx_backend.require_graphs(card, folder)
         steps = method_steps(name, options.steps, spec, folder / modelfile.CARD)
         nets = onnx_backend.networks(REGISTRY[name], folder, card, spec, options.device, options.threads,
@@ -300,7 +325,7 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         from . import torch_backend
 
         card, tensors = modelfile.load(str(folder))
-        spec = latent.method_spec(card, name)
+        spec = method_spec(card, name)
         steps = method_steps(name, options.steps, spec, folder / modelfile.CARD)
         nets = torch_backend.networks(card, tensors, spec, options.device)
     method = learned(name, card, spec, nets, steps, detail)
