@@ -21,8 +21,9 @@ from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError, single_line
 from .cluster import superresolve
 from .latent import check_detail
-from .methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, METHODS, steps_help
+from .methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, steps_help
 from .pipeline import Request
+from .registry import METHODS
 
 log = logging.getLogger("engine")
 GDAL_CACHE_BYTES = 256 * 1024 * 1024  # GDAL's default (5 % of RAM) would let the block cache dominate peak memory

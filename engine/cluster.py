@@ -57,9 +57,10 @@ from osgeo import gdal
 from . import modelfile, pipeline, raster
 from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError
-from .methods import LEARNED, choose_backend
+from .methods import choose_backend
 from .pipeline import (Request, Result, TilePlan, check_pending_memory, commit_outputs, make_method, open_outputs,
                        render, tile_plan)
+from .registry import LEARNED
 
 log = logging.getLogger(__name__)
 

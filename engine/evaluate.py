@@ -59,12 +59,13 @@ from .errors import Cancelled, LatentSRError
 from .grid import output_size
 from .latent import check_detail
 from .pipeline import Request, check_scale, superresolve, to_storage
+from .registry import BICUBIC, METHODS, REGRESSION, STOCHASTIC
 from .resample import cubic_upsample, downsample, nearest_indices
 
 log = logging.getLogger(__name__)
 
 MAX_VALUES = 40_000_000
-LATTICE_REGRESSION = ("lcmsr", "e2diffsr")  # degradation mode: their lattice is measured against the regression
+LATTICE_REGRESSION = STOCHASTIC  # degradation mode: the sampling methods' lattice is measured against the regression
 METRICS = ("psnr", "ssim", "ergas", "sam", "consistency_psnr", "hf_ratio", "lsd", "lattice", "lattice_hr") + metrics.CLASSES
 HEADINGS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "ergas": "ERGAS", "sam": "SAM (°)",
             "consistency_psnr": "Consistency PSNR (dB)", "hf_ratio": "HF ratio", "lsd": "LSD (dB)",
@@ -85,7 +86,7 @@ class EvaluateRequest:
     lr: str | None = None
     scale: float | None = None
     bands: Sequence[int] | None = None
-    method: str = "lcmsr"  # degradation mode only, like steps, seed, backend, device and model
+    method: str = METHODS[0]  # degradation mode only, like steps, seed, backend, device and model
     steps: int | None = None
     seed: int = 0
     backend: str = "auto"
@@ -432,8 +433,8 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
     lr_valid = lr_validity(ref.valid, lr_h, lr_w)
     degraded = downsample(hr_filled, lr_h, lr_w).astype(np.float64)
     lr = to_storage(np.ldexp(degraded, shift), [IDENTITY] * len(info.bands), info.dtype, info.nodata, lr_valid)
-    methods = [req.method] if req.method == "bicubic" else [req.method, "bicubic"]
-    runs = (["regression"] if req.method in LATTICE_REGRESSION else []) + methods  # the regression: the lattice's baseline
+    methods = [req.method] if req.method == BICUBIC.name else [req.method, BICUBIC.name]
+    runs = ([REGRESSION.name] if req.method in LATTICE_REGRESSION else []) + methods  # the regression: the lattice's baseline
     rows, difference, classes = [], None, None
     with tempfile.TemporaryDirectory(prefix="latentsr-evaluate-") as tmp:
         lr_path = os.path.join(tmp, "lr.tif")
@@ -459,7 +460,7 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
             if k == 0:  # the lattice's baseline: the regression, or else the bicubic of the LR
                 base = sr.data if method != req.method else cubic_upsample(lr_data, hr_h, hr_w)
                 base = baseline_fill(base, ref.data, valid)
-                notes.append(f"Lattice: {req.method} − {'regression' if method != req.method else 'bicubic of the LR'} "
+                notes.append(f"Lattice: {req.method} − {REGRESSION.name if method != req.method else BICUBIC.name + ' of the LR'} "
                              f"against the reference's HR − the same.")
             if method not in methods:
                 sr = None

@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import LatentSRError
 from .grid import Grid
-from .models.sampling import Plan, unet_multiple
+from .models.sampling import Plan
 from .noise import gaussian
 from .reach import method_halo
 from .schedulers import consistency, ddpm
@@ -134,19 +134,23 @@ def from_residual(cond, spec: dict, residual):
     return latent_guess(cond, spec) + spread * residual
 
 
-def sample_latent(name: str, spec: dict, steps: int, denoiser, cond, inv_scale, noise, detail: float = 1.0):
-    """The clean (normalised) latent of method ``name`` from its condition: the condition's latent
-    guess for regression and at detail 0 (no sampler call), else the method's sample (from_residual)
-    blended with that guess at ``detail`` (torch tensors or numpy arrays alike)."""
-    if name == "e2diffsr" and detail > 0:
-        sample = e2diffsr_sample(denoiser, cond, inv_scale, steps, noise,
-                                 spec.get("betas", ddpm.DEFAULT_BETAS), spec.get("eta", 1.0), spec.get("prediction", "eps"))
-    elif name == "lcmsr" and detail > 0:
-        sample = lcmsr_sample(denoiser, cond, inv_scale, steps, noise,
-                              spec.get("T", consistency.T), spec.get("sigma_data", consistency.SIGMA_DATA))
-    else:
+class Method(Protocol):
+    """What this module needs of a method (engine.registry.base.Method, which imports this module):
+    its name, whether it draws noise, and its sampler ``sample(spec, denoiser, cond, inv_scale, steps,
+    noise)``, None for a method that decodes the condition's latent guess as is."""
+
+    name: str
+    stochastic: bool
+    sample: Callable | None
+
+
+def sample_latent(method: Method, spec: dict, steps: int, denoiser, cond, inv_scale, noise, detail: float = 1.0):
+    """The clean (normalised) latent of ``method`` (engine.registry) from its condition: the condition's
+    latent guess for a method without a sampler and at detail 0 (no sampler call), else the method's sample
+    (from_residual) blended with that guess at ``detail`` (torch tensors or numpy arrays alike)."""
+    if method.sample is None or detail <= 0:
         return latent_guess(cond, spec)
-    sample = from_residual(cond, spec, sample)
+    sample = from_residual(cond, spec, method.sample(spec, denoiser, cond, inv_scale, steps, noise))
     return sample if detail == 1 else blend(latent_guess(cond, spec), sample, detail)
 
 
@@ -176,7 +180,7 @@ class Networks(Protocol):
     def decoder(self, a: dict, z): ...
 
 
-def run_tile(nets: Networks, name: str, spec: dict, steps: int, a: dict, noise: Callable[[int], object],
+def run_tile(nets: Networks, method: Method, spec: dict, steps: int, a: dict, noise: Callable[[int], object],
              detail: float = 1.0):
     """SR of one tile's band groups: condition -> sampler (blended at ``detail``) -> decoder, in the
     backend's arrays. CALL_DONE hears of each network call."""
@@ -189,7 +193,7 @@ def run_tile(nets: Networks, name: str, spec: dict, steps: int, a: dict, noise: 
         return out
 
     cond = called(nets.condition(a))
-    x0 = sample_latent(name, spec, steps, lambda *args: called(nets.denoiser(*args)), cond, a["inv_scale"], noise,
+    x0 = sample_latent(method, spec, steps, lambda *args: called(nets.denoiser(*args)), cond, a["inv_scale"], noise,
                        detail)
     sr = nets.decoder(a, x0 / latent_scale(spec))
     done(1.0)
@@ -198,22 +202,6 @@ def run_tile(nets: Networks, name: str, spec: dict, steps: int, a: dict, noise: 
 
 def latent_scale(spec: dict) -> float:
     return float(spec.get("latent_scale", 1.0))
-
-
-def method_spec(card: dict, name: str) -> dict:
-    """The card's entry for method ``name``; a LatentSRError if the model does not have it."""
-    spec = card.get("methods", {}).get(name)
-    if spec is None:
-        raise LatentSRError(f"the model '{card.get('name')}' cannot run method '{name}': "
-                            f"it has {', '.join(card.get('methods', {})) or 'no methods'}")
-    return spec
-
-
-def latent_multiple(card: dict, spec: dict) -> int:
-    """The latent grid's alignment for a method: its denoiser's downsampling factor (1 without one)."""
-    if "denoiser" not in spec:
-        return 1
-    return unet_multiple(card["networks"][spec["denoiser"]]["config"]["channels"])
 
 
 def check_detail(detail) -> float:
@@ -227,39 +215,28 @@ def check_detail(detail) -> float:
     return value
 
 
-def uses_fused(stochastic: bool, detail: float) -> bool:
-    """Whether a method's single-call graph computes it: always for a deterministic method, only at
-    detail 1 (a full sample) for a stochastic one."""
-    return not stochastic or detail == 1
-
-
-def check_steps(name: str, steps: int | None, spec: dict, default: int, top: int) -> int:
-    """The number of sampler steps: the card's default (else ``default``) when None; a LatentSRError
-    outside 1..max (the card's betas or max_steps, else ``top``). Deterministic methods: ``top`` = 0, 0 steps."""
-    if top == 0:
-        return 0
-    top = len(spec["betas"]) if "betas" in spec else int(spec.get("max_steps", top))
-    steps = int(spec.get("steps", default)) if steps is None else steps
-    if not 1 <= steps <= top:
-        raise LatentSRError(f"steps must be between 1 and {top} for {name}, got {steps}")
-    return steps
-
-
 @dataclass
 class LatentMethod:
     """A learned SR method over a loaded bundle, ``method(tile, grid, seed)`` (engine.methods.SRMethod),
     run by a backend's networks."""
 
-    name: str
+    kind: Method  # engine.registry: its name, its sampler, whether it draws noise
     nets: Networks
     spec: dict  # the card's entry for this method
     bands: int
     latent: int
     steps: int
     multiple: int  # the latent grid's alignment (latent_multiple)
-    stochastic: bool  # draws noise (engine.methods.TABLE)
     decoder: dict  # the card's decoder config: how far the method sees (engine.reach)
     detail: float = 1.0  # the faithful ↔ detailed control of a stochastic method (module notes)
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
+
+    @property
+    def stochastic(self) -> bool:
+        return self.kind.stochastic
 
     @property
     def deterministic(self) -> bool:
@@ -283,10 +260,10 @@ class LatentMethod:
 
         with nets.running():
             a = {name: nets.array(x) for name, x in arrays.items()}
-            if nets.fused is not None and uses_fused(self.stochastic, self.detail):
+            if nets.fused is not None:  # the backend built it for this run (engine.registry.Method.fuses)
                 sr = nets.fused(a, noise)
             else:
-                sr = run_tile(nets, self.name, self.spec, self.steps, a, noise, self.detail)
+                sr = run_tile(nets, self.kind, self.spec, self.steps, a, noise, self.detail)
             return ungroup(nets.numpy(sr), groups, n)
 
 

@@ -1,5 +1,4 @@
-"""The SR methods the engine can run: one table of them, the request defaults, and the registry that
-builds a method on a backend.
+"""Building the SR methods of engine.registry on a backend, and the request defaults.
 
 A method is a callable ``method(tile, grid, seed) -> sr`` where ``tile`` is a float32 C×h×w LR tile in
 normalised units, ``grid`` (engine.grid.Grid) says where each output pixel centre falls on the tile,
@@ -7,8 +6,8 @@ and ``seed`` draws the noise of the stochastic methods (the others ignore it). I
 C×len(grid.ys)×len(grid.xs). ``halo(scale)`` is the context, in LR pixels, that the method needs at that
 scale around the part of a tile it is trusted on (engine.reach); the tiler never gives it less.
 
-The CLI, the Processing provider and the dock take the method names, labels, step ranges and the
-defaults from here.
+The CLI, the Processing provider and the dock take the request defaults from here, and what they know
+of each method (names, labels, step ranges) from engine.registry.
 """
 from __future__ import annotations
 
@@ -25,32 +24,12 @@ import numpy as np
 from . import latent, modelfile
 from .errors import LatentSRError
 from .grid import Grid
-from .resample import cubic_resample
+from .models.sampling import unet_multiple
+from .registry import METHODS, REGISTRY
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class MethodInfo:
-    label: str  # for lists of methods
-    short: str  # for layer names
-    stochastic: bool  # draws noise: seed and samples matter
-    default_steps: int  # 0: no steps (when the model card does not say otherwise)
-    max_steps: int
-    learned: bool = True
-    default_detail: float | None = None  # stochastic methods: the detail when the model card has no detail_default
-
-
-TABLE = {
-    "lcmsr": MethodInfo("LCMSR (one-step latent consistency)", "LCMSR", True, 1, 4, default_detail=1.0),
-    "e2diffsr": MethodInfo("E²DiffSR (few-step latent diffusion)", "E²DiffSR", True, 4, 4, default_detail=1.0),
-    "regression": MethodInfo("Regression (deterministic decoder)", "Regression", False, 0, 0),
-    "bicubic": MethodInfo("Bicubic", "Bicubic", False, 0, 0, learned=False),
-}
-METHODS = tuple(TABLE)  # the Processing enum's order; the first is the default
-LEARNED = tuple(name for name, info in TABLE.items() if info.learned)
-STOCHASTIC = tuple(name for name, info in TABLE.items() if info.stochastic)
-MAX_STEPS = max(info.max_steps for info in TABLE.values())  # the most sampler steps of any method (a card may allow fewer)
 BACKENDS = ("auto", "torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -72,7 +51,7 @@ DEFAULTS = Defaults()
 
 def steps_help() -> str:
     """The default steps of the stochastic methods, in words (for help texts)."""
-    return ", ".join(f"{TABLE[name].short} defaults to {TABLE[name].default_steps}" for name in STOCHASTIC)
+    return ", ".join(f"{m.short} defaults to {m.default_steps}" for m in REGISTRY.values() if m.stochastic)
 
 
 DETAIL_HELP = ("Detail D (0–1) of the diffusion methods, from faithful to detailed: 0 gives the deterministic, most "
@@ -82,8 +61,8 @@ DETAIL_HELP = ("Detail D (0–1) of the diffusion methods, from faithful to deta
 
 def default_detail(name: str, card: dict | None = None) -> float | None:
     """The detail a stochastic method runs at when none is given: the card's ``detail_default`` for the
-    method (``methods.<name>.detail_default``), else the table's. None for the deterministic methods."""
-    info = TABLE[name]
+    method (``methods.<name>.detail_default``), else the registry's. None for the deterministic methods."""
+    info = REGISTRY[name]
     if not info.stochastic:
         return None
     spec = (card or {}).get("methods", {}).get(name, {})
@@ -91,8 +70,8 @@ def default_detail(name: str, card: dict | None = None) -> float | None:
 
 
 def card_default_detail(name: str, model: str | None = None) -> float | None:
-    """default_detail with the card of ``model`` (the table's value when the card cannot be read)."""
-    if not TABLE[name].stochastic:
+    """default_detail with the card of ``model`` (the registry's value when the card cannot be read)."""
+    if not REGISTRY[name].stochastic:
         return None
     try:
         card = modelfile.read_card(modelfile.resolve(model))
@@ -103,7 +82,7 @@ def card_default_detail(name: str, model: str | None = None) -> float | None:
 
 def ignore_detail(name: str, detail: float | None) -> None:
     """Log that a deterministic method ignores a given detail."""
-    if detail is not None and not TABLE[name].stochastic:
+    if detail is not None and not REGISTRY[name].stochastic:
         log.info("%s ignores detail (%g): it has no sampler", name, detail)
 
 
@@ -114,20 +93,6 @@ class SRMethod(Protocol):
     def halo(self, scale: float) -> int: ...
 
     def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray: ...
-
-
-@dataclass
-class Bicubic:
-    """Keys cubic convolution (a = -0.5) at the exact output pixel centres."""
-
-    name: str = "bicubic"
-    deterministic: bool = True
-
-    def halo(self, scale: float) -> int:
-        return 2  # the cubic kernel's taps
-
-    def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray:
-        return cubic_resample(tile, grid.ys, grid.xs)
 
 
 @dataclass(frozen=True)
@@ -230,8 +195,8 @@ def describe_runner(method: str, backend: str, device: str, model: str | None = 
                     cuda: bool | None = None) -> str:
     """In words, what would run ``method``: "ONNX Runtime on CPU, 2 threads". ``cuda`` says whether
     a CUDA GPU is usable when that is already known; None: not asked (nothing heavy is imported)."""
-    if not TABLE[method].learned:
-        return f"{TABLE[method].short} runs with NumPy on the CPU (no backend needed)"
+    if not REGISTRY[method].learned:
+        return f"{REGISTRY[method].short} runs with NumPy on the CPU (no backend needed)"
     try:
         card = modelfile.read_card(modelfile.resolve(model))
         if device == "cuda" or (device == "auto" and cuda):
@@ -255,26 +220,50 @@ def describe_runner(method: str, backend: str, device: str, model: str | None = 
 def method_detail(name: str, detail: float | None, card: dict) -> float:
     """The detail method ``name`` runs at: ``detail`` checked, or the card's default (0 for the
     deterministic methods, which have no sampler)."""
-    if not TABLE[name].stochastic:
+    if not REGISTRY[name].stochastic:
         return 0.0
     return default_detail(name, card) if detail is None else latent.check_detail(detail)
 
 
+def method_spec(card: dict, name: str) -> dict:
+    """The card's entry for method ``name``; a LatentSRError if the model does not have it."""
+    spec = card.get("methods", {}).get(name)
+    if spec is None:
+        raise LatentSRError(f"the model '{card.get('name')}' cannot run method '{name}': "
+                            f"it has {', '.join(card.get('methods', {})) or 'no methods'}")
+    return spec
+
+
+def latent_multiple(card: dict, spec: dict) -> int:
+    """The latent grid's alignment for a method: its denoiser's downsampling factor (1 without one)."""
+    if "denoiser" not in spec:
+        return 1
+    return unet_multiple(card["networks"][spec["denoiser"]]["config"]["channels"])
+
+
 def learned(name: str, card: dict, spec: dict, nets, steps: int, detail: float) -> latent.LatentMethod:
     """The learned method ``name`` of a bundle (its card and the method's entry) over a backend's networks."""
-    return latent.LatentMethod(name, nets, spec, int(card["bands"]), int(card.get("latent", 4)), steps,
-                               latent.latent_multiple(card, spec), TABLE[name].stochastic,
+    return latent.LatentMethod(REGISTRY[name], nets, spec, int(card["bands"]), int(card.get("latent", 4)), steps,
+                               latent_multiple(card, spec),
                                card["networks"][card.get("decoder", "decoder")]["config"], detail)
 
 
 def method_steps(name: str, steps: int | None, spec: dict, card_path=None) -> int:
     """The steps method ``name`` runs with: the card entry ``spec`` within the engine's bounds (a
-    LatentSRError naming the card file ``card_path`` and the field otherwise), then ``steps`` within the card's."""
-    info = TABLE[name]
+    LatentSRError naming the card file ``card_path`` and the field otherwise), then ``steps`` (None: the
+    card's default, else the registry's) within the card's (its betas or max_steps, else the registry's
+    maximum). A deterministic method runs 0 steps."""
+    info = REGISTRY[name]
     problem = steps_problem(name, spec)
     if problem:
         raise LatentSRError(f"the model card{' ' + str(card_path) if card_path else ''} is not valid: {problem}")
-    return latent.check_steps(name, steps, spec, info.default_steps, info.max_steps)
+    if info.max_steps == 0:
+        return 0
+    top = len(spec["betas"]) if "betas" in spec else int(spec.get("max_steps", info.max_steps))
+    steps = int(spec.get("steps", info.default_steps)) if steps is None else steps
+    if not 1 <= steps <= top:
+        raise LatentSRError(f"steps must be between 1 and {top} for {name}, got {steps}")
+    return steps
 
 
 def whole(value) -> bool:
@@ -283,9 +272,9 @@ def whole(value) -> bool:
 
 def steps_problem(name: str, spec: dict) -> str | None:
     """What is wrong with the step fields of a card's method entry ``spec``, naming the field, or None:
-    the engine's own step range of the method (TABLE) bounds the card's too, so a card's betas, max_steps
-    and steps lie within 1..TABLE's max_steps."""
-    top = TABLE[name].max_steps
+    the engine's own step range of the method (engine.registry) bounds the card's too, so a card's betas,
+    max_steps and steps lie within 1..the registry's max_steps."""
+    top = REGISTRY[name].max_steps
     if top == 0:
         return None
     bounds = f"LatentSR runs {name} with 1 to {top} steps"
@@ -308,7 +297,7 @@ def from_bundle(name: str, card: dict, tensors: dict, steps: int | None = None,
     """The method ``name`` over an already loaded bundle, on torch."""
     from . import torch_backend
 
-    spec = latent.method_spec(card, name)
+    spec = method_spec(card, name)
     steps = method_steps(name, steps, spec)
     return learned(name, card, spec, torch_backend.networks(card, tensors, spec, device), steps,
                    method_detail(name, detail, card))
@@ -322,11 +311,11 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         from . import onnx_backend
 
         onnx_backend.require(name, options.backend)
-        spec = latent.method_spec(card, name)
+        spec = method_spec(card, name)
         onnx_backend.require_graphs(card, folder)
         steps = method_steps(name, options.steps, spec, folder / modelfile.CARD)
-        nets = onnx_backend.networks(name, steps, folder, card, spec, options.device, options.threads,
-                                     latent.uses_fused(TABLE[name].stochastic, detail))
+        nets = onnx_backend.networks(REGISTRY[name], folder, card, spec, options.device, options.threads,
+                                     REGISTRY[name].fuses(steps, detail))
     else:
         try:
             import torch  # noqa: F401
@@ -336,7 +325,7 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         from . import torch_backend
 
         card, tensors = modelfile.load(str(folder))
-        spec = latent.method_spec(card, name)
+        spec = method_spec(card, name)
         steps = method_steps(name, options.steps, spec, folder / modelfile.CARD)
         nets = torch_backend.networks(card, tensors, spec, options.device)
     method = learned(name, card, spec, nets, steps, detail)
@@ -346,11 +335,11 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
 
 def build_method(name: str, options: MethodOptions = MethodOptions()) -> SRMethod:
     """The method called ``name``; a LatentSRError if it cannot run here."""
-    if name not in TABLE:
+    if name not in REGISTRY:
         raise LatentSRError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
     if options.detail is not None:
         latent.check_detail(options.detail)
     ignore_detail(name, options.detail)
-    if not TABLE[name].learned:
-        return Bicubic()
+    if not REGISTRY[name].learned:
+        return REGISTRY[name].plain()
     return build_learned(name, options)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .errors import LatentSRError
 from .models import KINDS
-from .schedulers import ddpm
+from .registry import LEARNED, REGISTRY
 
 FORMAT = "latentsr-model"
 VERSION = 1
@@ -144,9 +144,6 @@ def card_files(card: dict) -> list[tuple[str, str]]:
     return files
 
 
-METHOD_NETWORKS = {"lcmsr": ("condition", "denoiser"), "e2diffsr": ("condition", "denoiser"), "regression": ("condition",)}
-
-
 NETWORK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 
@@ -188,15 +185,17 @@ def card_problem(card: dict) -> str | None:
     if not isinstance(methods, dict):
         return "'methods' must be an object"
     for name, spec in methods.items():
-        if name not in METHOD_NETWORKS:
-            return f"'methods.{name}' is not a known method (known: {', '.join(METHOD_NETWORKS)})"
+        method = REGISTRY.get(name)
+        if method is None or not method.learned:
+            return f"'methods.{name}' is not a known method (known: {', '.join(LEARNED)})"
         if not isinstance(spec, dict):
             return f"'methods.{name}' must be an object"
-        for role in METHOD_NETWORKS[name]:
+        for role in method.roles:
             if spec.get(role) not in networks:
                 return f"'methods.{name}.{role}' names the network {spec.get(role)!r}, which is not in 'networks'"
-        if name == "e2diffsr" and spec.get("prediction", "eps") not in ddpm.PREDICTIONS:
-            return f"'methods.e2diffsr.prediction' must be one of {', '.join(ddpm.PREDICTIONS)}, got {spec['prediction']!r}"
+        problem = method.spec_problem(spec) if method.spec_problem else None
+        if problem:
+            return problem
         scale = spec.get("latent_scale", 1.0)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             return f"'methods.{name}.latent_scale' must be a finite number greater than 0, got {scale!r}"

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import modelfile
 from .errors import LatentSRError
+from .registry import Method
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 ORT_DEFAULT_LOG_SEVERITY = 2  # warnings
 SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32}
 INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
-FUSED = {"regression": "regression", "lcmsr": "lcmsr.onestep"}  # method -> its single-call graph
 # A one-node graph (y = Identity(x), float[1], opset 13), as onnx.helper serialises it: enough for
 # ONNX Runtime to show whether a CUDA session really starts.
 PROBE_GRAPH = (b"\x08\x08\x12\x00:7\n\x10\n\x01x\x12\x01y\"\x08Identity\x12\x01pZ\x0f\n\x01x\x12\n\n\x08\x08\x01"
@@ -234,11 +234,11 @@ class OnnxNetworks:
 
     backend = "onnx"
 
-    def __init__(self, graphs: dict, name: str):
+    def __init__(self, graphs: dict, method: Method):
         self.graphs = graphs
         self.fused = None
         if "fused" in graphs:
-            start = name == "lcmsr"  # the one-step LCMSR graph takes the start noise
+            start = "noise" in method.fused_inputs  # a one-step sampler's graph takes the start noise
 
             def fused(a, noise):
                 return graphs["fused"](**a, **({"noise": noise(0)} if start else {}))
@@ -289,15 +289,15 @@ def require_graphs(card: dict, folder: Path) -> None:
         raise LatentSRError(f"the model '{card.get('name')}' has no ONNX graphs: {export_hint(folder)}")
 
 
-def networks(name: str, steps: int, folder: Path, card: dict, spec: dict, device: str,
-             threads: int | None = None, fused: bool = True) -> OnnxNetworks:
-    """The graphs of method ``name`` with ``steps`` steps (card entry ``spec``) of the bundle in ``folder``,
-    with ``threads`` intra-op threads (default: default_threads()). ``fused``: whether the method's
-    single-call graph may compute it (engine.latent.uses_fused: not for a detail below 1)."""
+def networks(method: Method, folder: Path, card: dict, spec: dict, device: str, threads: int | None = None,
+             fused: bool = False) -> OnnxNetworks:
+    """The graphs of ``method`` (engine.registry; card entry ``spec``) of the bundle in ``folder``, with
+    ``threads`` intra-op threads (default: default_threads()). ``fused``: the method's single-call graph
+    computes the run (Method.fuses), else its condition, denoiser and decoder graphs do."""
     sessions = Sessions(folder, card, device, threads)
-    if name in FUSED and steps <= 1 and fused:
-        graphs = {"fused": sessions.graph(FUSED[name])}
+    if fused:
+        graphs = {"fused": sessions.graph(method.fused_graph)}
     else:
         graphs = {"condition": sessions.graph(spec["condition"]), "denoiser": sessions.graph(spec["denoiser"]),
                   "decoder": sessions.graph(card.get("decoder", "decoder"))}
-    return OnnxNetworks(graphs, name)
+    return OnnxNetworks(graphs, method)

@@ -16,8 +16,9 @@ from . import raster
 from .errors import Cancelled, LatentSRError
 from .grid import Axis, Grid, resolution_axis, scale_axis, snap_window
 from .latent import CALL_DONE, check_detail
-from .methods import BACKENDS, DEFAULTS, DEVICES, METHODS, STOCHASTIC, MethodOptions, build_method
+from .methods import BACKENDS, DEFAULTS, DEVICES, MethodOptions, build_method
 from .projection import Projected
+from .registry import METHODS, STOCHASTIC
 from .resample import nearest_indices
 from .tiling import axis_plan, required_margin
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grid import Axis, centres
+from .grid import Axis
 
 RAMPS = ("cosine", "linear")
 

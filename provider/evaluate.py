@@ -18,7 +18,8 @@ from qgis.core import (
 from ..engine import evaluate, pipeline
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
-from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, MAX_STEPS, METHODS, TABLE, steps_help
+from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, steps_help
+from ..engine.registry import MAX_STEPS, METHODS, REGISTRY
 from .superresolve import offered_devices
 
 NUMBERS = (("PSNR", "psnr", "PSNR (dB)"), ("SSIM", "ssim", "SSIM"), ("ERGAS", "ergas", "ERGAS"),
@@ -82,7 +83,7 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
             "raster; with an LR raster it defaults to the size ratio.")
         add(QgsProcessingParameterBand(self.BANDS, "Bands", None, self.REFERENCE, optional=True, allowMultiple=True),
             "Band numbers used in every raster (SR, reference and LR), matched in order. Empty means all bands.")
-        add(QgsProcessingParameterEnum(self.METHOD, "Method (without an SR raster)", [TABLE[m].label for m in METHODS],
+        add(QgsProcessingParameterEnum(self.METHOD, "Method (without an SR raster)", [REGISTRY[m].label for m in METHODS],
                                        defaultValue=METHODS.index(DEFAULTS.method)),
             "The SR method run on the degraded reference when INPUT is empty; ignored otherwise.")
         add(QgsProcessingParameterNumber(self.STEPS, "Sampling steps (0 = method default)",

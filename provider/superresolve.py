@@ -17,8 +17,8 @@ from qgis.core import (
 
 from ..engine import cluster, pipeline
 from ..engine.errors import LatentSRError
-from ..engine.methods import (BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, MAX_STEPS, METHODS, TABLE, cuda_offered,
-                              steps_help)
+from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, cuda_offered, steps_help
+from ..engine.registry import MAX_STEPS, METHODS, REGISTRY
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
 
@@ -75,7 +75,7 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
              "of the whole raster's output grid that covers it, so it lines up pixel for pixel with a full run."),
             "The output keeps the CRS, nodata, band descriptions and data type. Nodata pixels stay nodata and do "
             "not smear into valid ones.",
-            ("Methods:", ", ".join(TABLE[m].label for m in METHODS) + f"; the default is {TABLE[DEFAULTS.method].short}."),
+            ("Methods:", ", ".join(REGISTRY[m].label for m in METHODS) + f"; the default is {REGISTRY[DEFAULTS.method].short}."),
         ]
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
@@ -91,7 +91,7 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
         add(QgsProcessingParameterNumber(self.TARGET_RESOLUTION, "Target resolution (map units)",
                                          QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0),
             "Output pixel size in the layer's map units; when set, it decides the scale.")
-        add(QgsProcessingParameterEnum(self.METHOD, "Method", [TABLE[m].label for m in METHODS],
+        add(QgsProcessingParameterEnum(self.METHOD, "Method", [REGISTRY[m].label for m in METHODS],
                                        defaultValue=METHODS.index(DEFAULTS.method)),
             "LCMSR samples in one step; E²DiffSR runs a few diffusion steps; Regression is deterministic; Bicubic is the classic baseline.")
         add(QgsProcessingParameterNumber(self.STEPS, "Sampling steps (0 = method default)",

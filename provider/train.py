@@ -29,6 +29,7 @@ from qgis.core import (
 from ..engine import raster
 from ..engine.methods import cuda_offered
 from ..engine.pipeline import MAX_SCALE
+from ..engine.registry import STOCHASTIC
 from .algorithm import LatentSRAlgorithm
 from .engine_run import FeedbackHandler
 from .user_models import register
@@ -43,8 +44,7 @@ OPTION_NAMES = {"--crop": "Window size (CROP)", "--batch": "Batch size (BATCH)",
                 "--bands": "Bands (BANDS)", "--init": "Start model folder (INIT_MODEL)",
                 "--out": "Output model folder (OUTPUT_MODEL)", "--val": "Validation raster (VALIDATION)"}
 # what each stage's validation compares the model with (training's Stage.reference)
-REFERENCES = {"stage1": "the decoder without the latent", "e2diffsr": "the faithful result (Detail 0)",
-              "lcmsr": "the faithful result (Detail 0)"}
+REFERENCES = {"stage1": "the decoder without the latent", **dict.fromkeys(STOCHASTIC, "the faithful result (Detail 0)")}
 
 
 def models_folder() -> str:

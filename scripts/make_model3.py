@@ -31,7 +31,8 @@ def build_model():
     )
     from qgis.PyQt.QtCore import QPointF
 
-    from latentsr.engine.methods import DEFAULTS, METHODS, TABLE
+    from latentsr.engine.methods import DEFAULTS
+    from latentsr.engine.registry import METHODS, REGISTRY
 
     model = QgsProcessingModelAlgorithm("Super-resolve and evaluate", "LatentSR")
     model.setHelpContent({
@@ -42,14 +43,14 @@ def build_model():
         "reference": "The high-resolution reference: round(input size × scale) pixels over the same extent, "
                      "for example the raster the input was degraded from.",
         "scale": "Continuous scale, greater than 1 and at most 8.",
-        "method": ", ".join(TABLE[m].short + (" (default)" if m == DEFAULTS.method else "") for m in METHODS) + ".",
+        "method": ", ".join(REGISTRY[m].short + (" (default)" if m == DEFAULTS.method else "") for m in METHODS) + ".",
     })
     inputs = [
         QgsProcessingParameterRasterLayer("input", "Input raster"),
         QgsProcessingParameterRasterLayer("reference", "Reference (high-resolution) raster"),
         QgsProcessingParameterNumber("scale", "Scale factor", QgsProcessingParameterNumber.Double, 2.0,
                                      minValue=1.0, maxValue=8.0),
-        QgsProcessingParameterEnum("method", "Method", [TABLE[m].label for m in METHODS],
+        QgsProcessingParameterEnum("method", "Method", [REGISTRY[m].label for m in METHODS],
                                    defaultValue=METHODS.index(DEFAULTS.method)),
     ]
     for row, param in enumerate(inputs):

@@ -51,7 +51,7 @@ CASES = [
     Case("steps-0", cli=["--method", "lcmsr", "--steps", "0"], alg={"METHOD": 0, "STEPS": -1}, error="steps", alg_error="STEPS"),
     Case("steps-too-many", cli=["--method", "lcmsr", "--steps", "9", "--model", "{good}"],
          alg={"METHOD": 0, "STEPS": 9, "MODEL": "{good}"}, error="steps must be between 1 and 4",
-         alg_error="STEPS"),  # Processing's STEPS stops at the engine's maximum (engine.methods.MAX_STEPS)
+         alg_error="STEPS"),  # Processing's STEPS stops at the engine's maximum (engine.registry.MAX_STEPS)
     Case("detail-nan", cli=["--method", "lcmsr", "--detail", "nan"], alg={"METHOD": 0, "DETAIL": float("nan")},
          error="detail must be between 0 and 1"),
     Case("detail-negative", cli=["--method", "lcmsr", "--detail", "-0.1"], alg={"METHOD": 0, "DETAIL": -0.1},

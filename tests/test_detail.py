@@ -17,6 +17,7 @@ from engine.errors import LatentSRError
 from engine.grid import Grid
 from engine.methods import MethodOptions, build_method, card_default_detail, default_detail, from_bundle
 from engine.pipeline import Request, superresolve
+from engine.registry import REGISTRY
 from engine.resample import downsample
 
 from tests.conftest import ROOT, write_raster
@@ -43,9 +44,9 @@ def test_detail_zero_skips_the_sampler():
     cond = np.ones((1, 4, 2, 2), np.float32)
     inv = np.full((1, 1), 0.5, np.float32)
     for name in ("lcmsr", "e2diffsr"):
-        assert latent.sample_latent(name, {}, 2, denoiser, cond, inv, lambda k: np.zeros_like(cond), 0.0) is cond
+        assert latent.sample_latent(REGISTRY[name], {}, 2, denoiser, cond, inv, lambda k: np.zeros_like(cond), 0.0) is cond
     assert calls == []
-    latent.sample_latent("lcmsr", {}, 2, denoiser, cond, inv, lambda k: np.zeros_like(cond), 0.5)
+    latent.sample_latent(REGISTRY["lcmsr"], {}, 2, denoiser, cond, inv, lambda k: np.zeros_like(cond), 0.5)
     assert len(calls) == 2
 
 
@@ -61,8 +62,8 @@ def test_the_denoiser_sees_the_features_and_the_blend_only_the_guess():
     cond = np.concatenate([np.ones((1, 4, 2, 2), np.float32), np.full((1, 3, 2, 2), 9.0, np.float32)], 1)
     inv = np.full((1, 1), 0.5, np.float32)
     spec = {"latent": 4, "features": 3, "betas": [0.5], "eta": 0.0, "prediction": "x0"}
-    assert np.array_equal(latent.sample_latent("e2diffsr", spec, 1, denoiser, cond, inv, np.zeros_like, 0.0), cond[:, :4])
-    out = latent.sample_latent("e2diffsr", spec, 1, denoiser, cond, inv, lambda k: np.zeros((1, 4, 2, 2), np.float32), 0.5)
+    assert np.array_equal(latent.sample_latent(REGISTRY["e2diffsr"], spec, 1, denoiser, cond, inv, np.zeros_like, 0.0), cond[:, :4])
+    out = latent.sample_latent(REGISTRY["e2diffsr"], spec, 1, denoiser, cond, inv, lambda k: np.zeros((1, 4, 2, 2), np.float32), 0.5)
     assert seen == [7] and np.allclose(out, 1.5)  # halfway between the guess (1) and the z0 prediction (2)
 
 
@@ -77,7 +78,7 @@ def test_a_spread_scales_the_sampled_residual():
     def denoiser(z, c, t, inv_scale):
         return np.full_like(z, -1.0)
 
-    out = latent.sample_latent("e2diffsr", spec, 1, denoiser, cond, np.ones((1, 1), np.float32), np.zeros_like, 1.0)
+    out = latent.sample_latent(REGISTRY["e2diffsr"], spec, 1, denoiser, cond, np.ones((1, 1), np.float32), np.zeros_like, 1.0)
     assert np.allclose(out, [[[[0.5, -1.0]], [[0.0, -3.0]]]])  # 1 − spread
 
 

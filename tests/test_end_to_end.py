@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from engine import metrics, modelfile
 from engine.grid import Grid
-from engine.methods import LEARNED, TABLE, MethodOptions, build_method
+from engine.methods import MethodOptions, build_method
+from engine.registry import LEARNED, REGISTRY
 from engine.modelfile import DEFAULT_MODEL
 from engine.resample import cubic_resample, downsample
 from tests.conftest import SAMPLE, read, write_raster
@@ -38,7 +39,7 @@ def test_bundled_model_runs_every_method_on_both_backends():
     x = hr[:3, 96:136, 80:112].astype(np.float32) / 255.0
     grid = Grid.whole(40, 32, 2.5)
     for name in LEARNED:
-        for steps in sorted({None, TABLE[name].max_steps or None}, key=lambda s: s or 0):
+        for steps in sorted({None, REGISTRY[name].max_steps or None}, key=lambda s: s or 0):
             torch_sr = build_method(name, MethodOptions(steps, "torch", "cpu", DEFAULT_MODEL))(x, grid, 3)
             onnx_sr = build_method(name, MethodOptions(steps, "onnx", "cpu", DEFAULT_MODEL))(x, grid, 3)
             assert torch_sr.shape == (3, 100, 80) and np.all(np.isfinite(torch_sr))

@@ -116,14 +116,14 @@ def test_png_output_is_refused_in_processing_and_the_cli(provider, tmp_path):
 
 
 def test_steps_maximum_is_the_engines(provider):
-    import engine.methods
-    from engine.methods import TABLE
+    import engine.registry
+    from engine.registry import REGISTRY
 
-    most = max(info.max_steps for info in TABLE.values())  # 4: both diffusion methods refuse more
+    most = max(info.max_steps for info in REGISTRY.values())  # 4: both diffusion methods refuse more
     for name in ("superresolve", "evaluate"):
         steps = provider.algorithm(name).parameterDefinition("STEPS")
         assert (steps.minimum(), steps.maximum()) == (0, most), name
-    assert engine.methods.MAX_STEPS == most
+    assert engine.registry.MAX_STEPS == most
 
 
 def test_no_cuda_offered_without_a_gpu(provider):

@@ -572,8 +572,8 @@ def test_installer_names_the_installed_torch_build_and_offers_the_training_packa
 
 
 def test_out_of_range_values_disable_run_with_the_engines_reason(make_dock, small_raster):
-    from latentsr.engine.methods import TABLE
     from latentsr.engine.pipeline import MAX_SAMPLES
+    from latentsr.engine.registry import REGISTRY
 
     add_raster(small_raster, "small")
     dock = make_dock()
@@ -587,7 +587,7 @@ def test_out_of_range_values_disable_run_with_the_engines_reason(make_dock, smal
     assert dock.run_button.isEnabled()
     for name in ("lcmsr", "e2diffsr"):
         dock.method.setCurrentIndex(dock.method.findData(name))
-        assert dock.steps.maximum() == TABLE[name].max_steps
+        assert dock.steps.maximum() == REGISTRY[name].max_steps
     assert dock.samples.maximum() == MAX_SAMPLES
 
 

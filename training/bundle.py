@@ -13,14 +13,14 @@ import torch
 
 from engine import modelfile
 from engine.errors import LatentSRError
-from engine.methods import TABLE
 from engine.models import LATENT, build, preset
-from engine.schedulers import consistency, ddpm
+from engine.registry import E2DIFFSR, LCMSR, REGISTRY, REGRESSION
 
 from .errors import TrainingError
 
 NORMALISATION = "the engine's normalised units: value/255 for 8-bit imagery"
 ENCODER = "encoder.safetensors"
+STAGE2 = (E2DIFFSR, LCMSR)  # the diffusion methods training makes, in its order (random_bundle draws in it)
 
 
 def make_card(name: str, bands: int, latent: int, networks: dict, methods: dict, training: dict) -> dict:
@@ -31,12 +31,8 @@ def make_card(name: str, bands: int, latent: int, networks: dict, methods: dict,
 
 def method_spec(method: str, latent_scale: float, stage_card: dict | None = None) -> dict:
     """The card entry of a diffusion method (its networks are '<method>.condition/denoiser')."""
-    spec = {"condition": f"{method}.condition", "denoiser": f"{method}.denoiser", "latent_scale": latent_scale}
-    if method == "e2diffsr":
-        spec.update(betas=list(ddpm.DEFAULT_BETAS), eta=1.0, steps=TABLE[method].default_steps)
-    else:
-        spec.update(T=consistency.T, sigma_data=consistency.SIGMA_DATA, steps=TABLE[method].default_steps,
-                    max_steps=TABLE[method].max_steps)
+    spec = {role: f"{method}.{role}" for role in REGISTRY[method].roles}
+    spec.update(latent_scale=latent_scale, **REGISTRY[method].new_spec())
     if stage_card:
         spec.update({k: stage_card[k] for k in ("betas", "eta", "prediction", "steps", "T", "sigma_data", "max_steps",
                                                 "features", "spread", "latent")
@@ -45,23 +41,23 @@ def method_spec(method: str, latent_scale: float, stage_card: dict | None = None
 
 
 def with_regression(methods: dict) -> dict:
-    source = methods.get("lcmsr") or methods["e2diffsr"]
+    """``methods`` and the regression entry: the LCMSR conditioning net when there is one, else E²DiffSR's."""
+    source = next(methods[m.name] for m in (LCMSR, E2DIFFSR) if m.name in methods)
     regression = {k: source[k] for k in ("condition", "latent_scale", "features", "spread", "latent") if k in source}
-    return dict(methods, regression=regression)
+    return {**methods, REGRESSION.name: regression}
 
 
 def random_bundle(preset_name: str = "default", bands: int = 3, seed: int = 0, name: str = "random") -> tuple[dict, dict]:
     """A randomly initialised bundle (card, tensors): for tests and speed benchmarks."""
     torch.manual_seed(seed)
     networks, tensors = {}, {}
-    kinds = {"decoder": "decoder", "e2diffsr.condition": "condition", "e2diffsr.denoiser": "denoiser",
-             "lcmsr.condition": "condition", "lcmsr.denoiser": "denoiser"}
+    kinds = {"decoder": "decoder", **{f"{m.name}.{role}": role for m in STAGE2 for role in m.roles}}
     for net_name, kind in kinds.items():
         config = preset(preset_name, kind, bands=bands)
         net = build(kind, config)
         networks[net_name] = {"kind": kind, "config": config}
         tensors.update({f"{net_name}.{k}": v for k, v in net.state_dict().items()})
-    methods = with_regression({m: method_spec(m, 1.0) for m in ("e2diffsr", "lcmsr")})
+    methods = with_regression({m.name: method_spec(m.name, 1.0) for m in STAGE2})
     card = make_card(name, bands, LATENT, networks, methods, {"data": "none: random initialisation", "seed": seed})
     return card, tensors
 
@@ -74,7 +70,7 @@ def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str)
     networks = {"decoder": card1["networks"]["decoder"]}
     tensors = {f"decoder.{k}": v for k, v in modelfile.network_tensors(t1, "decoder").items()}
     methods, training = {}, {"stage1": card1.get("training", {})}
-    for method, folder in (("e2diffsr", e2diffsr), ("lcmsr", lcmsr)):
+    for method, folder in ((E2DIFFSR.name, e2diffsr), (LCMSR.name, lcmsr)):
         if not folder:
             continue
         card, t = modelfile.load(folder)
@@ -82,7 +78,7 @@ def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str)
             raise TrainingError(f"{folder} is not the output of an {method} run")
         if card.get("stage1", {}).get("sha256") != card1["weights"]["sha256"]:
             raise TrainingError(f"{folder} was trained on another stage-1 model than {stage1}")
-        for net in ("condition", "denoiser"):
+        for net in REGISTRY[method].roles:
             networks[f"{method}.{net}"] = card["networks"][net]
             tensors.update({f"{method}.{net}.{k}": v for k, v in modelfile.network_tensors(t, net).items()})
         methods[method] = method_spec(method, card["latent_scale"], card)

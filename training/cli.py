@@ -11,11 +11,12 @@ from pathlib import Path
 from engine.cli import band_list
 from engine.errors import LatentSRError, single_line
 from engine.modelfile import DEFAULT_MODEL, MODELS_DIR
+from engine.registry import E2DIFFSR, LCMSR
 
 from .errors import Interrupted, TrainingError
 
-STAGE_DEFAULTS = {"stage1": {"lr": 5e-4, "steps": 3000}, "e2diffsr": {"lr": 3e-4, "steps": 3000},
-                  "lcmsr": {"lr": 3e-4, "steps": 3000}}
+STAGE_DEFAULTS = {"stage1": {"lr": 5e-4, "steps": 3000}, E2DIFFSR.name: {"lr": 3e-4, "steps": 3000},
+                  LCMSR.name: {"lr": 3e-4, "steps": 3000}}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -124,8 +125,8 @@ def parser() -> argparse.ArgumentParser:
     ap = OneLineParser(prog="python -m training", description="Train, bundle and benchmark LatentSR models.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _train_parser(sub, "stage1", "stage 1: residual autoencoder with the continuous-scale decoder")
-    _train_parser(sub, "e2diffsr", "stage 2, E²DiffSR: conditioning net + short-chain latent diffusion")
-    _train_parser(sub, "lcmsr", "stage 2, LCMSR: conditioning net + latent consistency model")
+    _train_parser(sub, E2DIFFSR.name, "stage 2, E²DiffSR: conditioning net + short-chain latent diffusion")
+    _train_parser(sub, LCMSR.name, "stage 2, LCMSR: conditioning net + latent consistency model")
     finetune_parser(sub)
     b = sub.add_parser("bundle", help="write an inference bundle for the engine")
     b.add_argument("--stage1", help="stage-1 run folder")
@@ -150,7 +151,7 @@ def train(args) -> None:
         options = {"kl_weight": args.kl_weight, "fft_weight": args.fft_weight, "latent_dropout": args.latent_dropout,
                    "latent_noise": args.latent_noise, "init": args.init, "gan_weight": args.gan_weight,
                    "gan_start": args.gan_start}
-    elif args.command == "e2diffsr":
+    elif args.command == E2DIFFSR.name:
         from .e2diffsr import E2DiffSRStage as stage
     else:
         from .lcmsr import LCMSRStage as stage

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from engine.registry import BICUBIC
+
 WIDTH, HEIGHT, PAD = 900, 340, 48
 COLOURS = ((31, 119, 180), (214, 39, 40), (120, 120, 120))
 
@@ -54,6 +56,6 @@ def write(path: str | Path, loss: list[tuple[float, float]], val: list[list[floa
     draw = ImageDraw.Draw(img)
     _panel(draw, PAD, "training loss (running mean, log scale)", [("loss", smooth(loss))], log_y=True)
     _panel(draw, WIDTH // 2 + PAD, "validation PSNR (dB)",
-           [("model", [(v[0], v[1]) for v in val]), ("bicubic", [(v[0], v[2]) for v in val])]
+           [("model", [(v[0], v[1]) for v in val]), (BICUBIC.name, [(v[0], v[2]) for v in val])]
            + ([("reference", [(v[0], v[3]) for v in val])] if val and len(val[0]) > 3 else []), log_y=False)
     img.save(path)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from engine.latent import e2diffsr_sample
+from engine.registry import E2DIFFSR
 from engine.schedulers import ddpm
 
 from . import distributed
@@ -37,7 +38,7 @@ PREDICTION = "x0"
 
 
 class E2DiffSRStage(LatentStage):
-    name = method = "e2diffsr"
+    name = method = E2DIFFSR.name
 
     def loss(self, pair, gen, ema):
         x0 = self.target(pair)

@@ -41,8 +41,8 @@ from engine import modelfile
 from engine.grid import Grid
 from engine.latent import run_tile
 from engine.models.sampling import Plan, unet_multiple
-from engine.onnx_backend import FUSED, Sessions
-from engine.schedulers import consistency
+from engine.onnx_backend import Sessions
+from engine.registry import REGISTRY, Method
 from engine.torch_backend import TorchNetworks, roles
 
 from .errors import TrainingError
@@ -64,9 +64,9 @@ class Fused(nn.Module):
     """A method's whole tile in one graph: engine.latent.run_tile over the torch networks (the start
     noise, for one-step LCMSR, is an input)."""
 
-    def __init__(self, name: str, spec: dict, nets: dict, inputs: tuple[str, ...]):
+    def __init__(self, method: Method, spec: dict, nets: dict, inputs: tuple[str, ...]):
         super().__init__()
-        self.name, self.spec, self.inputs, self.roles = name, spec, inputs, tuple(nets)
+        self.method, self.spec, self.inputs, self.roles = method, spec, inputs, tuple(nets)
         for role, net in nets.items():
             self.add_module(role, net)
 
@@ -74,7 +74,7 @@ class Fused(nn.Module):
         a = dict(zip(self.inputs, args))
         noise = a.pop("noise", None)
         nets = TorchNetworks({role: getattr(self, role) for role in self.roles}, torch.device("cpu"))
-        return run_tile(nets, self.name, self.spec, 1, a, lambda k: noise)
+        return run_tile(nets, self.method, self.spec, 1, a, lambda k: noise)
 
 
 def graph_specs(card: dict, nets: dict) -> dict:
@@ -88,23 +88,16 @@ def graph_specs(card: dict, nets: dict) -> dict:
         if "denoiser" in spec:
             den = spec["denoiser"]
             specs[den] = (nets[den], ("z_t", "cond", "t_frac", "inv_scale"), "out", [den])
-        if name in FUSED:
-            if name == "lcmsr":
-                check_one_step(spec)
-            inputs = ("lr", *(("noise",) if name == "lcmsr" else ()), "inv_scale", *TABLES["hr"], *TABLES["out"],
-                      *TABLES["lat"])
+        method = REGISTRY[name]
+        if method.fused_graph:
+            problem = method.fused_problem(spec) if method.fused_problem else None
+            if problem:
+                raise TrainingError(problem)
+            inputs = ("lr", *method.fused_inputs, "inv_scale", *TABLES["hr"], *TABLES["out"], *TABLES["lat"])
             used = roles(card, spec)
-            specs[FUSED[name]] = (Fused(name, spec, {role: nets[net] for role, net in used.items()}, inputs),
-                                  inputs, "sr", list(used.values()))
+            specs[method.fused_graph] = (Fused(method, spec, {role: nets[net] for role, net in used.items()}, inputs),
+                                         inputs, "sr", list(used.values()))
     return specs
-
-
-def check_one_step(spec: dict) -> None:
-    """One-step LCMSR starts from the noise alone: ᾱ(T) = 0."""
-    total = spec.get("T", consistency.T)
-    a, b = consistency.noise_coefficients(total, total)
-    if float(a) != 0.0 or float(b) != 1.0:
-        raise TrainingError("one-step LCMSR expects pure noise at t = T")
 
 
 def example_inputs(card: dict, names, batch: int, h: int, w: int, scale: float, seed: int, features: int = 0) -> dict:

@@ -38,7 +38,8 @@ import torch
 
 from engine import modelfile
 from engine.errors import LatentSRError
-from engine.models import PRESETS, build, preset
+from engine.models import PRESETS, preset
+from engine.registry import E2DIFFSR, LCMSR, REGISTRY
 
 from . import bands as band_start
 from . import bundle, distributed
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 
 RUNS = "training"  # OUT/training/<stage>: the run folders
 VAL_EVERY = 50  # at least this many steps between validations (and at the end of each stage)
-METHODS = ("e2diffsr", "lcmsr")
+METHODS = tuple(m.name for m in bundle.STAGE2)
 STAGE1_OPTIONS = {"kl_weight": 1e-4, "fft_weight": 0.05, "latent_noise": 0.1, "latent_dropout": 0.25,
                   "gan_weight": 0.0, "gan_start": 0}
 MARKER = "finetune-run.json"  # OUT/MARKER: this folder is a fine-tune's run, and of which options
@@ -140,7 +141,7 @@ def card_networks(folder: Path, card: dict, n: int) -> dict:
     for method in METHODS:
         spec = card.get("methods", {}).get(method)
         if spec:
-            specs[method] = {role: with_bands(card["networks"][spec[role]], n) for role in ("condition", "denoiser")}
+            specs[method] = {role: with_bands(card["networks"][spec[role]], n) for role in REGISTRY[method].roles}
     return specs
 
 
@@ -296,13 +297,14 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
     specs = start_networks(folder, card, n)
     methods = [m for m in METHODS if m in specs]
     if not methods:
-        raise TrainingError(f"the start model {folder} has no diffusion method (e2diffsr, lcmsr) to fine-tune")
+        raise TrainingError(f"the start model {folder} has no diffusion method ({', '.join(METHODS)}) to fine-tune")
     distributed.init(distributed.device(job.device))
     distributed.barrier()  # every rank has checked OUT before rank 0 marks it
     if not ours and distributed.is_main():
         write_marker(out, options)
     distributed.barrier()
-    stages = [("stage1", Stage1, job.steps)] + [(m, {"e2diffsr": E2DiffSRStage, "lcmsr": LCMSRStage}[m],
+    classes = {cls.method: cls for cls in (E2DiffSRStage, LCMSRStage)}
+    stages = [("stage1", Stage1, job.steps)] + [(m, classes[m],
                                                   job.stage2_steps or max(1, job.steps // 2)) for m in methods]
     for k, (name, cls, steps) in enumerate(stages):
         if name == "stage1":
@@ -323,8 +325,9 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
                                                                                    loss, val))(name, k, steps)
         trainer.should_stop = should_stop
         trainer.run()
-    result, tensors = bundle.from_stages(str(runs / "stage1"), str(runs / "e2diffsr") if "e2diffsr" in methods else None,
-                                         str(runs / "lcmsr") if "lcmsr" in methods else None, job.name or out.name)
+    folders = {m: str(runs / m) if m in methods else None for m in METHODS}
+    result, tensors = bundle.from_stages(str(runs / "stage1"), folders[E2DIFFSR.name], folders[LCMSR.name],
+                                         job.name or out.name)
     for method, spec in card.get("methods", {}).items():
         if "detail_default" in spec and method in result["methods"]:
             result["methods"][method]["detail_default"] = spec["detail_default"]

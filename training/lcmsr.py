@@ -14,18 +14,18 @@ import numpy as np
 import torch
 
 from engine.latent import lcmsr_sample
-from engine.methods import TABLE
+from engine.registry import LCMSR
 from engine.schedulers import consistency as cm
 
 from . import distributed
 from .latent import ENERGY_WEIGHT, LatentStage, cell_mean
 
 SAMPLE_STEPS = 1
-MAX_STEPS = TABLE["lcmsr"].max_steps
+MAX_STEPS = LCMSR.max_steps
 
 
 class LCMSRStage(LatentStage):
-    name = method = "lcmsr"
+    name = method = LCMSR.name
 
     def f(self, nets, z, cond, t: torch.Tensor, inv_scale):
         """The consistency function with the networks ``nets`` at per-sample timesteps t (B,)."""

@@ -45,7 +45,8 @@ from qgis.PyQt.QtWidgets import (
 
 from ..engine import raster
 from ..engine.errors import LatentSRError
-from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, METHODS, TABLE, card_default_detail
+from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, card_default_detail
+from ..engine.registry import METHODS, REGISTRY
 from ..engine.pipeline import MAX_SAMPLES, MAX_SCALE, MAX_SEED, MIN_TILE, output_plan
 from ..provider import user_models
 from . import deps
@@ -144,10 +145,10 @@ class SuperResolveDock(QgsDockWidget):
         self.method.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.method.setMinimumContentsLength(NARROW_COMBO)
         for name in METHODS:
-            self.method.addItem(TABLE[name].label, name)
+            self.method.addItem(REGISTRY[name].label, name)
         form.addRow("Method", self.method)
         self.steps = QgsSpinBox()
-        self.steps.setRange(0, TABLE[DEFAULTS.method].max_steps)  # per method: method_changed
+        self.steps.setRange(0, REGISTRY[DEFAULTS.method].max_steps)  # per method: method_changed
         self.steps.setSpecialValueText("method default")
         self.steps.setClearValue(0)
         form.addRow("Steps", self.steps)
@@ -263,7 +264,7 @@ class SuperResolveDock(QgsDockWidget):
             self.method: "LCMSR samples in one step; E²DiffSR runs a few diffusion steps; Regression is "
                          "deterministic; Bicubic is the classic baseline",
             self.steps: "Steps of the diffusion methods (LCMSR defaults to 1, E²DiffSR to 4; at most "
-                        + ", ".join(f"{TABLE[m].max_steps} for {TABLE[m].short}" for m in METHODS if TABLE[m].max_steps)
+                        + ", ".join(f"{REGISTRY[m].max_steps} for {REGISTRY[m].short}" for m in METHODS if REGISTRY[m].max_steps)
                         + ")",
             self.detail: "Faithful (left, 0) to detailed (right, 1). " + DETAIL_HELP,
             self.detail_label: "The detail D of the diffusion methods",
@@ -475,10 +476,10 @@ class SuperResolveDock(QgsDockWidget):
             self.update_state()
 
     def fit_steps(self) -> None:
-        """The Steps box takes the diffusion method's own range (engine.methods.TABLE); for the other
+        """The Steps box takes the diffusion method's own range (engine.registry); for the other
         methods it is disabled and keeps its value."""
-        if TABLE[self.method_name()].stochastic:
-            self.steps.setMaximum(TABLE[self.method_name()].max_steps)
+        if REGISTRY[self.method_name()].stochastic:
+            self.steps.setMaximum(REGISTRY[self.method_name()].max_steps)
 
     def method_changed(self) -> None:
         self.fit_steps()
@@ -487,8 +488,8 @@ class SuperResolveDock(QgsDockWidget):
     def update_state(self) -> None:
         self.scale.setEnabled(not self.by_resolution.isChecked())
         self.resolution.setEnabled(self.by_resolution.isChecked())
-        self.steps.setEnabled(TABLE[self.method_name()].stochastic)
-        self.detail.setEnabled(TABLE[self.method_name()].stochastic)
+        self.steps.setEnabled(REGISTRY[self.method_name()].stochastic)
+        self.detail.setEnabled(REGISTRY[self.method_name()].stochastic)
         self.uncertainty.setEnabled(self.samples.value() > 1)
         text, runnable = self.size_text()
         self.size_label.setText(text)
@@ -564,7 +565,7 @@ class SuperResolveDock(QgsDockWidget):
             "INPUT": layer.source(),
             "SCALE": self.scale.value(),
             "METHOD": METHODS.index(self.method_name()),
-            "STEPS": self.steps.value() if TABLE[self.method_name()].stochastic else 0,
+            "STEPS": self.steps.value() if REGISTRY[self.method_name()].stochastic else 0,
             "BACKEND": BACKENDS.index(self.backend.currentData() or DEFAULTS.backend),
             "DEVICE": DEVICES.index(self.device.currentData() or DEFAULTS.device),
             "TILE_SIZE": self.tile.value(),
@@ -577,7 +578,7 @@ class SuperResolveDock(QgsDockWidget):
         }
         if self.model.filePath():
             params["MODEL"] = self.model.filePath()
-        if TABLE[self.method_name()].stochastic:
+        if REGISTRY[self.method_name()].stochastic:
             params["DETAIL"] = self.detail_value()
         if self.selected_bands():
             params["BANDS"] = self.selected_bands()
@@ -596,7 +597,7 @@ class SuperResolveDock(QgsDockWidget):
         does not matter), and the model's name when it is not the bundled default."""
         layer = self.layer_combo.currentLayer()
         source = layer.name() if len(layer.name()) <= NAME_CHARS else layer.name()[:NAME_CHARS - 1] + "…"
-        method = TABLE[self.method_name()]
+        method = REGISTRY[self.method_name()]
         name = f"{source} ×{self.effective_scale():.3g} {method.short}"
         if method.stochastic:
             name += f" D{self.detail_value():g}" + (f" s{self.seed.value()}" if self.detail_value() > 0 else "")

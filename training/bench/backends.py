@@ -20,9 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.registry import E2DIFFSR, LCMSR, REGRESSION
+
 log = logging.getLogger(__name__)
 
-RUNS = (("lcmsr", 1), ("regression", None), ("e2diffsr", 4))
+RUNS = ((LCMSR.name, 1), (REGRESSION.name, None), (E2DIFFSR.name, 4))
 BACKENDS = ("torch", "onnx")
 
 

@@ -34,6 +34,7 @@ from osgeo import gdal
 
 from engine import cluster
 from engine.grid import output_size
+from engine.registry import BICUBIC, LCMSR
 from engine.tiling import window_starts
 
 from ..errors import TrainingError
@@ -114,29 +115,29 @@ def main(argv=None) -> int:
         gdal.Translate(src, str(NAIP), width=size, height=size, bandList=[1, 2, 3], resampleAlg="bilinear")
         gdal.Translate(tiny, str(NAIP), width=64, height=64, bandList=[1, 2, 3], resampleAlg="bilinear")
         r = {}
-        for method, path in (("bicubic", tiny), ("bicubic", src), ("lcmsr", src)):
+        for method, path in ((BICUBIC.name, tiny), (BICUBIC.name, src), (LCMSR.name, src)):
             name = "tiny" if path == tiny else method
             for where in (None, "local:1", "local:2"):
                 r[name, where] = run(path, tmp / f"{name}.tif", method, where)
-            if name == "lcmsr":
+            if name == LCMSR.name:
                 pack = pack_seconds(tmp / f"{name}.tif", tmp)
             (tmp / f"{name}.tif").unlink()
-        r["bicubic", "rows"] = run(src, tmp / "rows.tif", "bicubic", "local:1", one_row_bands=True)
-        r["bicubic", "tif"] = run(src, tmp / "client.tif", "bicubic", "local:2")
-        r["bicubic", "vrt"] = run(src, tmp / "client.vrt", "bicubic", "local:2")
+        r[BICUBIC.name, "rows"] = run(src, tmp / "rows.tif", BICUBIC.name, "local:1", one_row_bands=True)
+        r[BICUBIC.name, "tif"] = run(src, tmp / "client.tif", BICUBIC.name, "local:2")
+        r[BICUBIC.name, "vrt"] = run(src, tmp / "client.vrt", BICUBIC.name, "local:2")
         shutil.rmtree(tmp / "client.shards")
-    same = all(r[name, w]["pixels"] == r[name, None]["pixels"] for name in ("bicubic", "lcmsr") for w in ("local:1", "local:2"))
-    same = same and all(r["bicubic", w]["pixels"] == r["bicubic", None]["pixels"] for w in ("rows", "tif", "vrt"))
+    same = all(r[name, w]["pixels"] == r[name, None]["pixels"] for name in (BICUBIC.name, LCMSR.name) for w in ("local:1", "local:2"))
+    same = same and all(r[BICUBIC.name, w]["pixels"] == r[BICUBIC.name, None]["pixels"] for w in ("rows", "tif", "vrt"))
     mp = output_size(size, SCALE) ** 2 / 1e6
     fixed = {w: r["tiny", w]["seconds"] - r["tiny", None]["seconds"] for w in ("local:1", "local:2")}
     k1, n1, extra1 = plan(size, 1)
     k2, n2, extra2 = plan(size, 2)
     rows = tile_rows(size)
-    per_band = (r["bicubic", "rows"]["seconds"] - r["bicubic", "local:1"]["seconds"]) / max(1, rows - n1)
+    per_band = (r[BICUBIC.name, "rows"]["seconds"] - r[BICUBIC.name, "local:1"]["seconds"]) / max(1, rows - n1)
     pack_mp = pack / mp
     # a one-core worker's LCMSR seconds per output MP, from local:2 (each worker one of the two cores)
-    per_mp = (r["lcmsr", "local:2"]["seconds"] - fixed["local:2"] - per_band * n2 / 2 - pack) * 2 / (mp * extra2)
-    speedup = r["lcmsr", "local:1"]["seconds"] / r["lcmsr", "local:2"]["seconds"]
+    per_mp = (r[LCMSR.name, "local:2"]["seconds"] - fixed["local:2"] - per_band * n2 / 2 - pack) * 2 / (mp * extra2)
+    speedup = r[LCMSR.name, "local:1"]["seconds"] / r[LCMSR.name, "local:2"]["seconds"]
 
     big_mp, workers = 100_000.0, 100  # 100 gigapixels of output, 100 one-core workers
     lr = round(math.sqrt(big_mp * 1e6) / SCALE)
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
     overhead = per_band * nb / workers
     predicted = fixed["local:2"] + compute + overhead + pack_mp * big_mp
     predicted_vrt = fixed["local:2"] + compute + overhead + pack_mp * big_mp / workers
-    share = {form: r["bicubic", form]["cpu"] / r["bicubic", form]["seconds"] for form in ("tif", "vrt")}
+    share = {form: r[BICUBIC.name, form]["cpu"] / r[BICUBIC.name, form]["seconds"] for form in ("tif", "vrt")}
 
     command = f"python -m training.bench cluster --size {size} --out docs/BENCHMARKS.md"
     lines = ["", f"## On a Dask cluster (`--cluster`), {time.strftime('%Y-%m-%d')}", "",
@@ -157,25 +158,25 @@ def main(argv=None) -> int:
              f"run's: **{'yes' if same else 'NO'}**.", "",
              "| method | one process (s) | local:1 (s) | local:2 (s) | bands on local:1 / local:2 |",
              "|---|---|---|---|---|"]
-    for name, label in (("lcmsr", "LCMSR"), ("bicubic", "bicubic"), ("tiny", "bicubic, 64² LR")):
+    for name, label in ((LCMSR.name, LCMSR.short), (BICUBIC.name, BICUBIC.name), ("tiny", "bicubic, 64² LR")):
         cells = [f"{r[name, w]['seconds']:.1f}" for w in (None, "local:1", "local:2")]
         bands = f"{n1} / {n2}" if name != "tiny" else "1 / 1"
         lines.append(f"| {label} | {' | '.join(cells)} | {bands} |")
     lines += ["",
               f"- LCMSR speed-up of `local:2` over `local:1`: **{speedup:.2f}×**; `local:2` against one process: "
-              f"{r['lcmsr', None]['seconds'] / r['lcmsr', 'local:2']['seconds']:.2f}×. With {tile_rows(size)} tile rows, "
+              f"{r[LCMSR.name, None]['seconds'] / r[LCMSR.name, 'local:2']['seconds']:.2f}×. With {tile_rows(size)} tile rows, "
               f"`local:2` runs bands of {k2} rows, each but the first with the row above it: "
               f"{100 * (extra2 - 1):.0f} % more tiles than one process.",
               f"- Fixed cost of a cluster run (start, connect, close; the 64² runs): {fixed['local:1']:.1f} s "
               f"with one worker, {fixed['local:2']:.1f} s with two.",
               f"- Overhead per band, on bicubic: **{per_band:.2f} s** (scheduling, opening the input, the context "
               f"tile row, writing and reading back the shard): `local:1` with one band per tile row ({rows} bands) "
-              f"took {r['bicubic', 'rows']['seconds']:.1f} s against {r['bicubic', 'local:1']['seconds']:.1f} s "
+              f"took {r[BICUBIC.name, 'rows']['seconds']:.1f} s against {r[BICUBIC.name, 'local:1']['seconds']:.1f} s "
               f"with {n1}.",
               f"- Packing on the client (tiled DEFLATE, one thread): {pack:.1f} s, {pack_mp:.3f} s per output MP.",
               f"- The client's own CPU time (its process, with the local scheduler), bicubic on `local:2`: "
-              f"{r['bicubic', 'tif']['cpu']:.1f} s of {r['bicubic', 'tif']['seconds']:.1f} s ({100 * share['tif']:.0f} %) "
-              f"into a .tif, **{r['bicubic', 'vrt']['cpu']:.1f} s of {r['bicubic', 'vrt']['seconds']:.1f} s "
+              f"{r[BICUBIC.name, 'tif']['cpu']:.1f} s of {r[BICUBIC.name, 'tif']['seconds']:.1f} s ({100 * share['tif']:.0f} %) "
+              f"into a .tif, **{r[BICUBIC.name, 'vrt']['cpu']:.1f} s of {r[BICUBIC.name, 'vrt']['seconds']:.1f} s "
               f"({100 * share['vrt']:.0f} %)** into a .vrt (the workers write the compressed shards).",
               "",
               f"Scaling model: time = fixed + per_MP · MP · (1 + 1/k) / workers + per_band · bands / workers + "

@@ -41,6 +41,7 @@ from engine.grid import Grid
 from engine.methods import MethodOptions, build_method, card_default_detail
 from engine.pipeline import sample_seeds
 from engine.projection import Projected
+from engine.registry import BICUBIC, E2DIFFSR, LCMSR, REGRESSION, STOCHASTIC
 from engine.resample import downsample
 
 from . import peers
@@ -78,20 +79,20 @@ class Row(tuple):
         return f"{self.method.replace(':', '-')}-{self.steps or 0}-{'default' if self.detail is None else self.detail}"
 
 
-ROWS = (Row("bicubic"), Row("regression"), Row("e2diffsr", 4), Row("lcmsr", 1), Row("lcmsr", 2),
+ROWS = (Row(BICUBIC.name), Row(REGRESSION.name), Row(E2DIFFSR.name, 4), Row(LCMSR.name, 1), Row(LCMSR.name, 2),
         Row("regression+consistency"), Row("lcmsr+consistency", 1))  # at every scale; D: the card's default
 DETAILS = (0.0, 0.25, 0.5, 0.75, 1.0)
-SWEEP = tuple(Row(name, steps, d) for name, steps in (("lcmsr", 1), ("e2diffsr", 4)) for d in DETAILS)  # ×4 only
+SWEEP = tuple(Row(name, steps, d) for name, steps in ((LCMSR.name, 1), (E2DIFFSR.name, 4)) for d in DETAILS)  # ×4 only
 PEER_ROWS = tuple(Row(f"peer:{k}") for k in range(len(peers.PEERS)))  # ×4 only
 PD_SCALE = 4.0
 TARGET_GAIN = 0.8  # dB over bicubic that the default detail must keep (issue 14)
-CALIBRATION = ("lcmsr", 1, 4, 4.0, 1.0)  # method, steps, samples, scale, detail of the uncertainty calibration
+CALIBRATION = (LCMSR.name, 1, 4, 4.0, 1.0)  # method, steps, samples, scale, detail of the uncertainty calibration
 SCALES = (2.0, 2.5, 3.0, 4.0)
 COMPARE = (("buildings", 84), ("denseresidential", 81), ("harbor", 85), ("freeway", 83))
 COMPARE_SCALE = 4.0
-COMPARE_ROWS = (Row("bicubic"), Row("regression"), Row("lcmsr", 1), Row("lcmsr", 1, 1.0), Row("e2diffsr", 4, 1.0),
+COMPARE_ROWS = (Row(BICUBIC.name), Row(REGRESSION.name), Row(LCMSR.name, 1), Row(LCMSR.name, 1, 1.0), Row(E2DIFFSR.name, 4, 1.0),
                 *PEER_ROWS)
-LATTICE_METHODS = ("lcmsr", "e2diffsr")  # the rows with a lattice figure: what they add to the regression
+LATTICE_METHODS = STOCHASTIC  # the rows with a lattice figure (the sampling methods): what they add to the regression
 CROP = 64  # HR pixels of each crop in the comparison picture
 LABEL_CHARS = 20  # a column label's line: the 2× zoomed crop is 128 px, 6 px a character
 
@@ -152,7 +153,7 @@ def worker(row: Row, files: list[Path], scales, model: str | None, crops_dir: Pa
     the comparison images at ×4. A diffusion row also runs the regression (untimed) for the lattice
     figures of its added detail and of HR's (``lattice_figures``; their mean in dB over the images)."""
     run, backend_name = build(row, model, backend)
-    regression = build(Row("regression"), model, backend)[0] if row.method.split("+")[0] in LATTICE_METHODS else None
+    regression = build(Row(REGRESSION.name), model, backend)[0] if row.method.split("+")[0] in LATTICE_METHODS else None
     out = {"scales": {}, "backend": backend_name}
     for scale in scales:
         sums, seconds, pixels = {}, 0.0, 0
@@ -256,14 +257,14 @@ def compare_picture(val: Path, crops_dir: Path, rows, out: Path, default_detail:
 def pd_points(results: dict, sweep, peer_rows) -> list[tuple[str, list[tuple[float, float, str]]]]:
     """The perception–distortion picture's series at ×4: (name, [(LSD, ΔPSNR, point label)])."""
     key = str(PD_SCALE)
-    base = results[Row("bicubic").label]["scales"][key]["psnr"]
+    base = results[Row(BICUBIC.name).label]["scales"][key]["psnr"]
 
     def point(row, text=""):
         m = results[row.label]["scales"][key]
         return m["lsd"], m["psnr"] - base, text
 
-    series = [("bicubic", [point(Row("bicubic"))]), ("regression", [point(Row("regression"))])]
-    for name, steps in (("lcmsr", 1), ("e2diffsr", 4)):
+    series = [(BICUBIC.name, [point(Row(BICUBIC.name))]), (REGRESSION.name, [point(Row(REGRESSION.name))])]
+    for name, steps in ((LCMSR.name, 1), (E2DIFFSR.name, 4)):
         rows = [r for r in sweep if (r.method, r.steps) == (name, steps) and r.label in results]
         if rows:
             series.append((Row(name, steps).label, [point(r, f"{r.detail:g}") for r in rows]))
@@ -280,7 +281,7 @@ def pd_picture(series, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
-    ours = [(name, points) for name, points in series if name != "bicubic" and not any(
+    ours = [(name, points) for name, points in series if name != BICUBIC.name and not any(
         name == p.label for p in peers.PEERS)]
     xs_ours = [x for _, points in ours for x, _, _ in points]
     ys_ours = [y for _, points in ours for _, y, _ in points]
@@ -319,7 +320,7 @@ def suggested_detail(results: dict, sweep, method: str) -> float | None:
     """The detail of ``method`` (lcmsr or e2diffsr, at the sweep's steps) with the lowest LSD that keeps
     ΔPSNR ≥ TARGET_GAIN at ×4 (the most faithful one when none does)."""
     key = str(PD_SCALE)
-    base = results[Row("bicubic").label]["scales"][key]["psnr"]
+    base = results[Row(BICUBIC.name).label]["scales"][key]["psnr"]
     rows = [r for r in sweep if r.method == method and r.label in results]
     if not rows:
         return None
@@ -334,7 +335,7 @@ def set_default_detail(results: dict, model: str | None) -> None:
 
     folder = modelfile.resolve(model)
     card = modelfile.read_card(folder)
-    for name in ("lcmsr", "e2diffsr"):
+    for name in (LCMSR.name, E2DIFFSR.name):
         suggestion = suggested_detail(results, SWEEP, name)
         if suggestion is not None and name in card["methods"]:
             card["methods"][name]["detail_default"] = suggestion
@@ -350,7 +351,7 @@ def card_metrics(results: dict, scales, n_images: int, command: str) -> dict:
         if label == "calibration":
             continue
         for key, m in result["scales"].items():
-            base = results[Row("bicubic").label]["scales"].get(key)
+            base = results[Row(BICUBIC.name).label]["scales"].get(key)
             rows.setdefault(f"x{float(key):g}", {})[label] = {
                 "psnr_db": round(m["psnr"], 2), "lsd_db": round(m["lsd"], 2),
                 **({} if base is None else {"delta_psnr_db": round(m["psnr"] - base["psnr"], 2)}),
@@ -401,7 +402,7 @@ def report(results: dict, scales, n_images: int, limit: int | None, command: str
               "CPU (one image at a time, all threads); peak RSS of the process running that method.", ""]
     lines += ["The diffusion rows without a D ran at "
               + ", ".join(f"{name} D = {d:g}" for name, d in default_detail.items())
-              + " (the model card's detail_default when it has one, else the fallback in engine/methods.py).", ""]
+              + " (the model card's detail_default when it has one, else the fallback in engine/registry/).", ""]
     lines += ["Lattice (dB): the power of the detail a diffusion row adds to the regression (SR − regression, band "
               "mean) at the LR pixel frequency 1/scale and its harmonics up to 0.5 cycles/pixel, on both axes, against "
               "the frequency bins 2–6 away from them (engine.metrics.lattice; 0 dB: no peak), the mean over the images; "
@@ -420,27 +421,27 @@ def report(results: dict, scales, n_images: int, limit: int | None, command: str
 
     for scale in scales:
         key = str(scale)
-        base = results[Row("bicubic").label]["scales"][key]["psnr"]
+        base = results[Row(BICUBIC.name).label]["scales"][key]["psnr"]
         lines += [f"## ×{scale:g}", "", heading, rule]
         for row in ROWS:
             r = results[row.label]
             lines.append(line(row, r, r["scales"][key], base))
         lines.append("")
     key = str(PD_SCALE)
-    if key in results[Row("bicubic").label]["scales"]:
-        base = results[Row("bicubic").label]["scales"][key]["psnr"]
+    if key in results[Row(BICUBIC.name).label]["scales"]:
+        base = results[Row(BICUBIC.name).label]["scales"][key]["psnr"]
         lines += [f"## Faithful ↔ detailed at ×{PD_SCALE:g}", "",
                   "The diffusion methods at detail D = 0 (the regression latent: deterministic), 0.25, 0.5, 0.75 and 1 "
                   "(a full sample), and two GAN peers run on the CPU with ncnn (training/bench/peers.py).", "",
                   heading, rule]
-        for row in (Row("bicubic"), Row("regression"), *SWEEP, *PEER_ROWS):
+        for row in (Row(BICUBIC.name), Row(REGRESSION.name), *SWEEP, *PEER_ROWS):
             if row.label in results:
                 r = results[row.label]
                 lines.append(line(row, r, r["scales"][key], base))
         lines.append("")
         if skipped:
             lines += [f"The peers were skipped: {skipped}.", ""]
-        for name in ("lcmsr", "e2diffsr"):
+        for name in (LCMSR.name, E2DIFFSR.name):
             suggestion = suggested_detail(results, SWEEP, name)
             if suggestion is not None:
                 lines += [f"{name}: the lowest LSD with ΔPSNR ≥ +{TARGET_GAIN:g} dB over bicubic is at D = {suggestion:g} "
@@ -535,7 +536,7 @@ def main(argv=None) -> int:
             log.warning("no model card found for the report header")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         pictures = {}
-        default_detail = {name: card_default_detail(name, args.model) for name in ("lcmsr", "e2diffsr")}
+        default_detail = {name: card_default_detail(name, args.model) for name in (LCMSR.name, E2DIFFSR.name)}
         if COMPARE_SCALE in args.scales:
             compare_picture(args.val, Path(tmp), COMPARE_ROWS, args.out.parent / "compare.png", default_detail)
             pictures["compare"] = True

@@ -18,13 +18,15 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
+from engine.registry import E2DIFFSR, LCMSR
+
 from ..errors import TrainingError
 
 log = logging.getLogger(__name__)
 
 NAIP = Path(__file__).resolve().parents[3] / "shared" / "data" / "geotiff" / "naip" / "m_4709963_se_14_1_20200831.tif"
 SIZES = (512, 1024, 1536)
-METHODS = ("lcmsr", "e2diffsr")
+METHODS = (LCMSR.name, E2DIFFSR.name)
 SCALE = 4
 CHILD = """
 import json, resource, sys, time

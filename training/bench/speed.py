@@ -12,12 +12,13 @@ import torch
 from engine.grid import Grid
 from engine.models.layers import count_parameters
 from engine.methods import from_bundle
+from engine.registry import E2DIFFSR, LCMSR, REGRESSION
 
 from ..bundle import random_bundle
 
 log = logging.getLogger(__name__)
 
-METHODS = (("regression", None), ("lcmsr", 1), ("e2diffsr", 4))
+METHODS = ((REGRESSION.name, None), (LCMSR.name, 1), (E2DIFFSR.name, 4))
 
 
 def run(tile: int = 256, scale: float = 4.0, repeats: int = 3, device: str = "cpu", preset: str = "default",

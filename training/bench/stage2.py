@@ -21,6 +21,7 @@ import torch
 
 from engine import metrics, modelfile
 from engine.latent import blend, latent_guess, sample_latent
+from engine.registry import BICUBIC, REGISTRY, STOCHASTIC
 
 from .. import data
 from ..batch import make_pair
@@ -44,7 +45,7 @@ class Runs:
     def __init__(self, stage1: str, stage2: str):
         card1, t1 = modelfile.load(stage1)
         card2, t2 = modelfile.load(stage2)
-        if card1.get("kind") != "stage1" or card2.get("kind") not in ("lcmsr", "e2diffsr"):
+        if card1.get("kind") != "stage1" or card2.get("kind") not in STOCHASTIC:
             raise TrainingError("--stage1 and --stage2 must be the output folders of a stage-1 and a stage-2 run")
         nets = modelfile.build_networks(card1, t1, ["encoder", "decoder"], "cpu")
         nets.update(modelfile.build_networks(card2, t2, ["condition", "denoiser"], "cpu"))
@@ -65,8 +66,8 @@ class Runs:
         def noise(k):
             return torch.randn(self.guess(cond).shape, generator=g)
 
-        steps = 1 if self.kind == "lcmsr" else self.card["steps"]
-        return sample_latent(self.kind, self.card, steps, self.nets["denoiser"], cond, pair.inv_scale, noise)
+        return sample_latent(REGISTRY[self.kind], self.card, self.card["steps"], self.nets["denoiser"], cond,
+                             pair.inv_scale, noise)
 
 
 @torch.no_grad()
@@ -81,7 +82,7 @@ def quality(runs: Runs, hr: torch.Tensor, scale: float, details, batch: int) -> 
             rows.setdefault(label, []).append(torch.stack([psnr(sr, pair.hr, b),
                                                            lsd(sr[..., b:-b, b:-b], pair.hr[..., b:-b, b:-b])], 1))
 
-        add("bicubic", pair.lr_up)
+        add(BICUBIC.name, pair.lr_up)
         add("stage 1, true latent", runs.nets["decoder"](pair.lr, runs.nets["encoder"](pair.hr, pair.lr_up),
                                                          pair.inv_scale, *pair.decoder_tables()))
         cond = runs.condition(pair)
@@ -92,7 +93,7 @@ def quality(runs: Runs, hr: torch.Tensor, scale: float, details, batch: int) -> 
         a, c = (runs.decode(pair, s).clamp(0, 1) * 255 for s in samples)
         spread.append(float((a - c)[..., b:-b, b:-b].abs().mean()) * math.sqrt(math.pi) / 2)
     means = {k: torch.cat(v).mean(0) for k, v in rows.items()}
-    base = means["bicubic"][0]
+    base = means[BICUBIC.name][0]
     return {k: (float(m[0] - base), float(m[1])) for k, m in means.items()}, float(np.mean(spread))
 
 

@@ -1,0 +1,30 @@
+"""LCMSR: a 1–4 step latent consistency sampler, with a single-call ONNX graph for one step."""
+from __future__ import annotations
+
+from .. import latent
+from ..schedulers import consistency
+from .base import Method
+
+
+def sample(spec: dict, denoiser, cond, inv_scale, steps: int, noise):
+    return latent.lcmsr_sample(denoiser, cond, inv_scale, steps, noise, spec.get("T", consistency.T),
+                               spec.get("sigma_data", consistency.SIGMA_DATA))
+
+
+def new_spec() -> dict:
+    return {"T": consistency.T, "sigma_data": consistency.SIGMA_DATA, "steps": LCMSR.default_steps,
+            "max_steps": LCMSR.max_steps}
+
+
+def fused_problem(spec: dict) -> str | None:
+    """One-step LCMSR starts from the noise alone: ᾱ(T) = 0."""
+    total = spec.get("T", consistency.T)
+    a, b = consistency.noise_coefficients(total, total)
+    if float(a) != 0.0 or float(b) != 1.0:
+        return "one-step LCMSR expects pure noise at t = T"
+    return None
+
+
+LCMSR = Method("lcmsr", "LCMSR (one-step latent consistency)", "LCMSR", stochastic=True, default_steps=1,
+               max_steps=4, default_detail=1.0, roles=("condition", "denoiser"), sample=sample,
+               fused_graph="lcmsr.onestep", fused_inputs=("noise",), new_spec=new_spec, fused_problem=fused_problem)
