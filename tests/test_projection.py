@@ -5,7 +5,7 @@ import pytest
 from engine import metrics
 from engine.projection import degradation_rows, project
 from engine.grid import Grid
-from engine.methods import Bicubic
+from engine.registry.bicubic import Bicubic
 from engine.pipeline import Request, superresolve
 from engine.resample import antialias_cubic_matrix, downsample
 from tests.conftest import SAMPLE, read, write_raster

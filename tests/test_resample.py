@@ -2,7 +2,7 @@
 import numpy as np
 
 from engine.grid import Grid
-from engine.methods import Bicubic
+from engine.registry.bicubic import Bicubic
 from engine.resample import cubic_resample, keys_cubic, nearest_indices
 
 
