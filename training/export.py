@@ -46,6 +46,7 @@ from engine.registry import REGISTRY, Method
 from engine.torch_backend import TorchNetworks, roles
 
 from .errors import TrainingError
+from .trainer import deferred_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +199,6 @@ def check_graph(key: str, module: nn.Module, entry: dict, card: dict, sessions) 
     return float(np.abs(out - ref).max())
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
 @contextlib.contextmanager
 def stoppable():
     """SIGTERM stops the export as Ctrl-C (SIGINT) does: a KeyboardInterrupt (main thread only,
@@ -217,20 +215,6 @@ def stoppable():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def uninterrupted():
-    """SIGINT and SIGTERM wait until the block is done (main thread only): the files it writes go
-    together."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def export(model: str | None = None) -> Path:
@@ -265,7 +249,7 @@ def write_graphs(folder: Path, written: list) -> tuple[dict, dict, dict]:
             for key, (module, names, output, networks) in specs.items()}
     graphs = {key: entry for key, (_, entry) in made.items()}
     card["onnx"] = {"opset": OPSET, "weights_sha256": card["weights"]["sha256"], "graphs": graphs}
-    with uninterrupted():
+    with deferred_interrupts() as hits:  # a stop waits until the graphs and the card are written
         for key, (data, entry) in made.items():
             modelfile.write_member(folder, entry["file"], f"onnx.graphs.{key}.file", data)
         modelfile.write_card(folder, card)
@@ -277,6 +261,8 @@ def write_graphs(folder: Path, written: list) -> tuple[dict, dict, dict]:
                 except OSError as e:
                     log.warning("cannot remove the old graph %s: %s", path, e.strerror)
         written.append(folder)
+    if hits:
+        raise KeyboardInterrupt(signal.Signals(hits[0]).name)
     return card, tensors, graphs
 
 
