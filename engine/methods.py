@@ -266,10 +266,6 @@ def method_steps(name: str, steps: int | None, spec: dict, card_path=None) -> in
     return steps
 
 
-def whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def steps_problem(name: str, spec: dict) -> str | None:
     """What is wrong with the step fields of a card's method entry ``spec``, naming the field, or None:
     the engine's own step range of the method (engine.registry) bounds the card's too, so a card's betas,
@@ -284,10 +280,10 @@ def steps_problem(name: str, spec: dict) -> str | None:
             return f"'methods.{name}.betas' gives {count} steps: {bounds}"
         top = len(spec["betas"])
     elif "max_steps" in spec:
-        if not whole(spec["max_steps"]) or not 1 <= spec["max_steps"] <= top:
+        if not modelfile.positive_int(spec["max_steps"]) or spec["max_steps"] > top:
             return f"'methods.{name}.max_steps' is {spec['max_steps']!r}: {bounds}"
         top = spec["max_steps"]
-    if "steps" in spec and (not whole(spec["steps"]) or not 1 <= spec["steps"] <= top):
+    if "steps" in spec and (not modelfile.positive_int(spec["steps"]) or spec["steps"] > top):
         return f"'methods.{name}.steps' is {spec['steps']!r}: {name} runs with 1 to {top} steps in this model"
     return None
 
