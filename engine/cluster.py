@@ -165,6 +165,16 @@ def import_distributed():
     return distributed
 
 
+def connect_timeout() -> float:
+    """Dask's connect timeout in seconds (distributed.comm.timeouts.connect); importing distributed
+    registers that configuration."""
+    import_distributed()
+    import dask
+    import dask.utils
+
+    return dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
+
+
 @contextlib.contextmanager
 def connect(address: str):
     """A distributed.Client on ``address`` (local:N starts N worker processes on 127.0.0.1 with one
@@ -176,7 +186,7 @@ def connect(address: str):
     import dask
 
     quiet_dask()
-    timeout = dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
+    timeout = connect_timeout()
     target, n = parse_address(address)
     with contextlib.ExitStack() as stack:
         if target == "local":

@@ -42,14 +42,11 @@ def check_cluster(address: str, feedback) -> None:
 
 
 def connect_timeout() -> str:
-    """Dask's connect timeout in words ("30 s"), or "Dask's connect timeout" when Dask is not importable."""
+    """Dask's connect timeout in words ("30 s", engine.cluster.connect_timeout), or "Dask's connect
+    timeout" when Dask is not importable."""
     try:
-        import dask
-        import dask.utils
-        import distributed  # noqa: F401 - registers its configuration (the timeouts)
-
-        return f"{dask.utils.parse_timedelta(dask.config.get('distributed.comm.timeouts.connect')):g} s"
-    except (ImportError, KeyError, ValueError, TypeError):
+        return f"{cluster.connect_timeout():g} s"
+    except (LatentSRError, KeyError, ValueError, TypeError):
         return "Dask's connect timeout"
 
 
