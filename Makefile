@@ -55,28 +55,24 @@ test: setup
 TRAIN_DATA ?= $(ROOT)/../shared/data/ucmerced/train
 VAL_DATA ?= $(ROOT)/../shared/data/ucmerced/val
 RUNS ?= $(ROOT)/runs
-# Stage 1 starts from the committed bundle: its stage-1 encoder and decoder (a bundle without an
-# encoder: its decoder's LR branch, with the encoder and detail path as a PCA of the residual); a
-# quarter of the samples decode a zero latent, so that the LR branch keeps a regression of its own;
-# the PatchGAN joins at half way.
-# Stage 2 adds a PatchGAN (started from stage 1's) on each method's decoded samples, with the LR
-# consistency of those samples, so that a sample looks like HR instead of the mean, and the energy
-# score of two samples; the conditioning net also predicts the latent's spread around its guess, by
-# which the samplers' residual is scaled, so that the samples vary where the LR is textured, and 16
-# channels of LR features for the denoiser.
-STAGE1_STEPS ?= 1200
-STAGE2_STEPS ?= 1500
-STAGE1_ARGS ?= --lr 2e-4 --init $(ROOT)/resources/models/latentsr-rgb --latent-dropout 0.25 --gan-weight 0.01 --gan-start 600
-STAGE2_ARGS ?= --spread --features 16 --gan-weight 0.5 --lr-weight 5 --energy-weight 10
+# The recipe (steps, learning rates, loss weights, the spread and features of stage 2) is the table
+# in training/recipe.py, the defaults of `python -m training`: the recipe that trained the committed
+# bundle. Stage 1 starts from the committed bundle: its stage-1 encoder and decoder (a bundle without
+# an encoder: its decoder's LR branch, with the encoder and detail path as a PCA of the residual).
+# STAGE1_STEPS, STAGE2_STEPS (empty: the recipe's) and STAGE1_ARGS, STAGE2_ARGS override the recipe.
+STAGE1_STEPS ?=
+STAGE2_STEPS ?=
+STAGE1_ARGS ?= --init $(ROOT)/resources/models/latentsr-rgb
+STAGE2_ARGS ?=
 TRAIN_ARGS ?=
 
 train: venv
 	cd $(ROOT) && $(PY) -m training stage1 --data $(TRAIN_DATA) --val $(VAL_DATA) --out $(RUNS)/stage1 \
-	  --steps $(STAGE1_STEPS) --resume $(STAGE1_ARGS) $(TRAIN_ARGS)
+	  $(if $(STAGE1_STEPS),--steps $(STAGE1_STEPS)) --resume $(STAGE1_ARGS) $(TRAIN_ARGS)
 	cd $(ROOT) && $(PY) -m training e2diffsr --stage1 $(RUNS)/stage1 --data $(TRAIN_DATA) --val $(VAL_DATA) \
-	  --out $(RUNS)/e2diffsr --steps $(STAGE2_STEPS) --resume $(STAGE2_ARGS) $(TRAIN_ARGS)
+	  --out $(RUNS)/e2diffsr $(if $(STAGE2_STEPS),--steps $(STAGE2_STEPS)) --resume $(STAGE2_ARGS) $(TRAIN_ARGS)
 	cd $(ROOT) && $(PY) -m training lcmsr --stage1 $(RUNS)/stage1 --data $(TRAIN_DATA) --val $(VAL_DATA) \
-	  --out $(RUNS)/lcmsr --steps $(STAGE2_STEPS) --resume $(STAGE2_ARGS) $(TRAIN_ARGS)
+	  --out $(RUNS)/lcmsr $(if $(STAGE2_STEPS),--steps $(STAGE2_STEPS)) --resume $(STAGE2_ARGS) $(TRAIN_ARGS)
 	cd $(ROOT) && $(PY) -m training bundle --stage1 $(RUNS)/stage1 --e2diffsr $(RUNS)/e2diffsr --lcmsr $(RUNS)/lcmsr
 	cd $(ROOT) && $(PY) -m training export-onnx
 

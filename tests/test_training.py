@@ -146,10 +146,17 @@ def test_stage1_starts_as_the_residual_pca_and_init_keeps_the_regression(stage1)
                                    projection, atol=1e-4, rtol=1e-4)
 
 
+# the stages' base loss options (training.recipe), which the CLI's defaults (the bundle's recipe) override
+PLAIN = {"stage1": ["--latent-dropout", "0", "--gan-weight", "0", "--gan-start", "0"],
+         "stage2": ["--gan-weight", "0", "--lr-weight", "1", "--energy-weight", "0", "--features", "0", "--no-spread"]}
+
+
 def train_args(command, images, out, steps, *extra):
+    """A short tiny run of ``command`` with the plain losses; ``extra`` adds to them or overrides them."""
     return [command, "--data", str(images / "train"), "--val", str(images / "val"), "--out", str(out),
             "--steps", str(steps), "--crop", "32", "--batch", "2", "--ckpt-every", "2", "--val-every", "2",
-            "--val-images", "1", "--val-crop", "32", "--warmup", "2", "--no-progress", "--preset", "tiny", *extra]
+            "--val-images", "1", "--val-crop", "32", "--warmup", "2", "--no-progress", "--preset", "tiny",
+            *PLAIN["stage1" if command == "stage1" else "stage2"], *extra]
 
 
 @pytest.fixture(scope="module")
@@ -479,3 +486,74 @@ def test_step_bench_splits_a_step(images, capsys):
                   "optimizer: AdamW", "total", "samples / s", "median step (ms)"):
         assert f"| {phase} |" in out, phase
     assert "| decoder | " in out and "| encoder | " in out
+
+
+# `make train` as it was before the recipe moved into training.recipe: the Makefile's STAGE1_ARGS and
+# STAGE2_ARGS over the CLI's defaults of then, every option as parsed (data and folders left out)
+MAKE_TRAIN = {
+    "stage1": {"steps": 1200, "schedule_steps": None, "batch": 8, "lr": 2e-4, "warmup": 100, "resume": True,
+               "device": "cpu", "ckpt_every": 250, "val_every": 250, "crop": 96, "workers": 0, "seed": 0,
+               "scales": (1.0, 8.0), "ema_decay": 0.999, "val_images": 16, "val_crop": 128, "no_progress": False,
+               "preset": "default", "precision": "auto", "bands": 3, "kl_weight": 1e-4, "latent_noise": 0.1,
+               "latent": 16, "gan_weight": 0.01, "gan_start": 600, "fft_weight": 0.05, "latent_dropout": 0.25},
+    "stage2": {"steps": 1500, "schedule_steps": None, "batch": 8, "lr": 3e-4, "warmup": 100, "resume": True,
+               "device": "cpu", "ckpt_every": 250, "val_every": 250, "crop": 96, "workers": 0, "seed": 0,
+               "scales": (1.0, 8.0), "ema_decay": 0.999, "val_images": 16, "val_crop": 128, "no_progress": False,
+               "preset": "default", "precision": "auto", "cond_weight": 0.01, "cond_pixel_weight": 1.0,
+               "gan_weight": 0.5, "lr_weight": 5.0, "features": 16, "spread": True, "energy_weight": 10.0},
+}
+
+
+def make_train_stages() -> dict:
+    """The options of each training command that `make train` runs, parsed by the training CLI."""
+    import re
+    import shlex
+    import shutil
+    import subprocess
+
+    from training.cli import parser
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    text = subprocess.run(["make", "-n", "-o", "venv", "train"], cwd=root, capture_output=True, text=True,
+                          check=True).stdout.replace("\\\n", " ")
+    stages = {}
+    for line in text.splitlines():
+        found = re.search(r"-m training (stage1|e2diffsr|lcmsr) (.*)", line)
+        if found:
+            stages[found.group(1)] = vars(parser().parse_args([found.group(1), *shlex.split(found.group(2))]))
+    return stages
+
+
+def test_make_train_runs_the_recipe_table_that_trained_the_bundle():
+    """training.recipe is the one table of hyperparameters: `make train` passes only the data, the run
+    folders and stage 1's --init, so each stage runs the CLI's defaults, which are the table's; that is
+    exactly the recipe the Makefile ran before (MAKE_TRAIN), and the one the bundled card records
+    (its steps, and its stage-2 options). The fine-tune and the step bench read the same table."""
+    from engine.modelfile import read_card, resolve
+    from training import finetune, recipe
+    from training.bench import step
+
+    stages = make_train_stages()
+    assert set(stages) == {"stage1", "e2diffsr", "lcmsr"}
+    card = read_card(resolve("latentsr-rgb"))
+    for name, args in stages.items():
+        table = recipe.STAGE1 if name == "stage1" else recipe.STAGE2
+        assert {k: v for k, v in args.items() if k in MAKE_TRAIN["stage1" if name == "stage1" else "stage2"]} \
+            == MAKE_TRAIN["stage1" if name == "stage1" else "stage2"], name
+        assert {k: args[k] for k in table["options"]} == table["options"]
+        assert (args["steps"], args["lr"]) == (table["steps"], table["lr"])
+        assert {k: args[k] for k in ("batch", "warmup", "crop", "ema_decay", "val_images", "val_crop", "ckpt_every",
+                                     "val_every", "seed")} == {k: v for k, v in recipe.RUN.items() if k != "scales"}
+        assert tuple(args["scales"]) == recipe.RUN["scales"]
+        assert args["steps"] == card["training"][name]["step"]
+        assert list(args["scales"]) == card["training"][name]["scales"] and args["batch"] == card["training"][name]["batch"]
+        if name != "stage1":
+            assert card["training"][name]["options"] == table["options"]
+    assert Path(stages["stage1"]["init"]).resolve() == resolve("latentsr-rgb").resolve()
+    assert stages["e2diffsr"]["stage1"] == stages["lcmsr"]["stage1"] == stages["stage1"]["out"]
+    # the fine-tune: its own steps and lr, stage 1 with latent dropout and without the PatchGAN
+    assert finetune.Finetune(rasters=[], out="").lr == recipe.FINETUNE["lr"] == 2e-4
+    assert recipe.FINETUNE["stage1_options"] == dict(recipe.STAGE1_BASE, latent_dropout=0.25)
+    assert step.STAGE1_OPTIONS == dict(recipe.STAGE1["options"], gan_start=0)

@@ -11,12 +11,13 @@ from pathlib import Path
 from engine.cli import band_list
 from engine.errors import LatentSRError, single_line
 from engine.modelfile import DEFAULT_MODEL, MODELS_DIR
+from engine.models import LATENT
 from engine.registry import E2DIFFSR, LCMSR
 
+from . import recipe
 from .errors import Interrupted, TrainingError
 
-STAGE_DEFAULTS = {"stage1": {"lr": 5e-4, "steps": 3000}, E2DIFFSR.name: {"lr": 3e-4, "steps": 3000},
-                  LCMSR.name: {"lr": 3e-4, "steps": 3000}}
+STAGES = {"stage1": recipe.STAGE1, E2DIFFSR.name: recipe.STAGE2, LCMSR.name: recipe.STAGE2}  # their defaults
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -27,7 +28,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
-    d = STAGE_DEFAULTS[name]
+    d, o, run = STAGES[name], STAGES[name]["options"], recipe.RUN
     p = sub.add_parser(name, help=help_text)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="folder of training images (PNG, WebP, TIFF, GeoTIFF; searched recursively)")
@@ -40,21 +41,21 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: checkpoint, curves.png, and the stage's model.json/model.safetensors")
     p.add_argument("--steps", type=int, default=d["steps"], help="train up to this step (default %(default)s)")
     p.add_argument("--schedule-steps", type=int, help="horizon of the cosine LR schedule (default: --steps of the first run)")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=run["batch"])
     p.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
+    p.add_argument("--warmup", type=int, default=run["warmup"], help="linear warmup steps")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--val-every", type=int, default=250)
-    p.add_argument("--crop", type=int, default=96, help="HR crop size, a multiple of 32 (default %(default)s)")
+    p.add_argument("--ckpt-every", type=int, default=run["ckpt_every"])
+    p.add_argument("--val-every", type=int, default=run["val_every"])
+    p.add_argument("--crop", type=int, default=run["crop"], help="HR crop size, a multiple of 32 (default %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scales", type=float, nargs=2, default=(1.0, 8.0), metavar=("MIN", "MAX"),
+    p.add_argument("--seed", type=int, default=run["seed"])
+    p.add_argument("--scales", type=float, nargs=2, default=run["scales"], metavar=("MIN", "MAX"),
                    help="range of the per-batch scale (default 1 8)")
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--val-images", type=int, default=16)
-    p.add_argument("--val-crop", type=int, default=128)
+    p.add_argument("--ema-decay", type=float, default=run["ema_decay"])
+    p.add_argument("--val-images", type=int, default=run["val_images"])
+    p.add_argument("--val-crop", type=int, default=run["val_crop"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--preset", default="default", help="network sizes: default, small or tiny")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "float32"),
@@ -62,36 +63,38 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
                         "(avx512_bf16 or amx_bf16) or GPU has bfloat16 units, else float32; a resumed run keeps its own")
     if name == "stage1":
         p.add_argument("--bands", type=int, default=3, help="band count of the model")
-        p.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the latent's KL against N(0, I)")
-        p.add_argument("--latent-noise", type=float, default=0.1,
+        p.add_argument("--kl-weight", type=float, default=o["kl_weight"], help="weight of the latent's KL against N(0, I)")
+        p.add_argument("--latent-noise", type=float, default=o["latent_noise"],
                        help="standard deviation of the latent posterior, relative to the spread of its means")
-        p.add_argument("--latent", type=int, default=16, help="latent channels per cell of 8×8 output pixels (default %(default)s)")
+        p.add_argument("--latent", type=int, default=LATENT, help="latent channels per cell of 8×8 output pixels (default %(default)s)")
         p.add_argument("--init", help="start the decoder from the decoder of this stage-1 model folder or bundle (default: from bicubic)")
-        p.add_argument("--gan-weight", type=float, default=0.0,
+        p.add_argument("--gan-weight", type=float, default=o["gan_weight"],
                        help="weight of the PatchGAN hinge loss (0: no discriminator; default %(default)s)")
-        p.add_argument("--gan-start", type=int, default=0, help="the step from which the GAN loss is on")
-        p.add_argument("--fft-weight", type=float, default=0.05)
-        p.add_argument("--latent-dropout", type=float, default=0.0,
-                       help="share of samples decoded with a zero latent, so the decoder also works as plain regression")
+        p.add_argument("--gan-start", type=int, default=o["gan_start"],
+                       help="the step from which the GAN loss is on (default %(default)s)")
+        p.add_argument("--fft-weight", type=float, default=o["fft_weight"])
+        p.add_argument("--latent-dropout", type=float, default=o["latent_dropout"],
+                       help="share of samples decoded with a zero latent, so the decoder also works as plain regression "
+                            "(default %(default)s)")
     else:
         p.add_argument("--stage1", required=True, help="the --out folder of a stage-1 run")
-        p.add_argument("--cond-weight", type=float, default=0.01,
+        p.add_argument("--cond-weight", type=float, default=o["cond_weight"],
                        help="weight of the conditioning net's latent L2 loss (default %(default)s)")
-        p.add_argument("--cond-pixel-weight", type=float, default=1.0,
+        p.add_argument("--cond-pixel-weight", type=float, default=o["cond_pixel_weight"],
                        help="weight of the L1 of the decoded condition against HR: the regression path (default %(default)s)")
-        p.add_argument("--gan-weight", type=float, default=0.0,
+        p.add_argument("--gan-weight", type=float, default=o["gan_weight"],
                        help="weight of the PatchGAN hinge loss on the method's decoded samples (0: no discriminator; "
                             "default %(default)s)")
-        p.add_argument("--lr-weight", type=float, default=1.0,
+        p.add_argument("--lr-weight", type=float, default=o["lr_weight"],
                        help="with --gan-weight: weight of the L1 between a decoded sample taken back to the LR grid and the LR "
                             "(default %(default)s)")
-        p.add_argument("--features", type=int, default=0,
+        p.add_argument("--features", type=int, default=o["features"],
                        help="channels of LR features the conditioning net gives the denoiser beside its latent guess "
                             "(default %(default)s)")
-        p.add_argument("--spread", action="store_true",
+        p.add_argument("--spread", action=argparse.BooleanOptionalAction, default=o["spread"],
                        help="the conditioning net also predicts the spread of the latent around its guess per cell, "
-                            "and the sampler draws the residual standardised by it")
-        p.add_argument("--energy-weight", type=float, default=0.0,
+                            "and the sampler draws the residual standardised by it (default %(default)s)")
+        p.add_argument("--energy-weight", type=float, default=o["energy_weight"],
                        help="with --gan-weight: weight of the energy score of two decoded samples against HR, "
                             "which asks their spread to follow the uncertainty (default %(default)s)")
     return p
@@ -103,19 +106,19 @@ def finetune_parser(sub) -> None:
     f.add_argument("--out", required=True, help="the new bundle's folder (its runs go to OUT/training; the same command again resumes)")
     f.add_argument("--bands", type=band_list, metavar="1,2,3,4", help="the rasters' bands to train on, in order (default all)")
     f.add_argument("--init", help=f"the start bundle: a name under resources/models or a folder (default {DEFAULT_MODEL})")
-    f.add_argument("--steps", type=int, default=600, help="stage-1 steps (default %(default)s)")
+    f.add_argument("--steps", type=int, default=recipe.FINETUNE["steps"], help="stage-1 steps (default %(default)s)")
     f.add_argument("--stage2-steps", type=int, help="steps of each stage-2 method (default: half of --steps)")
-    f.add_argument("--scales", type=float, nargs=2, default=(1.0, 8.0), metavar=("MIN", "MAX"),
+    f.add_argument("--scales", type=float, nargs=2, default=recipe.RUN["scales"], metavar=("MIN", "MAX"),
                    help="range of the training scales (default 1 8)")
     f.add_argument("--val", nargs="+", metavar="PATH",
                    help="validation rasters (default: the last 15%% of the rows of every training raster, held back)")
     f.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    f.add_argument("--batch", type=int, default=8)
-    f.add_argument("--crop", type=int, default=96, help="HR window size, a multiple of 32 (default %(default)s)")
-    f.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default %(default)s)")
-    f.add_argument("--val-crop", type=int, default=128, help="side of the validation windows (default %(default)s)")
-    f.add_argument("--val-images", type=int, default=16, help="number of validation windows (default %(default)s)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--batch", type=int, default=recipe.RUN["batch"])
+    f.add_argument("--crop", type=int, default=recipe.RUN["crop"], help="HR window size, a multiple of 32 (default %(default)s)")
+    f.add_argument("--lr", type=float, default=recipe.FINETUNE["lr"], help="peak learning rate (default %(default)s)")
+    f.add_argument("--val-crop", type=int, default=recipe.RUN["val_crop"], help="side of the validation windows (default %(default)s)")
+    f.add_argument("--val-images", type=int, default=recipe.RUN["val_images"], help="number of validation windows (default %(default)s)")
+    f.add_argument("--seed", type=int, default=recipe.RUN["seed"])
     f.add_argument("--workers", type=int, default=0, help="data loader processes")
     f.add_argument("--name", help="the model's name in its card (default: the folder's name)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> None:
-    if args.command in STAGE_DEFAULTS:
+    if args.command in STAGES:
         train(args)
     elif args.command == "finetune":
         from tqdm.contrib.logging import logging_redirect_tqdm

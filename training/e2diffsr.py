@@ -30,7 +30,7 @@ from engine.registry import E2DIFFSR
 from engine.schedulers import ddpm
 
 from . import distributed
-from .latent import ENERGY_WEIGHT, LatentStage, cell_mean
+from .latent import LatentStage, cell_mean
 
 SAMPLE_STEPS = 4
 ETA = 0.0  # DDIM between steps; the start noise makes the sample (module notes)
@@ -56,7 +56,7 @@ class E2DiffSRStage(LatentStage):
         z0 = predict()
         mse = cell_mean((z0 - r0) ** 2, pair)
         second = None
-        if self.adversary is not None and self.settings.options.get("energy_weight", ENERGY_WEIGHT) > 0:
+        if self.adversary is not None and self.options["energy_weight"] > 0:
             second = self.clean(cond, predict())
         adv, logs = self.adversarial(pair, self.clean(cond, z0), second)
         return mse + self.cond_loss(cond, x0, pair) + adv, dict({"z0": mse.item()}, **logs)

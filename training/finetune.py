@@ -42,7 +42,7 @@ from engine.models import PRESETS, preset
 from engine.registry import E2DIFFSR, LCMSR, REGISTRY
 
 from . import bands as band_start
-from . import bundle, distributed
+from . import bundle, distributed, recipe
 from .errors import TrainingError
 from .trainer import STATE, Settings, Trainer, check_options, deferred_interrupts
 
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 RUNS = "training"  # OUT/training/<stage>: the run folders
 VAL_EVERY = 50  # at least this many steps between validations (and at the end of each stage)
 METHODS = tuple(m.name for m in bundle.STAGE2)
-STAGE1_OPTIONS = {"kl_weight": 1e-4, "fft_weight": 0.05, "latent_noise": 0.1, "latent_dropout": 0.25,
-                  "gan_weight": 0.0, "gan_start": 0}
 MARKER = "finetune-run.json"  # OUT/MARKER: this folder is a fine-tune's run, and of which options
 MARKER_FORMAT = "latentsr-finetune-run"
 # the options that make a run what it is; --steps, --stage2-steps, --device, --workers and --name may
@@ -67,19 +65,19 @@ class Finetune:
     out: str
     bands: list | None = None  # 1-based raster bands (None: all)
     init: str | None = None  # the start bundle (None: the default model)
-    steps: int = 600  # stage-1 steps
+    steps: int = recipe.FINETUNE["steps"]  # stage-1 steps
     stage2_steps: int | None = None  # steps of each stage-2 method (None: steps / 2)
-    scale_min: float = 1.0
-    scale_max: float = 8.0
+    scale_min: float = recipe.RUN["scales"][0]
+    scale_max: float = recipe.RUN["scales"][1]
     val: list | None = None  # validation rasters (None: held-back rows of the training rasters)
     device: str = "cpu"
-    batch: int = 8
-    crop: int = 96
-    lr: float = 2e-4
-    seed: int = 0
+    batch: int = recipe.RUN["batch"]
+    crop: int = recipe.RUN["crop"]
+    lr: float = recipe.FINETUNE["lr"]
+    seed: int = recipe.RUN["seed"]
     workers: int = 0
-    val_images: int = 16
-    val_crop: int = 128
+    val_images: int = recipe.RUN["val_images"]
+    val_crop: int = recipe.RUN["val_crop"]
     name: str | None = None
     progress: bool = True
 
@@ -309,7 +307,8 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
     for k, (name, cls, steps) in enumerate(stages):
         if name == "stage1":
             s = settings(name, steps, latent=int(specs["stage1"]["decoder"]["config"]["latent"]),
-                         options=dict(STAGE1_OPTIONS, init=str(folder), networks=specs["stage1"]))
+                         options=dict(recipe.FINETUNE["stage1_options"], init=str(folder),
+                                      networks=specs["stage1"]))
         else:
             if (runs / name / STATE).exists() and stale_stage2(runs / name, runs / "stage1"):
                 log.info("%s: stage 1 has moved on since this run began; it starts again", name)

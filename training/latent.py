@@ -43,20 +43,13 @@ from engine import modelfile
 from engine.latent import from_residual, latent_guess, log_spread
 from engine.models import preset
 
-from . import distributed
+from . import distributed, recipe
 from .adversary import Adversary, lr_consistency
 from .bands import load_adapted
 from .errors import TrainingError
 from .trainer import Stage
 
 LATENT_BATCHES = 8
-COND_WEIGHT = 0.01  # the latent L2 term
-COND_PIXEL_WEIGHT = 1.0  # the decoded L1 term
-GAN_WEIGHT = 0.0
-LR_WEIGHT = 1.0
-ENERGY_WEIGHT = 0.0
-FEATURES = 0
-SPREAD = False
 
 
 def energy_score(a: torch.Tensor, b: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -92,12 +85,13 @@ class LatentStage(Stage):
         frozen = modelfile.build_networks(card, tensors, ["encoder", "decoder"], device)
         self.encoder, self.decoder = (frozen[n].requires_grad_(False) for n in ("encoder", "decoder"))
         self.stage1_card = card
+        self.options = dict(recipe.STAGE2_BASE, **settings.options)
         super().__init__(settings, device, specs or settings.options.get("networks") or self.fresh_specs(settings))
         config = self.specs["condition"]["config"]
         self.layout = {"latent": settings.latent, "features": int(config.get("features", 0)),
                        "spread": bool(config.get("spread", False))}
         self.latent_scale = 1.0
-        if settings.options.get("gan_weight", GAN_WEIGHT) > 0:
+        if self.options["gan_weight"] > 0:
             self.adversary = Adversary(settings.bands, settings.preset, device)
 
     def modules(self) -> list[torch.nn.Module]:
@@ -106,8 +100,7 @@ class LatentStage(Stage):
     def fresh_specs(self, settings) -> dict:
         """The preset's networks; the conditioning net with ``features`` channels and the ``spread``,
         and a denoiser that reads them."""
-        o = settings.options
-        features, spread = int(o.get("features", FEATURES)), bool(o.get("spread", SPREAD))
+        features, spread = int(self.options["features"]), bool(self.options["spread"])
         extra = features + (settings.latent if spread else 0)
         specs = {}
         for name, kind in self.NETWORKS.items():
@@ -215,16 +208,16 @@ class LatentStage(Stage):
         ``second`` sample of the same LR, plus energy_weight × their energy score against HR."""
         if self.adversary is None:
             return torch.zeros((), device=sample.device), {}
-        o = self.settings.options
+        o = self.options
         sr = pair.keep_valid(self.decode(pair, sample))
         d = self.adversary.update(pair, sr)
         g = self.adversary.generator_loss(pair, sr)
         lr = lr_consistency(sr, pair)
-        loss = o.get("gan_weight", GAN_WEIGHT) * g + o.get("lr_weight", LR_WEIGHT) * lr
+        loss = o["gan_weight"] * g + o["lr_weight"] * lr
         logs = {"d": d, "g": g.item(), "lr": lr.item()}
         if second is not None:
             energy = energy_score(sr, pair.keep_valid(self.decode(pair, second)), pair.hr)
-            loss, logs = loss + o.get("energy_weight", ENERGY_WEIGHT) * energy, dict(logs, energy=energy.item())
+            loss, logs = loss + o["energy_weight"] * energy, dict(logs, energy=energy.item())
         return loss, logs
 
     @abc.abstractmethod
@@ -254,13 +247,13 @@ class LatentStage(Stage):
         """The conditioning net's loss: decoded L1 against HR plus the latent L2 against x0; with the
         spread, plus its Laplace negative log-likelihood of x0 around the guess (held fixed), whose
         minimum is the spread = the mean absolute deviation of x0 from the guess given the LR."""
-        o = self.settings.options
+        o = self.options
         full, cond = cond, self.guess(cond)
-        loss = o.get("cond_weight", COND_WEIGHT) * cell_mean((cond - x0) ** 2, pair)
+        loss = o["cond_weight"] * cell_mean((cond - x0) ** 2, pair)
         if self.layout["spread"]:
             log = log_spread(full, self.layout)
             loss = loss + cell_mean((x0 - cond.detach()).abs() / log.exp() + log, pair)
-        pixel = o.get("cond_pixel_weight", COND_PIXEL_WEIGHT)
+        pixel = o["cond_pixel_weight"]
         if pixel > 0:
             loss = loss + pixel * (pair.keep_valid(self.decode(pair, cond)) - pair.hr).abs().mean()
         return loss

@@ -18,7 +18,7 @@ from engine.registry import LCMSR
 from engine.schedulers import consistency as cm
 
 from . import distributed
-from .latent import ENERGY_WEIGHT, LatentStage, cell_mean
+from .latent import LatentStage, cell_mean
 
 SAMPLE_STEPS = 1
 MAX_STEPS = LCMSR.max_steps
@@ -56,7 +56,7 @@ class LCMSRStage(LatentStage):
             end = torch.full((b,), cm.T, device=x0.device)
             start = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
             second = None
-            if self.settings.options.get("energy_weight", ENERGY_WEIGHT) > 0:
+            if self.options["energy_weight"] > 0:
                 other = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
                 second = self.clean(cond, self.f(self.nets, other, held, end, pair.inv_scale))
             first = self.clean(cond, self.f(self.nets, start, held, end, pair.inv_scale))

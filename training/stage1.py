@@ -12,7 +12,7 @@ Loss: L1 on the SR, a small L1 on its orthonormal 2-D spectrum (sharper detail w
 and the tiny KL; from step ``gan_start`` on, plus ``gan_weight`` × the hinge loss of a small
 spectral-norm PatchGAN trained from scratch beside it (its own Adam, one update per step, on the
 same batch). Scales s ~ U(scale_min, scale_max) per batch.
-Latent dropout (off by default): a share of the samples is decoded with the latent set to zero.
+Latent dropout (off in the base options, on in the recipe: training.recipe): a share of the samples is decoded with the latent set to zero.
 ``init``: start the decoder from an earlier stage-1 model folder instead of from bicubic.
 """
 from __future__ import annotations
@@ -23,19 +23,13 @@ from engine import modelfile
 from engine.models.encoder import pca, residual_blocks
 from engine.models.sampling import LATENT_FACTOR
 
-from . import distributed
+from . import distributed, recipe
 from .bands import load_adapted
 from .adversary import Adversary
 from .errors import TrainingError
 from .trainer import Stage
 
-KL_WEIGHT = 1e-4
-FFT_WEIGHT = 0.05
-LATENT_DROPOUT = 0.0
-LATENT_NOISE = 0.1  # σ / spread of μ: 20 dB
 PCA_BATCHES = 16
-GAN_WEIGHT = 0.0
-GAN_START = 0
 
 
 def spectrum_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -48,7 +42,8 @@ class Stage1(Stage):
 
     def __init__(self, settings, device, specs):
         super().__init__(settings, device, specs or settings.options.get("networks"))
-        if settings.options.get("gan_weight", GAN_WEIGHT) > 0:
+        self.options = dict(recipe.STAGE1_BASE, **settings.options)
+        if self.options["gan_weight"] > 0:
             self.adversary = Adversary(settings.bands, settings.preset, device)
 
     def setup(self):
@@ -108,11 +103,11 @@ class Stage1(Stage):
                 block.guide.weight.zero_()
 
     def loss(self, pair, gen, ema):
-        o = self.settings.options
+        o = self.options
         mean = self.nets["encoder"](pair.hr, pair.lr_up)
-        sigma = o.get("latent_noise", LATENT_NOISE) * distributed.std(mean)
+        sigma = o["latent_noise"] * distributed.std(mean)
         z = mean + sigma * distributed.sample(torch.randn, mean.shape, generator=gen, device=mean.device)
-        drop = o.get("latent_dropout", LATENT_DROPOUT)
+        drop = o["latent_dropout"]
         if drop > 0:
             keep = distributed.sample(torch.rand, (z.shape[0], 1, 1, 1), generator=gen, device=z.device) >= drop
             z = z * keep.to(z.dtype)
@@ -120,12 +115,12 @@ class Stage1(Stage):
         l1 = (sr - pair.hr).abs().mean()
         kl = 0.5 * (mean ** 2).mean()
         fft = spectrum_l1(sr, pair.hr)
-        loss = l1 + o.get("kl_weight", KL_WEIGHT) * kl + o.get("fft_weight", FFT_WEIGHT) * fft
+        loss = l1 + o["kl_weight"] * kl + o["fft_weight"] * fft
         logs = {"l1": l1.item(), "kl": kl.item()}
-        if self.adversary is not None and self.step >= o.get("gan_start", GAN_START):
+        if self.adversary is not None and self.step >= o["gan_start"]:
             logs["d"] = self.adversary.update(pair, sr)
             adv = self.adversary.generator_loss(pair, sr)
-            loss = loss + o.get("gan_weight", GAN_WEIGHT) * adv
+            loss = loss + o["gan_weight"] * adv
             logs["g"] = adv.item()
         return loss, logs
 

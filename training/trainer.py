@@ -30,7 +30,7 @@ from tqdm import tqdm
 from engine import modelfile
 from engine.models import LATENT, build, preset
 
-from . import curves, data, distributed, precision
+from . import curves, data, distributed, precision, recipe
 from .errors import Interrupted, TrainingError
 from .batch import make_pair
 
@@ -55,29 +55,29 @@ class Settings:
     data: str
     out: str
     val: str | None = None
-    steps: int = 2000
+    steps: int = recipe.STAGE1["steps"]
     schedule_steps: int | None = None
-    batch: int = 8
-    lr: float = 5e-4
-    warmup: int = 100
+    batch: int = recipe.RUN["batch"]
+    lr: float = recipe.STAGE1["lr"]
+    warmup: int = recipe.RUN["warmup"]
     resume: bool = False
     device: str = "cpu"
-    ckpt_every: int = 250
-    val_every: int = 250
-    crop: int = 96
+    ckpt_every: int = recipe.RUN["ckpt_every"]
+    val_every: int = recipe.RUN["val_every"]
+    crop: int = recipe.RUN["crop"]
     workers: int = 0
-    seed: int = 0
-    scale_min: float = 1.0
-    scale_max: float = 8.0
-    ema_decay: float = 0.999
+    seed: int = recipe.RUN["seed"]
+    scale_min: float = recipe.RUN["scales"][0]
+    scale_max: float = recipe.RUN["scales"][1]
+    ema_decay: float = recipe.RUN["ema_decay"]
     preset: str = "default"
     bands: int = 3
     latent: int = LATENT
-    val_images: int = 16
-    val_crop: int = 128
+    val_images: int = recipe.RUN["val_images"]
+    val_crop: int = recipe.RUN["val_crop"]
     progress: bool = True
     stage1: str | None = None
-    options: dict = field(default_factory=dict)  # stage-specific loss weights
+    options: dict = field(default_factory=dict)  # the stage's loss options (training.recipe: those left out are its base)
     rasters: bool = False  # data (and val) name GDAL rasters or folders of them (training.rasters)
     raster_bands: list | None = None  # the rasters' 1-based bands to train on (None: all)
     precision: str = "auto"  # auto, bf16 or float32 (training.precision)

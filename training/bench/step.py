@@ -33,15 +33,13 @@ from pathlib import Path
 import torch
 
 from .. import precision as precisions
+from .. import recipe
 from .. import trainer as trainer_module
 from ..lcmsr import LCMSRStage
 from ..stage1 import Stage1
 from ..trainer import Settings, Trainer
 
-STAGE1_OPTIONS = {"kl_weight": 1e-4, "fft_weight": 0.05, "latent_dropout": 0.25, "latent_noise": 0.1,
-                  "gan_weight": 0.01, "gan_start": 0}
-LCMSR_OPTIONS = {"cond_weight": 0.01, "cond_pixel_weight": 1.0, "gan_weight": 0.5, "lr_weight": 5.0,
-                 "energy_weight": 10.0, "features": 16, "spread": True}
+STAGE1_OPTIONS = dict(recipe.STAGE1["options"], gan_start=0)  # the recipe's, the PatchGAN on from the first step
 
 
 class Timers:
@@ -176,8 +174,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="training images (make train's ../shared/data/ucmerced/train)")
     ap.add_argument("--init", help="stage 1's --init (make train: resources/models/latentsr-rgb)")
     ap.add_argument("--preset", default="default")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--crop", type=int, default=96)
+    ap.add_argument("--batch", type=int, default=recipe.RUN["batch"])
+    ap.add_argument("--crop", type=int, default=recipe.RUN["crop"])
     ap.add_argument("--steps", type=int, default=5, help="steps per configuration and round (default %(default)s)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds, the first a warm-up (default %(default)s)")
     ap.add_argument("--precisions", nargs="+", default=["float32", "bf16"], choices=("float32", "bf16"))
@@ -196,10 +194,11 @@ def main(argv=None) -> int:
             runs = {}
             for prec, cl in configs:
                 out = Path(tmp) / f"{stage_name}-{prec}-{int(cl)}"
-                options = dict(STAGE1_OPTIONS, init=args.init) if stage_name == "stage1" else dict(LCMSR_OPTIONS)
+                first = stage_name == "stage1"
+                options = dict(STAGE1_OPTIONS, init=args.init) if first else dict(recipe.STAGE2["options"])
                 settings = Settings(data=args.data, out=str(out), steps=0, schedule_steps=10 ** 6, batch=args.batch,
-                                    lr=2e-4 if stage_name == "stage1" else 3e-4, warmup=100, ckpt_every=10 ** 9,
-                                    val_every=10 ** 9, crop=args.crop, preset=args.preset, progress=False,
+                                    lr=(recipe.STAGE1 if first else recipe.STAGE2)["lr"], warmup=recipe.RUN["warmup"],
+                                    ckpt_every=10 ** 9, val_every=10 ** 9, crop=args.crop, preset=args.preset, progress=False,
                                     stage1=stage1_dir, options=options, precision=prec,
                                     latent=16)
                 if stage_name == "stage1" and stage1_dir is None:

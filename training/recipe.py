@@ -1,0 +1,37 @@
+"""The training recipe: every stage's hyperparameters, in one table.
+
+The network sizes are engine.models.PRESETS; everything a run is trained with is here, and read by
+the training CLI (its defaults), the fine-tune, the stages, the step bench and, through the CLI's
+defaults, the Makefile:
+
+- STAGE1_BASE, STAGE2_BASE: a stage's loss options that a run does not give (training.stage1,
+  training.latent): the plain losses, without an adversary, latent dropout, LR features or spread.
+- STAGE1, STAGE2: the recipe that trained the bundled model (resources/models/latentsr-rgb: its card
+  records each stage's steps and the stage-2 options), the defaults of ``python -m training
+  stage1|e2diffsr|lcmsr``, and so what ``make train`` runs (the Makefile passes only the data, the run
+  folders and stage 1's start bundle, ``--init``). Stage 1 starts from a bundle, so its learning rate
+  is lower than stage 2's, which trains its networks from scratch; a quarter of the samples decode a
+  zero latent, so that the LR branch keeps a regression of its own; the PatchGAN joins at half way.
+- RUN: the options every stage shares (batch, crop, warmup, EMA, validation, checkpoints, seed).
+- FINETUNE: ``python -m training finetune`` and latentsr:train (training.finetune): stage 1 from the
+  start bundle with latent dropout and no adversary, each stage 2 with the base losses (its networks,
+  with their features and spread, come from the bundle).
+"""
+from __future__ import annotations
+
+# latent_noise: σ / spread of μ (0.1: 20 dB); cond_weight: the conditioning net's latent L2 term,
+# cond_pixel_weight: its decoded L1 term
+STAGE1_BASE = {"kl_weight": 1e-4, "fft_weight": 0.05, "latent_noise": 0.1, "latent_dropout": 0.0,
+               "gan_weight": 0.0, "gan_start": 0}
+STAGE2_BASE = {"cond_weight": 0.01, "cond_pixel_weight": 1.0, "gan_weight": 0.0, "lr_weight": 1.0,
+               "energy_weight": 0.0, "features": 0, "spread": False}
+
+STAGE1 = {"steps": 1200, "lr": 2e-4,
+          "options": dict(STAGE1_BASE, latent_dropout=0.25, gan_weight=0.01, gan_start=600)}
+STAGE2 = {"steps": 1500, "lr": 3e-4,
+          "options": dict(STAGE2_BASE, gan_weight=0.5, lr_weight=5.0, energy_weight=10.0, features=16, spread=True)}
+
+RUN = {"batch": 8, "warmup": 100, "crop": 96, "scales": (1.0, 8.0), "ema_decay": 0.999, "val_images": 16,
+       "val_crop": 128, "ckpt_every": 250, "val_every": 250, "seed": 0}
+
+FINETUNE = {"steps": 600, "lr": 2e-4, "stage1_options": dict(STAGE1_BASE, latent_dropout=0.25)}
