@@ -24,6 +24,7 @@ from .latent import check_detail
 from .methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, steps_help
 from .pipeline import Request
 from .registry import METHODS
+from .report import render_json, render_text
 
 log = logging.getLogger("engine")
 GDAL_CACHE_BYTES = 256 * 1024 * 1024  # GDAL's default (5 % of RAM) would let the block cache dominate peak memory
@@ -163,7 +164,7 @@ def run_evaluate(args) -> str:
         reference=args.hr, sr=args.sr, lr=args.lr, scale=args.scale, bands=args.bands, method=args.method,
         steps=args.steps, detail=args.detail, seed=args.seed, backend=args.backend, device=args.device, model=args.model,
         html=args.html, difference=args.difference, correctness=args.correctness))
-    return evaluate.render_json(report) if args.json else evaluate.render_text(report)
+    return render_json(report) if args.json else render_text(report)
 
 
 def main(argv: list[str] | None = None) -> int:

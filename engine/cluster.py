@@ -6,7 +6,7 @@ GDAL URL that every worker can read), runs the tile rows that reach the band, fr
 one whose blend weights touch its top row, through engine.pipeline.render (the single run's own
 loop, so every cell sums the same tiles in the same order), and writes the band's rows into a
 shard GeoTIFF under a scratch name next to the output. The client then assembles the shards as a
-VRT and packs that exactly as a single run packs its scratch file (engine.raster.OutputRaster); for
+VRT and packs that exactly as a single run packs its scratch file (engine.output.OutputRaster); for
 an output named .vrt, the shards are written tiled and compressed, as the output's own files, and
 the client writes only the VRT: no step on the client grows with the output's pixels.
 
@@ -54,7 +54,7 @@ from typing import Callable
 import numpy as np
 from osgeo import gdal
 
-from . import modelfile, pipeline, raster
+from . import modelfile, output, pipeline, raster
 from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError
 from .methods import choose_backend
@@ -690,7 +690,7 @@ class Shard:
     """The rows y0.. of one output (its mask too, if ``masked``), written into a GeoTIFF under a scratch
     name of its own and renamed to ``path`` by ``finish``: a rerun of the same band (after a lost
     worker) never sees a half file. A ``final`` shard is one of a .vrt output's own files: tiled and
-    compressed as a packed output (engine.raster.OutputRaster); else uncompressed, for the client
+    compressed as a packed output (engine.output.OutputRaster); else uncompressed, for the client
     to pack."""
 
     def __init__(self, path: str, width: int, height: int, bands: int, dtype: int, y0: int, masked: bool = False,
@@ -705,7 +705,7 @@ class Shard:
         if signed:
             options.append("PIXELTYPE=SIGNEDBYTE")
         try:
-            with raster.internal_masks():
+            with output.internal_masks():
                 self.ds = gdal.GetDriverByName("GTiff").Create(self.scratch, width, height, bands, dtype, options)
                 if masked:
                     self.ds.CreateMaskBand(gdal.GMF_PER_DATASET)
@@ -716,16 +716,16 @@ class Shard:
         def write_bands():
             for i in range(data.shape[0]):
                 self.ds.GetRasterBand(i + 1).WriteArray(data[i], x0, y0 - self.y0)
-            if self.masked and valid is not None:  # as engine.raster.OutputRaster.write
+            if self.masked and valid is not None:  # as engine.output.OutputRaster.write
                 mask = self.ds.GetRasterBand(1).GetMaskBand()
                 mask.WriteArray(np.where(valid.any(axis=0), 255, 0).astype(np.uint8), x0, y0 - self.y0)
-        raster.OutputRaster._writing(write_bands)
+        output.OutputRaster._writing(write_bands)
 
     def flush(self) -> None:
-        raster.OutputRaster._writing(lambda: self.ds.FlushCache())
+        output.OutputRaster._writing(lambda: self.ds.FlushCache())
 
     def finish(self) -> None:
-        raster.OutputRaster._writing(lambda: self.ds.FlushCache())
+        output.OutputRaster._writing(lambda: self.ds.FlushCache())
         self.ds = None
         os.replace(self.scratch, self.path)
 

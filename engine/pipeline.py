@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import raster
+from . import guard, output, raster
 from .errors import Cancelled, LatentSRError
 from .grid import Axis, Grid, resolution_axis, scale_axis, snap_window
 from .latent import CALL_DONE, check_detail
@@ -91,8 +91,8 @@ class Request:
                 raise LatentSRError("an uncertainty output needs at least 2 samples")
         if not 0 <= self.seed <= MAX_SEED:
             raise LatentSRError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
-        raster.check_tif_name(self.output, "output", vrt=bool(self.cluster))
-        raster.check_tif_name(self.uncertainty, "uncertainty output", vrt=bool(self.cluster))
+        guard.check_tif_name(self.output, "output", vrt=bool(self.cluster))
+        guard.check_tif_name(self.uncertainty, "uncertainty output", vrt=bool(self.cluster))
 
 
 def check_extent(extent: tuple[float, float, float, float]) -> None:
@@ -230,7 +230,7 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     info = raster.describe(whole, bands)
     window = raster.extent_window(info, req.extent) if req.extent else None
     scale = req.scale if req.target_resolution is None else scale_for_resolution(info.geotransform, req.target_resolution)
-    raster.check_outputs({"output": req.output, "uncertainty output": req.uncertainty}, {"input": (req.input, whole)})
+    guard.check_outputs({"output": req.output, "uncertainty output": req.uncertainty}, {"input": (req.input, whole)})
     method = make_method(req)
     # a window is read with the context the method has in a whole run, so that it gives the same pixels
     axes = output_axes(info.width, info.height, info.geotransform, scale, req.target_resolution, window,
@@ -329,14 +329,14 @@ def tile_plan(info: raster.RasterInfo, scale: float, axes: tuple[Axis, Axis], ti
 
 
 def open_outputs(req: Request, src, info: raster.RasterInfo, plan: TilePlan, virtual: bool = False) -> list:
-    """The output (and the uncertainty output, if asked) as raster.OutputRaster; ``virtual`` ones
+    """The output (and the uncertainty output, if asked) as output.OutputRaster; ``virtual`` ones
     are assembled from shards instead of written window by window."""
     n_bands = len(info.bands)
-    outputs = [raster.OutputRaster(req.output, src, info, plan.out_w, plan.out_h, cog=req.cog, axes=plan.axes,
+    outputs = [output.OutputRaster(req.output, src, info, plan.out_w, plan.out_h, cog=req.cog, axes=plan.axes,
                                    virtual=virtual)]
     try:
         if req.uncertainty:
-            outputs.append(raster.OutputRaster(req.uncertainty, src, info, plan.out_w, plan.out_h, dtype=raster.FLOAT32,
+            outputs.append(output.OutputRaster(req.uncertainty, src, info, plan.out_w, plan.out_h, dtype=raster.FLOAT32,
                                                nodata=[math.nan] * n_bands, cog=req.cog, axes=plan.axes,
                                                virtual=virtual))
     except BaseException:
@@ -347,7 +347,7 @@ def open_outputs(req: Request, src, info: raster.RasterInfo, plan: TilePlan, vir
 
 def commit_outputs(outputs: list, fill: Callable[[], None]) -> None:
     """``fill()`` the outputs, then put them all in place together, the main one last
-    (raster.commit_together). On any failure or cancel every output is discarded, and each final
+    (output.commit_together). On any failure or cancel every output is discarded, and each final
     name keeps the file it held before the run."""
     try:
         fill()
@@ -355,7 +355,7 @@ def commit_outputs(outputs: list, fill: Callable[[], None]) -> None:
         for out in outputs:
             out.discard()
         raise
-    raster.commit_together(list(reversed(outputs)))
+    output.commit_together(list(reversed(outputs)))
 
 
 def render(req: Request, src, info: raster.RasterInfo, norms: list[raster.BandNorm], method, plan: TilePlan,

@@ -16,6 +16,7 @@ from qgis.core import (
 )
 
 from ..engine import evaluate, pipeline
+from ..engine.report import render_text
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
 from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, steps_help
@@ -148,7 +149,7 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
             correctness=correctness,
         )
         report = run_engine("Evaluation", evaluate.evaluate, request, feedback)
-        for line in evaluate.render_text(report).splitlines():
+        for line in render_text(report).splitlines():
             feedback.pushInfo(line)
         results = {self.OUTPUT_HTML: report.html, self.OUTPUT_DIFFERENCE: difference, self.OUTPUT_CORRECTNESS: correctness}
         for name, key, _ in NUMBERS:

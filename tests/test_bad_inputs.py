@@ -224,12 +224,12 @@ def test_processing_failing_write(tmp_path, provider, monkeypatch):
     import processing
     from qgis.core import QgsProcessingException
 
-    from latentsr.engine import raster
+    from latentsr.engine import output, raster
 
     def fail(self, data, x0, y0, valid=None):
         raise raster.LatentSRError("writing the output failed: No space left on device")
 
-    monkeypatch.setattr(raster.OutputRaster, "write", fail)
+    monkeypatch.setattr(output.OutputRaster, "write", fail)
     with pytest.raises(QgsProcessingException, match="No space left"):
         processing.run("latentsr:superresolve", {"INPUT": SAMPLE, "SCALE": 2, "METHOD": 3, "OUTPUT": str(tmp_path / "sr.tif")})
     assert os.listdir(tmp_path) == []
@@ -543,7 +543,7 @@ class TestWrongPixels:
 
 
 def raster_internal_masks():
-    from engine.raster import internal_masks
+    from engine.output import internal_masks
 
     return internal_masks()
 
@@ -688,7 +688,7 @@ class TestLeftovers:
         assert sorted(os.listdir(tmp_path)) == ["sr.tif"]
 
     def test_lock_message_names_the_lock(self, tmp_path):
-        from engine.raster import process_start
+        from engine.output import process_start
 
         lock = tmp_path / ".sr.tif.latentsr-lock"
         lock.write_text(f"{os.getpid()} {process_start(os.getpid())}\n")  # held by this live test process

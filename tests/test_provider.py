@@ -8,7 +8,7 @@ import pytest
 from osgeo import gdal
 
 from engine.pipeline import Request, superresolve
-from engine.raster import output_geotransform
+from engine.output import output_geotransform
 
 from tests.conftest import LANDSAT, SAMPLE
 

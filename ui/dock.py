@@ -97,9 +97,30 @@ class SuperResolveDock(QgsDockWidget):
 
     # ---------------------------------------------------------------- widgets
     def _build(self) -> None:
+        """The dock's widgets, top to bottom, in a scroll area."""
         body = QWidget()
         layout = QVBoxLayout(body)
+        self._build_dependencies(layout)
+        form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.WrapLongRows)  # a narrow dock puts a field below its label
+        self._build_input(form)
+        self._build_method(form)
+        self._build_outputs(form)
+        layout.addLayout(form)
+        self._build_advanced(layout)
+        self._build_run(layout)
+        self.set_tooltips()
+        layout.addStretch(1)
 
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)  # never clipped out of reach
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
+
+    def _build_dependencies(self, layout: QVBoxLayout) -> None:
+        """The notice of missing dependencies and its install button."""
         self.deps_frame = QFrame()
         self.deps_frame.setFrameShape(QFrame.StyledPanel)
         deps_layout = QVBoxLayout(self.deps_frame)
@@ -111,8 +132,8 @@ class SuperResolveDock(QgsDockWidget):
         deps_layout.addWidget(self.install_button)
         layout.addWidget(self.deps_frame)
 
-        form = QFormLayout()
-        form.setRowWrapPolicy(QFormLayout.WrapLongRows)  # a narrow dock puts a field below its label
+    def _build_input(self, form: QFormLayout) -> None:
+        """The input raster, its bands, the scale or target resolution, and the output size."""
         self.layer_combo = QgsMapLayerComboBox()
         self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         self.layer_combo.setExcludedProviders(
@@ -141,6 +162,8 @@ class SuperResolveDock(QgsDockWidget):
         self.size_label.setObjectName("sizeLabel")
         form.addRow("Output", self.size_label)
 
+    def _build_method(self, form: QFormLayout) -> None:
+        """The method and its steps, detail and samples."""
         self.method = QComboBox()
         self.method.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.method.setMinimumContentsLength(NARROW_COMBO)
@@ -169,6 +192,9 @@ class SuperResolveDock(QgsDockWidget):
         self.samples.setRange(1, min(MAX_SAMPLES, SPIN_MAX))
         self.samples.setClearValue(1)
         form.addRow("Samples", self.samples)
+
+    def _build_outputs(self, form: QFormLayout) -> None:
+        """The uncertainty output, the output file and the preview switch."""
         self.uncertainty = QgsFileWidget()
         self.uncertainty.setStorageMode(QgsFileWidget.SaveFile)
         self.uncertainty.setFilter("GeoTIFF (*.tif *.tiff)")
@@ -182,8 +208,9 @@ class SuperResolveDock(QgsDockWidget):
         form.addRow("Output file", self.output)
         self.preview = QCheckBox("Visible map extent only")
         form.addRow("Preview", self.preview)
-        layout.addLayout(form)
 
+    def _build_advanced(self, layout: QVBoxLayout) -> None:
+        """The collapsed Advanced group: backend, device, tiles, seed, consistency, model, COG."""
         self.advanced = QgsCollapsibleGroupBox("Advanced")
         self.advanced.setObjectName("latentsrAdvanced")
         self.advanced.setCollapsed(True)
@@ -224,6 +251,8 @@ class SuperResolveDock(QgsDockWidget):
         advanced.addRow(self.cog)
         layout.addWidget(self.advanced)
 
+    def _build_run(self, layout: QVBoxLayout) -> None:
+        """The progress bar, the Run and Cancel buttons and the runner line."""
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
@@ -240,15 +269,6 @@ class SuperResolveDock(QgsDockWidget):
         self.runner_label.setObjectName("runnerLabel")
         self.runner_label.setWordWrap(True)
         layout.addWidget(self.runner_label)
-        self.set_tooltips()
-        layout.addStretch(1)
-
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)  # never clipped out of reach
-        scroll.setFrameShape(QFrame.NoFrame)
-        scroll.setWidget(body)
-        self.setWidget(scroll)
 
     def set_tooltips(self) -> None:
         """Every control says what it does (the toolbox's parameter help, in short)."""

@@ -77,7 +77,7 @@ def run(src: str, out: Path, method: str, where: str | None, one_row_bands: bool
 
 
 def pack_seconds(path: Path, tmp: Path) -> float:
-    """The client's packing alone: an uncompressed copy packed as engine.raster.OutputRaster packs."""
+    """The client's packing alone: an uncompressed copy packed as engine.output.OutputRaster packs."""
     raw = tmp / "raw.tif"
     gdal.Translate(str(raw), str(path), creationOptions=["TILED=YES"])
     start = time.perf_counter()
