@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterDefinition
+from .i18n import tr
 
 
 class LatentSRAlgorithm(QgsProcessingAlgorithm):
@@ -12,7 +13,7 @@ class LatentSRAlgorithm(QgsProcessingAlgorithm):
     parameters with help text, and GDAL-only raster inputs."""
 
     def group(self):
-        return "Super-resolution"
+        return tr("Super-resolution")
 
     def groupId(self):  # noqa: N802 - QGIS API
         return "superresolution"
@@ -46,7 +47,8 @@ class LatentSRAlgorithm(QgsProcessingAlgorithm):
         """The raster layer of parameter ``name`` (None when empty); other providers than GDAL are refused."""
         layer = self.parameterAsRasterLayer(parameters, name, context)
         if layer is not None and layer.providerType() != "gdal":
-            raise QgsProcessingException(f"Only GDAL rasters are supported, not '{layer.providerType()}' layers.")
+            raise QgsProcessingException(tr("Only GDAL rasters are supported, not '{provider}' layers.").format(
+                provider=layer.providerType()))
         return layer
 
     def detail(self, parameters, context) -> float | None:
@@ -58,5 +60,6 @@ class LatentSRAlgorithm(QgsProcessingAlgorithm):
             try:
                 float(raw)
             except ValueError:
-                raise QgsProcessingException(f"DETAIL must be a number between 0 and 1, got '{raw}'") from None
+                raise QgsProcessingException(tr("DETAIL must be a number between 0 and 1, got '{raw}'").format(
+                    raw=raw)) from None
         return self.parameterAsDouble(parameters, "DETAIL", context)

@@ -8,6 +8,7 @@ from qgis.core import QgsProcessingException
 
 from ..engine import pipeline
 from ..engine.errors import Cancelled, LatentSRError, single_line
+from .i18n import tr
 
 ENGINE_LOGGER = pipeline.__name__.rsplit(".", 1)[0]
 
@@ -36,12 +37,13 @@ def run_engine(what: str, fn, request, feedback):
     try:
         return fn(request, progress=lambda f: feedback.setProgress(100.0 * f), is_cancelled=feedback.isCanceled)
     except Cancelled:
-        raise QgsProcessingException("Cancelled: no output was written.") from None
+        raise QgsProcessingException(tr("Cancelled: no output was written.")) from None
     except LatentSRError as exc:
         raise QgsProcessingException(single_line(str(exc))) from None
     except Exception as exc:  # noqa: BLE001 - Processing shows one clear line, the log keeps the detail
         logging.getLogger(__name__).exception("%s failed", what)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise QgsProcessingException(f"{what} failed: {type(exc).__name__}: {first}") from None
+        raise QgsProcessingException(tr("{what} failed: {kind}: {first}").format(
+            what=what, kind=type(exc).__name__, first=first)) from None
     finally:
         logger.removeHandler(handler)

@@ -8,6 +8,7 @@ from qgis.PyQt.QtGui import QIcon
 from .evaluate import EvaluateAlgorithm
 from .superresolve import SuperResolveAlgorithm
 from .train import TrainAlgorithm
+from .i18n import tr
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "icon.png")
 
@@ -17,10 +18,10 @@ class LatentSRProvider(QgsProcessingProvider):
         return "latentsr"
 
     def name(self):
-        return "LatentSR"
+        return tr("LatentSR")
 
     def longName(self):  # noqa: N802 - QGIS API
-        return "LatentSR super-resolution"
+        return tr("LatentSR super-resolution")
 
     def icon(self):
         return QIcon(ICON)

@@ -33,18 +33,23 @@ from ..engine.registry import STOCHASTIC
 from .algorithm import LatentSRAlgorithm
 from .engine_run import FeedbackHandler
 from .user_models import register
+from .i18n import tr
 
 PLUGIN_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = ("cpu", "cuda")
 REPORT_EVERY = 10  # steps between the loss lines in the log
 NAME_CHARS = 60  # a default model folder's name is cut to this length
-# the training CLI's options in its messages, as this dialog names them
-OPTION_NAMES = {"--crop": "Window size (CROP)", "--batch": "Batch size (BATCH)", "--device": "Device (DEVICE)",
-                "--steps": "Training steps (STEPS)", "--stage2-steps": "Stage-2 steps (STAGE2_STEPS)",
-                "--bands": "Bands (BANDS)", "--init": "Start model folder (INIT_MODEL)",
-                "--out": "Output model folder (OUTPUT_MODEL)", "--val": "Validation raster (VALIDATION)"}
-# what each stage's validation compares the model with (training's Stage.reference)
-REFERENCES = {"stage1": "the decoder without the latent", **dict.fromkeys(STOCHASTIC, "the faithful result (Detail 0)")}
+def option_names() -> dict:
+    """The training CLI's options in its messages, as this dialog names them."""
+    return {"--crop": tr("Window size (CROP)"), "--batch": tr("Batch size (BATCH)"), "--device": tr("Device (DEVICE)"),
+            "--steps": tr("Training steps (STEPS)"), "--stage2-steps": tr("Stage-2 steps (STAGE2_STEPS)"),
+            "--bands": tr("Bands (BANDS)"), "--init": tr("Start model folder (INIT_MODEL)"),
+            "--out": tr("Output model folder (OUTPUT_MODEL)"), "--val": tr("Validation raster (VALIDATION)")}
+
+
+def references() -> dict:
+    """What each stage's validation compares the model with (training's Stage.reference)."""
+    return {"stage1": tr("the decoder without the latent"), **dict.fromkeys(STOCHASTIC, tr("the faithful result (Detail 0)"))}
 
 
 def models_folder() -> str:
@@ -77,7 +82,7 @@ def output_folder(value, resolved: str, names: list[str]) -> str:
 
 def dialog_words(message: str) -> str:
     """A training error in the dialog's terms: its parameters instead of the CLI's options."""
-    for option, name in OPTION_NAMES.items():
+    for option, name in option_names().items():
         message = re.sub(re.escape(option) + r"(?![\w-])", name, message)
     return message
 
@@ -87,7 +92,7 @@ def parse_bands(text: str) -> list[int] | None:
     try:
         return raster.parse_bands(text)
     except ValueError as exc:
-        raise QgsProcessingException(f"BANDS: {exc}") from None
+        raise QgsProcessingException(tr("BANDS: {exc}").format(exc=exc)) from None
 
 
 def training_modules():
@@ -98,8 +103,9 @@ def training_modules():
         from engine import errors as engine_errors
         from training import errors, finetune
     except ImportError as exc:
-        raise QgsProcessingException(f"Training needs PyTorch, onnx, safetensors and tqdm in QGIS's Python "
-                                     f"({exc}); install them with pip (see requirements.txt)") from None
+        raise QgsProcessingException(tr("Training needs PyTorch, onnx, safetensors and tqdm in QGIS's Python "
+                                        "({exc}); install them with pip (see requirements.txt)").format(
+                                            exc=exc)) from None
     return finetune, errors, engine_errors
 
 
@@ -122,7 +128,7 @@ class TrainAlgorithm(LatentSRAlgorithm):
         return "train"
 
     def displayName(self):  # noqa: N802 - QGIS API
-        return "Train (fine-tune) a model on your rasters"
+        return tr("Train (fine-tune) a model on your rasters")
 
     def flags(self):
         # the fine-tune holds the CPU for minutes to hours: in the background, and cancelable
@@ -130,78 +136,81 @@ class TrainAlgorithm(LatentSRAlgorithm):
 
     def help_paragraphs(self):
         return [
-            "Fine-tunes a LatentSR model on your own raster layers (any band count and data type) and writes a new "
-            "model folder, which the dock then offers in its model list. It runs the same code as "
-            "python -m training finetune: stage 1 (the residual autoencoder), then stage 2 of every diffusion "
-            "method of the start model, then the bundle and its ONNX graphs.",
-            ("Data.", "Random windows that hold at most 2% nodata pixels (no nodata pixel enters the loss), normalised "
-             "exactly as super-resolution normalises the raster (whole-raster statistics per band, recorded in the "
-             "model card)."),
-            ("Cancel and resume.", "Cancel saves a checkpoint; running again with the same OUTPUT_MODEL resumes it."),
-            ("Where the model goes.", "By default into a folder named after the training rasters inside your QGIS "
-             "profile's latentsr/models folder, which stays after QGIS quits: the same rasters again resume or "
-             "reuse it."),
+            tr("Fine-tunes a LatentSR model on your own raster layers (any band count and data type) and writes a new "
+               "model folder, which the dock then offers in its model list. It runs the same code as "
+               "python -m training finetune: stage 1 (the residual autoencoder), then stage 2 of every diffusion "
+               "method of the start model, then the bundle and its ONNX graphs."),
+            (tr("Data."), tr("Random windows that hold at most 2% nodata pixels (no nodata pixel enters the loss), normalised "
+                "exactly as super-resolution normalises the raster (whole-raster statistics per band, recorded in the "
+                "model card).")),
+            (tr("Cancel and resume."), tr("Cancel saves a checkpoint; running again with the same OUTPUT_MODEL resumes it.")),
+            (tr("Where the model goes."), tr("By default into a folder named after the training rasters inside your QGIS "
+                "profile's latentsr/models folder, which stays after QGIS quits: the same rasters again resume or "
+                "reuse it.")),
         ]
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         add = self.add_parameter
-        add(QgsProcessingParameterMultipleLayers(self.INPUT, "Training rasters", QgsProcessing.TypeRaster),
-            "One or more raster layers to train on (GDAL rasters; nodata is honoured). They must have the same band "
-            "count, or BANDS must pick the same bands of each.")
-        add(QgsProcessingParameterString(self.BANDS, "Bands (e.g. 1,2,3,4; empty: all)", optional=True),
-            "The bands to train on, in order, as band numbers separated by commas. The model gets this many bands; "
-            "bands beyond the start model's begin from the mean of its band filters.")
-        add(QgsProcessingParameterFile(self.INIT_MODEL, "Start model folder (empty: the bundled model)",
+        add(QgsProcessingParameterMultipleLayers(self.INPUT, tr("Training rasters"), QgsProcessing.TypeRaster),
+            tr("One or more raster layers to train on (GDAL rasters; nodata is honoured). They must have the same band "
+               "count, or BANDS must pick the same bands of each."))
+        add(QgsProcessingParameterString(self.BANDS, tr("Bands (e.g. 1,2,3,4; empty: all)"), optional=True),
+            tr("The bands to train on, in order, as band numbers separated by commas. The model gets this many bands; "
+               "bands beyond the start model's begin from the mean of its band filters."))
+        add(QgsProcessingParameterFile(self.INIT_MODEL, tr("Start model folder (empty: the bundled model)"),
                                        behavior=QgsProcessingParameterFile.Folder, optional=True),
-            "The model bundle to start from (model.json + model.safetensors); empty: the bundled model.")
-        add(QgsProcessingParameterNumber(self.STEPS, "Training steps (stage 1)", QgsProcessingParameterNumber.Integer,
+            tr("The model bundle to start from (model.json + model.safetensors); empty: the bundled model."))
+        add(QgsProcessingParameterNumber(self.STEPS, tr("Training steps (stage 1)"), QgsProcessingParameterNumber.Integer,
                                          600, minValue=1),
-            "Steps of stage 1; each stage-2 method trains half as many unless STAGE2_STEPS says otherwise. How long a "
-            "step takes depends on the computer, the batch size and the window size: the log gives the time per step "
-            "and an estimate of the time left.")
-        add(QgsProcessingParameterNumber(self.SCALE_MIN, "Smallest training scale", QgsProcessingParameterNumber.Double,
+            tr("Steps of stage 1; each stage-2 method trains half as many unless STAGE2_STEPS says otherwise. How long a "
+               "step takes depends on the computer, the batch size and the window size: the log gives the time per step "
+               "and an estimate of the time left."))
+        add(QgsProcessingParameterNumber(self.SCALE_MIN, tr("Smallest training scale"), QgsProcessingParameterNumber.Double,
                                          1.0, minValue=1.0, maxValue=MAX_SCALE),
-            "Each step trains at a random scale between SCALE_MIN and SCALE_MAX; narrow it to the scales you will use.")
-        add(QgsProcessingParameterNumber(self.SCALE_MAX, "Largest training scale", QgsProcessingParameterNumber.Double,
+            tr("Each step trains at a random scale between SCALE_MIN and SCALE_MAX; narrow it to the scales you will use."))
+        add(QgsProcessingParameterNumber(self.SCALE_MAX, tr("Largest training scale"), QgsProcessingParameterNumber.Double,
                                          MAX_SCALE, minValue=1.0, maxValue=MAX_SCALE),
-            f"The largest scale of the training steps (at most {MAX_SCALE:g}), not below SCALE_MIN.")
-        add(QgsProcessingParameterRasterLayer(self.VALIDATION, "Validation raster", optional=True),
-            "A raster the validation PSNR is measured on; empty: the last 15% of the rows of every training raster are "
-            "held back for it and no training window reaches them.")
-        add(QgsProcessingParameterNumber(self.STAGE2_STEPS, "Stage-2 steps (0: half the steps)",
+            tr("The largest scale of the training steps (at most {max_scale:g}), not below SCALE_MIN.").format(
+                max_scale=MAX_SCALE))
+        add(QgsProcessingParameterRasterLayer(self.VALIDATION, tr("Validation raster"), optional=True),
+            tr("A raster the validation PSNR is measured on; empty: the last 15% of the rows of every training raster are "
+               "held back for it and no training window reaches them."))
+        add(QgsProcessingParameterNumber(self.STAGE2_STEPS, tr("Stage-2 steps (0: half the steps)"),
                                          QgsProcessingParameterNumber.Integer, 0, minValue=0),
-            "Steps of each stage-2 method (E²DiffSR, LCMSR); 0 means half of STEPS.", advanced=True)
-        add(QgsProcessingParameterEnum(self.DEVICE, "Device", [d for d in DEVICES if d != "cuda" or cuda_offered(("torch",))],
+            tr("Steps of each stage-2 method (E²DiffSR, LCMSR); 0 means half of STEPS."), advanced=True)
+        add(QgsProcessingParameterEnum(self.DEVICE, tr("Device"), [d for d in DEVICES if d != "cuda" or cuda_offered(("torch",))],
                                        defaultValue=0),
-            "cpu, or cuda for a CUDA GPU that PyTorch sees (listed only where an NVIDIA driver and a CUDA build of "
-            "PyTorch are installed).", advanced=True)
-        add(QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Integer, 8, minValue=1),
-            "Windows per step.", advanced=True)
-        add(QgsProcessingParameterNumber(self.CROP, "Window size (pixels)", QgsProcessingParameterNumber.Integer, 96,
+            tr("cpu, or cuda for a CUDA GPU that PyTorch sees (listed only where an NVIDIA driver and a CUDA build of "
+               "PyTorch are installed)."), advanced=True)
+        add(QgsProcessingParameterNumber(self.BATCH, tr("Batch size"), QgsProcessingParameterNumber.Integer, 8, minValue=1),
+            tr("Windows per step."), advanced=True)
+        add(QgsProcessingParameterNumber(self.CROP, tr("Window size (pixels)"), QgsProcessingParameterNumber.Integer, 96,
                                          minValue=32, maxValue=1024),
-            "The side of the training windows, a multiple of 32.", advanced=True)
-        add(QgsProcessingParameterFolderDestination(self.OUTPUT_MODEL, "Output model folder", models_folder()),
-            "The new model's folder. Its training runs go to its training/ subfolder; running again with the same "
-            "folder resumes an interrupted or cancelled training. By default (this profile's latentsr/models, or a "
-            "temporary folder) a folder named after the training rasters inside latentsr/models of the QGIS "
-            "profile: it stays after QGIS quits.")
+            tr("The side of the training windows, a multiple of 32."), advanced=True)
+        add(QgsProcessingParameterFolderDestination(self.OUTPUT_MODEL, tr("Output model folder"), models_folder()),
+            tr("The new model's folder. Its training runs go to its training/ subfolder; running again with the same "
+               "folder resumes an interrupted or cancelled training. By default (this profile's latentsr/models, or a "
+               "temporary folder) a folder named after the training rasters inside latentsr/models of the QGIS "
+               "profile: it stays after QGIS quits."))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
         layers = self.parameterAsLayerList(parameters, self.INPUT, context)
         if not layers:
-            raise QgsProcessingException("Give at least one training raster.")
+            raise QgsProcessingException(tr("Give at least one training raster."))
         for layer in layers:
             if layer.providerType() != "gdal":
-                raise QgsProcessingException(f"Only GDAL rasters are supported, not '{layer.providerType()}' layers.")
+                raise QgsProcessingException(tr("Only GDAL rasters are supported, not '{provider}' layers.").format(
+                    provider=layer.providerType()))
         validation = self.gdal_layer(parameters, self.VALIDATION, context)
         out = output_folder(parameters.get(self.OUTPUT_MODEL),
                             self.parameterAsString(parameters, self.OUTPUT_MODEL, context), [lyr.name() for lyr in layers])
         scale_min = self.parameterAsDouble(parameters, self.SCALE_MIN, context)
         scale_max = self.parameterAsDouble(parameters, self.SCALE_MAX, context)
         if scale_min > scale_max:
-            raise QgsProcessingException(f"Smallest training scale (SCALE_MIN, {scale_min:g}) is above the largest "
-                                         f"(SCALE_MAX, {scale_max:g}): it must not be.")
-        feedback.pushInfo(f"The model goes to {out}")
+            raise QgsProcessingException(tr("Smallest training scale (SCALE_MIN, {scale_min:g}) is above the largest "
+                                            "(SCALE_MAX, {scale_max:g}): it must not be.").format(
+                                                scale_min=scale_min, scale_max=scale_max))
+        feedback.pushInfo(tr("The model goes to {out}").format(out=out))
         finetune, errors, engine_errors = training_modules()
         job = finetune.Finetune(
             rasters=[layer.source() for layer in layers], out=out,
@@ -221,14 +230,18 @@ class TrainAlgorithm(LatentSRAlgorithm):
             feedback.setProgress(100.0 * (k + step / steps) / stages)
             first = pace.setdefault(stage, (time.monotonic(), step))
             if step % REPORT_EVERY == 0 or step == steps:
-                text = f"{stage} step {step}/{steps}: loss {loss:.4g}"
+                text = tr("{stage} step {step}/{steps}: loss {loss:.4g}").format(
+                    stage=stage, step=step, steps=steps, loss=loss)
                 if step > first[1]:
                     per_step = (time.monotonic() - first[0]) / (step - first[1])
-                    text += f", {per_step:.2g} s per step, about {per_step * (steps - step) / 60:.0f} min left in this stage"
+                    text += tr(", {per_step:.2g} s per step, about {minutes:.0f} min left in this stage").format(
+                        per_step=per_step, minutes=per_step * (steps - step) / 60)
                 if val:
-                    text += f"; validation PSNR: this model {val[0]:.2f} dB, bicubic {val[1]:.2f} dB"
+                    text += tr("; validation PSNR: this model {model:.2f} dB, bicubic {bicubic:.2f} dB").format(
+                        model=val[0], bicubic=val[1])
                     if len(val) > 2:
-                        text += f", {REFERENCES.get(stage, 'the reference')} {val[2]:.2f} dB"
+                        text += tr(", {reference} {psnr:.2f} dB").format(
+                            reference=references().get(stage, tr("the reference")), psnr=val[2])
                 feedback.pushInfo(text)
 
         handler = TrainingLog(feedback)
@@ -238,12 +251,14 @@ class TrainAlgorithm(LatentSRAlgorithm):
         try:
             folder = finetune.run(job, report=report, should_stop=feedback.isCanceled)
         except errors.Interrupted as exc:
-            raise QgsProcessingException(f"Cancelled at {exc.step} steps of the running stage: the checkpoint is "
-                                         f"saved; run again with the same output model folder to resume.") from None
+            raise QgsProcessingException(tr("Cancelled at {step} steps of the running stage: the checkpoint is "
+                                            "saved; run again with the same output model folder to resume.").format(
+                                                step=exc.step)) from None
         except (errors.TrainingError, engine_errors.LatentSRError) as exc:
             raise QgsProcessingException(dialog_words(str(exc).strip().splitlines()[0])) from None
         finally:
             logger.removeHandler(handler)
         register(str(folder))
-        feedback.pushInfo(f"Wrote the model {folder}; the LatentSR dock now offers it in its model list.")
+        feedback.pushInfo(tr("Wrote the model {folder}; the LatentSR dock now offers it in its model list.").format(
+            folder=folder))
         return {self.OUTPUT_MODEL: str(folder)}

@@ -8,6 +8,7 @@ from qgis.core import QgsSettings
 
 from ..engine import modelfile
 from ..engine.errors import LatentSRError
+from .i18n import tr
 
 TRAINED = "latentsr/trained_models"
 
@@ -39,11 +40,11 @@ def card_name(folder: str) -> str | None:
 def listed() -> list[tuple[str, str]]:
     """(label, folder) of every model to offer: "" is the default bundled model; then the other
     bundled models; then the trained ones that still exist."""
-    out = [(f"Bundled model ({modelfile.DEFAULT_MODEL})", "")]
+    out = [(tr("Bundled model ({name})").format(name=modelfile.DEFAULT_MODEL), "")]
     if modelfile.MODELS_DIR.is_dir():
         for child in sorted(modelfile.MODELS_DIR.iterdir()):
             if child.name != modelfile.DEFAULT_MODEL and card_name(str(child)):
-                out.append((f"Bundled: {child.name}", str(child)))
+                out.append((tr("Bundled: {name}").format(name=child.name), str(child)))
     for folder in trained():
         name = card_name(folder)
         if name:

@@ -15,6 +15,7 @@ import sys
 
 from ..engine import interpreter
 from ..engine.methods import cpu_only_torch, importable
+from ..provider.i18n import tr
 
 DEPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deps")
 
@@ -26,18 +27,19 @@ ONNX_VERSION = "1.19.0"
 TQDM_VERSION = "4.70.1"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
-# What each installable choice puts into DEPS_DIR, as a label and the pip requirements.
-PACKAGES = {
-    "torch": "PyTorch {} (CPU build) and safetensors {}: runs LCMSR, E²DiffSR and Regression".format(
-        TORCH_VERSION, SAFETENSORS_VERSION),
-    "torch-cuda": "PyTorch {} with CUDA (NVIDIA GPU, Linux; several GB) and safetensors {}".format(
-        TORCH_VERSION, SAFETENSORS_VERSION),
-    "onnxruntime": "ONNX Runtime {} (CPU): the onnx backend, the faster one on CPU".format(ONNXRUNTIME_VERSION),
-    "dask": "Dask distributed {} (optional): runs the tiles on a cluster (Processing's CLUSTER parameter)".format(
-        DASK_VERSION),
-    "training": "onnx {} and tqdm {}: needed, with PyTorch, to train models in QGIS (LatentSR → Train)".format(
-        ONNX_VERSION, TQDM_VERSION),
-}
+def packages() -> dict:
+    """What each installable choice puts into DEPS_DIR: its label (its pip requirements: requirements())."""
+    return {
+        "torch": tr("PyTorch {} (CPU build) and safetensors {}: runs LCMSR, E²DiffSR and Regression").format(
+            TORCH_VERSION, SAFETENSORS_VERSION),
+        "torch-cuda": tr("PyTorch {} with CUDA (NVIDIA GPU, Linux; several GB) and safetensors {}").format(
+            TORCH_VERSION, SAFETENSORS_VERSION),
+        "onnxruntime": tr("ONNX Runtime {} (CPU): the onnx backend, the faster one on CPU").format(ONNXRUNTIME_VERSION),
+        "dask": tr("Dask distributed {} (optional): runs the tiles on a cluster (Processing's CLUSTER parameter)").format(
+            DASK_VERSION),
+        "training": tr("onnx {} and tqdm {}: needed, with PyTorch, to train models in QGIS (LatentSR → Train)").format(
+            ONNX_VERSION, TQDM_VERSION),
+    }
 
 
 def add_to_path() -> bool:
@@ -55,7 +57,7 @@ def detect() -> dict[str, bool]:
 
 
 def installed_note(key: str) -> str:
-    """What of the choice ``key`` (of PACKAGES) is installed already, for its label; empty when nothing.
+    """What of the choice ``key`` (of packages()) is installed already, for its label; empty when nothing.
     The PyTorch build is told apart (a +cpu wheel is not the CUDA choice)."""
     def version(dist: str) -> str:
         try:
@@ -69,13 +71,14 @@ def installed_note(key: str) -> str:
             return ""
         cuda = not cpu_only_torch()
         if (key == "torch-cuda") == cuda:
-            return f"installed: {torch}"
-        return f"PyTorch {torch} is installed" + (" (with CUDA)" if cuda else " (CPU build)")
+            return tr("installed: {version}").format(version=torch)
+        return (tr("PyTorch {version} is installed (with CUDA)") if cuda else
+                tr("PyTorch {version} is installed (CPU build)")).format(version=torch)
     modules = {"onnxruntime": ("onnxruntime",), "dask": ("distributed",), "training": ("onnx", "tqdm")}[key]
     found = [version(m) for m in modules if importable(m)]
     if len(found) != len(modules):
         return ""
-    return "installed: " + ", ".join(found) if all(found) else "installed"
+    return tr("installed: {version}").format(version=", ".join(found)) if all(found) else tr("installed")
 
 
 def backends(found: dict[str, bool]) -> list[str]:
@@ -87,8 +90,8 @@ def missing_message(found: dict[str, bool]) -> str:
     """What is missing, for the dock; empty when a learned method can run."""
     if found["torch"] or found["onnxruntime"]:
         return ""
-    return ("Neither PyTorch nor ONNX Runtime is installed in QGIS's Python, so LCMSR, E²DiffSR and Regression "
-            "cannot run; Bicubic works. Use “Install dependencies…” to install them into the plugin's folder.")
+    return tr("Neither PyTorch nor ONNX Runtime is installed in QGIS's Python, so LCMSR, E²DiffSR and Regression "
+              "cannot run; Bicubic works. Use “Install dependencies…” to install them into the plugin's folder.")
 
 
 def cuda_available(backend: str, model: str | None = None) -> bool:
@@ -112,7 +115,7 @@ def python_executable() -> str | None:
 
 
 def requirements(choices: list[str]) -> tuple[list[str], list[str]]:
-    """Pinned requirements and extra pip options for the chosen packages (keys of PACKAGES)."""
+    """Pinned requirements and extra pip options for the chosen packages (keys of packages())."""
     reqs, options = [], []
     if "torch-cuda" in choices:
         reqs += ["torch=={}".format(TORCH_VERSION), "safetensors=={}".format(SAFETENSORS_VERSION)]

@@ -51,16 +51,14 @@ from ..engine.pipeline import MAX_SAMPLES, MAX_SCALE, MAX_SEED, MIN_TILE, output
 from ..provider import user_models
 from . import deps
 from .task import SOURCE_PROPERTY, SuperResolveRun, add_result_layer, add_uncertainty_layer
+from ..provider.i18n import tr
 
 SETTINGS = "latentsr/dock/"
 DETAIL_TICKS = 100  # the detail slider's steps from 0 to 1
 LOG_TAG = "LatentSR"
-TEMPORARY = "[Save to temporary file]"
 NAME_CHARS = 24  # a source name longer than this is shortened in result names
-OTHER_MODEL = "Other folder (below)"
 SCALE_TYPED = (1.0, 100.0)  # what the Scale box lets one type; the engine's range (MAX_SCALE) decides if it runs
 SPIN_MAX = 2**31 - 1  # the largest value a Qt spin box holds
-CANCELLING = "Cancelling…"
 NARROW_COMBO = 10  # characters a combo of long entries asks room for (the dock must fit a fresh profile's width)
 
 
@@ -80,7 +78,7 @@ class SuperResolveDock(QgsDockWidget):
     install_requested = pyqtSignal()
 
     def __init__(self, iface, parent=None):
-        super().__init__("LatentSR super-resolution", parent)
+        super().__init__(tr("LatentSR super-resolution"), parent)
         self.setObjectName("LatentSRDock")
         self.iface = iface
         self.run: SuperResolveRun | None = None
@@ -127,7 +125,7 @@ class SuperResolveDock(QgsDockWidget):
         self.deps_label = QLabel()
         self.deps_label.setWordWrap(True)
         self.deps_label.setObjectName("dependencyNotice")
-        self.install_button = QPushButton("Install dependencies…")
+        self.install_button = QPushButton(tr("Install dependencies…"))
         deps_layout.addWidget(self.deps_label)
         deps_layout.addWidget(self.install_button)
         layout.addWidget(self.deps_frame)
@@ -138,13 +136,13 @@ class SuperResolveDock(QgsDockWidget):
         self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         self.layer_combo.setExcludedProviders(
             [p for p in QgsProviderRegistry.instance().providerList() if p != "gdal"])
-        form.addRow("Raster", self.layer_combo)
+        form.addRow(tr("Raster"), self.layer_combo)
         self.bands = QgsCheckableComboBox()
-        self.bands.setDefaultText("All bands")
-        form.addRow("Bands", self.bands)
+        self.bands.setDefaultText(tr("All bands"))
+        form.addRow(tr("Bands"), self.bands)
 
-        self.by_scale = QRadioButton("Scale")
-        self.by_resolution = QRadioButton("Resolution")  # the target resolution (its tooltip says so)
+        self.by_scale = QRadioButton(tr("Scale"))
+        self.by_resolution = QRadioButton(tr("Resolution"))  # the target resolution (its tooltip says so)
         self.scale = QgsDoubleSpinBox()
         self.scale.setRange(*SCALE_TYPED)
         self.scale.setDecimals(2)
@@ -160,7 +158,7 @@ class SuperResolveDock(QgsDockWidget):
         self.size_label = QLabel()
         self.size_label.setWordWrap(True)
         self.size_label.setObjectName("sizeLabel")
-        form.addRow("Output", self.size_label)
+        form.addRow(tr("Output"), self.size_label)
 
     def _build_method(self, form: QFormLayout) -> None:
         """The method and its steps, detail and samples."""
@@ -169,12 +167,12 @@ class SuperResolveDock(QgsDockWidget):
         self.method.setMinimumContentsLength(NARROW_COMBO)
         for name in METHODS:
             self.method.addItem(REGISTRY[name].label, name)
-        form.addRow("Method", self.method)
+        form.addRow(tr("Method"), self.method)
         self.steps = QgsSpinBox()
         self.steps.setRange(0, REGISTRY[DEFAULTS.method].max_steps)  # per method: method_changed
-        self.steps.setSpecialValueText("method default")
+        self.steps.setSpecialValueText(tr("method default"))
         self.steps.setClearValue(0)
-        form.addRow("Steps", self.steps)
+        form.addRow(tr("Steps"), self.steps)
         detail_row = QHBoxLayout()
         self.detail = QSlider(Qt.Horizontal)
         self.detail.setObjectName("detailSlider")
@@ -187,67 +185,67 @@ class SuperResolveDock(QgsDockWidget):
         self.detail_label.setMinimumWidth(self.detail_label.fontMetrics().horizontalAdvance("0.00") + 4)
         detail_row.addWidget(self.detail)
         detail_row.addWidget(self.detail_label)
-        form.addRow("Detail", detail_row)
+        form.addRow(tr("Detail"), detail_row)
         self.samples = QgsSpinBox()
         self.samples.setRange(1, min(MAX_SAMPLES, SPIN_MAX))
         self.samples.setClearValue(1)
-        form.addRow("Samples", self.samples)
+        form.addRow(tr("Samples"), self.samples)
 
     def _build_outputs(self, form: QFormLayout) -> None:
         """The uncertainty output, the output file and the preview switch."""
         self.uncertainty = QgsFileWidget()
         self.uncertainty.setStorageMode(QgsFileWidget.SaveFile)
-        self.uncertainty.setFilter("GeoTIFF (*.tif *.tiff)")
-        self.uncertainty.lineEdit().setPlaceholderText(TEMPORARY)
-        self.uncertainty.setToolTip("Per-pixel standard deviation of the samples (needs 2 or more samples)")
-        form.addRow("Uncertainty", self.uncertainty)
+        self.uncertainty.setFilter(tr("GeoTIFF (*.tif *.tiff)"))
+        self.uncertainty.lineEdit().setPlaceholderText(tr("[Save to temporary file]"))
+        self.uncertainty.setToolTip(tr("Per-pixel standard deviation of the samples (needs 2 or more samples)"))
+        form.addRow(tr("Uncertainty"), self.uncertainty)
         self.output = QgsFileWidget()
         self.output.setStorageMode(QgsFileWidget.SaveFile)
-        self.output.setFilter("GeoTIFF (*.tif *.tiff)")
-        self.output.lineEdit().setPlaceholderText(TEMPORARY)
-        form.addRow("Output file", self.output)
-        self.preview = QCheckBox("Visible map extent only")
-        form.addRow("Preview", self.preview)
+        self.output.setFilter(tr("GeoTIFF (*.tif *.tiff)"))
+        self.output.lineEdit().setPlaceholderText(tr("[Save to temporary file]"))
+        form.addRow(tr("Output file"), self.output)
+        self.preview = QCheckBox(tr("Visible map extent only"))
+        form.addRow(tr("Preview"), self.preview)
 
     def _build_advanced(self, layout: QVBoxLayout) -> None:
         """The collapsed Advanced group: backend, device, tiles, seed, consistency, model, COG."""
-        self.advanced = QgsCollapsibleGroupBox("Advanced")
+        self.advanced = QgsCollapsibleGroupBox(tr("Advanced"))
         self.advanced.setObjectName("latentsrAdvanced")
         self.advanced.setCollapsed(True)
         advanced = QFormLayout(self.advanced)
         advanced.setRowWrapPolicy(QFormLayout.WrapLongRows)
         self.backend = QComboBox()
-        advanced.addRow("Backend", self.backend)
+        advanced.addRow(tr("Backend"), self.backend)
         self.device = DeviceComboBox()
-        advanced.addRow("Device", self.device)
+        advanced.addRow(tr("Device"), self.device)
         self.tile = QgsSpinBox()
         self.tile.setRange(MIN_TILE, 8192)
         self.tile.setValue(DEFAULTS.tile)
         self.tile.setClearValue(DEFAULTS.tile)
-        self.tile.setSuffix(" px")
-        advanced.addRow("Tile size", self.tile)
+        self.tile.setSuffix(tr(" px"))
+        advanced.addRow(tr("Tile size"), self.tile)
         self.overlap = QgsSpinBox()
         self.overlap.setRange(0, 1024)
         self.overlap.setValue(DEFAULTS.overlap)
         self.overlap.setClearValue(DEFAULTS.overlap)
-        self.overlap.setSuffix(" px")
-        advanced.addRow("Tile overlap", self.overlap)
+        self.overlap.setSuffix(tr(" px"))
+        advanced.addRow(tr("Tile overlap"), self.overlap)
         self.seed = QgsSpinBox()
         self.seed.setRange(0, min(MAX_SEED, SPIN_MAX))
         self.seed.setClearValue(0)
-        advanced.addRow("Random seed", self.seed)
-        self.consistency = QCheckBox("Radiometric consistency")
+        advanced.addRow(tr("Random seed"), self.seed)
+        self.consistency = QCheckBox(tr("Radiometric consistency"))
         advanced.addRow(self.consistency)
         self.model_list = DeviceComboBox()
         self.model_list.setObjectName("modelList")
         self.model_list.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)  # long folder names
         self.model_list.setMinimumContentsLength(NARROW_COMBO)
-        advanced.addRow("Model", self.model_list)
+        advanced.addRow(tr("Model"), self.model_list)
         self.model = QgsFileWidget()
         self.model.setStorageMode(QgsFileWidget.GetDirectory)
-        self.model.lineEdit().setPlaceholderText("[Bundled model]")
-        advanced.addRow("Model folder", self.model)
-        self.cog = QCheckBox("Cloud Optimized GeoTIFF")
+        self.model.lineEdit().setPlaceholderText(tr("[Bundled model]"))
+        advanced.addRow(tr("Model folder"), self.model)
+        self.cog = QCheckBox(tr("Cloud Optimized GeoTIFF"))
         advanced.addRow(self.cog)
         layout.addWidget(self.advanced)
 
@@ -258,9 +256,9 @@ class SuperResolveDock(QgsDockWidget):
         self.progress.setValue(0)
         layout.addWidget(self.progress)
         buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run")
+        self.run_button = QPushButton(tr("Run"))
         self.run_button.setDefault(True)
-        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button = QPushButton(tr("Cancel"))
         self.cancel_button.setEnabled(False)
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -273,41 +271,47 @@ class SuperResolveDock(QgsDockWidget):
     def set_tooltips(self) -> None:
         """Every control says what it does (the toolbox's parameter help, in short)."""
         tips = {
-            self.layer_combo: "The raster layer to super-resolve (GDAL rasters only)",
-            self.bands: "Bands to super-resolve, in output order; none checked means all bands",
-            self.by_scale: "Give the output as a scale of the input",
-            self.scale: f"Continuous scale, above 1 and at most {MAX_SCALE:g} (for example 2.5)",
-            self.by_resolution: "Target resolution: give the output pixel size instead of a scale",
-            self.resolution: "Output pixel size in the layer's map units: the pixels are exactly this size, "
-                             "the extent grows by less than one pixel",
-            self.size_label: "The size and pixel size the run will write",
-            self.method: "LCMSR samples in one step; E²DiffSR runs a few diffusion steps; Regression is "
-                         "deterministic; Bicubic is the classic baseline",
-            self.steps: "Steps of the diffusion methods (LCMSR defaults to 1, E²DiffSR to 4; at most "
-                        + ", ".join(f"{REGISTRY[m].max_steps} for {REGISTRY[m].short}" for m in METHODS if REGISTRY[m].max_steps)
-                        + ")",
-            self.detail: "Faithful (left, 0) to detailed (right, 1). " + DETAIL_HELP,
-            self.detail_label: "The detail D of the diffusion methods",
-            self.samples: "Number of diffusion samples: with more than one the output is their mean",
-            self.uncertainty: "Per-pixel standard deviation of the samples (needs 2 or more samples)",
-            self.output: "The output GeoTIFF (.tif); empty: a temporary file",
-            self.preview: "Super-resolve only the part shown on the map, on the full run's pixel grid",
-            self.advanced: "Backend, device, tiling, seed, consistency, model and output format",
-            self.backend: "auto: PyTorch on a CUDA GPU, else ONNX Runtime when the model has ONNX graphs, else PyTorch",
-            self.device: "auto uses a CUDA GPU when the backend can, else the CPU; cuda is listed only when it works",
-            self.tile: "Tiles of this many input pixels; smaller tiles use less memory",
-            self.overlap: "Neighbouring tiles overlap by this many input pixels and are blended there",
-            self.seed: "The same seed gives the same result for the diffusion methods",
-            self.consistency: "Project the result so that its bicubic downsampling gives back the input exactly",
-            self.model_list: "The bundled models and the ones you trained (LatentSR → Train); other folders below",
-            self.model: "A model bundle folder (model.json + model.safetensors); empty: the bundled model",
-            self.cog: "Write a Cloud Optimized GeoTIFF (with overviews) instead of a tiled GeoTIFF",
-            self.progress: "Progress of the run",
-            self.run_button: "Run the super-resolution in the background",
-            self.cancel_button: "Stop the run before its next network call: nothing is written",
-            self.runner_label: "The backend and device that will run the chosen method",
-            self.install_button: "Install PyTorch or ONNX Runtime into the plugin's folder",
-            self.deps_label: "What the learned methods need",
+            self.layer_combo: tr("The raster layer to super-resolve (GDAL rasters only)"),
+            self.bands: tr("Bands to super-resolve, in output order; none checked means all bands"),
+            self.by_scale: tr("Give the output as a scale of the input"),
+            self.scale: tr("Continuous scale, above 1 and at most {max_scale:g} (for example 2.5)").format(
+                max_scale=MAX_SCALE),
+            self.by_resolution: tr("Target resolution: give the output pixel size instead of a scale"),
+            self.resolution: tr("Output pixel size in the layer's map units: the pixels are exactly this size, "
+                                "the extent grows by less than one pixel"),
+            self.size_label: tr("The size and pixel size the run will write"),
+            self.method: tr("LCMSR samples in one step; E²DiffSR runs a few diffusion steps; Regression is "
+                            "deterministic; Bicubic is the classic baseline"),
+            self.steps: tr("Steps of the diffusion methods (LCMSR defaults to 1, E²DiffSR to 4; at most {limits})").format(
+                
+                limits=", ".join(tr("{steps} for {method}").format(steps=REGISTRY[m].max_steps, method=REGISTRY[m].short)
+                                 for m in METHODS if REGISTRY[m].max_steps)),
+            self.detail: tr("Faithful (left, 0) to detailed (right, 1). ") + DETAIL_HELP,
+            self.detail_label: tr("The detail D of the diffusion methods"),
+            self.samples: tr("Number of diffusion samples: with more than one the output is their mean"),
+            self.uncertainty: tr("Per-pixel standard deviation of the samples (needs 2 or more samples)"),
+            self.output: tr("The output GeoTIFF (.tif); empty: a temporary file"),
+            self.preview: tr("Super-resolve only the part shown on the map, on the full run's pixel grid"),
+            self.advanced: tr("Backend, device, tiling, seed, consistency, model and output format"),
+            self.backend: tr("auto: PyTorch on a CUDA GPU, else ONNX Runtime when the model has ONNX graphs, else "
+                             "PyTorch"),
+            self.device: tr("auto uses a CUDA GPU when the backend can, else the CPU; cuda is listed only when it "
+                            "works"),
+            self.tile: tr("Tiles of this many input pixels; smaller tiles use less memory"),
+            self.overlap: tr("Neighbouring tiles overlap by this many input pixels and are blended there"),
+            self.seed: tr("The same seed gives the same result for the diffusion methods"),
+            self.consistency: tr("Project the result so that its bicubic downsampling gives back the input "
+                                 "exactly"),
+            self.model_list: tr("The bundled models and the ones you trained (LatentSR → Train); other folders "
+                                "below"),
+            self.model: tr("A model bundle folder (model.json + model.safetensors); empty: the bundled model"),
+            self.cog: tr("Write a Cloud Optimized GeoTIFF (with overviews) instead of a tiled GeoTIFF"),
+            self.progress: tr("Progress of the run"),
+            self.run_button: tr("Run the super-resolution in the background"),
+            self.cancel_button: tr("Stop the run before its next network call: nothing is written"),
+            self.runner_label: tr("The backend and device that will run the chosen method"),
+            self.install_button: tr("Install PyTorch or ONNX Runtime into the plugin's folder"),
+            self.deps_label: tr("What the learned methods need"),
         }
         for widget, tip in tips.items():
             widget.setToolTip(tip)
@@ -356,7 +360,7 @@ class SuperResolveDock(QgsDockWidget):
         self.model_list.clear()
         for label, folder in user_models.listed():
             self.model_list.addItem(label, folder)
-        self.model_list.addItem(OTHER_MODEL, None)
+        self.model_list.addItem(tr("Other folder (below)"), None)
         self.model_list.blockSignals(False)
         self.select_listed_model()
 
@@ -468,20 +472,23 @@ class SuperResolveDock(QgsDockWidget):
         included), and whether it can run."""
         layer = self.layer_combo.currentLayer()
         if layer is None:
-            return "Choose a raster layer.", False
+            return tr("Choose a raster layer."), False
         scale = self.effective_scale()
         if not 1.0 < scale <= MAX_SCALE:
-            return f"Scale ×{scale:.4g} is out of range: it must be above 1 and at most {MAX_SCALE:g}.", False
+            return tr("Scale ×{scale:.4g} is out of range: it must be above 1 and at most {max_scale:g}.").format(
+                scale=scale, max_scale=MAX_SCALE), False
         target = self.resolution.value() if self.by_resolution.isChecked() else None
         try:
             width, height, px, py = output_plan(layer.source(), scale, target, self.preview_extent(layer))
         except LatentSRError as exc:
-            return f"Cannot run: {exc}.", False
+            return tr("Cannot run: {exc}.").format(exc=exc), False
         units = QgsUnitTypes.toAbbreviatedString(layer.crs().mapUnits())
-        pixel = f"pixel {px:.6g} × {py:.6g} {units}" if px else "no georeferencing"
-        text = f"{width} × {height} px, {pixel}\n×{scale:.4g} of {layer.width()} × {layer.height()} px"
+        pixel = tr("pixel {px:.6g} × {py:.6g} {units}").format(
+            px=px, py=py, units=units) if px else tr("no georeferencing")
+        text = tr("{width} × {height} px, {pixel}\n×{scale:.4g} of {in_width} × {in_height} px").format(
+            width=width, height=height, pixel=pixel, scale=scale, in_width=layer.width(), in_height=layer.height())
         if self.preview.isChecked():
-            text += ", preview: the visible part"
+            text += tr(", preview: the visible part")
         return text, True
 
     def detail_value(self) -> float:
@@ -642,7 +649,7 @@ class SuperResolveDock(QgsDockWidget):
         try:
             self.run = SuperResolveRun(self.parameters())
         except RuntimeError as exc:
-            self.iface.messageBar().pushMessage("LatentSR", str(exc), level=Qgis.Critical)
+            self.iface.messageBar().pushMessage(tr("LatentSR"), str(exc), level=Qgis.Critical)
             return
         self.result_info = (self.result_name(), layer.id(), not self.selected_bands())
         self.input_removed = False
@@ -658,8 +665,8 @@ class SuperResolveDock(QgsDockWidget):
         if self.run is not None:
             self.run.cancel()
             self.cancel_button.setEnabled(False)
-            self.cancel_button.setText(CANCELLING)
-            self.progress.setFormat(CANCELLING)
+            self.cancel_button.setText(tr("Cancelling…"))
+            self.progress.setFormat(tr("Cancelling…"))
 
     def layers_removed(self, layer_ids) -> None:
         """A run whose input layer leaves the project stops: its result would have no place."""
@@ -669,28 +676,30 @@ class SuperResolveDock(QgsDockWidget):
 
     def finished(self, ok: bool, results: dict, message: str) -> None:
         run, self.run = self.run, None
-        self.cancel_button.setText("Cancel")
+        self.cancel_button.setText(tr("Cancel"))
         self.progress.setFormat("%p%")
         self.update_state()
         if not ok:
             self.progress.setValue(0)
             cancelled = run.feedback.isCanceled()
             if cancelled and self.input_removed:
-                message = "The input layer was removed from the project during the run: it was cancelled and nothing was written."
-            self.iface.messageBar().pushMessage("LatentSR", message, level=Qgis.Info if cancelled else Qgis.Critical,
+                message = tr("The input layer was removed from the project during the run: it was cancelled and nothing was "
+                             "written.")
+            self.iface.messageBar().pushMessage(tr("LatentSR"), message, level=Qgis.Info if cancelled else Qgis.Critical,
                                                 duration=5 if cancelled else 0)
             return
         self.progress.setValue(100)
         name, source_id, copy_style = self.result_info
         layer = add_result_layer(results["OUTPUT"], name, source_id, copy_style)
         if layer is None:
-            self.iface.messageBar().pushMessage("LatentSR", f"The result {results['OUTPUT']} could not be loaded.",
-                                                level=Qgis.Critical)
+            self.iface.messageBar().pushMessage(tr("LatentSR"), tr("The result {output} could not be loaded.").format(
+                output=results["OUTPUT"]), level=Qgis.Critical)
             return
         uncertainty = results.get("OUTPUT_UNCERTAINTY")
         if uncertainty:
             add_uncertainty_layer(uncertainty, f"{name} σ", layer)
-        self.iface.messageBar().pushMessage("LatentSR", f"Added “{name}”.", level=Qgis.Success, duration=5)
+        self.iface.messageBar().pushMessage(tr("LatentSR"), tr("Added “{name}”.").format(
+            name=name), level=Qgis.Success, duration=5)
 
     def shutdown(self) -> None:
         """Cancel a running job (plugin unload); it ends on its own and loads nothing."""

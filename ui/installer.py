@@ -19,6 +19,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import deps
+from ..provider.i18n import tr
 
 LOG_TAG = "LatentSR"
 
@@ -30,7 +31,7 @@ class InstallDialog(QDialog):
 
     def __init__(self, parent=None, python: str | None = None, target: str = deps.DEPS_DIR):
         super().__init__(parent)
-        self.setWindowTitle("LatentSR: install dependencies")
+        self.setWindowTitle(tr("LatentSR: install dependencies"))
         self.resize(720, 480)
         self.python = python or deps.python_executable()  # None: QGIS's Python was not found
         self.target = target
@@ -38,15 +39,17 @@ class InstallDialog(QDialog):
         found = deps.detect()
 
         layout = QVBoxLayout(self)
-        using = (f"using <tt>{html.escape(self.python)}</tt>" if self.python else
-                 "but QGIS's own Python interpreter could not be found, so pip cannot be started from here: run "
-                 "<tt>python -m pip install --target</tt> with that folder from QGIS's Python (OSGeo4W Shell on Windows)")
-        intro = QLabel(f"Installs pinned packages with pip into the plugin's private folder<br><tt>{html.escape(target)}"
-                       f"</tt><br>{using}. QGIS's own Python packages are not touched.")
+        using = (tr("using <tt>{python}</tt>").format(python=html.escape(self.python)) if self.python else
+                 tr("but QGIS's own Python interpreter could not be found, so pip cannot be started from here: run "
+                    "<tt>python -m pip install --target</tt> with that folder from QGIS's Python (OSGeo4W Shell on "
+                    "Windows)"))
+        intro = QLabel(tr("Installs pinned packages with pip into the plugin's private folder<br><tt>{folder}"
+                          "</tt><br>{using}. QGIS's own Python packages are not touched.").format(
+            folder=html.escape(target), using=using))
         intro.setWordWrap(True)
         layout.addWidget(intro)
         self.choices: dict[str, QCheckBox] = {}
-        for key, label in deps.PACKAGES.items():
+        for key, label in deps.packages().items():
             if key == "torch-cuda" and platform.system() != "Linux":
                 continue
             note = deps.installed_note(key)
@@ -66,7 +69,7 @@ class InstallDialog(QDialog):
         layout.addWidget(self.status)
 
         self.buttons = QDialogButtonBox(QDialogButtonBox.Close)
-        self.install_button = QPushButton("Install")
+        self.install_button = QPushButton(tr("Install"))
         self.buttons.addButton(self.install_button, QDialogButtonBox.ActionRole)
         self.install_button.clicked.connect(self.install)
         self.install_button.setEnabled(self.python is not None)
@@ -83,7 +86,7 @@ class InstallDialog(QDialog):
     def install(self) -> None:
         choices = self.selected()
         if not choices:
-            self.status.setText("Choose at least one package.")
+            self.status.setText(tr("Choose at least one package."))
             return
         self.run_command(self.python, deps.pip_arguments(choices, self.target))
 
@@ -96,7 +99,7 @@ class InstallDialog(QDialog):
         self.process.finished.connect(self._finished)
         self.process.errorOccurred.connect(self._error)
         self.install_button.setEnabled(False)
-        self.status.setText("Installing… this can take several minutes.")
+        self.status.setText(tr("Installing… this can take several minutes."))
         self.process.start(program, arguments)
 
     def running(self) -> bool:
@@ -109,14 +112,15 @@ class InstallDialog(QDialog):
 
     def _error(self, error) -> None:
         if error == QProcess.FailedToStart:
-            self._done(False, f"Could not start {self.python}: is pip available for QGIS's Python?")
+            self._done(False, tr("Could not start {python}: is pip available for QGIS's Python?").format(
+                python=self.python))
 
     def _finished(self, code: int, status) -> None:
         if status == QProcess.NormalExit and code == 0:
             deps.add_to_path()
-            self._done(True, "Installed. The learned methods are available now (restart QGIS if they fail to load).")
+            self._done(True, tr("Installed. The learned methods are available now (restart QGIS if they fail to load)."))
         else:
-            self._done(False, f"pip failed (exit code {code}): see the log above.")
+            self._done(False, tr("pip failed (exit code {code}): see the log above.").format(code=code))
 
     def _done(self, ok: bool, message: str) -> None:
         self.status.setText(message)

@@ -25,6 +25,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QColor
+from ..provider.i18n import tr
 
 ALGORITHM = "latentsr:superresolve"
 OUTPUTS = ("OUTPUT", "OUTPUT_UNCERTAINTY")
@@ -81,11 +82,11 @@ class SuperResolveRun(QObject):
         RUNNING.discard(self)
         if self.feedback.isCanceled():
             discard(results)
-            self.outcome = (False, {}, "Cancelled: nothing was written.")
+            self.outcome = (False, {}, tr("Cancelled: nothing was written."))
         elif successful:
             self.outcome = (True, dict(results), "")
         else:
-            message = self.feedback.errors[-1] if self.feedback.errors else "the algorithm failed (see the log)"
+            message = self.feedback.errors[-1] if self.feedback.errors else tr("the algorithm failed (see the log)")
             self.outcome = (False, {}, message)
 
     def _report(self) -> None:
@@ -157,7 +158,7 @@ def style_uncertainty(layer: QgsRasterLayer) -> None:
                               QgsColorRampShader.Interpolated)
     ramp.classifyColorRamp(5)
     legend = QgsColorRampLegendNodeSettings()
-    legend.setSuffix(" DN")
+    legend.setSuffix(tr(" DN"))
     ramp.setLegendSettings(legend)
     shader = QgsRasterShader(lo, hi)
     shader.setRasterShaderFunction(ramp)
