@@ -4,7 +4,8 @@ regression, E²DiffSR and LCMSR run the conditioning net on the bicubic LR to ge
 a clean latent (regression: as is; e2diffsr: an N-step DDPM chain; lcmsr: a 1–4 step consistency
 sampler), and decode it with the continuous-scale decoder at the grid's exact output positions. That
 routine is ``run_tile``, written once here. A backend (engine.torch_backend, engine.onnx_backend) only
-says how to call the three networks: it implements ``Networks``.
+says how to call the three networks with their named inputs (engine.models.inputs): it implements
+``Networks``.
 
 Bands. A model has a fixed band count m (3 for latentsr-rgb). The input bands are processed in
 groups of m consecutive bands (1-3, 4-6, ...); a last group with fewer than m bands is filled by
@@ -32,6 +33,7 @@ import numpy as np
 
 from .errors import LatentSRError
 from .grid import Grid
+from .models.inputs import ConditionInputs, DecoderInputs, DenoiserInputs
 from .models.sampling import Plan
 from .noise import gaussian
 from .reach import method_halo
@@ -161,9 +163,9 @@ def latent_noise(seed: int, plan: Plan, groups: int, latent: int, step: int) -> 
 
 
 class Networks(Protocol):
-    """What a backend implements: its arrays, and the three networks on them. ``a`` holds a tile's
-    inputs as the backend's arrays: lr, inv_scale and the tables of engine.models.sampling.Plan.arrays.
-    ``fused``, when not None, runs the whole tile in one call, ``fused(a, noise)`` (an exported graph)."""
+    """What a backend implements: its arrays, and the three networks on them, each called with its
+    named inputs (engine.models.inputs) in the backend's arrays. ``fused``, when not None, runs the
+    whole tile in one call, ``fused(a, noise)`` (an exported graph), ``a`` as in run_tile."""
 
     fused: Callable | None
 
@@ -173,17 +175,19 @@ class Networks(Protocol):
 
     def running(self) -> ContextManager: ...  # around the networks' calls of one tile
 
-    def condition(self, a: dict): ...
+    def condition(self, inputs: ConditionInputs): ...
 
-    def denoiser(self, z_t, cond, t_frac, inv_scale): ...
+    def denoiser(self, inputs: DenoiserInputs): ...
 
-    def decoder(self, a: dict, z): ...
+    def decoder(self, inputs: DecoderInputs): ...
 
 
 def run_tile(nets: Networks, method: Method, spec: dict, steps: int, a: dict, noise: Callable[[int], object],
              detail: float = 1.0):
     """SR of one tile's band groups: condition -> sampler (blended at ``detail``) -> decoder, in the
-    backend's arrays. CALL_DONE hears of each network call."""
+    backend's arrays, the one place this routine is written (the exported single-call graphs run it
+    too). ``a`` holds the tile's inputs by name: lr, inv_scale
+    and the tables of engine.models.sampling.Plan.arrays. CALL_DONE hears of each network call."""
     done = CALL_DONE.get() or (lambda fraction: None)
     calls = [0, steps + 2]  # made, at most: the condition, the sampler's steps, the decoder
 
@@ -192,10 +196,10 @@ def run_tile(nets: Networks, method: Method, spec: dict, steps: int, a: dict, no
         done(calls[0] / calls[1])
         return out
 
-    cond = called(nets.condition(a))
-    x0 = sample_latent(method, spec, steps, lambda *args: called(nets.denoiser(*args)), cond, a["inv_scale"], noise,
-                       detail)
-    sr = nets.decoder(a, x0 / latent_scale(spec))
+    cond = called(nets.condition(ConditionInputs.of(a)))
+    x0 = sample_latent(method, spec, steps, lambda *args: called(nets.denoiser(DenoiserInputs(*args))), cond,
+                       a["inv_scale"], noise, detail)
+    sr = nets.decoder(DecoderInputs.of(a, z=x0 / latent_scale(spec)))
     done(1.0)
     return sr
 

@@ -133,16 +133,15 @@ def test_stage1_starts_as_the_residual_pca_and_init_keeps_the_regression(stage1)
         z = enc(pair.hr, pair.lr_up)
         torch.testing.assert_close(z.permute(0, 2, 3, 1).reshape(-1, 16), code, atol=1e-4, rtol=1e-4)
         z0 = torch.zeros(2, 16, 8, 8)
-        tables = pair.decoder_tables()
 
         def blocks(v):  # the same 8×8 block (bands·64 values) in every cell
             return torch.nn.functional.pixel_shuffle(v.reshape(1, -1, 1, 1).expand(2, -1, 8, 8), 8)
 
-        torch.testing.assert_close(dec(pair.lr, z0, pair.inv_scale, *tables) - blocks(mean),
-                                   old(pair.lr, z0, pair.inv_scale, *tables) - blocks(old.detail.bias), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(dec(*pair.decoder_inputs(z0)) - blocks(mean),
+                                   old(*pair.decoder_inputs(z0)) - blocks(old.detail.bias), atol=1e-5, rtol=1e-5)
         projection = torch.nn.functional.pixel_shuffle(
             (code * std @ components).reshape(2, 8, 8, -1).permute(0, 3, 1, 2), 8)
-        torch.testing.assert_close(dec(pair.lr, z, pair.inv_scale, *tables) - dec(pair.lr, z0, pair.inv_scale, *tables),
+        torch.testing.assert_close(dec(*pair.decoder_inputs(z)) - dec(*pair.decoder_inputs(z0)),
                                    projection, atol=1e-4, rtol=1e-4)
 
 
@@ -416,7 +415,7 @@ def test_spread_and_features_reach_the_denoiser_and_not_the_decoder(images, stag
     pairs = [make_pair(pair.hr, scale, 4) for scale in (2.0, 3.0, 4.0, 6.0)]
     torch.manual_seed(0)
     with torch.no_grad():
-        inputs = [net.spread_inputs(net.upsample(p.lr, *p.hr_tables()), p.inv_scale) for p in pairs]
+        inputs = [net.spread_inputs(net.upsample(p.lr, *p.condition_inputs().hr_tables), p.inv_scale) for p in pairs]
         truth = [torch.exp(0.8 * i[:, :1] + 0.5 * i[:, 1:] + 3.0).expand(-1, latent, -1, -1) for i in inputs]
         latents = [t * torch.distributions.Laplace(0.0, 1.0).sample(t.shape) for t in truth]
         stage.fit_spread_prior(pairs, latents)
@@ -479,3 +478,4 @@ def test_step_bench_splits_a_step(images, capsys):
                   "optimizer: AdamW", "total", "samples / s", "median step (ms)"):
         assert f"| {phase} |" in out, phase
     assert "| decoder | " in out and "| encoder | " in out
+

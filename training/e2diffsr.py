@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from engine.latent import e2diffsr_sample
+from engine.models.inputs import DenoiserInputs
 from engine.registry import E2DIFFSR
 from engine.schedulers import ddpm
 
@@ -51,7 +52,7 @@ class E2DiffSRStage(LatentStage):
 
         def predict():
             noise = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
-            return self.nets["denoiser"](ddpm.q_sample(r0, noise, abar), held, level, pair.inv_scale)
+            return self.nets["denoiser"](*DenoiserInputs(ddpm.q_sample(r0, noise, abar), held, level, pair.inv_scale))
 
         z0 = predict()
         mse = cell_mean((z0 - r0) ** 2, pair)

@@ -168,7 +168,7 @@ class LatentStage(Stage):
         texture and log scale, then the offset that makes it the Laplace MLE (the mean of |x0|/spread
         is 1)."""
         net = self.nets["condition"]
-        inputs = torch.cat([net.spread_inputs(net.upsample(pair.lr, *pair.hr_tables()), pair.inv_scale)
+        inputs = torch.cat([net.spread_inputs(net.upsample(pair.lr, *pair.condition_inputs().hr_tables), pair.inv_scale)
                             for pair in pairs]).permute(0, 2, 3, 1).reshape(-1, 2)
         x0 = torch.cat(latents).permute(0, 2, 3, 1).reshape(inputs.shape[0], -1).abs()
         design = torch.cat([inputs, torch.ones_like(inputs[:, :1])], 1).double()
@@ -248,7 +248,7 @@ class LatentStage(Stage):
             return self.encoder(pair.hr, pair.lr_up) * self.latent_scale
 
     def condition(self, nets: dict, pair) -> torch.Tensor:
-        return nets["condition"](pair.lr, pair.inv_scale, *pair.hr_tables())
+        return nets["condition"](*pair.condition_inputs())
 
     def cond_loss(self, cond: torch.Tensor, x0: torch.Tensor, pair) -> torch.Tensor:
         """The conditioning net's loss: decoded L1 against HR plus the latent L2 against x0; with the
@@ -266,7 +266,7 @@ class LatentStage(Stage):
         return loss
 
     def decode(self, pair, x0: torch.Tensor) -> torch.Tensor:
-        return self.decoder(pair.lr, x0 / self.latent_scale, pair.inv_scale, *pair.decoder_tables())
+        return self.decoder(*pair.decoder_inputs(x0 / self.latent_scale))
 
     def reference(self, pair, ema):
         """The regression path (the latent = the conditioning net's prediction), which validation

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from engine.latent import lcmsr_sample
+from engine.models.inputs import DenoiserInputs
 from engine.registry import LCMSR
 from engine.schedulers import consistency as cm
 
@@ -30,7 +31,7 @@ class LCMSRStage(LatentStage):
     def f(self, nets, z, cond, t: torch.Tensor, inv_scale):
         """The consistency function with the networks ``nets`` at per-sample timesteps t (B,)."""
         t4 = t.float().reshape(-1, 1, 1, 1)
-        return cm.consistency(z, nets["denoiser"](z, cond, t.float()[:, None] / cm.T, inv_scale), t4, cm.T)
+        return cm.consistency(z, nets["denoiser"](*DenoiserInputs(z, cond, t.float()[:, None] / cm.T, inv_scale)), t4, cm.T)
 
     def loss(self, pair, gen, ema):
         x0 = self.target(pair)

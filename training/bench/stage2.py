@@ -52,10 +52,10 @@ class Runs:
         self.nets, self.card, self.kind, self.scale = nets, card2, card2["kind"], card2["latent_scale"]
 
     def decode(self, pair, x0):
-        return self.nets["decoder"](pair.lr, x0 / self.scale, pair.inv_scale, *pair.decoder_tables())
+        return self.nets["decoder"](*pair.decoder_inputs(x0 / self.scale))
 
     def condition(self, pair):
-        return self.nets["condition"](pair.lr, pair.inv_scale, *pair.hr_tables())
+        return self.nets["condition"](*pair.condition_inputs())
 
     def guess(self, cond):
         return latent_guess(cond, self.card)
@@ -83,8 +83,7 @@ def quality(runs: Runs, hr: torch.Tensor, scale: float, details, batch: int) -> 
                                                            lsd(sr[..., b:-b, b:-b], pair.hr[..., b:-b, b:-b])], 1))
 
         add(BICUBIC.name, pair.lr_up)
-        add("stage 1, true latent", runs.nets["decoder"](pair.lr, runs.nets["encoder"](pair.hr, pair.lr_up),
-                                                         pair.inv_scale, *pair.decoder_tables()))
+        add("stage 1, true latent", runs.nets["decoder"](*pair.decoder_inputs(runs.nets["encoder"](pair.hr, pair.lr_up))))
         cond = runs.condition(pair)
         add("regression (D = 0)", runs.decode(pair, runs.guess(cond)))
         samples = [runs.sample(pair, cond, seed) for seed in (0, 1)]
