@@ -185,8 +185,8 @@ class Networks(Protocol):
 def run_tile(nets: Networks, method: Method, spec: dict, steps: int, a: dict, noise: Callable[[int], object],
              detail: float = 1.0):
     """SR of one tile's band groups: condition -> sampler (blended at ``detail``) -> decoder, in the
-    backend's arrays, the one place this routine is written (the exported single-call graphs run it
-    too). ``a`` holds the tile's inputs by name: lr, inv_scale
+    backend's arrays, the one place this routine is written (the exported single-call graphs, training's
+    validation and the stage-2 bench run it too). ``a`` holds the tile's inputs by name: lr, inv_scale
     and the tables of engine.models.sampling.Plan.arrays. CALL_DONE hears of each network call."""
     done = CALL_DONE.get() or (lambda fraction: None)
     calls = [0, steps + 2]  # made, at most: the condition, the sampler's steps, the decoder

@@ -479,3 +479,39 @@ def test_step_bench_splits_a_step(images, capsys):
         assert f"| {phase} |" in out, phase
     assert "| decoder | " in out and "| encoder | " in out
 
+
+@pytest.mark.parametrize("name", ["lcmsr", "e2diffsr"])
+def test_validation_runs_the_engines_tile_routine(images, stage1, tmp_path, name):
+    """A stage-2 run's validation SR is engine.latent.run_tile (it reports each network call) over the
+    EMA networks and the frozen decoder, with the card entry the bundle will carry: the stage's sampler
+    settings, its latent scale and its spread; its reference is the regression path (D = 0)."""
+    from engine import latent
+    from engine.schedulers import ddpm
+    from training import e2diffsr, lcmsr
+
+    cls, steps = {"lcmsr": (lcmsr.LCMSRStage, lcmsr.SAMPLE_STEPS), "e2diffsr": (e2diffsr.E2DiffSRStage, e2diffsr.SAMPLE_STEPS)}[name]
+    settings = Settings(data=str(images / "train"), out=str(tmp_path / name), crop=32, batch=2, preset="tiny",
+                        stage1=str(stage1), options={"features": 2, "spread": True})
+    stage = cls(settings, torch.device("cpu"), None)
+    stage.latent_scale = 1.7
+    pair = next(stage.stats_pairs(1))
+    fractions = []
+    token = latent.CALL_DONE.set(fractions.append)
+    try:
+        with torch.no_grad():
+            sr, ref = stage.predict(pair, stage.nets), stage.reference(pair, stage.nets)
+    finally:
+        latent.CALL_DONE.reset(token)
+    assert fractions == [k / (steps + 2) for k in range(1, steps + 2)] + [1.0] + [1 / (steps + 2), 1.0]
+    with torch.no_grad():
+        cond = stage.condition(stage.nets, pair)
+        gen = torch.Generator().manual_seed(0)
+        start = torch.randn(stage.guess(cond).shape, generator=gen)
+        den = stage.nets["denoiser"]
+        if name == "lcmsr":
+            sample = latent.lcmsr_sample(den, cond, pair.inv_scale, steps, lambda k: start)
+        else:
+            sample = latent.e2diffsr_sample(den, cond, pair.inv_scale, steps, lambda k: start, ddpm.DEFAULT_BETAS,
+                                            e2diffsr.ETA, e2diffsr.PREDICTION)
+        torch.testing.assert_close(sr, stage.decode(pair, stage.clean(cond, sample)), rtol=0, atol=0)
+        torch.testing.assert_close(ref, stage.decode(pair, stage.guess(cond)), rtol=0, atol=0)

@@ -34,18 +34,20 @@ Diffusion runs on the normalised latent x0 = latent_scale · encoder(HR, LR), wi
 """
 from __future__ import annotations
 
-import abc
 from pathlib import Path
 
 import torch
 
 from engine import modelfile
-from engine.latent import from_residual, latent_guess, log_spread
+from engine.latent import from_residual, latent_guess, log_spread, run_tile
 from engine.models import preset
+from engine.registry import REGISTRY
+from engine.torch_backend import TorchNetworks
 
 from . import distributed
 from .adversary import Adversary, lr_consistency
 from .bands import load_adapted
+from .bundle import method_spec
 from .errors import TrainingError
 from .trainer import Stage
 
@@ -227,20 +229,24 @@ class LatentStage(Stage):
             loss, logs = loss + o.get("energy_weight", ENERGY_WEIGHT) * energy, dict(logs, energy=energy.item())
         return loss, logs
 
-    @abc.abstractmethod
-    def sample(self, denoiser, cond, inv_scale, noise) -> torch.Tensor:
-        """The method's sampler output (a latent, or with the spread a standardised residual)."""
+    def run(self, pair, ema, detail: float) -> torch.Tensor:
+        """The SR of a batch at ``detail`` as the engine makes it (engine.latent.run_tile: condition ->
+        sampler -> decoder) from the EMA networks and the frozen decoder, with the card entry the bundle
+        will carry (training.bundle.method_spec) and torch's noise of seed 0."""
+        spec = method_spec(self.method, self.latent_scale, self.export_card())
+        nets = TorchNetworks({"condition": ema["condition"], "denoiser": ema["denoiser"], "decoder": self.decoder},
+                             self.device)
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        shape = pair.latent_shape(self.layout["latent"])
+
+        def noise(k):
+            return torch.randn(shape, generator=gen, device=self.device)
+
+        return run_tile(nets, REGISTRY[self.method], spec, int(spec["steps"]), pair.arrays, noise, detail)
 
     def predict(self, pair, ema):
         """Validation's SR: a full sample (D = 1) of the EMA networks, seed 0."""
-        gen = torch.Generator(device=self.device).manual_seed(0)
-        cond = self.condition(ema, pair)
-        shape = self.guess(cond).shape
-
-        def noise(k):
-            return torch.randn(shape, generator=gen, device=cond.device)
-
-        return self.decode(pair, self.clean(cond, self.sample(ema["denoiser"], cond, pair.inv_scale, noise)))
+        return self.run(pair, ema, 1.0)
 
     def target(self, pair) -> torch.Tensor:
         """The normalised true latent x0 of a batch."""
@@ -269,9 +275,9 @@ class LatentStage(Stage):
         return self.decoder(*pair.decoder_inputs(x0 / self.latent_scale))
 
     def reference(self, pair, ema):
-        """The regression path (the latent = the conditioning net's prediction), which validation
+        """The regression path (D = 0: the latent = the conditioning net's prediction), which validation
         logs beside the samples."""
-        return self.decode(pair, self.guess(self.condition(ema, pair)))
+        return self.run(pair, ema, 0.0)
 
     def base_card(self) -> dict:
         return {"kind": self.method, "latent": self.stage1_card.get("latent", 4), "latent_scale": self.latent_scale,

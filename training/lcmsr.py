@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.latent import lcmsr_sample
 from engine.models.inputs import DenoiserInputs
 from engine.registry import LCMSR
 from engine.schedulers import consistency as cm
@@ -64,9 +63,6 @@ class LCMSRStage(LatentStage):
             adv, more = self.adversarial(pair, first, second)
             loss, logs = loss + adv, dict(logs, **more)
         return loss, logs
-
-    def sample(self, denoiser, cond, inv_scale, noise):
-        return lcmsr_sample(denoiser, cond, inv_scale, SAMPLE_STEPS, noise)
 
     def export_card(self):
         return dict(self.base_card(), T=cm.T, sigma_data=cm.SIGMA_DATA, steps=SAMPLE_STEPS, max_steps=MAX_STEPS)
