@@ -486,7 +486,9 @@ def test_validation_runs_the_engines_tile_routine(images, stage1, tmp_path, name
     EMA networks and the frozen decoder, with the card entry the bundle will carry: the stage's sampler
     settings, its latent scale and its spread; its reference is the regression path (D = 0)."""
     from engine import latent
-    from engine.schedulers import ddpm
+    from engine.latent import denoiser_model
+    from engine.samplers import sample_ddim, sample_lcm
+    from engine.schedulers import consistency, ddpm
     from training import e2diffsr, lcmsr
 
     cls, steps = {"lcmsr": (lcmsr.LCMSRStage, lcmsr.SAMPLE_STEPS), "e2diffsr": (e2diffsr.E2DiffSRStage, e2diffsr.SAMPLE_STEPS)}[name]
@@ -507,11 +509,12 @@ def test_validation_runs_the_engines_tile_routine(images, stage1, tmp_path, name
         cond = stage.condition(stage.nets, pair)
         gen = torch.Generator().manual_seed(0)
         start = torch.randn(stage.guess(cond).shape, generator=gen)
-        den = stage.nets["denoiser"]
+        model = denoiser_model(lambda inputs: stage.nets["denoiser"](*inputs))
+        extra = {"cond": cond, "inv_scale": pair.inv_scale}
         if name == "lcmsr":
-            sample = latent.lcmsr_sample(den, cond, pair.inv_scale, steps, lambda k: start)
+            sample = sample_lcm(model, start, consistency.schedule(steps), extra)
         else:
-            sample = latent.e2diffsr_sample(den, cond, pair.inv_scale, steps, lambda k: start, ddpm.DEFAULT_BETAS,
-                                            e2diffsr.ETA, e2diffsr.PREDICTION)
+            schedule = ddpm.schedule(steps, ddpm.DEFAULT_BETAS, e2diffsr.ETA, e2diffsr.PREDICTION)
+            sample = sample_ddim(model, start, schedule, extra)
         torch.testing.assert_close(sr, stage.decode(pair, stage.clean(cond, sample)), rtol=0, atol=0)
         torch.testing.assert_close(ref, stage.decode(pair, stage.guess(cond)), rtol=0, atol=0)
