@@ -4,7 +4,8 @@ regression, E²DiffSR and LCMSR run the conditioning net on the bicubic LR to ge
 a clean latent (regression: as is; e2diffsr: an N-step DDPM chain; lcmsr: a 1–4 step consistency
 sampler), and decode it with the continuous-scale decoder at the grid's exact output positions. That
 routine is ``run_tile``, written once here. A backend (engine.torch_backend, engine.onnx_backend) only
-says how to call the three networks: it implements ``Networks``.
+says how to call the three networks with their named inputs (engine.models.inputs): it implements
+``Networks``. The samplers are engine.samplers, their schedules engine.schedulers.
 
 Bands. A model has a fixed band count m (3 for latentsr-rgb). The input bands are processed in
 groups of m consecutive bands (1-3, 4-6, ...); a last group with fewer than m bands is filled by
@@ -18,8 +19,8 @@ deterministic (the sampler is skipped and the seed does not matter), D = 1 is a 
 
 Noise is a fixed function of (seed, sampler step, channel, global latent cell) (engine.noise,
 aligned as in engine.models.sampling), so overlapping tiles get the same noise and blend without
-seams; the same seed gives the same output. The samplers work on torch tensors (training unrolls
-them) and numpy arrays alike. This module never imports torch.
+seams; the same seed gives the same output. Everything here works on torch tensors (training runs
+run_tile on its networks) and numpy arrays alike. This module never imports torch.
 """
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ import numpy as np
 
 from .errors import LatentSRError
 from .grid import Grid
+from .models.inputs import ConditionInputs, DecoderInputs, DenoiserInputs
 from .models.sampling import Plan
 from .noise import gaussian
 from .reach import method_halo
-from .schedulers import consistency, ddpm
 
 log = logging.getLogger(__name__)
 
@@ -71,37 +72,14 @@ def constant_like(like, value: float):
     return torch.full_like(like, value)
 
 
-def e2diffsr_sample(denoiser, cond, inv_scale, steps: int, noise, betas=ddpm.DEFAULT_BETAS, eta: float = 1.0,
-                    prediction: str = "eps"):
-    """Clean latent from an n-step run of the short DDPM chain, starting from pure noise; the
-    denoiser predicts ε or z0 (``prediction``, the card's; older bundles: ε).
+def denoiser_model(denoiser) -> Callable:
+    """The samplers' ``model(x, t_frac, cond, inv_scale)`` (engine.samplers) over a backend's denoiser,
+    which takes DenoiserInputs; t_frac, a float, is given in the shape of inv_scale."""
 
-    ``noise(k)`` gives a standard normal tensor shaped like the latent: k = 0 the start, k ≥ 1 the
-    fresh noise of step k."""
-    abar = ddpm.alphas_bar(betas)
-    total = len(abar) - 1
-    x = noise(0)
-    for k, (t, t_prev) in enumerate(ddpm.chain(steps, total), start=1):
-        out = denoiser(x, cond, constant_like(inv_scale, t / total), inv_scale)
-        sigma = ddpm.step_coefficients(abar[t], abar[t_prev], eta)[2]
-        x, _ = ddpm.step(x, out, abar[t], abar[t_prev], noise(k) if sigma > 0 else None, eta, prediction)
-    return x
+    def model(x, t_frac: float, cond, inv_scale):
+        return denoiser(DenoiserInputs(x, cond, constant_like(inv_scale, t_frac), inv_scale))
 
-
-def lcmsr_sample(denoiser, cond, inv_scale, steps: int, noise, total: int = consistency.T,
-                 sigma_data: float = consistency.SIGMA_DATA):
-    """Clean latent from the consistency function: z0 = f(noise, T), then re-noise and call again
-    for each further step. ``noise(k)`` as in e2diffsr_sample."""
-    x = None  # the clean latent so far; the first step is at t = T, where ᾱ = 0: z_T is the noise itself
-    for k, t in enumerate(consistency.timesteps(steps, total)):
-        if x is None:
-            z = noise(k)
-        else:
-            a, b = consistency.noise_coefficients(t, total)
-            z = float(a) * x + float(b) * noise(k)
-        f_out = denoiser(z, cond, constant_like(inv_scale, t / total), inv_scale)
-        x = consistency.consistency(z, f_out, t, total, sigma_data)
-    return x
+    return model
 
 
 def blend(z_det, z_sample, detail: float):
@@ -135,22 +113,28 @@ def from_residual(cond, spec: dict, residual):
 
 
 class Method(Protocol):
-    """What this module needs of a method (engine.registry.base.Method, which imports this module):
-    its name, whether it draws noise, and its sampler ``sample(spec, denoiser, cond, inv_scale, steps,
-    noise)``, None for a method that decodes the condition's latent guess as is."""
+    """What this module needs of a method (engine.registry.base.Method): its name, whether it draws
+    noise, its sampler (engine.samplers), None for a method that decodes the condition's latent guess as
+    is, and ``schedule(spec, steps)``, the sampler's schedule from the card entry ``spec``."""
 
     name: str
     stochastic: bool
-    sample: Callable | None
+    sampler: Callable | None
+    schedule: Callable | None
 
 
 def sample_latent(method: Method, spec: dict, steps: int, denoiser, cond, inv_scale, noise, detail: float = 1.0):
     """The clean (normalised) latent of ``method`` (engine.registry) from its condition: the condition's
     latent guess for a method without a sampler and at detail 0 (no sampler call), else the method's sample
-    (from_residual) blended with that guess at ``detail`` (torch tensors or numpy arrays alike)."""
-    if method.sample is None or detail <= 0:
+    (from_residual) blended with that guess at ``detail`` (torch tensors or numpy arrays alike).
+    ``denoiser`` takes DenoiserInputs (a backend's ``Networks.denoiser``); ``noise(k)`` is the start
+    noise for k = 0 and the fresh noise of step k after it."""
+    if method.sampler is None or detail <= 0:
         return latent_guess(cond, spec)
-    sample = from_residual(cond, spec, method.sample(spec, denoiser, cond, inv_scale, steps, noise))
+    schedule = method.schedule(spec, steps)
+    residual = method.sampler(denoiser_model(denoiser), noise(0), schedule, {"cond": cond, "inv_scale": inv_scale},
+                              noise)
+    sample = from_residual(cond, spec, residual)
     return sample if detail == 1 else blend(latent_guess(cond, spec), sample, detail)
 
 
@@ -161,9 +145,9 @@ def latent_noise(seed: int, plan: Plan, groups: int, latent: int, step: int) -> 
 
 
 class Networks(Protocol):
-    """What a backend implements: its arrays, and the three networks on them. ``a`` holds a tile's
-    inputs as the backend's arrays: lr, inv_scale and the tables of engine.models.sampling.Plan.arrays.
-    ``fused``, when not None, runs the whole tile in one call, ``fused(a, noise)`` (an exported graph)."""
+    """What a backend implements: its arrays, and the three networks on them, each called with its
+    named inputs (engine.models.inputs) in the backend's arrays. ``fused``, when not None, runs the
+    whole tile in one call, ``fused(a, noise)`` (an exported graph), ``a`` as in run_tile."""
 
     fused: Callable | None
 
@@ -173,17 +157,19 @@ class Networks(Protocol):
 
     def running(self) -> ContextManager: ...  # around the networks' calls of one tile
 
-    def condition(self, a: dict): ...
+    def condition(self, inputs: ConditionInputs): ...
 
-    def denoiser(self, z_t, cond, t_frac, inv_scale): ...
+    def denoiser(self, inputs: DenoiserInputs): ...
 
-    def decoder(self, a: dict, z): ...
+    def decoder(self, inputs: DecoderInputs): ...
 
 
 def run_tile(nets: Networks, method: Method, spec: dict, steps: int, a: dict, noise: Callable[[int], object],
              detail: float = 1.0):
     """SR of one tile's band groups: condition -> sampler (blended at ``detail``) -> decoder, in the
-    backend's arrays. CALL_DONE hears of each network call."""
+    backend's arrays, the one place this routine is written (the exported single-call graphs, training's
+    validation and the stage-2 bench run it too). ``a`` holds the tile's inputs by name: lr, inv_scale
+    and the tables of engine.models.sampling.Plan.arrays. CALL_DONE hears of each network call."""
     done = CALL_DONE.get() or (lambda fraction: None)
     calls = [0, steps + 2]  # made, at most: the condition, the sampler's steps, the decoder
 
@@ -192,10 +178,10 @@ def run_tile(nets: Networks, method: Method, spec: dict, steps: int, a: dict, no
         done(calls[0] / calls[1])
         return out
 
-    cond = called(nets.condition(a))
-    x0 = sample_latent(method, spec, steps, lambda *args: called(nets.denoiser(*args)), cond, a["inv_scale"], noise,
+    cond = called(nets.condition(ConditionInputs.of(a)))
+    x0 = sample_latent(method, spec, steps, lambda inputs: called(nets.denoiser(inputs)), cond, a["inv_scale"], noise,
                        detail)
-    sr = nets.decoder(a, x0 / latent_scale(spec))
+    sr = nets.decoder(DecoderInputs.of(a, z=x0 / latent_scale(spec)))
     done(1.0)
     return sr
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import modelfile
 from .errors import LatentSRError
+from .models.inputs import ConditionInputs, DecoderInputs, DenoiserInputs
 from .registry import Method
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,8 @@ class Sessions:
 
 class OnnxNetworks:
     """A method's graphs (engine.latent.Networks): the single-call graph of the method when it has one
-    (``fused``), else its condition, denoiser and decoder graphs."""
+    (``fused``), else its condition, denoiser and decoder graphs, each fed its named inputs
+    (engine.models.inputs: the graph's input names)."""
 
     backend = "onnx"
 
@@ -262,14 +264,14 @@ class OnnxNetworks:
     def running(self):
         return contextlib.nullcontext()
 
-    def condition(self, a: dict) -> np.ndarray:
-        return self.graphs["condition"](**a)
+    def condition(self, inputs: ConditionInputs) -> np.ndarray:
+        return self.graphs["condition"](**inputs._asdict())
 
-    def denoiser(self, z_t, cond, t_frac, inv_scale) -> np.ndarray:
-        return self.graphs["denoiser"](z_t=z_t, cond=cond, t_frac=t_frac, inv_scale=inv_scale)
+    def denoiser(self, inputs: DenoiserInputs) -> np.ndarray:
+        return self.graphs["denoiser"](**inputs._asdict())
 
-    def decoder(self, a: dict, z) -> np.ndarray:
-        return self.graphs["decoder"](**a, z=z)
+    def decoder(self, inputs: DecoderInputs) -> np.ndarray:
+        return self.graphs["decoder"](**inputs._asdict())
 
 
 def require(name: str, backend: str) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from . import modelfile
 from .errors import LatentSRError
+from .models.inputs import ConditionInputs, DecoderInputs, DenoiserInputs
 
 
 def pick_device(name: str) -> torch.device:
@@ -28,7 +29,8 @@ def pick_device(name: str) -> torch.device:
 
 
 class TorchNetworks:
-    """The networks of one method (roles decoder, condition and, for the diffusion methods, denoiser)."""
+    """The networks of one method (roles decoder, condition and, for the diffusion methods, denoiser),
+    each called with its named inputs (engine.models.inputs) in the order of its forward."""
 
     backend = "torch"
     fused = None
@@ -49,15 +51,14 @@ class TorchNetworks:
     def running(self) -> AbstractContextManager:
         return torch.inference_mode()
 
-    def condition(self, a: dict) -> torch.Tensor:
-        return self.nets["condition"](a["lr"], a["inv_scale"], a["hr_y_idx"], a["hr_y_w"], a["hr_x_idx"], a["hr_x_w"])
+    def condition(self, inputs: ConditionInputs) -> torch.Tensor:
+        return self.nets["condition"](*inputs)
 
-    def denoiser(self, z_t, cond, t_frac, inv_scale) -> torch.Tensor:
-        return self.nets["denoiser"](z_t, cond, t_frac, inv_scale)
+    def denoiser(self, inputs: DenoiserInputs) -> torch.Tensor:
+        return self.nets["denoiser"](*inputs)
 
-    def decoder(self, a: dict, z) -> torch.Tensor:
-        return self.nets["decoder"](a["lr"], z, a["inv_scale"], a["out_y_idx"], a["out_y_w"], a["out_x_idx"],
-                                    a["out_x_w"], a["lat_y_idx"], a["lat_y_w"], a["lat_x_idx"], a["lat_x_w"])
+    def decoder(self, inputs: DecoderInputs) -> torch.Tensor:
+        return self.nets["decoder"](*inputs)
 
 
 def roles(card: dict, spec: dict) -> dict:

@@ -37,9 +37,9 @@ def test_blend_is_the_straight_line_between_the_latents():
 def test_detail_zero_skips_the_sampler():
     calls = []
 
-    def denoiser(z, cond, t, inv_scale):
-        calls.append(t)
-        return np.zeros_like(z)
+    def denoiser(inputs):
+        calls.append(inputs.t_frac)
+        return np.zeros_like(inputs.z_t)
 
     cond = np.ones((1, 4, 2, 2), np.float32)
     inv = np.full((1, 1), 0.5, np.float32)
@@ -55,9 +55,9 @@ def test_the_denoiser_sees_the_features_and_the_blend_only_the_guess():
     returns its latent guess, and the blend runs between that guess and the sample."""
     seen = []
 
-    def denoiser(z, cond, t, inv_scale):
-        seen.append(cond.shape[1])
-        return np.full_like(z, 2.0)
+    def denoiser(inputs):
+        seen.append(inputs.cond.shape[1])
+        return np.full_like(inputs.z_t, 2.0)
 
     cond = np.concatenate([np.ones((1, 4, 2, 2), np.float32), np.full((1, 3, 2, 2), 9.0, np.float32)], 1)
     inv = np.full((1, 1), 0.5, np.float32)
@@ -75,8 +75,8 @@ def test_a_spread_scales_the_sampled_residual():
     spec = {"latent": 2, "features": 3, "spread": True, "betas": [0.5], "eta": 0.0, "prediction": "x0"}
     assert np.array_equal(latent.latent_guess(cond, spec), guess)
 
-    def denoiser(z, c, t, inv_scale):
-        return np.full_like(z, -1.0)
+    def denoiser(inputs):
+        return np.full_like(inputs.z_t, -1.0)
 
     out = latent.sample_latent(REGISTRY["e2diffsr"], spec, 1, denoiser, cond, np.ones((1, 1), np.float32), np.zeros_like, 1.0)
     assert np.allclose(out, [[[[0.5, -1.0]], [[0.0, -3.0]]]])  # 1 − spread

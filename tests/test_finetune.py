@@ -132,11 +132,11 @@ def check_widened_decoder(n):
         pair = make_pair(torch.rand(2, n, 32, 32, dtype=torch.float64), 2.5, 1)
         z = torch.randn(2, 4, 4, 4, dtype=torch.float64)
     with torch.no_grad():
-        out = new(pair.lr, z, pair.inv_scale, *pair.decoder_tables())
+        out = new(*pair.decoder_inputs(z))
         for b, (g, positions) in enumerate(bands.group_rows(3, n)):
             m = min(3, n - 3 * g)
             group = [3 * g + p % m for p in range(3)]
-            ref = old(pair.lr[:, group], z, pair.inv_scale, *pair.decoder_tables())[:, positions].mean(1)
+            ref = old(*pair.decoder_inputs(z)._replace(lr=pair.lr[:, group]))[:, positions].mean(1)
             torch.testing.assert_close(out[:, b], ref, rtol=0, atol=1e-10)
 
 

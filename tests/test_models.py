@@ -97,9 +97,9 @@ def test_seeds(model_dir):
         method = build_method(name, MethodOptions(model=model_dir))
         decoder, latents = method.nets.decoder, []
 
-        def capture(a, z):  # the sampled latent, before the decoder (which, random and tiny, barely listens to it)
-            latents.append(z.numpy().copy())
-            return decoder(a, z)
+        def capture(inputs):  # the sampled latent, before the decoder (which, random and tiny, barely listens to it)
+            latents.append(inputs.z.numpy().copy())
+            return decoder(inputs)
 
         method.nets.decoder = capture
         a, b, c = method(x, grid, 1), method(x, grid, 1), method(x, grid, 2)
@@ -121,7 +121,7 @@ def test_steps(model_dir):
     latents = []
     for method in (one, two):  # the sampled latents (the random tiny decoder barely listens to them)
         decoder = method.nets.decoder
-        method.nets.decoder = lambda a, z, decoder=decoder: latents.append(z.numpy().copy()) or decoder(a, z)
+        method.nets.decoder = lambda inputs, decoder=decoder: latents.append(inputs.z.numpy().copy()) or decoder(inputs)
         method(x, grid)
     assert np.abs(latents[0] - latents[1]).mean() > 0.1 * np.abs(latents[0]).mean()
     for name, steps in (("lcmsr", 5), ("e2diffsr", 5), ("e2diffsr", 0)):
@@ -234,7 +234,7 @@ def test_full_rank_pca_latent_decodes_the_hr():
     dec.set_detail(*basis)
     pair = make_pair(torch.rand(2, 1, 64, 64), 2.7, 1)
     with torch.no_grad():
-        sr = dec(pair.lr, enc(pair.hr, pair.lr_up), pair.inv_scale, *pair.decoder_tables())
+        sr = dec(*pair.decoder_inputs(enc(pair.hr, pair.lr_up)))
     torch.testing.assert_close(sr, pair.hr, atol=1e-4, rtol=0)
 
 

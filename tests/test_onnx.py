@@ -220,3 +220,29 @@ def test_detail_parity_with_torch(exported, name, steps, detail):
     x, grid = tile(seed=5), Grid.whole(21, 26, 2.5)
     ref = from_bundle(name, card, tensors, steps, "cpu", detail=detail)(x, grid, SEED)
     assert np.abs(onnx_method(x, grid, SEED) - ref).max() <= 1e-5
+
+
+def test_each_networks_named_inputs_are_its_forward_and_its_graphs_inputs_in_order(exported):
+    """engine.models.inputs names each network's inputs once: its fields are the network's forward
+    parameters and its ONNX graph's inputs, in order, in a fresh export and in the shipped bundle's graphs."""
+    import inspect
+
+    from engine.models import build, preset
+    from engine.models.inputs import INPUTS, fused_inputs
+    from engine.registry import REGISTRY
+
+    for kind, inputs in INPUTS.items():
+        forward = build(kind, preset("tiny", kind, bands=3, latent=4)).forward
+        assert tuple(inspect.signature(forward).parameters) == inputs._fields
+    _, _, folder = exported
+    for card, where in ((modelfile.read_card(modelfile.resolve(folder)), folder),
+                        (modelfile.read_card(modelfile.resolve(None)), modelfile.resolve(None))):
+        graphs = card["onnx"]["graphs"]
+        for net, entry in card["networks"].items():
+            names = list(INPUTS[entry["kind"]]._fields)
+            assert graphs[net]["inputs"] == names
+            assert [i.name for i in onnx.load(f"{where}/{graphs[net]['file']}", load_external_data=False).graph.input] == names
+        for name in card["methods"]:
+            method = REGISTRY[name]
+            if method.fused_graph:
+                assert graphs[method.fused_graph]["inputs"] == list(fused_inputs(method.fused_inputs))

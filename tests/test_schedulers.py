@@ -134,3 +134,49 @@ def test_ddpm_posterior_variance():
         assert sigma ** 2 == pytest.approx((1 - ab[t - 1]) / (1 - ab[t]) * betas[t - 1])
         assert ddpm.step_coefficients(ab[t], ab[t - 1], eta=0.0)[2] == 0.0
     assert ddpm.step_coefficients(ab[1], ab[0])[2] == 0.0
+
+
+def test_the_samplers_share_one_signature():
+    """Every sampler is called alike, sample_*(model, x, schedule, extra_args, noise), and every sampling
+    method of the registry has one of them and a schedule built apart from it."""
+    import inspect
+
+    from engine.registry import REGISTRY
+    from engine.samplers import SAMPLERS
+
+    for sampler in SAMPLERS:
+        assert list(inspect.signature(sampler).parameters) == ["model", "x", "schedule", "extra_args", "noise"]
+    for method in REGISTRY.values():
+        assert (method.sampler in SAMPLERS) == method.stochastic == callable(method.schedule)
+
+
+def test_the_schedules_are_built_from_the_card_apart_from_the_samplers():
+    chain = ddpm.schedule(2, (0.5, 0.5, 0.5, 0.5), eta=0.0, prediction="x0")
+    assert chain.steps == ((4, 2), (2, 0)) and chain.total == 4 and chain.abar == (1.0, 0.5, 0.25, 0.125, 0.0625)
+    assert (chain.eta, chain.prediction) == (0.0, "x0")
+    assert cm.schedule(2, 1000, 0.5) == cm.Schedule((1000, 500), 1000, 0.5)
+
+
+def test_the_samplers_tell_the_model_t_over_T_and_pass_extra_args_by_name():
+    from engine.samplers import sample_ddim, sample_lcm
+
+    seen = []
+
+    def model(x, t_frac, cond, inv_scale):
+        seen.append((t_frac, cond, inv_scale))
+        return np.zeros_like(x)
+
+    extra = {"cond": "c", "inv_scale": "s"}
+    x = np.ones((1, 2, 2, 2))
+    # eta 0: no step adds noise, so none is asked for; a zero ε keeps the latent on the DDIM path
+    out = sample_ddim(model, x, ddpm.schedule(2, eta=0.0), extra)
+    assert seen == [(1.0, "c", "s"), (0.5, "c", "s")]
+    abar = ddpm.alphas_bar()
+    np.testing.assert_allclose(out, x / np.sqrt(abar[4]))
+    seen.clear()
+    drawn = []
+    out = sample_lcm(model, x, cm.schedule(2), extra, lambda k: drawn.append(k) or np.zeros_like(x))
+    assert seen == [(1.0, "c", "s"), (0.5, "c", "s")] and drawn == [1]
+    # a zero F: f = c_skip·z; the second step re-noises f(x, T) to t = T/2 with zero noise
+    a = float(cm.noise_coefficients(500)[0])
+    np.testing.assert_allclose(out, cm.boundary(500)[0] * a * cm.boundary(1000)[0] * x)

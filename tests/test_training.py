@@ -133,16 +133,15 @@ def test_stage1_starts_as_the_residual_pca_and_init_keeps_the_regression(stage1)
         z = enc(pair.hr, pair.lr_up)
         torch.testing.assert_close(z.permute(0, 2, 3, 1).reshape(-1, 16), code, atol=1e-4, rtol=1e-4)
         z0 = torch.zeros(2, 16, 8, 8)
-        tables = pair.decoder_tables()
 
         def blocks(v):  # the same 8×8 block (bands·64 values) in every cell
             return torch.nn.functional.pixel_shuffle(v.reshape(1, -1, 1, 1).expand(2, -1, 8, 8), 8)
 
-        torch.testing.assert_close(dec(pair.lr, z0, pair.inv_scale, *tables) - blocks(mean),
-                                   old(pair.lr, z0, pair.inv_scale, *tables) - blocks(old.detail.bias), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(dec(*pair.decoder_inputs(z0)) - blocks(mean),
+                                   old(*pair.decoder_inputs(z0)) - blocks(old.detail.bias), atol=1e-5, rtol=1e-5)
         projection = torch.nn.functional.pixel_shuffle(
             (code * std @ components).reshape(2, 8, 8, -1).permute(0, 3, 1, 2), 8)
-        torch.testing.assert_close(dec(pair.lr, z, pair.inv_scale, *tables) - dec(pair.lr, z0, pair.inv_scale, *tables),
+        torch.testing.assert_close(dec(*pair.decoder_inputs(z)) - dec(*pair.decoder_inputs(z0)),
                                    projection, atol=1e-4, rtol=1e-4)
 
 
@@ -423,7 +422,7 @@ def test_spread_and_features_reach_the_denoiser_and_not_the_decoder(images, stag
     pairs = [make_pair(pair.hr, scale, 4) for scale in (2.0, 3.0, 4.0, 6.0)]
     torch.manual_seed(0)
     with torch.no_grad():
-        inputs = [net.spread_inputs(net.upsample(p.lr, *p.hr_tables()), p.inv_scale) for p in pairs]
+        inputs = [net.spread_inputs(net.upsample(p.lr, *p.condition_inputs().hr_tables), p.inv_scale) for p in pairs]
         truth = [torch.exp(0.8 * i[:, :1] + 0.5 * i[:, 1:] + 3.0).expand(-1, latent, -1, -1) for i in inputs]
         latents = [t * torch.distributions.Laplace(0.0, 1.0).sample(t.shape) for t in truth]
         stage.fit_spread_prior(pairs, latents)
@@ -557,3 +556,42 @@ def test_make_train_runs_the_recipe_table_that_trained_the_bundle():
     assert finetune.Finetune(rasters=[], out="").lr == recipe.FINETUNE["lr"] == 2e-4
     assert recipe.FINETUNE["stage1_options"] == dict(recipe.STAGE1_BASE, latent_dropout=0.25)
     assert step.STAGE1_OPTIONS == dict(recipe.STAGE1["options"], gan_start=0)
+
+@pytest.mark.parametrize("name", ["lcmsr", "e2diffsr"])
+def test_validation_runs_the_engines_tile_routine(images, stage1, tmp_path, name):
+    """A stage-2 run's validation SR is engine.latent.run_tile (it reports each network call) over the
+    EMA networks and the frozen decoder, with the card entry the bundle will carry: the stage's sampler
+    settings, its latent scale and its spread; its reference is the regression path (D = 0)."""
+    from engine import latent
+    from engine.latent import denoiser_model
+    from engine.samplers import sample_ddim, sample_lcm
+    from engine.schedulers import consistency, ddpm
+    from training import e2diffsr, lcmsr
+
+    cls, steps = {"lcmsr": (lcmsr.LCMSRStage, lcmsr.SAMPLE_STEPS), "e2diffsr": (e2diffsr.E2DiffSRStage, e2diffsr.SAMPLE_STEPS)}[name]
+    settings = Settings(data=str(images / "train"), out=str(tmp_path / name), crop=32, batch=2, preset="tiny",
+                        stage1=str(stage1), options={"features": 2, "spread": True})
+    stage = cls(settings, torch.device("cpu"), None)
+    stage.latent_scale = 1.7
+    pair = next(stage.stats_pairs(1))
+    fractions = []
+    token = latent.CALL_DONE.set(fractions.append)
+    try:
+        with torch.no_grad():
+            sr, ref = stage.predict(pair, stage.nets), stage.reference(pair, stage.nets)
+    finally:
+        latent.CALL_DONE.reset(token)
+    assert fractions == [k / (steps + 2) for k in range(1, steps + 2)] + [1.0] + [1 / (steps + 2), 1.0]
+    with torch.no_grad():
+        cond = stage.condition(stage.nets, pair)
+        gen = torch.Generator().manual_seed(0)
+        start = torch.randn(stage.guess(cond).shape, generator=gen)
+        model = denoiser_model(lambda inputs: stage.nets["denoiser"](*inputs))
+        extra = {"cond": cond, "inv_scale": pair.inv_scale}
+        if name == "lcmsr":
+            sample = sample_lcm(model, start, consistency.schedule(steps), extra)
+        else:
+            schedule = ddpm.schedule(steps, ddpm.DEFAULT_BETAS, e2diffsr.ETA, e2diffsr.PREDICTION)
+            sample = sample_ddim(model, start, schedule, extra)
+        torch.testing.assert_close(sr, stage.decode(pair, stage.clean(cond, sample)), rtol=0, atol=0)
+        torch.testing.assert_close(ref, stage.decode(pair, stage.guess(cond)), rtol=0, atol=0)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.grid import Grid, centres
+from engine.models.inputs import ConditionInputs, DecoderInputs
 from engine.models.layers import resample2d
 from engine.models.sampling import LATENT_FACTOR, Plan
 
@@ -36,14 +37,22 @@ class Pair:
             return None
         return -F.max_pool2d(-self.valid, LATENT_FACTOR)
 
-    def decoder_tables(self) -> tuple:
-        t = self.tables
-        return (t["out_y_idx"], t["out_y_w"], t["out_x_idx"], t["out_x_w"],
-                t["lat_y_idx"], t["lat_y_w"], t["lat_x_idx"], t["lat_x_w"])
+    @property
+    def arrays(self) -> dict:
+        """The batch as a tile's inputs by name (lr, inv_scale and the tables), as engine.latent.run_tile
+        takes them."""
+        return dict(self.tables, lr=self.lr, inv_scale=self.inv_scale)
 
-    def hr_tables(self) -> tuple:
-        t = self.tables
-        return t["hr_y_idx"], t["hr_y_w"], t["hr_x_idx"], t["hr_x_w"]
+    def condition_inputs(self) -> ConditionInputs:
+        return ConditionInputs.of(self.arrays)
+
+    def decoder_inputs(self, z: torch.Tensor) -> DecoderInputs:
+        """The decoder's inputs with the (unnormalised) latent ``z``."""
+        return DecoderInputs.of(self.arrays, z=z)
+
+    def latent_shape(self, channels: int) -> tuple[int, ...]:
+        """The shape of a latent of ``channels`` channels over the batch: one cell per 8×8 HR pixels."""
+        return (self.hr.shape[0], channels, self.hr.shape[-2] // LATENT_FACTOR, self.hr.shape[-1] // LATENT_FACTOR)
 
 
 # How deep a window's nodata is filled from its neighbours. Not engine.pipeline.FILL_ITERATIONS (2):

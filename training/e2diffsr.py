@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.latent import e2diffsr_sample
+from engine.models.inputs import DenoiserInputs
 from engine.registry import E2DIFFSR
 from engine.schedulers import ddpm
 
@@ -51,7 +51,7 @@ class E2DiffSRStage(LatentStage):
 
         def predict():
             noise = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
-            return self.nets["denoiser"](ddpm.q_sample(r0, noise, abar), held, level, pair.inv_scale)
+            return self.nets["denoiser"](*DenoiserInputs(ddpm.q_sample(r0, noise, abar), held, level, pair.inv_scale))
 
         z0 = predict()
         mse = cell_mean((z0 - r0) ** 2, pair)
@@ -60,9 +60,6 @@ class E2DiffSRStage(LatentStage):
             second = self.clean(cond, predict())
         adv, logs = self.adversarial(pair, self.clean(cond, z0), second)
         return mse + self.cond_loss(cond, x0, pair) + adv, dict({"z0": mse.item()}, **logs)
-
-    def sample(self, denoiser, cond, inv_scale, noise):
-        return e2diffsr_sample(denoiser, cond, inv_scale, SAMPLE_STEPS, noise, ddpm.DEFAULT_BETAS, ETA, PREDICTION)
 
     def export_card(self):
         return dict(self.base_card(), betas=list(ddpm.DEFAULT_BETAS), eta=ETA, steps=SAMPLE_STEPS,

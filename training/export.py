@@ -40,6 +40,7 @@ from torch import nn
 from engine import modelfile
 from engine.grid import Grid
 from engine.latent import run_tile
+from engine.models.inputs import ConditionInputs, DecoderInputs, DenoiserInputs, fused_inputs
 from engine.models.sampling import Plan, unet_multiple
 from engine.onnx_backend import Sessions
 from engine.registry import REGISTRY, Method
@@ -52,9 +53,6 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 TOLERANCE = 1e-4  # max abs difference to torch at the check size, normalised units
-TABLES = {"hr": ("hr_y_idx", "hr_y_w", "hr_x_idx", "hr_x_w"),
-          "out": ("out_y_idx", "out_y_w", "out_x_idx", "out_x_w"),
-          "lat": ("lat_y_idx", "lat_y_w", "lat_x_idx", "lat_x_w")}
 AXES = {"lr": {0: "batch", 2: "height", 3: "width"}, "inv_scale": {0: "batch"}, "t_frac": {0: "batch"},
         "out_y": {1: "out_height"}, "out_x": {1: "out_width"}, "lat_y": {1: "height"}, "lat_x": {1: "width"},
         "hr_y": {1: "hr_height"}, "hr_x": {1: "hr_width"}, "sr": {0: "batch", 2: "out_height", 3: "out_width"}}
@@ -80,21 +78,22 @@ class Fused(nn.Module):
 
 def graph_specs(card: dict, nets: dict) -> dict:
     """key -> (module, input names, output name, networks) of every graph the bundle's methods need;
-    the modules are the networks ``nets`` themselves or their composition by engine.latent."""
+    the modules are the networks ``nets`` themselves or their composition by engine.latent, and the
+    input names those of engine.models.inputs, in the order of the networks' forward."""
     decoder = card.get("decoder", "decoder")
-    specs = {decoder: (nets[decoder], ("lr", "z", "inv_scale", *TABLES["out"], *TABLES["lat"]), "sr", [decoder])}
+    specs = {decoder: (nets[decoder], DecoderInputs._fields, "sr", [decoder])}
     for name, spec in card["methods"].items():
         cond = spec["condition"]
-        specs[cond] = (nets[cond], ("lr", "inv_scale", *TABLES["hr"]), "cond", [cond])
+        specs[cond] = (nets[cond], ConditionInputs._fields, "cond", [cond])
         if "denoiser" in spec:
             den = spec["denoiser"]
-            specs[den] = (nets[den], ("z_t", "cond", "t_frac", "inv_scale"), "out", [den])
+            specs[den] = (nets[den], DenoiserInputs._fields, "out", [den])
         method = REGISTRY[name]
         if method.fused_graph:
             problem = method.fused_problem(spec) if method.fused_problem else None
             if problem:
                 raise TrainingError(problem)
-            inputs = ("lr", *method.fused_inputs, "inv_scale", *TABLES["hr"], *TABLES["out"], *TABLES["lat"])
+            inputs = fused_inputs(method.fused_inputs)
             used = roles(card, spec)
             specs[method.fused_graph] = (Fused(method, spec, {role: nets[net] for role, net in used.items()}, inputs),
                                          inputs, "sr", list(used.values()))

@@ -34,18 +34,20 @@ Diffusion runs on the normalised latent x0 = latent_scale · encoder(HR, LR), wi
 """
 from __future__ import annotations
 
-import abc
 from pathlib import Path
 
 import torch
 
 from engine import modelfile
-from engine.latent import from_residual, latent_guess, log_spread
+from engine.latent import from_residual, latent_guess, log_spread, run_tile
 from engine.models import preset
+from engine.registry import REGISTRY
+from engine.torch_backend import TorchNetworks
 
 from . import distributed, recipe
 from .adversary import Adversary, lr_consistency
 from .bands import load_adapted
+from .bundle import method_spec
 from .errors import TrainingError
 from .trainer import Stage
 
@@ -161,7 +163,7 @@ class LatentStage(Stage):
         texture and log scale, then the offset that makes it the Laplace MLE (the mean of |x0|/spread
         is 1)."""
         net = self.nets["condition"]
-        inputs = torch.cat([net.spread_inputs(net.upsample(pair.lr, *pair.hr_tables()), pair.inv_scale)
+        inputs = torch.cat([net.spread_inputs(net.upsample(pair.lr, *pair.condition_inputs().hr_tables), pair.inv_scale)
                             for pair in pairs]).permute(0, 2, 3, 1).reshape(-1, 2)
         x0 = torch.cat(latents).permute(0, 2, 3, 1).reshape(inputs.shape[0], -1).abs()
         design = torch.cat([inputs, torch.ones_like(inputs[:, :1])], 1).double()
@@ -220,20 +222,24 @@ class LatentStage(Stage):
             loss, logs = loss + o["energy_weight"] * energy, dict(logs, energy=energy.item())
         return loss, logs
 
-    @abc.abstractmethod
-    def sample(self, denoiser, cond, inv_scale, noise) -> torch.Tensor:
-        """The method's sampler output (a latent, or with the spread a standardised residual)."""
+    def run(self, pair, ema, detail: float) -> torch.Tensor:
+        """The SR of a batch at ``detail`` as the engine makes it (engine.latent.run_tile: condition ->
+        sampler -> decoder) from the EMA networks and the frozen decoder, with the card entry the bundle
+        will carry (training.bundle.method_spec) and torch's noise of seed 0."""
+        spec = method_spec(self.method, self.latent_scale, self.export_card())
+        nets = TorchNetworks({"condition": ema["condition"], "denoiser": ema["denoiser"], "decoder": self.decoder},
+                             self.device)
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        shape = pair.latent_shape(self.layout["latent"])
+
+        def noise(k):
+            return torch.randn(shape, generator=gen, device=self.device)
+
+        return run_tile(nets, REGISTRY[self.method], spec, int(spec["steps"]), pair.arrays, noise, detail)
 
     def predict(self, pair, ema):
         """Validation's SR: a full sample (D = 1) of the EMA networks, seed 0."""
-        gen = torch.Generator(device=self.device).manual_seed(0)
-        cond = self.condition(ema, pair)
-        shape = self.guess(cond).shape
-
-        def noise(k):
-            return torch.randn(shape, generator=gen, device=cond.device)
-
-        return self.decode(pair, self.clean(cond, self.sample(ema["denoiser"], cond, pair.inv_scale, noise)))
+        return self.run(pair, ema, 1.0)
 
     def target(self, pair) -> torch.Tensor:
         """The normalised true latent x0 of a batch."""
@@ -241,7 +247,7 @@ class LatentStage(Stage):
             return self.encoder(pair.hr, pair.lr_up) * self.latent_scale
 
     def condition(self, nets: dict, pair) -> torch.Tensor:
-        return nets["condition"](pair.lr, pair.inv_scale, *pair.hr_tables())
+        return nets["condition"](*pair.condition_inputs())
 
     def cond_loss(self, cond: torch.Tensor, x0: torch.Tensor, pair) -> torch.Tensor:
         """The conditioning net's loss: decoded L1 against HR plus the latent L2 against x0; with the
@@ -259,12 +265,12 @@ class LatentStage(Stage):
         return loss
 
     def decode(self, pair, x0: torch.Tensor) -> torch.Tensor:
-        return self.decoder(pair.lr, x0 / self.latent_scale, pair.inv_scale, *pair.decoder_tables())
+        return self.decoder(*pair.decoder_inputs(x0 / self.latent_scale))
 
     def reference(self, pair, ema):
-        """The regression path (the latent = the conditioning net's prediction), which validation
+        """The regression path (D = 0: the latent = the conditioning net's prediction), which validation
         logs beside the samples."""
-        return self.decode(pair, self.guess(self.condition(ema, pair)))
+        return self.run(pair, ema, 0.0)
 
     def base_card(self) -> dict:
         return {"kind": self.method, "latent": self.stage1_card.get("latent", 4), "latent_scale": self.latent_scale,

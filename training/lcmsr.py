@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.latent import lcmsr_sample
+from engine.models.inputs import DenoiserInputs
 from engine.registry import LCMSR
 from engine.schedulers import consistency as cm
 
@@ -30,7 +30,7 @@ class LCMSRStage(LatentStage):
     def f(self, nets, z, cond, t: torch.Tensor, inv_scale):
         """The consistency function with the networks ``nets`` at per-sample timesteps t (B,)."""
         t4 = t.float().reshape(-1, 1, 1, 1)
-        return cm.consistency(z, nets["denoiser"](z, cond, t.float()[:, None] / cm.T, inv_scale), t4, cm.T)
+        return cm.consistency(z, nets["denoiser"](*DenoiserInputs(z, cond, t.float()[:, None] / cm.T, inv_scale)), t4, cm.T)
 
     def loss(self, pair, gen, ema):
         x0 = self.target(pair)
@@ -63,9 +63,6 @@ class LCMSRStage(LatentStage):
             adv, more = self.adversarial(pair, first, second)
             loss, logs = loss + adv, dict(logs, **more)
         return loss, logs
-
-    def sample(self, denoiser, cond, inv_scale, noise):
-        return lcmsr_sample(denoiser, cond, inv_scale, SAMPLE_STEPS, noise)
 
     def export_card(self):
         return dict(self.base_card(), T=cm.T, sigma_data=cm.SIGMA_DATA, steps=SAMPLE_STEPS, max_steps=MAX_STEPS)

@@ -21,7 +21,6 @@ import torch
 
 from engine import modelfile
 from engine.models.encoder import pca, residual_blocks
-from engine.models.sampling import LATENT_FACTOR
 
 from . import distributed, recipe
 from .bands import load_adapted
@@ -111,7 +110,7 @@ class Stage1(Stage):
         if drop > 0:
             keep = distributed.sample(torch.rand, (z.shape[0], 1, 1, 1), generator=gen, device=z.device) >= drop
             z = z * keep.to(z.dtype)
-        sr = pair.keep_valid(self.nets["decoder"](pair.lr, z, pair.inv_scale, *pair.decoder_tables()))
+        sr = pair.keep_valid(self.nets["decoder"](*pair.decoder_inputs(z)))
         l1 = (sr - pair.hr).abs().mean()
         kl = 0.5 * (mean ** 2).mean()
         fft = spectrum_l1(sr, pair.hr)
@@ -125,15 +124,14 @@ class Stage1(Stage):
         return loss, logs
 
     def _decode(self, pair, ema, z):
-        return ema["decoder"](pair.lr, z, pair.inv_scale, *pair.decoder_tables())
+        return ema["decoder"](*pair.decoder_inputs(z))
 
     def predict(self, pair, ema):
         return self._decode(pair, ema, ema["encoder"](pair.hr, pair.lr_up))
 
     def reference(self, pair, ema):
         """The decoder with a zero latent (the training average): how much the latent adds."""
-        shape = (pair.lr.shape[0], self.specs["decoder"]["config"]["latent"],
-                 pair.hr.shape[-2] // LATENT_FACTOR, pair.hr.shape[-1] // LATENT_FACTOR)
+        shape = pair.latent_shape(self.specs["decoder"]["config"]["latent"])
         return self._decode(pair, ema, torch.zeros(shape, device=pair.lr.device))
 
     def export_card(self):

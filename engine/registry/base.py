@@ -10,9 +10,10 @@ class Method:
     """One SR method: its names, its step range, whether it samples, its networks and its ONNX graphs.
 
     ``roles`` are the networks its card entry names (``methods.<name>.<role>``) before the bundle's
-    decoder; a method without roles is not learned and ``plain()`` makes it. ``sample(spec, denoiser,
-    cond, inv_scale, steps, noise)`` draws the clean latent of a stochastic method from its condition
-    (engine.latent.sample_latent blends it at a detail). A method with ``fused_graph`` has a single-call
+    decoder; a method without roles is not learned and ``plain()`` makes it. A stochastic method draws
+    its clean latent with ``sampler`` (engine.samplers: one signature for all) through the schedule that
+    ``schedule(spec, steps)`` builds from its card entry (engine.latent.sample_latent calls it and blends
+    the sample at a detail). A method with ``fused_graph`` has a single-call
     ONNX graph for one step; ``fused_inputs`` are the inputs it takes beyond the tile's (the start noise)."""
 
     name: str  # the CLI's --method, the card's methods.<name>, the graph files' prefix
@@ -23,7 +24,8 @@ class Method:
     max_steps: int = 0
     default_detail: float | None = None  # stochastic methods: the detail when the model card has no detail_default
     roles: tuple[str, ...] = ()
-    sample: Callable | None = None
+    sampler: Callable | None = None  # engine.samplers.sample_*(model, x, schedule, extra_args, noise)
+    schedule: Callable[[dict, int], object] | None = None  # (card entry, steps) -> the sampler's schedule
     fused_graph: str | None = None
     fused_inputs: tuple[str, ...] = ()
     new_spec: Callable[[], dict] | None = None  # the card entry's sampler fields of a freshly trained method

@@ -1,14 +1,14 @@
 """E²DiffSR: an N-step run of a short DDPM chain in the latent, ε- or z0-predicting."""
 from __future__ import annotations
 
-from .. import latent
+from ..samplers import sample_ddim
 from ..schedulers import ddpm
 from .base import Method
 
 
-def sample(spec: dict, denoiser, cond, inv_scale, steps: int, noise):
-    return latent.e2diffsr_sample(denoiser, cond, inv_scale, steps, noise, spec.get("betas", ddpm.DEFAULT_BETAS),
-                                  spec.get("eta", 1.0), spec.get("prediction", "eps"))
+def schedule(spec: dict, steps: int) -> ddpm.Schedule:
+    return ddpm.schedule(steps, spec.get("betas", ddpm.DEFAULT_BETAS), spec.get("eta", 1.0),
+                         spec.get("prediction", "eps"))
 
 
 def new_spec() -> dict:
@@ -23,5 +23,5 @@ def spec_problem(spec: dict) -> str | None:
 
 
 E2DIFFSR = Method("e2diffsr", "E²DiffSR (few-step latent diffusion)", "E²DiffSR", stochastic=True, default_steps=4,
-                  max_steps=4, default_detail=1.0, roles=("condition", "denoiser"), sample=sample, new_spec=new_spec,
-                  spec_problem=spec_problem)
+                  max_steps=4, default_detail=1.0, roles=("condition", "denoiser"), sampler=sample_ddim,
+                  schedule=schedule, new_spec=new_spec, spec_problem=spec_problem)

@@ -1,14 +1,13 @@
 """LCMSR: a 1–4 step latent consistency sampler, with a single-call ONNX graph for one step."""
 from __future__ import annotations
 
-from .. import latent
+from ..samplers import sample_lcm
 from ..schedulers import consistency
 from .base import Method
 
 
-def sample(spec: dict, denoiser, cond, inv_scale, steps: int, noise):
-    return latent.lcmsr_sample(denoiser, cond, inv_scale, steps, noise, spec.get("T", consistency.T),
-                               spec.get("sigma_data", consistency.SIGMA_DATA))
+def schedule(spec: dict, steps: int) -> consistency.Schedule:
+    return consistency.schedule(steps, spec.get("T", consistency.T), spec.get("sigma_data", consistency.SIGMA_DATA))
 
 
 def new_spec() -> dict:
@@ -26,5 +25,6 @@ def fused_problem(spec: dict) -> str | None:
 
 
 LCMSR = Method("lcmsr", "LCMSR (one-step latent consistency)", "LCMSR", stochastic=True, default_steps=1,
-               max_steps=4, default_detail=1.0, roles=("condition", "denoiser"), sample=sample,
-               fused_graph="lcmsr.onestep", fused_inputs=("noise",), new_spec=new_spec, fused_problem=fused_problem)
+               max_steps=4, default_detail=1.0, roles=("condition", "denoiser"), sampler=sample_lcm,
+               schedule=schedule, fused_graph="lcmsr.onestep", fused_inputs=("noise",), new_spec=new_spec,
+               fused_problem=fused_problem)

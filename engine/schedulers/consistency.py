@@ -8,6 +8,8 @@ z0 = f(noise, T).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 T = 1000
@@ -55,3 +57,18 @@ def timesteps(n: int, total: int = T) -> list[int]:
     if n < 1:
         raise ValueError(f"steps must be at least 1, got {n}")
     return [int(round(total * (n - k) / n)) for k in range(n)]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What an n-step consistency sampler goes through (engine.samplers.lcm), built from the card apart
+    from the sampler: its timesteps (the first is T, pure noise), T and σd."""
+
+    timesteps: tuple[int, ...]
+    total: int = T
+    sigma_data: float = SIGMA_DATA
+
+
+def schedule(n: int, total: int = T, sigma_data: float = SIGMA_DATA) -> Schedule:
+    """The schedule of an n-step sampler."""
+    return Schedule(tuple(timesteps(n, total)), total, sigma_data)

@@ -7,6 +7,7 @@ the deterministic DDIM path. The arithmetic works on floats, numpy arrays and to
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -35,6 +36,28 @@ def chain(n: int, total: int = T) -> list[tuple[int, int]]:
     """(t, t_prev) pairs of an n-step sampler; the last t_prev is 0."""
     ts = timesteps(n, total) + [0]
     return list(zip(ts[:-1], ts[1:]))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What an n-step run of the chain goes through (engine.samplers.ddim), built from the card apart
+    from the sampler: its steps (t, t_prev), ᾱ_t for t = 0..T, and the card's eta and prediction."""
+
+    steps: tuple[tuple[int, int], ...]
+    abar: tuple[float, ...]
+    eta: float = 1.0
+    prediction: str = "eps"
+
+    @property
+    def total(self) -> int:
+        """T, the chain's last timestep: the denoiser is told t/T."""
+        return len(self.abar) - 1
+
+
+def schedule(n: int, betas: Sequence[float] = DEFAULT_BETAS, eta: float = 1.0, prediction: str = "eps") -> Schedule:
+    """The schedule of an n-step sampler on the chain of ``betas``."""
+    abar = alphas_bar(betas)
+    return Schedule(tuple(chain(n, len(abar) - 1)), tuple(float(a) for a in abar), eta, prediction)
 
 
 def root(x):

@@ -20,11 +20,13 @@ import numpy as np
 import torch
 
 from engine import metrics, modelfile
-from engine.latent import blend, latent_guess, sample_latent
+from engine.latent import run_tile
 from engine.registry import BICUBIC, REGISTRY, STOCHASTIC
+from engine.torch_backend import TorchNetworks
 
 from .. import data
 from ..batch import make_pair
+from ..bundle import method_spec
 from ..errors import TrainingError
 from ..trainer import psnr
 
@@ -40,7 +42,8 @@ def lsd(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
 
 
 class Runs:
-    """The frozen stage-1 encoder and decoder and a stage-2 run's networks (CPU, no gradients)."""
+    """The frozen stage-1 encoder and decoder and a stage-2 run's networks (CPU, no gradients), run as
+    the engine runs them (engine.latent.run_tile) with the card entry the bundle would carry."""
 
     def __init__(self, stage1: str, stage2: str):
         card1, t1 = modelfile.load(stage1)
@@ -49,25 +52,21 @@ class Runs:
             raise TrainingError("--stage1 and --stage2 must be the output folders of a stage-1 and a stage-2 run")
         nets = modelfile.build_networks(card1, t1, ["encoder", "decoder"], "cpu")
         nets.update(modelfile.build_networks(card2, t2, ["condition", "denoiser"], "cpu"))
-        self.nets, self.card, self.kind, self.scale = nets, card2, card2["kind"], card2["latent_scale"]
+        self.nets, self.kind = nets, card2["kind"]
+        self.spec = method_spec(self.kind, card2["latent_scale"], card2)
+        self.networks = TorchNetworks({role: nets[role] for role in ("condition", "denoiser", "decoder")},
+                                      torch.device("cpu"))
 
-    def decode(self, pair, x0):
-        return self.nets["decoder"](pair.lr, x0 / self.scale, pair.inv_scale, *pair.decoder_tables())
-
-    def condition(self, pair):
-        return self.nets["condition"](pair.lr, pair.inv_scale, *pair.hr_tables())
-
-    def guess(self, cond):
-        return latent_guess(cond, self.card)
-
-    def sample(self, pair, cond, seed: int):
+    def run(self, pair, seed: int, detail: float) -> torch.Tensor:
+        """The SR of a batch at ``detail``, with torch's noise of ``seed``."""
         g = torch.Generator().manual_seed(seed)
+        shape = pair.latent_shape(int(self.spec["latent"]))
 
         def noise(k):
-            return torch.randn(self.guess(cond).shape, generator=g)
+            return torch.randn(shape, generator=g)
 
-        return sample_latent(REGISTRY[self.kind], self.card, self.card["steps"], self.nets["denoiser"], cond,
-                             pair.inv_scale, noise)
+        return run_tile(self.networks, REGISTRY[self.kind], self.spec, int(self.spec["steps"]), pair.arrays, noise,
+                        detail)
 
 
 @torch.no_grad()
@@ -83,14 +82,11 @@ def quality(runs: Runs, hr: torch.Tensor, scale: float, details, batch: int) -> 
                                                            lsd(sr[..., b:-b, b:-b], pair.hr[..., b:-b, b:-b])], 1))
 
         add(BICUBIC.name, pair.lr_up)
-        add("stage 1, true latent", runs.nets["decoder"](pair.lr, runs.nets["encoder"](pair.hr, pair.lr_up),
-                                                         pair.inv_scale, *pair.decoder_tables()))
-        cond = runs.condition(pair)
-        add("regression (D = 0)", runs.decode(pair, runs.guess(cond)))
-        samples = [runs.sample(pair, cond, seed) for seed in (0, 1)]
+        add("stage 1, true latent", runs.nets["decoder"](*pair.decoder_inputs(runs.nets["encoder"](pair.hr, pair.lr_up))))
+        add("regression (D = 0)", runs.run(pair, 0, 0.0))
         for d in details:
-            add(f"{runs.kind}, D = {d:g}", runs.decode(pair, blend(runs.guess(cond), samples[0], d)))
-        a, c = (runs.decode(pair, s).clamp(0, 1) * 255 for s in samples)
+            add(f"{runs.kind}, D = {d:g}", runs.run(pair, 0, d))
+        a, c = (runs.run(pair, seed, 1.0).clamp(0, 1) * 255 for seed in (0, 1))
         spread.append(float((a - c)[..., b:-b, b:-b].abs().mean()) * math.sqrt(math.pi) / 2)
     means = {k: torch.cat(v).mean(0) for k, v in rows.items()}
     base = means[BICUBIC.name][0]
@@ -108,9 +104,7 @@ def spread_follows_texture(runs: Runs, hr: torch.Tensor, batch: int) -> tuple[fl
     for images, pooled in ((hr, True), (half, False)):
         for i in range(0, len(images), batch):
             pair = make_pair(images[i:i + batch], SPREAD_SCALE, 4)
-            cond = runs.condition(pair)
-            out = torch.stack([runs.decode(pair, runs.sample(pair, cond, seed)).clamp(0, 1) * 255
-                               for seed in range(SPREAD_SEEDS)])
+            out = torch.stack([runs.run(pair, seed, 1.0).clamp(0, 1) * 255 for seed in range(SPREAD_SEEDS)])
             std = out.std(0)[..., b:-b, b:-b]
             if pooled:
                 stds.append(std.flatten())
