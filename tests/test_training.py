@@ -557,6 +557,7 @@ def test_make_train_runs_the_recipe_table_that_trained_the_bundle():
     assert recipe.FINETUNE["stage1_options"] == dict(recipe.STAGE1_BASE, latent_dropout=0.25)
     assert step.STAGE1_OPTIONS == dict(recipe.STAGE1["options"], gan_start=0)
 
+
 @pytest.mark.parametrize("name", ["lcmsr", "e2diffsr"])
 def test_validation_runs_the_engines_tile_routine(images, stage1, tmp_path, name):
     """A stage-2 run's validation SR is engine.latent.run_tile (it reports each network call) over the
