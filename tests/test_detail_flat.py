@@ -1,0 +1,158 @@
+"""The flat detail path (decoder ``detail_flat``, issue 25): a latent offset shared by a region no
+longer paints the 8×8 lattice; without the key the decoder is the one before; it exports to ONNX and
+tiles seamlessly."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from engine import modelfile
+from engine.grid import Grid
+from engine.methods import DEFAULTS, MethodOptions, build_method, from_bundle
+from engine.models import build, preset
+from engine.models.sampling import LATENT_FACTOR, Plan
+from engine.pipeline import Request, superresolve
+from training import export
+from training.bundle import random_bundle, write
+
+from tests.conftest import ROOT, read
+from tests.test_models import lr
+from tests.test_seams import CROP, TILE, naip_crop  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def flat_bundle(detail_flat: bool = True):
+    """A tiny random bundle whose detail path reads the latent (a fresh one reads nothing), flat or not."""
+    card, tensors = random_bundle("tiny", seed=3, name="tiny-flat")
+    gen = torch.Generator().manual_seed(4)
+    tensors["decoder.detail.weight"] = 0.05 * torch.randn(tensors["decoder.detail.weight"].shape, generator=gen)
+    if detail_flat:
+        card["networks"]["decoder"]["config"]["detail_flat"] = True
+    for spec in card["methods"].values():
+        spec["latent_scale"] = 1.7
+    return card, tensors
+
+
+def decoders():
+    torch.manual_seed(0)
+    config = preset("tiny", "decoder")
+    plain = build("decoder", config)
+    torch.nn.init.normal_(plain.detail.weight)
+    flat = build("decoder", dict(config, detail_flat=True))
+    flat.load_state_dict(plain.state_dict())
+    return plain, flat
+
+
+def cell_spread(d: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, bands) on the 8×8 grid -> the largest std over the 64 pixels of a cell, per band."""
+    b, h, w, c = d.shape
+    cells = d.reshape(b, h // LATENT_FACTOR, LATENT_FACTOR, w // LATENT_FACTOR, LATENT_FACTOR, c)
+    return cells.std(dim=(2, 4)).amax()
+
+
+def test_a_shared_latent_offset_shifts_the_level_instead_of_painting_a_lattice():
+    """The measured cause of the lattice (docs/MODELS.md, "The lattice"): a one-step sample's latent is
+    off the guess by an offset shared by whole regions, and the linear detail path answers a uniform
+    latent with the same 8×8 pattern in every cell. With detail_flat that answer is one value per cell
+    and band; a latent that varies from cell to cell still makes patterns within the cells."""
+    plain, flat = decoders()
+    grid = Grid.whole(24, 24, 4.0)
+    plan = Plan.build(24, 24, grid, 1)
+    t = plan.tensors("cpu")
+    z = torch.randn(1, 16, *plan.latent_shape, generator=torch.Generator().manual_seed(1))
+    offset = torch.randn(1, 16, 1, 1, generator=torch.Generator().manual_seed(2))
+    inner = (slice(None), slice(8, -8), slice(8, -8))  # cells with all their 3×3 neighbours in the latent
+    with torch.no_grad():
+        for dec, flat_cells in ((plain, False), (flat, True)):
+            def detail(latent):
+                return dec.detail_map(latent, t["out_y_idx"], t["out_y_w"], t["out_x_idx"], t["out_x_w"])
+            added = (detail(z + offset) - detail(z))[inner]
+            assert (cell_spread(added) < 1e-5) == flat_cells
+            assert added.abs().mean() > 0.1
+            assert cell_spread(detail(z)[inner]) > 0.1  # real detail keeps its sub-cell patterns
+        assert cell_spread(flat.detail_map(torch.zeros_like(z), t["out_y_idx"], t["out_y_w"], t["out_x_idx"],
+                                           t["out_x_w"])[inner]) < 1e-6  # and the bias paints no pattern
+
+
+def test_without_the_key_the_decoder_is_the_one_before():
+    """A card without detail_flat builds the decoder as before (its config and so its card unchanged,
+    the same output); the key needs the detail path."""
+    plain, flat = decoders()
+    assert "detail_flat" not in plain.config and flat.config["detail_flat"] is True
+    again = build("decoder", dict(plain.config, detail_flat=False))
+    assert again.config == plain.config
+    again.load_state_dict(plain.state_dict())
+    x = lr(h=13, w=11, seed=1)
+    plan = Plan.build(13, 11, Grid.whole(13, 11, 3.0), 1)
+    t = plan.tensors("cpu")
+    z = torch.randn(1, 16, *plan.latent_shape)
+    args = (torch.from_numpy(x)[None], z, torch.full((1, 1), 1 / 3.0), t["out_y_idx"], t["out_y_w"], t["out_x_idx"],
+            t["out_x_w"], t["lat_y_idx"], t["lat_y_w"], t["lat_x_idx"], t["lat_x_w"])
+    with torch.no_grad():
+        assert torch.equal(again(*args), plain(*args))
+        assert not torch.allclose(flat(*args), plain(*args))
+    with pytest.raises(ValueError, match="needs the detail path"):
+        build("decoder", dict(preset("tiny", "decoder"), detail=False, detail_flat=True))
+
+
+@pytest.fixture(scope="module")
+def flat_exported(tmp_path_factory):
+    card, tensors = flat_bundle()
+    folder = tmp_path_factory.mktemp("onnx") / "tiny-flat"
+    write(folder, card, tensors)
+    export.export(str(folder))  # it checks every graph against the torch networks, too
+    return card, tensors, str(folder)
+
+
+@pytest.mark.parametrize("name,steps", [("regression", None), ("lcmsr", 1), ("e2diffsr", 2)])
+def test_flat_detail_exports_to_onnx_and_matches_torch(flat_exported, name, steps):
+    card, tensors, folder = flat_exported
+    assert modelfile.load(folder)[0]["networks"]["decoder"]["config"]["detail_flat"] is True
+    torch_method = from_bundle(name, card, tensors, steps, "cpu")
+    onnx_method = build_method(name, MethodOptions(steps, "onnx", "cpu", folder))
+    x = lr(c=3, h=21, w=26, seed=2)
+    for scale in (2.5, 4.0):
+        grid = Grid.whole(21, 26, scale)
+        assert np.abs(onnx_method(x, grid, 7) - torch_method(x, grid, 7)).max() <= 1e-5
+
+
+def test_flat_detail_map_is_cut_on_the_global_grid():
+    """As tests/test_models.py::test_detail_path_is_seamless for the plain path: on a tile the flat
+    path gives exactly the rows of the whole image's map (the same 3×3 conv on the global cells, so the
+    halo of engine.reach needs nothing more)."""
+    _, dec = decoders()
+    field = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 16, 40, 40), dtype=np.float32))
+    whole = Grid.whole(40, 32, 2.5)
+    tile = Grid(whole.ys[37:81] - 6, whole.xs, 2.5, out_y0=37, in_y0=6)
+    outs = []
+    for grid, h, rows in ((whole, 40, slice(37, 81)), (tile, 30, slice(None))):
+        plan = Plan.build(h, 32, grid, 1)
+        z = field[:, :, plan.rows.cells][:, :, :, plan.cols.cells]
+        t = plan.tensors("cpu")
+        with torch.no_grad():
+            outs.append(dec.detail_map(z, t["out_y_idx"], t["out_y_w"], t["out_x_idx"], t["out_x_w"])[:, rows])
+    assert outs[1].shape[1] == 44 and outs[0].abs().mean() > 0.1
+    torch.testing.assert_close(outs[0][:, 8:-8], outs[1][:, 8:-8])
+
+
+def test_the_bundle_with_a_flat_detail_path_tiles_seamlessly(naip_crop, tmp_path):  # noqa: F811
+    """tests/test_seams.py's check on the committed bundle with detail_flat set (the same weights):
+    LCMSR at ×4 and D = 1, 3 × 2 tiles with the default overlap against one tile."""
+    folder = tmp_path / "flat"
+    shutil.copytree(f"{ROOT}/resources/models/latentsr-rgb", folder)
+    card = json.loads((folder / "model.json").read_text())
+    card["networks"]["decoder"]["config"]["detail_flat"] = True
+    card.pop("onnx", None)  # its graphs were exported for the card without the key
+    (folder / "model.json").write_text(json.dumps(card))
+    outputs = []
+    for tile, overlap in ((max(CROP[2:]) + 1, 0), (TILE, DEFAULTS.overlap)):
+        out = str(tmp_path / f"{tile}.tif")
+        result = superresolve(Request(input=naip_crop, output=out, scale=4.0, method="lcmsr", detail=1.0, tile=tile,
+                                      overlap=overlap, seed=5, model=str(folder), backend="torch"))
+        outputs.append(read(out)[0].astype(np.int16))
+    assert result.tiles == 6
+    diff = np.abs(outputs[1] - outputs[0])
+    assert diff.max() <= 1 and diff.mean() <= 0.005
