@@ -1,12 +1,14 @@
-"""The flat detail path (decoder ``detail_flat``, issue 25): a latent offset shared by a region no
-longer paints the 8×8 lattice; without the key the decoder is the one before; it exports to ONNX and
-tiles seamlessly."""
+"""The flat detail path (decoder ``detail_flat``, issue 25) and the stage-2 decoder trained on what is
+decoded (``--train-decoder``): a latent offset shared by a region no longer paints the 8×8 lattice;
+without the key the decoder is the one before; it exports to ONNX and tiles seamlessly; the training
+option runs and resumes exactly."""
 import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from engine import modelfile
 from engine.grid import Grid
@@ -16,10 +18,12 @@ from engine.models.sampling import LATENT_FACTOR, Plan
 from engine.pipeline import Request, superresolve
 from training import export
 from training.bundle import random_bundle, write
+from training.cli import main
 
 from tests.conftest import ROOT, read
 from tests.test_models import lr
 from tests.test_seams import CROP, TILE, naip_crop  # noqa: F401 (fixture)
+from tests.test_training import images, stage1, train_args  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,3 +160,35 @@ def test_the_bundle_with_a_flat_detail_path_tiles_seamlessly(naip_crop, tmp_path
     assert result.tiles == 6
     diff = np.abs(outputs[1] - outputs[0])
     assert diff.max() <= 1 and diff.mean() <= 0.005
+
+
+def test_train_decoder_runs_resumes_exactly_and_exports_the_decoder(images, stage1, tmp_path):  # noqa: F811
+    """LCMSR with --train-decoder --detail-flat: the decoder is a trained network of the run (started
+    from stage 1's, flat), its checkpoint resumes bit-exactly, and the run's model holds it."""
+    extra = ["--stage1", str(stage1), "--gan-weight", "0.1", "--energy-weight", "1", "--train-decoder", "--detail-flat"]
+    assert main(train_args("lcmsr", images, tmp_path / "straight", 4, *extra)) == 0
+    assert main(train_args("lcmsr", images, tmp_path / "resumed", 2, "--schedule-steps", "4", *extra)) == 0
+    assert main(train_args("lcmsr", images, tmp_path / "resumed", 4, "--resume", *extra)) == 0
+    a = load_file(str(tmp_path / "straight" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "checkpoint.safetensors"))
+    assert a.keys() == b.keys() and "model.decoder.detail.weight" in a and "ema.decoder.detail.weight" in a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    start = load_file(str(stage1 / "model.safetensors"))
+    assert not torch.equal(a["model.decoder.detail.weight"], start["decoder.detail.weight"])  # it was trained
+    card = json.loads((tmp_path / "straight" / "model.json").read_text())
+    assert card["networks"]["decoder"]["config"]["detail_flat"] is True
+    assert card["training"]["options"]["train_decoder"] is True
+    # the bundle takes the decoder from the run that trained it
+    assert main(["bundle", "--stage1", str(stage1), "--lcmsr", str(tmp_path / "straight"), "--out", str(tmp_path),
+                 "--name", "b"]) == 0
+    bundled = load_file(str(tmp_path / "b" / "model.safetensors"))
+    run = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    assert all(torch.equal(bundled[k], run[k]) for k in run if k.startswith("decoder."))
+    assert json.loads((tmp_path / "b" / "model.json").read_text())["networks"]["decoder"]["config"]["detail_flat"]
+
+
+def test_detail_flat_in_stage2_needs_train_decoder(images, stage1, tmp_path, capsys):  # noqa: F811
+    assert main(train_args("lcmsr", images, tmp_path / "run", 2, "--stage1", str(stage1), "--detail-flat")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--train-decoder" in err

@@ -29,6 +29,13 @@ halves of crops whose right half was set flat, where the true latent is within 0
 ``features`` > 0 adds that many channels of LR features for the denoiser, trained by its losses
 alone (the guess and the spread are held fixed for it); on their own they did not change that.
 
+The decoder trained on what is decoded (``train_decoder``, issue 25): the stage-1 decoder becomes one
+of the stage's trained networks, started from stage 1's, so the gradient of every decoded term (the
+regression path's L1, the samples' adversarial, LR-consistency and energy terms) reaches it as well
+as the sampler, as in adversarial diffusion distillation (ADD); ``decoder_fidelity`` × stage 1's own
+loss of the true latent decoded (its L1 and spectrum L1 against HR) keeps it a decoder of that
+latent. The run's model folder then holds the decoder too, and the bundle takes it from there.
+
 Diffusion runs on the normalised latent x0 = latent_scale · encoder(HR, LR), with latent_scale =
 1/std of the encoder means over LATENT_BATCHES training batches, fixed when the run starts.
 """
@@ -47,6 +54,7 @@ from . import distributed
 from .adversary import Adversary, lr_consistency
 from .bands import load_adapted
 from .errors import TrainingError
+from .stage1 import FFT_WEIGHT, spectrum_l1
 from .trainer import Stage
 
 LATENT_BATCHES = 8
@@ -57,6 +65,8 @@ LR_WEIGHT = 1.0
 ENERGY_WEIGHT = 0.0
 FEATURES = 0
 SPREAD = False
+TRAIN_DECODER = False
+DECODER_FIDELITY = 1.0  # with train_decoder: the weight of stage 1's loss of the true latent decoded
 
 
 def energy_score(a: torch.Tensor, b: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -92,7 +102,9 @@ class LatentStage(Stage):
         frozen = modelfile.build_networks(card, tensors, ["encoder", "decoder"], device)
         self.encoder, self.decoder = (frozen[n].requires_grad_(False) for n in ("encoder", "decoder"))
         self.stage1_card = card
+        self.train_decoder = bool(settings.options.get("train_decoder", TRAIN_DECODER))
         super().__init__(settings, device, specs or settings.options.get("networks") or self.fresh_specs(settings))
+        self.train_decoder = "decoder" in self.specs  # a resumed run: what its checkpoint trains
         config = self.specs["condition"]["config"]
         self.layout = {"latent": settings.latent, "features": int(config.get("features", 0)),
                        "spread": bool(config.get("spread", False))}
@@ -117,6 +129,12 @@ class LatentStage(Stage):
             elif extra:
                 config["features"] = extra
             specs[name] = {"kind": kind, "config": config}
+        if self.train_decoder:
+            specs["decoder"] = {"kind": "decoder", "config": dict(self.stage1_card["networks"]["decoder"]["config"])}
+            if o.get("detail_flat"):  # engine.models.decoder: the detail path's response to a uniform latent made flat
+                specs["decoder"]["config"]["detail_flat"] = True
+        elif o.get("detail_flat"):
+            raise TrainingError("--detail-flat in stage 2 changes the decoder: it needs --train-decoder")
         return specs
 
     def guess(self, cond: torch.Tensor) -> torch.Tensor:
@@ -146,6 +164,8 @@ class LatentStage(Stage):
         latent, so the regression path starts as stage 1's own zero-latent regression, and a unit
         spread (its feature channels keep their random start: from zero the denoiser's gradient
         hardly moved them)."""
+        if self.train_decoder:
+            self.nets["decoder"].load_state_dict(self.decoder.state_dict())
         with torch.no_grad():
             pairs = list(self.stats_pairs(LATENT_BATCHES))
             means = [self.encoder(pair.hr, pair.lr_up) for pair in pairs]
@@ -216,14 +236,14 @@ class LatentStage(Stage):
         if self.adversary is None:
             return torch.zeros((), device=sample.device), {}
         o = self.settings.options
-        sr = pair.keep_valid(self.decode(pair, sample))
+        sr = pair.keep_valid(self.decode(pair, sample, self.nets))
         d = self.adversary.update(pair, sr)
         g = self.adversary.generator_loss(pair, sr)
         lr = lr_consistency(sr, pair)
         loss = o.get("gan_weight", GAN_WEIGHT) * g + o.get("lr_weight", LR_WEIGHT) * lr
         logs = {"d": d, "g": g.item(), "lr": lr.item()}
         if second is not None:
-            energy = energy_score(sr, pair.keep_valid(self.decode(pair, second)), pair.hr)
+            energy = energy_score(sr, pair.keep_valid(self.decode(pair, second, self.nets)), pair.hr)
             loss, logs = loss + o.get("energy_weight", ENERGY_WEIGHT) * energy, dict(logs, energy=energy.item())
         return loss, logs
 
@@ -240,7 +260,7 @@ class LatentStage(Stage):
         def noise(k):
             return torch.randn(shape, generator=gen, device=cond.device)
 
-        return self.decode(pair, self.clean(cond, self.sample(ema["denoiser"], cond, pair.inv_scale, noise)))
+        return self.decode(pair, self.clean(cond, self.sample(ema["denoiser"], cond, pair.inv_scale, noise)), ema)
 
     def target(self, pair) -> torch.Tensor:
         """The normalised true latent x0 of a batch."""
@@ -262,16 +282,23 @@ class LatentStage(Stage):
             loss = loss + cell_mean((x0 - cond.detach()).abs() / log.exp() + log, pair)
         pixel = o.get("cond_pixel_weight", COND_PIXEL_WEIGHT)
         if pixel > 0:
-            loss = loss + pixel * (pair.keep_valid(self.decode(pair, cond)) - pair.hr).abs().mean()
+            loss = loss + pixel * (pair.keep_valid(self.decode(pair, cond, self.nets)) - pair.hr).abs().mean()
+        if self.train_decoder:
+            sr = pair.keep_valid(self.decode(pair, x0, self.nets))
+            fidelity = (sr - pair.hr).abs().mean() + FFT_WEIGHT * spectrum_l1(sr, pair.hr)
+            loss = loss + o.get("decoder_fidelity", DECODER_FIDELITY) * fidelity
         return loss
 
-    def decode(self, pair, x0: torch.Tensor) -> torch.Tensor:
-        return self.decoder(pair.lr, x0 / self.latent_scale, pair.inv_scale, *pair.decoder_tables())
+    def decode(self, pair, x0: torch.Tensor, nets: dict) -> torch.Tensor:
+        """The image of a normalised latent: the decoder in ``nets`` (the trained or the EMA networks)
+        when the stage trains it, else stage 1's frozen decoder."""
+        decoder = nets["decoder"] if self.train_decoder else self.decoder
+        return decoder(pair.lr, x0 / self.latent_scale, pair.inv_scale, *pair.decoder_tables())
 
     def reference(self, pair, ema):
         """The regression path (the latent = the conditioning net's prediction), which validation
         logs beside the samples."""
-        return self.decode(pair, self.guess(self.condition(ema, pair)))
+        return self.decode(pair, self.guess(self.condition(ema, pair)), ema)
 
     def base_card(self) -> dict:
         return {"kind": self.method, "latent": self.stage1_card.get("latent", 4), "latent_scale": self.latent_scale,

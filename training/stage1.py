@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from engine import modelfile
+from engine.models import build
 from engine.models.encoder import pca, residual_blocks
 from engine.models.sampling import LATENT_FACTOR
 
@@ -48,6 +49,10 @@ class Stage1(Stage):
 
     def __init__(self, settings, device, specs):
         super().__init__(settings, device, specs or settings.options.get("networks"))
+        if not (specs or settings.options.get("networks")) and settings.options.get("detail_flat"):
+            # engine.models.decoder: the detail path's response to a uniform latent made flat (issue 25)
+            self.specs["decoder"]["config"]["detail_flat"] = True
+            self.nets["decoder"] = build("decoder", self.specs["decoder"]["config"]).to(device)
         if settings.options.get("gan_weight", GAN_WEIGHT) > 0:
             self.adversary = Adversary(settings.bands, settings.preset, device)
 
