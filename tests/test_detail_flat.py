@@ -192,3 +192,17 @@ def test_detail_flat_in_stage2_needs_train_decoder(images, stage1, tmp_path, cap
     assert main(train_args("lcmsr", images, tmp_path / "run", 2, "--stage1", str(stage1), "--detail-flat")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--train-decoder" in err
+
+
+def test_stage1_detail_flat_trains_a_flat_decoder(images, tmp_path):  # noqa: F811
+    """stage 1 --detail-flat: the run's decoder has the flat path (its PCA start projected), recorded
+    in its card, and it resumes from its checkpoint with it."""
+    out = tmp_path / "stage1"
+    assert main(train_args("stage1", images, out, 2, "--detail-flat")) == 0
+    assert main(train_args("stage1", images, out, 3, "--resume")) == 0
+    card, tensors = modelfile.load(str(out))
+    assert card["networks"]["decoder"]["config"]["detail_flat"] is True and card["training"]["step"] == 3
+    dec = modelfile.build_networks(card, tensors, ["decoder"], "cpu")["decoder"]
+    weight, _ = dec.flat_detail()
+    sums = weight.sum((2, 3)).unflatten(0, (-1, LATENT_FACTOR ** 2))
+    assert dec.detail.weight.abs().sum() > 0 and (sums - sums.mean(1, keepdim=True)).abs().max() < 1e-5
