@@ -1,6 +1,9 @@
 """Inference bundles for the engine: resources/models/<name>/ with model.json + model.safetensors.
 
 A bundle holds the stage-1 decoder and, per diffusion method, its conditioning net and denoiser.
+A stage-2 run that trained the decoder too (``--train-decoder``, training.latent) gives the bundle
+its decoder instead (only one run may), which the other method then decodes with: that decoder was
+kept a decoder of stage 1's latent by its fidelity term.
 ``regression`` uses the LCMSR conditioning net when there is one, else E²DiffSR's. Beside them, for
 fine-tuning only, a bundle made from training stages ships the stage-1 encoder in its own file
 (ENCODER, named in the card's ``encoder`` entry with its SHA-256): inference never loads it.
@@ -70,6 +73,7 @@ def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str)
     networks = {"decoder": card1["networks"]["decoder"]}
     tensors = {f"decoder.{k}": v for k, v in modelfile.network_tensors(t1, "decoder").items()}
     methods, training = {}, {"stage1": card1.get("training", {})}
+    decoder_from = None
     for method, folder in ((E2DIFFSR.name, e2diffsr), (LCMSR.name, lcmsr)):
         if not folder:
             continue
@@ -81,6 +85,13 @@ def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str)
         for net in REGISTRY[method].roles:
             networks[f"{method}.{net}"] = card["networks"][net]
             tensors.update({f"{method}.{net}.{k}": v for k, v in modelfile.network_tensors(t, net).items()})
+        if "decoder" in card["networks"]:  # a run with --train-decoder (training.latent) trained its own
+            if decoder_from:
+                raise TrainingError(f"{decoder_from} and {folder} both trained the decoder: the bundle has one, "
+                                    "train it in one run only")
+            decoder_from = folder
+            networks["decoder"] = card["networks"]["decoder"]
+            tensors.update({f"decoder.{k}": v for k, v in modelfile.network_tensors(t, "decoder").items()})
         methods[method] = method_spec(method, card["latent_scale"], card)
         training[method] = card.get("training", {})
     card = make_card(name, int(card1["bands"]), int(card1.get("latent", 4)), networks, with_regression(methods), training)

@@ -76,6 +76,9 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--latent-dropout", type=float, default=o["latent_dropout"],
                        help="share of samples decoded with a zero latent, so the decoder also works as plain regression "
                             "(default %(default)s)")
+        p.add_argument("--detail-flat", action="store_true",
+                       help="the decoder's detail path answers a latent that is the same in every cell with a flat "
+                            "value instead of an 8×8 pattern (no lattice from a shared latent offset)")
     else:
         p.add_argument("--stage1", required=True, help="the --out folder of a stage-1 run")
         p.add_argument("--cond-weight", type=float, default=o["cond_weight"],
@@ -97,6 +100,17 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--energy-weight", type=float, default=o["energy_weight"],
                        help="with --gan-weight: weight of the energy score of two decoded samples against HR, "
                             "which asks their spread to follow the uncertainty (default %(default)s)")
+        p.add_argument("--init", help="start the conditioning net and denoiser from this method's networks in a bundle")
+        p.add_argument("--train-decoder", action="store_true",
+                       help="train the stage-1 decoder too, on every decoded term (the samples' adversarial, LR and "
+                            "energy terms, the regression path's L1), plus --decoder-fidelity × stage 1's loss of the "
+                            "true latent decoded")
+        p.add_argument("--decoder-fidelity", type=float, default=1.0,
+                       help="with --train-decoder: weight of stage 1's L1 and spectrum loss of the true latent decoded "
+                            "(default %(default)s)")
+        p.add_argument("--detail-flat", action="store_true",
+                       help="with --train-decoder: the decoder's detail path answers a latent that is the same in every "
+                            "cell with a flat value instead of an 8×8 pattern")
     return p
 
 
@@ -153,7 +167,7 @@ def train(args) -> None:
         from .stage1 import Stage1 as stage
         options = {"kl_weight": args.kl_weight, "fft_weight": args.fft_weight, "latent_dropout": args.latent_dropout,
                    "latent_noise": args.latent_noise, "init": args.init, "gan_weight": args.gan_weight,
-                   "gan_start": args.gan_start}
+                   "gan_start": args.gan_start, **({"detail_flat": True} if args.detail_flat else {})}
     elif args.command == E2DIFFSR.name:
         from .e2diffsr import E2DiffSRStage as stage
     else:
@@ -161,7 +175,10 @@ def train(args) -> None:
     if args.command != "stage1":
         options = {"cond_weight": args.cond_weight, "cond_pixel_weight": args.cond_pixel_weight,
                    "gan_weight": args.gan_weight, "lr_weight": args.lr_weight,
-                   "energy_weight": args.energy_weight, "features": args.features, "spread": args.spread}
+                   "energy_weight": args.energy_weight, "features": args.features, "spread": args.spread,
+                   **({"init": args.init} if args.init else {}),
+                   **({"train_decoder": True, "decoder_fidelity": args.decoder_fidelity} if args.train_decoder else {}),
+                   **({"detail_flat": True} if args.detail_flat else {})}
     val = args.val if args.rasters or not args.val else args.val[0]
     settings = Settings(
         data=args.rasters or args.data, val=val, rasters=bool(args.rasters), raster_bands=args.raster_bands, out=args.out, steps=args.steps, schedule_steps=args.schedule_steps,

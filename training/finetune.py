@@ -84,9 +84,9 @@ class Finetune:
 
 def encoder_preset(decoder_config: dict) -> str:
     """The preset whose decoder has this configuration (sizes only), else "default"."""
-    sizes = {k: v for k, v in decoder_config.items() if k not in ("bands", "latent", "detail")}
+    sizes = {k: v for k, v in decoder_config.items() if k not in ("bands", "latent", "detail", "detail_flat")}
     for name, kinds in PRESETS.items():
-        if {k: v for k, v in kinds["decoder"].items() if k != "detail"} == sizes:
+        if {k: v for k, v in kinds["decoder"].items() if k not in ("detail", "detail_flat")} == sizes:
             return name
     return "default"
 

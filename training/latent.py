@@ -29,6 +29,13 @@ halves of crops whose right half was set flat, where the true latent is within 0
 ``features`` > 0 adds that many channels of LR features for the denoiser, trained by its losses
 alone (the guess and the spread are held fixed for it); on their own they did not change that.
 
+The decoder trained on what is decoded (``train_decoder``, issue 25): the stage-1 decoder becomes one
+of the stage's trained networks, started from stage 1's, so the gradient of every decoded term (the
+regression path's L1, the samples' adversarial, LR-consistency and energy terms) reaches it as well
+as the sampler, as in adversarial diffusion distillation (ADD); ``decoder_fidelity`` × stage 1's own
+loss of the true latent decoded (its L1 and spectrum L1 against HR) keeps it a decoder of that
+latent. The run's model folder then holds the decoder too, and the bundle takes it from there.
+
 Diffusion runs on the normalised latent x0 = latent_scale · encoder(HR, LR), with latent_scale =
 1/std of the encoder means over LATENT_BATCHES training batches, fixed when the run starts.
 """
@@ -49,6 +56,7 @@ from .adversary import Adversary, lr_consistency
 from .bands import load_adapted
 from .bundle import method_spec
 from .errors import TrainingError
+from .stage1 import spectrum_l1
 from .trainer import Stage
 
 LATENT_BATCHES = 8
@@ -88,7 +96,9 @@ class LatentStage(Stage):
         self.encoder, self.decoder = (frozen[n].requires_grad_(False) for n in ("encoder", "decoder"))
         self.stage1_card = card
         self.options = dict(recipe.STAGE2_BASE, **settings.options)
+        self.train_decoder = bool(self.options.get("train_decoder"))  # only a run with --train-decoder has it
         super().__init__(settings, device, specs or settings.options.get("networks") or self.fresh_specs(settings))
+        self.train_decoder = "decoder" in self.specs  # a resumed run: what its checkpoint trains
         config = self.specs["condition"]["config"]
         self.layout = {"latent": settings.latent, "features": int(config.get("features", 0)),
                        "spread": bool(config.get("spread", False))}
@@ -112,6 +122,12 @@ class LatentStage(Stage):
             elif extra:
                 config["features"] = extra
             specs[name] = {"kind": kind, "config": config}
+        if self.train_decoder:
+            specs["decoder"] = {"kind": "decoder", "config": dict(self.stage1_card["networks"]["decoder"]["config"])}
+            if o.get("detail_flat"):  # engine.models.decoder: the detail path's response to a uniform latent made flat
+                specs["decoder"]["config"]["detail_flat"] = True
+        elif o.get("detail_flat"):
+            raise TrainingError("--detail-flat in stage 2 changes the decoder: it needs --train-decoder")
         return specs
 
     def guess(self, cond: torch.Tensor) -> torch.Tensor:
@@ -141,6 +157,8 @@ class LatentStage(Stage):
         latent, so the regression path starts as stage 1's own zero-latent regression, and a unit
         spread (its feature channels keep their random start: from zero the denoiser's gradient
         hardly moved them)."""
+        if self.train_decoder:
+            self.nets["decoder"].load_state_dict(self.decoder.state_dict())
         with torch.no_grad():
             pairs = list(self.stats_pairs(LATENT_BATCHES))
             means = [self.encoder(pair.hr, pair.lr_up) for pair in pairs]
@@ -211,23 +229,25 @@ class LatentStage(Stage):
         if self.adversary is None:
             return torch.zeros((), device=sample.device), {}
         o = self.options
-        sr = pair.keep_valid(self.decode(pair, sample))
+        sr = pair.keep_valid(self.decode(pair, sample, self.nets))
         d = self.adversary.update(pair, sr)
         g = self.adversary.generator_loss(pair, sr)
         lr = lr_consistency(sr, pair)
         loss = o["gan_weight"] * g + o["lr_weight"] * lr
         logs = {"d": d, "g": g.item(), "lr": lr.item()}
         if second is not None:
-            energy = energy_score(sr, pair.keep_valid(self.decode(pair, second)), pair.hr)
+            energy = energy_score(sr, pair.keep_valid(self.decode(pair, second, self.nets)), pair.hr)
             loss, logs = loss + o["energy_weight"] * energy, dict(logs, energy=energy.item())
         return loss, logs
 
     def run(self, pair, ema, detail: float) -> torch.Tensor:
         """The SR of a batch at ``detail`` as the engine makes it (engine.latent.run_tile: condition ->
-        sampler -> decoder) from the EMA networks and the frozen decoder, with the card entry the bundle
+        sampler -> decoder) from the EMA networks and the decoder (stage 1's frozen one, or the trained
+        one with --train-decoder), with the card entry the bundle
         will carry (training.bundle.method_spec) and torch's noise of seed 0."""
         spec = method_spec(self.method, self.latent_scale, self.export_card())
-        nets = TorchNetworks({"condition": ema["condition"], "denoiser": ema["denoiser"], "decoder": self.decoder},
+        decoder = ema["decoder"] if self.train_decoder else self.decoder
+        nets = TorchNetworks({"condition": ema["condition"], "denoiser": ema["denoiser"], "decoder": decoder},
                              self.device)
         gen = torch.Generator(device=self.device).manual_seed(0)
         shape = pair.latent_shape(self.layout["latent"])
@@ -261,11 +281,18 @@ class LatentStage(Stage):
             loss = loss + cell_mean((x0 - cond.detach()).abs() / log.exp() + log, pair)
         pixel = o["cond_pixel_weight"]
         if pixel > 0:
-            loss = loss + pixel * (pair.keep_valid(self.decode(pair, cond)) - pair.hr).abs().mean()
+            loss = loss + pixel * (pair.keep_valid(self.decode(pair, cond, self.nets)) - pair.hr).abs().mean()
+        if self.train_decoder:
+            sr = pair.keep_valid(self.decode(pair, x0, self.nets))
+            fidelity = (sr - pair.hr).abs().mean() + recipe.STAGE1_BASE["fft_weight"] * spectrum_l1(sr, pair.hr)
+            loss = loss + o["decoder_fidelity"] * fidelity
         return loss
 
-    def decode(self, pair, x0: torch.Tensor) -> torch.Tensor:
-        return self.decoder(*pair.decoder_inputs(x0 / self.latent_scale))
+    def decode(self, pair, x0: torch.Tensor, nets: dict) -> torch.Tensor:
+        """The image of a normalised latent: the decoder in ``nets`` (the trained or the EMA networks)
+        when the stage trains it, else stage 1's frozen decoder."""
+        decoder = nets["decoder"] if self.train_decoder else self.decoder
+        return decoder(*pair.decoder_inputs(x0 / self.latent_scale))
 
     def reference(self, pair, ema):
         """The regression path (D = 0: the latent = the conditioning net's prediction), which validation

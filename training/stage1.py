@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from engine import modelfile
+from engine.models import build
 from engine.models.encoder import pca, residual_blocks
 
 from . import distributed, recipe
@@ -42,6 +43,10 @@ class Stage1(Stage):
     def __init__(self, settings, device, specs):
         super().__init__(settings, device, specs or settings.options.get("networks"))
         self.options = dict(recipe.STAGE1_BASE, **settings.options)
+        if not (specs or settings.options.get("networks")) and self.options.get("detail_flat"):
+            # engine.models.decoder: the detail path's response to a uniform latent made flat (issue 25)
+            self.specs["decoder"]["config"]["detail_flat"] = True
+            self.nets["decoder"] = build("decoder", self.specs["decoder"]["config"]).to(device)
         if self.options["gan_weight"] > 0:
             self.adversary = Adversary(settings.bands, settings.preset, device)
 

@@ -12,6 +12,13 @@
    (engine.models.sampling), so this path is exact at every scale and seamless across tiles. Stage 1
    starts it as the synthesis of a PCA of the residual (training/stage1.py), the transpose of the
    encoder's analysis, so that the true latent decodes to the residual's PCA projection from step 0.
+   With ``detail_flat`` (issue 25), the path's response to a latent that is the same in every cell
+   is flat within the cell: the weights are used less, per band, sub-pixel and latent channel, the
+   excess of their sum over the 3×3 taps above its mean over the 64 sub-pixels (spread over the
+   taps), and the bias is its mean over the sub-pixels. So the 8×8 pattern of a cell is driven by how
+   the latent departs from its 3×3 neighbourhood, and an offset of the latent shared by a region
+   (what a one-step sample adds beside real detail) shifts the level there instead of painting an
+   8×8 lattice over it (docs/MODELS.md, "The lattice"). The same conv and receptive field.
 All resampling is by index/weight tables (engine.models.sampling), so it exports to ONNX. The pyramid
 runs channels last, laid out for ONNX Runtime's CPU kernels (docs/MODELS.md, "The exported layout"):
 the exported graph is this forward as it is.
@@ -49,12 +56,18 @@ class GuidedBlock(nn.Module):
 
 class Decoder(nn.Module):
     def __init__(self, bands: int = 3, latent: int = 4, channels: int = 48, blocks: int = 4,
-                 up_channels: int = 8, tail_channels: int = 16, emb_dim: int = 64, detail: bool = False):
+                 up_channels: int = 8, tail_channels: int = 16, emb_dim: int = 64, detail: bool = False,
+                 detail_flat: bool = False):
         super().__init__()
         self.config = {"bands": bands, "latent": latent, "channels": channels, "blocks": blocks,
                        "up_channels": up_channels, "tail_channels": tail_channels, "emb_dim": emb_dim}
         if detail:  # cards written before the detail path lack the key
             self.config["detail"] = True
+        if detail_flat:  # cards written before it lack the key
+            if not detail:
+                raise ValueError("detail_flat needs the detail path (detail: true)")
+            self.config["detail_flat"] = True
+        self.detail_flat = detail_flat
         self.detail = nn.Conv2d(latent, bands * LATENT_FACTOR ** 2, 3, padding=1) if detail else None
         if detail:  # fresh, it reads nothing (stage 1 sets it by PCA) and adds a small fixed 8×8 pattern per cell
             nn.init.zeros_(self.detail.weight)
@@ -114,9 +127,19 @@ class Decoder(nn.Module):
             self.detail.weight[:, :, 1, 1] = (components * std[:, None]).T
             self.detail.bias.copy_(mean)
 
+    def flat_detail(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The detail path's weight and bias with ``detail_flat``: a latent that is the same in every
+        cell makes the same value at the 64 sub-pixels of each band (module notes)."""
+        w, k = self.detail.weight, LATENT_FACTOR ** 2
+        sums = w.sum((2, 3)).unflatten(0, (-1, k))  # (bands, sub-pixels, latent): the response to a uniform latent
+        excess = (sums - sums.mean(1, keepdim=True)).flatten(0, 1)
+        bias = self.detail.bias.unflatten(0, (-1, k)).mean(1, keepdim=True).expand(-1, k).flatten()
+        return w - excess[:, :, None, None] / (w.shape[2] * w.shape[3]), bias
+
     def detail_map(self, z, out_y_idx, out_y_w, out_x_idx, out_x_w) -> torch.Tensor:
         """The detail path at the output pixels, channels last (B, n_rows, n_cols, bands)."""
-        d = F.pixel_shuffle(self.detail(z), LATENT_FACTOR).permute(0, 2, 3, 1)
+        cells = F.conv2d(z, *self.flat_detail(), padding=1) if self.detail_flat else self.detail(z)
+        d = F.pixel_shuffle(cells, LATENT_FACTOR).permute(0, 2, 3, 1)
         row = slice(DETAIL_ROW, DETAIL_ROW + 1)
         return resample(resample(d, out_y_idx[row], out_y_w[row], 1), out_x_idx[row], out_x_w[row], 2)
 

@@ -50,8 +50,9 @@ class Runs:
         card2, t2 = modelfile.load(stage2)
         if card1.get("kind") != "stage1" or card2.get("kind") not in STOCHASTIC:
             raise TrainingError("--stage1 and --stage2 must be the output folders of a stage-1 and a stage-2 run")
-        nets = modelfile.build_networks(card1, t1, ["encoder", "decoder"], "cpu")
-        nets.update(modelfile.build_networks(card2, t2, ["condition", "denoiser"], "cpu"))
+        trained = "decoder" in card2["networks"]  # a run with --train-decoder: its own decoder
+        nets = modelfile.build_networks(card1, t1, ["encoder"] if trained else ["encoder", "decoder"], "cpu")
+        nets.update(modelfile.build_networks(card2, t2, ["condition", "denoiser"] + (["decoder"] if trained else []), "cpu"))
         self.nets, self.kind = nets, card2["kind"]
         self.spec = method_spec(self.kind, card2["latent_scale"], card2)
         self.networks = TorchNetworks({role: nets[role] for role in ("condition", "denoiser", "decoder")},
