@@ -594,5 +594,5 @@ def test_validation_runs_the_engines_tile_routine(images, stage1, tmp_path, name
         else:
             schedule = ddpm.schedule(steps, ddpm.DEFAULT_BETAS, e2diffsr.ETA, e2diffsr.PREDICTION)
             sample = sample_ddim(model, start, schedule, extra)
-        torch.testing.assert_close(sr, stage.decode(pair, stage.clean(cond, sample)), rtol=0, atol=0)
-        torch.testing.assert_close(ref, stage.decode(pair, stage.guess(cond)), rtol=0, atol=0)
+        torch.testing.assert_close(sr, stage.decode(pair, stage.clean(cond, sample), stage.nets), rtol=0, atol=0)
+        torch.testing.assert_close(ref, stage.decode(pair, stage.guess(cond), stage.nets), rtol=0, atol=0)

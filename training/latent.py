@@ -124,9 +124,9 @@ class LatentStage(Stage):
             specs[name] = {"kind": kind, "config": config}
         if self.train_decoder:
             specs["decoder"] = {"kind": "decoder", "config": dict(self.stage1_card["networks"]["decoder"]["config"])}
-            if o.get("detail_flat"):  # engine.models.decoder: the detail path's response to a uniform latent made flat
+            if self.options.get("detail_flat"):  # engine.models.decoder: the detail path's response to a uniform latent made flat
                 specs["decoder"]["config"]["detail_flat"] = True
-        elif o.get("detail_flat"):
+        elif self.options.get("detail_flat"):
             raise TrainingError("--detail-flat in stage 2 changes the decoder: it needs --train-decoder")
         return specs
 
