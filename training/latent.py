@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from engine import modelfile
+from engine.card import MethodSpec
 from engine.latent import from_residual, latent_guess, log_spread
 from engine.models import preset
 
@@ -85,17 +86,18 @@ class LatentStage(Stage):
         if not settings.stage1:
             raise TrainingError("--stage1 is required: the folder of a stage-1 run")
         card, tensors = modelfile.load(settings.stage1)
-        if card.get("kind") != "stage1":
+        if card.kind != "stage1":
             raise TrainingError(f"{settings.stage1} is not the output of a stage-1 run")
-        settings.bands = int(card["bands"])
-        settings.latent = int(card.get("latent", 4))
+        settings.bands = card.bands
+        settings.latent = card.latent
         frozen = modelfile.build_networks(card, tensors, ["encoder", "decoder"], device)
         self.encoder, self.decoder = (frozen[n].requires_grad_(False) for n in ("encoder", "decoder"))
         self.stage1_card = card
         super().__init__(settings, device, specs or settings.options.get("networks") or self.fresh_specs(settings))
         config = self.specs["condition"]["config"]
-        self.layout = {"latent": settings.latent, "features": int(config.get("features", 0)),
-                       "spread": bool(config.get("spread", False))}
+        # the condition's layout, as the card's method entry will give it (engine.latent reads it)
+        self.layout = MethodSpec(self.method, latent=settings.latent, features=int(config.get("features", 0)),
+                                 spread=bool(config.get("spread", False)))
         self.latent_scale = 1.0
         if settings.options.get("gan_weight", GAN_WEIGHT) > 0:
             self.adversary = Adversary(settings.bands, settings.preset, device)
@@ -126,13 +128,13 @@ class LatentStage(Stage):
     def held(self, cond: torch.Tensor) -> torch.Tensor:
         """The condition as the denoiser's losses see it: the latent guess and the spread held fixed
         (only their own losses move them), the features not."""
-        n = self.layout["latent"] * (2 if self.layout["spread"] else 1)
+        n = self.layout.latent * (2 if self.layout.spread else 1)
         return torch.cat([cond[:, :n].detach(), cond[:, n:]], 1)
 
     def residual(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """What the sampler draws: the true latent, or with the spread its residual standardised per
         cell, (x0 − guess)/spread (engine.latent.from_residual)."""
-        if not self.layout["spread"]:
+        if not self.layout.spread:
             return x0
         return (x0 - self.guess(cond).detach()) / log_spread(cond, self.layout).detach().exp()
 
@@ -150,10 +152,10 @@ class LatentStage(Stage):
             pairs = list(self.stats_pairs(LATENT_BATCHES))
             means = [self.encoder(pair.hr, pair.lr_up) for pair in pairs]
             self.latent_scale = float(1.0 / torch.cat([m.flatten() for m in means]).std().clamp_min(1e-6))
-            if self.layout["spread"]:
+            if self.layout.spread:
                 self.fit_spread_prior(pairs, [m * self.latent_scale for m in means])
             out = self.nets["condition"].out
-            n = self.settings.latent * (2 if self.layout["spread"] else 1)
+            n = self.settings.latent * (2 if self.layout.spread else 1)
             out.weight[:n] = 0
             out.bias[:n] = 0
         init = self.settings.options.get("init")
@@ -195,13 +197,13 @@ class LatentStage(Stage):
         from .bundle import load_encoder
 
         card, tensors = modelfile.load(folder)
-        spec = card.get("methods", {}).get(self.method)
-        if spec is None:
+        if self.method not in card.methods:
             raise TrainingError(f"{folder} has no {self.method} networks to start from")
+        spec = card.methods[self.method]
         same_latent = load_encoder(folder) is not None
         for role in ("condition", "denoiser"):
             skip = () if role == "denoiser" or same_latent else ("out.",)
-            load_adapted(self.nets[role], role, modelfile.network_tensors(tensors, spec[role]), int(card["bands"]), skip)
+            load_adapted(self.nets[role], role, modelfile.network_tensors(tensors, getattr(spec, role)), card.bands, skip)
 
     def state(self) -> dict:
         return dict(super().state(), latent_scale=self.latent_scale)
@@ -257,7 +259,7 @@ class LatentStage(Stage):
         o = self.settings.options
         full, cond = cond, self.guess(cond)
         loss = o.get("cond_weight", COND_WEIGHT) * cell_mean((cond - x0) ** 2, pair)
-        if self.layout["spread"]:
+        if self.layout.spread:
             log = log_spread(full, self.layout)
             loss = loss + cell_mean((x0 - cond.detach()).abs() / log.exp() + log, pair)
         pixel = o.get("cond_pixel_weight", COND_PIXEL_WEIGHT)
@@ -274,6 +276,7 @@ class LatentStage(Stage):
         return self.decode(pair, self.guess(self.condition(ema, pair)))
 
     def base_card(self) -> dict:
-        return {"kind": self.method, "latent": self.stage1_card.get("latent", 4), "latent_scale": self.latent_scale,
-                "stage1": {"sha256": self.stage1_card["weights"]["sha256"]},
-                **({k: v for k, v in self.layout.items() if v} if self.layout["features"] or self.layout["spread"] else {})}
+        layout = {"latent": self.layout.latent, "features": self.layout.features, "spread": self.layout.spread}
+        return {"kind": self.method, "latent": self.stage1_card.latent, "latent_scale": self.latent_scale,
+                "stage1": {"sha256": self.stage1_card.weights.sha256},
+                **({k: v for k, v in layout.items() if v} if self.layout.split else {})}

@@ -12,6 +12,7 @@ class Method:
     ``roles`` are the networks its card entry names (``methods.<name>.<role>``) before the bundle's
     decoder; a method without roles is not learned and ``plain()`` makes it. ``sample(spec, denoiser,
     cond, inv_scale, steps, noise)`` draws the clean latent of a stochastic method from its condition
+    and its card entry ``spec`` (engine.card.MethodSpec)
     (engine.latent.sample_latent blends it at a detail). A method with ``fused_graph`` has a single-call
     ONNX graph for one step; ``fused_inputs`` are the inputs it takes beyond the tile's (the start noise)."""
 
@@ -26,9 +27,8 @@ class Method:
     sample: Callable | None = None
     fused_graph: str | None = None
     fused_inputs: tuple[str, ...] = ()
-    new_spec: Callable[[], dict] | None = None  # the card entry's sampler fields of a freshly trained method
-    spec_problem: Callable[[dict], str | None] | None = None  # what is wrong with its card entry's own fields
-    fused_problem: Callable[[dict], str | None] | None = None  # why its card entry cannot be fused, or None
+    new_spec: Callable[[], dict] | None = None  # the card entry's sampler fields of a freshly trained method (JSON)
+    fused_problem: Callable | None = None  # why its card entry (engine.card.MethodSpec) cannot be fused, or None
     plain: Callable | None = None  # a method without networks: makes it (engine.methods.SRMethod)
 
     @property

@@ -6,22 +6,14 @@ from ..schedulers import ddpm
 from .base import Method
 
 
-def sample(spec: dict, denoiser, cond, inv_scale, steps: int, noise):
-    return latent.e2diffsr_sample(denoiser, cond, inv_scale, steps, noise, spec.get("betas", ddpm.DEFAULT_BETAS),
-                                  spec.get("eta", 1.0), spec.get("prediction", "eps"))
+def sample(spec, denoiser, cond, inv_scale, steps: int, noise):
+    """``spec``: the card's entry (engine.card.MethodSpec)."""
+    return latent.e2diffsr_sample(denoiser, cond, inv_scale, steps, noise, spec.betas, spec.eta, spec.prediction)
 
 
 def new_spec() -> dict:
     return {"betas": list(ddpm.DEFAULT_BETAS), "eta": 1.0, "steps": E2DIFFSR.default_steps}
 
 
-def spec_problem(spec: dict) -> str | None:
-    if spec.get("prediction", "eps") not in ddpm.PREDICTIONS:
-        return (f"'methods.{E2DIFFSR.name}.prediction' must be one of {', '.join(ddpm.PREDICTIONS)}, "
-                f"got {spec['prediction']!r}")
-    return None
-
-
 E2DIFFSR = Method("e2diffsr", "E²DiffSR (few-step latent diffusion)", "E²DiffSR", stochastic=True, default_steps=4,
-                  max_steps=4, default_detail=1.0, roles=("condition", "denoiser"), sample=sample, new_spec=new_spec,
-                  spec_problem=spec_problem)
+                  max_steps=4, default_detail=1.0, roles=("condition", "denoiser"), sample=sample, new_spec=new_spec)

@@ -6,9 +6,9 @@ from ..schedulers import consistency
 from .base import Method
 
 
-def sample(spec: dict, denoiser, cond, inv_scale, steps: int, noise):
-    return latent.lcmsr_sample(denoiser, cond, inv_scale, steps, noise, spec.get("T", consistency.T),
-                               spec.get("sigma_data", consistency.SIGMA_DATA))
+def sample(spec, denoiser, cond, inv_scale, steps: int, noise):
+    """``spec``: the card's entry (engine.card.MethodSpec)."""
+    return latent.lcmsr_sample(denoiser, cond, inv_scale, steps, noise, spec.T, spec.sigma_data)
 
 
 def new_spec() -> dict:
@@ -16,10 +16,9 @@ def new_spec() -> dict:
             "max_steps": LCMSR.max_steps}
 
 
-def fused_problem(spec: dict) -> str | None:
+def fused_problem(spec) -> str | None:
     """One-step LCMSR starts from the noise alone: ᾱ(T) = 0."""
-    total = spec.get("T", consistency.T)
-    a, b = consistency.noise_coefficients(total, total)
+    a, b = consistency.noise_coefficients(spec.T, spec.T)
     if float(a) != 0.0 or float(b) != 1.0:
         return "one-step LCMSR expects pure noise at t = T"
     return None

@@ -45,11 +45,11 @@ class Runs:
     def __init__(self, stage1: str, stage2: str):
         card1, t1 = modelfile.load(stage1)
         card2, t2 = modelfile.load(stage2)
-        if card1.get("kind") != "stage1" or card2.get("kind") not in STOCHASTIC:
+        if card1.kind != "stage1" or card2.kind not in STOCHASTIC:
             raise TrainingError("--stage1 and --stage2 must be the output folders of a stage-1 and a stage-2 run")
         nets = modelfile.build_networks(card1, t1, ["encoder", "decoder"], "cpu")
         nets.update(modelfile.build_networks(card2, t2, ["condition", "denoiser"], "cpu"))
-        self.nets, self.card, self.kind, self.scale = nets, card2, card2["kind"], card2["latent_scale"]
+        self.nets, self.spec, self.kind, self.scale = nets, card2.stage, card2.kind, card2.stage.latent_scale
 
     def decode(self, pair, x0):
         return self.nets["decoder"](pair.lr, x0 / self.scale, pair.inv_scale, *pair.decoder_tables())
@@ -58,7 +58,7 @@ class Runs:
         return self.nets["condition"](pair.lr, pair.inv_scale, *pair.hr_tables())
 
     def guess(self, cond):
-        return latent_guess(cond, self.card)
+        return latent_guess(cond, self.spec)
 
     def sample(self, pair, cond, seed: int):
         g = torch.Generator().manual_seed(seed)
@@ -66,7 +66,7 @@ class Runs:
         def noise(k):
             return torch.randn(self.guess(cond).shape, generator=g)
 
-        return sample_latent(REGISTRY[self.kind], self.card, self.card["steps"], self.nets["denoiser"], cond,
+        return sample_latent(REGISTRY[self.kind], self.spec, self.spec.steps, self.nets["denoiser"], cond,
                              pair.inv_scale, noise)
 
 
