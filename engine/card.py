@@ -168,7 +168,8 @@ class MethodSpec(Entry):
         if networks is not None:
             for role in method.roles:
                 if raw.get(role) not in networks:
-                    raise CardProblem(f"'{where}{role}' names the network {raw.get(role)!r}, which is not in 'networks'")
+                    raise CardProblem(f"'{where}{role}' names the network {raw.get(role)!r}, "
+                                      f"which is not in 'networks'")
         values = {k: raw[k] for k in ("condition", "denoiser", "eta", "T", "sigma_data", "features", "spread")
                   if k in raw}
         if "prediction" in raw and raw["prediction"] not in ddpm.PREDICTIONS:
@@ -182,9 +183,12 @@ class MethodSpec(Entry):
         if detail is not None and (isinstance(detail, bool) or not isinstance(detail, (int, float))
                                    or not 0 <= detail <= 1):
             raise CardProblem(f"'{where}detail_default' is {detail!r}: detail must be between 0 and 1")
+        extra = kept(raw, cls)
+        if "betas" in raw and "max_steps" in raw:  # the betas' count is the most steps: max_steps stays as written
+            extra["max_steps"] = raw["max_steps"]
         return cls(name, **values, latent_scale=scale, latent=whole(raw, "latent", where, latent),
                    betas=tuple(raw.get("betas", cls.betas)), prediction=raw.get("prediction", cls.prediction),
-                   steps=steps, max_steps=top, detail_default=detail, given=tuple(raw), extra=kept(raw, cls))
+                   steps=steps, max_steps=top, detail_default=detail, given=tuple(raw), extra=extra)
 
 
 def steps_of(name: str, raw: dict, where: str) -> tuple[int, int]:
@@ -271,9 +275,10 @@ def files(raw: dict) -> tuple[Weights, Encoder | None, Onnx | None]:
             raise CardProblem(f"'onnx.graphs.{key}.file' must be the name of a .onnx file")
         if not isinstance(entry.get("networks"), list) or not all(isinstance(n, str) for n in entry["networks"]):
             raise CardProblem(f"'onnx.graphs.{key}.networks' must be a list of network names")
-        if not isinstance(entry.get("inputs", []), list) or not all(isinstance(n, str) for n in entry.get("inputs", [])):
+        inputs = entry.get("inputs", [])
+        if not isinstance(inputs, list) or not all(isinstance(n, str) for n in inputs):
             raise CardProblem(f"'onnx.graphs.{key}.inputs' must be a list of input names")
-        graphs[key] = Graph(entry["file"], tuple(entry["networks"]), tuple(entry.get("inputs", ())), entry.get("sha256"),
+        graphs[key] = Graph(entry["file"], tuple(entry["networks"]), tuple(inputs), entry.get("sha256"),
                             given=tuple(entry), extra=kept(entry, Graph))
     return weights, encoder or None, Onnx(graphs, onnx.get("weights_sha256"), given=tuple(onnx),
                                           extra=kept(onnx, Onnx))
@@ -310,7 +315,7 @@ class Card(Entry):
             elif key in TOP_FIELDS:
                 out[key] = plain(getattr(self, key))
             else:  # a stage-2 run's method field
-                out[key] = plain(getattr(self.stage, key))
+                out[key] = plain(self.stage.extra[key] if key in self.stage.extra else getattr(self.stage, key))
         return out
 
     def updated(self, **values) -> Card:
@@ -353,7 +358,8 @@ def parse(raw, path=None) -> Card:
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise LatentSRError(f"{path} is not a LatentSR model card")
         if raw.get("version") != VERSION:
-            raise LatentSRError(f"{path} has format version {raw.get('version')}, this LatentSR reads version {VERSION}")
+            raise LatentSRError(f"{path} has format version {raw.get('version')}, "
+                                f"this LatentSR reads version {VERSION}")
     elif not isinstance(raw, dict):
         raise LatentSRError("the model card is not valid: it must be an object")
     try:
@@ -388,9 +394,11 @@ def parse_values(raw: dict) -> Card:
         raise CardProblem("'stage1' must be an object with the 'sha256' of the stage-1 weights")
     typed = TOP_FIELDS | ({"stage1"} if stage1 is not None else set()) | (STAGE_FIELDS if stage else set())
     training = obj(raw.get("training", {}), "training")
+    # an empty encoder or onnx entry means none, and is written back as it was
+    extra = {k: v for k, v in raw.items() if k not in typed or (k in ("encoder", "onnx") and not v)}
     return Card(bands, latent, networks, name=raw.get("name"), decoder=decoder, methods=methods, weights=weights,
-                encoder=encoder, onnx=onnx, normalisation=raw.get("normalisation"), training=training, kind=kind, stage=stage, stage1=stage1["sha256"] if stage1 else None,
-                given=tuple(raw), extra={k: v for k, v in raw.items() if k not in typed or (k in ("encoder", "onnx") and not v)})
+                encoder=encoder, onnx=onnx, normalisation=raw.get("normalisation"), training=training, kind=kind,
+                stage=stage, stage1=stage1["sha256"] if stage1 else None, given=tuple(raw), extra=extra)
 
 
 def default_latent(networks: Mapping[str, Network], decoder: str) -> int:

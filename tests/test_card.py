@@ -50,6 +50,8 @@ def test_defaults_live_in_the_card():
     assert (e2.eta, e2.prediction, e2.latent_scale, e2.steps, e2.max_steps) == (1.0, "eps", 1.0, 4, 4)
     assert e2.detail_default == REGISTRY["e2diffsr"].default_detail and e2.latent == bare.latent
     assert bare.to_json() == raw
+    raw["methods"]["e2diffsr"].update(betas=[0.2, 0.9], max_steps=3, eta=0)  # the betas give the steps
+    assert parse(raw).methods["e2diffsr"].max_steps == 2 and parse(raw).to_json() == raw
 
 
 @pytest.mark.parametrize("edit,named", [

@@ -51,7 +51,8 @@ def with_regression(methods: dict) -> dict:
     return {**methods, REGRESSION.name: regression}
 
 
-def random_bundle(preset_name: str = "default", bands: int = 3, seed: int = 0, name: str = "random") -> tuple[Card, dict]:
+def random_bundle(preset_name: str = "default", bands: int = 3, seed: int = 0,
+                  name: str = "random") -> tuple[Card, dict]:
     """A randomly initialised bundle (card, tensors): for tests and speed benchmarks."""
     torch.manual_seed(seed)
     networks, tensors = {}, {}

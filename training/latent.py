@@ -203,7 +203,8 @@ class LatentStage(Stage):
         same_latent = load_encoder(folder) is not None
         for role in ("condition", "denoiser"):
             skip = () if role == "denoiser" or same_latent else ("out.",)
-            load_adapted(self.nets[role], role, modelfile.network_tensors(tensors, getattr(spec, role)), card.bands, skip)
+            net = getattr(spec, role)  # the network the bundle's entry names for the role
+            load_adapted(self.nets[role], role, modelfile.network_tensors(tensors, net), card.bands, skip)
 
     def state(self) -> dict:
         return dict(super().state(), latent_scale=self.latent_scale)
