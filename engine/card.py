@@ -3,12 +3,12 @@
 ``parse`` turns the card's JSON into a ``Card``: every check of its values (format and version, bands and
 latent, networks and their configs' bounds, the file entries, the methods, their networks and their step
 bounds) runs there, each refusal one line naming the field, and every field the engine reads gets its
-default there and nowhere else. The engine and training read the typed fields; no one reads the JSON.
+default there and nowhere else. The engine and training read the typed fields, not the JSON.
 
 Defaults: a card without a field was written before the field existed, so each default is what such a
 card meant: ``latent`` is the decoder's own latent width, ``decoder`` the network named "decoder", E²DiffSR
-ε-prediction with η = 1 (training writes both since it predicts z0 with η = 0), the schedulers' T and
-σ_data, the registry's steps and detail (engine.registry), a latent_scale of 1.
+ε-prediction with η = 1 (a stage-2 run writes both: z0 with η = 0), the schedulers' T and σ_data, the
+registry's steps and detail (engine.registry), a latent_scale of 1.
 
 Writing: training builds a card's JSON and parses it (``parse``, ``Card.updated``) before writing
 ``to_json()``, so a writer cannot write what the reader refuses. ``to_json`` gives back the JSON the
@@ -144,11 +144,6 @@ class MethodSpec(Entry):
     steps: int = 0  # the default steps (the registry's unless the card says)
     max_steps: int = 0  # the most steps: the betas' count, the card's max_steps, else the registry's
     detail_default: float | None = None  # stochastic methods: the card's detail_default, else the registry's
-
-    @property
-    def method(self):
-        """The method (engine.registry.base.Method)."""
-        return REGISTRY[self.name]
 
     @property
     def split(self) -> bool:
