@@ -87,15 +87,16 @@ def blend(z_det, z_sample, detail: float):
     return z_det + float(detail) * (z_sample - z_det)
 
 
-def latent_guess(cond, spec: dict):
+def latent_guess(cond, spec):
     """The regression latent in a condition (engine.models.condition): the condition itself, or, when
-    the card gives it ``features`` or a ``spread``, its first ``latent`` channels."""
-    return cond[:, :int(spec["latent"])] if spec.get("features") or spec.get("spread") else cond
+    the card entry ``spec`` (engine.card.MethodSpec) gives it ``features`` or a ``spread``, its first
+    ``latent`` channels."""
+    return cond[:, :spec.latent] if spec.split else cond
 
 
-def log_spread(cond, spec: dict):
+def log_spread(cond, spec):
     """The log spread in a condition of a card with ``spread``: the ``latent`` channels after the guess."""
-    n = int(spec["latent"])
+    n = spec.latent
     return cond[:, n:2 * n]
 
 
@@ -105,7 +106,7 @@ def from_residual(cond, spec: dict, residual):
     LR (the mean absolute deviation of the true latent from its guess): the latent is then guess +
     spread·residual, so the samples vary where the LR is textured and stay at the guess where it is
     flat. Without it the sampler's output is the latent itself."""
-    if not spec.get("spread"):
+    if not spec.spread:
         return residual
     log = log_spread(cond, spec)
     spread = np.exp(log) if isinstance(log, np.ndarray) else log.exp()
@@ -123,7 +124,7 @@ class Method(Protocol):
     schedule: Callable | None
 
 
-def sample_latent(method: Method, spec: dict, steps: int, denoiser, cond, inv_scale, noise, detail: float = 1.0):
+def sample_latent(method: Method, spec, steps: int, denoiser, cond, inv_scale, noise, detail: float = 1.0):
     """The clean (normalised) latent of ``method`` (engine.registry) from its condition: the condition's
     latent guess for a method without a sampler and at detail 0 (no sampler call), else the method's sample
     (from_residual) blended with that guess at ``detail`` (torch tensors or numpy arrays alike).
@@ -164,7 +165,7 @@ class Networks(Protocol):
     def decoder(self, inputs: DecoderInputs): ...
 
 
-def run_tile(nets: Networks, method: Method, spec: dict, steps: int, a: dict, noise: Callable[[int], object],
+def run_tile(nets: Networks, method: Method, spec, steps: int, a: dict, noise: Callable[[int], object],
              detail: float = 1.0):
     """SR of one tile's band groups: condition -> sampler (blended at ``detail``) -> decoder, in the
     backend's arrays, the one place this routine is written (the exported single-call graphs, training's
@@ -181,13 +182,9 @@ def run_tile(nets: Networks, method: Method, spec: dict, steps: int, a: dict, no
     cond = called(nets.condition(ConditionInputs.of(a)))
     x0 = sample_latent(method, spec, steps, lambda inputs: called(nets.denoiser(inputs)), cond, a["inv_scale"], noise,
                        detail)
-    sr = nets.decoder(DecoderInputs.of(a, z=x0 / latent_scale(spec)))
+    sr = nets.decoder(DecoderInputs.of(a, z=x0 / float(spec.latent_scale)))
     done(1.0)
     return sr
-
-
-def latent_scale(spec: dict) -> float:
-    return float(spec.get("latent_scale", 1.0))
 
 
 def check_detail(detail) -> float:
@@ -208,7 +205,7 @@ class LatentMethod:
 
     kind: Method  # engine.registry: its name, its sampler, whether it draws noise
     nets: Networks
-    spec: dict  # the card's entry for this method
+    spec: object  # the card's entry for this method (engine.card.MethodSpec)
     bands: int
     latent: int
     steps: int

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from . import latent, modelfile
+from .card import Card, MethodSpec
 from .errors import LatentSRError
 from .grid import Grid
 from .models.sampling import unet_multiple
@@ -59,14 +60,15 @@ DETAIL_HELP = ("Detail D (0–1) of the diffusion methods, from faithful to deta
                "latent is blended. The default is the model card's detail_default. Regression and Bicubic ignore it.")
 
 
-def default_detail(name: str, card: dict | None = None) -> float | None:
+def default_detail(name: str, card: Card | None = None) -> float | None:
     """The detail a stochastic method runs at when none is given: the card's ``detail_default`` for the
-    method (``methods.<name>.detail_default``), else the registry's. None for the deterministic methods."""
+    method (``methods.<name>.detail_default``, engine.card), else the registry's. None for the deterministic methods."""
     info = REGISTRY[name]
     if not info.stochastic:
         return None
-    spec = (card or {}).get("methods", {}).get(name, {})
-    return latent.check_detail(spec.get("detail_default", info.default_detail))
+    if card is None or name not in card.methods:
+        return float(info.default_detail)
+    return float(card.methods[name].detail_default)
 
 
 def card_default_detail(name: str, model: str | None = None) -> float | None:
@@ -152,13 +154,13 @@ def torch_sees_cuda(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-def cuda_backend(backend: str, card: dict) -> str | None:
+def cuda_backend(backend: str, card: Card | None) -> str | None:
     """The backend that would really run on a CUDA GPU for ``backend`` (auto/torch/onnx), or None:
     PyTorch when it sees a GPU, else ONNX Runtime when it can start a CUDA session (onnxruntime-gpu
     lists its CUDA provider even where no GPU or CUDA library exists) and, for auto, the model has graphs."""
     if backend in ("auto", "torch") and torch_sees_cuda("cuda"):
         return "torch"
-    if backend in ("auto", "onnx") and importable("onnxruntime") and (backend == "onnx" or card.get("onnx")):
+    if backend in ("auto", "onnx") and importable("onnxruntime") and (backend == "onnx" or has_graphs(card)):
         from . import onnx_backend
 
         if onnx_backend.cuda_works():
@@ -166,7 +168,12 @@ def cuda_backend(backend: str, card: dict) -> str | None:
     return None
 
 
-def choose_backend(backend: str, device: str, card: dict) -> str:
+def has_graphs(card: Card | None) -> bool:
+    """Whether the card lists ONNX graphs (None: no card could be read)."""
+    return card is not None and card.onnx is not None
+
+
+def choose_backend(backend: str, device: str, card: Card) -> str:
     """The backend that runs: ``torch`` or ``onnx``.
 
     auto, by the CPU benchmark in docs/MODELS.md (ONNX Runtime is the faster one on CPU): torch when it
@@ -186,7 +193,7 @@ def choose_backend(backend: str, device: str, card: dict) -> str:
     has_torch = importable("torch")
     if has_torch and torch_sees_cuda(device):
         return "torch"
-    if importable("onnxruntime") and card.get("onnx"):
+    if importable("onnxruntime") and has_graphs(card):
         return "onnx"
     return "torch" if has_torch else "onnx"
 
@@ -217,7 +224,7 @@ def describe_runner(method: str, backend: str, device: str, model: str | None = 
     return text
 
 
-def method_detail(name: str, detail: float | None, card: dict) -> float:
+def method_detail(name: str, detail: float | None, card: Card) -> float:
     """The detail method ``name`` runs at: ``detail`` checked, or the card's default (0 for the
     deterministic methods, which have no sampler)."""
     if not REGISTRY[name].stochastic:
@@ -225,75 +232,36 @@ def method_detail(name: str, detail: float | None, card: dict) -> float:
     return default_detail(name, card) if detail is None else latent.check_detail(detail)
 
 
-def method_spec(card: dict, name: str) -> dict:
-    """The card's entry for method ``name``; a LatentSRError if the model does not have it."""
-    spec = card.get("methods", {}).get(name)
-    if spec is None:
-        raise LatentSRError(f"the model '{card.get('name')}' cannot run method '{name}': "
-                            f"it has {', '.join(card.get('methods', {})) or 'no methods'}")
-    return spec
-
-
-def latent_multiple(card: dict, spec: dict) -> int:
+def latent_multiple(card: Card, spec: MethodSpec) -> int:
     """The latent grid's alignment for a method: its denoiser's downsampling factor (1 without one)."""
-    if "denoiser" not in spec:
+    if spec.denoiser is None:
         return 1
-    return unet_multiple(card["networks"][spec["denoiser"]]["config"]["channels"])
+    return unet_multiple(card.networks[spec.denoiser].config["channels"])
 
 
-def learned(name: str, card: dict, spec: dict, nets, steps: int, detail: float) -> latent.LatentMethod:
+def learned(name: str, card: Card, spec: MethodSpec, nets, steps: int, detail: float) -> latent.LatentMethod:
     """The learned method ``name`` of a bundle (its card and the method's entry) over a backend's networks."""
-    return latent.LatentMethod(REGISTRY[name], nets, spec, int(card["bands"]), int(card.get("latent", 4)), steps,
-                               latent_multiple(card, spec),
-                               card["networks"][card.get("decoder", "decoder")]["config"], detail)
+    return latent.LatentMethod(REGISTRY[name], nets, spec, card.bands, card.latent, steps, latent_multiple(card, spec),
+                               card.networks[card.decoder].config, detail)
 
 
-def method_steps(name: str, steps: int | None, spec: dict, card_path=None) -> int:
-    """The steps method ``name`` runs with: the card entry ``spec`` within the engine's bounds (a
-    LatentSRError naming the card file ``card_path`` and the field otherwise), then ``steps`` (None: the
-    card's default, else the registry's) within the card's (its betas or max_steps, else the registry's
-    maximum). A deterministic method runs 0 steps."""
-    info = REGISTRY[name]
-    problem = steps_problem(name, spec)
-    if problem:
-        raise LatentSRError(f"the model card{' ' + str(card_path) if card_path else ''} is not valid: {problem}")
-    if info.max_steps == 0:
+def method_steps(name: str, steps: int | None, spec: MethodSpec) -> int:
+    """The steps method ``name`` runs with: ``steps`` (None: the card entry's default, engine.card) within
+    the card's range (its betas or max_steps, else the registry's). A deterministic method runs 0 steps."""
+    if spec.max_steps == 0:
         return 0
-    top = len(spec["betas"]) if "betas" in spec else int(spec.get("max_steps", info.max_steps))
-    steps = int(spec.get("steps", info.default_steps)) if steps is None else steps
-    if not 1 <= steps <= top:
-        raise LatentSRError(f"steps must be between 1 and {top} for {name}, got {steps}")
+    steps = spec.steps if steps is None else steps
+    if not 1 <= steps <= spec.max_steps:
+        raise LatentSRError(f"steps must be between 1 and {spec.max_steps} for {name}, got {steps}")
     return steps
 
 
-def steps_problem(name: str, spec: dict) -> str | None:
-    """What is wrong with the step fields of a card's method entry ``spec``, naming the field, or None:
-    the engine's own step range of the method (engine.registry) bounds the card's too, so a card's betas,
-    max_steps and steps lie within 1..the registry's max_steps."""
-    top = REGISTRY[name].max_steps
-    if top == 0:
-        return None
-    bounds = f"LatentSR runs {name} with 1 to {top} steps"
-    if "betas" in spec:
-        if not isinstance(spec["betas"], list) or not 1 <= len(spec["betas"]) <= top:
-            count = len(spec["betas"]) if isinstance(spec["betas"], list) else repr(spec["betas"])
-            return f"'methods.{name}.betas' gives {count} steps: {bounds}"
-        top = len(spec["betas"])
-    elif "max_steps" in spec:
-        if not modelfile.positive_int(spec["max_steps"]) or spec["max_steps"] > top:
-            return f"'methods.{name}.max_steps' is {spec['max_steps']!r}: {bounds}"
-        top = spec["max_steps"]
-    if "steps" in spec and (not modelfile.positive_int(spec["steps"]) or spec["steps"] > top):
-        return f"'methods.{name}.steps' is {spec['steps']!r}: {name} runs with 1 to {top} steps in this model"
-    return None
-
-
-def from_bundle(name: str, card: dict, tensors: dict, steps: int | None = None,
+def from_bundle(name: str, card: Card, tensors: dict, steps: int | None = None,
                 device: str = "auto", detail: float | None = None) -> latent.LatentMethod:
     """The method ``name`` over an already loaded bundle, on torch."""
     from . import torch_backend
 
-    spec = method_spec(card, name)
+    spec = card.method_spec(name)
     steps = method_steps(name, steps, spec)
     return learned(name, card, spec, torch_backend.networks(card, tensors, spec, device), steps,
                    method_detail(name, detail, card))
@@ -307,9 +275,9 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         from . import onnx_backend
 
         onnx_backend.require(name, options.backend)
-        spec = method_spec(card, name)
+        spec = card.method_spec(name)
         onnx_backend.require_graphs(card, folder)
-        steps = method_steps(name, options.steps, spec, folder / modelfile.CARD)
+        steps = method_steps(name, options.steps, spec)
         nets = onnx_backend.networks(REGISTRY[name], folder, card, spec, options.device, options.threads,
                                      REGISTRY[name].fuses(steps, detail))
     else:
@@ -321,11 +289,11 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         from . import torch_backend
 
         card, tensors = modelfile.load(str(folder))
-        spec = method_spec(card, name)
-        steps = method_steps(name, options.steps, spec, folder / modelfile.CARD)
+        spec = card.method_spec(name)
+        steps = method_steps(name, options.steps, spec)
         nets = torch_backend.networks(card, tensors, spec, options.device)
     method = learned(name, card, spec, nets, steps, detail)
-    latent.describe(method, card.get("name"), nets.where)
+    latent.describe(method, card.name, nets.where)
     return method
 
 

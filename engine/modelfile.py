@@ -2,7 +2,8 @@
 
 The card (model.json) holds the format version, the networks (kind + constructor config), the
 methods the bundle can run and which networks each uses, the bands, the scale range, the input
-normalisation, where the training data came from, and the SHA-256 of the weights file. Weight
+normalisation, where the training data came from, and the SHA-256 of the weights file; engine.card
+parses, checks and defaults it once (``read_card``), and everything else reads its typed fields. Weight
 names are ``<network>.<parameter>``. The checksum is verified before anything is parsed, and the
 weights are read with safetensors only (never pickle, never torch.load).
 
@@ -21,18 +22,13 @@ import hashlib
 import json
 import math
 import os
-import re
 import stat
 from pathlib import Path
 
+from .card import FORMAT, VERSION, WEIGHTS, Card, Network, parse
 from .errors import LatentSRError
-from .models import KINDS
-from .registry import LEARNED, REGISTRY
 
-FORMAT = "latentsr-model"
-VERSION = 1
 CARD = "model.json"
-WEIGHTS = "model.safetensors"
 DEFAULT_MODEL = "latentsr-rgb"
 MODEL_ENV = "LATENTSR_MODEL"
 MODELS_DIR = Path(__file__).resolve().parent.parent / "resources" / "models"
@@ -119,144 +115,28 @@ def parse_json(text, what: str):
         raise LatentSRError(f"cannot read {what}: {e}") from None
 
 
-def read_card(folder: Path) -> dict:
+def read_card(folder: Path) -> Card:
+    """The bundle's card (engine.card: parsed, checked and defaulted), every file it names a member of the folder."""
     data = read_member(folder, CARD, "card", "model card", CARD_LIMIT)
-    card = parse_json(data.decode("utf-8", errors="replace"), f"the model card {folder / CARD}")
-    if not isinstance(card, dict) or card.get("format") != FORMAT:
-        raise LatentSRError(f"{folder / CARD} is not a LatentSR model card")
-    if card.get("version") != VERSION:
-        raise LatentSRError(f"{folder / CARD} has format version {card.get('version')}, this LatentSR reads version {VERSION}")
-    problem = card_problem(card)
-    if problem:
-        raise LatentSRError(f"the model card {folder / CARD} is not valid: {problem}")
-    for field, name in card_files(card):
+    path = Path(folder) / CARD
+    card = parse(parse_json(data.decode("utf-8", errors="replace"), f"the model card {path}"), path)
+    for field, name in card.files():
         member(folder, name, field)
     return card
 
 
-def card_files(card: dict) -> list[tuple[str, str]]:
-    """(field, file name) of every file a (checked) card names."""
-    files = [("weights.file", card.get("weights", {}).get("file", WEIGHTS))]
-    if card.get("encoder"):
-        files.append(("encoder.file", card["encoder"]["file"]))
-    for key, entry in ((card.get("onnx") or {}).get("graphs") or {}).items():
-        files.append((f"onnx.graphs.{key}.file", entry["file"]))
-    return files
-
-
-NETWORK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
-
-
-def positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def card_problem(card: dict) -> str | None:
-    """What is wrong with a model card's values, naming the field, or None: bands and latent are
-    whole numbers ≥ 1; every network has a known kind, a config, and the card's band count; every
-    method is known, names networks the card has, and has a finite latent_scale > 0; E²DiffSR's
-    prediction is ε or z0."""
-    for key in ("bands", "latent"):
-        if key in card or key == "bands":
-            if not positive_int(card.get(key)):
-                return f"'{key}' must be a whole number of at least 1, got {card.get(key)!r}"
-    networks = card.get("networks")
-    if not isinstance(networks, dict) or not networks:
-        return "'networks' must name at least one network"
-    for name, spec in networks.items():
-        if not NETWORK_NAME.fullmatch(name) or ".." in name:
-            return (f"'networks' has a network named {name!r}: a name is letters, digits, '.', '_' and '-' "
-                    f"(it names its files)")
-        if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
-            kind = spec.get("kind") if isinstance(spec, dict) else spec
-            return f"'networks.{name}.kind' must be one of {', '.join(KINDS)}, got {kind!r}"
-        if not isinstance(spec.get("config"), dict):
-            return f"'networks.{name}.config' must be an object"
-        problem = config_problem(name, spec["config"])
-        if problem:
-            return problem
-        bands = spec["config"].get("bands", card["bands"])
-        if bands != card["bands"]:
-            return f"'networks.{name}.config.bands' is {bands!r} but the card's 'bands' is {card['bands']}"
-    problem = files_problem(card)
-    if problem:
-        return problem
-    methods = card.get("methods", {})  # a stage 1 bundle has none
-    if not isinstance(methods, dict):
-        return "'methods' must be an object"
-    for name, spec in methods.items():
-        method = REGISTRY.get(name)
-        if method is None or not method.learned:
-            return f"'methods.{name}' is not a known method (known: {', '.join(LEARNED)})"
-        if not isinstance(spec, dict):
-            return f"'methods.{name}' must be an object"
-        for role in method.roles:
-            if spec.get(role) not in networks:
-                return f"'methods.{name}.{role}' names the network {spec.get(role)!r}, which is not in 'networks'"
-        problem = method.spec_problem(spec) if method.spec_problem else None
-        if problem:
-            return problem
-        scale = spec.get("latent_scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-            return f"'methods.{name}.latent_scale' must be a finite number greater than 0, got {scale!r}"
-    return None
-
-
-CONFIG_LIMIT = 4096  # the largest whole number in a network's config (widths, blocks): the shipped model has 128
-CONFIG_LIST_LIMIT = 16  # the longest list in a network's config (levels): the shipped model has 3
-
-
-def config_problem(name: str, config: dict) -> str | None:
-    """What is out of bounds in a network's config, naming the field, or None: every whole number
-    (alone or in a list) is between 0 and CONFIG_LIMIT, and every list has at most CONFIG_LIST_LIMIT entries."""
-    for key, value in config.items():
-        if isinstance(value, list) and len(value) > CONFIG_LIST_LIMIT:
-            return (f"'networks.{name}.config.{key}' has {len(value)} entries, more than the {CONFIG_LIST_LIMIT} "
-                    f"a network may have")
-        for v in value if isinstance(value, list) else [value]:
-            if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= CONFIG_LIMIT:
-                return f"'networks.{name}.config.{key}' is {value!r}: a network's sizes are between 0 and {CONFIG_LIMIT}"
-    return None
-
-
-def files_problem(card: dict) -> str | None:
-    """What is wrong with the card's entries that name files (weights, encoder, onnx), or None: the
-    weights are model.safetensors; every other entry is an object with a string 'file', the graphs'
-    ending in .onnx (export-onnx removes the graphs it no longer writes: never another kind of file)."""
-    weights = card.get("weights", {})
-    if not isinstance(weights, dict) or weights.get("file", WEIGHTS) != WEIGHTS:
-        return f"'weights' must be an object whose 'file' is {WEIGHTS}"
-    encoder = card.get("encoder")
-    if encoder and not (isinstance(encoder, dict) and isinstance(encoder.get("file"), str)
-                        and isinstance(encoder.get("config"), dict)):
-        return "'encoder' must be an object with a 'file' name and a 'config' object"
-    onnx = card.get("onnx")
-    if not onnx:
-        return None
-    if not isinstance(onnx, dict) or not isinstance(onnx.get("graphs", {}), dict):
-        return "'onnx' must be an object whose 'graphs' is an object"
-    for key, entry in onnx.get("graphs", {}).items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"].endswith(".onnx"):
-            return f"'onnx.graphs.{key}.file' must be the name of a .onnx file"
-        if not isinstance(entry.get("networks"), list) or not all(isinstance(n, str) for n in entry["networks"]):
-            return f"'onnx.graphs.{key}.networks' must be a list of network names"
-        if not isinstance(entry.get("inputs", []), list) or not all(isinstance(n, str) for n in entry.get("inputs", [])):
-            return f"'onnx.graphs.{key}.inputs' must be a list of input names"
-    return None
-
-
-def load(ref: str | os.PathLike | None) -> tuple[dict, dict]:
+def load(ref: str | os.PathLike | None) -> tuple[Card, dict]:
     """(card, {name: torch tensor}) of a bundle, after checking the weights' SHA-256."""
     from safetensors.torch import load as load_safetensors
 
     folder = resolve(ref)
     card = read_card(folder)
-    data = read_weights(folder, WEIGHTS, "weights.file", card.get("weights", {}).get("sha256"))
+    data = read_weights(folder, WEIGHTS, "weights.file", card.weights.sha256)
     try:
         tensors = load_safetensors(data)
     except Exception as e:  # safetensors raises its own error types for malformed files
         raise LatentSRError(f"cannot read the model weights {folder / WEIGHTS}: {e}") from None
-    for name, spec in card["networks"].items():
+    for name, spec in card.networks.items():
         check_shapes(name, spec, tensors, folder / CARD)
     return card, tensors
 
@@ -275,22 +155,22 @@ def read_weights(folder: Path, name: str, field: str, expected: str | None, what
     return data
 
 
-def save(folder: str | os.PathLike, card: dict, tensors: dict) -> Path:
-    """Write ``tensors`` (name -> torch tensor) and ``card`` (its checksum filled in) to ``folder``."""
+def save(folder: str | os.PathLike, card: Card, tensors: dict) -> Path:
+    """Write ``tensors`` (name -> torch tensor) and ``card`` (its format and checksum filled in) to ``folder``."""
     from safetensors.torch import save as save_safetensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    card = dict(card, format=FORMAT, version=VERSION, weights={"file": WEIGHTS, "sha256": sha256(data)})
+    card = card.updated(format=FORMAT, version=VERSION, weights={"file": WEIGHTS, "sha256": sha256(data)})
     write_member(folder, WEIGHTS, "weights.file", data)
     write_card(folder, card)
     return folder
 
 
-def write_card(folder: Path, card: dict) -> None:
+def write_card(folder: Path, card: Card) -> None:
     """Write ``card`` as the bundle's model.json (replaced at once, never half-written)."""
-    write_member(folder, CARD, "card", (json.dumps(card, indent=2) + "\n").encode("utf-8"))
+    write_member(folder, CARD, "card", (json.dumps(card.to_json(), indent=2) + "\n").encode("utf-8"))
 
 
 def write_member(folder: Path, name: str, field: str, data: bytes) -> Path:
@@ -351,16 +231,14 @@ def network_tensors(tensors: dict, network: str) -> dict:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def build_networks(card: dict, tensors: dict, names, device) -> dict:
+def build_networks(card: Card, tensors: dict, names, device) -> dict:
     """The named networks of a bundle, built from the card and loaded with their weights."""
     from .models import build
 
     nets = {}
     for name in names:
-        spec = card.get("networks", {}).get(name)
-        if spec is None:
-            raise LatentSRError(f"the model '{card.get('name')}' has no network '{name}'")
-        net = build(spec["kind"], spec["config"])
+        spec = card.network(name)
+        net = build(spec.kind, spec.config)
         try:
             net.load_state_dict(network_tensors(tensors, name), strict=True)
         except RuntimeError as e:
@@ -381,7 +259,7 @@ def layout(kind: str, config: dict) -> dict[str, tuple]:
         return {k: tuple(v.shape) for k, v in build(kind, config).state_dict().items()}
 
 
-def check_shapes(name: str, spec: dict, tensors: dict, card_path: Path, entry: str | None = None) -> None:
+def check_shapes(name: str, spec: Network, tensors: dict, card_path: Path, entry: str | None = None) -> None:
     """A LatentSRError naming the card, the network and its config field unless the parameters that
     the card's config of network ``name`` gives have the shapes of the weights (the safetensors
     header's): the layout is made on the meta device, so no network is built before they agree. ``entry``
@@ -389,7 +267,7 @@ def check_shapes(name: str, spec: dict, tensors: dict, card_path: Path, entry: s
     ``encoder``)."""
     entry = entry or f"networks.{name}"
     try:
-        want = layout(spec["kind"], spec["config"])
+        want = layout(spec.kind, spec.config)
     except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
         raise LatentSRError(f"'{entry}.config' in the model card {card_path} is not valid: "
                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
@@ -408,11 +286,11 @@ def check_shapes(name: str, spec: dict, tensors: dict, card_path: Path, entry: s
                         f"{'.' + field if field else ''}' in the model card {card_path}: {detail}")
 
 
-def config_field(spec: dict, have: dict) -> str | None:
+def config_field(spec: Network, have: dict) -> str | None:
     """The config field of a network whose change alone, to a size found in the weights' shapes
     ``have``, makes the layout fit them; None when there is no such single field."""
     sizes = sorted({d for shape in have.values() for d in shape})
-    config = spec["config"]
+    config = spec.config
     for key, value in config.items():
         if isinstance(value, bool):
             continue
@@ -424,7 +302,7 @@ def config_field(spec: dict, have: dict) -> str | None:
             continue
         for trial in trials:
             try:
-                if layout(spec["kind"], dict(config, **{key: trial})) == have:
+                if layout(spec.kind, dict(config, **{key: trial})) == have:
                     return key
             except (TypeError, ValueError, RuntimeError, ZeroDivisionError):
                 continue

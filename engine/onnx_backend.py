@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from . import modelfile
+from .card import Card, MethodSpec
+from .card import Graph as GraphEntry
 from .errors import LatentSRError
 from .models.inputs import ConditionInputs, DecoderInputs, DenoiserInputs
 from .registry import Method
@@ -66,28 +68,31 @@ def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
         raise LatentSRError(f"cannot read the model weights: {e}") from None
 
 
-def verified_graph(folder: Path, key: str, entry: dict) -> bytes:
+def verified_graph(folder: Path, key: str, entry: GraphEntry) -> bytes:
     """The bytes of the card's graph ``key`` (entry ``entry``), checked against its SHA-256."""
     hint = export_hint(folder)
-    data = modelfile.read_member(folder, entry["file"], f"onnx.graphs.{key}.file", "ONNX graph", modelfile.GRAPH_LIMIT,
+    data = modelfile.read_member(folder, entry.file, f"onnx.graphs.{key}.file", "ONNX graph", modelfile.GRAPH_LIMIT,
                                  hint)
-    if modelfile.sha256(data) != entry.get("sha256"):
-        raise LatentSRError(f"the ONNX graph {folder / entry['file']} does not match the SHA-256 in the model card: "
+    if modelfile.sha256(data) != entry.sha256:
+        raise LatentSRError(f"the ONNX graph {folder / entry.file} does not match the SHA-256 in the model card: "
                             f"the file is damaged or was changed: {hint}")
     return data
 
 
-def exported_with(session, card: dict, networks: list[str], folder: Path, file: str) -> None:
+def exported_with(session, card: Card, networks, folder: Path, file: str) -> None:
     """A LatentSRError naming the field unless each of ``networks`` has, in ``card``, the kind and
-    config that the graph (its ``latentsr.card`` metadata) was exported with."""
+    config that the graph (its ``latentsr.card`` metadata) was exported with. The card in the graph is
+    compared as JSON, as written: a graph holding another card, or none, differs."""
     hint = export_hint(folder)
     text = session.get_modelmeta().custom_metadata_map.get("latentsr.card")
     if text is None:
         raise LatentSRError(f"the ONNX graph {file} carries no model card (it was not written by LatentSR's "
                             f"export): {hint}")
     exported = modelfile.parse_json(text, f"the model card in the ONNX graph {file}")
+    written = exported["networks"] if isinstance(exported, dict) and isinstance(exported.get("networks"), dict) else {}
     for net in networks:
-        now, then = card["networks"].get(net, {}), (exported.get("networks") or {}).get(net) or {}
+        now = card.networks[net].to_json() if net in card.networks else {}
+        then = written[net] if isinstance(written.get(net), dict) else {}
         for key in sorted(set(now) | set(then)):
             a, b = now.get(key), then.get(key)
             if isinstance(a, dict) and isinstance(b, dict):
@@ -175,15 +180,15 @@ def default_threads() -> int:
 class Sessions:
     """Makes the sessions of one bundle: verified graphs, verified weights, one provider choice."""
 
-    def __init__(self, folder: Path, card: dict, device: str, threads: int | None = None):
+    def __init__(self, folder: Path, card: Card, device: str, threads: int | None = None):
         import onnxruntime as ort
 
         self.ort, self.folder, self.card = ort, folder, card
-        self.onnx = card["onnx"]
-        if self.onnx.get("weights_sha256") != card.get("weights", {}).get("sha256"):
-            raise LatentSRError(f"the ONNX graphs of the model '{card.get('name')}' were exported from other "
+        self.onnx = card.onnx
+        if self.onnx.weights_sha256 != card.weights.sha256:
+            raise LatentSRError(f"the ONNX graphs of the model '{card.name}' were exported from other "
                                 f"weights: {export_hint(folder)}")
-        weights = modelfile.read_weights(folder, modelfile.WEIGHTS, "weights.file", card.get("weights", {}).get("sha256"),
+        weights = modelfile.read_weights(folder, modelfile.WEIGHTS, "weights.file", card.weights.sha256,
                                          hint="reinstall the model")
         self.tensors = read_safetensors(weights)
         self.providers = providers_for(device, ort.get_available_providers())
@@ -199,13 +204,13 @@ class Sessions:
         return so
 
     def graph(self, key: str) -> Graph:
-        entry = self.onnx.get("graphs", {}).get(key)
-        if entry is None:
-            raise LatentSRError(f"the model '{self.card.get('name')}' has no ONNX graph '{key}': "
+        if key not in self.onnx.graphs:
+            raise LatentSRError(f"the model '{self.card.name}' has no ONNX graph '{key}': "
                                 f"{export_hint(self.folder)}")
+        entry = self.onnx.graphs[key]
         data = verified_graph(self.folder, key, entry)
         so = self.options()
-        names = sorted(k for k in self.tensors if any(k.startswith(net + ".") for net in entry["networks"]))
+        names = sorted(k for k in self.tensors if any(k.startswith(net + ".") for net in entry.networks))
         values = [self.ort.OrtValue.ortvalue_from_numpy(self.tensors[k]) for k in names]
         so.add_external_initializers(names, values)
         quiet = CUDA in self.providers
@@ -214,12 +219,12 @@ class Sessions:
         try:
             session = self.ort.InferenceSession(data, so, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own exception types
-            raise LatentSRError(f"ONNX Runtime cannot load {entry['file']}: {str(e).strip().splitlines()[0]}") from None
+            raise LatentSRError(f"ONNX Runtime cannot load {entry.file}: {str(e).strip().splitlines()[0]}") from None
         finally:
             if quiet:
                 self.ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
-        exported_with(session, self.card, entry["networks"], self.folder, entry["file"])
-        graph = Graph(session, values, entry["file"], tuple(entry.get("inputs", ())))
+        exported_with(session, self.card, entry.networks, self.folder, entry.file)
+        graph = Graph(session, values, entry.file, entry.inputs)
         if CUDA in self.providers and graph.provider != CUDA:
             if self.device == "cuda":
                 raise LatentSRError("device 'cuda' was requested but backend onnx (ONNX Runtime) cannot start CUDA here "
@@ -286,12 +291,12 @@ def require(name: str, backend: str) -> None:
                             f"install onnxruntime, or use bicubic") from None
 
 
-def require_graphs(card: dict, folder: Path) -> None:
-    if not card.get("onnx"):
-        raise LatentSRError(f"the model '{card.get('name')}' has no ONNX graphs: {export_hint(folder)}")
+def require_graphs(card: Card, folder: Path) -> None:
+    if card.onnx is None:
+        raise LatentSRError(f"the model '{card.name}' has no ONNX graphs: {export_hint(folder)}")
 
 
-def networks(method: Method, folder: Path, card: dict, spec: dict, device: str, threads: int | None = None,
+def networks(method: Method, folder: Path, card: Card, spec: MethodSpec, device: str, threads: int | None = None,
              fused: bool = False) -> OnnxNetworks:
     """The graphs of ``method`` (engine.registry; card entry ``spec``) of the bundle in ``folder``, with
     ``threads`` intra-op threads (default: default_threads()). ``fused``: the method's single-call graph
@@ -300,6 +305,6 @@ def networks(method: Method, folder: Path, card: dict, spec: dict, device: str, 
     if fused:
         graphs = {"fused": sessions.graph(method.fused_graph)}
     else:
-        graphs = {"condition": sessions.graph(spec["condition"]), "denoiser": sessions.graph(spec["denoiser"]),
-                  "decoder": sessions.graph(card.get("decoder", "decoder"))}
+        graphs = {"condition": sessions.graph(spec.condition), "denoiser": sessions.graph(spec.denoiser),
+                  "decoder": sessions.graph(card.decoder)}
     return OnnxNetworks(graphs, method)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import modelfile
+from .card import Card, MethodSpec
 from .errors import LatentSRError
 from .models.inputs import ConditionInputs, DecoderInputs, DenoiserInputs
 
@@ -61,16 +62,16 @@ class TorchNetworks:
         return self.nets["decoder"](*inputs)
 
 
-def roles(card: dict, spec: dict) -> dict:
+def roles(card: Card, spec: MethodSpec) -> dict:
     """role -> network name of a method's card entry ``spec``, in the order the tile runs through them."""
-    out = {"condition": spec["condition"]}
-    if "denoiser" in spec:
-        out["denoiser"] = spec["denoiser"]
-    out["decoder"] = card.get("decoder", "decoder")
+    out = {"condition": spec.condition}
+    if spec.denoiser is not None:
+        out["denoiser"] = spec.denoiser
+    out["decoder"] = card.decoder
     return out
 
 
-def networks(card: dict, tensors: dict, spec: dict, device: str = "auto") -> TorchNetworks:
+def networks(card: Card, tensors: dict, spec: MethodSpec, device: str = "auto") -> TorchNetworks:
     """The networks of the method ``spec`` over an already loaded bundle."""
     dev = pick_device(device)
     names = roles(card, spec)

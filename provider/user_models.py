@@ -32,7 +32,7 @@ def register(folder: str) -> None:
 def card_name(folder: str) -> str | None:
     """The model's name from its card, or None when the folder holds no readable model."""
     try:
-        return str(modelfile.read_card(modelfile.resolve(folder)).get("name") or os.path.basename(folder))
+        return str(modelfile.read_card(modelfile.resolve(folder)).name or os.path.basename(folder))
     except LatentSRError:
         return None
 

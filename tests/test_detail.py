@@ -13,6 +13,7 @@ from osgeo import gdal
 from PIL import Image
 
 from engine import latent, metrics, modelfile
+from engine.card import MethodSpec
 from engine.errors import LatentSRError
 from engine.grid import Grid
 from engine.methods import MethodOptions, build_method, card_default_detail, default_detail, from_bundle
@@ -44,9 +45,9 @@ def test_detail_zero_skips_the_sampler():
     cond = np.ones((1, 4, 2, 2), np.float32)
     inv = np.full((1, 1), 0.5, np.float32)
     for name in ("lcmsr", "e2diffsr"):
-        assert latent.sample_latent(REGISTRY[name], {}, 2, denoiser, cond, inv, lambda k: np.zeros_like(cond), 0.0) is cond
+        assert latent.sample_latent(REGISTRY[name], MethodSpec(name), 2, denoiser, cond, inv, lambda k: np.zeros_like(cond), 0.0) is cond
     assert calls == []
-    latent.sample_latent(REGISTRY["lcmsr"], {}, 2, denoiser, cond, inv, lambda k: np.zeros_like(cond), 0.5)
+    latent.sample_latent(REGISTRY["lcmsr"], MethodSpec("lcmsr"), 2, denoiser, cond, inv, lambda k: np.zeros_like(cond), 0.5)
     assert len(calls) == 2
 
 
@@ -61,7 +62,7 @@ def test_the_denoiser_sees_the_features_and_the_blend_only_the_guess():
 
     cond = np.concatenate([np.ones((1, 4, 2, 2), np.float32), np.full((1, 3, 2, 2), 9.0, np.float32)], 1)
     inv = np.full((1, 1), 0.5, np.float32)
-    spec = {"latent": 4, "features": 3, "betas": [0.5], "eta": 0.0, "prediction": "x0"}
+    spec = MethodSpec("e2diffsr", latent=4, features=3, betas=(0.5,), eta=0.0, prediction="x0")
     assert np.array_equal(latent.sample_latent(REGISTRY["e2diffsr"], spec, 1, denoiser, cond, inv, np.zeros_like, 0.0), cond[:, :4])
     out = latent.sample_latent(REGISTRY["e2diffsr"], spec, 1, denoiser, cond, inv, lambda k: np.zeros((1, 4, 2, 2), np.float32), 0.5)
     assert seen == [7] and np.allclose(out, 1.5)  # halfway between the guess (1) and the z0 prediction (2)
@@ -72,7 +73,7 @@ def test_a_spread_scales_the_sampled_residual():
     the guess plus the spread (the exp of the condition's next channels) times it; D = 0 is the guess."""
     guess, log_spread = np.ones((1, 2, 1, 2), np.float32), np.log(np.array([[[[0.5, 2.0]], [[1.0, 4.0]]]], np.float32))
     cond = np.concatenate([guess, log_spread, np.full((1, 3, 1, 2), 7.0, np.float32)], 1)
-    spec = {"latent": 2, "features": 3, "spread": True, "betas": [0.5], "eta": 0.0, "prediction": "x0"}
+    spec = MethodSpec("e2diffsr", latent=2, features=3, spread=True, betas=(0.5,), eta=0.0, prediction="x0")
     assert np.array_equal(latent.latent_guess(cond, spec), guess)
 
     def denoiser(inputs):
@@ -94,7 +95,7 @@ def test_lcmsr_at_detail_zero_is_regression(bundle):
     """The bundle's regression decodes the LCMSR conditioning net's latent: LCMSR at D = 0 is that path. Its
     latent grid is aligned to the denoiser's multiple of 4 cells (regression's to 1), so the two agree to
     the tolerance that tiles agree to, not bit for bit."""
-    assert bundle[0]["methods"]["regression"]["condition"] == bundle[0]["methods"]["lcmsr"]["condition"]
+    assert bundle[0].methods["regression"].condition == bundle[0].methods["lcmsr"].condition
     x, grid = lr(seed=2), Grid.whole(23, 17, 3.0)
     lcmsr = from_bundle("lcmsr", *bundle, device="cpu", detail=0.0)(x, grid, 5)
     regression = from_bundle("regression", *bundle, device="cpu")(x, grid, 5)
@@ -132,8 +133,8 @@ def test_bad_detail_is_refused(value):
 def test_default_detail_comes_from_the_card_with_a_fallback(bundle, model_dir, tmp_path):
     card, tensors = bundle
     assert default_detail("lcmsr", card) == 1.0 and default_detail("regression", card) is None
-    edited = json.loads(json.dumps(card))
-    edited["methods"]["lcmsr"]["detail_default"] = 0.3
+    edited = card.updated(methods=dict(card.to_json()["methods"], lcmsr=dict(card.methods["lcmsr"].to_json(),
+                                                                              detail_default=0.3)))
     assert default_detail("lcmsr", edited) == 0.3
     assert from_bundle("lcmsr", edited, tensors, device="cpu").detail == 0.3
     folder = tmp_path / "tiny"
@@ -265,4 +266,4 @@ def test_bench_writes_its_measures_into_the_card(model_dir, tmp_path):
     assert m["by_scale"]["x2"]["bicubic"]["delta_psnr_db"] == 0.0
     assert m["uncertainty_calibration"]["pooled"] == 0.5 and "42" in m["protocol"]
     card, tensors = modelfile.load(str(folder))  # the weights' checksum still holds
-    assert tensors and card["metrics"] == m
+    assert tensors and card.to_json()["metrics"] == m

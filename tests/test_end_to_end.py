@@ -33,8 +33,8 @@ def test_bundled_model_runs_every_method_on_both_backends():
     """The bundled model loads (its weights match the card), offers every learned method of the engine's
     table, and both backends give the same pixels on a piece of the sample (≤ 1e-5, normalised units)."""
     card, tensors = modelfile.load(DEFAULT_MODEL)
-    assert set(card["methods"]) == set(LEARNED) and card["onnx"]["weights_sha256"] == card["weights"]["sha256"]
-    assert tensors.keys() == {k for net in card["networks"] for k in tensors if k.startswith(net + ".")}
+    assert set(card.methods) == set(LEARNED) and card.onnx.weights_sha256 == card.weights.sha256
+    assert tensors.keys() == {k for net in card.networks for k in tensors if k.startswith(net + ".")}
     hr, _ = read(SAMPLE)
     x = hr[:3, 96:136, 80:112].astype(np.float32) / 255.0
     grid = Grid.whole(40, 32, 2.5)

@@ -175,7 +175,7 @@ def test_fuzz_finetune_options(uint16_raster, tmp_path_factory, capsys):  # noqa
 
     folder = tmp_path_factory.mktemp("fuzz")
     card, tensors = random_bundle("tiny", bands=4, name="stage1-only")
-    init = str(write(folder / "stage1-only", dict(card, methods={}), tensors))
+    init = str(write(folder / "stage1-only", card.updated(methods={}), tensors))
     numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr),
                         st.integers(-2**70, 2**70).map(str), st.integers(-40, 300).map(str),
                         st.sampled_from(["", ",", "1,", "٣", "2.5", "1e309", "-0", "32", "64", "96"]))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from engine import modelfile
+from engine.card import parse
 from engine.errors import LatentSRError
 from engine.grid import Grid
 from engine.methods import MethodOptions, build_method, from_bundle
@@ -22,7 +23,7 @@ def folder(bundle, tmp_path):
 
 def test_round_trip_gives_identical_outputs(bundle, folder):
     card, tensors = modelfile.load(str(folder))
-    assert card["weights"]["sha256"] == modelfile.sha256((folder / modelfile.WEIGHTS).read_bytes())
+    assert card.weights.sha256 == modelfile.sha256((folder / modelfile.WEIGHTS).read_bytes())
     assert tensors.keys() == bundle[1].keys()
     x = np.random.default_rng(0).random((3, 15, 13), dtype=np.float32)
     grid = Grid.whole(15, 13, 2.5)
@@ -72,9 +73,9 @@ def test_bad_cards_are_refused(folder):
 
 def test_weights_that_do_not_fit_the_config_are_refused(bundle, tmp_path):
     card, tensors = bundle
-    card = json.loads(json.dumps(card))
+    card = card.to_json()
     card["networks"]["decoder"]["config"]["channels"] = 16
-    write(tmp_path / "bad", card, tensors)
+    write(tmp_path / "bad", parse(card), tensors)
     with pytest.raises(LatentSRError, match="do not fit"):
         build_method("regression", MethodOptions(model=str(tmp_path / "bad")))
 
@@ -98,7 +99,7 @@ def test_missing_default_model_message(tmp_path, monkeypatch):
 
 def test_inference_bundle_without_a_method(bundle, tmp_path):
     card, tensors = bundle
-    card = dict(card, methods={k: v for k, v in card["methods"].items() if k != "e2diffsr"})
+    card = card.updated(methods={k: v for k, v in card.to_json()["methods"].items() if k != "e2diffsr"})
     write(tmp_path / "partial", card, tensors)
     with pytest.raises(LatentSRError, match="cannot run method 'e2diffsr'"):
         build_method("e2diffsr", MethodOptions(model=str(tmp_path / "partial")))

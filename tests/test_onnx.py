@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 from engine import modelfile
+from engine.card import parse
 from engine.errors import LatentSRError
 from engine.grid import Grid, centres
 from engine.methods import MethodOptions, build_method, choose_backend, from_bundle
@@ -23,8 +24,7 @@ def exported_bundle(folder):
     """A tiny random bundle in ``folder`` with its ONNX graphs: (card, tensors, folder). Its latent scale
     is not 1, as in a trained bundle."""
     card, tensors = random_bundle("tiny", seed=2, name="tiny")
-    for spec in card["methods"].values():
-        spec["latent_scale"] = 1.7
+    card = card.updated(methods={name: dict(spec.to_json(), latent_scale=1.7) for name, spec in card.methods.items()})
     write(folder, card, tensors)
     export.export(str(folder))
     return card, tensors, str(folder)
@@ -140,7 +140,7 @@ def test_missing_graphs_give_one_clear_line(tmp_path):
 
 def test_auto_follows_the_cpu_benchmark(exported, monkeypatch):
     card = modelfile.read_card(modelfile.resolve(exported[2]))
-    plain = {k: v for k, v in card.items() if k != "onnx"}
+    plain = parse({k: v for k, v in card.to_json().items() if k != "onnx"})
     assert choose_backend("auto", "cpu", card) == "onnx"
     assert choose_backend("auto", "cpu", plain) == "torch"
     with pytest.raises(LatentSRError, match="backend auto found no CUDA GPU"):  # no GPU here, whatever ORT lists
@@ -177,7 +177,8 @@ def test_cuda_is_offered_only_when_a_session_really_starts():
     import torch
 
     if not torch.cuda.is_available() and not cuda_works():  # this machine: no GPU
-        assert cuda_backend("auto", {"onnx": {}}) is None and cuda_backend("onnx", {}) is None
+        card = modelfile.read_card(modelfile.resolve(None))  # with ONNX graphs
+        assert cuda_backend("auto", card) is None and cuda_backend("onnx", None) is None
 
 
 def test_default_model_from_the_environment(exported, monkeypatch):

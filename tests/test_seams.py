@@ -51,7 +51,7 @@ def test_tiled_equals_untiled_with_the_default_overlap(naip_crop, tmp_path, name
 
 def test_halo_follows_scale_and_detail():
     card = modelfile.read_card(modelfile.resolve(None))
-    decoder = card["networks"][card["decoder"]]["config"]
+    decoder = card.networks[card.decoder].config
     assert reach.decoder_reach(decoder) == 12  # 4 guided blocks
     assert [reach.method_halo(decoder, s, False) for s in (2, 3.3, 4, 8)] == [12] * 4
     assert [reach.method_halo(decoder, s, True) for s in (2, 3.3, 4, 8)] == [48, 34, 30, 21]  # + 9 cells of 8/scale

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from engine import modelfile
+from engine.card import Card, parse
 from engine.errors import LatentSRError
 from engine.models import LATENT, build, preset
 from engine.registry import E2DIFFSR, LCMSR, REGISTRY, REGRESSION
@@ -32,14 +33,16 @@ def make_card(name: str, bands: int, latent: int, networks: dict, methods: dict,
             "methods": methods, "training": training}
 
 
-def method_spec(method: str, latent_scale: float, stage_card: dict | None = None) -> dict:
-    """The card entry of a diffusion method (its networks are '<method>.condition/denoiser')."""
+STAGE_FIELDS = ("betas", "eta", "prediction", "steps", "T", "sigma_data", "max_steps", "features", "spread", "latent")
+
+
+def method_spec(method: str, latent_scale: float, written: dict | None = None) -> dict:
+    """The card entry (JSON) of a diffusion method (its networks are '<method>.condition/denoiser'), with
+    the sampler fields that its stage-2 run's card (its JSON, ``written``) gives."""
     spec = {role: f"{method}.{role}" for role in REGISTRY[method].roles}
     spec.update(latent_scale=latent_scale, **REGISTRY[method].new_spec())
-    if stage_card:
-        spec.update({k: stage_card[k] for k in ("betas", "eta", "prediction", "steps", "T", "sigma_data", "max_steps",
-                                                "features", "spread", "latent")
-                     if k in stage_card})
+    if written:
+        spec.update({k: written[k] for k in STAGE_FIELDS if k in written})
     return spec
 
 
@@ -50,7 +53,8 @@ def with_regression(methods: dict) -> dict:
     return {**methods, REGRESSION.name: regression}
 
 
-def random_bundle(preset_name: str = "default", bands: int = 3, seed: int = 0, name: str = "random") -> tuple[dict, dict]:
+def random_bundle(preset_name: str = "default", bands: int = 3, seed: int = 0,
+                  name: str = "random") -> tuple[Card, dict]:
     """A randomly initialised bundle (card, tensors): for tests and speed benchmarks."""
     torch.manual_seed(seed)
     networks, tensors = {}, {}
@@ -62,51 +66,51 @@ def random_bundle(preset_name: str = "default", bands: int = 3, seed: int = 0, n
         tensors.update({f"{net_name}.{k}": v for k, v in net.state_dict().items()})
     methods = with_regression({m.name: method_spec(m.name, 1.0) for m in STAGE2})
     card = make_card(name, bands, LATENT, networks, methods, {"data": "none: random initialisation", "seed": seed})
-    return card, tensors
+    return parse(card), tensors
 
 
-def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str) -> tuple[dict, dict]:
+def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str) -> tuple[Card, dict]:
     """(card, tensors) of an inference bundle made from the output folders of the training stages."""
     if not (e2diffsr or lcmsr):
         raise TrainingError("give at least one of --e2diffsr and --lcmsr")
     card1, t1 = modelfile.load(stage1)
-    networks = {"decoder": card1["networks"]["decoder"]}
+    networks = {"decoder": card1.networks["decoder"].to_json()}
     tensors = {f"decoder.{k}": v for k, v in modelfile.network_tensors(t1, "decoder").items()}
-    methods, training = {}, {"stage1": card1.get("training", {})}
+    methods, training = {}, {"stage1": dict(card1.training)}
     decoder_from = None
     for method, folder in ((E2DIFFSR.name, e2diffsr), (LCMSR.name, lcmsr)):
         if not folder:
             continue
         card, t = modelfile.load(folder)
-        if card.get("kind") != method:
+        if card.kind != method:
             raise TrainingError(f"{folder} is not the output of an {method} run")
-        if card.get("stage1", {}).get("sha256") != card1["weights"]["sha256"]:
+        if card.stage1 != card1.weights.sha256:
             raise TrainingError(f"{folder} was trained on another stage-1 model than {stage1}")
         for net in REGISTRY[method].roles:
-            networks[f"{method}.{net}"] = card["networks"][net]
+            networks[f"{method}.{net}"] = card.networks[net].to_json()
             tensors.update({f"{method}.{net}.{k}": v for k, v in modelfile.network_tensors(t, net).items()})
-        if "decoder" in card["networks"]:  # a run with --train-decoder (training.latent) trained its own
+        if "decoder" in card.networks:  # a run with --train-decoder (training.latent) trained its own
             if decoder_from:
                 raise TrainingError(f"{decoder_from} and {folder} both trained the decoder: the bundle has one, "
                                     "train it in one run only")
             decoder_from = folder
-            networks["decoder"] = card["networks"]["decoder"]
+            networks["decoder"] = card.networks["decoder"].to_json()
             tensors.update({f"decoder.{k}": v for k, v in modelfile.network_tensors(t, "decoder").items()})
-        methods[method] = method_spec(method, card["latent_scale"], card)
-        training[method] = card.get("training", {})
-    card = make_card(name, int(card1["bands"]), int(card1.get("latent", 4)), networks, with_regression(methods), training)
-    if "normalisation" in card1:  # a run on rasters records each raster's per-band normalisation
-        card["normalisation"] = card1["normalisation"]
-    return card, tensors
+        methods[method] = method_spec(method, card.stage.latent_scale, card.to_json())
+        training[method] = dict(card.training)
+    card = make_card(name, card1.bands, card1.latent, networks, with_regression(methods), training)
+    if card1.normalisation is not None:  # a run on rasters records each raster's per-band normalisation
+        card["normalisation"] = card1.normalisation
+    return parse(card), tensors
 
 
 def stage1_encoder(stage1: str) -> tuple[dict, dict]:
     """The encoder of a stage-1 run folder: (its network spec, its state dict)."""
     card, tensors = modelfile.load(stage1)
-    return card["networks"]["encoder"], modelfile.network_tensors(tensors, "encoder")
+    return card.networks["encoder"].to_json(), modelfile.network_tensors(tensors, "encoder")
 
 
-def write(folder: str | Path, card: dict, tensors: dict, encoder: tuple[dict, dict] | None = None) -> Path:
+def write(folder: str | Path, card: Card, tensors: dict, encoder: tuple[dict, dict] | None = None) -> Path:
     """Write a bundle; ``encoder`` (spec, state dict) goes to its own file ENCODER."""
     from safetensors.torch import save as save_safetensors
 
@@ -115,9 +119,9 @@ def write(folder: str | Path, card: dict, tensors: dict, encoder: tuple[dict, di
     if encoder is not None:
         data = save_safetensors({f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder[1].items()})
         modelfile.write_member(folder, ENCODER, "encoder.file", data)
-        card = dict(card, encoder=dict(encoder[0], file=ENCODER, sha256=modelfile.sha256(data),
-                                       use="stage-1 encoder for fine-tuning (python -m training finetune); "
-                                           "inference never loads it"))
+        card = card.updated(encoder=dict(encoder[0], file=ENCODER, sha256=modelfile.sha256(data),
+                                         use="stage-1 encoder for fine-tuning (python -m training finetune); "
+                                             "inference never loads it"))
     return modelfile.save(folder, card, tensors)
 
 
@@ -127,14 +131,13 @@ def load_encoder(ref: str) -> tuple[dict, dict] | None:
     from safetensors.torch import load as load_safetensors
 
     folder = modelfile.resolve(ref)
-    entry = modelfile.read_card(folder).get("encoder")
-    if not entry:
+    entry = modelfile.read_card(folder).encoder
+    if entry is None:
         return None
-    spec = {"kind": "encoder", "config": entry["config"]}
     try:
-        data = modelfile.read_weights(folder, entry["file"], "encoder.file", entry.get("sha256"), "bundle's encoder")
+        data = modelfile.read_weights(folder, entry.file, "encoder.file", entry.sha256, "bundle's encoder")
         tensors = load_safetensors(data)
-        modelfile.check_shapes("encoder", spec, tensors, folder / modelfile.CARD, "encoder")
+        modelfile.check_shapes("encoder", entry.network, tensors, folder / modelfile.CARD, "encoder")
     except LatentSRError as e:
         raise TrainingError(str(e)) from None
-    return spec, modelfile.network_tensors(tensors, "encoder")
+    return entry.network.to_json(), modelfile.network_tensors(tensors, "encoder")

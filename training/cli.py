@@ -247,7 +247,7 @@ def run(args) -> None:
             raise TrainingError("give --stage1 (with --e2diffsr and/or --lcmsr), or --random")
         folder = bundle.write(Path(args.out) / args.name, card, tensors,
                               bundle.stage1_encoder(args.stage1) if args.stage1 else None)
-        logging.getLogger(__name__).info("wrote %s (methods: %s)", folder, ", ".join(card["methods"]))
+        logging.getLogger(__name__).info("wrote %s (methods: %s)", folder, ", ".join(card.methods))
     else:
         from . import export
 

@@ -38,6 +38,8 @@ import torch
 from torch import nn
 
 from engine import modelfile
+from engine.card import Card, MethodSpec
+from engine.card import Graph as GraphEntry
 from engine.grid import Grid
 from engine.latent import run_tile
 from engine.models.inputs import ConditionInputs, DecoderInputs, DenoiserInputs, fused_inputs
@@ -63,7 +65,7 @@ class Fused(nn.Module):
     """A method's whole tile in one graph: engine.latent.run_tile over the torch networks (the start
     noise, for one-step LCMSR, is an input)."""
 
-    def __init__(self, method: Method, spec: dict, nets: dict, inputs: tuple[str, ...]):
+    def __init__(self, method: Method, spec: MethodSpec, nets: dict, inputs: tuple[str, ...]):
         super().__init__()
         self.method, self.spec, self.inputs, self.roles = method, spec, inputs, tuple(nets)
         for role, net in nets.items():
@@ -76,17 +78,17 @@ class Fused(nn.Module):
         return run_tile(nets, self.method, self.spec, 1, a, lambda k: noise)
 
 
-def graph_specs(card: dict, nets: dict) -> dict:
+def graph_specs(card: Card, nets: dict) -> dict:
     """key -> (module, input names, output name, networks) of every graph the bundle's methods need;
     the modules are the networks ``nets`` themselves or their composition by engine.latent, and the
     input names those of engine.models.inputs, in the order of the networks' forward."""
-    decoder = card.get("decoder", "decoder")
+    decoder = card.decoder
     specs = {decoder: (nets[decoder], DecoderInputs._fields, "sr", [decoder])}
-    for name, spec in card["methods"].items():
-        cond = spec["condition"]
+    for name, spec in card.methods.items():
+        cond = spec.condition
         specs[cond] = (nets[cond], ConditionInputs._fields, "cond", [cond])
-        if "denoiser" in spec:
-            den = spec["denoiser"]
+        if spec.denoiser is not None:
+            den = spec.denoiser
             specs[den] = (nets[den], DenoiserInputs._fields, "out", [den])
         method = REGISTRY[name]
         if method.fused_graph:
@@ -100,15 +102,15 @@ def graph_specs(card: dict, nets: dict) -> dict:
     return specs
 
 
-def example_inputs(card: dict, names, batch: int, h: int, w: int, scale: float, seed: int, features: int = 0) -> dict:
+def example_inputs(card: Card, names, batch: int, h: int, w: int, scale: float, seed: int, features: int = 0) -> dict:
     """Random inputs of a tile (numpy), with the tables of its grid; a denoiser's condition has
     ``features`` channels beside the latent."""
     rng = np.random.default_rng(seed)
-    multiple = max([unet_multiple(net["config"]["channels"]) for net in card["networks"].values()
-                    if net["kind"] == "denoiser"], default=1)
+    multiple = max([unet_multiple(net.config["channels"]) for net in card.networks.values()
+                    if net.kind == "denoiser"], default=1)
     plan = Plan.build(h, w, Grid.whole(h, w, scale), multiple)
-    latent = (batch, int(card.get("latent", 4)), *plan.latent_shape)
-    arrays = dict(plan.arrays(), lr=rng.random((batch, int(card["bands"]), h, w), dtype=np.float32),
+    latent = (batch, card.latent, *plan.latent_shape)
+    arrays = dict(plan.arrays(), lr=rng.random((batch, card.bands, h, w), dtype=np.float32),
                   inv_scale=np.full((batch, 1), 1.0 / scale, dtype=np.float32),
                   t_frac=rng.random((batch, 1), dtype=np.float32))
     for name in ("z", "noise", "z_t"):
@@ -155,7 +157,7 @@ def externalise(model: onnx.ModelProto, keys: dict, tensors: dict, offsets: dict
     return set(renamed.values())
 
 
-def export_graph(key: str, module: nn.Module, names, output: str, networks: list[str], nets: dict, card: dict,
+def export_graph(key: str, module: nn.Module, names, output: str, networks: list[str], nets: dict, card: Card,
                  tensors: dict, offsets: dict) -> tuple[bytes, dict]:
     """The bytes of ``<key>.onnx`` (made in memory: nothing is written) and its card entry."""
     module.eval()
@@ -175,7 +177,7 @@ def export_graph(key: str, module: nn.Module, names, output: str, networks: list
     if used != expected:
         raise TrainingError(f"graph {key} does not use every parameter of {', '.join(networks)}: "
                            f"{sorted(expected - used)[:3]}")
-    card_meta = {k: v for k, v in card.items() if k != "onnx"}
+    card_meta = {k: v for k, v in card.to_json().items() if k != "onnx"}
     for k, v in (("latentsr.card", json.dumps(card_meta)), ("latentsr.graph", key),
                  ("latentsr.networks", ",".join(networks))):
         entry = model.metadata_props.add()
@@ -185,10 +187,10 @@ def export_graph(key: str, module: nn.Module, names, output: str, networks: list
                   "inputs": list(names), "output": output}
 
 
-def check_graph(key: str, module: nn.Module, entry: dict, card: dict, sessions) -> float:
+def check_graph(key: str, module: nn.Module, entry: GraphEntry, card: Card, sessions) -> float:
     """Max abs difference between the exported graph (run by the engine) and ``module`` at another tile
     size, scale and batch."""
-    names = entry["inputs"]
+    names = entry.inputs
     inputs = example_inputs(card, names, 2, 19, 29, 3.7, seed=1, features=condition_features(module))
     with torch.no_grad():
         ref = module(*(torch.from_numpy(inputs[n]) for n in names)).numpy()
@@ -235,26 +237,27 @@ def export(model: str | None = None) -> Path:
     return folder
 
 
-def write_graphs(folder: Path, written: list) -> tuple[dict, dict, dict]:
+def write_graphs(folder: Path, written: list) -> tuple[Card, dict, dict]:
     """Export and write the graphs of the bundle in ``folder`` with its new card (``written`` gets an
     entry once they are); its card, tensors and graph entries."""
     card, tensors = modelfile.load(str(folder))
-    weights = modelfile.read_weights(folder, modelfile.WEIGHTS, "weights.file", card["weights"]["sha256"])
+    weights = modelfile.read_weights(folder, modelfile.WEIGHTS, "weights.file", card.weights.sha256)
     offsets = {name: entry[2:] for name, entry in modelfile.safetensors_index(weights).items()}
-    nets = modelfile.build_networks(card, tensors, list(card["networks"]), "cpu")
+    nets = modelfile.build_networks(card, tensors, list(card.networks), "cpu")
     specs = graph_specs(card, nets)
-    old = (card.get("onnx") or {}).get("graphs", {})
+    old = card.onnx.graphs if card.onnx else {}
     made = {key: export_graph(key, module, names, output, networks, nets, card, tensors, offsets)
             for key, (module, names, output, networks) in specs.items()}
-    graphs = {key: entry for key, (_, entry) in made.items()}
-    card["onnx"] = {"opset": OPSET, "weights_sha256": card["weights"]["sha256"], "graphs": graphs}
+    card = card.updated(onnx={"opset": OPSET, "weights_sha256": card.weights.sha256,
+                              "graphs": {key: entry for key, (_, entry) in made.items()}})
+    graphs = card.onnx.graphs
     with deferred_interrupts() as hits:  # a stop waits until the graphs and the card are written
         for key, (data, entry) in made.items():
             modelfile.write_member(folder, entry["file"], f"onnx.graphs.{key}.file", data)
         modelfile.write_card(folder, card)
         for key, entry in old.items():
-            if entry["file"] not in {g["file"] for g in graphs.values()}:
-                path = modelfile.member(folder, entry["file"], f"onnx.graphs.{key}.file")
+            if entry.file not in {g.file for g in graphs.values()}:
+                path = modelfile.member(folder, entry.file, f"onnx.graphs.{key}.file")
                 try:
                     path.unlink(missing_ok=True)
                 except OSError as e:
@@ -265,16 +268,16 @@ def write_graphs(folder: Path, written: list) -> tuple[dict, dict, dict]:
     return card, tensors, graphs
 
 
-def check(folder: Path, card: dict, tensors: dict, graphs: dict) -> None:
+def check(folder: Path, card: Card, tensors: dict, graphs: dict) -> None:
     """Check the written graphs against the networks built anew from the bundle."""
     sessions = Sessions(folder, card, "cpu")
     # the reference: the networks built anew from the bundle, composed as the engine composes them
-    reference = graph_specs(card, modelfile.build_networks(card, tensors, list(card["networks"]), "cpu"))
+    reference = graph_specs(card, modelfile.build_networks(card, tensors, list(card.networks), "cpu"))
     for key, (module, *_rest) in reference.items():
         diff = check_graph(key, module, graphs[key], card, sessions)
         if diff > TOLERANCE:
             raise TrainingError(f"the ONNX graph {key} differs from the bundle's torch networks by {diff:.3g} "
                                 f"at another tile size and scale")
-        log.info("  %-24s %7.1f kB  max |onnx - torch| %.1e", graphs[key]["file"],
-                 (folder / graphs[key]["file"]).stat().st_size / 1024, diff)
+        log.info("  %-24s %7.1f kB  max |onnx - torch| %.1e", graphs[key].file,
+                 (folder / graphs[key].file).stat().st_size / 1024, diff)
     log.info("wrote %d ONNX graphs into %s", len(graphs), folder)

@@ -37,6 +37,7 @@ from typing import Callable
 import torch
 
 from engine import modelfile
+from engine.card import Card, parse
 from engine.errors import LatentSRError
 from engine.models import PRESETS, preset
 from engine.registry import E2DIFFSR, LCMSR, REGISTRY
@@ -110,7 +111,7 @@ def check_start(folder: Path) -> None:
     bundle.load_encoder(str(folder))
 
 
-def start_networks(folder: Path, card: dict, n: int) -> dict:
+def start_networks(folder: Path, card: Card, n: int) -> dict:
     """The network specs of every stage, from the start bundle's card, for ``n`` bands (a card whose
     entries do not give them: a one-line TrainingError naming it)."""
     check_start(folder)
@@ -121,15 +122,15 @@ def start_networks(folder: Path, card: dict, n: int) -> dict:
                             f"configuration ({type(exc).__name__}: {str(exc).strip()[:80]})") from None
 
 
-def card_networks(folder: Path, card: dict, n: int) -> dict:
-    decoder = card["networks"][card.get("decoder", "decoder")]
+def card_networks(folder: Path, card: Card, n: int) -> dict:
+    decoder = card.networks[card.decoder].to_json()
     encoder = bundle.load_encoder(str(folder))
-    latent = int(card.get("latent", decoder["config"]["latent"]))
+    latent = card.latent
     if encoder is not None and encoder[0]["config"]["latent"] == latent:
         encoder_spec = with_bands(encoder[0], n)
     else:
         encoder_spec = {"kind": "encoder", "config": preset(encoder_preset(decoder["config"]), "encoder", n, latent)}
-    old_bands = int(card["bands"])
+    old_bands = card.bands
     decoder = with_bands(decoder, n)
     copies = band_start.band_group_copies(old_bands, n) if n > old_bands else 1
     for width in ("channels", "up_channels", "tail_channels"):  # one trunk per band group (training.bands)
@@ -137,20 +138,19 @@ def card_networks(folder: Path, card: dict, n: int) -> dict:
     decoder["config"]["detail"] = True  # a bundle made before the detail path gains one (started by PCA in stage 1)
     specs = {"stage1": {"encoder": encoder_spec, "decoder": decoder}}
     for method in METHODS:
-        spec = card.get("methods", {}).get(method)
-        if spec:
-            specs[method] = {role: with_bands(card["networks"][spec[role]], n) for role in REGISTRY[method].roles}
+        if method in card.methods:
+            spec = card.methods[method]
+            specs[method] = {role: with_bands(card.networks[getattr(spec, role)].to_json(), n)
+                             for role in REGISTRY[method].roles}
     return specs
 
 
 def stale_stage2(run: Path, stage1: Path) -> bool:
     """Whether the stage-2 run folder ``run`` was trained on another stage-1 model than ``stage1``'s."""
     try:
-        card = json.loads((run / modelfile.CARD).read_text())
-        now = json.loads((stage1 / modelfile.CARD).read_text())["weights"]["sha256"]
-    except (OSError, ValueError, KeyError):
+        return modelfile.read_card(run).stage1 != modelfile.read_card(stage1).weights.sha256
+    except LatentSRError:
         return False
-    return card.get("stage1", {}).get("sha256") != now
 
 
 def up_to_date(out: Path, tensors: dict) -> bool:
@@ -162,7 +162,7 @@ def up_to_date(out: Path, tensors: dict) -> bool:
     except LatentSRError:
         return False
     data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    return bool(card.get("onnx")) and card.get("weights", {}).get("sha256") == modelfile.sha256(data)
+    return card.onnx is not None and card.weights.sha256 == modelfile.sha256(data)
 
 
 def check(job: Finetune) -> None:
@@ -187,11 +187,11 @@ def location(path) -> str:
     return str(Path(text).resolve()) if Path(text).exists() else text
 
 
-def defining(job: Finetune, folder: Path, card: dict) -> dict:
+def defining(job: Finetune, folder: Path, card: Card) -> dict:
     """The options that define the run (DEFINING), as the run marker records them."""
     return {"rasters": [location(r) for r in job.rasters], "val": [location(v) for v in job.val] if job.val else None,
             "bands": list(job.bands) if job.bands else None, "init": str(folder.resolve()),
-            "init_sha256": card["weights"]["sha256"], "scales": [float(job.scale_min), float(job.scale_max)],
+            "init_sha256": card.weights.sha256, "scales": [float(job.scale_min), float(job.scale_max)],
             "crop": job.crop, "batch": job.batch, "lr": float(job.lr), "seed": job.seed, "val_crop": job.val_crop,
             "val_images": job.val_images}
 
@@ -277,7 +277,7 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
     options = defining(job, folder, card)
     ours = check_out(out, job, options)
     runs = out / RUNS
-    old_bands = int(card["bands"])
+    old_bands = card.bands
 
     def settings(stage: str, steps: int, **extra) -> Settings:
         # the cosine horizon is the stage's steps, also when resumed with more: a longer run warm-restarts
@@ -325,12 +325,13 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
         trainer.should_stop = should_stop
         trainer.run()
     folders = {m: str(runs / m) if m in methods else None for m in METHODS}
-    result, tensors = bundle.from_stages(str(runs / "stage1"), folders[E2DIFFSR.name], folders[LCMSR.name],
-                                         job.name or out.name)
-    for method, spec in card.get("methods", {}).items():
-        if "detail_default" in spec and method in result["methods"]:
-            result["methods"][method]["detail_default"] = spec["detail_default"]
-    result["fine_tuned_from"] = {"model": card.get("name"), "folder": str(folder), "sha256": card["weights"]["sha256"],
+    made, tensors = bundle.from_stages(str(runs / "stage1"), folders[E2DIFFSR.name], folders[LCMSR.name],
+                                       job.name or out.name)
+    result = made.to_json()
+    for method, spec in card.methods.items():
+        if "detail_default" in spec.given and method in made.methods:
+            result["methods"][method]["detail_default"] = spec.detail_default
+    result["fine_tuned_from"] = {"model": card.name, "folder": str(folder), "sha256": card.weights.sha256,
                                  "bands": old_bands}
     if n != old_bands:
         result["band_start"] = band_start.describe(old_bands, n)
@@ -338,6 +339,7 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
                                       "steps": {name: steps for name, _, steps in stages},
                                       "scales": [job.scale_min, job.scale_max], "batch": job.batch, "crop": job.crop,
                                       "device": job.device, "seconds_this_run": round(time.perf_counter() - start)}
+    result = parse(result)
     if up_to_date(out, tensors):
         log.info("%s is already the bundle of these runs", out)
         return out
@@ -347,6 +349,6 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
         if hits:
             signal.raise_signal(hits[0])
         export.export(str(out))
-        log.info("wrote %s (methods: %s)", out, ", ".join(result["methods"]))
+        log.info("wrote %s (methods: %s)", out, ", ".join(result.methods))
     distributed.barrier()
     return out

@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from engine import modelfile
+from engine.card import MethodSpec
 from engine.latent import from_residual, latent_guess, log_spread, run_tile
 from engine.models import preset
 from engine.registry import REGISTRY
@@ -88,10 +89,10 @@ class LatentStage(Stage):
         if not settings.stage1:
             raise TrainingError("--stage1 is required: the folder of a stage-1 run")
         card, tensors = modelfile.load(settings.stage1)
-        if card.get("kind") != "stage1":
+        if card.kind != "stage1":
             raise TrainingError(f"{settings.stage1} is not the output of a stage-1 run")
-        settings.bands = int(card["bands"])
-        settings.latent = int(card.get("latent", 4))
+        settings.bands = card.bands
+        settings.latent = card.latent
         frozen = modelfile.build_networks(card, tensors, ["encoder", "decoder"], device)
         self.encoder, self.decoder = (frozen[n].requires_grad_(False) for n in ("encoder", "decoder"))
         self.stage1_card = card
@@ -100,8 +101,9 @@ class LatentStage(Stage):
         super().__init__(settings, device, specs or settings.options.get("networks") or self.fresh_specs(settings))
         self.train_decoder = "decoder" in self.specs  # a resumed run: what its checkpoint trains
         config = self.specs["condition"]["config"]
-        self.layout = {"latent": settings.latent, "features": int(config.get("features", 0)),
-                       "spread": bool(config.get("spread", False))}
+        # the condition's layout, as the card's method entry will give it (engine.latent reads it)
+        self.layout = MethodSpec(self.method, latent=settings.latent, features=int(config.get("features", 0)),
+                                 spread=bool(config.get("spread", False)))
         self.latent_scale = 1.0
         if self.options["gan_weight"] > 0:
             self.adversary = Adversary(settings.bands, settings.preset, device)
@@ -123,7 +125,7 @@ class LatentStage(Stage):
                 config["features"] = extra
             specs[name] = {"kind": kind, "config": config}
         if self.train_decoder:
-            specs["decoder"] = {"kind": "decoder", "config": dict(self.stage1_card["networks"]["decoder"]["config"])}
+            specs["decoder"] = {"kind": "decoder", "config": dict(self.stage1_card.networks[self.stage1_card.decoder].config)}
             if self.options.get("detail_flat"):  # engine.models.decoder: the detail path's response to a uniform latent made flat
                 specs["decoder"]["config"]["detail_flat"] = True
         elif self.options.get("detail_flat"):
@@ -137,13 +139,13 @@ class LatentStage(Stage):
     def held(self, cond: torch.Tensor) -> torch.Tensor:
         """The condition as the denoiser's losses see it: the latent guess and the spread held fixed
         (only their own losses move them), the features not."""
-        n = self.layout["latent"] * (2 if self.layout["spread"] else 1)
+        n = self.layout.latent * (2 if self.layout.spread else 1)
         return torch.cat([cond[:, :n].detach(), cond[:, n:]], 1)
 
     def residual(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """What the sampler draws: the true latent, or with the spread its residual standardised per
         cell, (x0 − guess)/spread (engine.latent.from_residual)."""
-        if not self.layout["spread"]:
+        if not self.layout.spread:
             return x0
         return (x0 - self.guess(cond).detach()) / log_spread(cond, self.layout).detach().exp()
 
@@ -163,10 +165,10 @@ class LatentStage(Stage):
             pairs = list(self.stats_pairs(LATENT_BATCHES))
             means = [self.encoder(pair.hr, pair.lr_up) for pair in pairs]
             self.latent_scale = float(1.0 / torch.cat([m.flatten() for m in means]).std().clamp_min(1e-6))
-            if self.layout["spread"]:
+            if self.layout.spread:
                 self.fit_spread_prior(pairs, [m * self.latent_scale for m in means])
             out = self.nets["condition"].out
-            n = self.settings.latent * (2 if self.layout["spread"] else 1)
+            n = self.settings.latent * (2 if self.layout.spread else 1)
             out.weight[:n] = 0
             out.bias[:n] = 0
         init = self.settings.options.get("init")
@@ -208,13 +210,14 @@ class LatentStage(Stage):
         from .bundle import load_encoder
 
         card, tensors = modelfile.load(folder)
-        spec = card.get("methods", {}).get(self.method)
-        if spec is None:
+        if self.method not in card.methods:
             raise TrainingError(f"{folder} has no {self.method} networks to start from")
+        spec = card.methods[self.method]
         same_latent = load_encoder(folder) is not None
         for role in ("condition", "denoiser"):
             skip = () if role == "denoiser" or same_latent else ("out.",)
-            load_adapted(self.nets[role], role, modelfile.network_tensors(tensors, spec[role]), int(card["bands"]), skip)
+            net = getattr(spec, role)  # the network the bundle's entry names for the role
+            load_adapted(self.nets[role], role, modelfile.network_tensors(tensors, net), card.bands, skip)
 
     def state(self) -> dict:
         return dict(super().state(), latent_scale=self.latent_scale)
@@ -245,17 +248,18 @@ class LatentStage(Stage):
         sampler -> decoder) from the EMA networks and the decoder (stage 1's frozen one, or the trained
         one with --train-decoder), with the card entry the bundle
         will carry (training.bundle.method_spec) and torch's noise of seed 0."""
-        spec = method_spec(self.method, self.latent_scale, self.export_card())
+        spec = MethodSpec.parse(self.method, method_spec(self.method, self.latent_scale, self.export_card()),
+                                self.layout.latent)
         decoder = ema["decoder"] if self.train_decoder else self.decoder
         nets = TorchNetworks({"condition": ema["condition"], "denoiser": ema["denoiser"], "decoder": decoder},
                              self.device)
         gen = torch.Generator(device=self.device).manual_seed(0)
-        shape = pair.latent_shape(self.layout["latent"])
+        shape = pair.latent_shape(self.layout.latent)
 
         def noise(k):
             return torch.randn(shape, generator=gen, device=self.device)
 
-        return run_tile(nets, REGISTRY[self.method], spec, int(spec["steps"]), pair.arrays, noise, detail)
+        return run_tile(nets, REGISTRY[self.method], spec, spec.steps, pair.arrays, noise, detail)
 
     def predict(self, pair, ema):
         """Validation's SR: a full sample (D = 1) of the EMA networks, seed 0."""
@@ -276,7 +280,7 @@ class LatentStage(Stage):
         o = self.options
         full, cond = cond, self.guess(cond)
         loss = o["cond_weight"] * cell_mean((cond - x0) ** 2, pair)
-        if self.layout["spread"]:
+        if self.layout.spread:
             log = log_spread(full, self.layout)
             loss = loss + cell_mean((x0 - cond.detach()).abs() / log.exp() + log, pair)
         pixel = o["cond_pixel_weight"]
@@ -300,6 +304,7 @@ class LatentStage(Stage):
         return self.run(pair, ema, 0.0)
 
     def base_card(self) -> dict:
-        return {"kind": self.method, "latent": self.stage1_card.get("latent", 4), "latent_scale": self.latent_scale,
-                "stage1": {"sha256": self.stage1_card["weights"]["sha256"]},
-                **({k: v for k, v in self.layout.items() if v} if self.layout["features"] or self.layout["spread"] else {})}
+        layout = {"latent": self.layout.latent, "features": self.layout.features, "spread": self.layout.spread}
+        return {"kind": self.method, "latent": self.stage1_card.latent, "latent_scale": self.latent_scale,
+                "stage1": {"sha256": self.stage1_card.weights.sha256},
+                **({k: v for k, v in layout.items() if v} if self.layout.split else {})}

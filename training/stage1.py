@@ -81,10 +81,9 @@ class Stage1(Stage):
         if start is None or start[0]["config"]["latent"] != self.specs["encoder"]["config"]["latent"]:
             return False
         card, tensors = modelfile.load(folder)
-        old_bands = int(card["bands"])
+        old_bands = card.bands
         load_adapted(self.nets["encoder"], "encoder", start[1], old_bands)
-        load_adapted(self.nets["decoder"], "decoder", modelfile.network_tensors(tensors, card.get("decoder", "decoder")),
-                     old_bands)
+        load_adapted(self.nets["decoder"], "decoder", modelfile.network_tensors(tensors, card.decoder), old_bands)
         return True
 
     def start_decoder_from(self, folder: str) -> None:
@@ -93,14 +92,14 @@ class Stage1(Stage):
         latent, so the start is that model's regression, and the guidance is learned anew. Weights
         whose shape differs (another latent size) and the detail path keep their fresh start."""
         card, tensors = modelfile.load(folder)
-        if card.get("kind") != "stage1" and "decoder" not in card.get("networks", {}):
+        if card.kind != "stage1" and "decoder" not in card.networks:
             raise TrainingError(f"{folder} is neither the output of a stage-1 run nor a bundle with a decoder")
-        spec = card["networks"]["decoder"]
+        spec = card.networks["decoder"]
         old = modelfile.build_networks(card, tensors, ["decoder"], self.device)["decoder"]
         dec = self.nets["decoder"]
-        load_adapted(dec, "decoder", old.state_dict(), int(card["bands"]), skip=("guide.", "detail."))
+        load_adapted(dec, "decoder", old.state_dict(), card.bands, skip=("guide.", "detail."))
         with torch.no_grad():
-            constant = old.guide(torch.zeros(1, spec["config"]["latent"], 1, 1, device=self.device))[0, :, 0, 0]
+            constant = old.guide(torch.zeros(1, spec.config["latent"], 1, 1, device=self.device))[0, :, 0, 0]
             constant = constant.repeat(dec.blocks[0].guide.weight.shape[1] // constant.numel())  # a widened trunk's copies
             for block in dec.blocks:
                 block.guide.bias.add_(block.guide.weight[:, :, 0, 0] @ constant)

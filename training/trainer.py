@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from engine import modelfile
+from engine.card import parse
 from engine.models import LATENT, build, preset
 
 from . import curves, data, distributed, precision, recipe
@@ -389,7 +390,7 @@ class Trainer:
         if not isinstance(self.files, list):  # rasters: their per-band normalisation
             card["normalisation"] = self.files.card()
         tensors = {f"{n}.{k}": v for n, m in self.ema.items() for k, v in m.state_dict().items()}
-        modelfile.save(self.out, dict(card, name=f"{self.stage.name}-stage", bands=self.s.bands), tensors)
+        modelfile.save(self.out, parse(dict(card, name=f"{self.stage.name}-stage", bands=self.s.bands)), tensors)
 
     @torch.no_grad()
     def validate(self) -> list[float]:

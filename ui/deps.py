@@ -104,7 +104,7 @@ def cuda_available(backend: str, model: str | None = None) -> bool:
     try:
         card = modelfile.read_card(modelfile.resolve(model))
     except LatentSRError:
-        card = {}
+        card = None
     return methods.cuda_backend(backend, card) is not None
 
 

@@ -12,9 +12,9 @@ class Method:
     ``roles`` are the networks its card entry names (``methods.<name>.<role>``) before the bundle's
     decoder; a method without roles is not learned and ``plain()`` makes it. A stochastic method draws
     its clean latent with ``sampler`` (engine.samplers: one signature for all) through the schedule that
-    ``schedule(spec, steps)`` builds from its card entry (engine.latent.sample_latent calls it and blends
-    the sample at a detail). A method with ``fused_graph`` has a single-call
-    ONNX graph for one step; ``fused_inputs`` are the inputs it takes beyond the tile's (the start noise)."""
+    ``schedule(spec, steps)`` builds from its card entry ``spec`` (engine.card.MethodSpec);
+    engine.latent.sample_latent calls it and blends the sample at a detail. A method with ``fused_graph``
+    has a single-call ONNX graph for one step; ``fused_inputs`` are the inputs it takes beyond the tile's (the start noise)."""
 
     name: str  # the CLI's --method, the card's methods.<name>, the graph files' prefix
     label: str  # for lists of methods
@@ -25,12 +25,11 @@ class Method:
     default_detail: float | None = None  # stochastic methods: the detail when the model card has no detail_default
     roles: tuple[str, ...] = ()
     sampler: Callable | None = None  # engine.samplers.sample_*(model, x, schedule, extra_args, noise)
-    schedule: Callable[[dict, int], object] | None = None  # (card entry, steps) -> the sampler's schedule
+    schedule: Callable[[object, int], object] | None = None  # (card entry: engine.card.MethodSpec, steps) -> the sampler's schedule
     fused_graph: str | None = None
     fused_inputs: tuple[str, ...] = ()
-    new_spec: Callable[[], dict] | None = None  # the card entry's sampler fields of a freshly trained method
-    spec_problem: Callable[[dict], str | None] | None = None  # what is wrong with its card entry's own fields
-    fused_problem: Callable[[dict], str | None] | None = None  # why its card entry cannot be fused, or None
+    new_spec: Callable[[], dict] | None = None  # the card entry's sampler fields of a freshly trained method (JSON)
+    fused_problem: Callable | None = None  # why its card entry (engine.card.MethodSpec) cannot be fused, or None
     plain: Callable | None = None  # a method without networks: makes it (engine.methods.SRMethod)
 
     @property

@@ -6,22 +6,15 @@ from ..schedulers import ddpm
 from .base import Method
 
 
-def schedule(spec: dict, steps: int) -> ddpm.Schedule:
-    return ddpm.schedule(steps, spec.get("betas", ddpm.DEFAULT_BETAS), spec.get("eta", 1.0),
-                         spec.get("prediction", "eps"))
+def schedule(spec, steps: int) -> ddpm.Schedule:
+    """``spec``: the card's entry (engine.card.MethodSpec)."""
+    return ddpm.schedule(steps, spec.betas, spec.eta, spec.prediction)
 
 
 def new_spec() -> dict:
     return {"betas": list(ddpm.DEFAULT_BETAS), "eta": 1.0, "steps": E2DIFFSR.default_steps}
 
 
-def spec_problem(spec: dict) -> str | None:
-    if spec.get("prediction", "eps") not in ddpm.PREDICTIONS:
-        return (f"'methods.{E2DIFFSR.name}.prediction' must be one of {', '.join(ddpm.PREDICTIONS)}, "
-                f"got {spec['prediction']!r}")
-    return None
-
-
 E2DIFFSR = Method("e2diffsr", "E²DiffSR (few-step latent diffusion)", "E²DiffSR", stochastic=True, default_steps=4,
                   max_steps=4, default_detail=1.0, roles=("condition", "denoiser"), sampler=sample_ddim,
-                  schedule=schedule, new_spec=new_spec, spec_problem=spec_problem)
+                  schedule=schedule, new_spec=new_spec)

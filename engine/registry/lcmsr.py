@@ -6,8 +6,9 @@ from ..schedulers import consistency
 from .base import Method
 
 
-def schedule(spec: dict, steps: int) -> consistency.Schedule:
-    return consistency.schedule(steps, spec.get("T", consistency.T), spec.get("sigma_data", consistency.SIGMA_DATA))
+def schedule(spec, steps: int) -> consistency.Schedule:
+    """``spec``: the card's entry (engine.card.MethodSpec)."""
+    return consistency.schedule(steps, spec.T, spec.sigma_data)
 
 
 def new_spec() -> dict:
@@ -15,10 +16,9 @@ def new_spec() -> dict:
             "max_steps": LCMSR.max_steps}
 
 
-def fused_problem(spec: dict) -> str | None:
+def fused_problem(spec) -> str | None:
     """One-step LCMSR starts from the noise alone: ᾱ(T) = 0."""
-    total = spec.get("T", consistency.T)
-    a, b = consistency.noise_coefficients(total, total)
+    a, b = consistency.noise_coefficients(spec.T, spec.T)
     if float(a) != 0.0 or float(b) != 1.0:
         return "one-step LCMSR expects pure noise at t = T"
     return None

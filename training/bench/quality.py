@@ -332,15 +332,17 @@ def suggested_detail(results: dict, sweep, method: str) -> float | None:
 def set_default_detail(results: dict, model: str | None) -> None:
     """Write the sweep's suggested detail of each diffusion method into the model card's detail_default."""
     from engine import modelfile
+    from engine.card import parse
 
     folder = modelfile.resolve(model)
     card = modelfile.read_card(folder)
+    written = card.to_json()
     for name in (LCMSR.name, E2DIFFSR.name):
         suggestion = suggested_detail(results, SWEEP, name)
-        if suggestion is not None and name in card["methods"]:
-            card["methods"][name]["detail_default"] = suggestion
+        if suggestion is not None and name in card.methods:
+            written["methods"][name]["detail_default"] = suggestion
             log.info("%s: detail_default %g written to %s", name, suggestion, folder / "model.json")
-    modelfile.write_card(folder, card)
+    modelfile.write_card(folder, parse(written))
 
 
 def card_metrics(results: dict, scales, n_images: int, command: str) -> dict:
@@ -369,9 +371,7 @@ def write_card_metrics(metrics_: dict, model: str | None) -> None:
     from engine import modelfile
 
     folder = modelfile.resolve(model)
-    card = modelfile.read_card(folder)
-    card["metrics"] = metrics_
-    modelfile.write_card(folder, card)
+    modelfile.write_card(folder, modelfile.read_card(folder).updated(metrics=metrics_))
     log.info("metrics written to %s", folder / "model.json")
 
 
@@ -392,7 +392,8 @@ def report(results: dict, scales, n_images: int, limit: int | None, command: str
     lines = ["# Benchmarks", "", f"Command: `{command}`  ", f"Machine: {machine()}  ",
              f"Date: {datetime.date.today().isoformat()}  ", f"Data: {data}", ""]
     if card:
-        lines += [f"Model: `{card.get('name')}`, trained {json.dumps(card.get('training', {}).get('summary', card.get('training', {})))}", ""]
+        trained = card.training["summary"] if "summary" in card.training else card.training
+        lines += [f"Model: `{card.name}`, trained {json.dumps(trained)}", ""]
     lines += ["Protocol: LR = antialiased bicubic downsampling of HR; outputs quantised to 8 bits; every metric but the "
               "consistency on RGB with a border crop of ceil(scale); consistency = PSNR of downsample(SR) against LR; "
               "HF ratio = spectral energy above a quarter of Nyquist, SR over HR; LSD = log-spectral distance to HR "

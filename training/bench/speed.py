@@ -27,13 +27,13 @@ def run(tile: int = 256, scale: float = 4.0, repeats: int = 3, device: str = "cp
     if threads:
         torch.set_num_threads(threads)
     card, tensors = random_bundle(preset)
-    x = np.random.default_rng(0).random((card["bands"], tile, tile), dtype=np.float32)
+    x = np.random.default_rng(0).random((card.bands, tile, tile), dtype=np.float32)
     grid = Grid.whole(tile, tile, scale)
     log.info("%s models, %d×%d LR tile at ×%g -> %d×%d, %s, %d threads", preset, tile, tile, scale, *grid.shape,
              device, torch.get_num_threads())
-    for net_name, spec in card["networks"].items():
+    for net_name, spec in card.networks.items():
         if not net_name.startswith("e2diffsr."):
-            log.info("  %-18s %-9s %9d parameters", net_name, spec["kind"], sum(
+            log.info("  %-18s %-9s %9d parameters", net_name, spec.kind, sum(
                 v.numel() for k, v in tensors.items() if k.startswith(net_name + ".")))
     rows = []
     for name, steps in METHODS:

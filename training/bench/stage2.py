@@ -26,7 +26,6 @@ from engine.torch_backend import TorchNetworks
 
 from .. import data
 from ..batch import make_pair
-from ..bundle import method_spec
 from ..errors import TrainingError
 from ..trainer import psnr
 
@@ -48,25 +47,24 @@ class Runs:
     def __init__(self, stage1: str, stage2: str):
         card1, t1 = modelfile.load(stage1)
         card2, t2 = modelfile.load(stage2)
-        if card1.get("kind") != "stage1" or card2.get("kind") not in STOCHASTIC:
+        if card1.kind != "stage1" or card2.kind not in STOCHASTIC:
             raise TrainingError("--stage1 and --stage2 must be the output folders of a stage-1 and a stage-2 run")
-        trained = "decoder" in card2["networks"]  # a run with --train-decoder: its own decoder
+        trained = "decoder" in card2.networks  # a run with --train-decoder: its own decoder
         nets = modelfile.build_networks(card1, t1, ["encoder"] if trained else ["encoder", "decoder"], "cpu")
         nets.update(modelfile.build_networks(card2, t2, ["condition", "denoiser"] + (["decoder"] if trained else []), "cpu"))
-        self.nets, self.kind = nets, card2["kind"]
-        self.spec = method_spec(self.kind, card2["latent_scale"], card2)
+        self.nets, self.spec, self.kind = nets, card2.stage, card2.kind
         self.networks = TorchNetworks({role: nets[role] for role in ("condition", "denoiser", "decoder")},
                                       torch.device("cpu"))
 
     def run(self, pair, seed: int, detail: float) -> torch.Tensor:
         """The SR of a batch at ``detail``, with torch's noise of ``seed``."""
         g = torch.Generator().manual_seed(seed)
-        shape = pair.latent_shape(int(self.spec["latent"]))
+        shape = pair.latent_shape(self.spec.latent)
 
         def noise(k):
             return torch.randn(shape, generator=g)
 
-        return run_tile(self.networks, REGISTRY[self.kind], self.spec, int(self.spec["steps"]), pair.arrays, noise,
+        return run_tile(self.networks, REGISTRY[self.kind], self.spec, self.spec.steps, pair.arrays, noise,
                         detail)
 
 
