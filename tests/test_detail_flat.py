@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine import modelfile
+from engine.card import parse
 from engine.grid import Grid
 from engine.methods import DEFAULTS, MethodOptions, build_method, from_bundle
 from engine.models import build, preset
@@ -31,13 +32,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def flat_bundle(detail_flat: bool = True):
     """A tiny random bundle whose detail path reads the latent (a fresh one reads nothing), flat or not."""
     card, tensors = random_bundle("tiny", seed=3, name="tiny-flat")
+    card = card.to_json()
     gen = torch.Generator().manual_seed(4)
     tensors["decoder.detail.weight"] = 0.05 * torch.randn(tensors["decoder.detail.weight"].shape, generator=gen)
     if detail_flat:
         card["networks"]["decoder"]["config"]["detail_flat"] = True
     for spec in card["methods"].values():
         spec["latent_scale"] = 1.7
-    return card, tensors
+    return parse(card), tensors
 
 
 def decoders():
@@ -114,7 +116,7 @@ def flat_exported(tmp_path_factory):
 @pytest.mark.parametrize("name,steps", [("regression", None), ("lcmsr", 1), ("e2diffsr", 2)])
 def test_flat_detail_exports_to_onnx_and_matches_torch(flat_exported, name, steps):
     card, tensors, folder = flat_exported
-    assert modelfile.load(folder)[0]["networks"]["decoder"]["config"]["detail_flat"] is True
+    assert modelfile.load(folder)[0].networks["decoder"].config["detail_flat"] is True
     torch_method = from_bundle(name, card, tensors, steps, "cpu")
     onnx_method = build_method(name, MethodOptions(steps, "onnx", "cpu", folder))
     x = lr(c=3, h=21, w=26, seed=2)
@@ -201,7 +203,7 @@ def test_stage1_detail_flat_trains_a_flat_decoder(images, tmp_path):  # noqa: F8
     assert main(train_args("stage1", images, out, 2, "--detail-flat")) == 0
     assert main(train_args("stage1", images, out, 3, "--resume")) == 0
     card, tensors = modelfile.load(str(out))
-    assert card["networks"]["decoder"]["config"]["detail_flat"] is True and card["training"]["step"] == 3
+    assert card.networks["decoder"].config["detail_flat"] is True and card.training["step"] == 3
     dec = modelfile.build_networks(card, tensors, ["decoder"], "cpu")["decoder"]
     weight, _ = dec.flat_detail()
     sums = weight.sum((2, 3)).unflatten(0, (-1, LATENT_FACTOR ** 2))

@@ -238,12 +238,12 @@ def test_each_networks_named_inputs_are_its_forward_and_its_graphs_inputs_in_ord
     _, _, folder = exported
     for card, where in ((modelfile.read_card(modelfile.resolve(folder)), folder),
                         (modelfile.read_card(modelfile.resolve(None)), modelfile.resolve(None))):
-        graphs = card["onnx"]["graphs"]
-        for net, entry in card["networks"].items():
-            names = list(INPUTS[entry["kind"]]._fields)
-            assert graphs[net]["inputs"] == names
-            assert [i.name for i in onnx.load(f"{where}/{graphs[net]['file']}", load_external_data=False).graph.input] == names
-        for name in card["methods"]:
+        graphs = card.onnx.graphs
+        for net, entry in card.networks.items():
+            names = list(INPUTS[entry.kind]._fields)
+            assert list(graphs[net].inputs) == names
+            assert [i.name for i in onnx.load(f"{where}/{graphs[net].file}", load_external_data=False).graph.input] == names
+        for name in card.methods:
             method = REGISTRY[name]
             if method.fused_graph:
-                assert graphs[method.fused_graph]["inputs"] == list(fused_inputs(method.fused_inputs))
+                assert list(graphs[method.fused_graph].inputs) == list(fused_inputs(method.fused_inputs))

@@ -536,7 +536,7 @@ def test_make_train_runs_the_recipe_table_that_trained_the_bundle():
 
     stages = make_train_stages()
     assert set(stages) == {"stage1", "e2diffsr", "lcmsr"}
-    card = read_card(resolve("latentsr-rgb"))
+    card = read_card(resolve("latentsr-rgb")).to_json()
     for name, args in stages.items():
         table = recipe.STAGE1 if name == "stage1" else recipe.STAGE2
         assert {k: v for k, v in args.items() if k in MAKE_TRAIN["stage1" if name == "stage1" else "stage2"]} \
