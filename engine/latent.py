@@ -30,7 +30,6 @@ from typing import Callable, ContextManager, Protocol
 
 import numpy as np
 
-from .errors import LatentSRError
 from .grid import Grid
 from .models.sampling import Plan
 from .noise import gaussian
@@ -202,17 +201,6 @@ def run_tile(nets: Networks, method: Method, spec: dict, steps: int, a: dict, no
 
 def latent_scale(spec: dict) -> float:
     return float(spec.get("latent_scale", 1.0))
-
-
-def check_detail(detail) -> float:
-    """``detail`` as a float in [0, 1]; a LatentSRError for anything else (NaN, out of range, not a number)."""
-    try:
-        value = float(detail)
-    except (TypeError, ValueError):
-        raise LatentSRError(f"detail must be a number between 0 and 1, got {detail!r}") from None
-    if not 0.0 <= value <= 1.0:  # also refuses NaN
-        raise LatentSRError(f"detail must be between 0 and 1, got {detail}")
-    return value
 
 
 @dataclass

@@ -126,7 +126,6 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
         reference = self.layer_path(parameters, self.REFERENCE, context)
         if reference is None:
             raise QgsProcessingException("The reference raster could not be loaded.")
-        steps = self.parameterAsInt(parameters, self.STEPS, context)
         has_scale = parameters.get(self.SCALE) not in (None, "")
         difference = self.parameterAsOutputLayer(parameters, self.OUTPUT_DIFFERENCE, context) or None
         correctness = self.parameterAsOutputLayer(parameters, self.OUTPUT_CORRECTNESS, context) or None
@@ -136,13 +135,7 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
             lr=self.layer_path(parameters, self.LR, context),
             scale=self.parameterAsDouble(parameters, self.SCALE, context) if has_scale else None,
             bands=self.parameterAsInts(parameters, self.BANDS, context) or None,
-            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
-            steps=steps or None,
-            detail=self.detail(parameters, context),
-            seed=self.parameterAsInt(parameters, self.SEED, context),
-            backend=BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)],
-            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
-            model=self.parameterAsFile(parameters, self.MODEL, context) or None,
+            options=self.run_options(parameters, context),
             html=self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context),
             difference=difference,
             correctness=correctness,

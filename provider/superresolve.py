@@ -17,7 +17,7 @@ from qgis.core import (
 
 from ..engine import cluster, pipeline
 from ..engine.errors import LatentSRError
-from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, cuda_offered, steps_help
+from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, MAX_SAMPLES, cuda_offered, steps_help
 from ..engine.registry import MAX_STEPS, METHODS, REGISTRY
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
@@ -113,7 +113,7 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
                                          minValue=0),
             "The same seed gives the same result for the diffusion methods.", advanced=True)
         add(QgsProcessingParameterNumber(self.SAMPLES, "Samples", QgsProcessingParameterNumber.Integer, 1, minValue=1,
-                                         maxValue=pipeline.MAX_SAMPLES),
+                                         maxValue=MAX_SAMPLES),
             "Number of diffusion samples; with more than one, the output is their mean and the uncertainty their standard deviation.")
         add(QgsProcessingParameterBoolean(self.CONSISTENCY, "Radiometric consistency", False),
             "Project the result so that its bicubic downsampling gives back the input exactly: the SR adds detail "
@@ -145,7 +145,6 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
             raise QgsProcessingException("The input raster could not be loaded.")
         target = self.parameterAsDouble(parameters, self.TARGET_RESOLUTION, context)
         has_target = parameters.get(self.TARGET_RESOLUTION) not in (None, "") and target > 0
-        steps = self.parameterAsInt(parameters, self.STEPS, context)
         extent = None
         if parameters.get(self.EXTENT) not in (None, ""):
             rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
@@ -154,28 +153,20 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
         request = pipeline.Request(
             input=layer.source(),
             output=self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
+            options=self.run_options(parameters, context),
             scale=self.parameterAsDouble(parameters, self.SCALE, context),
             target_resolution=target if has_target else None,
-            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
             bands=self.parameterAsInts(parameters, self.BANDS, context) or None,
-            steps=steps or None,
-            detail=self.detail(parameters, context),
-            backend=BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)],
-            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             tile=self.parameterAsInt(parameters, self.TILE_SIZE, context),
             overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
-            seed=self.parameterAsInt(parameters, self.SEED, context),
-            samples=self.parameterAsInt(parameters, self.SAMPLES, context),
             uncertainty=uncertainty,
             cog=self.parameterAsBool(parameters, self.COG, context),
             extent=extent,
-            consistency=self.parameterAsBool(parameters, self.CONSISTENCY, context),
-            model=self.parameterAsFile(parameters, self.MODEL, context) or None,
             cluster=self.parameterAsString(parameters, self.CLUSTER, context).strip() or None,
         )
         if request.cluster:
             check_cluster(request.cluster, feedback)
-        result = run_engine("Super-resolution", cluster.superresolve, request, feedback)
+        result = run_engine("Super-resolution", pipeline.superresolve, request, feedback)
         feedback.pushInfo(f"Wrote {result.width}×{result.height} pixels (scale {result.scale:.4g}, {result.method}) "
                           f"in {result.seconds:.1f} s.")
         return {self.OUTPUT: result.output, self.OUTPUT_UNCERTAINTY: uncertainty}
