@@ -38,7 +38,7 @@ from .schedulers import consistency, ddpm
 
 log = logging.getLogger(__name__)
 
-# Set by the caller of a method (engine.pipeline.sample_layers): called after each network call of
+# Set by the caller of a method (engine.render.sample_layers): called after each network call of
 # run_tile with the fraction of the call done; it may raise engine.errors.Cancelled between two calls.
 CALL_DONE: ContextVar[Callable[[float], None] | None] = ContextVar("latentsr_call_done", default=None)
 

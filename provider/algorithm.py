@@ -82,13 +82,19 @@ class LatentSRAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"Only GDAL rasters are supported, not '{layer.providerType()}' layers.")
         return layer
 
-    def detail(self, parameters, context):
-        """The DETAIL parameter: None when empty (the model's default), else its value; text is passed on
-        as it is, for the engine's one check (engine.methods.RunOptions)."""
+    def detail(self, parameters, context) -> float | None:
+        """The DETAIL parameter: None when empty (the model's default), else its value as a number (its
+        range is the engine's one check, engine.methods.RunOptions); text that is no number is refused
+        here, naming the parameter."""
         raw = parameters.get("DETAIL")
         if raw in (None, ""):
             return None
-        return raw if isinstance(raw, str) else self.parameterAsDouble(parameters, "DETAIL", context)
+        if isinstance(raw, str):
+            try:
+                float(raw)
+            except ValueError:
+                raise QgsProcessingException(f"DETAIL must be a number between 0 and 1, got '{raw}'") from None
+        return self.parameterAsDouble(parameters, "DETAIL", context)
 
     def run_options(self, parameters, context) -> RunOptions:
         """The run options of the parameters: each field of engine.methods.RunOptions that this
