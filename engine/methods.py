@@ -49,6 +49,7 @@ class Defaults:
 
 
 DEFAULTS = Defaults()
+DETAIL_RANGE = (0.0, 1.0)  # D: from the most faithful result (0) to a full sample of the model (1)
 MAX_SAMPLES = 1000  # --samples keeps running sums (Welford), so memory does not grow with it; time does
 MAX_SEED = 2**63 - 1
 
@@ -110,13 +111,14 @@ class MethodOptions:
 
 
 def check_detail(detail) -> float:
-    """``detail`` as a float in [0, 1]; a LatentSRError for anything else (NaN, out of range, not a number)."""
+    """``detail`` as a float in DETAIL_RANGE; a LatentSRError for anything else (NaN, out of range, not a number)."""
+    lo, hi = DETAIL_RANGE
     try:
         value = float(detail)
     except (TypeError, ValueError):
-        raise LatentSRError(f"detail must be a number between 0 and 1, got {detail!r}") from None
-    if not 0.0 <= value <= 1.0:  # also refuses NaN
-        raise LatentSRError(f"detail must be between 0 and 1, got {detail}")
+        raise LatentSRError(f"detail must be a number between {lo:g} and {hi:g}, got {detail!r}") from None
+    if not lo <= value <= hi:  # also refuses NaN
+        raise LatentSRError(f"detail must be between {lo:g} and {hi:g}, got {detail}")
     return value
 
 

@@ -18,7 +18,7 @@ from qgis.core import (
 from ..engine import evaluate, pipeline
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
-from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, steps_help
+from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DETAIL_RANGE, DEVICES, steps_help
 from ..engine.registry import MAX_STEPS, METHODS, REGISTRY
 from .superresolve import offered_devices
 
@@ -90,8 +90,8 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
                                          QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=MAX_STEPS),
             f"Steps of the diffusion methods when INPUT is empty: {steps_help()}.")
         add(QgsProcessingParameterNumber(self.DETAIL, "Detail (0 = faithful, 1 = detailed; empty = model default)",
-                                         QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0,
-                                         maxValue=1.0),
+                                         QgsProcessingParameterNumber.Double, None, optional=True,
+                                         minValue=DETAIL_RANGE[0], maxValue=DETAIL_RANGE[1]),
             "Detail of the diffusion methods when INPUT is empty. " + DETAIL_HELP)
         add(QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, DEFAULTS.seed,
                                          minValue=0),

@@ -17,7 +17,8 @@ from qgis.core import (
 
 from ..engine import cluster, pipeline
 from ..engine.errors import LatentSRError
-from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, MAX_SAMPLES, cuda_offered, steps_help
+from ..engine.methods import (BACKENDS, DEFAULTS, DETAIL_HELP, DETAIL_RANGE, DEVICES, MAX_SAMPLES, cuda_offered,
+                              steps_help)
 from ..engine.registry import MAX_STEPS, METHODS, REGISTRY
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
@@ -95,8 +96,8 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
                                          QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=MAX_STEPS),
             f"Steps of the diffusion methods, at most {MAX_STEPS}: {steps_help()}. Ignored by the others.")
         add(QgsProcessingParameterNumber(self.DETAIL, "Detail (0 = faithful, 1 = detailed; empty = model default)",
-                                         QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0,
-                                         maxValue=1.0),
+                                         QgsProcessingParameterNumber.Double, None, optional=True,
+                                         minValue=DETAIL_RANGE[0], maxValue=DETAIL_RANGE[1]),
             DETAIL_HELP)
         add(QgsProcessingParameterEnum(self.BACKEND, "Backend", list(BACKENDS), defaultValue=BACKENDS.index(DEFAULTS.backend)),
             "auto: PyTorch on a CUDA GPU, else ONNX Runtime when the model has ONNX graphs (faster on CPU), else PyTorch.", advanced=True)

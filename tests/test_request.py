@@ -74,3 +74,11 @@ def test_processing_reads_and_writes_every_run_option(provider):
     evaluate = provider.algorithm("evaluate")  # it has no SAMPLES or CONSISTENCY: those keep their defaults
     taken = {k: v for k, v in OTHER.items() if k not in ("samples", "consistency")}
     assert evaluate.run_options(run_parameters(options), QgsProcessingContext()) == PluginRunOptions(**taken)
+
+
+def test_the_detail_parameters_take_the_engines_range(provider):
+    from latentsr.engine.methods import DETAIL_RANGE
+
+    for name in ("superresolve", "evaluate"):
+        detail = provider.algorithm(name).parameterDefinition("DETAIL")
+        assert (detail.minimum(), detail.maximum()) == DETAIL_RANGE, name

@@ -473,6 +473,11 @@ def test_detail_slider(make_dock, small_raster):
     dock.method.setCurrentIndex(1)
     assert slider.isEnabled() and dock.parameters()["DETAIL"] == pytest.approx(0.3)
     assert make_dock().detail_value() == pytest.approx(0.3)
+    from latentsr.engine.methods import DETAIL_RANGE
+
+    for end, detail in zip((slider.minimum(), slider.maximum()), DETAIL_RANGE):  # the engine's range, end to end
+        slider.setValue(end)
+        assert dock.detail_value() == detail
 
 
 FRESH_DOCK_WIDTH = 298  # what QGIS 3.22 gives the dock in a fresh profile (offscreen fonts are wider than the desktop's)

@@ -45,7 +45,8 @@ from qgis.PyQt.QtWidgets import (
 
 from ..engine import raster
 from ..engine.errors import LatentSRError
-from ..engine.methods import DEFAULTS, DETAIL_HELP, MAX_SAMPLES, MAX_SEED, RunOptions, card_default_detail
+from ..engine.methods import (DEFAULTS, DETAIL_HELP, DETAIL_RANGE, MAX_SAMPLES, MAX_SEED, RunOptions,
+                              card_default_detail)
 from ..engine.registry import METHODS, REGISTRY
 from ..engine.pipeline import MAX_SCALE, MIN_TILE, output_plan
 from ..provider import user_models
@@ -54,7 +55,7 @@ from . import deps
 from .task import SOURCE_PROPERTY, SuperResolveRun, add_result_layer, add_uncertainty_layer
 
 SETTINGS = "latentsr/dock/"
-DETAIL_TICKS = 100  # the detail slider's steps from 0 to 1
+DETAIL_TICKS = 100  # the detail slider's steps over the engine's DETAIL_RANGE
 LOG_TAG = "LatentSR"
 TEMPORARY = "[Save to temporary file]"
 NAME_CHARS = 24  # a source name longer than this is shortened in result names
@@ -466,7 +467,8 @@ class SuperResolveDock(QgsDockWidget):
         return text, True
 
     def detail_value(self) -> float:
-        return self.detail.value() / DETAIL_TICKS
+        lo, hi = DETAIL_RANGE
+        return lo + (hi - lo) * self.detail.value() / DETAIL_TICKS
 
     def detail_changed(self) -> None:
         self.detail_label.setText(f"{self.detail_value():.2f}")
@@ -534,9 +536,10 @@ class SuperResolveDock(QgsDockWidget):
         self.resolution.setValue(s.value(SETTINGS + "resolution", 1.0, type=float))
         self.steps.setValue(s.value(SETTINGS + "steps", 0, type=int))
         detail = s.value(SETTINGS + "detail", -1.0, type=float)
-        if not 0.0 <= detail <= 1.0:  # never chosen (or damaged): the bundled model's default
+        lo, hi = DETAIL_RANGE
+        if not lo <= detail <= hi:  # never chosen (or damaged): the bundled model's default
             detail = card_default_detail(DEFAULTS.method)
-        self.detail.setValue(round(detail * DETAIL_TICKS))
+        self.detail.setValue(round((detail - lo) / (hi - lo) * DETAIL_TICKS))
         self.detail_label.setText(f"{self.detail_value():.2f}")
         self.samples.setValue(s.value(SETTINGS + "samples", 1, type=int))
         self.preview.setChecked(s.value(SETTINGS + "preview", False, type=bool))
