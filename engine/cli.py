@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -19,10 +20,8 @@ from osgeo import gdal
 from . import evaluate, raster
 from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError, single_line
-from .cluster import superresolve
-from .latent import check_detail
-from .methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, steps_help
-from .pipeline import Request
+from .methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, RunOptions, steps_help
+from .pipeline import Request, superresolve
 from .registry import METHODS
 from .report import render_json, render_text
 
@@ -53,13 +52,6 @@ def band_list(text: str) -> list[int]:
     if bands is None:
         raise argparse.ArgumentTypeError("no band given")
     return bands
-
-
-def parse_detail(text: str) -> float:
-    try:
-        return check_detail(text)
-    except LatentSRError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_extent(text: str) -> tuple[float, float, float, float]:
@@ -102,19 +94,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("output", help="output GeoTIFF")
     s.add_argument("--scale", type=float, help="scale factor, 1 < S <= 8, continuous (e.g. 2.5)")
     s.add_argument("--target-resolution", type=float, help="output pixel size in map units; overrides --scale")
-    s.add_argument("--method", choices=METHODS, default=DEFAULTS.method, help=f"SR method (default {DEFAULTS.method})")
-    s.add_argument("--steps", type=int, help=f"sampling steps for the diffusion methods ({steps_help()})")
-    s.add_argument("--detail", type=parse_detail, metavar="D", help=DETAIL_HELP)
-    s.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend)
-    s.add_argument("--device", choices=DEVICES, default=DEFAULTS.device)
+    add_run_options(s)
     s.add_argument("--tile", type=int, default=DEFAULTS.tile, help=f"tile size in input pixels (default {DEFAULTS.tile})")
     s.add_argument("--overlap", type=int, default=DEFAULTS.overlap,
                    help=f"tile overlap in input pixels (default {DEFAULTS.overlap})")
-    s.add_argument("--seed", type=int, default=DEFAULTS.seed)
     s.add_argument("--samples", type=int, default=1, help="diffusion samples to average (at most 1000)")
     s.add_argument("--uncertainty", help="GeoTIFF for the per-pixel standard deviation of the samples")
     s.add_argument("--bands", type=band_list, help="1-based bands to use, e.g. 1,2,3 (default: all)")
-    s.add_argument("--model", help="bundled model name or model folder (default: the bundled default)")
     s.add_argument("--extent", type=parse_extent, help="only this part: xmin,ymin,xmax,ymax in the input's CRS")
     s.add_argument("--consistency", action="store_true",
                    help="project the SR so that its bicubic downsampling matches the input exactly")
@@ -129,14 +115,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--lr", help="LR raster for the consistency PSNR (default: the reference degraded by --scale)")
     e.add_argument("--scale", type=float, help="scale factor of the SR (default with --lr: the size ratio)")
     e.add_argument("--bands", type=band_list, help="1-based bands used in every raster, e.g. 1,2,3 (default: all)")
-    e.add_argument("--method", choices=METHODS, default=DEFAULTS.method,
-                   help=f"SR method without --sr (default {DEFAULTS.method})")
-    e.add_argument("--steps", type=int, help="sampling steps for the diffusion methods (without --sr)")
-    e.add_argument("--detail", type=parse_detail, metavar="D", help="detail D (0-1) of the diffusion methods (without --sr)")
-    e.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    e.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend)
-    e.add_argument("--device", choices=DEVICES, default=DEFAULTS.device)
-    e.add_argument("--model", help="bundled model name or model folder (without --sr)")
+    add_run_options(e, " (without --sr)")
     e.add_argument("--html", help="write the HTML report here")
     e.add_argument("--difference", help="write SR - HR here (Float32 GeoTIFF, NaN where either has no data)")
     e.add_argument("--correctness", metavar="PATH", help="write the per-pixel correctness class here (Byte GeoTIFF: "
@@ -145,15 +124,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_run_options(p: argparse.ArgumentParser, when: str = "") -> None:
+    """The flags of the run options (engine.methods.RunOptions) that both commands take; ``when``
+    says when they matter."""
+    p.add_argument("--method", choices=METHODS, default=DEFAULTS.method,
+                   help=f"SR method{when} (default {DEFAULTS.method})")
+    p.add_argument("--steps", type=int, help=f"sampling steps for the diffusion methods{when} ({steps_help()})")
+    p.add_argument("--detail", metavar="D", help=DETAIL_HELP)  # checked with the options (RunOptions)
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULTS.backend)
+    p.add_argument("--device", choices=DEVICES, default=DEFAULTS.device)
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--model", help=f"bundled model name or model folder{when} (default: the bundled default)")
+
+
+def run_options(args) -> RunOptions:
+    """The run options of the parsed flags: each field of RunOptions that the command has a flag for."""
+    return RunOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions) if hasattr(args, f.name)})
+
+
 def run_superresolve(args) -> str:
     if args.scale is None and args.target_resolution is None:
         raise LatentSRError("give --scale or --target-resolution")
-    req = Request(input=args.input, output=args.output, scale=args.scale,
-                  target_resolution=args.target_resolution, method=args.method, bands=args.bands,
-                  steps=args.steps, detail=args.detail, backend=args.backend, device=args.device, tile=args.tile,
-                  overlap=args.overlap, seed=args.seed, samples=args.samples,
-                  uncertainty=args.uncertainty, cog=args.cog, model=args.model,
-                  extent=args.extent, consistency=args.consistency, cluster=args.cluster)
+    req = Request(input=args.input, output=args.output, options=run_options(args), scale=args.scale,
+                  target_resolution=args.target_resolution, bands=args.bands, tile=args.tile, overlap=args.overlap,
+                  uncertainty=args.uncertainty, cog=args.cog, extent=args.extent, cluster=args.cluster)
     result = superresolve(req)
     log.info("%d×%d written in %.1f s", result.width, result.height, result.seconds)
     return result.output
@@ -161,8 +155,7 @@ def run_superresolve(args) -> str:
 
 def run_evaluate(args) -> str:
     report = evaluate.evaluate(evaluate.EvaluateRequest(
-        reference=args.hr, sr=args.sr, lr=args.lr, scale=args.scale, bands=args.bands, method=args.method,
-        steps=args.steps, detail=args.detail, seed=args.seed, backend=args.backend, device=args.device, model=args.model,
+        reference=args.hr, sr=args.sr, lr=args.lr, scale=args.scale, bands=args.bands, options=run_options(args),
         html=args.html, difference=args.difference, correctness=args.correctness))
     return render_json(report) if args.json else render_text(report)
 

@@ -1,9 +1,11 @@
-"""Run the tiles of a super-resolution on a Dask distributed cluster, with the bytes of a single run.
+"""An executor of engine.pipeline: the tiles of a super-resolution on a Dask distributed cluster,
+with the bytes of a single run. The pipeline hands it the run's tiles (engine.render.TileJob) when
+the request names a cluster (``run_tiles``).
 
 The output is cut into bands of whole rows of output cells along the single run's tile plan
-(engine.pipeline.TilePlan). Each band is one task: a worker opens the input itself (a path or
+(engine.render.TilePlan). Each band is one task: a worker opens the input itself (a path or
 GDAL URL that every worker can read), runs the tile rows that reach the band, from the first
-one whose blend weights touch its top row, through engine.pipeline.render (the single run's own
+one whose blend weights touch its top row, through engine.render.render (the single run's own
 loop, so every cell sums the same tiles in the same order), and writes the band's rows into a
 shard GeoTIFF under a scratch name next to the output. The client then assembles the shards as a
 VRT and packs that exactly as a single run packs its scratch file (engine.output.OutputRaster); for
@@ -22,8 +24,8 @@ worker` processes with the engine's dependencies run it. It decides everything a
 decide otherwise: the model folder (resolved here, LATENTSR_MODEL included, sent as an absolute
 path and checked on the worker against the client's model card), and the engine's version (a
 fingerprint of its source, which a worker must share). A worker keeps the
-last method it built, under a key made of every request field that can change it and the model
-folder's fingerprint (method_key, model_fingerprint).
+last method it built, under the key of the request's options (engine.methods.RunOptions.method_key:
+every option that builds the method) and the model folder's fingerprint (method_key, model_fingerprint).
 
 ``distributed`` is imported only here, and only when a cluster is asked for.
 """
@@ -54,13 +56,12 @@ from typing import Callable
 import numpy as np
 from osgeo import gdal
 
-from . import modelfile, output, pipeline, raster
+from . import modelfile, output, raster
 from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError
 from .methods import choose_backend
-from .pipeline import (Request, Result, TilePlan, check_pending_memory, commit_outputs, make_method, open_outputs,
-                       render, tile_plan)
 from .registry import LEARNED
+from .render import TileJob, TilePlan, commit_outputs, open_outputs, render, tile_plan
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def bands(n_rows: int, rows_per_band: int) -> list[range]:
 class Job:
     """What every band task of one run shares (sent to the workers)."""
 
-    request: Request  # with absolute paths and the client's model (for_workers)
+    request: object  # the engine.pipeline.Request, with absolute paths and the client's model (for_workers)
     window: tuple[int, int, int, int] | None  # the pixel window of the input that is processed
     norms: list  # the client's raster.BandNorm of the whole input
     scale: float
@@ -323,59 +324,45 @@ def kept_environment(names):
                 os.environ[name] = value
 
 
-def superresolve(req: Request, progress: Callable[[float], None] | None = None,
-                  is_cancelled: Callable[[], bool] | None = None) -> Result:
-    """engine.pipeline.superresolve, with the tiles on the cluster ``req.cluster`` when it is set."""
-    if req.cluster:
-        parse_address(req.cluster)  # a malformed address fails before anything is opened
-        return pipeline.superresolve(req, progress, is_cancelled, runner=run_tiles)
-    return pipeline.superresolve(req, progress, is_cancelled)
-
-
-def run_tiles(req: Request, src, info: raster.RasterInfo, norms: list, method, scale: float, axes: tuple,
-              start: float, progress: Callable[[float], None], is_cancelled: Callable[[], bool],
-              window: tuple[int, int, int, int] | None = None) -> Result:
-    """engine.pipeline.run_tiles on the cluster ``req.cluster``: the same output, band by band."""
-    plan = tile_plan(info, scale, axes, req.tile, req.overlap, method.halo(scale))
-    check_pending_memory(plan.rows, plan.out_w, len(info.bands), 2 if req.uncertainty else 1)  # as on each worker
+def run_tiles(tiles: TileJob, progress: Callable[[float], None], is_cancelled: Callable[[], bool]) -> None:
+    """The executor of engine.pipeline for a request with a cluster: engine.render.run_here on the
+    cluster ``tiles.request.cluster``, the same outputs, band by band."""
+    req, plan = tiles.request, tiles.plan
     with connect(req.cluster) as (client, workers):
         cells = bands(len(plan.rows), band_rows(len(plan.rows), workers))
-        log.info("%s ×%.4g on %s (%d worker threads): %d×%d -> %d×%d, %d tiles in %d bands", method.name, scale,
-                 req.cluster, workers, info.width, info.height, plan.out_w, plan.out_h,
-                 plan.tiles, len(cells))
+        log.info("on %s (%d worker threads): %d bands", req.cluster, workers, len(cells))
         ship_engine(client)
-        outputs = open_outputs(req, src, info, plan, virtual=True)
+        outputs = open_outputs(req, tiles.src, tiles.info, plan, virtual=True)
         sent = for_workers(req)
-        job = Job(sent, window, norms, scale, plan.axes, f"latentsr-{uuid.uuid4().hex}", engine_version(),
-                  card_sha256(sent), tuple(out.tiled_vrt for out in outputs))
+        job = Job(sent, tiles.window, tiles.norms, plan.scale, plan.axes, f"latentsr-{uuid.uuid4().hex}",
+                  engine_version(), card_sha256(sent), tuple(out.tiled_vrt for out in outputs))
         work = [Band(i, c.start, c.stop, tuple(out.shard_path(i) for out in outputs)) for i, c in enumerate(cells)]
 
         def fill() -> None:
-            run_bands(client, job, plan, work, lambda f: progress(0.95 * f), is_cancelled)
+            run_bands(client, job, plan, work, progress, is_cancelled)
             for band in work:
                 y0, y1 = plan.row_edges[band.start], plan.row_edges[band.stop]
                 for out, shard in zip(outputs, band.shards):
                     out.add_shard(shard, y0, y1 - y0)
 
         commit_outputs(outputs, fill)
-    progress(1.0)
-    return Result(req.output, plan.out_w, plan.out_h, scale, method.name, plan.tiles, time.perf_counter() - start)
 
 
-def for_workers(req: Request) -> Request:
-    """``req`` as the workers must run it: its input path absolute (workers start in other folders),
-    and for a learned method the model the client resolved (LATENTSR_MODEL included), as an absolute
-    folder that the workers read like the input (its card is checked on each: card_sha256; the
-    engine the client ships has no bundled models), and the backend the client chose for backend auto (a worker that lacks it then refuses in one
-    line instead of running another backend's floats)."""
+def for_workers(req):
+    """The request ``req`` (engine.pipeline.Request) as the workers must run it: its input path
+    absolute (workers start in other folders), and for a learned method the model the client resolved
+    (LATENTSR_MODEL included), as an absolute folder that the workers read like the input (its card is
+    checked on each: card_sha256; the engine the client ships has no bundled models), and the backend
+    the client chose for backend auto (a worker that lacks it then refuses in one line instead of
+    running another backend's floats)."""
     def local(path):
         return os.path.abspath(path) if path and os.path.exists(path) else path
-    model, backend = req.model, req.backend
-    if req.method in LEARNED:
-        folder = modelfile.resolve(req.model).absolute()
-        backend = choose_backend(req.backend, req.device, modelfile.read_card(folder))
-        model = str(folder)
-    return dataclasses.replace(req, input=local(req.input), model=model, backend=backend)
+    options = req.options
+    if options.method in LEARNED:
+        folder = modelfile.resolve(options.model).absolute()
+        backend = choose_backend(options.backend, options.device, modelfile.read_card(folder))
+        options = dataclasses.replace(options, model=str(folder), backend=backend)
+    return dataclasses.replace(req, input=local(req.input), options=options)
 
 
 @functools.lru_cache(maxsize=1)
@@ -440,12 +427,12 @@ def ship_engine(client) -> None:
                             f"{raster.one_line(exc)}") from None
 
 
-def card_sha256(req: Request) -> str | None:
-    """The SHA-256 of the model card ``req`` runs with (it holds the weights' and graphs' SHA-256),
-    or None when the method has no model."""
-    if req.method not in LEARNED:
+def card_sha256(req) -> str | None:
+    """The SHA-256 of the model card the request ``req`` runs with (it holds the weights' and graphs'
+    SHA-256), or None when the method has no model."""
+    if req.options.method not in LEARNED:
         return None
-    return model_fingerprint(req.model)[0]
+    return model_fingerprint(req.options.model)[0]
 
 
 def model_fingerprint(ref: str | None) -> tuple:
@@ -631,7 +618,7 @@ def window_text(plan: TilePlan | None, band: Band, window) -> str:
             f"(input rows {in_y0}-{in_y1 - 1}) failed")
 
 
-def open_input(req: Request, window):
+def open_input(req, window):
     """The input as the client saw it: the dataset (clipped to ``window``) and its description."""
     bands = list(req.bands) if req.bands else None
     whole = raster.open_raster(req.input)
@@ -651,38 +638,32 @@ def check_worker(job: Job, where: str) -> tuple | None:
     if job.card is None:
         return None
     try:
-        model = model_fingerprint(job.request.model)
+        model = model_fingerprint(job.request.options.model)
     except LatentSRError as exc:
         raise LatentSRError(f"on the Dask worker at {where}: {exc}") from None
     if model[0] != job.card:
-        raise LatentSRError(f"the model {job.request.model} on the Dask worker at {where} is not the client's (its "
+        raise LatentSRError(f"the model {job.request.options.model} on the Dask worker at {where} is not the client's (its "
                             f"model card differs): give the workers the client's model folder")
     return model
 
 
-# The fields of Request that never change the method make_method builds from it. Every other field
-# is part of a worker's method key (method_key), so that an option added to Request is in it unless
-# it is declared here.
-NOT_METHOD = frozenset({"input", "output", "scale", "target_resolution", "bands", "tile", "overlap", "seed", "samples",
-                        "uncertainty", "cog", "extent", "cluster"})
-
-
-def method_key(req: Request, model: tuple | None) -> tuple:
-    """What decides the method a worker builds for ``req``: every field of the request but those in
-    NOT_METHOD, and the model folder's fingerprint (model_fingerprint)."""
-    return tuple((f.name, getattr(req, f.name)) for f in dataclasses.fields(req) if f.name not in NOT_METHOD), model
+def method_key(req, model: tuple | None) -> tuple:
+    """What decides the method a worker builds for the request ``req``: its options' method_key
+    (engine.methods.RunOptions: every option that builds the method) and the model folder's
+    fingerprint (model_fingerprint)."""
+    return req.options.method_key(), model
 
 
 _methods = threading.local()
 
 
-def worker_method(req: Request, model: tuple | None):
+def worker_method(req, model: tuple | None):
     """The request's method, built once per worker thread for its method_key (the last one only: one
     model in memory)."""
     key = method_key(req, model)
     if getattr(_methods, "key", None) != key:
         _methods.key, _methods.method = None, None
-        _methods.method, _methods.key = make_method(req), key
+        _methods.method, _methods.key = req.options.make_method(), key
     return _methods.method
 
 

@@ -55,9 +55,10 @@ from osgeo import gdal
 from . import guard, metrics, output, raster
 from .errors import Cancelled, LatentSRError
 from .grid import output_size
-from .latent import check_detail
-from .pipeline import Request, check_scale, superresolve, to_storage
-from .registry import BICUBIC, METHODS, REGRESSION, STOCHASTIC
+from .methods import RunOptions
+from .pipeline import Request, check_scale, superresolve
+from .registry import BICUBIC, REGRESSION, STOCHASTIC
+from .render import to_storage
 from .report import Report, Scores, render_html
 from .resample import cubic_upsample, downsample, nearest_indices
 
@@ -78,16 +79,10 @@ class EvaluateRequest:
     lr: str | None = None
     scale: float | None = None
     bands: Sequence[int] | None = None
-    method: str = METHODS[0]  # degradation mode only, like steps, seed, backend, device and model
-    steps: int | None = None
-    seed: int = 0
-    backend: str = "auto"
-    device: str = "auto"
-    model: str | None = None
+    options: RunOptions = RunOptions()  # degradation mode only: how the reference's LR is super-resolved
     html: str | None = None
     difference: str | None = None
     correctness: str | None = None  # the per-pixel correctness class (Byte GeoTIFF)
-    detail: float | None = None  # degradation mode: the diffusion methods' detail
 
 
 @dataclass
@@ -209,8 +204,6 @@ def evaluate(req: EvaluateRequest, progress: Callable[[float], None] | None = No
     is_cancelled = is_cancelled or (lambda: False)
     if req.scale is not None:
         check_scale(req.scale)
-    if req.detail is not None:
-        check_detail(req.detail)
     if req.correctness and req.sr and req.scale is None and not req.lr:
         raise LatentSRError("the correctness raster compares the SR with the LR: give a scale or an LR raster")
     guard.check_outputs({"HTML report": req.html, "difference raster": req.difference,
@@ -373,8 +366,7 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
     if req.lr:
         raise LatentSRError("an LR raster is only used with an SR raster; without one the LR is made from the reference")
     scale = req.scale
-    Request(input=req.reference, output="", scale=scale, method=req.method, steps=req.steps, detail=req.detail, seed=req.seed,
-            backend=req.backend, device=req.device, model=req.model).check()
+    chosen = req.options.method
     full = load(req.reference, req.bands, "reference")
     lr_w, lr_h = degraded_size(full.info.width, scale), degraded_size(full.info.height, scale)
     hr_w, hr_h = output_size(lr_w, scale), output_size(lr_h, scale)
@@ -392,8 +384,8 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
     lr_valid = lr_validity(ref.valid, lr_h, lr_w)
     degraded = downsample(hr_filled, lr_h, lr_w).astype(np.float64)
     lr = to_storage(np.ldexp(degraded, shift), [IDENTITY] * len(info.bands), info.dtype, info.nodata, lr_valid)
-    methods = [req.method] if req.method == BICUBIC.name else [req.method, BICUBIC.name]
-    runs = ([REGRESSION.name] if req.method in LATTICE_REGRESSION else []) + methods  # the regression: the lattice's baseline
+    methods = [chosen] if chosen == BICUBIC.name else [chosen, BICUBIC.name]
+    runs = ([REGRESSION.name] if chosen in LATTICE_REGRESSION else []) + methods  # the regression: the lattice's baseline
     rows, difference, classes = [], None, None
     with tempfile.TemporaryDirectory(prefix="latentsr-evaluate-") as tmp:
         lr_path = os.path.join(tmp, "lr.tif")
@@ -410,26 +402,25 @@ def degradation_mode(req: EvaluateRequest, progress: Callable[[float], None],
             if is_cancelled():
                 raise Cancelled()
             sr_path = os.path.join(tmp, f"sr-{method}.tif")
-            superresolve(Request(input=lr_path, output=sr_path, scale=scale, method=method,
-                                 steps=req.steps if method == req.method else None,
-                                 detail=req.detail if method == req.method else None, seed=req.seed, backend=req.backend, device=req.device, model=req.model),
+            options = req.options if method == chosen else replace(req.options, method=method, steps=None, detail=None)
+            superresolve(Request(input=lr_path, output=sr_path, options=options, scale=scale),
                          progress=lambda f, k=k: progress(0.9 * (k + f) / len(runs)), is_cancelled=is_cancelled)
             sr = shifted(load(sr_path, None, "SR raster"), shift)
             valid = sr.valid & ref.valid
             if k == 0:  # the lattice's baseline: the regression, or else the bicubic of the LR
-                base = sr.data if method != req.method else cubic_upsample(lr_data, hr_h, hr_w)
+                base = sr.data if method != chosen else cubic_upsample(lr_data, hr_h, hr_w)
                 base = baseline_fill(base, ref.data, valid)
-                notes.append(f"Lattice: {req.method} − {REGRESSION.name if method != req.method else BICUBIC.name + ' of the LR'} "
+                notes.append(f"Lattice: {chosen} − {REGRESSION.name if method != chosen else BICUBIC.name + ' of the LR'} "
                              f"against the reference's HR − the same.")
             if method not in methods:
                 sr = None
                 continue
             s, h = joint_fill(sr.data, ref.data, valid)
             rows.append(score(method, s, h, valid, lr_data, lr_validity(valid, lr_h, lr_w), scale, drange,
-                              base if method == req.method else None))
-            if method == req.method and req.difference:  # the method's, on the reference's grid; written once all ran
+                              base if method == chosen else None))
+            if method == chosen and req.difference:  # the method's, on the reference's grid; written once all ran
                 difference = (sr.ds, sr.info, difference_of(sr, ref, shift), valid)
-            if method == req.method and req.correctness:
+            if method == chosen and req.correctness:
                 classes = (sr.ds, sr.info, rows[0].classes)
             sr = None
         if difference:

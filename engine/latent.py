@@ -31,7 +31,6 @@ from typing import Callable, ContextManager, Protocol
 
 import numpy as np
 
-from .errors import LatentSRError
 from .grid import Grid
 from .models.inputs import ConditionInputs, DecoderInputs, DenoiserInputs
 from .models.sampling import Plan
@@ -40,7 +39,7 @@ from .reach import method_halo
 
 log = logging.getLogger(__name__)
 
-# Set by the caller of a method (engine.pipeline.sample_layers): called after each network call of
+# Set by the caller of a method (engine.render.sample_layers): called after each network call of
 # run_tile with the fraction of the call done; it may raise engine.errors.Cancelled between two calls.
 CALL_DONE: ContextVar[Callable[[float], None] | None] = ContextVar("latentsr_call_done", default=None)
 
@@ -187,15 +186,6 @@ def run_tile(nets: Networks, method: Method, spec, steps: int, a: dict, noise: C
     return sr
 
 
-def check_detail(detail) -> float:
-    """``detail`` as a float in [0, 1]; a LatentSRError for anything else (NaN, out of range, not a number)."""
-    try:
-        value = float(detail)
-    except (TypeError, ValueError):
-        raise LatentSRError(f"detail must be a number between 0 and 1, got {detail!r}") from None
-    if not 0.0 <= value <= 1.0:  # also refuses NaN
-        raise LatentSRError(f"detail must be between 0 and 1, got {detail}")
-    return value
 
 
 @dataclass

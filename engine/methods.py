@@ -11,6 +11,7 @@ of each method (names, labels, step ranges) from engine.registry.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import logging
@@ -26,7 +27,8 @@ from .card import Card, MethodSpec
 from .errors import LatentSRError
 from .grid import Grid
 from .models.sampling import unet_multiple
-from .registry import METHODS, REGISTRY
+from .projection import Projected
+from .registry import METHODS, REGISTRY, STOCHASTIC
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ class Defaults:
 
 
 DEFAULTS = Defaults()
+DETAIL_RANGE = (0.0, 1.0)  # D: from the most faithful result (0) to a full sample of the model (1)
+MAX_SAMPLES = 1000  # --samples keeps running sums (Welford), so memory does not grow with it; time does
+MAX_SEED = 2**63 - 1
 
 
 def steps_help() -> str:
@@ -105,6 +110,75 @@ class MethodOptions:
     model: str | None = None
     threads: int | None = None  # ONNX Runtime's intra-op threads (default: every core)
     detail: float | None = None  # stochastic methods; None: the card's detail_default
+
+
+def check_detail(detail) -> float:
+    """``detail`` as a float in DETAIL_RANGE; a LatentSRError for anything else (NaN, out of range, not a number)."""
+    lo, hi = DETAIL_RANGE
+    try:
+        value = float(detail)
+    except (TypeError, ValueError):
+        raise LatentSRError(f"detail must be a number between {lo:g} and {hi:g}, got {detail!r}") from None
+    if not lo <= value <= hi:  # also refuses NaN
+        raise LatentSRError(f"detail must be between {lo:g} and {hi:g}, got {detail}")
+    return value
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a raster is super-resolved, the same for a run, its evaluation, the CLI flags, the
+    Processing parameters and the dock's widgets. Checked when made: a RunOptions that exists is valid
+    (``detail`` is checked here and nowhere else on its way to the sampler). Every field but those in
+    SAMPLING builds the method (``make_method``), so every such field is in ``method_key``."""
+
+    method: str = DEFAULTS.method
+    steps: int | None = None  # None: the model card's default (the registry's without one)
+    detail: float | None = None  # the diffusion methods' faithful ↔ detailed control (None: the card's default)
+    backend: str = DEFAULTS.backend
+    device: str = DEFAULTS.device
+    model: str | None = None  # a bundled model's name or a model folder (None: the default model)
+    consistency: bool = False  # project each tile so that its degradation matches the LR (engine.projection)
+    seed: int = DEFAULTS.seed
+    samples: int = 1
+
+    SAMPLING = ("seed", "samples")  # how the method is called, not what it is
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise LatentSRError(f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
+        if self.backend not in BACKENDS:
+            raise LatentSRError(f"unknown backend '{self.backend}': choose one of {', '.join(BACKENDS)}")
+        if self.device not in DEVICES:
+            raise LatentSRError(f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+        if self.steps is not None and self.steps < 1:
+            raise LatentSRError(f"steps must be at least 1, got {self.steps}")
+        if self.detail is not None:
+            object.__setattr__(self, "detail", check_detail(self.detail))
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise LatentSRError(f"samples must be at least 1 and at most {MAX_SAMPLES}, got {self.samples}")
+        if self.samples > 1 and self.method not in STOCHASTIC:
+            raise LatentSRError(f"several samples need a diffusion method ({' or '.join(STOCHASTIC)}); {self.method} is deterministic")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise LatentSRError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
+
+    def method_key(self) -> tuple:
+        """What decides the method ``make_method`` makes: every field but SAMPLING."""
+        return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in self.SAMPLING)
+
+    def make_method(self) -> SRMethod:
+        """The SR method these options ask for, ready to run."""
+        method = build_method(self.method, MethodOptions(self.steps, self.backend, self.device, self.model,
+                                                         detail=self.detail))
+        return Projected(method) if self.consistency else method
+
+    def label(self) -> str:
+        """The method in a result's name: "LCMSR D0.25 s0", with the detail and the seed when the method
+        samples (no seed at D = 0, where it does not matter)."""
+        info = REGISTRY[self.method]
+        if not info.stochastic:
+            return info.short
+        detail = "" if self.detail is None else f" D{self.detail:g}"
+        return info.short + detail + (f" s{self.seed}" if self.detail != 0 else "")
 
 
 def importable(module: str) -> bool:
@@ -225,11 +299,11 @@ def describe_runner(method: str, backend: str, device: str, model: str | None = 
 
 
 def method_detail(name: str, detail: float | None, card: Card) -> float:
-    """The detail method ``name`` runs at: ``detail`` checked, or the card's default (0 for the
-    deterministic methods, which have no sampler)."""
+    """The detail method ``name`` runs at: ``detail`` (checked once, by RunOptions), or the card's
+    default (0 for the deterministic methods, which have no sampler)."""
     if not REGISTRY[name].stochastic:
         return 0.0
-    return default_detail(name, card) if detail is None else latent.check_detail(detail)
+    return default_detail(name, card) if detail is None else float(detail)
 
 
 def latent_multiple(card: Card, spec: MethodSpec) -> int:
@@ -268,18 +342,23 @@ def from_bundle(name: str, card: Card, tensors: dict, steps: int | None = None,
 
 
 def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
+    """The learned method ``name`` with ``options``: the model's card read, the backend decided
+    (choose_backend, once), the card's entry, steps and detail worked out, then the backend's networks
+    opened over them."""
     folder = modelfile.resolve(options.model)
     card = modelfile.read_card(folder)
+    backend = choose_backend(options.backend, options.device, card)
+    spec = card.method_spec(name)
+    steps = method_steps(name, options.steps, spec)
     detail = method_detail(name, options.detail, card)
-    if choose_backend(options.backend, options.device, card) == "onnx":
+    kind = REGISTRY[name]
+    if backend == "onnx":
         from . import onnx_backend
 
+        fused = kind.fuses(steps, detail)
         onnx_backend.require(name, options.backend)
-        spec = card.method_spec(name)
         onnx_backend.require_graphs(card, folder)
-        steps = method_steps(name, options.steps, spec)
-        nets = onnx_backend.networks(REGISTRY[name], folder, card, spec, options.device, options.threads,
-                                     REGISTRY[name].fuses(steps, detail))
+        nets = onnx_backend.networks(kind, folder, card, spec, options.device, options.threads, fused)
     else:
         try:
             import torch  # noqa: F401
@@ -289,8 +368,6 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         from . import torch_backend
 
         card, tensors = modelfile.load(str(folder))
-        spec = card.method_spec(name)
-        steps = method_steps(name, options.steps, spec)
         nets = torch_backend.networks(card, tensors, spec, options.device)
     method = learned(name, card, spec, nets, steps, detail)
     latent.describe(method, card.name, nets.where)
@@ -301,8 +378,6 @@ def build_method(name: str, options: MethodOptions = MethodOptions()) -> SRMetho
     """The method called ``name``; a LatentSRError if it cannot run here."""
     if name not in REGISTRY:
         raise LatentSRError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
-    if options.detail is not None:
-        latent.check_detail(options.detail)
     ignore_detail(name, options.detail)
     if not REGISTRY[name].learned:
         return REGISTRY[name].plain()

@@ -19,7 +19,7 @@ from ..engine import evaluate, pipeline
 from ..engine.report import render_text
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
-from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, steps_help
+from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DETAIL_RANGE, DEVICES, steps_help
 from ..engine.registry import MAX_STEPS, METHODS, REGISTRY
 from .superresolve import offered_devices
 from .i18n import tr
@@ -98,8 +98,8 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
                                          QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=MAX_STEPS),
             tr("Steps of the diffusion methods when INPUT is empty: {steps_help}.").format(steps_help=steps_help()))
         add(QgsProcessingParameterNumber(self.DETAIL, tr("Detail (0 = faithful, 1 = detailed; empty = model default)"),
-                                         QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0,
-                                         maxValue=1.0),
+                                         QgsProcessingParameterNumber.Double, None, optional=True,
+                                         minValue=DETAIL_RANGE[0], maxValue=DETAIL_RANGE[1]),
             tr("Detail of the diffusion methods when INPUT is empty. ") + DETAIL_HELP)
         add(QgsProcessingParameterNumber(self.SEED, tr("Random seed"), QgsProcessingParameterNumber.Integer, DEFAULTS.seed,
                                          minValue=0),
@@ -134,7 +134,6 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
         reference = self.layer_path(parameters, self.REFERENCE, context)
         if reference is None:
             raise QgsProcessingException(tr("The reference raster could not be loaded."))
-        steps = self.parameterAsInt(parameters, self.STEPS, context)
         has_scale = parameters.get(self.SCALE) not in (None, "")
         difference = self.parameterAsOutputLayer(parameters, self.OUTPUT_DIFFERENCE, context) or None
         correctness = self.parameterAsOutputLayer(parameters, self.OUTPUT_CORRECTNESS, context) or None
@@ -144,13 +143,7 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
             lr=self.layer_path(parameters, self.LR, context),
             scale=self.parameterAsDouble(parameters, self.SCALE, context) if has_scale else None,
             bands=self.parameterAsInts(parameters, self.BANDS, context) or None,
-            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
-            steps=steps or None,
-            detail=self.detail(parameters, context),
-            seed=self.parameterAsInt(parameters, self.SEED, context),
-            backend=BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)],
-            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
-            model=self.parameterAsFile(parameters, self.MODEL, context) or None,
+            options=self.run_options(parameters, context),
             html=self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context),
             difference=difference,
             correctness=correctness,

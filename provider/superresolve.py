@@ -17,7 +17,8 @@ from qgis.core import (
 
 from ..engine import cluster, pipeline
 from ..engine.errors import LatentSRError
-from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, cuda_offered, steps_help
+from ..engine.methods import (BACKENDS, DEFAULTS, DETAIL_HELP, DETAIL_RANGE, DEVICES, MAX_SAMPLES, cuda_offered,
+                              steps_help)
 from ..engine.registry import MAX_STEPS, METHODS, REGISTRY
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
@@ -100,8 +101,8 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
             tr("Steps of the diffusion methods, at most {max_steps}: {steps_help}. Ignored by the others.").format(
                 max_steps=MAX_STEPS, steps_help=steps_help()))
         add(QgsProcessingParameterNumber(self.DETAIL, tr("Detail (0 = faithful, 1 = detailed; empty = model default)"),
-                                         QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0,
-                                         maxValue=1.0),
+                                         QgsProcessingParameterNumber.Double, None, optional=True,
+                                         minValue=DETAIL_RANGE[0], maxValue=DETAIL_RANGE[1]),
             DETAIL_HELP)
         add(QgsProcessingParameterEnum(self.BACKEND, tr("Backend"), list(BACKENDS), defaultValue=BACKENDS.index(DEFAULTS.backend)),
             tr("auto: PyTorch on a CUDA GPU, else ONNX Runtime when the model has ONNX graphs (faster on CPU), else PyTorch."), advanced=True)
@@ -118,7 +119,7 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
                                          minValue=0),
             tr("The same seed gives the same result for the diffusion methods."), advanced=True)
         add(QgsProcessingParameterNumber(self.SAMPLES, tr("Samples"), QgsProcessingParameterNumber.Integer, 1, minValue=1,
-                                         maxValue=pipeline.MAX_SAMPLES),
+                                         maxValue=MAX_SAMPLES),
             tr("Number of diffusion samples; with more than one, the output is their mean and the uncertainty their standard deviation."))
         add(QgsProcessingParameterBoolean(self.CONSISTENCY, tr("Radiometric consistency"), False),
             tr("Project the result so that its bicubic downsampling gives back the input exactly: the SR adds detail "
@@ -150,7 +151,6 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
             raise QgsProcessingException(tr("The input raster could not be loaded."))
         target = self.parameterAsDouble(parameters, self.TARGET_RESOLUTION, context)
         has_target = parameters.get(self.TARGET_RESOLUTION) not in (None, "") and target > 0
-        steps = self.parameterAsInt(parameters, self.STEPS, context)
         extent = None
         if parameters.get(self.EXTENT) not in (None, ""):
             rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
@@ -159,28 +159,20 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
         request = pipeline.Request(
             input=layer.source(),
             output=self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
+            options=self.run_options(parameters, context),
             scale=self.parameterAsDouble(parameters, self.SCALE, context),
             target_resolution=target if has_target else None,
-            method=METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
             bands=self.parameterAsInts(parameters, self.BANDS, context) or None,
-            steps=steps or None,
-            detail=self.detail(parameters, context),
-            backend=BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)],
-            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             tile=self.parameterAsInt(parameters, self.TILE_SIZE, context),
             overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
-            seed=self.parameterAsInt(parameters, self.SEED, context),
-            samples=self.parameterAsInt(parameters, self.SAMPLES, context),
             uncertainty=uncertainty,
             cog=self.parameterAsBool(parameters, self.COG, context),
             extent=extent,
-            consistency=self.parameterAsBool(parameters, self.CONSISTENCY, context),
-            model=self.parameterAsFile(parameters, self.MODEL, context) or None,
             cluster=self.parameterAsString(parameters, self.CLUSTER, context).strip() or None,
         )
         if request.cluster:
             check_cluster(request.cluster, feedback)
-        result = run_engine(tr("Super-resolution"), cluster.superresolve, request, feedback)
+        result = run_engine(tr("Super-resolution"), pipeline.superresolve, request, feedback)
         feedback.pushInfo(tr("Wrote {width}×{height} pixels (scale {scale:.4g}, {method}) in {seconds:.1f} s.").format(
             width=result.width, height=result.height, scale=result.scale, method=result.method, seconds=result.seconds))
         return {self.OUTPUT: result.output, self.OUTPUT_UNCERTAINTY: uncertainty}

@@ -18,7 +18,7 @@ from osgeo import gdal
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.methods import DEFAULTS  # noqa: E402
+from engine.methods import DEFAULTS, RunOptions  # noqa: E402
 from engine.pipeline import Request, superresolve  # noqa: E402
 
 NAIP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "geotiff", "naip",
@@ -55,8 +55,9 @@ def main() -> None:
                     start = time.perf_counter()
                     for tile, overlap in ((whole, 0), (args.tile, args.overlap)):
                         out = os.path.join(tmp, f"{tile}.tif")
-                        r = superresolve(Request(input=crop, output=out, scale=scale, method=name, detail=detail,
-                                                 tile=tile, overlap=overlap, seed=args.seed, backend=args.backend))
+                        options = RunOptions(method=name, detail=detail, seed=args.seed, backend=args.backend)
+                        r = superresolve(Request(input=crop, output=out, options=options, scale=scale, tile=tile,
+                                                 overlap=overlap))
                         outs.append((read(out), r.tiles))
                         os.remove(out)
                     diff = np.abs(outs[0][0] - outs[1][0])

@@ -54,6 +54,18 @@ def write_raster(path, array, dtype=gdal.GDT_Byte, nodata=None, geotransform=(50
     return str(path)
 
 
+def request(input, output, **kw):
+    """An engine.pipeline.Request with the run options among ``kw`` (the fields of RunOptions) in its options."""
+    import dataclasses
+
+    from engine.methods import RunOptions
+    from engine.pipeline import Request
+
+    run = {f.name for f in dataclasses.fields(RunOptions)}
+    return Request(input, output, options=RunOptions(**{k: v for k, v in kw.items() if k in run}),
+                   **{k: v for k, v in kw.items() if k not in run})
+
+
 def read(path):
     ds = gdal.Open(str(path))
     return ds.ReadAsArray(), ds

@@ -580,7 +580,7 @@ class TestMemory:
 
     def test_samples_running_sums(self):
         from engine.grid import Grid
-        from engine.pipeline import sample_layers
+        from engine.render import sample_layers
 
         class Noisy:
             name = "noisy"
@@ -596,7 +596,7 @@ class TestMemory:
         np.testing.assert_allclose(std, runs.std(0, ddof=1), rtol=1e-5, atol=1e-5)
 
     def test_samples_maximum(self, tmp_path):
-        from engine.pipeline import MAX_SAMPLES
+        from engine.methods import MAX_SAMPLES
 
         one_line_error(cli("superresolve", SAMPLE, tmp_path / "o.tif", "--scale", "2", "--samples", str(MAX_SAMPLES + 1)),
                        f"at most {MAX_SAMPLES}")

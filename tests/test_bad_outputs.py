@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from tests.conftest import SAMPLE, write_raster
+from tests.conftest import SAMPLE, request, write_raster
 from tests.test_bad_inputs import cli, fingerprint, one_line_error, processing_run
 from training.bundle import random_bundle, write
 
@@ -280,13 +280,13 @@ PREVIEW = (60, 70, 180, 190)  # input pixel columns 60..179, rows 70..189 of the
 
 def preview_and_whole(tmp_path, method, **kw):
     """The preview of PREVIEW and the same area of the whole run, both ×2."""
-    from engine.pipeline import Request, superresolve
+    from engine.pipeline import superresolve
 
     gt = gdal.Open(SAMPLE).GetGeoTransform()
     x0, y0, x1, y1 = PREVIEW
     extent = (gt[0] + x0 * gt[1], gt[3] + y1 * gt[5], gt[0] + x1 * gt[1], gt[3] + y0 * gt[5])
-    superresolve(Request(SAMPLE, str(tmp_path / "whole.tif"), scale=2, method=method, **kw))
-    superresolve(Request(SAMPLE, str(tmp_path / "part.tif"), scale=2, method=method, extent=extent, **kw))
+    superresolve(request(SAMPLE, str(tmp_path / "whole.tif"), scale=2, method=method, **kw))
+    superresolve(request(SAMPLE, str(tmp_path / "part.tif"), scale=2, method=method, extent=extent, **kw))
     whole, part = (gdal.Open(str(tmp_path / n)) for n in ("whole.tif", "part.tif"))
     col = round((part.GetGeoTransform()[0] - gt[0]) / whole.GetGeoTransform()[1])
     row = round((part.GetGeoTransform()[3] - gt[3]) / whole.GetGeoTransform()[5])

@@ -26,10 +26,9 @@ from osgeo import gdal
 
 from engine import cluster, modelfile
 from engine.errors import Cancelled, LatentSRError
-from engine.methods import choose_backend
-from engine.cluster import superresolve
-from engine.pipeline import Request
-from tests.conftest import NAIP, ROOT, write_raster
+from engine.methods import RunOptions, choose_backend
+from engine.pipeline import Request, superresolve
+from tests.conftest import NAIP, ROOT, request, write_raster
 
 distributed = pytest.importorskip("distributed")
 
@@ -76,7 +75,7 @@ def crop(tmp_path_factory):
 
 
 def run(crop, out, **kw):
-    return superresolve(Request(input=crop, output=str(out), **{**TILING, **kw}))
+    return superresolve(request(input=crop, output=str(out), **{**TILING, **kw}))
 
 
 def pixels(path):
@@ -231,7 +230,7 @@ def test_a_vrt_output_whose_shards_folder_holds_the_input_is_refused(scheduler, 
     shard = str(out / "sr.shards" / "rows00000.tif")
     with pytest.raises(LatentSRError, match=r"^the output \S+sr\.vrt would replace its shards folder \S+sr\.shards, "
                                             r"which the input \S+rows00000\.tif reads"):
-        superresolve(Request(input=shard, output=str(out / "sr.vrt"), method="bicubic", cluster=scheduler, **TILING))
+        superresolve(request(input=shard, output=str(out / "sr.vrt"), method="bicubic", cluster=scheduler, **TILING))
     assert fingerprints(out) == before
 
 
@@ -280,7 +279,7 @@ def test_cancel_leaves_nothing(scheduler, client, crop, tmp_path):
     out.mkdir()
     seen = []
     with pytest.raises(Cancelled):
-        superresolve(Request(input=crop, output=str(out / "sr.tif"), method="lcmsr", cluster=scheduler, **TILING),
+        superresolve(request(input=crop, output=str(out / "sr.tif"), method="lcmsr", cluster=scheduler, **TILING),
                      progress=seen.append, is_cancelled=lambda: any(0 < f < 0.95 for f in seen))
     assert os.listdir(out) == []
     assert not any(client.processing().values())  # no band is still running
@@ -297,7 +296,7 @@ def test_a_vrt_output_and_its_shards_are_replaced_together_or_not_at_all(schedul
     before = fingerprints(out)
     seen = []
     with pytest.raises(Cancelled):
-        superresolve(Request(input=crop, output=str(out / "sr.vrt"), method="lcmsr", cluster=scheduler, **TILING),
+        superresolve(request(input=crop, output=str(out / "sr.vrt"), method="lcmsr", cluster=scheduler, **TILING),
                      progress=seen.append, is_cancelled=lambda: any(0 < f < 0.95 for f in seen))
     assert fingerprints(out) == before and sorted(os.listdir(out)) == ["sr.shards", "sr.vrt"]
     real_replace = os.replace
@@ -355,7 +354,7 @@ def test_a_band_that_fails_names_its_window_and_leaves_nothing(scheduler, tmp_pa
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(LatentSRError, match=r"output rows \d+-\d+ \(input rows \d+-\d+\) failed: reading the input") as info:
-        superresolve(Request(input=str(tmp_path / "strips.tif"), output=str(out / name), method="bicubic",
+        superresolve(request(input=str(tmp_path / "strips.tif"), output=str(out / name), method="bicubic",
                              cluster=scheduler, **TILING))
     rows = [int(v) for v in info.value.args[0].split("input rows ")[1].split(")")[0].split("-")]
     assert rows[0] <= 40 <= rows[1]
@@ -392,7 +391,7 @@ def test_without_dask_cluster_says_what_to_install(crop, tmp_path, monkeypatch):
 @pytest.mark.parametrize("text", ["local:0", "local:x", "local", "tcp://", "no such host:1:2", "local:100000"])
 def test_bad_cluster_address_is_refused_before_anything_runs(text):
     with pytest.raises(LatentSRError, match="^cluster"):  # before the (missing) input is opened
-        superresolve(Request(input="no-such-input.tif", output="out.tif", scale=2, cluster=text))
+        superresolve(request(input="no-such-input.tif", output="out.tif", scale=2, cluster=text))
 
 
 def test_addresses():
@@ -524,46 +523,55 @@ def test_runs_leave_no_topic_or_event_on_the_scheduler(scheduler, client, crop, 
     run(crop, tmp_path / "a.tif", method="bicubic", cluster=scheduler)
     seen = []
     with pytest.raises(Cancelled):  # a cancel sets the run's Event
-        superresolve(Request(input=crop, output=str(tmp_path / "b.tif"), method="lcmsr", cluster=scheduler, **TILING),
+        superresolve(request(input=crop, output=str(tmp_path / "b.tif"), method="lcmsr", cluster=scheduler, **TILING),
                      progress=seen.append, is_cancelled=lambda: any(0 < f < 0.95 for f in seen))
     assert client.run_on_scheduler(leftovers) == ([], [])
 
 
-def test_method_key_changes_with_each_run_option():
-    base = Request(input="in.tif", output="out.tif", scale=2, method="lcmsr")
+def with_options(req: Request, **options) -> Request:
+    return dataclasses.replace(req, options=dataclasses.replace(req.options, **options))
+
+
+def test_method_key_changes_with_each_run_option_but_the_sampling_ones():
+    """Each run option changed alone changes a worker's method key, but seed and samples
+    (RunOptions.SAMPLING); no other field of the request is in it. A new option is tried here."""
+    base = Request(input="in.tif", output="out.tif", scale=2, options=RunOptions(method="lcmsr"))
     key = cluster.method_key(base, None)
     changes = {"method": "e2diffsr", "steps": 2, "detail": 0.5, "backend": "onnx", "device": "cpu", "model": "other",
-               "consistency": True}
-    assert set(changes) | cluster.NOT_METHOD == {f.name for f in dataclasses.fields(Request)}  # a new field is seen
+               "consistency": True, "seed": 9, "samples": 3}
+    assert set(changes) == {f.name for f in dataclasses.fields(RunOptions)}
+    assert set(RunOptions.SAMPLING) < set(changes)
     for name, value in changes.items():
-        assert cluster.method_key(dataclasses.replace(base, **{name: value}), None) != key, name
+        changed = cluster.method_key(with_options(base, **{name: value}), None)
+        assert (changed == key) == (name in RunOptions.SAMPLING), name
     assert cluster.method_key(base, ("card", ())) != key  # the model folder's fingerprint
     unrelated = {"input": "x.tif", "output": "y.tif", "scale": 3.0, "target_resolution": 1.0, "bands": [1], "tile": 64,
-                 "overlap": 4, "seed": 9, "samples": 3, "uncertainty": "u.tif", "cog": True,
-                 "extent": (0, 0, 1, 1), "cluster": "local:2"}
-    assert set(unrelated) == cluster.NOT_METHOD
+                 "overlap": 4, "uncertainty": "u.tif", "cog": True, "extent": (0, 0, 1, 1), "cluster": "local:2"}
+    assert set(unrelated) | {"options"} == {f.name for f in dataclasses.fields(Request)}
     for name, value in unrelated.items():  # a worker keeps its method across runs that change only these
         assert cluster.method_key(dataclasses.replace(base, **{name: value}), None) == key, name
 
 
-def test_make_method_reads_no_field_that_the_method_key_leaves_out(monkeypatch):
-    """The key leaves out the fields in NOT_METHOD: make_method must never read one of them."""
-    from engine import pipeline
+def test_building_the_method_reads_no_option_that_the_method_key_leaves_out(monkeypatch):
+    """The key leaves out RunOptions.SAMPLING: RunOptions.make_method must never read one of them."""
+    from engine import methods
 
     read = set()
 
-    class Watched(Request):
+    class Watched(RunOptions):
         def __getattribute__(self, name):
             read.add(name)
             return super().__getattribute__(name)
 
-    monkeypatch.setattr(pipeline, "build_method", lambda name, options: object())
-    monkeypatch.setattr(pipeline, "Projected", lambda method: method)
+    monkeypatch.setattr(methods, "build_method", lambda name, options: object())
+    monkeypatch.setattr(methods, "Projected", lambda method: method)
     for consistency in (False, True):
-        pipeline.make_method(Watched(input="in.tif", output="out.tif", scale=2, consistency=consistency))
-    fields = {f.name for f in dataclasses.fields(Request)}
-    assert {"method", "steps", "detail", "model", "consistency"} <= read & fields
-    assert not read & cluster.NOT_METHOD
+        options = Watched(method="lcmsr", consistency=consistency)
+        read.clear()
+        options.make_method()
+        fields = {f.name for f in dataclasses.fields(RunOptions)}
+        assert {"method", "steps", "detail", "model", "consistency"} <= read & fields
+        assert not read & set(RunOptions.SAMPLING)
 
 
 def test_model_fingerprint_changes_when_the_folder_is_replaced_or_rewritten(tmp_path):
@@ -584,16 +592,17 @@ def test_model_fingerprint_changes_when_the_folder_is_replaced_or_rewritten(tmp_
 
 def test_the_client_sends_its_own_model_and_backend(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTSR_MODEL", tiny_model(tmp_path / "model", 1))
-    req = Request(input="in.tif", output="out.tif", scale=2, method="lcmsr")
-    assert cluster.for_workers(req).model == str(tmp_path / "model")
-    assert cluster.for_workers(req).backend == "torch"  # auto, for a model without ONNX graphs
+    req = Request(input="in.tif", output="out.tif", scale=2, options=RunOptions(method="lcmsr"))
+    assert cluster.for_workers(req).options.model == str(tmp_path / "model")
+    assert cluster.for_workers(req).options.backend == "torch"  # auto, for a model without ONNX graphs
     monkeypatch.setenv("LATENTSR_MODEL", "latentsr-rgb")  # a bundled model goes as its folder (the card is checked)
-    assert cluster.for_workers(req).model == str(modelfile.MODELS_DIR / "latentsr-rgb")
-    assert cluster.for_workers(req).backend == choose_backend("auto", "auto", modelfile.read_card(modelfile.resolve(None)))
-    assert cluster.for_workers(dataclasses.replace(req, backend="torch")).backend == "torch"
+    assert cluster.for_workers(req).options.model == str(modelfile.MODELS_DIR / "latentsr-rgb")
+    assert cluster.for_workers(req).options.backend == choose_backend("auto", "auto",
+                                                                      modelfile.read_card(modelfile.resolve(None)))
+    assert cluster.for_workers(with_options(req, backend="torch")).options.backend == "torch"
     monkeypatch.delenv("LATENTSR_MODEL")
-    assert cluster.for_workers(req).model == str(modelfile.MODELS_DIR / "latentsr-rgb")
-    assert cluster.for_workers(dataclasses.replace(req, method="bicubic")).model is None
+    assert cluster.for_workers(req).options.model == str(modelfile.MODELS_DIR / "latentsr-rgb")
+    assert cluster.for_workers(with_options(req, method="bicubic")).options.model is None
 
 
 @pytest.mark.parametrize("text, expected", [

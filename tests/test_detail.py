@@ -16,7 +16,8 @@ from engine import latent, metrics, modelfile
 from engine.card import MethodSpec
 from engine.errors import LatentSRError
 from engine.grid import Grid
-from engine.methods import MethodOptions, build_method, card_default_detail, default_detail, from_bundle
+from engine.methods import (MethodOptions, RunOptions, build_method, card_default_detail, check_detail, default_detail,
+                            from_bundle)
 from engine.pipeline import Request, superresolve
 from engine.registry import REGISTRY
 from engine.resample import downsample
@@ -127,7 +128,7 @@ def test_tiled_equals_untiled_at_every_detail(bundle, name, detail):
 @pytest.mark.parametrize("value", [math.nan, -0.01, 1.01, math.inf, "x", None])
 def test_bad_detail_is_refused(value):
     with pytest.raises(LatentSRError, match="detail must be"):
-        latent.check_detail(value)
+        check_detail(value)
 
 
 def test_default_detail_comes_from_the_card_with_a_fallback(bundle, model_dir, tmp_path):
@@ -168,8 +169,9 @@ def test_uncertainty_scales_with_detail_and_is_zero_at_zero(model_dir, tmp_path)
     stds = {}
     for detail in (0.0, 0.5, 1.0):
         out, unc = tmp_path / f"o{detail}.tif", tmp_path / f"u{detail}.tif"
-        superresolve(Request(input=src, output=str(out), scale=2.0, method="lcmsr", detail=detail, samples=3,
-                             uncertainty=str(unc), model=model_dir, backend="torch"))
+        superresolve(Request(input=src, output=str(out), scale=2.0, uncertainty=str(unc),
+                             options=RunOptions(method="lcmsr", detail=detail, samples=3, model=model_dir,
+                                                backend="torch")))
         stds[detail] = float(gdal.Open(str(unc)).ReadAsArray().mean())
     assert stds[0.0] == 0.0 < stds[0.5] < stds[1.0]
 

@@ -72,6 +72,7 @@ def test_uncertainty_follows_texture(pair, tmp_path, method):
     """Four full samples (D = 1) of the bundled model: their per-pixel std is clearly above zero on the
     crop's fields and farmstead, and near zero on a flat patch of the crop's mean colour beside them.
     (The bundle's default D is 0, where the samples are the same.)"""
+    from engine.methods import RunOptions
     from engine.pipeline import Request, superresolve
 
     _, lr, _, gt = pair
@@ -79,8 +80,9 @@ def test_uncertainty_follows_texture(pair, tmp_path, method):
     scene[:, :, 64:] = np.rint(lr.reshape(3, -1).mean(axis=1))[:, None, None]  # right half flat
     path = write_raster(tmp_path / "half_flat.tif", scene, geotransform=(gt[0], gt[1] * SCALE, 0.0, gt[3], 0.0, gt[5] * SCALE),
                         epsg=26914)
-    superresolve(Request(input=path, output=str(tmp_path / "mean.tif"), scale=SCALE, method=method, samples=4, seed=3,
-                         detail=1.0, uncertainty=str(tmp_path / "std.tif")))
+    superresolve(Request(input=path, output=str(tmp_path / "mean.tif"), scale=SCALE,
+                         uncertainty=str(tmp_path / "std.tif"),
+                         options=RunOptions(method=method, samples=4, seed=3, detail=1.0)))
     std, _ = read(tmp_path / "std.tif")
     textured, flat = std[:, 8:-8, 8:112].mean(), std[:, 8:-8, 144:-8].mean()  # 16 output pixels off the seam
     assert flat < 0.5, (textured, flat)  # DN: below half a grey level

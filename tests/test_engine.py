@@ -7,13 +7,14 @@ import pytest
 from osgeo import gdal
 
 from engine.errors import Cancelled, LatentSRError
+from engine.methods import RunOptions
 from engine.pipeline import Request, superresolve
-from tests.conftest import COG_F64, LANDSAT, NAIP, read, write_raster
+from tests.conftest import COG_F64, LANDSAT, NAIP, read, request, write_raster
 
 
 def run(src, out, **kw):
     kw.setdefault("method", "bicubic")
-    return superresolve(Request(input=str(src), output=str(out), **kw))
+    return superresolve(request(input=str(src), output=str(out), **kw))
 
 
 def corners(ds):
@@ -146,7 +147,8 @@ def test_cancel_and_failure_leave_nothing(tmp_path):
         return len(calls) > 1
 
     with pytest.raises(Cancelled):
-        superresolve(Request(input=NAIP, output=str(tmp_path / "c.tif"), scale=2, method="bicubic", tile=128, overlap=16),
+        superresolve(Request(input=NAIP, output=str(tmp_path / "c.tif"), scale=2, tile=128, overlap=16,
+                             options=RunOptions(method="bicubic")),
                      is_cancelled=cancel_after_first)
     assert os.listdir(tmp_path) == []
 

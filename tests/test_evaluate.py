@@ -13,6 +13,7 @@ from osgeo import gdal
 from engine import evaluate, metrics
 from engine.errors import LatentSRError
 from engine.evaluate import EvaluateRequest
+from engine.methods import RunOptions
 from engine.resample import downsample
 from tests.conftest import ROOT, read, write_raster
 
@@ -154,7 +155,8 @@ def test_degradation_mode_with_bicubic(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     hr = write_raster(tmp_path / "hr.tif", texture((3, 44, 50)))
     diff = tmp_path / "diff.tif"
-    report = evaluate.evaluate(EvaluateRequest(reference=hr, scale=2.5, method="bicubic", difference=str(diff)))
+    report = evaluate.evaluate(EvaluateRequest(reference=hr, scale=2.5, difference=str(diff),
+                                               options=RunOptions(method="bicubic")))
     assert report.mode == "degradation" and [r.label for r in report.rows] == ["bicubic"]
     assert "top-left 50×40" in report.notes[0] and "20×16" in report.notes[0]
     overall = report.main.overall
@@ -335,12 +337,13 @@ def test_lattice_of_a_diffusion_method_is_against_its_regression(tmp_path, model
     """Degradation mode with LCMSR: the baseline is the model's regression (one more run, not a row);
     bicubic's row has no lattice figure. The reference's figure is HR − that regression's."""
     hr = write_raster(tmp_path / "hr.tif", texture((3, 64, 64)))
-    report = evaluate.evaluate(EvaluateRequest(reference=hr, scale=4, method="lcmsr", model=model_dir, detail=1.0))
+    report = evaluate.evaluate(EvaluateRequest(reference=hr, scale=4,
+                                               options=RunOptions(method="lcmsr", model=model_dir, detail=1.0)))
     assert [r.label for r in report.rows] == ["lcmsr", "bicubic"]
     assert "Lattice: lcmsr − regression against the reference's HR − the same." in report.notes
     assert math.isfinite(report.main.overall["lattice"]) and math.isnan(report.rows[1].overall["lattice"])
-    reg = evaluate.evaluate(EvaluateRequest(reference=hr, scale=4, method="regression", model=model_dir,
-                                            difference=str(tmp_path / "reg.tif")))
+    reg = evaluate.evaluate(EvaluateRequest(reference=hr, scale=4, difference=str(tmp_path / "reg.tif"),
+                                            options=RunOptions(method="regression", model=model_dir)))
     minus_hr = read(tmp_path / "reg.tif")[0].astype(np.float64)  # the difference raster: regression − HR
     expected = metrics.lattice(-metrics.crop_border(minus_hr, 4), 4)
     assert report.main.overall["lattice_hr"] == pytest.approx(expected, abs=1e-3)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
+from engine.methods import RunOptions
 from engine.pipeline import Request, superresolve
 from tests.conftest import PLUGINS, ROOT, SAMPLE
 from tests.test_onnx import exported_bundle
@@ -26,8 +27,8 @@ def model(tmp_path_factory):
 def torch_output(model, tmp_path_factory):
     """The reference: the same run on the torch backend, in this process."""
     out = tmp_path_factory.mktemp("torch") / "sr.tif"
-    superresolve(Request(input=SAMPLE, output=str(out), scale=2.0, method="lcmsr", backend="torch", model=model,
-                         seed=3))
+    superresolve(Request(input=SAMPLE, output=str(out), scale=2.0,
+                         options=RunOptions(method="lcmsr", backend="torch", model=model, seed=3)))
     return gdal.Open(str(out)).ReadAsArray()
 
 

@@ -6,6 +6,7 @@ from engine import metrics
 from engine.projection import degradation_rows, project
 from engine.grid import Grid
 from engine.registry.bicubic import Bicubic
+from engine.methods import RunOptions
 from engine.pipeline import Request, superresolve
 from engine.resample import antialias_cubic_matrix, downsample
 from tests.conftest import SAMPLE, read, write_raster
@@ -36,9 +37,10 @@ def test_tiled_run_with_consistency(tmp_path):
     hr = hr[:3].astype(np.float32)
     lr = downsample(hr, 128, 128)
     src = write_raster(tmp_path / "lr.tif", lr, dtype=6)  # Float32 LR: its values are the constraint
-    superresolve(Request(input=src, output=str(tmp_path / "sr.tif"), scale=2, method="bicubic", consistency=True,
-                         tile=48, overlap=16))
-    superresolve(Request(input=src, output=str(tmp_path / "plain.tif"), scale=2, method="bicubic", tile=48, overlap=16))
+    superresolve(Request(input=src, output=str(tmp_path / "sr.tif"), scale=2, tile=48, overlap=16,
+                         options=RunOptions(method="bicubic", consistency=True)))
+    superresolve(Request(input=src, output=str(tmp_path / "plain.tif"), scale=2, tile=48, overlap=16,
+                         options=RunOptions(method="bicubic")))
     sr, _ = read(tmp_path / "sr.tif")
     plain, _ = read(tmp_path / "plain.tif")
     assert metrics.consistency_psnr(sr, lr, 255) >= 45

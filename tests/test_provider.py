@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
+from engine.methods import RunOptions
 from engine.pipeline import Request, superresolve
 from engine.output import output_geotransform
 
@@ -44,7 +45,8 @@ def test_processing_run(provider, tmp_path):
         assert ds.GetRasterBand(k).GetNoDataValue() == src.GetRasterBand(b).GetNoDataValue()
     # the parameters reach the engine as they are: the same pixels as the engine's own run of that request
     direct = str(tmp_path / "direct.tif")
-    superresolve(Request(input=LANDSAT, output=direct, scale=2.5, method="bicubic", bands=[3, 2], tile=128, overlap=16))
+    superresolve(Request(input=LANDSAT, output=direct, scale=2.5, bands=[3, 2], tile=128, overlap=16,
+                         options=RunOptions(method="bicubic")))
     np.testing.assert_array_equal(ds.ReadAsArray(), gdal.Open(direct).ReadAsArray())
 
 

@@ -7,7 +7,7 @@ from osgeo import gdal
 
 from engine import modelfile, reach
 from engine.grid import Grid
-from engine.methods import DEFAULTS, MethodOptions, build_method
+from engine.methods import DEFAULTS, MethodOptions, RunOptions, build_method
 from engine.models.decoder import Decoder
 from engine.models.sampling import Plan
 from engine.pipeline import Request, superresolve
@@ -40,8 +40,8 @@ def test_tiled_equals_untiled_with_the_default_overlap(naip_crop, tmp_path, name
     outputs = []
     for tile, overlap in ((max(CROP[2:]) + 1, 0), (TILE, DEFAULTS.overlap)):
         out = str(tmp_path / f"{tile}.tif")
-        result = superresolve(Request(input=naip_crop, output=out, scale=scale, method=name, detail=detail, tile=tile,
-                                      overlap=overlap, seed=5))
+        result = superresolve(Request(input=naip_crop, output=out, scale=scale, tile=tile, overlap=overlap,
+                                      options=RunOptions(method=name, detail=detail, seed=5)))
         outputs.append(read(out)[0].astype(np.int16))
     assert result.tiles == 6
     diff = np.abs(outputs[1] - outputs[0])

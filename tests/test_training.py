@@ -356,18 +356,18 @@ def test_the_cards_and_benchmarks_name_the_cpu_alike(monkeypatch):
 
 
 def test_a_window_fills_nodata_by_inferences_rule_deeper():
-    """Training's fill (training.batch.fill_nodata) and inference's (engine.pipeline.fill_invalid) are
+    """Training's fill (training.batch.fill_nodata) and inference's (engine.render.fill_invalid) are
     one rule at two depths: within inference's 2 pixels they give the same values; further in,
     inference takes the band's fill value and training goes on from the neighbours, 16 deep."""
-    from engine import pipeline
+    from engine import render
     from training import batch
 
-    assert (pipeline.FILL_ITERATIONS, batch.WINDOW_FILL_DEPTH) == (2, 16)
+    assert (render.FILL_ITERATIONS, batch.WINDOW_FILL_DEPTH) == (2, 16)
     hr = torch.from_numpy(texture(24, 24, 3).transpose(2, 0, 1)[None].astype(np.float32) / 255)
     valid = torch.ones(1, 1, 24, 24)
     valid[..., 4:14, 6:20] = 0  # a hole 5 pixels deep
     trained = batch.fill_nodata(torch.where(valid > 0, hr, torch.nan), valid)[0].numpy()
-    inferred = pipeline.fill_invalid(hr[0].numpy(), valid[0].numpy() > 0, np.full(3, -1.0, dtype=np.float32))
+    inferred = render.fill_invalid(hr[0].numpy(), valid[0].numpy() > 0, np.full(3, -1.0, dtype=np.float32))
     ring = inferred[0] != -1.0
     assert ring.sum() > valid[0, 0].sum() and not ring.all()  # inference's 2 pixels, then the fill value
     np.testing.assert_allclose(trained[:, ring], inferred[:, ring], rtol=1e-6)

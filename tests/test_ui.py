@@ -111,18 +111,20 @@ def test_controls_and_settings_persist(make_dock, small_raster, qgis_iface):
     dock = make_dock()
     assert dock.steps.isEnabled() and not dock.uncertainty.isEnabled()
     dock.method.setCurrentIndex(3)
-    assert not dock.steps.isEnabled()
+    assert not dock.steps.isEnabled() and not dock.samples.isEnabled()
     dock.samples.setValue(4)
+    assert not dock.uncertainty.isEnabled() and dock.parameters()["SAMPLES"] == 1  # Bicubic does not sample
+    dock.method.setCurrentIndex(1)
     assert dock.uncertainty.isEnabled()
     dock.scale.setValue(3.5)
     dock.tile.setValue(128)
     dock.preview.setChecked(True)
     params = dock.parameters()
-    assert params["METHOD"] == 3 and params["SAMPLES"] == 4 and params["TILE_SIZE"] == 128
+    assert params["METHOD"] == 1 and params["SAMPLES"] == 4 and params["TILE_SIZE"] == 128
     assert params["OUTPUT_UNCERTAINTY"] == "TEMPORARY_OUTPUT" and params["OUTPUT"] == "TEMPORARY_OUTPUT"
     assert params["EXTENT"].crs() == source.crs()
     again = make_dock()
-    assert (again.method.currentIndex(), again.scale.value(), again.tile.value(), again.samples.value()) == (3, 3.5, 128, 4)
+    assert (again.method.currentIndex(), again.scale.value(), again.tile.value(), again.samples.value()) == (1, 3.5, 128, 4)
     assert again.preview.isChecked()
 
 
@@ -471,6 +473,11 @@ def test_detail_slider(make_dock, small_raster):
     dock.method.setCurrentIndex(1)
     assert slider.isEnabled() and dock.parameters()["DETAIL"] == pytest.approx(0.3)
     assert make_dock().detail_value() == pytest.approx(0.3)
+    from latentsr.engine.methods import DETAIL_RANGE
+
+    for end, detail in zip((slider.minimum(), slider.maximum()), DETAIL_RANGE):  # the engine's range, end to end
+        slider.setValue(end)
+        assert dock.detail_value() == detail
 
 
 FRESH_DOCK_WIDTH = 298  # what QGIS 3.22 gives the dock in a fresh profile (offscreen fonts are wider than the desktop's)
@@ -572,7 +579,7 @@ def test_installer_names_the_installed_torch_build_and_offers_the_training_packa
 
 
 def test_out_of_range_values_disable_run_with_the_engines_reason(make_dock, small_raster):
-    from latentsr.engine.pipeline import MAX_SAMPLES
+    from latentsr.engine.methods import MAX_SAMPLES
     from latentsr.engine.registry import REGISTRY
 
     add_raster(small_raster, "small")

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from engine.errors import LatentSRError
-from engine.pipeline import Request, sample_seeds, superresolve
-from tests.conftest import read, write_raster
+from engine.pipeline import superresolve
+from engine.render import sample_seeds
+from tests.conftest import read, request, write_raster
 from training.bundle import random_bundle, write
 
 
@@ -22,7 +23,7 @@ def source(tmp_path_factory):
 
 
 def run(source, out, model_dir, **kw):
-    return superresolve(Request(input=source, output=str(out), scale=2.5, method="lcmsr", model=model_dir, **kw))
+    return superresolve(request(input=source, output=str(out), scale=2.5, method="lcmsr", model=model_dir, **kw))
 
 
 def test_mean_and_std_of_samples(tmp_path, source, model_dir):
@@ -62,5 +63,6 @@ def test_bad_sample_requests(tmp_path, source, model_dir, kw, message):
         kw["uncertainty"] = str(tmp_path / kw["uncertainty"])
     method = kw.pop("method", "lcmsr")
     with pytest.raises(LatentSRError, match=message):
-        superresolve(Request(input=source, output=str(tmp_path / "o.tif"), scale=2, method=method, model=model_dir, **kw))
+        superresolve(request(input=source, output=str(tmp_path / "o.tif"), scale=2, method=method, model=model_dir,
+                             **kw))
     assert not list(tmp_path.iterdir())

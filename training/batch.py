@@ -1,7 +1,7 @@
 """LR/HR training pairs: bicubic-antialiased LR of an HR batch, and the sampling tables.
 
 NaN pixels in an HR batch (nodata of a training raster) are filled from their valid neighbours by
-inference's rule (engine.pipeline.fill_invalid), deeper (WINDOW_FILL_DEPTH), before the LR is made, and the pair's ``valid`` mask keeps them out of
+inference's rule (engine.render.fill_invalid), deeper (WINDOW_FILL_DEPTH), before the LR is made, and the pair's ``valid`` mask keeps them out of
 the losses (``keep_valid`` for image losses, ``cell_valid`` for latent ones)."""
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class Pair:
         return (self.hr.shape[0], channels, self.hr.shape[-2] // LATENT_FACTOR, self.hr.shape[-1] // LATENT_FACTOR)
 
 
-# How deep a window's nodata is filled from its neighbours. Not engine.pipeline.FILL_ITERATIONS (2):
+# How deep a window's nodata is filled from its neighbours. Not engine.render.FILL_ITERATIONS (2):
 # inference's depth is part of every tile's halo, so that tiles agree, and beyond it the band's
 # whole-raster fill value takes over; a training window is read whole, with no tiles to agree, so
 # it fills deeper by the same 3×3 rule before the window's own valid mean takes over.
@@ -64,7 +64,7 @@ WINDOW_FILL_DEPTH = 16
 
 def fill_nodata(hr: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """NaN-free ``hr`` (B×C×H×W): pixels not ``valid`` (B×1×H×W) take the mean of their valid 3×3
-    neighbours, WINDOW_FILL_DEPTH deep (engine.pipeline.fill_invalid's rule, which stops at 2); what
+    neighbours, WINDOW_FILL_DEPTH deep (engine.render.fill_invalid's rule, which stops at 2); what
     is still empty then takes the image's valid mean per band."""
     x = torch.where(valid > 0, hr, torch.zeros_like(hr))
     known = valid.clone()

@@ -45,16 +45,18 @@ from qgis.PyQt.QtWidgets import (
 
 from ..engine import raster
 from ..engine.errors import LatentSRError
-from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, card_default_detail
+from ..engine.methods import (DEFAULTS, DETAIL_HELP, DETAIL_RANGE, MAX_SAMPLES, MAX_SEED, RunOptions,
+                              card_default_detail)
 from ..engine.registry import METHODS, REGISTRY
-from ..engine.pipeline import MAX_SAMPLES, MAX_SCALE, MAX_SEED, MIN_TILE, output_plan
+from ..engine.pipeline import MAX_SCALE, MIN_TILE, output_plan
 from ..provider import user_models
+from ..provider.algorithm import run_parameters
 from . import deps
 from .task import SOURCE_PROPERTY, SuperResolveRun, add_result_layer, add_uncertainty_layer
 from ..provider.i18n import tr
 
 SETTINGS = "latentsr/dock/"
-DETAIL_TICKS = 100  # the detail slider's steps from 0 to 1
+DETAIL_TICKS = 100  # the detail slider's steps over the engine's DETAIL_RANGE
 LOG_TAG = "LatentSR"
 NAME_CHARS = 24  # a source name longer than this is shortened in result names
 SCALE_TYPED = (1.0, 100.0)  # what the Scale box lets one type; the engine's range (MAX_SCALE) decides if it runs
@@ -492,7 +494,8 @@ class SuperResolveDock(QgsDockWidget):
         return text, True
 
     def detail_value(self) -> float:
-        return self.detail.value() / DETAIL_TICKS
+        lo, hi = DETAIL_RANGE
+        return lo + (hi - lo) * self.detail.value() / DETAIL_TICKS
 
     def detail_changed(self) -> None:
         self.detail_label.setText(f"{self.detail_value():.2f}")
@@ -515,9 +518,11 @@ class SuperResolveDock(QgsDockWidget):
     def update_state(self) -> None:
         self.scale.setEnabled(not self.by_resolution.isChecked())
         self.resolution.setEnabled(self.by_resolution.isChecked())
-        self.steps.setEnabled(REGISTRY[self.method_name()].stochastic)
-        self.detail.setEnabled(REGISTRY[self.method_name()].stochastic)
-        self.uncertainty.setEnabled(self.samples.value() > 1)
+        stochastic = REGISTRY[self.method_name()].stochastic
+        self.steps.setEnabled(stochastic)
+        self.detail.setEnabled(stochastic)
+        self.samples.setEnabled(stochastic)
+        self.uncertainty.setEnabled(stochastic and self.samples.value() > 1)
         text, runnable = self.size_text()
         self.size_label.setText(text)
         self.runner_label.setText(self.runner_text())
@@ -558,9 +563,10 @@ class SuperResolveDock(QgsDockWidget):
         self.resolution.setValue(s.value(SETTINGS + "resolution", 1.0, type=float))
         self.steps.setValue(s.value(SETTINGS + "steps", 0, type=int))
         detail = s.value(SETTINGS + "detail", -1.0, type=float)
-        if not 0.0 <= detail <= 1.0:  # never chosen (or damaged): the bundled model's default
+        lo, hi = DETAIL_RANGE
+        if not lo <= detail <= hi:  # never chosen (or damaged): the bundled model's default
             detail = card_default_detail(DEFAULTS.method)
-        self.detail.setValue(round(detail * DETAIL_TICKS))
+        self.detail.setValue(round((detail - lo) / (hi - lo) * DETAIL_TICKS))
         self.detail_label.setText(f"{self.detail_value():.2f}")
         self.samples.setValue(s.value(SETTINGS + "samples", 1, type=int))
         self.preview.setChecked(s.value(SETTINGS + "preview", False, type=bool))
@@ -585,51 +591,51 @@ class SuperResolveDock(QgsDockWidget):
         bands = [int(b) for b in self.bands.checkedItemsData()]
         return [] if len(bands) == self.bands.count() else bands
 
-    def parameters(self) -> dict:
-        """The ``latentsr:superresolve`` parameters for the current choices."""
+    def run_options(self) -> RunOptions:
+        """The run options of the current choices (engine.methods.RunOptions, which checks them): steps,
+        detail and samples only for a method that samples (their widgets are disabled for the others)."""
+        stochastic = REGISTRY[self.method_name()].stochastic
+        return RunOptions(method=self.method_name(), steps=(self.steps.value() or None) if stochastic else None,
+                          detail=self.detail_value() if stochastic else None,
+                          backend=self.backend.currentData() or DEFAULTS.backend,
+                          device=self.device.currentData() or DEFAULTS.device, model=self.model.filePath() or None,
+                          consistency=self.consistency.isChecked(), seed=self.seed.value(),
+                          samples=self.samples.value() if stochastic else 1)
+
+    def parameters(self, options: RunOptions | None = None) -> dict:
+        """The ``latentsr:superresolve`` parameters for the current choices (their run options: ``options``)."""
+        options = options or self.run_options()
         layer = self.layer_combo.currentLayer()
         params = {
             "INPUT": layer.source(),
             "SCALE": self.scale.value(),
-            "METHOD": METHODS.index(self.method_name()),
-            "STEPS": self.steps.value() if REGISTRY[self.method_name()].stochastic else 0,
-            "BACKEND": BACKENDS.index(self.backend.currentData() or DEFAULTS.backend),
-            "DEVICE": DEVICES.index(self.device.currentData() or DEFAULTS.device),
             "TILE_SIZE": self.tile.value(),
             "OVERLAP": self.overlap.value(),
-            "SEED": self.seed.value(),
-            "SAMPLES": self.samples.value(),
             "COG": self.cog.isChecked(),
-            "CONSISTENCY": self.consistency.isChecked(),
             "OUTPUT": self.output.filePath() or QgsProcessing.TEMPORARY_OUTPUT,
+            **run_parameters(options),
         }
-        if self.model.filePath():
-            params["MODEL"] = self.model.filePath()
-        if REGISTRY[self.method_name()].stochastic:
-            params["DETAIL"] = self.detail_value()
         if self.selected_bands():
             params["BANDS"] = self.selected_bands()
         if self.by_resolution.isChecked():
             params["TARGET_RESOLUTION"] = self.resolution.value()
-        if self.samples.value() > 1:
+        if options.samples > 1:
             params["OUTPUT_UNCERTAINTY"] = self.uncertainty.filePath() or QgsProcessing.TEMPORARY_OUTPUT
         if self.preview.isChecked():
             canvas = self.iface.mapCanvas()
             params["EXTENT"] = QgsReferencedRectangle(canvas.extent(), canvas.mapSettings().destinationCrs())
         return params
 
-    def result_name(self) -> str:
+    def result_name(self, options: RunOptions | None = None) -> str:
         """A short name, distinct from earlier results of the same source: "<source> ×2.5 LCMSR D0.25 s0",
-        then "… #2", "#3": the detail and the seed when the method samples (no seed at D = 0, where it
-        does not matter), and the model's name when it is not the bundled default."""
+        then "… #2", "#3": the method as its run options name it (RunOptions.label), and the model's name
+        when it is not the bundled default."""
+        options = options or self.run_options()
         layer = self.layer_combo.currentLayer()
         source = layer.name() if len(layer.name()) <= NAME_CHARS else layer.name()[:NAME_CHARS - 1] + "…"
-        method = REGISTRY[self.method_name()]
-        name = f"{source} ×{self.effective_scale():.3g} {method.short}"
-        if method.stochastic:
-            name += f" D{self.detail_value():g}" + (f" s{self.seed.value()}" if self.detail_value() > 0 else "")
-        if method.learned and self.model.filePath():
-            model = user_models.card_name(self.model.filePath()) or self.model.filePath()
+        name = f"{source} ×{self.effective_scale():.3g} {options.label()}"
+        if REGISTRY[options.method].learned and options.model:
+            model = user_models.card_name(options.model) or options.model
             name += " " + (model if len(model) <= NAME_CHARS else model[:NAME_CHARS - 1] + "…")
         if self.preview.isChecked():
             name += " preview"
@@ -647,11 +653,12 @@ class SuperResolveDock(QgsDockWidget):
             return
         self.save_settings()
         try:
-            self.run = SuperResolveRun(self.parameters())
-        except RuntimeError as exc:
+            options = self.run_options()
+            self.run = SuperResolveRun(self.parameters(options))
+        except (RuntimeError, LatentSRError) as exc:
             self.iface.messageBar().pushMessage(tr("LatentSR"), str(exc), level=Qgis.Critical)
             return
-        self.result_info = (self.result_name(), layer.id(), not self.selected_bands())
+        self.result_info = (self.result_name(options), layer.id(), not self.selected_bands())
         self.input_removed = False
         self.run.feedback.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
         self.run.finished.connect(self.finished)

@@ -39,7 +39,7 @@ from engine import metrics
 from engine.evaluate import degraded_size
 from engine.grid import Grid
 from engine.methods import MethodOptions, build_method, card_default_detail
-from engine.pipeline import sample_seeds
+from engine.render import sample_seeds
 from engine.projection import Projected
 from engine.registry import BICUBIC, E2DIFFSR, LCMSR, REGRESSION, STOCHASTIC
 from engine.resample import downsample
