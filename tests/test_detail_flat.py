@@ -16,12 +16,12 @@ from engine.grid import Grid
 from engine.methods import DEFAULTS, MethodOptions, build_method, from_bundle
 from engine.models import build, preset
 from engine.models.sampling import LATENT_FACTOR, Plan
-from engine.pipeline import Request, superresolve
+from engine.pipeline import superresolve
 from training import export
 from training.bundle import random_bundle, write
 from training.cli import main
 
-from tests.conftest import ROOT, read
+from tests.conftest import ROOT, read, request
 from tests.test_models import lr
 from tests.test_seams import CROP, TILE, naip_crop  # noqa: F401 (fixture)
 from tests.test_training import images, stage1, train_args  # noqa: F401 (fixtures)
@@ -156,7 +156,7 @@ def test_the_bundle_with_a_flat_detail_path_tiles_seamlessly(naip_crop, tmp_path
     outputs = []
     for tile, overlap in ((max(CROP[2:]) + 1, 0), (TILE, DEFAULTS.overlap)):
         out = str(tmp_path / f"{tile}.tif")
-        result = superresolve(Request(input=naip_crop, output=out, scale=4.0, method="lcmsr", detail=1.0, tile=tile,
+        result = superresolve(request(naip_crop, out, scale=4.0, method="lcmsr", detail=1.0, tile=tile,
                                       overlap=overlap, seed=5, model=str(folder), backend="torch"))
         outputs.append(read(out)[0].astype(np.int16))
     assert result.tiles == 6
