@@ -23,6 +23,7 @@ from .cluster import superresolve
 from .latent import check_detail
 from .methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, steps_help
 from .pipeline import Request
+from .precision import PRECISIONS
 from .registry import METHODS
 
 log = logging.getLogger("engine")
@@ -120,6 +121,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     s.add_argument("--cluster", help="run the tiles on a Dask cluster: a scheduler address (tcp://host:8786) or "
                                      "local:N for N local worker processes; the output is the same")
+    s.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
+                   help="arithmetic of the learned methods: auto (default: the fastest path measured within the "
+                        "quality limits on this CPU, docs/BENCHMARKS.md), float32 (the exact path), or bf16 "
+                        "(backend torch)")
     e = sub.add_parser("evaluate", help="score an SR raster against a reference HR raster (or degrade the reference, "
                                         "super-resolve it and score that, with bicubic beside it)")
     e.add_argument("--hr", required=True, help="reference HR raster")
@@ -152,7 +157,7 @@ def run_superresolve(args) -> str:
                   steps=args.steps, detail=args.detail, backend=args.backend, device=args.device, tile=args.tile,
                   overlap=args.overlap, seed=args.seed, samples=args.samples,
                   uncertainty=args.uncertainty, cog=args.cog, model=args.model,
-                  extent=args.extent, consistency=args.consistency, cluster=args.cluster)
+                  extent=args.extent, consistency=args.consistency, cluster=args.cluster, precision=args.precision)
     result = superresolve(req)
     log.info("%d×%d written in %.1f s", result.width, result.height, result.seconds)
     return result.output

@@ -54,10 +54,10 @@ from typing import Callable
 import numpy as np
 from osgeo import gdal
 
-from . import modelfile, pipeline, raster
+from . import modelfile, pipeline, precision, raster
 from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError
-from .methods import choose_backend
+from .methods import choose_backend, torch_sees_cuda
 from .pipeline import (Request, Result, TilePlan, check_pending_memory, commit_outputs, make_method, open_outputs,
                        render, tile_plan)
 from .registry import LEARNED
@@ -367,15 +367,18 @@ def for_workers(req: Request) -> Request:
     and for a learned method the model the client resolved (LATENTSR_MODEL included), as an absolute
     folder that the workers read like the input (its card is checked on each: card_sha256; the
     engine the client ships has no bundled models), and the backend the client chose for backend auto (a worker that lacks it then refuses in one
-    line instead of running another backend's floats)."""
+    line instead of running another backend's floats), and the precision it chose for precision auto
+    (engine.precision), so that every band runs the client's arithmetic."""
     def local(path):
         return os.path.abspath(path) if path and os.path.exists(path) else path
-    model, backend = req.model, req.backend
+    model, backend, chosen = req.model, req.backend, req.precision
     if req.method in LEARNED:
         folder = modelfile.resolve(req.model).absolute()
         backend = choose_backend(req.backend, req.device, modelfile.read_card(folder))
         model = str(folder)
-    return dataclasses.replace(req, input=local(req.input), model=model, backend=backend)
+        chosen = precision.choose(req.precision, backend,
+                                  "cuda" if backend == "torch" and torch_sees_cuda(req.device) else "cpu")
+    return dataclasses.replace(req, input=local(req.input), model=model, backend=backend, precision=chosen)
 
 
 @functools.lru_cache(maxsize=1)

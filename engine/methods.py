@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from . import latent, modelfile
+from . import latent, modelfile, precision
 from .errors import LatentSRError
 from .grid import Grid
 from .models.sampling import unet_multiple
@@ -103,6 +103,7 @@ class MethodOptions:
     model: str | None = None
     threads: int | None = None  # ONNX Runtime's intra-op threads (default: every core)
     detail: float | None = None  # stochastic methods; None: the card's detail_default
+    precision: str = "auto"  # engine.precision: auto, float32 or bf16
 
 
 def importable(module: str) -> bool:
@@ -212,6 +213,8 @@ def describe_runner(method: str, backend: str, device: str, model: str | None = 
     else:
         torch = sys.modules.get("torch")
         text = "PyTorch on CPU" + (f", {torch.get_num_threads()} threads" if torch is not None else "")
+        if precision.choose("auto", "torch", "cpu") == "bf16":
+            text += ", bf16"
     if device == "auto" and cuda is None:
         text += " (a GPU is looked for when the device list is opened)"
     return text
@@ -306,6 +309,7 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
     if choose_backend(options.backend, options.device, card) == "onnx":
         from . import onnx_backend
 
+        precision.choose(options.precision, "onnx", options.device)
         onnx_backend.require(name, options.backend)
         spec = method_spec(card, name)
         onnx_backend.require_graphs(card, folder)
@@ -323,7 +327,7 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         card, tensors = modelfile.load(str(folder))
         spec = method_spec(card, name)
         steps = method_steps(name, options.steps, spec, folder / modelfile.CARD)
-        nets = torch_backend.networks(card, tensors, spec, options.device)
+        nets = torch_backend.networks(card, tensors, spec, options.device, options.precision)
     method = learned(name, card, spec, nets, steps, detail)
     latent.describe(method, card.get("name"), nets.where)
     return method
@@ -335,6 +339,7 @@ def build_method(name: str, options: MethodOptions = MethodOptions()) -> SRMetho
         raise LatentSRError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
     if options.detail is not None:
         latent.check_detail(options.detail)
+    precision.check(options.precision)
     ignore_detail(name, options.detail)
     if not REGISTRY[name].learned:
         return REGISTRY[name].plain()

@@ -233,6 +233,7 @@ class OnnxNetworks:
     (``fused``), else its condition, denoiser and decoder graphs."""
 
     backend = "onnx"
+    precision = "float32"  # the only one it runs (engine.precision)
 
     def __init__(self, graphs: dict, method: Method):
         self.graphs = graphs
@@ -251,7 +252,7 @@ class OnnxNetworks:
 
     @property
     def where(self) -> str:
-        return f"backend onnx on {self.provider}"
+        return f"backend onnx on {self.provider}, {self.precision}"
 
     def array(self, x: np.ndarray) -> np.ndarray:
         return x

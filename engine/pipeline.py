@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import raster
+from . import precision, raster
 from .errors import Cancelled, LatentSRError
 from .grid import Axis, Grid, resolution_axis, scale_axis, snap_window
 from .latent import CALL_DONE, check_detail
@@ -55,6 +55,7 @@ class Request:
     extent: tuple[float, float, float, float] | None = None  # (xmin, ymin, xmax, ymax) in the input's CRS
     consistency: bool = False  # project each tile so that its degradation matches the LR (engine.projection)
     cluster: str | None = None  # a Dask scheduler address or local:N: run with engine.cluster.superresolve
+    precision: str = "auto"  # the learned methods' arithmetic (engine.precision)
 
     def check(self) -> None:
         """Validate what can be validated without opening the input."""
@@ -64,6 +65,7 @@ class Request:
             raise LatentSRError(f"unknown backend '{self.backend}': choose one of {', '.join(BACKENDS)}")
         if self.device not in DEVICES:
             raise LatentSRError(f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+        precision.check(self.precision)
         if self.target_resolution is None:
             if self.scale is None:
                 raise LatentSRError("give a scale or a target resolution")
@@ -252,7 +254,8 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
 
 def make_method(req: Request):
     """The SR method ``req`` asks for, ready to run."""
-    method = build_method(req.method, MethodOptions(req.steps, req.backend, req.device, req.model, detail=req.detail))
+    method = build_method(req.method, MethodOptions(req.steps, req.backend, req.device, req.model, detail=req.detail,
+                                                    precision=req.precision))
     return Projected(method) if req.consistency else method
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from engine import cluster, modelfile
+from engine import cluster, modelfile, precision
 from engine.errors import Cancelled, LatentSRError
 from engine.methods import choose_backend
 from engine.cluster import superresolve
@@ -533,7 +533,7 @@ def test_method_key_changes_with_each_run_option():
     base = Request(input="in.tif", output="out.tif", scale=2, method="lcmsr")
     key = cluster.method_key(base, None)
     changes = {"method": "e2diffsr", "steps": 2, "detail": 0.5, "backend": "onnx", "device": "cpu", "model": "other",
-               "consistency": True}
+               "consistency": True, "precision": "float32"}
     assert set(changes) | cluster.NOT_METHOD == {f.name for f in dataclasses.fields(Request)}  # a new field is seen
     for name, value in changes.items():
         assert cluster.method_key(dataclasses.replace(base, **{name: value}), None) != key, name
@@ -591,6 +591,12 @@ def test_the_client_sends_its_own_model_and_backend(tmp_path, monkeypatch):
     assert cluster.for_workers(req).model == str(modelfile.MODELS_DIR / "latentsr-rgb")
     assert cluster.for_workers(req).backend == choose_backend("auto", "auto", modelfile.read_card(modelfile.resolve(None)))
     assert cluster.for_workers(dataclasses.replace(req, backend="torch")).backend == "torch"
+    # precision auto goes as the client's choice, so that every band runs its arithmetic (engine.precision)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: set(precision.AUTO_CPU_FLAGS))
+    assert cluster.for_workers(dataclasses.replace(req, backend="torch")).precision == "bf16"
+    assert cluster.for_workers(dataclasses.replace(req, backend="onnx")).precision == "float32"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    assert cluster.for_workers(dataclasses.replace(req, backend="torch")).precision == "float32"
     monkeypatch.delenv("LATENTSR_MODEL")
     assert cluster.for_workers(req).model == str(modelfile.MODELS_DIR / "latentsr-rgb")
     assert cluster.for_workers(dataclasses.replace(req, method="bicubic")).model is None
