@@ -1,16 +1,19 @@
 """The arithmetic a learned method runs in: ``float32``, the exact path, or ``bf16``, the torch backend
 under torch.autocast(bfloat16) with its networks in channels_last (the weights stay float32).
 
-``--precision auto`` (the default) takes bf16 where it was measured faster within the quality limits
-(docs/BENCHMARKS.md, "Precision": at most 0.05 dB of PSNR and 0.1 dB of LSD lost at ×4 on val,
-``python -m training.bench precision``): the torch backend on a CPU whose flags name avx512_bf16 or
-amx_bf16 (Linux's /proc/cpuinfo; other systems' CPUs are not inspected). Everywhere else auto is
-float32: ONNX Runtime's CPU provider has no bfloat16 kernels for Conv, MatMul or Mul, and its int8
-quantisation (dynamic, or static QDQ calibrated on training crops) was measured slower than its float32
-graphs for these networks, whose time goes mostly to the continuous-scale resampling (gathers and
-elementwise work); a GPU's bf16 was not measured. The auto backend stays ONNX Runtime on the CPU,
-which in float32 is faster than torch in bf16 on the CPU measured. ``--precision float32`` keeps the
-exact path; ``bf16`` asks for it where auto would not take it (refused on the onnx backend).
+The quality limits are issue 27's: at most 0.05 dB of PSNR and 0.1 dB of LSD lost at ×4 on val
+(``python -m training.bench precision``, docs/BENCHMARKS.md "Precision"). bf16 keeps well within them
+for regression and LCMSR. ``--precision auto`` (the default) takes bf16 for the torch backend on a CPU
+with AMX (amx_bf16 in Linux's /proc/cpuinfo; other systems' CPUs are not inspected), as training's auto
+does (training.precision). On the CPU measured, an AMD EPYC with avx512_bf16 but no AMX, bf16 was
+1.2-1.5x faster than torch in float32 and 2.5x slower than ONNX Runtime in float32, which backend
+auto runs there, so auto keeps float32 on it and ``--precision bf16`` asks for bf16. ONNX Runtime runs
+float32 only: its CPU provider has no bfloat16 kernels for Conv, MatMul or Mul, and its int8
+quantisation (dynamic, or static QDQ calibrated on training crops) was slower than its float32 graphs
+(0.4-0.7x; 1.03x for LCMSR's static QDQ, within the load's noise, with LSD moved by 0.17 dB), because
+these networks spend most of their time in the continuous-scale resampling (gathers and elementwise
+work), not in convolutions. A GPU runs float32 (its bf16 was not measured). ``--precision float32``
+is the exact path, the one the tests and the ONNX export compare.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 from engine import metrics, precision
 from engine.errors import LatentSRError
 from engine.grid import Grid
-from engine.methods import MethodOptions, build_method
+from engine.methods import MethodOptions, build_method, describe_runner
 from engine.pipeline import Request
 from tests.conftest import DATA, SAMPLE
 from tests.test_bad_inputs import cli, one_line_error
@@ -58,6 +58,8 @@ def test_runner_line_says_which_precision_runs(tiny_model, monkeypatch, caplog, 
     assert method.nets.precision == runs
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("regression: model tiny"))
     assert f"backend torch on cpu, {runs}," in line, line
+    if choice == "auto":  # the dock's runner label says bf16 when it would run
+        assert describe_runner("regression", "torch", "cpu").endswith(", bf16") == (runs == "bf16")
 
 
 def test_cli_precision_errors_are_one_line(tmp_path):
