@@ -111,7 +111,7 @@ def calibration_tiles(scale: float, count: int) -> list[np.ndarray]:
     return tiles
 
 
-def quantised(name: str, steps: int | None, kind: str, options: MethodOptions, scale: float, tmp: Path):
+def quantised(name: str, kind: str, options: MethodOptions, scale: float, tmp: Path):
     """The ONNX method ``name`` with each of its graphs replaced by its int8 quantisation ``kind``."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
@@ -156,7 +156,7 @@ def build(path: Kernel, name: str, steps: int | None, model: str | None, threads
     options = MethodOptions(steps=steps, backend=path.backend, device="cpu", model=model, threads=threads,
                             precision=path.precision)
     if path.int8:
-        return quantised(name, steps, path.int8, options, scale, tmp)
+        return quantised(name, path.int8, options, scale, tmp)
     return build_method(name, options)
 
 
