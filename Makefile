@@ -83,6 +83,7 @@ bench: setup
 	cd $(ROOT) && $(PY) -m training.bench quality --val $(VAL_DATA) --limit $(BENCH_LIMIT) --set-default --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench backends --model latentsr-rgb --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench backends --model latentsr-rgb --threads 1 --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training.bench precision --val $(VAL_DATA) --limit $(BENCH_LIMIT) --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench scale --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench cluster --out docs/BENCHMARKS.md
 

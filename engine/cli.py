@@ -22,6 +22,7 @@ from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError, single_line
 from .methods import BACKENDS, DEFAULTS, DETAIL_HELP, DEVICES, RunOptions, steps_help
 from .pipeline import Request, superresolve
+from .precision import PRECISIONS
 from .registry import METHODS
 from .report import render_json, render_text
 
@@ -135,6 +136,10 @@ def add_run_options(p: argparse.ArgumentParser, when: str = "") -> None:
     p.add_argument("--device", choices=DEVICES, default=DEFAULTS.device)
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--model", help=f"bundled model name or model folder{when} (default: the bundled default)")
+    p.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
+                   help=f"arithmetic of the learned methods{when}: auto (default: the fastest path measured within "
+                        "the quality limits on this CPU, docs/BENCHMARKS.md), float32 (the exact path), or bf16 "
+                        "(backend torch)")
 
 
 def run_options(args) -> RunOptions:

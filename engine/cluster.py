@@ -56,10 +56,10 @@ from typing import Callable
 import numpy as np
 from osgeo import gdal
 
-from . import modelfile, output, raster
+from . import modelfile, output, precision, raster
 from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError
-from .methods import choose_backend
+from .methods import choose_backend, torch_sees_cuda
 from .registry import LEARNED
 from .render import TileJob, TilePlan, commit_outputs, open_outputs, render, tile_plan
 
@@ -352,16 +352,19 @@ def for_workers(req):
     """The request ``req`` (engine.pipeline.Request) as the workers must run it: its input path
     absolute (workers start in other folders), and for a learned method the model the client resolved
     (LATENTSR_MODEL included), as an absolute folder that the workers read like the input (its card is
-    checked on each: card_sha256; the engine the client ships has no bundled models), and the backend
+    checked on each: card_sha256; the engine the client ships has no bundled models), the backend
     the client chose for backend auto (a worker that lacks it then refuses in one line instead of
-    running another backend's floats)."""
+    running another backend's floats), and the precision it chose for precision auto (engine.precision),
+    so that every band runs the client's arithmetic."""
     def local(path):
         return os.path.abspath(path) if path and os.path.exists(path) else path
     options = req.options
     if options.method in LEARNED:
         folder = modelfile.resolve(options.model).absolute()
         backend = choose_backend(options.backend, options.device, modelfile.read_card(folder))
-        options = dataclasses.replace(options, model=str(folder), backend=backend)
+        chosen = precision.choose(options.precision, backend,
+                                  "cuda" if backend == "torch" and torch_sees_cuda(options.device) else "cpu")
+        options = dataclasses.replace(options, model=str(folder), backend=backend, precision=chosen)
     return dataclasses.replace(req, input=local(req.input), options=options)
 
 

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from . import latent, modelfile
+from . import latent, modelfile, precision
 from .card import Card, MethodSpec
 from .errors import LatentSRError
 from .grid import Grid
@@ -110,6 +110,7 @@ class MethodOptions:
     model: str | None = None
     threads: int | None = None  # ONNX Runtime's intra-op threads (default: every core)
     detail: float | None = None  # stochastic methods; None: the card's detail_default
+    precision: str = "auto"  # engine.precision: auto, float32 or bf16
 
 
 def check_detail(detail) -> float:
@@ -138,6 +139,7 @@ class RunOptions:
     device: str = DEFAULTS.device
     model: str | None = None  # a bundled model's name or a model folder (None: the default model)
     consistency: bool = False  # project each tile so that its degradation matches the LR (engine.projection)
+    precision: str = "auto"  # the learned methods' arithmetic (engine.precision)
     seed: int = DEFAULTS.seed
     samples: int = 1
 
@@ -160,6 +162,7 @@ class RunOptions:
             raise LatentSRError(f"several samples need a diffusion method ({' or '.join(STOCHASTIC)}); {self.method} is deterministic")
         if not 0 <= self.seed <= MAX_SEED:
             raise LatentSRError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        precision.check(self.precision)
 
     def method_key(self) -> tuple:
         """What decides the method ``make_method`` makes: every field but SAMPLING."""
@@ -168,7 +171,7 @@ class RunOptions:
     def make_method(self) -> SRMethod:
         """The SR method these options ask for, ready to run."""
         method = build_method(self.method, MethodOptions(self.steps, self.backend, self.device, self.model,
-                                                         detail=self.detail))
+                                                         detail=self.detail, precision=self.precision))
         return Projected(method) if self.consistency else method
 
     def label(self) -> str:
@@ -293,6 +296,8 @@ def describe_runner(method: str, backend: str, device: str, model: str | None = 
     else:
         torch = sys.modules.get("torch")
         text = "PyTorch on CPU" + (f", {torch.get_num_threads()} threads" if torch is not None else "")
+        if precision.choose("auto", "torch", "cpu") == "bf16":
+            text += ", bf16"
     if device == "auto" and cuda is None:
         text += " (a GPU is looked for when the device list is opened)"
     return text
@@ -356,6 +361,7 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         from . import onnx_backend
 
         fused = kind.fuses(steps, detail)
+        precision.choose(options.precision, "onnx", options.device)
         onnx_backend.require(name, options.backend)
         onnx_backend.require_graphs(card, folder)
         nets = onnx_backend.networks(kind, folder, card, spec, options.device, options.threads, fused)
@@ -368,7 +374,7 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
         from . import torch_backend
 
         card, tensors = modelfile.load(str(folder))
-        nets = torch_backend.networks(card, tensors, spec, options.device)
+        nets = torch_backend.networks(card, tensors, spec, options.device, options.precision)
     method = learned(name, card, spec, nets, steps, detail)
     latent.describe(method, card.name, nets.where)
     return method
@@ -378,6 +384,7 @@ def build_method(name: str, options: MethodOptions = MethodOptions()) -> SRMetho
     """The method called ``name``; a LatentSRError if it cannot run here."""
     if name not in REGISTRY:
         raise LatentSRError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
+    precision.check(options.precision)
     ignore_detail(name, options.detail)
     if not REGISTRY[name].learned:
         return REGISTRY[name].plain()

@@ -240,6 +240,7 @@ class OnnxNetworks:
     (engine.models.inputs: the graph's input names)."""
 
     backend = "onnx"
+    precision = "float32"  # the only one it runs (engine.precision)
 
     def __init__(self, graphs: dict, method: Method):
         self.graphs = graphs
@@ -258,7 +259,7 @@ class OnnxNetworks:
 
     @property
     def where(self) -> str:
-        return f"backend onnx on {self.provider}"
+        return f"backend onnx on {self.provider}, {self.precision}"
 
     def array(self, x: np.ndarray) -> np.ndarray:
         return x

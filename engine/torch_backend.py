@@ -5,12 +5,13 @@ the choice of backend is in engine.methods.
 """
 from __future__ import annotations
 
+import contextlib
 from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
 
-from . import modelfile
+from . import modelfile, precision
 from .card import Card, MethodSpec
 from .errors import LatentSRError
 from .models.inputs import ConditionInputs, DecoderInputs, DenoiserInputs
@@ -31,17 +32,21 @@ def pick_device(name: str) -> torch.device:
 
 class TorchNetworks:
     """The networks of one method (roles decoder, condition and, for the diffusion methods, denoiser),
-    each called with its named inputs (engine.models.inputs) in the order of its forward."""
+    each called with its named inputs (engine.models.inputs) in the order of its forward,
+    run in ``precision`` (engine.precision): bf16 under autocast, with the networks in channels_last."""
 
     backend = "torch"
     fused = None
 
-    def __init__(self, nets: dict, device: torch.device):
-        self.nets, self.device = nets, device
+    def __init__(self, nets: dict, device: torch.device, precision: str = "float32"):
+        self.nets, self.device, self.precision = nets, device, precision
+        if precision == "bf16":
+            for net in nets.values():
+                net.to(memory_format=torch.channels_last)
 
     @property
     def where(self) -> str:
-        return f"backend torch on {self.device}"
+        return f"backend torch on {self.device}, {self.precision}"
 
     def array(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x).to(self.device)
@@ -50,7 +55,11 @@ class TorchNetworks:
         return x.float().cpu().numpy()
 
     def running(self) -> AbstractContextManager:
-        return torch.inference_mode()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self.precision == "bf16":
+            stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
+        return stack
 
     def condition(self, inputs: ConditionInputs) -> torch.Tensor:
         return self.nets["condition"](*inputs)
@@ -71,10 +80,12 @@ def roles(card: Card, spec: MethodSpec) -> dict:
     return out
 
 
-def networks(card: Card, tensors: dict, spec: MethodSpec, device: str = "auto") -> TorchNetworks:
-    """The networks of the method ``spec`` over an already loaded bundle."""
+def networks(card: Card, tensors: dict, spec: MethodSpec, device: str = "auto", choice: str = "float32") -> TorchNetworks:
+    """The networks of the method ``spec`` over an already loaded bundle, in the precision ``choice``
+    (engine.precision) gives on the device."""
     dev = pick_device(device)
     names = roles(card, spec)
     built = modelfile.build_networks(card, tensors, sorted(set(names.values())), dev)
-    return TorchNetworks({role: built[net] for role, net in names.items()}, dev)
+    return TorchNetworks({role: built[net] for role, net in names.items()}, dev,
+                         precision.choose(choice, "torch", dev.type))
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from engine import cluster, modelfile
+from engine import cluster, modelfile, precision
 from engine.errors import Cancelled, LatentSRError
 from engine.methods import RunOptions, choose_backend
 from engine.pipeline import Request, superresolve
@@ -538,7 +538,7 @@ def test_method_key_changes_with_each_run_option_but_the_sampling_ones():
     base = Request(input="in.tif", output="out.tif", scale=2, options=RunOptions(method="lcmsr"))
     key = cluster.method_key(base, None)
     changes = {"method": "e2diffsr", "steps": 2, "detail": 0.5, "backend": "onnx", "device": "cpu", "model": "other",
-               "consistency": True, "seed": 9, "samples": 3}
+               "consistency": True, "precision": "float32", "seed": 9, "samples": 3}
     assert set(changes) == {f.name for f in dataclasses.fields(RunOptions)}
     assert set(RunOptions.SAMPLING) < set(changes)
     for name, value in changes.items():
@@ -600,6 +600,12 @@ def test_the_client_sends_its_own_model_and_backend(tmp_path, monkeypatch):
     assert cluster.for_workers(req).options.backend == choose_backend("auto", "auto",
                                                                       modelfile.read_card(modelfile.resolve(None)))
     assert cluster.for_workers(with_options(req, backend="torch")).options.backend == "torch"
+    # precision auto goes as the client's choice, so that every band runs its arithmetic (engine.precision)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: set(precision.AUTO_CPU_FLAGS))
+    assert cluster.for_workers(with_options(req, backend="torch")).options.precision == "bf16"
+    assert cluster.for_workers(with_options(req, backend="onnx")).options.precision == "float32"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    assert cluster.for_workers(with_options(req, backend="torch")).options.precision == "float32"
     monkeypatch.delenv("LATENTSR_MODEL")
     assert cluster.for_workers(req).options.model == str(modelfile.MODELS_DIR / "latentsr-rgb")
     assert cluster.for_workers(with_options(req, method="bicubic")).options.model is None

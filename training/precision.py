@@ -17,23 +17,15 @@ import logging
 
 import torch
 
+from engine.precision import BF16_CPU_FLAGS, cpu_flags
+
 from .errors import TrainingError
 
 log = logging.getLogger(__name__)
 
 CHOICES = ("auto", "bf16", "float32")
-CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # the CPU computes bfloat16 natively
+CPU_FLAGS = BF16_CPU_FLAGS  # the CPU computes bfloat16 natively
 AUTO_CPU_FLAGS = ("amx_bf16",)  # ... and fast enough for auto to take it (module notes)
-CPUINFO = "/proc/cpuinfo"
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open(CPUINFO) as f:
-            return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-    except OSError:
-        return set()
 
 
 def has_bf16(device: torch.device) -> bool:

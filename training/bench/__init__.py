@@ -9,7 +9,9 @@
 - ``stage2``: a stage-2 run judged before it is bundled: detail and fidelity at each D, and whether its samples
   spread where the texture is;
 - ``step``: where a training step's time goes (data, each network's forward and backward, the critic, the
-  optimizer) for make train's stage-1 and LCMSR recipes, in float32 and bf16, with and without channels_last.
+  optimizer) for make train's stage-1 and LCMSR recipes, in float32 and bf16, with and without channels_last;
+- ``precision``: float32, int8 (ONNX Runtime quantisation) and bf16 (torch) inference on this CPU: speed, and PSNR
+  and LSD on val against float32.
 
 The benchmark owns its processes, so, like the engine CLI and qgis_process, it fixes glibc's mmap
 threshold (engine/allocator.py) before it builds any method.
@@ -21,7 +23,7 @@ import sys
 
 from engine.allocator import fix_mmap_threshold
 
-KINDS = ("quality", "backends", "scale", "speed", "cluster", "stage2", "step")
+KINDS = ("quality", "backends", "scale", "speed", "cluster", "stage2", "step", "precision")
 
 
 def main(argv: list[str] | None = None) -> int:
