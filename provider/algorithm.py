@@ -10,6 +10,7 @@ from .i18n import tr
 
 from ..engine.errors import LatentSRError, single_line
 from ..engine.methods import BACKENDS, DEVICES, RunOptions
+from ..engine.precision import PRECISIONS
 from ..engine.registry import METHODS
 
 # How each field of engine.methods.RunOptions is read from its parameter, the field's name in
@@ -22,6 +23,7 @@ READ = {
     "device": lambda alg, p, c: DEVICES[alg.parameterAsEnum(p, "DEVICE", c)],
     "model": lambda alg, p, c: alg.parameterAsFile(p, "MODEL", c) or None,
     "consistency": lambda alg, p, c: alg.parameterAsBool(p, "CONSISTENCY", c),
+    "precision": lambda alg, p, c: PRECISIONS[alg.parameterAsEnum(p, "PRECISION", c)],
     "seed": lambda alg, p, c: alg.parameterAsInt(p, "SEED", c),
     "samples": lambda alg, p, c: alg.parameterAsInt(p, "SAMPLES", c),
 }
@@ -30,6 +32,7 @@ WRITE = {
     "steps": lambda steps: steps or 0,
     "backend": BACKENDS.index,
     "device": DEVICES.index,
+    "precision": PRECISIONS.index,
 }
 
 

@@ -22,6 +22,7 @@ from .engine_run import run_engine
 from ..engine.methods import BACKENDS, DEFAULTS, DETAIL_HELP, DETAIL_RANGE, DEVICES, steps_help
 from ..engine.registry import MAX_STEPS, METHODS, REGISTRY
 from .superresolve import offered_devices
+from ..engine.precision import PRECISIONS
 from .i18n import tr
 
 def numbers() -> tuple:
@@ -41,6 +42,7 @@ def numbers() -> tuple:
 class EvaluateAlgorithm(LatentSRAlgorithm):
     INPUT, REFERENCE, LR, SCALE, BANDS = "INPUT", "REFERENCE", "LR", "SCALE", "BANDS"
     METHOD, STEPS, SEED, BACKEND, DEVICE, MODEL = "METHOD", "STEPS", "SEED", "BACKEND", "DEVICE", "MODEL"
+    PRECISION = "PRECISION"
     DETAIL = "DETAIL"
     OUTPUT_HTML, OUTPUT_DIFFERENCE, OUTPUT_CORRECTNESS = "OUTPUT_HTML", "OUTPUT_DIFFERENCE", "OUTPUT_CORRECTNESS"
 
@@ -108,6 +110,10 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
             tr("Backend of the learned methods when INPUT is empty (as in Super-resolve raster)."), advanced=True)
         add(QgsProcessingParameterEnum(self.DEVICE, tr("Device"), offered_devices(), defaultValue=DEVICES.index(DEFAULTS.device)),
             tr("Device of the learned methods when INPUT is empty; auto uses CUDA when available."), advanced=True)
+        add(QgsProcessingParameterEnum(self.PRECISION, tr("Arithmetic"), list(PRECISIONS), defaultValue=0),
+            tr("Arithmetic of the learned methods: auto takes the fastest path that stays within the measured quality "
+               "limits on this machine (docs/BENCHMARKS.md), float32 the exact one, bf16 runs PyTorch in bfloat16."),
+            advanced=True)
         add(QgsProcessingParameterFile(self.MODEL, tr("Model folder (empty: the bundled model)"),
                                        behavior=QgsProcessingParameterFile.Folder, optional=True),
             tr("A model bundle folder for the learned methods when INPUT is empty."), advanced=True)

@@ -22,6 +22,7 @@ from ..engine.methods import (BACKENDS, DEFAULTS, DETAIL_HELP, DETAIL_RANGE, DEV
 from ..engine.registry import MAX_STEPS, METHODS, REGISTRY
 from .algorithm import LatentSRAlgorithm
 from .engine_run import run_engine
+from ..engine.precision import PRECISIONS
 from .i18n import tr
 
 
@@ -57,6 +58,7 @@ def connect_timeout() -> str:
 class SuperResolveAlgorithm(LatentSRAlgorithm):
     INPUT, BANDS, SCALE, TARGET_RESOLUTION = "INPUT", "BANDS", "SCALE", "TARGET_RESOLUTION"
     METHOD, STEPS, DETAIL, BACKEND, DEVICE = "METHOD", "STEPS", "DETAIL", "BACKEND", "DEVICE"
+    PRECISION = "PRECISION"
     TILE_SIZE, OVERLAP, SEED, SAMPLES = "TILE_SIZE", "OVERLAP", "SEED", "SAMPLES"
     CONSISTENCY, EXTENT, COG, MODEL, CLUSTER = "CONSISTENCY", "EXTENT", "COG", "MODEL", "CLUSTER"
     OUTPUT, OUTPUT_UNCERTAINTY = "OUTPUT", "OUTPUT_UNCERTAINTY"
@@ -109,6 +111,10 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
         add(QgsProcessingParameterEnum(self.DEVICE, tr("Device"), offered_devices(), defaultValue=DEVICES.index(DEFAULTS.device)),
             tr("auto uses a CUDA GPU when available, else the CPU; cuda is listed only where an NVIDIA driver and a "
                "CUDA build of PyTorch or ONNX Runtime are installed."), advanced=True)
+        add(QgsProcessingParameterEnum(self.PRECISION, tr("Arithmetic"), list(PRECISIONS), defaultValue=0),
+            tr("Arithmetic of the learned methods: auto takes the fastest path that stays within the measured quality "
+               "limits on this machine (docs/BENCHMARKS.md), float32 the exact one, bf16 runs PyTorch in bfloat16."),
+            advanced=True)
         add(QgsProcessingParameterNumber(self.TILE_SIZE, tr("Tile size (input pixels)"), QgsProcessingParameterNumber.Integer,
                                          DEFAULTS.tile, minValue=pipeline.MIN_TILE),
             tr("The raster is processed in tiles of this many input pixels; smaller tiles use less memory."), advanced=True)

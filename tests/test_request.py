@@ -14,7 +14,7 @@ from engine.methods import RunOptions
 from engine.pipeline import Request
 
 OTHER = {"method": "e2diffsr", "steps": 2, "detail": 0.5, "backend": "onnx", "device": "cpu", "model": "mine",
-         "consistency": True, "seed": 9, "samples": 3}  # a value other than the default, per option
+         "consistency": True, "precision": "float32", "seed": 9, "samples": 3}  # a value other than the default, per option
 
 
 def test_a_run_and_an_evaluation_hold_the_same_run_options_and_restate_none():
