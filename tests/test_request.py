@@ -47,7 +47,8 @@ def test_detail_is_made_a_number_once_and_a_deterministic_method_takes_one_sampl
 def test_both_commands_build_the_run_options_from_their_flags():
     args = cli.parser().parse_args(["superresolve", "in.tif", "out.tif", "--scale", "2", "--method", "e2diffsr",
                                     "--steps", "2", "--detail", "0.5", "--backend", "onnx", "--device", "cpu",
-                                    "--model", "mine", "--consistency", "--seed", "9", "--samples", "3"])
+                                    "--model", "mine", "--consistency", "--precision", "float32", "--seed", "9",
+                                    "--samples", "3"])
     assert cli.run_options(args) == RunOptions(**OTHER)
     args = cli.parser().parse_args(["evaluate", "--hr", "hr.tif", "--scale", "2", "--method", "e2diffsr", "--steps", "2",
                                     "--detail", "0.5", "--seed", "9"])
