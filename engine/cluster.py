@@ -3,7 +3,7 @@ with the bytes of a single run. The pipeline hands it the run's tiles (engine.re
 the request names a cluster (``run_tiles``).
 
 The output is cut into bands of whole rows of output cells along the single run's tile plan
-(engine.render.TilePlan). Each band is one task: a worker opens the input itself (a path or
+(engine.tiling.TilePlan). Each band is one task: a worker opens the input itself (a path or
 GDAL URL that every worker can read), runs the tile rows that reach the band, from the first
 one whose blend weights touch its top row, through engine.render.render (the single run's own
 loop, so every cell sums the same tiles in the same order), and writes the band's rows into a
@@ -56,12 +56,13 @@ from typing import Callable
 import numpy as np
 from osgeo import gdal
 
-from . import modelfile, output, precision, raster
+from . import modelfile, output, raster
 from .allocator import fix_mmap_threshold
 from .errors import Cancelled, LatentSRError
-from .methods import choose_backend, torch_sees_cuda
+from .methods import choose_backend, run_precision
 from .registry import LEARNED
-from .render import TileJob, TilePlan, commit_outputs, open_outputs, render, tile_plan
+from .render import FILL_ITERATIONS, TileJob, commit_outputs, open_outputs, render
+from .tiling import TilePlan, tile_plan
 
 log = logging.getLogger(__name__)
 
@@ -362,8 +363,7 @@ def for_workers(req):
     if options.method in LEARNED:
         folder = modelfile.resolve(options.model).absolute()
         backend = choose_backend(options.backend, options.device, modelfile.read_card(folder))
-        chosen = precision.choose(options.precision, backend,
-                                  "cuda" if backend == "torch" and torch_sees_cuda(options.device) else "cpu")
+        chosen = run_precision(options.precision, backend, options.device)
         options = dataclasses.replace(options, model=str(folder), backend=backend, precision=chosen)
     return dataclasses.replace(req, input=local(req.input), options=options)
 
@@ -583,7 +583,8 @@ def run_band(job: Job, band: Band) -> bool:
     try:
         src, info = open_input(req, job.window)
         method = worker_method(req, model)
-        plan = tile_plan(info, job.scale, job.axes, req.tile, req.overlap, method.halo(job.scale))
+        plan = tile_plan(info.width, info.height, job.scale, job.axes, req.tile, req.overlap,
+                         method.halo(job.scale) + FILL_ITERATIONS)
         y0, y1 = plan.row_edges[band.start], plan.row_edges[band.stop]
         kinds = [(info.gdal_type, info.signed_byte), (raster.FLOAT32, False)][:len(band.shards)]
         for path, (dtype, signed), final in zip(band.shards, kinds, job.final or (False,) * len(band.shards)):

@@ -346,25 +346,32 @@ def from_bundle(name: str, card: Card, tensors: dict, steps: int | None = None,
                    method_detail(name, detail, card))
 
 
+def run_precision(choice: str, backend: str, device: str) -> str:
+    """The arithmetic (engine.precision) a learned method runs in for the precision ``choice`` on the
+    backend chosen, on the device that backend will run on (decided once, here)."""
+    where = "cuda" if backend == "torch" and torch_sees_cuda(device) else "cpu"
+    return precision.choose(choice, backend, where)
+
+
 def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
-    """The learned method ``name`` with ``options``: the model's card read, the backend decided
-    (choose_backend, once), the card's entry, steps and detail worked out, then the backend's networks
+    """The learned method ``name`` with ``options``: the model's card read and its entry taken, the
+    backend (choose_backend), steps, detail and precision decided once, then the backend's networks
     opened over them."""
     folder = modelfile.resolve(options.model)
     card = modelfile.read_card(folder)
-    backend = choose_backend(options.backend, options.device, card)
     spec = card.method_spec(name)
+    backend = choose_backend(options.backend, options.device, card)
     steps = method_steps(name, options.steps, spec)
     detail = method_detail(name, options.detail, card)
+    chosen = run_precision(options.precision, backend, options.device)
     kind = REGISTRY[name]
     if backend == "onnx":
         from . import onnx_backend
 
-        fused = kind.fuses(steps, detail)
-        precision.choose(options.precision, "onnx", options.device)
         onnx_backend.require(name, options.backend)
         onnx_backend.require_graphs(card, folder)
-        nets = onnx_backend.networks(kind, folder, card, spec, options.device, options.threads, fused)
+        nets = onnx_backend.networks(kind, folder, card, spec, options.device, options.threads,
+                                     kind.fuses(steps, detail))
     else:
         try:
             import torch  # noqa: F401
@@ -373,8 +380,7 @@ def build_learned(name: str, options: MethodOptions) -> latent.LatentMethod:
                                 "or use backend onnx") from None
         from . import torch_backend
 
-        card, tensors = modelfile.load(str(folder))
-        nets = torch_backend.networks(card, tensors, spec, options.device, options.precision)
+        nets = torch_backend.networks(card, modelfile.load_tensors(folder, card), spec, options.device, chosen)
     method = learned(name, card, spec, nets, steps, detail)
     latent.describe(method, card.name, nets.where)
     return method

@@ -119,7 +119,8 @@ def read_card(folder: Path) -> Card:
     """The bundle's card (engine.card: parsed, checked and defaulted), every file it names a member of the folder."""
     data = read_member(folder, CARD, "card", "model card", CARD_LIMIT)
     path = Path(folder) / CARD
-    card = parse(parse_json(data.decode("utf-8", errors="replace"), f"the model card {path}"), path)
+    raw = parse_json(data.decode("utf-8", errors="replace"), f"the model card {path}")
+    card = parse(raw, path)
     for field, name in card.files():
         member(folder, name, field)
     return card
@@ -127,10 +128,16 @@ def read_card(folder: Path) -> Card:
 
 def load(ref: str | os.PathLike | None) -> tuple[Card, dict]:
     """(card, {name: torch tensor}) of a bundle, after checking the weights' SHA-256."""
-    from safetensors.torch import load as load_safetensors
-
     folder = resolve(ref)
     card = read_card(folder)
+    return card, load_tensors(folder, card)
+
+
+def load_tensors(folder: Path, card: Card) -> dict:
+    """{name: torch tensor} of the bundle in ``folder`` whose card is ``card`` (read_card), after
+    checking the weights' SHA-256 and each network's shapes."""
+    from safetensors.torch import load as load_safetensors
+
     data = read_weights(folder, WEIGHTS, "weights.file", card.weights.sha256)
     try:
         tensors = load_safetensors(data)
@@ -138,7 +145,7 @@ def load(ref: str | os.PathLike | None) -> tuple[Card, dict]:
         raise LatentSRError(f"cannot read the model weights {folder / WEIGHTS}: {e}") from None
     for name, spec in card.networks.items():
         check_shapes(name, spec, tensors, folder / CARD)
-    return card, tensors
+    return tensors
 
 
 def read_weights(folder: Path, name: str, field: str, expected: str | None, what: str = "model weights",

@@ -24,7 +24,8 @@ from . import cluster, guard, raster
 from .errors import LatentSRError
 from .grid import Axis, resolution_axis, scale_axis, snap_window
 from .methods import DEFAULTS, RunOptions
-from .render import FILL_ITERATIONS, TileJob, check_pending_memory, run_here, tile_plan
+from .render import FILL_ITERATIONS, TileJob, check_pending_memory, run_here
+from .tiling import tile_plan
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,6 @@ class Request:
             raise LatentSRError("an uncertainty output needs at least 2 samples")
         if self.cluster:
             cluster.parse_address(self.cluster)  # a malformed address fails before anything is opened
-        guard.check_tif_name(self.output, "output", vrt=bool(self.cluster))
-        guard.check_tif_name(self.uncertainty, "uncertainty output", vrt=bool(self.cluster))
 
 
 def check_extent(extent: tuple[float, float, float, float]) -> None:
@@ -158,9 +157,12 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     req.check()
     bands = list(req.bands) if req.bands else None
     whole = raster.open_raster(req.input)
+    # the outputs' checks together (engine.guard), before anything is written
+    guard.check_tif_name(req.output, "output", vrt=bool(req.cluster))
+    guard.check_tif_name(req.uncertainty, "uncertainty output", vrt=bool(req.cluster))
+    guard.check_outputs({"output": req.output, "uncertainty output": req.uncertainty}, {"input": (req.input, whole)})
     info = raster.describe(whole, bands)
     window = raster.extent_window(info, req.extent) if req.extent else None
-    guard.check_outputs({"output": req.output, "uncertainty output": req.uncertainty}, {"input": (req.input, whole)})
     norms = raster.band_norms(whole, info)  # from the whole raster, also when only a window is processed
     method = req.options.make_method()
     if req.options.samples > 1 and method.deterministic:
@@ -170,17 +172,13 @@ def superresolve(req: Request, progress: Callable[[float], None] | None = None,
     # a window is read with the context the method has in a whole run, so that it gives the same pixels
     ax, ay, window = output_axes(info.width, info.height, info.geotransform, scale, req.target_resolution, window,
                                  halo=method.halo(scale) + FILL_ITERATIONS)
-    src = raster.clipped(whole, window) if window else whole
-    try:
-        part = raster.describe(src, bands) if window else info
-        plan = tile_plan(part, scale, (ax, ay), req.tile, req.overlap, method.halo(scale))
+    with raster.window_part(whole, window, bands, info) as (src, part):
+        plan = tile_plan(part.width, part.height, scale, (ax, ay), req.tile, req.overlap,
+                         method.halo(scale) + FILL_ITERATIONS)
         log.info("%s ×%.4g: %d×%d -> %d×%d, %d tiles", method.name, scale, part.width, part.height, plan.out_w,
                  plan.out_h, plan.tiles)
         check_pending_memory(plan.rows, plan.out_w, len(part.bands), 2 if req.uncertainty else 1)
         execute = cluster.run_tiles if req.cluster else run_here  # the executor that runs the tiles
         execute(TileJob(req, src, part, norms, method, plan, window), lambda f: progress(0.95 * f), is_cancelled)
-    finally:
-        if window:
-            raster.release_clip(src)
     progress(1.0)
     return Result(req.output, plan.out_w, plan.out_h, scale, method.name, plan.tiles, time.perf_counter() - start)

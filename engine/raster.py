@@ -279,6 +279,20 @@ def release_clip(ds: gdal.Dataset) -> None:
         gdal.Unlink(name)
 
 
+@contextlib.contextmanager
+def window_part(ds: gdal.Dataset, window: tuple[int, int, int, int] | None, bands, info: RasterInfo):
+    """(dataset, description) of the pixel ``window`` of ``ds`` (described as ``info``) for the block:
+    a virtual raster in memory, released after it; ``ds`` and ``info`` themselves without a window."""
+    if not window:
+        yield ds, info
+        return
+    src = clipped(ds, window)
+    try:
+        yield src, describe(src, bands)
+    finally:
+        release_clip(src)
+
+
 def pixel_size(gt: tuple[float, ...]) -> tuple[float, float]:
     """Ground size of one pixel along its columns and rows, in map units (rotation-safe)."""
     return float(np.hypot(gt[1], gt[4])), float(np.hypot(gt[2], gt[5]))

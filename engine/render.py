@@ -16,10 +16,10 @@ import numpy as np
 
 from . import output, raster
 from .errors import Cancelled, LatentSRError
-from .grid import Axis, Grid
+from .grid import Grid
 from .latent import CALL_DONE
 from .resample import nearest_indices
-from .tiling import axis_plan, required_margin
+from .tiling import TilePlan
 
 log = logging.getLogger(__name__)
 
@@ -70,56 +70,6 @@ def to_storage(x: np.ndarray, norms: list[raster.BandNorm], dtype: np.dtype,
             v[~valid[c]] = nd if nd is not None else np.nan
         out[c] = v
     return out
-
-
-@dataclass(frozen=True)
-class TilePlan:
-    """The tiles of a run and the output cells they blend into. Cell (i, j) spans output rows
-    row_edges[i]:row_edges[i+1] and columns col_edges[j]:col_edges[j+1]; tile (i, j) is the last
-    one that reaches it."""
-
-    scale: float
-    axes: tuple  # (x, y) engine.grid.Axis: the output grid
-    rows: list
-    cols: list
-
-    @property
-    def out_w(self) -> int:
-        return self.axes[0].n_out
-
-    @property
-    def out_h(self) -> int:
-        return self.axes[1].n_out
-
-    @property
-    def tiles(self) -> int:
-        return len(self.rows) * len(self.cols)
-
-    @property
-    def row_edges(self) -> list[int]:
-        return [t.out_start for t in self.rows] + [self.out_h]
-
-    @property
-    def col_edges(self) -> list[int]:
-        return [t.out_start for t in self.cols] + [self.out_w]
-
-    def first_row(self, cell_row: int) -> int:
-        """The first tile row that reaches cell row ``cell_row``: the blend of that row needs every
-        tile row from there on, in order."""
-        top = self.rows[cell_row].out_start
-        return next(i for i, t in enumerate(self.rows) if t.out_stop > top)
-
-
-def tile_plan(info: raster.RasterInfo, scale: float, axes: tuple[Axis, Axis], tile: int, overlap: int,
-              context: int) -> TilePlan:
-    """The tiles of ``tile`` input pixels overlapping by ``overlap``, each read with ``context`` pixels
-    (a method's halo) and the nodata fill's around the part it is trusted on: the overlap gives
-    up to half of it (engine.tiling.required_margin), a wider read the rest, so a method sees as much
-    in a tile as in a whole run whatever the overlap."""
-    margin = required_margin(context + FILL_ITERATIONS, overlap)
-    extra = math.ceil(context + FILL_ITERATIONS - margin)
-    return TilePlan(scale, tuple(axes), axis_plan(info.height, axes[1], tile, overlap, margin, halo=extra),
-                    axis_plan(info.width, axes[0], tile, overlap, margin, halo=extra))
 
 
 @dataclass(frozen=True)

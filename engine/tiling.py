@@ -12,6 +12,7 @@ A 2-D tile's weight is the outer product of its row and column weights, so it su
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,3 +107,53 @@ def axis_plan(n_in: int, n_out: int | Axis, tile: int, overlap: int, margin: flo
 def required_margin(context: int, overlap: int) -> float:
     """The margin a method with ``context`` halo pixels gets from an overlap."""
     return min(float(context), overlap / 2.0)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The tiles of a run and the output cells they blend into. Cell (i, j) spans output rows
+    row_edges[i]:row_edges[i+1] and columns col_edges[j]:col_edges[j+1]; tile (i, j) is the last
+    one that reaches it."""
+
+    scale: float
+    axes: tuple  # (x, y) engine.grid.Axis: the output grid
+    rows: list
+    cols: list
+
+    @property
+    def out_w(self) -> int:
+        return self.axes[0].n_out
+
+    @property
+    def out_h(self) -> int:
+        return self.axes[1].n_out
+
+    @property
+    def tiles(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    @property
+    def row_edges(self) -> list[int]:
+        return [t.out_start for t in self.rows] + [self.out_h]
+
+    @property
+    def col_edges(self) -> list[int]:
+        return [t.out_start for t in self.cols] + [self.out_w]
+
+    def first_row(self, cell_row: int) -> int:
+        """The first tile row that reaches cell row ``cell_row``: the blend of that row needs every
+        tile row from there on, in order."""
+        top = self.rows[cell_row].out_start
+        return next(i for i, t in enumerate(self.rows) if t.out_stop > top)
+
+
+def tile_plan(width: int, height: int, scale: float, axes: tuple[Axis, Axis], tile: int, overlap: int,
+              context: int) -> TilePlan:
+    """The tiles of a width×height input, of ``tile`` input pixels overlapping by ``overlap``, each read
+    with ``context`` pixels (a method's halo and the nodata fill's) around the part it is trusted on:
+    the overlap gives up to half of it (required_margin), a wider read the rest, so a method sees as
+    much in a tile as in a whole run whatever the overlap."""
+    margin = required_margin(context, overlap)
+    extra = math.ceil(context - margin)
+    return TilePlan(scale, tuple(axes), axis_plan(height, axes[1], tile, overlap, margin, halo=extra),
+                    axis_plan(width, axes[0], tile, overlap, margin, halo=extra))

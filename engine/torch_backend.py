@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 import numpy as np
 import torch
 
-from . import modelfile, precision
+from . import modelfile
 from .card import Card, MethodSpec
 from .errors import LatentSRError
 from .models.inputs import ConditionInputs, DecoderInputs, DenoiserInputs
@@ -80,12 +80,11 @@ def roles(card: Card, spec: MethodSpec) -> dict:
     return out
 
 
-def networks(card: Card, tensors: dict, spec: MethodSpec, device: str = "auto", choice: str = "float32") -> TorchNetworks:
-    """The networks of the method ``spec`` over an already loaded bundle, in the precision ``choice``
-    (engine.precision) gives on the device."""
+def networks(card: Card, tensors: dict, spec: MethodSpec, device: str = "auto", chosen: str = "float32") -> TorchNetworks:
+    """The networks of the method ``spec`` over an already loaded bundle, in the arithmetic ``chosen``
+    (float32 or bf16: engine.methods.run_precision decides it)."""
     dev = pick_device(device)
     names = roles(card, spec)
     built = modelfile.build_networks(card, tensors, sorted(set(names.values())), dev)
-    return TorchNetworks({role: built[net] for role, net in names.items()}, dev,
-                         precision.choose(choice, "torch", dev.type))
+    return TorchNetworks({role: built[net] for role, net in names.items()}, dev, chosen)
 

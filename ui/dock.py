@@ -46,7 +46,7 @@ from qgis.PyQt.QtWidgets import (
 from ..engine import raster
 from ..engine.errors import LatentSRError
 from ..engine.methods import (DEFAULTS, DETAIL_HELP, DETAIL_RANGE, MAX_SAMPLES, MAX_SEED, RunOptions,
-                              card_default_detail)
+                              card_default_detail, steps_help)
 from ..engine.registry import METHODS, REGISTRY
 from ..engine.pipeline import MAX_SCALE, MIN_TILE, output_plan
 from ..provider import user_models
@@ -284,8 +284,8 @@ class SuperResolveDock(QgsDockWidget):
             self.size_label: tr("The size and pixel size the run will write"),
             self.method: tr("LCMSR samples in one step; E²DiffSR runs a few diffusion steps; Regression is "
                             "deterministic; Bicubic is the classic baseline"),
-            self.steps: tr("Steps of the diffusion methods (LCMSR defaults to 1, E²DiffSR to 4; at most {limits})").format(
-                
+            self.steps: tr("Steps of the diffusion methods ({defaults}; at most {limits})").format(
+                defaults=steps_help(),
                 limits=", ".join(tr("{steps} for {method}").format(steps=REGISTRY[m].max_steps, method=REGISTRY[m].short)
                                  for m in METHODS if REGISTRY[m].max_steps)),
             self.detail: tr("Faithful (left, 0) to detailed (right, 1). ") + DETAIL_HELP,
