@@ -110,7 +110,7 @@ class EvaluateAlgorithm(LatentSRAlgorithm):
             tr("Backend of the learned methods when INPUT is empty (as in Super-resolve raster)."), advanced=True)
         add(QgsProcessingParameterEnum(self.DEVICE, tr("Device"), offered_devices(), defaultValue=DEVICES.index(DEFAULTS.device)),
             tr("Device of the learned methods when INPUT is empty; auto uses CUDA when available."), advanced=True)
-        add(QgsProcessingParameterEnum(self.PRECISION, tr("Arithmetic"), list(PRECISIONS), defaultValue=0),
+        add(QgsProcessingParameterEnum(self.PRECISION, tr("Arithmetic"), list(PRECISIONS), defaultValue=0, optional=True),
             tr("Arithmetic of the learned methods: auto takes the fastest path that stays within the measured quality "
                "limits on this machine (docs/BENCHMARKS.md), float32 the exact one, bf16 runs PyTorch in bfloat16."),
             advanced=True)

@@ -111,7 +111,7 @@ class SuperResolveAlgorithm(LatentSRAlgorithm):
         add(QgsProcessingParameterEnum(self.DEVICE, tr("Device"), offered_devices(), defaultValue=DEVICES.index(DEFAULTS.device)),
             tr("auto uses a CUDA GPU when available, else the CPU; cuda is listed only where an NVIDIA driver and a "
                "CUDA build of PyTorch or ONNX Runtime are installed."), advanced=True)
-        add(QgsProcessingParameterEnum(self.PRECISION, tr("Arithmetic"), list(PRECISIONS), defaultValue=0),
+        add(QgsProcessingParameterEnum(self.PRECISION, tr("Arithmetic"), list(PRECISIONS), defaultValue=0, optional=True),
             tr("Arithmetic of the learned methods: auto takes the fastest path that stays within the measured quality "
                "limits on this machine (docs/BENCHMARKS.md), float32 the exact one, bf16 runs PyTorch in bfloat16."),
             advanced=True)

@@ -3,12 +3,19 @@ for the plugin package (`import latentsr`), and QGIS's own Python plugins for `p
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from osgeo import gdal, osr
+
+# A suite started in the background by a non-interactive shell (`nohup make test &`) inherits SIGINT
+# ignored, and so would every CLI the tests start, whose Ctrl-C tests would then see no interrupt:
+# the tests' processes take Ctrl-C as a terminal gives it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGINS = os.path.join(ROOT, "build", "plugins")
