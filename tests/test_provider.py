@@ -79,6 +79,15 @@ def test_qgis_process_headless(qgis_env, tmp_path):
     assert (ds.RasterXSize, ds.RasterYSize) == (947, 947)
 
 
+def test_qgis_process_runs_local_dask_workers_with_the_same_pixels(qgis_env, tmp_path):
+    """CLUSTER=local:2 inside qgis_process (whose sys.executable is not a Python: the workers start
+    with the interpreter engine.interpreter finds) writes the bytes of a single run."""
+    single, local = tmp_path / "single.tif", tmp_path / "local.tif"
+    for out, extra in ((single, []), (local, ["CLUSTER=local:2"])):
+        qgis_process_superresolve(qgis_env, f"INPUT={SAMPLE}", "SCALE=2", "METHOD=2", *extra, f"OUTPUT={out}")
+    assert single.read_bytes() == local.read_bytes()
+
+
 def test_qgis_process_target_resolution_gives_exact_pixels(qgis_env, tmp_path):
     out = tmp_path / "sr.tif"
     qgis_process_superresolve(qgis_env, f"INPUT={SAMPLE}", "TARGET_RESOLUTION=3", "METHOD=3", f"OUTPUT={out}")
