@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import textwrap
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     missing = [f"{label}: not run, {why}" for label, why in cols if why]
     text = "\n".join([
         "", "## Zoomed crops at ×4", "",
-        f"Command: `python -m training.bench zoom --val VAL --out {args.out.as_posix()}` (part of `make bench`). "
+        f"Command: `python -m training.bench zoom {' '.join(sys.argv[1:] if argv is None else argv)}` (part of `make bench`). "
         f"A roof and a tree canopy ({', '.join(f'{c}{i:02d}' for _, c, i in SCENES)}): the {CROP}² HR window of highest "
         f"gradient energy, each panel enlarged {ZOOM}× with nearest neighbour (one LR pixel = {SCALE * ZOOM} screen "
         f"pixels); LCMSR with seed 0; the quality bench's protocol (training/bench/zoom.py)."
