@@ -77,7 +77,8 @@ train: venv
 	cd $(ROOT) && $(PY) -m training export-onnx
 
 # The quality bench runs on BENCH_LIMIT val images spread over all classes (0: all 210); the peers of
-# docs/pd.png need the optional requirements-bench.txt (skipped, and said so, without them).
+# docs/pd.png and the RealSR column of docs/zoom.png need the optional requirements-bench.txt (skipped,
+# and said so, without them).
 BENCH_LIMIT ?= 42
 bench: setup
 	cd $(ROOT) && $(PY) -m training.bench quality --val $(VAL_DATA) --limit $(BENCH_LIMIT) --set-default --out docs/BENCHMARKS.md
@@ -86,6 +87,7 @@ bench: setup
 	cd $(ROOT) && $(PY) -m training.bench precision --val $(VAL_DATA) --limit $(BENCH_LIMIT) --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench scale --out docs/BENCHMARKS.md
 	cd $(ROOT) && $(PY) -m training.bench cluster --out docs/BENCHMARKS.md
+	cd $(ROOT) && $(PY) -m training.bench zoom --val $(VAL_DATA) --out docs/BENCHMARKS.md
 
 # Plugin zip for QGIS's "Install from ZIP": latentsr/ with metadata, LICENSE, code and resources.
 package:

@@ -11,7 +11,9 @@
 - ``step``: where a training step's time goes (data, each network's forward and backward, the critic, the
   optimizer) for make train's stage-1 and LCMSR recipes, in float32 and bf16, with and without channels_last;
 - ``precision``: float32, int8 (ONNX Runtime quantisation) and bf16 (torch) inference on this CPU: speed, and PSNR
-  and LSD on val against float32.
+  and LSD on val against float32;
+- ``zoom``: zoomed crops of a roof and a tree canopy at ×4 (LR, bicubic, LCMSR at D = 0, the card's default and 1,
+  RealSR DF2K, HR), docs/zoom.png.
 
 The benchmark owns its processes, so, like the engine CLI and qgis_process, it fixes glibc's mmap
 threshold (engine/allocator.py) before it builds any method.
@@ -23,7 +25,7 @@ import sys
 
 from engine.allocator import fix_mmap_threshold
 
-KINDS = ("quality", "backends", "scale", "speed", "cluster", "stage2", "step", "precision")
+KINDS = ("quality", "backends", "scale", "speed", "cluster", "stage2", "step", "precision", "zoom")
 
 
 def main(argv: list[str] | None = None) -> int:
