@@ -37,7 +37,7 @@ def test_zoom_picture_has_a_panel_per_column_and_says_the_peer_is_missing(val, m
     monkeypatch.setattr(peers, "missing", lambda: "the ncnn package is not installed")
     out = tmp_path / "docs" / "BENCHMARKS.md"
     assert zoom.main(["--val", str(val), "--out", str(out), "--model", model, "--backend", "torch"]) == 0
-    labels = ["LR (nearest)", "bicubic", "LCMSR 1 step, D = 0", "LCMSR 1 step, D = 0.5 (the card's default)",
+    labels = ["LR (nearest)", "Bicubic", "LCMSR 1 step, D = 0", "LCMSR 1 step, D = 0.5 (the card's default)",
               "LCMSR 1 step, D = 1", "RealSR DF2K", "HR"]
     section = out.read_text()
     assert "RealSR DF2K: not run, the ncnn package is not installed" in section

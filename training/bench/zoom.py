@@ -65,7 +65,7 @@ def columns(model: str | None) -> list[tuple[str, Row | None, str | None]]:
     the card's default D shares the column of D = 0 or 1 when it is one of them."""
     default = card_default_detail(LCMSR.name, model)
     details = sorted({0.0, default, 1.0})
-    cols = [("LR (nearest)", None, None), ("bicubic", Row(BICUBIC.name), None)]
+    cols = [("LR (nearest)", None, None), (BICUBIC.short, Row(BICUBIC.name), None)]
     cols += [(f"LCMSR 1 step, D = {d:g}" + (" (the card's default)" if d == default else ""), Row(LCMSR.name, 1, d), None)
              for d in details]
     peer = Row(f"peer:{PEER}")
