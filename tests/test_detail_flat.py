@@ -125,25 +125,6 @@ def test_flat_detail_exports_to_onnx_and_matches_torch(flat_exported, name, step
         assert np.abs(onnx_method(x, grid, 7) - torch_method(x, grid, 7)).max() <= 1e-5
 
 
-def test_flat_detail_map_is_cut_on_the_global_grid():
-    """As tests/test_models.py::test_detail_path_is_seamless for the plain path: on a tile the flat
-    path gives exactly the rows of the whole image's map (the same 3×3 conv on the global cells, so the
-    halo of engine.reach needs nothing more)."""
-    _, dec = decoders()
-    field = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 16, 40, 40), dtype=np.float32))
-    whole = Grid.whole(40, 32, 2.5)
-    tile = Grid(whole.ys[37:81] - 6, whole.xs, 2.5, out_y0=37, in_y0=6)
-    outs = []
-    for grid, h, rows in ((whole, 40, slice(37, 81)), (tile, 30, slice(None))):
-        plan = Plan.build(h, 32, grid, 1)
-        z = field[:, :, plan.rows.cells][:, :, :, plan.cols.cells]
-        t = plan.tensors("cpu")
-        with torch.no_grad():
-            outs.append(dec.detail_map(z, t["out_y_idx"], t["out_y_w"], t["out_x_idx"], t["out_x_w"])[:, rows])
-    assert outs[1].shape[1] == 44 and outs[0].abs().mean() > 0.1
-    torch.testing.assert_close(outs[0][:, 8:-8], outs[1][:, 8:-8])
-
-
 def test_the_bundle_with_a_flat_detail_path_tiles_seamlessly(naip_crop, tmp_path):  # noqa: F811
     """tests/test_seams.py's check on the committed bundle with detail_flat set (the same weights):
     LCMSR at ×4 and D = 1, 3 × 2 tiles with the default overlap against one tile."""
