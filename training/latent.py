@@ -97,9 +97,8 @@ class LatentStage(Stage):
         self.encoder, self.decoder = (frozen[n].requires_grad_(False) for n in ("encoder", "decoder"))
         self.stage1_card = card
         self.options = dict(recipe.STAGE2_BASE, **settings.options)
-        self.train_decoder = bool(self.options.get("train_decoder"))  # only a run with --train-decoder has it
         super().__init__(settings, device, specs or settings.options.get("networks") or self.fresh_specs(settings))
-        self.train_decoder = "decoder" in self.specs  # a resumed run: what its checkpoint trains
+        self.train_decoder = "decoder" in self.specs  # a fresh run with --train-decoder, or a resumed run that trains it
         config = self.specs["condition"]["config"]
         # the condition's layout, as the card's method entry will give it (engine.latent reads it)
         self.layout = MethodSpec(self.method, latent=settings.latent, features=int(config.get("features", 0)),
@@ -124,7 +123,7 @@ class LatentStage(Stage):
             elif extra:
                 config["features"] = extra
             specs[name] = {"kind": kind, "config": config}
-        if self.train_decoder:
+        if self.options.get("train_decoder"):  # only a run with --train-decoder has the option
             specs["decoder"] = {"kind": "decoder", "config": dict(self.stage1_card.networks[self.stage1_card.decoder].config)}
             if self.options.get("detail_flat"):  # engine.models.decoder: the detail path's response to a uniform latent made flat
                 specs["decoder"]["config"]["detail_flat"] = True
