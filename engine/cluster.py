@@ -2,20 +2,22 @@
 with the bytes of a single run. The pipeline hands it the run's tiles (engine.render.TileJob) when
 the request names a cluster (``run_tiles``).
 
-The output is cut into bands of whole rows of output cells along the single run's tile plan
-(engine.tiling.TilePlan). Each band is one task: a worker opens the input itself (a path or
-GDAL URL that every worker can read), runs the tile rows that reach the band, from the first
-one whose blend weights touch its top row, through engine.render.render (the single run's own
-loop, so every cell sums the same tiles in the same order), and writes the band's rows into a
-shard GeoTIFF under a scratch name next to the output. The client then assembles the shards as a
-VRT and packs that exactly as a single run packs its scratch file (engine.output.OutputRaster); for
-an output named .vrt, the shards are written tiled and compressed, as the output's own files, and
-the client writes only the VRT: no step on the client grows with the output's pixels.
+The output is cut into blocks of k rows by m columns of output cells along the single run's tile
+plan (engine.tiling.TilePlan; block_shape chooses k and m for the grid and the workers). Each
+block is one task: a worker opens the input itself (a path or GDAL URL that every worker can
+read), runs the tiles that reach the block (engine.tiling.TilePlan.reach: its own, and those of
+the row above it and the column to its left whose blend weights touch it) through
+engine.render.render (the single run's own loop, so every cell sums the same tiles in the same
+order), and writes the block's cells into a shard GeoTIFF under a scratch name next to the
+output. The client then assembles the shards as a VRT mosaic and packs that exactly as a single
+run packs its scratch file (engine.output.OutputRaster); for an output named .vrt, the shards
+are written tiled and compressed, as the output's own files, and the client writes only the VRT:
+no step on the client grows with the output's pixels.
 
 Progress comes back as Dask events, one per tile. Cancel, a failing task or Ctrl-C sets a Dask
 Event that the running tasks check before every tile, waits for them to stop, cancels the
 futures and removes every shard and scratch file. A killed worker's task is rerun by Dask on
-another worker and gives the same bytes, since a band is a pure function of the request. The
+another worker and gives the same bytes, since a block is a pure function of the request. The
 run's event topic and Event are removed from the scheduler when it ends.
 
 The client sends the engine itself: a zip of its package, installed on the scheduler and every
@@ -62,13 +64,13 @@ from .errors import Cancelled, LatentSRError
 from .methods import choose_backend, run_precision
 from .registry import LEARNED
 from .render import FILL_ITERATIONS, TileJob, commit_outputs, open_outputs, render
-from .tiling import TilePlan, tile_plan
+from .tiling import Cells, TilePlan, tile_plan
 
 log = logging.getLogger(__name__)
 
 DASK_REQUIREMENT = "dask[distributed]==2026.8.0"
 MAX_LOCAL_WORKERS = 256
-MAX_BAND_ROWS = 64  # tile rows per band at most
+MAX_BLOCK_TILES = 64 * 64  # cells per block at most
 POLL_SECONDS = 0.2
 STOP_SECONDS = 120.0  # how long a cancel waits for running tasks to reach their next tile
 ADDRESS = re.compile(r"(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<host>\[[^\]\s]*\]|[^\s:/\[\]]*)"
@@ -116,28 +118,42 @@ def address_parts(text: str) -> tuple[str, str, int]:
     return scheme, host, int(port)
 
 
-def band_rows(n_rows: int, workers: int) -> int:
-    """Tile rows per band. Every band but the first also runs the tile row above it (its blend
-    needs it), so a band of k rows costs k + 1, and with w workers a run takes about
-    ceil(ceil(n_rows / k) / w) · (k + 1) row times: the k that minimises that (ties: the larger k,
-    less work in all), at most MAX_BAND_ROWS (what a lost worker costs, and a shard's size)."""
+def block_shape(n_rows: int, n_cols: int, workers: int) -> tuple[int, int]:
+    """(k, m): cell rows and columns per block of an output of n_rows × n_cols cells. A block also
+    runs the tiles of the cell row above it and of the column to its left (its blend needs them),
+    so where the output has more than one block down and across, a block of k × m cells costs
+    (k + 1)(m + 1) tile times; with w worker threads its N = ceil(n_rows / k) · ceil(n_cols / m)
+    blocks run in ceil(N / w) waves. The shape that minimises waves · cost (ties: fewer blocks,
+    less work in all; then the wider), of at most MAX_BLOCK_TILES cells (what a lost worker
+    costs, and a shard's size)."""
     workers = max(1, workers)
-    best, best_cost = 1, math.inf
-    for k in range(1, max(1, min(n_rows, MAX_BAND_ROWS)) + 1):
-        cost = math.ceil(math.ceil(n_rows / k) / workers) * (k + 1)
-        if cost <= best_cost:
-            best, best_cost = k, cost
+    best, best_key = (1, 1), None
+    for k in least_sizes(n_rows):
+        down = math.ceil(n_rows / k)
+        for m in least_sizes(n_cols):
+            if k * m > MAX_BLOCK_TILES:
+                break
+            across = math.ceil(n_cols / m)
+            key = (math.ceil(down * across / workers) * (k + (down > 1)) * (m + (across > 1)), down * across, -m)
+            if best_key is None or key < best_key:
+                best, best_key = (k, m), key
     return best
 
 
-def bands(n_rows: int, rows_per_band: int) -> list[range]:
-    """The cell rows of each band, top to bottom."""
-    return [range(a, min(a + rows_per_band, n_rows)) for a in range(0, n_rows, rows_per_band)]
+def least_sizes(n: int) -> list[int]:
+    """For each number of blocks along an axis of n cells, the least size of block that gives it."""
+    return sorted({math.ceil(n / count) for count in range(1, max(1, n) + 1)})
+
+
+def blocks(n_rows: int, n_cols: int, k: int, m: int) -> list[Cells]:
+    """The cells of each block of k × m cells, row by row of blocks, each left to right."""
+    return [Cells(range(a, min(a + k, n_rows)), range(b, min(b + m, n_cols)))
+            for a in range(0, n_rows, k) for b in range(0, n_cols, m)]
 
 
 @dataclass(frozen=True)
 class Job:
-    """What every band task of one run shares (sent to the workers)."""
+    """What every block task of one run shares (sent to the workers)."""
 
     request: object  # the engine.pipeline.Request, with absolute paths and the client's model (for_workers)
     window: tuple[int, int, int, int] | None  # the pixel window of the input that is processed
@@ -151,10 +167,9 @@ class Job:
 
 
 @dataclass(frozen=True)
-class Band:
+class Block:
     index: int
-    start: int  # cell rows start:stop
-    stop: int
+    cells: Cells
     shards: tuple[str, ...]  # one per output (the output, then the uncertainty)
 
 
@@ -299,8 +314,8 @@ def use_python_for_workers() -> None:
 @contextlib.contextmanager
 def sigint_ignored():
     """SIGINT ignored while local workers are spawned, so that they inherit that: a Ctrl-C in the
-    terminal then reaches the client only, which stops the bands and cleans up (a worker killed by it
-    would leave its band to wait for a restart). Only the main thread can change signal handlers."""
+    terminal then reaches the client only, which stops the blocks and cleans up (a worker killed by it
+    would leave its block to wait for a restart). Only the main thread can change signal handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -327,24 +342,26 @@ def kept_environment(names):
 
 def run_tiles(tiles: TileJob, progress: Callable[[float], None], is_cancelled: Callable[[], bool]) -> None:
     """The executor of engine.pipeline for a request with a cluster: engine.render.run_here on the
-    cluster ``tiles.request.cluster``, the same outputs, band by band."""
+    cluster ``tiles.request.cluster``, the same outputs, block by block."""
     req, plan = tiles.request, tiles.plan
     with connect(req.cluster) as (client, workers):
-        cells = bands(len(plan.rows), band_rows(len(plan.rows), workers))
-        log.info("on %s (%d worker threads): %d bands", req.cluster, workers, len(cells))
+        k, m = block_shape(len(plan.rows), len(plan.cols), workers)
+        cells = blocks(len(plan.rows), len(plan.cols), k, m)
+        across = math.ceil(len(plan.cols) / m)
+        log.info("on %s (%d worker threads): %d blocks of up to %d × %d tiles", req.cluster, workers, len(cells), k, m)
         ship_engine(client)
         outputs = open_outputs(req, tiles.src, tiles.info, plan, virtual=True)
         sent = for_workers(req)
         job = Job(sent, tiles.window, tiles.norms, plan.scale, plan.axes, f"latentsr-{uuid.uuid4().hex}",
                   engine_version(), card_sha256(sent), tuple(out.tiled_vrt for out in outputs))
-        work = [Band(i, c.start, c.stop, tuple(out.shard_path(i) for out in outputs)) for i, c in enumerate(cells)]
+        work = [Block(i, c, tuple(out.shard_path(i // across, i % across) for out in outputs))
+                for i, c in enumerate(cells)]
 
         def fill() -> None:
-            run_bands(client, job, plan, work, progress, is_cancelled)
-            for band in work:
-                y0, y1 = plan.row_edges[band.start], plan.row_edges[band.stop]
-                for out, shard in zip(outputs, band.shards):
-                    out.add_shard(shard, y0, y1 - y0)
+            run_blocks(client, job, plan, work, progress, is_cancelled)
+            for block in work:
+                for out, shard in zip(outputs, block.shards):
+                    out.add_shard(shard, *plan.window(block.cells))
 
         commit_outputs(outputs, fill)
 
@@ -356,7 +373,7 @@ def for_workers(req):
     checked on each: card_sha256; the engine the client ships has no bundled models), the backend
     the client chose for backend auto (a worker that lacks it then refuses in one line instead of
     running another backend's floats), and the precision it chose for precision auto (engine.precision),
-    so that every band runs the client's arithmetic."""
+    so that every block runs the client's arithmetic."""
     def local(path):
         return os.path.abspath(path) if path and os.path.exists(path) else path
     options = req.options
@@ -459,16 +476,16 @@ class SchedulerLost(LatentSRError):
     """The client lost its connection to the scheduler in the middle of a run."""
 
 
-def run_bands(client, job: Job, plan: TilePlan, work: list[Band], progress: Callable[[float], None],
-              is_cancelled: Callable[[], bool]) -> None:
-    """Run every band on the cluster; return when all shards are in place. On failure or cancel the
+def run_blocks(client, job: Job, plan: TilePlan, work: list[Block], progress: Callable[[float], None],
+               is_cancelled: Callable[[], bool]) -> None:
+    """Run every block on the cluster; return when all shards are in place. On failure or cancel the
     running tasks are stopped and the futures cancelled before this raises; a lost scheduler ends
     the run at once (there is nobody left to tell the workers). Once no task of the run is left,
     its progress topic and cancel Event are removed from the scheduler."""
     distributed = import_distributed()
-    tiles = [(plan.first_row(b.start), b.stop) for b in work]
-    total = sum((stop - first) * len(plan.cols) for first, stop in tiles)
-    done = [0.0] * len(work)  # the fraction of each band's tiles done
+    tiles = [len(rows) * len(cols) for rows, cols in (plan.reach(b.cells) for b in work)]
+    total = sum(tiles)
+    done = [0.0] * len(work)  # the fraction of each block's tiles done
 
     def on_event(event) -> None:
         index, fraction = event[1]
@@ -476,22 +493,22 @@ def run_bands(client, job: Job, plan: TilePlan, work: list[Band], progress: Call
 
     client.subscribe_topic(job.name, on_event)
     stop = distributed.Event(job.name, client=client)
-    futures = [client.submit(run_band, job, band, key=f"latentsr-band-{band.index:05d}-{job.name[9:17]}", pure=False)
-               for band in work]
+    futures = [client.submit(run_block, job, block, key=f"latentsr-block-{block.index:05d}-{job.name[9:17]}",
+                             pure=False) for block in work]
     try:
         while True:
             time.sleep(POLL_SECONDS)
             check_scheduler(client, job)
             for future in futures:
                 if future.status == "error":
-                    raise band_error(future.exception())
+                    raise block_error(future.exception())
                 if future.status == "cancelled":
                     raise LatentSRError("the cluster cancelled a task of this run")
             finished = [f.status == "finished" for f in futures]
             for i, ok in enumerate(finished):
                 if ok:
                     done[i] = 1.0
-            progress(sum(d * (stop - first) * len(plan.cols) for d, (first, stop) in zip(done, tiles)) / total)
+            progress(sum(d * n for d, n in zip(done, tiles)) / total)
             if all(finished):
                 break
             if is_cancelled():
@@ -542,7 +559,7 @@ async def drop_topic(name: str, dask_scheduler=None) -> None:
     topics.pop(name, None)
 
 
-def band_error(exc: BaseException | None) -> LatentSRError:
+def block_error(exc: BaseException | None) -> LatentSRError:
     if isinstance(exc, LatentSRError):
         return LatentSRError(str(exc))
     if "deserializ" in str(exc):
@@ -550,7 +567,7 @@ def band_error(exc: BaseException | None) -> LatentSRError:
                              f"the client sends them: both need its dependencies (numpy, GDAL, and onnxruntime or "
                              f"torch) and no other LatentSR on their PYTHONPATH (Dask reads the tasks on the "
                              f"scheduler too)")
-    return LatentSRError(f"a band failed on the cluster: {type(exc).__name__}: {raster.one_line(exc)}")
+    return LatentSRError(f"a block failed on the cluster: {type(exc).__name__}: {raster.one_line(exc)}")
 
 
 def module_root() -> str:
@@ -566,9 +583,9 @@ def module_home() -> str:
     return home
 
 
-def run_band(job: Job, band: Band) -> bool:
-    """A worker's task: the band's rows of every output into its shards. False if the run was
-    cancelled before the band was done (nothing of it is left then)."""
+def run_block(job: Job, block: Block) -> bool:
+    """A worker's task: the block's cells of every output into its shards. False if the run was
+    cancelled before the block was done (nothing of it is left then)."""
     from distributed import Event, get_worker
 
     stop = Event(job.name)
@@ -585,19 +602,18 @@ def run_band(job: Job, band: Band) -> bool:
         method = worker_method(req, model)
         plan = tile_plan(info.width, info.height, job.scale, job.axes, req.tile, req.overlap,
                          method.halo(job.scale) + FILL_ITERATIONS)
-        y0, y1 = plan.row_edges[band.start], plan.row_edges[band.stop]
-        kinds = [(info.gdal_type, info.signed_byte), (raster.FLOAT32, False)][:len(band.shards)]
-        for path, (dtype, signed), final in zip(band.shards, kinds, job.final or (False,) * len(band.shards)):
-            shards.append(Shard(path, plan.out_w, y1 - y0, len(info.bands), dtype, y0, info.masked, signed, final))
-        render(req, src, info, job.norms, method, plan, shards, range(band.start, band.stop),
-               lambda f: worker.log_event(job.name, [band.index, f]), stop.is_set)
+        kinds = [(info.gdal_type, info.signed_byte), (raster.FLOAT32, False)][:len(block.shards)]
+        for path, (dtype, signed), final in zip(block.shards, kinds, job.final or (False,) * len(block.shards)):
+            shards.append(Shard(path, plan.window(block.cells), len(info.bands), dtype, info.masked, signed, final))
+        render(req, src, info, job.norms, method, plan, shards, block.cells,
+               lambda f: worker.log_event(job.name, [block.index, f]), stop.is_set)
         for shard in shards:
             shard.finish()
         return True
     except Cancelled:
         return False
     except Exception as exc:  # noqa: BLE001 - the client shows it as one line that names the window
-        raise LatentSRError(f"{window_text(plan, band, job.window)}: {raster.one_line(exc)}") from None
+        raise LatentSRError(f"{window_text(plan, block, job.window)}: {raster.one_line(exc)}") from None
     finally:
         for shard in shards:
             shard.discard()
@@ -610,16 +626,20 @@ def gdal_to_log(err_class: int, err_no: int, message: str) -> None:
     logging.getLogger("gdal").debug("GDAL error class %d, number %d: %s", err_class, err_no, message.strip())
 
 
-def window_text(plan: TilePlan | None, band: Band, window) -> str:
-    """The band's place, in output rows and in input rows."""
+def window_text(plan: TilePlan | None, block: Block, window) -> str:
+    """The block's place: its output rows and columns, and the input rows and columns its tiles
+    read (those of ``window``'s whole input when a part is processed)."""
+    cells = block.cells
     if plan is None:
-        return f"band {band.index + 1} (tile rows {band.start}-{band.stop - 1})"
-    first = plan.first_row(band.start)
-    in_y0, in_y1 = plan.rows[first].in_start, plan.rows[band.stop - 1].in_stop
-    if window:
-        in_y0, in_y1 = in_y0 + window[1], in_y1 + window[1]
-    return (f"output rows {plan.row_edges[band.start]}-{plan.row_edges[band.stop] - 1} "
-            f"(input rows {in_y0}-{in_y1 - 1}) failed")
+        return (f"block {block.index + 1} (cell rows {cells.rows.start}-{cells.rows.stop - 1}, cell columns "
+                f"{cells.cols.start}-{cells.cols.stop - 1}) failed")
+    x0, y0, w, h = plan.window(cells)
+    tile_rows, tile_cols = plan.reach(cells)
+    dx, dy = window[:2] if window else (0, 0)
+    in_y0, in_y1 = plan.rows[tile_rows.start].in_start + dy, plan.rows[tile_rows.stop - 1].in_stop + dy
+    in_x0, in_x1 = plan.cols[tile_cols.start].in_start + dx, plan.cols[tile_cols.stop - 1].in_stop + dx
+    return (f"output rows {y0}-{y0 + h - 1}, columns {x0}-{x0 + w - 1} "
+            f"(input rows {in_y0}-{in_y1 - 1}, columns {in_x0}-{in_x1 - 1}) failed")
 
 
 def open_input(req, window):
@@ -672,15 +692,17 @@ def worker_method(req, model: tuple | None):
 
 
 class Shard:
-    """The rows y0.. of one output (its mask too, if ``masked``), written into a GeoTIFF under a scratch
-    name of its own and renamed to ``path`` by ``finish``: a rerun of the same band (after a lost
-    worker) never sees a half file. A ``final`` shard is one of a .vrt output's own files: tiled and
+    """The pixels of one output (its mask too, if ``masked``) in ``window`` (x0, y0, width, height),
+    written into a GeoTIFF under a scratch name of its own and renamed to ``path`` by ``finish``
+    (``write`` takes the output's coordinates): a rerun of the same block (after a lost worker)
+    never sees a half file. A ``final`` shard is one of a .vrt output's own files: tiled and
     compressed as a packed output (engine.output.OutputRaster); else uncompressed, for the client
     to pack."""
 
-    def __init__(self, path: str, width: int, height: int, bands: int, dtype: int, y0: int, masked: bool = False,
+    def __init__(self, path: str, window: tuple[int, int, int, int], bands: int, dtype: int, masked: bool = False,
                  signed: bool = False, final: bool = False):
-        self.path, self.y0, self.masked = path, y0, masked
+        self.path, self.masked = path, masked
+        self.x0, self.y0, width, height = window
         self.scratch = f"{path}.{uuid.uuid4().hex[:8]}.part"
         options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "BIGTIFF=IF_NEEDED", "INTERLEAVE=BAND"]
         if final:
@@ -700,10 +722,10 @@ class Shard:
     def write(self, data: np.ndarray, x0: int, y0: int, valid: np.ndarray | None = None) -> None:
         def write_bands():
             for i in range(data.shape[0]):
-                self.ds.GetRasterBand(i + 1).WriteArray(data[i], x0, y0 - self.y0)
+                self.ds.GetRasterBand(i + 1).WriteArray(data[i], x0 - self.x0, y0 - self.y0)
             if self.masked and valid is not None:  # as engine.output.OutputRaster.write
                 mask = self.ds.GetRasterBand(1).GetMaskBand()
-                mask.WriteArray(np.where(valid.any(axis=0), 255, 0).astype(np.uint8), x0, y0 - self.y0)
+                mask.WriteArray(np.where(valid.any(axis=0), 255, 0).astype(np.uint8), x0 - self.x0, y0 - self.y0)
         output.OutputRaster._writing(write_bands)
 
     def flush(self) -> None:

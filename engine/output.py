@@ -39,11 +39,12 @@ class OutputRaster:
     (tiled, compressed, BigTIFF when needed, or COG) into a second hidden file that is renamed to
     the final name only on success. ``discard`` removes everything; nothing half-written remains.
 
-    A ``virtual`` one is instead a VRT of shards, GeoTIFFs of whole rows that others write under
-    ``shard_path`` names (engine.cluster); they are removed with the scratch file. If its name ends
-    in .vrt (``tiled_vrt``), the shards are the output's own files, written tiled and compressed by
-    the workers into a hidden folder: staging writes only the VRT (sources relative to it), and the
-    folder moves to ``shards_folder(path)`` together with the VRT; no pixel passes through here."""
+    A ``virtual`` one is instead a VRT of shards, GeoTIFFs of rectangular blocks of it that others
+    write under ``shard_path`` names (engine.cluster), laid out as a mosaic (``add_shard``); they
+    are removed with the scratch file. If its name ends in .vrt (``tiled_vrt``), the shards are the
+    output's own files, written tiled and compressed by the workers into a hidden folder: staging
+    writes only the VRT (sources relative to it), and the folder moves to ``shards_folder(path)``
+    together with the VRT; no pixel passes through here."""
 
     def __init__(self, path: str, src: gdal.Dataset, info: RasterInfo, width: int, height: int,
                  dtype: int | None = None, nodata: list[float | None] | None = None, cog: bool = False,
@@ -122,15 +123,15 @@ class OutputRaster:
         if metadata:
             self.ds.SetMetadata(metadata)
 
-    def shard_path(self, index: int) -> str:
+    def shard_path(self, row: int, col: int) -> str:
+        """The name of the shard of the block in row ``row`` and column ``col`` of blocks."""
         if self.tiled_vrt:
-            return os.path.join(self.shard_dir, f"rows{index:05d}.tif")
-        return f"{self.stem}.shard{index:05d}.tif"
+            return os.path.join(self.shard_dir, f"block{row:05d}-{col:05d}.tif")
+        return f"{self.stem}.shard{row:05d}-{col:05d}.tif"
 
-    def add_shard(self, path: str, y0: int, height: int) -> None:
-        """Let the rows y0..y0+height-1 of a virtual output come from the shard GeoTIFF at ``path``
-        (its mask too, when the output has one)."""
-        width = self.ds.RasterXSize
+    def add_shard(self, path: str, x0: int, y0: int, width: int, height: int) -> None:
+        """Let the width×height pixels at column x0, row y0 of a virtual output come from the shard
+        GeoTIFF at ``path`` (its mask too, when the output has one)."""
         targets = [(self.ds.GetRasterBand(i + 1), str(i + 1)) for i in range(self.ds.RasterCount)]
         if self.masked:
             targets.append((self.ds.GetRasterBand(1).GetMaskBand(), "mask,1"))
@@ -138,7 +139,7 @@ class OutputRaster:
             source = (f"<SimpleSource><SourceFilename relativeToVRT=\"0\">{escape(path)}</SourceFilename>"
                       f"<SourceBand>{source_band}</SourceBand>"
                       f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{width}\" ySize=\"{height}\"/>"
-                      f"<DstRect xOff=\"0\" yOff=\"{y0}\" xSize=\"{width}\" ySize=\"{height}\"/></SimpleSource>")
+                      f"<DstRect xOff=\"{x0}\" yOff=\"{y0}\" xSize=\"{width}\" ySize=\"{height}\"/></SimpleSource>")
             band.SetMetadataItem("source_0", source, "new_vrt_sources")
 
     def write(self, data: np.ndarray, x0: int, y0: int, valid: np.ndarray | None = None) -> None:
@@ -209,7 +210,7 @@ class OutputRaster:
         self.ds.FlushCache()
         self.ds = None
         for name in os.listdir(self.shard_dir):
-            if not re.fullmatch(r"rows\d{5}\.tif", name):
+            if not re.fullmatch(r"block\d{5,}-\d{5,}\.tif", name):
                 self._remove(os.path.join(self.shard_dir, name))
         tree = ElementTree.parse(self.scratch)
         folder = os.path.basename(shards_folder(self.path))
@@ -467,7 +468,7 @@ def remove_stale_scratch(folder: str, prefix: str) -> None:
     """Remove the scratch and part files of earlier runs on the same output (this run holds its
     lock, so no live run owns them)."""
     pattern = re.compile(re.escape(prefix) + r"[0-9a-f]{8}\.(scratch\.tif|scratch\.vrt|part\.(tif|vrt)(\.old)?|"
-                         r"shards(\.old)?|shard\d{5}\.tif(\.[0-9a-f]{8}\.part)?)(\.msk|\.aux\.xml)?")
+                         r"shards(\.old)?|shard[\d-]+\.tif(\.[0-9a-f]{8}\.part)?)(\.msk|\.aux\.xml)?")
     for name in os.listdir(folder):
         if pattern.fullmatch(name):
             with contextlib.suppress(FileNotFoundError):

@@ -1,7 +1,7 @@
 """The tiles of a run, below engine.pipeline: plan them, read and fill each, run the method, blend
 them into the output cells and write each cell once it is final. ``render`` is that loop, written
-once: the pipeline runs it here (``run_here``) and engine.cluster runs it band by band on Dask
-workers (the same cells from the same tiles in the same order, so the same bytes). An executor
+once: the pipeline runs it here (``run_here``) on every cell, and engine.cluster runs it block by
+block on Dask workers (the same cells from the same tiles in the same order, so the same bytes). An executor
 takes a ``TileJob`` and fills and commits its outputs; the pipeline (engine.pipeline.superresolve)
 opens the input, builds the method and plans the tiles, and hands the job to one."""
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .errors import Cancelled, LatentSRError
 from .grid import Grid
 from .latent import CALL_DONE
 from .resample import nearest_indices
-from .tiling import TilePlan
+from .tiling import Cells, TilePlan
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ def run_here(job: TileJob, progress: Callable[[float], None], is_cancelled: Call
     outputs = open_outputs(job.request, job.src, job.info, job.plan)
 
     def fill() -> None:
-        render(job.request, job.src, job.info, job.norms, job.method, job.plan, outputs, range(len(job.plan.rows)),
-               progress, is_cancelled)
+        render(job.request, job.src, job.info, job.norms, job.method, job.plan, outputs, job.plan.cells, progress,
+               is_cancelled)
         if is_cancelled():
             raise Cancelled()
 
@@ -133,23 +133,25 @@ def commit_outputs(outputs: list, fill: Callable[[], None]) -> None:
 
 
 def render(req, src, info: raster.RasterInfo, norms: list[raster.BandNorm], method, plan: TilePlan,
-           writers: list, cells: range, progress: Callable[[float], None], is_cancelled: Callable[[], bool]) -> int:
-    """Blend the tiles that reach the output cell rows ``cells`` and write those rows' cells, each
-    once it is final, to ``writers`` (the output, then the uncertainty, each with
-    ``write(data, x, y, valid)`` and ``flush()``). The tiles are added in the same order whatever
-    ``cells`` is, so a band of rows gets the same bytes as a whole run. ``progress`` gets the
-    fraction of this call's tiles done, ``is_cancelled`` is asked before every tile. Returns the
-    number of tiles run."""
+           writers: list, cells: Cells, progress: Callable[[float], None], is_cancelled: Callable[[], bool]) -> int:
+    """Blend the tiles that reach the output cells ``cells`` (plan.reach: for a block of the output,
+    also the tiles of the row above it and the column to its left that its blend needs) and write
+    those cells, each once it is final, to ``writers`` (the output, then the uncertainty, each with
+    ``write(data, x, y, valid)`` and ``flush()``, in the output's pixel coordinates). The tiles are
+    added to a cell in the same order whatever ``cells`` is, so a block gets the same bytes as a
+    whole run. ``progress`` gets the fraction of this call's tiles done, ``is_cancelled`` is asked
+    before every tile. Returns the number of tiles run."""
     (ax, ay), rows, cols, row_edges, col_edges = plan.axes, plan.rows, plan.cols, plan.row_edges, plan.col_edges
     fill = np.array([n.fill for n in norms], dtype=np.float32)
     n_bands = len(info.bands)
     seeds = sample_seeds(req.options.seed, req.options.samples)
     pending: dict[tuple[int, int], tuple[list[np.ndarray], np.ndarray]] = {}
-    first = plan.first_row(cells.start)
-    total = (cells.stop - first) * len(cols)
-    for iy in range(first, cells.stop):
+    tile_rows, tile_cols = plan.reach(cells)
+    total = len(tile_rows) * len(tile_cols)
+    for iy in tile_rows:
         ty = rows[iy]
-        for ix, tx in enumerate(cols):
+        for ix in tile_cols:
+            tx = cols[ix]
             if is_cancelled():
                 raise Cancelled()
             stored = raster.read_window(src, info, tx.in_start, ty.in_start, tx.in_stop - tx.in_start, ty.in_stop - ty.in_start)
@@ -162,7 +164,7 @@ def render(req, src, info: raster.RasterInfo, norms: list[raster.BandNorm], meth
                 scale=plan.scale, out_y0=ay.first + ty.out_start, out_x0=ax.first + tx.out_start,
                 in_y0=ay.origin + ty.in_start, in_x0=ax.origin + tx.in_start,
                 in_h=ay.whole or info.height, in_w=ax.whole or info.width)
-            k = (iy - first) * len(cols) + ix
+            k = (iy - tile_rows.start) * len(tile_cols) + ix - tile_cols.start
 
             def within(fraction: float, k: int = k) -> None:  # inside the tile: between two network calls
                 if is_cancelled():
@@ -173,14 +175,14 @@ def render(req, src, info: raster.RasterInfo, norms: list[raster.BandNorm], meth
             weight = ty.weights[:, None] * tx.weights[None, :]
             out_valid = valid[:, nearest_indices(grid.ys, valid.shape[1])][:, :, nearest_indices(grid.xs, valid.shape[2])]
             scatter(pending, [layer * weight for layer in layers], out_valid, ty.out_start, tx.out_start, iy, ix,
-                    row_edges, col_edges)
-            (acc, *extra), ok = pending.pop((iy, ix))  # final now; a context row's cell is only dropped
-            if iy >= cells.start:
+                    row_edges, col_edges, cells)
+            if iy in cells.rows and ix in cells.cols:  # final now (a context tile's own cell is not the block's)
+                (acc, *extra), ok = pending.pop((iy, ix))
                 writers[0].write(to_storage(acc, norms, info.dtype, info.nodata, ok), col_edges[ix], row_edges[iy], ok)
                 if extra:
                     std = np.stack([extra[0][c] * norms[c].scale for c in range(n_bands)]).astype(np.float32)
                     writers[1].write(np.where(ok, std, np.float32(np.nan)), col_edges[ix], row_edges[iy], ok)
-            progress(((iy - first) * len(cols) + ix + 1) / total)
+            progress((k + 1) / total)
         for out in writers:  # this row of cells is final: out of the block cache with it
             out.flush()
     return total
@@ -242,15 +244,15 @@ def sample_layers(method, x: np.ndarray, grid: Grid, seeds: list[int], n_bands: 
 
 
 def scatter(pending: dict, layers: list[np.ndarray], valid: np.ndarray, y0: int, x0: int, iy: int, ix: int,
-            row_edges: list[int], col_edges: list[int]) -> None:
-    """Add the weighted layers of a tile into the output cells they overlap. Cell (i, j) spans rows
-    row_edges[i]:row_edges[i+1] and columns col_edges[j]:col_edges[j+1]; only tiles (≤ i, ≤ j)
-    reach it, so it is final once tile (i, j) is added."""
+            row_edges: list[int], col_edges: list[int], cells: Cells) -> None:
+    """Add the weighted layers of tile (iy, ix) into the output cells of ``cells`` they overlap. Cell
+    (i, j) spans rows row_edges[i]:row_edges[i+1] and columns col_edges[j]:col_edges[j+1]; only
+    tiles (≤ i, ≤ j) reach it, so it is final once tile (i, j) is added."""
     n_bands, h, w = layers[0].shape
-    cy = iy
-    while cy < len(row_edges) - 1 and row_edges[cy] < y0 + h:
-        cx = ix
-        while cx < len(col_edges) - 1 and col_edges[cx] < x0 + w:
+    cy = max(iy, cells.rows.start)
+    while cy < cells.rows.stop and row_edges[cy] < y0 + h:
+        cx = max(ix, cells.cols.start)
+        while cx < cells.cols.stop and col_edges[cx] < x0 + w:
             r0, r1 = row_edges[cy], min(row_edges[cy + 1], y0 + h)
             c0, c1 = col_edges[cx], min(col_edges[cx + 1], x0 + w)
             if (cy, cx) not in pending:

@@ -110,6 +110,14 @@ def required_margin(context: int, overlap: int) -> float:
 
 
 @dataclass(frozen=True)
+class Cells:
+    """A rectangle of the output cells of a TilePlan: cell rows ``rows`` by cell columns ``cols``."""
+
+    rows: range
+    cols: range
+
+
+@dataclass(frozen=True)
 class TilePlan:
     """The tiles of a run and the output cells they blend into. Cell (i, j) spans output rows
     row_edges[i]:row_edges[i+1] and columns col_edges[j]:col_edges[j+1]; tile (i, j) is the last
@@ -140,11 +148,30 @@ class TilePlan:
     def col_edges(self) -> list[int]:
         return [t.out_start for t in self.cols] + [self.out_w]
 
-    def first_row(self, cell_row: int) -> int:
-        """The first tile row that reaches cell row ``cell_row``: the blend of that row needs every
-        tile row from there on, in order."""
-        top = self.rows[cell_row].out_start
-        return next(i for i, t in enumerate(self.rows) if t.out_stop > top)
+    @property
+    def cells(self) -> Cells:
+        """Every cell of the output."""
+        return Cells(range(len(self.rows)), range(len(self.cols)))
+
+    def reach(self, cells: Cells) -> tuple[range, range]:
+        """The tile rows and columns whose tiles reach ``cells``: from the first that reaches its top
+        row (left column) to its last. The blend of a cell sums every one of them that reaches it,
+        in row-major order."""
+        rows = range(first_reaching(self.rows, cells.rows.start), cells.rows.stop)
+        return rows, range(first_reaching(self.cols, cells.cols.start), cells.cols.stop)
+
+    def window(self, cells: Cells) -> tuple[int, int, int, int]:
+        """(x0, y0, width, height) of ``cells`` in output pixels."""
+        row_edges, col_edges = self.row_edges, self.col_edges
+        x0, y0 = col_edges[cells.cols.start], row_edges[cells.rows.start]
+        return x0, y0, col_edges[cells.cols.stop] - x0, row_edges[cells.rows.stop] - y0
+
+
+def first_reaching(tiles: list[AxisTile], cell: int) -> int:
+    """The first window of an axis that reaches its cell ``cell`` (which starts where window
+    ``cell`` starts): the blend of that cell needs every window from there on, in order."""
+    start = tiles[cell].out_start
+    return next(i for i, t in enumerate(tiles) if t.out_stop > start)
 
 
 def tile_plan(width: int, height: int, scale: float, axes: tuple[Axis, Axis], tile: int, overlap: int,

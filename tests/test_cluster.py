@@ -1,7 +1,8 @@
 """--cluster on a real Dask cluster: a scheduler and two worker processes on 127.0.0.1.
 
 The same bytes as a single run (bicubic, regression, LCMSR with a seed, on a NAIP crop with
-nodata and two band groups), a worker killed mid-run, cancel, a band that fails on bad data, and
+nodata and two band groups), blocks that split the width, a worker killed mid-run, cancel, a block
+that fails on bad data, and
 a scheduler that cannot be reached. Then what a long-lived cluster must not get wrong: runs at
 other details or with a replaced model folder, LATENTSR_MODEL set on the client only, workers of
 another version, the scheduler's leftovers; and addresses that cannot work, a scheduler killed
@@ -32,7 +33,8 @@ from tests.conftest import NAIP, ROOT, request, write_raster
 
 distributed = pytest.importorskip("distributed")
 
-TILING = {"scale": 2.0, "tile": 32, "overlap": 8}  # 5 tile rows: 2 bands on 2 workers
+TILING = {"scale": 2.0, "tile": 32, "overlap": 8}  # 5 × 4 tiles: 2 blocks of 5 × 2 on 2 workers
+TWO_BLOCKS = ["block00000-00000.tif", "block00000-00001.tif"]  # a .vrt output's shards with TILING
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +101,30 @@ def test_same_bytes_as_a_single_run(scheduler, crop, tmp_path, method, kw):
     a = pixels(tmp_path / "cluster.tif")[0]
     assert (a[:, :12, :16] == 0).all() and (a[1, 100:100 + 20] == 0).any()  # nodata stays nodata
     assert sorted(os.listdir(tmp_path)) == ["cluster.tif", "single.tif"]  # no shard, VRT or lock left
+
+
+@pytest.mark.parametrize("name", ["cluster.tif", "cluster.vrt"])
+@pytest.mark.parametrize("method, kw", [("bicubic", {}), ("lcmsr", {"seed": 7})])
+def test_blocks_that_split_the_width_give_the_bytes_of_a_single_run(scheduler, crop, tmp_path, monkeypatch, name,
+                                                                    method, kw):
+    """Tile 24: 6 × 5 tiles, in blocks of 2 × 2 cells: 3 × 3 blocks, the inner ones with the context
+    row above them and the context column to their left. Into a .tif (the client packs the 2-D
+    mosaic) and into a .vrt (one shard per block)."""
+    from engine.tiling import window_starts
+
+    tiling = {"tile": 24, "overlap": 6}
+    assert (len(window_starts(112, 24, 6)), len(window_starts(96, 24, 6))) == (6, 5)
+    monkeypatch.setattr(cluster, "block_shape", lambda rows, cols, workers: (2, 2))
+    run(crop, tmp_path / "single.tif", method=method, **tiling, **kw)
+    run(crop, tmp_path / name, method=method, cluster=scheduler, **tiling, **kw)
+    same(tmp_path / "single.tif", tmp_path / name)
+    if name.endswith(".vrt"):
+        shards = sorted(os.listdir(tmp_path / "cluster.shards"))
+        assert shards == [f"block{r:05d}-{c:05d}.tif" for r in range(3) for c in range(3)]
+        sizes = {shard: gdal.Open(str(tmp_path / "cluster.shards" / shard)).RasterXSize for shard in shards}
+        assert sum(sizes[f"block00001-{c:05d}.tif"] for c in range(3)) == 192  # the width, in three shards
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith("single")) == \
+        (["cluster.shards", "cluster.vrt"] if name.endswith(".vrt") else ["cluster.tif"])  # nothing else left
 
 
 def without_the_repo() -> dict:
@@ -209,11 +235,11 @@ def test_a_vrt_output_is_written_by_the_workers(scheduler, crop, tmp_path):
     out.mkdir()
     run(crop, out / "sr.vrt", uncertainty=str(out / "sr_std.vrt"), cluster=scheduler, **kw)
     assert sorted(os.listdir(out)) == ["sr.shards", "sr.vrt", "sr_std.shards", "sr_std.vrt"]
-    assert sorted(os.listdir(out / "sr.shards")) == ["rows00000.tif", "rows00001.tif"]  # 2 bands, nothing else
-    shard = gdal.Open(str(out / "sr.shards" / "rows00000.tif"))
+    assert sorted(os.listdir(out / "sr.shards")) == TWO_BLOCKS  # nothing else
+    shard = gdal.Open(str(out / "sr.shards" / TWO_BLOCKS[0]))
     assert shard.GetMetadataItem("COMPRESSION", "IMAGE_STRUCTURE") == "DEFLATE"
     assert shard.GetRasterBand(1).GetBlockSize() == [256, 256]
-    assert 'relativeToVRT="1">sr.shards/rows00000.tif<' in (out / "sr.vrt").read_text()
+    assert 'relativeToVRT="1">sr.shards/block00000-00000.tif<' in (out / "sr.vrt").read_text()
     os.rename(out, tmp_path / "moved")
     for name, single in [("sr.vrt", "single.tif"), ("sr_std.vrt", "single_std.tif")]:
         same(tmp_path / single, tmp_path / "moved" / name)
@@ -227,9 +253,9 @@ def test_a_vrt_output_whose_shards_folder_holds_the_input_is_refused(scheduler, 
     out.mkdir()
     run(crop, out / "sr.vrt", method="bicubic", cluster=scheduler)
     before = fingerprints(out)
-    shard = str(out / "sr.shards" / "rows00000.tif")
+    shard = str(out / "sr.shards" / TWO_BLOCKS[0])
     with pytest.raises(LatentSRError, match=r"^the output \S+sr\.vrt would replace its shards folder \S+sr\.shards, "
-                                            r"which the input \S+rows00000\.tif reads"):
+                                            r"which the input \S+block00000-00000\.tif reads"):
         superresolve(request(input=shard, output=str(out / "sr.vrt"), method="bicubic", cluster=scheduler, **TILING))
     assert fingerprints(out) == before
 
@@ -244,13 +270,13 @@ def test_a_vrt_output_without_a_cluster_or_as_a_cog_is_refused(crop, tmp_path):
 
 
 class KillOnce(distributed.WorkerPlugin):
-    """Kills its worker's process the first time, cluster-wide, that a band task starts executing."""
+    """Kills its worker's process the first time, cluster-wide, that a block task starts executing."""
 
     def __init__(self, marker: str):
         self.marker = marker
 
     def transition(self, key, start, finish, **kwargs):
-        if finish == "executing" and "latentsr-band" in str(key):
+        if finish == "executing" and "latentsr-block" in str(key):
             try:
                 os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
             except FileExistsError:
@@ -267,10 +293,10 @@ def test_a_killed_worker_changes_nothing(scheduler, client, crop, tmp_path, name
         run(crop, tmp_path / name, method="lcmsr", seed=5, cluster=scheduler)
     finally:
         client.unregister_worker_plugin("kill-once")
-    assert os.path.exists(marker)  # a worker did die with a band in hand
+    assert os.path.exists(marker)  # a worker did die with a block in hand
     same(tmp_path / "single.tif", tmp_path / name)
     if name.endswith(".vrt"):
-        assert sorted(os.listdir(tmp_path / "cluster.shards")) == ["rows00000.tif", "rows00001.tif"]
+        assert sorted(os.listdir(tmp_path / "cluster.shards")) == TWO_BLOCKS
     client.wait_for_workers(2)  # the nanny restarts it for the next tests
 
 
@@ -282,7 +308,7 @@ def test_cancel_leaves_nothing(scheduler, client, crop, tmp_path):
         superresolve(request(input=crop, output=str(out / "sr.tif"), method="lcmsr", cluster=scheduler, **TILING),
                      progress=seen.append, is_cancelled=lambda: any(0 < f < 0.95 for f in seen))
     assert os.listdir(out) == []
-    assert not any(client.processing().values())  # no band is still running
+    assert not any(client.processing().values())  # no block is still running
 
 
 def test_a_vrt_output_and_its_shards_are_replaced_together_or_not_at_all(scheduler, client, crop, tmp_path,
@@ -291,8 +317,8 @@ def test_a_vrt_output_and_its_shards_are_replaced_together_or_not_at_all(schedul
     byte of it; a finished run replaces both (no older shard stays)."""
     out = tmp_path / "out"
     out.mkdir()
-    run(crop, out / "sr.vrt", method="bicubic", cluster=scheduler, tile=16, overlap=4)  # more bands than later
-    (out / "sr.shards" / "rows00009.tif").write_bytes(b"an older shard that only the older VRT names")
+    run(crop, out / "sr.vrt", method="bicubic", cluster=scheduler, tile=16, overlap=4)  # other blocks than later
+    (out / "sr.shards" / "block00009-00000.tif").write_bytes(b"an older shard that only the older VRT names")
     before = fingerprints(out)
     seen = []
     with pytest.raises(Cancelled):
@@ -314,12 +340,12 @@ def test_a_vrt_output_and_its_shards_are_replaced_together_or_not_at_all(schedul
     run(crop, tmp_path / "single.tif", method="lcmsr", seed=1)
     same(tmp_path / "single.tif", out / "sr.vrt")
     assert sorted(os.listdir(out)) == ["sr.shards", "sr.vrt"]
-    assert sorted(os.listdir(out / "sr.shards")) == ["rows00000.tif", "rows00001.tif"]
+    assert sorted(os.listdir(out / "sr.shards")) == TWO_BLOCKS
 
 
 def test_ctrl_c_on_a_local_cluster_is_one_line_and_leaves_nothing(tmp_path):
     """SIGINT to the whole process group, as a terminal sends it: the local workers ignore it, the
-    client stops the bands, exits 130 and removes every shard."""
+    client stops the blocks, exits 130 and removes every shard."""
     big = write_raster(tmp_path / "big.tif", np.random.default_rng(1).integers(1, 255, (3, 400, 400)).astype(np.uint8))
     out = tmp_path / "out"
     out.mkdir()
@@ -339,9 +365,9 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_and_leaves_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["sr.tif", "sr.vrt"])
-def test_a_band_that_fails_names_its_window_and_leaves_nothing(scheduler, tmp_path, name):
+def test_a_block_that_fails_names_its_window_and_leaves_nothing(scheduler, tmp_path, name):
     """One strip of a DEFLATE GeoTIFF is garbage: the client's decimated statistics never read it,
-    the band that needs it fails."""
+    a block that needs it fails, and says where it is in the output and in the input."""
     src = write_raster(tmp_path / "bad.tif", np.random.default_rng(0).integers(1, 255, (64, 1100)).astype(np.uint8))
     gdal.Translate(str(tmp_path / "strips.tif"), src, creationOptions=["COMPRESS=DEFLATE", "BLOCKYSIZE=1"])
     ds = gdal.Open(str(tmp_path / "strips.tif"))
@@ -353,11 +379,15 @@ def test_a_band_that_fails_names_its_window_and_leaves_nothing(scheduler, tmp_pa
         f.write(b"\xff" * size)
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(LatentSRError, match=r"output rows \d+-\d+ \(input rows \d+-\d+\) failed: reading the input") as info:
+    place = (r"^output rows (\d+)-(\d+), columns (\d+)-(\d+) \(input rows (\d+)-(\d+), columns (\d+)-(\d+)\) failed: "
+             r"reading the input")
+    with pytest.raises(LatentSRError, match=place) as info:
         superresolve(request(input=str(tmp_path / "strips.tif"), output=str(out / name), method="bicubic",
                              cluster=scheduler, **TILING))
-    rows = [int(v) for v in info.value.args[0].split("input rows ")[1].split(")")[0].split("-")]
-    assert rows[0] <= 40 <= rows[1]
+    y0, y1, x0, x1, in_y0, in_y1, in_x0, in_x1 = map(int, re.match(place, str(info.value)).groups())
+    assert in_y0 <= 40 <= in_y1 and (y0, y1) == (0, 127)  # all 3 tile rows in each of the 2 blocks across
+    assert 0 <= in_x0 <= x0 // 2 < x1 // 2 <= in_x1 < 1100  # the input columns its tiles read
+    assert x1 - x0 + 1 < 2200 and in_x1 - in_x0 + 1 < 1100  # a block across half the width, not all of it
     assert "\n" not in str(info.value)
     assert os.listdir(out) == []
 
@@ -400,21 +430,44 @@ def test_addresses():
     assert cluster.parse_address("scheduler.example.org:8786") == ("scheduler.example.org:8786", None)
 
 
-@pytest.mark.parametrize("n_rows, workers", [(1, 4), (5, 2), (40, 2), (353, 100), (10_000, 3), (7, 64)])
-def test_band_rows_balance_work_and_waves(n_rows, workers):
-    k = cluster.band_rows(n_rows, workers)
-    assert 1 <= k <= min(n_rows, cluster.MAX_BAND_ROWS)
+def makespan(n_rows, n_cols, workers, k, m):
+    """Waves of blocks on the workers × the tiles of a block with its context row and column."""
+    down, across = -(-n_rows // k), -(-n_cols // m)
+    return -(-down * across // workers) * (k + (down > 1)) * (m + (across > 1))
 
-    def makespan(rows):  # rounds of bands on the workers × the tile rows of a band, with its context row
-        return -(-(-(-n_rows // rows)) // workers) * (rows + 1)
 
-    assert makespan(k) == min(makespan(r) for r in range(1, min(n_rows, cluster.MAX_BAND_ROWS) + 1))
-    bands = cluster.bands(n_rows, k)
-    assert [r for b in bands for r in b] == list(range(n_rows))
+@pytest.mark.parametrize("n_rows, n_cols, workers", [(1, 1, 4), (5, 4, 2), (5, 4, 1), (40, 37, 2), (36, 36, 100),
+                                                     (70, 90, 8), (9, 200, 16), (100, 3, 7)])
+def test_block_shape_balances_work_and_waves(n_rows, n_cols, workers):
+    """The shape is the least makespan of every shape within MAX_BLOCK_TILES, and the blocks cover
+    each cell once."""
+    k, m = cluster.block_shape(n_rows, n_cols, workers)
+    assert 1 <= k <= n_rows and 1 <= m <= n_cols and k * m <= cluster.MAX_BLOCK_TILES
+    assert makespan(n_rows, n_cols, workers, k, m) == min(
+        makespan(n_rows, n_cols, workers, a, b) for a in range(1, n_rows + 1) for b in range(1, n_cols + 1)
+        if a * b <= cluster.MAX_BLOCK_TILES)
+    cells = [(r, c) for block in cluster.blocks(n_rows, n_cols, k, m) for r in block.rows for c in block.cols]
+    assert sorted(cells) == [(r, c) for r in range(n_rows) for c in range(n_cols)] and len(set(cells)) == len(cells)
+
+
+def test_block_shape_splits_the_width_of_a_large_output():
+    """100 GP at ×4 with tile 256 (353 × 353 tiles): on 100 worker threads, 100 blocks in one wave, each
+    a share of both axes, each costing less than the 4 tile rows and the context row of whole-row
+    bands; on 1,000, less than one tile row and its context row, the least that whole rows could do;
+    on one, blocks within MAX_BLOCK_TILES; and a huge grid is planned at once."""
+    k, m = cluster.block_shape(353, 353, 100)
+    assert (-(-353 // k)) * (-(-353 // m)) <= 100 and k < 353 and m < 353
+    assert makespan(353, 353, 100, k, m) < (4 + 1) * 353
+    assert makespan(353, 353, 1000, *cluster.block_shape(353, 353, 1000)) < (1 + 1) * 353 / 4
+    k, m = cluster.block_shape(353, 353, 1)
+    assert k * m <= cluster.MAX_BLOCK_TILES
+    start = time.monotonic()
+    cluster.block_shape(20_000, 20_000, 1000)
+    assert time.monotonic() - start < 2
 
 
 def test_workers_that_cannot_import_the_engine_get_told_where_it_is():
-    error = cluster.band_error(RuntimeError("Error during deserialization of the task graph. This frequently occurs"))
+    error = cluster.block_error(RuntimeError("Error during deserialization of the task graph. This frequently occurs"))
     assert f"({cluster.module_root()}), which the client sends them: both need its dependencies" in str(error)
 
 

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.grid import Grid, centres, output_size, resolution_axis, scale_axis, snap_window
-from engine.tiling import axis_plan, ramp, required_margin, window_starts
+from engine.tiling import Cells, axis_plan, ramp, required_margin, tile_plan, window_starts
 
 
 def coverage(plan, n_out):
@@ -107,3 +107,22 @@ def test_axis_plan_owns_every_pixel_of_a_grown_grid():
     plan = axis_plan(100, axis, 40, 8, 2)
     assert plan[-1].out_stop == axis.n_out == 167
     np.testing.assert_allclose(coverage(plan, axis.n_out), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("tile, overlap, context", [(256, 32, 6), (24, 6, 6), (16, 12, 2)])
+def test_a_block_reaches_the_tiles_its_blend_needs_and_no_other(tile, overlap, context):
+    """A block of cells reaches, on each axis, every window whose output touches it (the one or more
+    above it and to its left that its blend needs) and no other; its window is its cells'."""
+    n = 1000 if tile == 256 else 120
+    plan = tile_plan(n, n + 7, 4.0, (scale_axis(n, 4.0), scale_axis(n + 7, 4.0)), tile, overlap, context)
+    assert len(plan.rows) >= 4 and len(plan.cols) >= 4
+    cells = Cells(range(2, 4), range(1, 3))
+    rows, cols = plan.reach(cells)
+    x0, y0, w, h = plan.window(cells)
+    assert (x0, y0, x0 + w, y0 + h) == (plan.col_edges[1], plan.row_edges[2], plan.col_edges[3], plan.row_edges[4])
+    for tiles, reach, lo, hi in ((plan.rows, rows, y0, y0 + h), (plan.cols, cols, x0, x0 + w)):
+        touching = [i for i, t in enumerate(tiles) if t.out_start < hi and t.out_stop > lo]
+        assert list(reach) == touching  # the block's own windows and those before it that reach into it
+    if tile == 256:  # the engine's default: exactly one context row and one context column
+        assert (rows, cols) == (range(1, 4), range(0, 3))
+    assert plan.reach(plan.cells) == (range(len(plan.rows)), range(len(plan.cols)))
