@@ -5,7 +5,7 @@
 - ``backends``: ONNX Runtime against torch eager on CPU, time and peak RSS per method, each in its own process;
 - ``scale``: memory and time of the engine CLI against raster size;
 - ``speed``: parameters and time per LR tile of each method with random weights;
-- ``cluster``: ``--cluster`` on one machine (local:1 against local:2), the overhead of a band, and a scaling model;
+- ``cluster``: ``--cluster`` on one machine (workers of one and two cores), the overhead of a block, and a scaling model;
 - ``stage2``: a stage-2 run judged before it is bundled: detail and fidelity at each D, and whether its samples
   spread where the texture is;
 - ``step``: where a training step's time goes (data, each network's forward and backward, the critic, the
