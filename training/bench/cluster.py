@@ -271,6 +271,8 @@ def main(argv=None) -> int:
     tile_seconds = max(0.0, own_seconds - r["tiny", "local:1"]["seconds"] - pack) / own_tiles  # bicubic, per tile
     per_block = (cells_seconds - own_seconds - (cell_tiles - own_tiles) * tile_seconds) / max(1, rows * rows - own["n"])
     model = Model(fixed + load, per_mp, max(0.0, per_block), pack / mp)  # below 0: the machine's load, taken as 0
+    worker_mp = (r[LCMSR.name, 1, 1]["workers_cpu"] - load) / mp  # the same tiles on a Dask worker of one core
+    on_workers = Model(model.start, worker_mp, model.per_block, model.pack)
     share = {form: r[BICUBIC.name, form]["cpu"] / r[BICUBIC.name, form]["seconds"] for form in ("tif", "vrt")}
     big_share = r[REGRESSION.name, "local:4"]["cpu"] / r[REGRESSION.name, "local:4"]["seconds"]
 
@@ -289,6 +291,9 @@ def main(argv=None) -> int:
              f"| a one-core task's throughput | **{per_mp:.2f} s per output MP** | LCMSR in one process, one thread: "
              f"{r[LCMSR.name, None]['cpu']:.1f} s CPU ({r[LCMSR.name, None]['seconds']:.1f} s wall) for {mp:.1f} MP, less "
              f"its start-up ({r['tiny', LCMSR.name]['cpu']:.1f} s CPU on 64²) |",
+             f"| the same on a Dask worker of one core | {worker_mp:.2f} s per output MP | the workers' CPU of the "
+             f"check below on one worker of one core (one block of all the tiles: the same work), less the model "
+             f"loading |",
              f"| start-up | {model.start:.1f} s | cluster start, connect, ship, close: {fixed:.1f} s (64² bicubic on "
              f"`local:2` {r['tiny', 'local:2']['seconds']:.1f} s against one process {r['tiny', None]['seconds']:.1f} s); "
              f"a worker's model loading: {load:.1f} s CPU |",
@@ -357,7 +362,12 @@ def main(argv=None) -> int:
               + (f", or about {workers:,} one-core workers" if workers else "")
               + f". Blocks split the width as well as the height, so more workers always help down to one cell per "
               f"task: the floor is {hours(model.floor(big_mp))} ({p1['rows'] ** 2:,} task slots, each a cell with its "
-              f"context, 4 tiles)."]
+              f"context, 4 tiles). At the Dask worker's own CPU per MP measured above ({worker_mp:.2f} s), 100 GP on "
+              f"100 workers takes {hours(on_workers.seconds(big_mp, 100, 1))} with one core each and "
+              f"{hours(on_workers.seconds(big_mp, 100, 4))} with 4, and 15 minutes "
+              + (f"{on_workers.cores_for(big_mp, 100, TARGET_SECONDS)} cores per worker"
+                 if on_workers.cores_for(big_mp, 100, TARGET_SECONDS) else f"more than {MAX_CORES} cores per worker")
+              + "."]
     text = "\n".join(lines) + "\n"
     if args.out:
         with open(args.out, "a", encoding="utf-8") as f:
