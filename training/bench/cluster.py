@@ -364,7 +364,7 @@ def main(argv=None) -> int:
               f"task: the floor is {hours(model.floor(big_mp))} ({p1['rows'] ** 2:,} task slots, each a cell with its "
               f"context, 4 tiles). At the Dask worker's own CPU per MP measured above ({worker_mp:.2f} s), 100 GP on "
               f"100 workers takes {hours(on_workers.seconds(big_mp, 100, 1))} with one core each and "
-              f"{hours(on_workers.seconds(big_mp, 100, 4))} with 4, and 15 minutes "
+              f"{hours(on_workers.seconds(big_mp, 100, 4))} with 4, and 15 minutes takes "
               + (f"{on_workers.cores_for(big_mp, 100, TARGET_SECONDS)} cores per worker"
                  if on_workers.cores_for(big_mp, 100, TARGET_SECONDS) else f"more than {MAX_CORES} cores per worker")
               + "."]
