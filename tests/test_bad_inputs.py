@@ -676,6 +676,8 @@ class TestLeftovers:
         (tmp_path / ".sr.tif.latentsr-lock").write_text(f"{dead.pid}\n")
         (tmp_path / ".sr.tif.0badf00d.scratch.tif").write_bytes(b"half-written")
         (tmp_path / ".sr.tif.0badf00d.part.tif").write_bytes(b"half-packed")
+        (tmp_path / ".sr.tif.0badf00d.shard00001-00002.tif").write_bytes(b"a cluster block's shard")
+        (tmp_path / ".sr.tif.0badf00d.shard00000-00003.tif.1234abcd.part").write_bytes(b"a half-written shard")
         (tmp_path / ".other.tif.0badf00d.scratch.tif").write_bytes(b"another output's")
         r = cli("superresolve", SAMPLE, tmp_path / "sr.tif", "--scale", "2", "--method", "bicubic")
         assert r.returncode == 0, r.stderr
