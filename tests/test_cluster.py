@@ -127,6 +127,18 @@ def test_blocks_that_split_the_width_give_the_bytes_of_a_single_run(scheduler, c
         (["cluster.shards", "cluster.vrt"] if name.endswith(".vrt") else ["cluster.tif"])  # nothing else left
 
 
+def test_blocks_of_a_part_of_the_input_give_the_bytes_of_a_single_run(scheduler, crop, tmp_path, monkeypatch):
+    """--extent with blocks that split the width: the workers read the same window of the input."""
+    x0, px, _, y0, _, py = gdal.Open(crop).GetGeoTransform()
+    extent = (x0 + 7.3 * px, y0 + 100.4 * py, x0 + 90.2 * px, y0 + 9.1 * py)
+    monkeypatch.setattr(cluster, "block_shape", lambda rows, cols, workers: (2, 2))
+    kw = {"method": "lcmsr", "seed": 2, "tile": 24, "overlap": 6, "extent": extent}
+    run(crop, tmp_path / "single.tif", **kw)
+    run(crop, tmp_path / "cluster.tif", cluster=scheduler, **kw)
+    same(tmp_path / "single.tif", tmp_path / "cluster.tif")
+    assert gdal.Open(str(tmp_path / "cluster.tif")).RasterXSize < 2 * 96  # a part of the input only
+
+
 def without_the_repo() -> dict:
     """This process's environment without the repository on PYTHONPATH."""
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
