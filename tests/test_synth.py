@@ -15,7 +15,7 @@ from training import export
 from training.bundle import random_bundle, write
 from training.cli import main
 
-from tests.test_models import lr, tiled_run
+from tests.test_models import lr
 from tests.test_training import images, train_args  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
