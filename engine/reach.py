@@ -28,14 +28,16 @@ import math
 from .models.sampling import LATENT_FACTOR
 
 SAMPLE_EDGE_CELLS = 6  # measured: a sampled latent within this many cells of a tile's edge differs from a whole run's
+SYNTH_REACH = 2  # the decoder's output-resolution synthesis: two 3×3 convs, 2 output pixels (at most 2 LR pixels, at ×1)
 GUIDE_CELLS = 3  # the decoder's guide: two 3×3 convs on the latent, then bilinear to the LR pixels (the detail path: one conv)
 
 
 def decoder_reach(config: dict) -> int:
     """LR pixels an output pixel reads through the feature branch of a decoder with this config: its
     head, two 3×3 convs per guided block and body_out, one pixel of the pyramid's bilinear taps and
-    one for the output pixel's place in its LR pixel (the bicubic skip's 2 pixels are within it)."""
-    return 1 + 2 * int(config["blocks"]) + 1 + 1 + 1
+    one for the output pixel's place in its LR pixel (the bicubic skip's 2 pixels are within it), and
+    the synthesis's 2 output pixels when it has one (2 LR pixels at most)."""
+    return 1 + 2 * int(config["blocks"]) + 1 + 1 + 1 + (SYNTH_REACH if config.get("synth") else 0)
 
 
 def method_halo(decoder: dict, scale: float, samples: bool) -> int:

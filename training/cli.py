@@ -79,6 +79,10 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--detail-flat", action="store_true",
                        help="the decoder's detail path answers a latent that is the same in every cell with a flat "
                             "value instead of an 8×8 pattern (no lattice from a shared latent offset)")
+        p.add_argument("--synth", type=int, default=0, metavar="F",
+                       help="the decoder gains a non-linear synthesis at the output resolution with F channels: the "
+                            "latent and the upsampler's features through two 3×3 convolutions over the output pixels "
+                            "(default 0: none)")
     else:
         p.add_argument("--stage1", required=True, help="the --out folder of a stage-1 run")
         p.add_argument("--cond-weight", type=float, default=o["cond_weight"],
@@ -167,7 +171,8 @@ def train(args) -> None:
         from .stage1 import Stage1 as stage
         options = {"kl_weight": args.kl_weight, "fft_weight": args.fft_weight, "latent_dropout": args.latent_dropout,
                    "latent_noise": args.latent_noise, "init": args.init, "gan_weight": args.gan_weight,
-                   "gan_start": args.gan_start, **({"detail_flat": True} if args.detail_flat else {})}
+                   "gan_start": args.gan_start, **({"detail_flat": True} if args.detail_flat else {}),
+                   **({"synth": args.synth} if args.synth else {})}
     elif args.command == E2DIFFSR.name:
         from .e2diffsr import E2DiffSRStage as stage
     else:

@@ -30,6 +30,7 @@ from .errors import TrainingError
 from .trainer import Stage
 
 PCA_BATCHES = 16
+DECODER_SHAPE = ("detail_flat", "synth")  # the options that add to the preset's decoder (a fresh run's)
 
 
 def spectrum_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -43,9 +44,11 @@ class Stage1(Stage):
     def __init__(self, settings, device, specs):
         super().__init__(settings, device, specs or settings.options.get("networks"))
         self.options = dict(recipe.STAGE1_BASE, **settings.options)
-        if not (specs or settings.options.get("networks")) and self.options.get("detail_flat"):
-            # engine.models.decoder: the detail path's response to a uniform latent made flat (issue 25)
-            self.specs["decoder"]["config"]["detail_flat"] = True
+        # engine.models.decoder (issue 25): the detail path's response to a uniform latent made flat, the
+        # output-resolution synthesis
+        shape = {k: self.options[k] for k in DECODER_SHAPE if self.options.get(k)}
+        if not (specs or settings.options.get("networks")) and shape:
+            self.specs["decoder"]["config"].update(shape)
             self.nets["decoder"] = build("decoder", self.specs["decoder"]["config"]).to(device)
         if self.options["gan_weight"] > 0:
             self.adversary = Adversary(settings.bands, settings.preset, device)

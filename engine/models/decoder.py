@@ -19,6 +19,14 @@
    the latent departs from its 3×3 neighbourhood, and an offset of the latent shared by a region
    (what a one-step sample adds beside real detail) shifts the level there instead of painting an
    8×8 lattice over it (docs/MODELS.md, "The lattice"). The same conv and receptive field.
+5. With ``synth`` = F > 0 (issue 25), a non-linear synthesis at the output resolution: a 1×1 conv on
+   the latent makes F features for each of a cell's 8×8 output pixels (pixel shuffle), gathered at
+   the output pixels by the detail row; beside the pyramid's mixed features there, they go through
+   two 3×3 convolutions over the output pixels with a SiLU between, and the result is added. Its
+   convolutions cross the cells' and the LR pixels' edges, so what it adds is not an 8×8 block or a
+   pattern spread from one LR pixel; its last conv starts at zero (a decoder that gains it starts as
+   it was). It works on the output grid of the tile, so it reaches 2 output pixels further
+   (engine.reach), and it has no pooling or normalisation over space: tiles stay exact.
 All resampling is by index/weight tables (engine.models.sampling), so it exports to ONNX. The pyramid
 runs channels last, laid out for ONNX Runtime's CPU kernels (docs/MODELS.md, "The exported layout"):
 the exported graph is this forward as it is.
@@ -34,6 +42,14 @@ from .sampling import DETAIL_ROW, LATENT_FACTOR, LEVELS
 
 
 DETAIL_INIT = 0.01  # spread of a fresh detail path's bias, in reflectance
+
+
+def cell_pixels(cells, out_y_idx, out_y_w, out_x_idx, out_x_w) -> torch.Tensor:
+    """Per-cell maps of C·8·8 channels (B, C·64, h_lat, w_lat) as C channels at the output pixels,
+    channels last (B, n_rows, n_cols, C): pixel shuffle, then the detail row of the output tables."""
+    d = F.pixel_shuffle(cells, LATENT_FACTOR).permute(0, 2, 3, 1)
+    row = slice(DETAIL_ROW, DETAIL_ROW + 1)
+    return resample(resample(d, out_y_idx[row], out_y_w[row], 1), out_x_idx[row], out_x_w[row], 2)
 
 
 class GuidedBlock(nn.Module):
@@ -57,7 +73,7 @@ class GuidedBlock(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, bands: int = 3, latent: int = 4, channels: int = 48, blocks: int = 4,
                  up_channels: int = 8, tail_channels: int = 16, emb_dim: int = 64, detail: bool = False,
-                 detail_flat: bool = False):
+                 detail_flat: bool = False, synth: int = 0):
         super().__init__()
         self.config = {"bands": bands, "latent": latent, "channels": channels, "blocks": blocks,
                        "up_channels": up_channels, "tail_channels": tail_channels, "emb_dim": emb_dim}
@@ -67,6 +83,8 @@ class Decoder(nn.Module):
             if not detail:
                 raise ValueError("detail_flat needs the detail path (detail: true)")
             self.config["detail_flat"] = True
+        if synth:  # cards written before it lack the key
+            self.config["synth"] = int(synth)
         self.detail_flat = detail_flat
         self.detail = nn.Conv2d(latent, bands * LATENT_FACTOR ** 2, 3, padding=1) if detail else None
         if detail:  # fresh, it reads nothing (stage 1 sets it by PCA) and adds a small fixed 8×8 pattern per cell
@@ -82,6 +100,12 @@ class Decoder(nn.Module):
         self.levels = nn.ModuleList(nn.Conv2d(channels, up_channels * k * k, 1) for k in LEVELS)
         self.mix = nn.Linear(emb_dim, len(LEVELS) * up_channels)
         self.tail = nn.Sequential(nn.Conv2d(up_channels, tail_channels, 1), nn.SiLU(), nn.Conv2d(tail_channels, bands, 1))
+        self.synth_cells = nn.Conv2d(latent, synth * LATENT_FACTOR ** 2, 1) if synth else None
+        self.synth = nn.Sequential(nn.Conv2d(synth + up_channels, synth, 3, padding=1), nn.SiLU(),
+                                   nn.Conv2d(synth, bands, 3, padding=1)) if synth else None
+        if synth:
+            nn.init.zeros_(self.synth[-1].weight)
+            nn.init.zeros_(self.synth[-1].bias)
 
     def features(self, lr, z, emb, lat_y_idx, lat_y_w, lat_x_idx, lat_x_w) -> torch.Tensor:
         """The LR-resolution feature branch (B, channels, h, w), guided by the latent."""
@@ -105,8 +129,8 @@ class Decoder(nn.Module):
         return p.flatten(1, 2).unflatten(3, (k, c)).flatten(2, 3)
 
     def pyramid(self, x, emb, out_y_idx, out_y_w, out_x_idx, out_x_w) -> torch.Tensor:
-        """The levels gathered at the output positions and mixed by the scale's weights, then the 1×1
-        tail: (B, n_rows, n_cols, bands), channels last (gathers move whole pixels, not single floats)."""
+        """The levels gathered at the output positions and mixed by the scale's weights: (B, n_rows,
+        n_cols, up_channels), channels last (gathers move whole pixels, not single floats)."""
         mix = torch.softmax(self.mix(emb).reshape(-1, len(LEVELS), self.up_channels), dim=1)
         xt = x.permute(0, 2, 3, 1).unsqueeze(2)
         acc = None
@@ -116,6 +140,10 @@ class Decoder(nn.Module):
             p = resample(resample(self.level(i, xt), out_y_idx[rows], out_y_w[rows], 1), out_x_idx[rows], out_x_w[rows], 2)
             p = p * mix[:, i, None, None, :]
             acc = p if acc is None else acc + p
+        return acc
+
+    def tail_map(self, acc: torch.Tensor) -> torch.Tensor:
+        """The 1×1 tail on the pyramid's features, channels last: (B, n_rows, n_cols, bands)."""
         t0, t2 = self.tail[0], self.tail[2]
         return F.linear(F.silu(F.linear(acc, t0.weight.flatten(1), t0.bias)), t2.weight.flatten(1), t2.bias)
 
@@ -139,9 +167,13 @@ class Decoder(nn.Module):
     def detail_map(self, z, out_y_idx, out_y_w, out_x_idx, out_x_w) -> torch.Tensor:
         """The detail path at the output pixels, channels last (B, n_rows, n_cols, bands)."""
         cells = F.conv2d(z, *self.flat_detail(), padding=1) if self.detail_flat else self.detail(z)
-        d = F.pixel_shuffle(cells, LATENT_FACTOR).permute(0, 2, 3, 1)
-        row = slice(DETAIL_ROW, DETAIL_ROW + 1)
-        return resample(resample(d, out_y_idx[row], out_y_w[row], 1), out_x_idx[row], out_x_w[row], 2)
+        return cell_pixels(cells, out_y_idx, out_y_w, out_x_idx, out_x_w)
+
+    def synth_map(self, z, acc, out_y_idx, out_y_w, out_x_idx, out_x_w) -> torch.Tensor:
+        """The output-resolution synthesis (module notes, 5.) from the latent and the pyramid's features
+        ``acc``, channels last (B, n_rows, n_cols, bands)."""
+        f = cell_pixels(self.synth_cells(z), out_y_idx, out_y_w, out_x_idx, out_x_w)
+        return self.synth(torch.cat([f, acc], 3).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
     def forward(self, lr, z, inv_scale, out_y_idx, out_y_w, out_x_idx, out_x_w,
                 lat_y_idx, lat_y_w, lat_x_idx, lat_x_w) -> torch.Tensor:
@@ -149,7 +181,10 @@ class Decoder(nn.Module):
         sampling.Plan -> (B, bands, n_rows, n_cols)."""
         emb = self.scale_emb(inv_scale)
         x = self.features(lr, z, emb, lat_y_idx, lat_y_w, lat_x_idx, lat_x_w)
-        out = self.pyramid(x, emb, out_y_idx, out_y_w, out_x_idx, out_x_w)
+        acc = self.pyramid(x, emb, out_y_idx, out_y_w, out_x_idx, out_x_w)
+        out = self.tail_map(acc)
+        if self.synth is not None:
+            out = out + self.synth_map(z, acc, out_y_idx, out_y_w, out_x_idx, out_x_w)
         if self.detail is not None:
             out = out + self.detail_map(z, out_y_idx, out_y_w, out_x_idx, out_x_w)
         cubic = slice(2 * len(LEVELS), 2 * len(LEVELS) + 4)
