@@ -1,6 +1,7 @@
 """The decoder's output-resolution synthesis (``synth``, issue 25): without the key the decoder is the
 one before; a decoder that gains it starts as it was; what it adds is not made of 8×8 cells; its
-reach is in engine.reach, so tiles stay exact; it exports to ONNX; stage 1 trains it and resumes."""
+reach is in engine.reach (tests/test_seams.py checks the bound), so tiles stay exact; it exports to
+ONNX; stage 1 trains it and resumes."""
 import numpy as np
 import pytest
 import torch
@@ -73,43 +74,6 @@ def test_what_the_synthesis_adds_crosses_the_cells():
     assert (changed[ring] > 0).all()
 
 
-@pytest.mark.parametrize("scale", [1.0, 2.5])
-def test_decoder_reach_bounds_what_an_output_pixel_reads_with_the_synthesis(scale):
-    """tests/test_seams.py's perturbation of one LR column, on a decoder with the synthesis: every output
-    column that changes lies within decoder_reach of it, which grew by the synthesis's 2 output pixels
-    (2 LR pixels at ×1, the bound's worst case, where it is reached within 2 pixels)."""
-    torch.manual_seed(3)
-    config = {"bands": 3, "latent": 4, "channels": 8, "blocks": 2, "up_channels": 4, "tail_channels": 4,
-              "emb_dim": 8, "detail": True, "synth": 4}
-    net = live(build("decoder", config).eval())
-    w, j = 64, 32
-    grid = Grid.whole(8, w, scale)
-    plan = Plan.build(8, w, grid, 1)
-    a = plan.tensors("cpu")
-    z = torch.randn(1, 4, *plan.latent_shape)
-    x = torch.rand(1, 3, 8, w)
-    bumped = x.clone()
-    bumped[..., j] += 1.0
-    changed = (run(net, bumped, z, scale, a) - run(net, x, z, scale, a)).abs().amax(dim=(0, 1, 2)) > 0
-    far = np.abs(grid.xs[changed.numpy()] - j).max() + 0.5
-    assert reach.decoder_reach(config) == reach.decoder_reach(dict(config, synth=0)) + reach.SYNTH_REACH
-    assert far <= reach.decoder_reach(config)
-    if scale == 1.0:
-        assert far >= reach.decoder_reach(config) - 2
-
-
-def synth_bundle():
-    """A tiny random bundle whose decoder has a live synthesis."""
-    card, tensors = random_bundle("tiny", seed=3, name="tiny-synth")
-    card = card.to_json()
-    card["networks"]["decoder"]["config"]["synth"] = 4
-    dec = live(build("decoder", card["networks"]["decoder"]["config"]), 5)
-    tensors.update({f"decoder.{k}": v for k, v in dec.state_dict().items() if k.startswith("synth")})
-    for spec in card["methods"].values():
-        spec["latent_scale"] = 1.7
-    return parse(card), tensors
-
-
 def test_a_tile_of_the_decoder_with_the_synthesis_gives_the_whole_images_pixels():
     """The decoder with a live synthesis on a tile (its LR and latent cut from the whole image's, on the
     global grid) gives exactly the whole image's output pixels that lie far enough inside the tile:
@@ -136,6 +100,18 @@ def test_a_tile_of_the_decoder_with_the_synthesis_gives_the_whole_images_pixels(
     assert inside.sum() > 10
     torch.testing.assert_close(outs[1][:, :, inside], outs[0][:, :, rows][:, :, inside], atol=1e-5, rtol=0)
     assert (outs[1] - outs[0][:, :, rows]).abs().amax() > 1e-3  # the edges do differ: the test sees them
+
+
+def synth_bundle():
+    """A tiny random bundle whose decoder has a live synthesis."""
+    card, tensors = random_bundle("tiny", seed=3, name="tiny-synth")
+    card = card.to_json()
+    card["networks"]["decoder"]["config"]["synth"] = 4
+    dec = live(build("decoder", card["networks"]["decoder"]["config"]), 5)
+    tensors.update({f"decoder.{k}": v for k, v in dec.state_dict().items() if k.startswith("synth")})
+    for spec in card["methods"].values():
+        spec["latent_scale"] = 1.7
+    return parse(card), tensors
 
 
 @pytest.mark.parametrize("name,steps", [("regression", None), ("lcmsr", 1)])
