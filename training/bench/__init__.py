@@ -13,7 +13,9 @@
 - ``precision``: float32, int8 (ONNX Runtime quantisation) and bf16 (torch) inference on this CPU: speed, and PSNR
   and LSD on val against float32;
 - ``zoom``: zoomed crops of a roof and a tree canopy at ×4 (LR, bicubic, LCMSR at D = 0, the card's default and 1,
-  RealSR DF2K, HR), docs/zoom.png.
+  RealSR DF2K, HR), docs/zoom.png;
+- ``parts``: which part of the decoder (LR branch, detail path, output-resolution synthesis) makes the detail a
+  one-step sample adds, and each part's lattice figure.
 
 The benchmark owns its processes, so, like the engine CLI and qgis_process, it fixes glibc's mmap
 threshold (engine/allocator.py) before it builds any method.
@@ -25,7 +27,7 @@ import sys
 
 from engine.allocator import fix_mmap_threshold
 
-KINDS = ("quality", "backends", "scale", "speed", "cluster", "stage2", "step", "precision", "zoom")
+KINDS = ("quality", "backends", "scale", "speed", "cluster", "stage2", "step", "precision", "zoom", "parts")
 
 
 def main(argv: list[str] | None = None) -> int:
