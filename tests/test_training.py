@@ -391,7 +391,7 @@ def test_benchmarks_have_one_entry_point(capsys):
     from training import bench
 
     assert bench.main([]) == 2 and bench.main(["evaluate"]) == 2
-    usage = "usage: python -m training.bench {quality,backends,scale,speed,cluster,stage2,step,precision,zoom} [options]"
+    usage = "usage: python -m training.bench {quality,backends,scale,speed,cluster,stage2,step,precision,zoom,parts} [options]"
     assert capsys.readouterr().err.splitlines() == [usage, usage]
     with pytest.raises(SystemExit) as done:  # argparse's --help: each kind is a module of training/bench/
         bench.main(["backends", "--help"])
