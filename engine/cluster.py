@@ -134,10 +134,17 @@ def block_shape(n_rows: int, n_cols: int, workers: int) -> tuple[int, int]:
             if k * m > MAX_BLOCK_TILES:
                 break
             across = math.ceil(n_cols / m)
-            key = (math.ceil(down * across / workers) * (k + (down > 1)) * (m + (across > 1)), down * across, -m)
+            key = (math.ceil(down * across / workers) * block_tiles(n_rows, n_cols, k, m), down * across, -m)
             if best_key is None or key < best_key:
                 best, best_key = (k, m), key
     return best
+
+
+def block_tiles(n_rows: int, n_cols: int, k: int, m: int) -> int:
+    """The tiles a block of k × m cells of an n_rows × n_cols grid runs: its own, and the row above
+    it and the column to its left where the grid has more than one block down and across (one
+    tile each with the engine's tile and overlap)."""
+    return (k + (math.ceil(n_rows / k) > 1)) * (m + (math.ceil(n_cols / m) > 1))
 
 
 def least_sizes(n: int) -> list[int]:

@@ -178,7 +178,7 @@ class Model:
         k, m = cluster.block_shape(rows, rows, slots)
         down, across = math.ceil(rows / k), math.ceil(rows / m)
         return {"lr": lr, "rows": rows, "k": k, "m": m, "n": down * across,
-                "waves": math.ceil(down * across / slots), "tiles": (k + (down > 1)) * (m + (across > 1))}
+                "waves": math.ceil(down * across / slots), "tiles": cluster.block_tiles(rows, rows, k, m)}
 
     def parts(self, mp: float, workers: int, cores: int = 1, tif: bool = False) -> dict:
         """The plan and the parts of the time of ``mp`` megapixels on ``workers`` workers of ``cores`` cores."""
