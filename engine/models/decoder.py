@@ -175,18 +175,30 @@ class Decoder(nn.Module):
         f = cell_pixels(self.synth_cells(z), out_y_idx, out_y_w, out_x_idx, out_x_w)
         return self.synth(torch.cat([f, acc], 3).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
+    def parts(self, lr, z, inv_scale, out_y_idx, out_y_w, out_x_idx, out_x_w,
+              lat_y_idx, lat_y_w, lat_x_idx, lat_x_w) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """What each part adds to the bicubic skip, channels last (B, n_rows, n_cols, bands), in the
+        order forward sums them: the LR branch through the pyramid and tail ("tail"), the synthesis
+        and the detail path when the decoder has them; and the pyramid's features the synthesis read."""
+        emb = self.scale_emb(inv_scale)
+        x = self.features(lr, z, emb, lat_y_idx, lat_y_w, lat_x_idx, lat_x_w)
+        acc = self.pyramid(x, emb, out_y_idx, out_y_w, out_x_idx, out_x_w)
+        out = {"tail": self.tail_map(acc)}
+        if self.synth is not None:
+            out["synth"] = self.synth_map(z, acc, out_y_idx, out_y_w, out_x_idx, out_x_w)
+        if self.detail is not None:
+            out["detail"] = self.detail_map(z, out_y_idx, out_y_w, out_x_idx, out_x_w)
+        return out, acc
+
     def forward(self, lr, z, inv_scale, out_y_idx, out_y_w, out_x_idx, out_x_w,
                 lat_y_idx, lat_y_w, lat_x_idx, lat_x_w) -> torch.Tensor:
         """lr (B, bands, h, w); z (B, latent, h_lat, w_lat); inv_scale (B, 1); tables from
         sampling.Plan -> (B, bands, n_rows, n_cols)."""
-        emb = self.scale_emb(inv_scale)
-        x = self.features(lr, z, emb, lat_y_idx, lat_y_w, lat_x_idx, lat_x_w)
-        acc = self.pyramid(x, emb, out_y_idx, out_y_w, out_x_idx, out_x_w)
-        out = self.tail_map(acc)
-        if self.synth is not None:
-            out = out + self.synth_map(z, acc, out_y_idx, out_y_w, out_x_idx, out_x_w)
-        if self.detail is not None:
-            out = out + self.detail_map(z, out_y_idx, out_y_w, out_x_idx, out_x_w)
+        parts, _ = self.parts(lr, z, inv_scale, out_y_idx, out_y_w, out_x_idx, out_x_w,
+                              lat_y_idx, lat_y_w, lat_x_idx, lat_x_w)
+        out = None
+        for part in parts.values():
+            out = part if out is None else out + part
         cubic = slice(2 * len(LEVELS), 2 * len(LEVELS) + 4)
         skip = resample2d(lr, out_y_idx[cubic], out_y_w[cubic], out_x_idx[cubic], out_x_w[cubic])
         return skip + out.permute(0, 3, 1, 2)

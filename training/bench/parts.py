@@ -34,19 +34,19 @@ ROOT = Path(__file__).resolve().parents[2]
 VAL = ROOT.parent / "shared" / "data" / "ucmerced" / "val"
 
 
-def part_outputs(dec, a, acc_from=None) -> tuple[dict, torch.Tensor]:
-    """Each part's output (channels first, one image) for the decoder inputs ``a``, and the pyramid's
-    features; with ``acc_from`` the synthesis reads those pyramid features instead of its own."""
-    t = (a.out_y_idx, a.out_y_w, a.out_x_idx, a.out_x_w)
-    emb = dec.scale_emb(a.inv_scale)
-    x = dec.features(a.lr, a.z, emb, a.lat_y_idx, a.lat_y_w, a.lat_x_idx, a.lat_x_w)
-    acc = dec.pyramid(x, emb, *t)
-    out = {"LR branch, pyramid and tail": dec.tail_map(acc)}
-    if dec.detail is not None:
-        out["detail path"] = dec.detail_map(a.z, *t)
-    if dec.synth is not None:
-        out["synthesis"] = dec.synth_map(a.z, acc if acc_from is None else acc_from, *t)
-    return {k: v[0].permute(2, 0, 1) for k, v in out.items()}, acc
+NAMES = {"tail": "LR branch, pyramid and tail", "detail": "detail path", "synth": "synthesis"}
+
+
+def part_outputs(dec, a) -> tuple[dict, torch.Tensor]:
+    """Each part's output (channels first, one image) for the decoder inputs ``a``
+    (engine.models.decoder.Decoder.parts), by the table's names, and the pyramid's features."""
+    out, acc = dec.parts(*a)
+    return {NAMES[k]: v[0].permute(2, 0, 1) for k, v in out.items()}, acc
+
+
+def synth_output(dec, a, acc) -> torch.Tensor:
+    """The synthesis for the latent of ``a`` and the pyramid's features ``acc`` (channels first, one image)."""
+    return dec.synth_map(a.z, acc, a.out_y_idx, a.out_y_w, a.out_x_idx, a.out_x_w)[0].permute(2, 0, 1)
 
 
 def image_parts(method, hr: np.ndarray, lr: np.ndarray, scale: float, seed: int) -> dict[str, tuple[float, float]]:
@@ -70,8 +70,8 @@ def image_parts(method, hr: np.ndarray, lr: np.ndarray, scale: float, seed: int)
         added["whole decoder"] = sum(added.values())
         if dec.synth is not None:
             s0 = p0["synthesis"]
-            added["synthesis, its latent input only"] = (part_outputs(dec, a1, acc0)[0]["synthesis"] - s0).numpy()
-            added["synthesis, the pyramid's input only"] = (part_outputs(dec, a0, acc1)[0]["synthesis"] - s0).numpy()
+            added["synthesis, its latent input only"] = (synth_output(dec, a1, acc0) - s0).numpy()
+            added["synthesis, the pyramid's input only"] = (synth_output(dec, a0, acc1) - s0).numpy()
     b = math.ceil(scale)
     ref = hr[:, :outs[0.0].shape[1], :outs[0.0].shape[2]].astype(np.float64) / 255.0
     added["HR − D = 0 (HR's own)"] = ref - outs[0.0]
