@@ -12,7 +12,7 @@ the input. A preview window is cut on the whole raster's output grid (``snap_win
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class Grid:
     out_y0, out_x0: global output row and column of the tile's first output pixel.
     in_y0, in_x0: global input row and column of the tile's first input pixel.
     in_h, in_w: size of the whole input (0 when unknown).
+    out_h, out_w: size of the whole output (0: this grid is the whole output, or it is unknown).
     """
 
     ys: np.ndarray
@@ -50,10 +51,30 @@ class Grid:
     in_x0: int = 0
     in_h: int = 0
     in_w: int = 0
+    out_h: int = 0
+    out_w: int = 0
 
     @property
     def shape(self) -> tuple[int, int]:
         return len(self.ys), len(self.xs)
+
+    def widened(self, n: int) -> tuple["Grid", tuple[int, int, int, int]]:
+        """This grid with up to ``n`` more output pixels on each side, as far as the whole output goes,
+        and the pixels it gained (top, bottom, left, right). A method whose output pixels read their
+        neighbours at the output resolution runs on it and crops, so that a tile's edge pixels read
+        what they read in a whole run (engine.reach.output_margin)."""
+
+        def grow(pos: np.ndarray, first: int, whole: int) -> tuple[np.ndarray, int, int]:
+            if n <= 0 or whole <= 0:
+                return pos, 0, 0
+            step = float(pos[1] - pos[0]) if len(pos) > 1 else 1.0 / self.scale  # as engine.models.sampling
+            before, after = min(n, first), max(0, min(n, whole - first - len(pos)))
+            return np.concatenate([pos[0] - step * np.arange(before, 0, -1), pos,
+                                   pos[-1] + step * np.arange(1, after + 1)]), before, after
+
+        ys, top, bottom = grow(np.asarray(self.ys, dtype=np.float64), self.out_y0, self.out_h)
+        xs, left, right = grow(np.asarray(self.xs, dtype=np.float64), self.out_x0, self.out_w)
+        return replace(self, ys=ys, xs=xs, out_y0=self.out_y0 - top, out_x0=self.out_x0 - left), (top, bottom, left, right)
 
     @classmethod
     def whole(cls, h: int, w: int, scale: float) -> "Grid":
@@ -68,7 +89,8 @@ class Axis:
     one starting at input coordinate ``shift`` (input pixel i spans [i, i+1) here). A window's axis
     (``snap_window``) also says where it lies on the whole raster: its first output pixel is pixel
     ``first`` of the whole raster's output grid, its input starts at the whole raster's input pixel
-    ``origin``, and the whole raster is ``whole`` input pixels long (0: the axis is the whole raster's)."""
+    ``origin``, and the whole raster is ``whole`` input pixels and ``total`` output pixels long (0: the
+    axis is the whole raster's)."""
 
     n_out: int
     step: float
@@ -76,6 +98,7 @@ class Axis:
     first: int = 0
     origin: int = 0
     whole: int = 0
+    total: int = 0
 
     @property
     def span(self) -> float:
@@ -112,4 +135,4 @@ def snap_window(axis: Axis, n_in: int, start: int, stop: int, halo: int = 0) -> 
     a = math.floor(first * axis.step + 1e-9)
     b = min(n_in, max(a + 1, math.ceil(last * axis.step - 1e-9)))
     a, b = max(0, a - halo), min(n_in, b + halo)
-    return a, b, Axis(last - first, axis.step, first * axis.step - a, first, a, n_in)
+    return a, b, Axis(last - first, axis.step, first * axis.step - a, first, a, n_in, axis.total or axis.n_out)

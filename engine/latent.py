@@ -35,7 +35,7 @@ from .grid import Grid
 from .models.inputs import ConditionInputs, DecoderInputs, DenoiserInputs
 from .models.sampling import Plan
 from .noise import gaussian
-from .reach import method_halo
+from .reach import method_halo, output_margin
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,8 @@ class LatentMethod:
     def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray:
         n, h, w = tile.shape
         groups = band_groups(n, self.bands)
-        plan = Plan.build(h, w, grid, self.multiple)
+        wide, (top, bottom, left, right) = grid.widened(output_margin(self.decoder))  # engine.reach
+        plan = Plan.build(h, w, wide, self.multiple)
         arrays = dict(plan.arrays(), lr=np.ascontiguousarray(tile[np.array(groups)], dtype=np.float32),
                       inv_scale=np.full((len(groups), 1), 1.0 / grid.scale, dtype=np.float32))
         nets = self.nets
@@ -237,7 +238,8 @@ class LatentMethod:
                 sr = nets.fused(a, noise)
             else:
                 sr = run_tile(nets, self.kind, self.spec, self.steps, a, noise, self.detail)
-            return ungroup(nets.numpy(sr), groups, n)
+            sr = ungroup(nets.numpy(sr), groups, n)
+        return sr[:, top:sr.shape[1] - bottom, left:sr.shape[2] - right]
 
 
 def describe(method: LatentMethod, model: str, where: str) -> None:

@@ -20,6 +20,9 @@ the guide's 3 cells and about 4 more. Through the tiler, on a 512² mosaic of fo
 those 4 cells still left 2 DN at ×3.3 and 5 gave 1 DN; ``SAMPLE_EDGE_CELLS`` keeps one more. The halo is therefore the exact
 reach of the decoder plus, when the method samples, the guide's exact reach and that measured
 edge, in cells of the run's scale (``method_halo``).
+
+The decoder's output-resolution synthesis also reads its neighbours among the output pixels: a tile
+makes ``output_margin`` more output pixels on each side, within the whole output, and drops them.
 """
 from __future__ import annotations
 
@@ -38,6 +41,14 @@ def decoder_reach(config: dict) -> int:
     one for the output pixel's place in its LR pixel (the bicubic skip's 2 pixels are within it), and
     the synthesis's 2 output pixels when it has one (2 LR pixels at most)."""
     return 1 + 2 * int(config["blocks"]) + 1 + 1 + 1 + (SYNTH_REACH if config.get("synth") else 0)
+
+
+def output_margin(config: dict) -> int:
+    """Output pixels on each side of a tile's output that a decoder with this config must also make:
+    the synthesis's 3×3 convolutions read their neighbours at the output resolution, so a tile runs on
+    its output grid widened by SYNTH_REACH pixels within the whole output and crops them
+    (engine.grid.Grid.widened), and its edge pixels read what they read in a whole run."""
+    return SYNTH_REACH if config.get("synth") else 0
 
 
 def method_halo(decoder: dict, scale: float, samples: bool) -> int:

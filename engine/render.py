@@ -163,7 +163,8 @@ def render(req, src, info: raster.RasterInfo, norms: list[raster.BandNorm], meth
                 xs=ax.centres(tx.out_start, tx.out_stop, tx.in_start),
                 scale=plan.scale, out_y0=ay.first + ty.out_start, out_x0=ax.first + tx.out_start,
                 in_y0=ay.origin + ty.in_start, in_x0=ax.origin + tx.in_start,
-                in_h=ay.whole or info.height, in_w=ax.whole or info.width)
+                in_h=ay.whole or info.height, in_w=ax.whole or info.width,
+                out_h=ay.total or ay.n_out, out_w=ax.total or ax.n_out)
             k = (iy - tile_rows.start) * len(tile_cols) + ix - tile_cols.start
 
             def within(fraction: float, k: int = k) -> None:  # inside the tile: between two network calls

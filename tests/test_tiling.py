@@ -126,3 +126,20 @@ def test_a_block_reaches_the_tiles_its_blend_needs_and_no_other(tile, overlap, c
     if tile == 256:  # the engine's default: exactly one context row and one context column
         assert (rows, cols) == (range(1, 4), range(0, 3))
     assert plan.reach(plan.cells) == (range(len(plan.rows)), range(len(plan.cols)))
+
+
+def test_a_widened_grid_gains_output_pixels_within_the_whole_output_only():
+    """Grid.widened (engine.reach.output_margin): up to n output pixels more on each side, on the same
+    spacing, never past the whole output's edges; a grid that is the whole output (out_h/out_w 0)
+    stays as it is."""
+    axis = scale_axis(50, 2.5)  # 125 output pixels
+    whole = Grid.whole(50, 50, 2.5)
+    assert whole.widened(2) == (whole, (0, 0, 0, 0))
+    # a tile of output rows 1..40 and columns 60..124, its input starting at LR pixel 3
+    tile = Grid(ys=axis.centres(1, 41, 3), xs=axis.centres(60, 125, 3), scale=2.5, out_y0=1, out_x0=60,
+                in_y0=3, in_x0=3, in_h=50, in_w=50, out_h=125, out_w=125)
+    wide, pads = tile.widened(2)
+    assert pads == (1, 2, 2, 0)  # one row above (row 0 is the first), none past the last column
+    assert (wide.out_y0, wide.out_x0, wide.shape) == (0, 58, (43, 67))
+    np.testing.assert_allclose(wide.ys, axis.centres(0, 43, 3), atol=1e-9)
+    np.testing.assert_allclose(wide.xs, axis.centres(58, 125, 3), atol=1e-9)

@@ -25,8 +25,9 @@
    two 3×3 convolutions over the output pixels with a SiLU between, and the result is added. Its
    convolutions cross the cells' and the LR pixels' edges, so what it adds is not an 8×8 block or a
    pattern spread from one LR pixel; its last conv starts at zero (a decoder that gains it starts as
-   it was). It works on the output grid of the tile, so it reaches 2 output pixels further
-   (engine.reach), and it has no pooling or normalisation over space: tiles stay exact.
+   it was). It reaches 2 output pixels further (engine.reach), and it has no pooling or
+   normalisation over space; a tile runs it on its output grid widened by those 2 pixels within the
+   whole output and drops them (engine.reach.output_margin), so tiles stay exact.
 All resampling is by index/weight tables (engine.models.sampling), so it exports to ONNX. The pyramid
 runs channels last, laid out for ONNX Runtime's CPU kernels (docs/MODELS.md, "The exported layout"):
 the exported graph is this forward as it is.
