@@ -88,3 +88,21 @@ def test_bf16_stays_within_the_limits_on_a_small_raster():
         (p32, l32), (p16, l16) = scores["float32"], scores["bf16"]
         assert p16 - p32 >= -MAX_PSNR_LOSS and l16 - l32 <= MAX_LSD_RISE, (name, scores)
 
+
+
+def test_the_bench_quantises_every_graph_of_a_method_to_int8(tmp_path):
+    """The precision bench's dynamic int8 path (training.bench.precision.quantised) swaps each ONNX
+    graph of the bundled regression for its quantisation, read from the typed card; the result stays
+    an SR of the right shape, close to float32 but not identical to it."""
+    from training.bench.precision import quantised
+
+    hr, lr = hr_lr(VAL_IMAGE, 4.0)
+    lr = np.ascontiguousarray(lr[:, :24, :24])
+    grid = Grid.whole(24, 24, 4.0)
+    options = MethodOptions(backend="onnx", device="cpu", threads=1)
+    exact = build_method("regression", options)(lr, grid, 0)
+    int8 = quantised("regression", "dynamic", options, 4.0, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.dynamic.onnx")) == ["regression.dynamic.onnx"]
+    out = int8(lr, grid, 0)
+    assert out.shape == exact.shape == (3, 96, 96) and not np.array_equal(out, exact)
+    assert np.abs(out - exact).mean() < 0.02  # a few DN in normalised units

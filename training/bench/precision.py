@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from engine import metrics, modelfile, onnx_backend
+from engine.card import Card
 from engine.grid import Grid
 from engine.methods import MethodOptions, build_method
 from engine.registry import LCMSR, REGRESSION
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 METHODS = ((REGRESSION.name, None), (LCMSR.name, 1))
 MAX_PSNR_LOSS, MAX_LSD_RISE = 0.05, 0.1  # dB, issue 27
 CALIBRATION = 8  # training images for the static int8 calibration
+QUANTISED = ("Conv", "MatMul")  # the operators int8 quantises
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "ucmerced"
 
@@ -83,21 +85,29 @@ class Recorder:
         return getattr(self.session, name)
 
 
-def graph_key(card: dict, file: str) -> str:
-    return next(k for k, e in card["onnx"]["graphs"].items() if e["file"] == file)
+def graph_key(card: Card, file: str) -> str:
+    return next(k for k, e in card.onnx.graphs.items() if e.file == file)
 
 
-def float_model(folder: Path, card: dict, tensors: dict, key: str):
+def float_model(folder: Path, card: Card, tensors: dict, key: str):
     """The ONNX model of graph ``key`` with the bundle's weights inside (its external initializers filled)."""
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load_from_string((folder / card["onnx"]["graphs"][key]["file"]).read_bytes())
+    model = onnx.load_from_string((folder / card.onnx.graphs[key].file).read_bytes())
     inits = [numpy_helper.from_array(tensors[i.name], i.name) if i.data_location == onnx.TensorProto.EXTERNAL else i
              for i in model.graph.initializer]
     del model.graph.initializer[:]
     model.graph.initializer.extend(inits)
     return model
+
+
+def computed_weights(model) -> list[str]:
+    """The Conv and MatMul nodes of an ONNX model whose weight is computed in the graph, not stored
+    (the flat detail path's, engine.models.decoder): ONNX Runtime's quantiser needs stored weights,
+    so they stay float32."""
+    stored = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in QUANTISED and n.input[1] not in stored]
 
 
 def calibration_tiles(scale: float, count: int) -> list[np.ndarray]:
@@ -141,13 +151,16 @@ def quantised(name: str, kind: str, options: MethodOptions, scale: float, tmp: P
     for role, g in method.nets.graphs.items():
         key = graph_key(card, g.file)
         source, target = tmp / f"{key}.float.onnx", tmp / f"{key}.{kind}.onnx"
-        onnx.save(float_model(folder, card, tensors, key), str(source))
+        model = float_model(folder, card, tensors, key)
+        onnx.save(model, str(source))
+        skip = computed_weights(model)
         if kind == "dynamic":
-            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "MatMul"])
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTISED),
+                             nodes_to_exclude=skip)
         else:
             quantize_static(str(source), str(target), Reader(feeds[role]), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=["Conv", "MatMul"])
+                            op_types_to_quantize=list(QUANTISED), nodes_to_exclude=skip)
         g.session = sessions.ort.InferenceSession(str(target), sessions.options(), providers=sessions.providers)
     return method
 
