@@ -30,13 +30,15 @@ def naip_crop(tmp_path_factory):
 @pytest.mark.parametrize("name", ["lcmsr", "e2diffsr"])
 def test_tiled_equals_untiled_with_the_default_overlap(naip_crop, tmp_path, name, scale, detail):
     """The bundled model on a 176×112 NAIP crop, default overlap (32) and backend, a smaller tile
-    (80, so that the crop makes 3 × 2 tiles; at ×2 and D > 0 the halo, 50 LR pixels, reaches over
+    (80, so that the crop makes 3 × 2 tiles; at ×2 and D > 0 the halo, 52 LR pixels, reaches over
     the crop's height, so there the vertical seams are the ones tested) against one tile over the
     whole crop. A 1-DN step can come from any float difference across a rounding boundary, so the
     share of pixels that differ (the mean difference in DN) is bounded too. With the fixed 16-pixel
     halo before engine.reach, E²DiffSR at D = 1 differed by 2 DN, on 1.2–3.2 % of the pixels, and
     at ×2 and the default D on 0.8 %; with engine.reach's halo every case is within 1 DN, on 0.11 %
-    of the pixels at most."""
+    of the pixels at most. The 2026-12-03 bundle's synthesis also needs each tile's output widened
+    (engine.reach.output_margin): without it, up to 13 DN at D = 0; with it, 0.05 % of the pixels
+    at most."""
     outputs = []
     for tile, overlap in ((max(CROP[2:]) + 1, 0), (TILE, DEFAULTS.overlap)):
         out = str(tmp_path / f"{tile}.tif")
@@ -52,12 +54,13 @@ def test_tiled_equals_untiled_with_the_default_overlap(naip_crop, tmp_path, name
 def test_halo_follows_scale_and_detail():
     card = modelfile.read_card(modelfile.resolve(None))
     decoder = card.networks[card.decoder].config
-    assert reach.decoder_reach(decoder) == 12  # 4 guided blocks
-    assert [reach.method_halo(decoder, s, False) for s in (2, 3.3, 4, 8)] == [12] * 4
-    assert [reach.method_halo(decoder, s, True) for s in (2, 3.3, 4, 8)] == [48, 34, 30, 21]  # + 9 cells of 8/scale
+    assert reach.decoder_reach(decoder) == 14  # 4 guided blocks and the output-resolution synthesis
+    assert reach.output_margin(decoder) == 2
+    assert [reach.method_halo(decoder, s, False) for s in (2, 3.3, 4, 8)] == [14] * 4
+    assert [reach.method_halo(decoder, s, True) for s in (2, 3.3, 4, 8)] == [50, 36, 32, 23]  # + 9 cells of 8/scale
     d1 = build_method("e2diffsr", MethodOptions(detail=1.0))
-    assert d1.halo(2.0) == 48 and build_method("e2diffsr", MethodOptions(detail=0.0)).halo(2.0) == 12
-    assert build_method("regression").halo(2.0) == 12
+    assert d1.halo(2.0) == 50 and build_method("e2diffsr", MethodOptions(detail=0.0)).halo(2.0) == 14
+    assert build_method("regression").halo(2.0) == 14
 
 
 @pytest.mark.parametrize("blocks,synth,scale", [(1, 0, 2.5), (2, 0, 2.5), (4, 0, 2.5), (2, 4, 1.0), (2, 4, 2.5)])

@@ -146,7 +146,7 @@ def test_stage1_starts_as_the_residual_pca_and_init_keeps_the_regression(stage1)
 
 
 # the stages' base loss options (training.recipe), which the CLI's defaults (the bundle's recipe) override
-PLAIN = {"stage1": ["--latent-dropout", "0", "--gan-weight", "0", "--gan-start", "0"],
+PLAIN = {"stage1": ["--latent-dropout", "0", "--gan-weight", "0", "--gan-start", "0", "--no-detail-flat", "--synth", "0"],
          "stage2": ["--gan-weight", "0", "--lr-weight", "1", "--energy-weight", "0", "--features", "0", "--no-spread"]}
 
 
@@ -193,6 +193,47 @@ def test_training_stages_and_bundle(images, stage1, tmp_path):
     for name in ("regression", "lcmsr", "e2diffsr"):
         out = build_method(name, MethodOptions(model=str(folder)))(x, Grid.whole(19, 21, 3.0))
         assert out.shape == (4, 57, 63) and np.all(np.isfinite(out))
+
+
+def test_the_add_stage_continues_lcmsr_with_the_decoder_and_the_bundle_takes_both(images, stage1, tmp_path):
+    """`add` (the recipe's last stage) starts LCMSR's networks from an LCMSR run folder and trains the
+    stage-1 decoder beside them; the bundle takes LCMSR's networks and the decoder from it, decodes
+    E²DiffSR with that decoder, and its card records the LCMSR run and the add run as two stages."""
+    from engine import modelfile
+
+    lcmsr, add = tmp_path / "lcmsr", tmp_path / "add"
+    assert main(train_args("lcmsr", images, lcmsr, 2, "--stage1", str(stage1))) == 0
+    assert main(train_args("e2diffsr", images, tmp_path / "e2diffsr", 2, "--stage1", str(stage1))) == 0
+    from training.lcmsr import ADDStage
+
+    settings = Settings(data=str(images / "train"), out=str(add), crop=32, batch=2, preset="tiny", stage1=str(stage1),
+                        options={"init": str(lcmsr), "train_decoder": True, "decoder_fidelity": 4.0})
+    stage = ADDStage(settings, torch.device("cpu"), None)
+    stage.setup()
+    start = load_file(str(lcmsr / "model.safetensors"))
+    for role in ("condition", "denoiser"):  # it starts as the run it continues
+        for k, v in stage.nets[role].state_dict().items():
+            assert torch.equal(v, start[f"{role}.{k}"]), k
+    frozen = modelfile.network_tensors(load_file(str(stage1 / "model.safetensors")), "decoder")
+    for k, v in stage.nets["decoder"].state_dict().items():  # and stage 1's decoder
+        assert torch.equal(v, frozen[k]), k
+    assert main(train_args("add", images, add, 2, "--stage1", str(stage1), "--init", str(lcmsr))) == 0
+    card = json.loads((add / "model.json").read_text())
+    assert card["kind"] == "lcmsr" and card["training"]["stage"] == "add" and "decoder" in card["networks"]
+    assert card["training"]["options"]["train_decoder"] is True and card["training"]["options"]["init"] == str(lcmsr)
+    assert main(["bundle", "--stage1", str(stage1), "--e2diffsr", str(tmp_path / "e2diffsr"), "--lcmsr", str(lcmsr),
+                 "--add", str(add), "--name", "test-rgb", "--out", str(tmp_path / "models")]) == 0
+    folder = tmp_path / "models" / "test-rgb"
+    bundled = json.loads((folder / "model.json").read_text())
+    assert set(bundled["training"]) == {"stage1", "e2diffsr", "lcmsr", "add"}
+    assert bundled["training"]["lcmsr"]["stage"] == "lcmsr" and bundled["training"]["add"]["step"] == 2
+    weights, trained = load_file(str(folder / "model.safetensors")), load_file(str(add / "model.safetensors"))
+    for k, v in trained.items():
+        assert torch.equal(weights[k if k.startswith("decoder.") else f"lcmsr.{k}"], v), k
+    # a run of another kind in the place of the add run is refused in one line
+    assert main(["bundle", "--stage1", str(stage1), "--lcmsr", str(lcmsr), "--add", str(lcmsr),
+                 "--out", str(tmp_path / "other")]) == 2
+    assert not (tmp_path / "other").exists()
 
 
 def test_an_existing_run_needs_resume(images, stage1, capsys):
@@ -494,7 +535,8 @@ MAKE_TRAIN = {
                "device": "cpu", "ckpt_every": 250, "val_every": 250, "crop": 96, "workers": 0, "seed": 0,
                "scales": (1.0, 8.0), "ema_decay": 0.999, "val_images": 16, "val_crop": 128, "no_progress": False,
                "preset": "default", "precision": "auto", "bands": 3, "kl_weight": 1e-4, "latent_noise": 0.1,
-               "latent": 16, "gan_weight": 0.01, "gan_start": 600, "fft_weight": 0.05, "latent_dropout": 0.25},
+               "latent": 16, "gan_weight": 0.01, "gan_start": 600, "fft_weight": 0.05, "latent_dropout": 0.25,
+               "detail_flat": True, "synth": 16},
     "stage2": {"steps": 1500, "schedule_steps": None, "batch": 8, "lr": 3e-4, "warmup": 100, "resume": True,
                "device": "cpu", "ckpt_every": 250, "val_every": 250, "crop": 96, "workers": 0, "seed": 0,
                "scales": (1.0, 8.0), "ema_decay": 0.999, "val_images": 16, "val_crop": 128, "no_progress": False,
@@ -519,7 +561,7 @@ def make_train_stages() -> dict:
                           check=True).stdout.replace("\\\n", " ")
     stages = {}
     for line in text.splitlines():
-        found = re.search(r"-m training (stage1|e2diffsr|lcmsr) (.*)", line)
+        found = re.search(r"-m training (stage1|e2diffsr|lcmsr|add) (.*)", line)
         if found:
             stages[found.group(1)] = vars(parser().parse_args([found.group(1), *shlex.split(found.group(2))]))
     return stages
@@ -535,23 +577,29 @@ def test_make_train_runs_the_recipe_table_that_trained_the_bundle():
     from training.bench import step
 
     stages = make_train_stages()
-    assert set(stages) == {"stage1", "e2diffsr", "lcmsr"}
+    assert set(stages) == {"stage1", "e2diffsr", "lcmsr", "add"}
     card = read_card(resolve("latentsr-rgb")).to_json()
+    tables = {"stage1": recipe.STAGE1, "e2diffsr": recipe.STAGE2, "lcmsr": recipe.STAGE2, "add": recipe.ADD}
     for name, args in stages.items():
-        table = recipe.STAGE1 if name == "stage1" else recipe.STAGE2
-        assert {k: v for k, v in args.items() if k in MAKE_TRAIN["stage1" if name == "stage1" else "stage2"]} \
-            == MAKE_TRAIN["stage1" if name == "stage1" else "stage2"], name
-        assert {k: args[k] for k in table["options"]} == table["options"]
-        assert (args["steps"], args["lr"]) == (table["steps"], table["lr"])
-        assert {k: args[k] for k in ("batch", "warmup", "crop", "ema_decay", "val_images", "val_crop", "ckpt_every",
-                                     "val_every", "seed")} == {k: v for k, v in recipe.RUN.items() if k != "scales"}
+        table = tables[name]
+        if name != "add":
+            made = MAKE_TRAIN["stage1" if name == "stage1" else "stage2"]
+            assert {k: v for k, v in args.items() if k in made} == made, name
+        assert {k: args[k] for k in table["options"] if k != "train_decoder"} \
+            == {k: v for k, v in table["options"].items() if k != "train_decoder"}
+        assert (args["steps"], args["lr"], args["warmup"]) == (table["steps"], table["lr"], table.get("warmup", recipe.RUN["warmup"]))
+        assert {k: args[k] for k in ("batch", "crop", "ema_decay", "val_images", "val_crop", "ckpt_every",
+                                     "val_every", "seed")} == {k: v for k, v in recipe.RUN.items() if k not in ("scales", "warmup")}
         assert tuple(args["scales"]) == recipe.RUN["scales"]
         assert args["steps"] == card["training"][name]["step"]
         assert list(args["scales"]) == card["training"][name]["scales"] and args["batch"] == card["training"][name]["batch"]
-        if name != "stage1":
-            assert card["training"][name]["options"] == table["options"]
+        recorded = dict(card["training"][name]["options"])
+        if name == "stage1" or name == "add":  # the run it started from (stage 1: the bundle before it)
+            assert recorded.pop("init")
+        assert recorded == table["options"], name
     assert Path(stages["stage1"]["init"]).resolve() == resolve("latentsr-rgb").resolve()
-    assert stages["e2diffsr"]["stage1"] == stages["lcmsr"]["stage1"] == stages["stage1"]["out"]
+    assert stages["e2diffsr"]["stage1"] == stages["lcmsr"]["stage1"] == stages["add"]["stage1"] == stages["stage1"]["out"]
+    assert stages["add"]["init"] == stages["lcmsr"]["out"]
     # the fine-tune: its own steps and lr, stage 1 with latent dropout and without the PatchGAN
     assert finetune.Finetune(rasters=[], out="").lr == recipe.FINETUNE["lr"] == 2e-4
     assert recipe.FINETUNE["stage1_options"] == dict(recipe.STAGE1_BASE, latent_dropout=0.25)

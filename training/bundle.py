@@ -69,21 +69,29 @@ def random_bundle(preset_name: str = "default", bands: int = 3, seed: int = 0,
     return parse(card), tensors
 
 
-def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str) -> tuple[Card, dict]:
-    """(card, tensors) of an inference bundle made from the output folders of the training stages."""
-    if not (e2diffsr or lcmsr):
+def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str,
+                add: str | None = None) -> tuple[Card, dict]:
+    """(card, tensors) of an inference bundle made from the output folders of the training stages.
+    With ``add`` (the run of ``python -m training add``), LCMSR's networks and the decoder come from
+    it, and the card records the LCMSR run it started from (``lcmsr``) beside it."""
+    if not (e2diffsr or lcmsr or add):
         raise TrainingError("give at least one of --e2diffsr and --lcmsr")
     card1, t1 = modelfile.load(stage1)
     networks = {"decoder": card1.networks["decoder"].to_json()}
     tensors = {f"decoder.{k}": v for k, v in modelfile.network_tensors(t1, "decoder").items()}
     methods, training = {}, {"stage1": dict(card1.training)}
     decoder_from = None
-    for method, folder in ((E2DIFFSR.name, e2diffsr), (LCMSR.name, lcmsr)):
+    if add and lcmsr:  # the record of the run the ADD stage started from
+        card = modelfile.read_card(Path(lcmsr))
+        if card.kind != LCMSR.name:
+            raise TrainingError(f"{lcmsr} is not the output of an {LCMSR.name} run")
+        training[LCMSR.name] = dict(card.training)
+    for method, folder in ((E2DIFFSR.name, e2diffsr), (LCMSR.name, add or lcmsr)):
         if not folder:
             continue
         card, t = modelfile.load(folder)
-        if card.kind != method:
-            raise TrainingError(f"{folder} is not the output of an {method} run")
+        if card.kind != method or (folder == add and card.training["stage"] != "add"):
+            raise TrainingError(f"{folder} is not the output of an {'add' if folder == add else method} run")
         if card.stage1 != card1.weights.sha256:
             raise TrainingError(f"{folder} was trained on another stage-1 model than {stage1}")
         for net in REGISTRY[method].roles:
@@ -97,7 +105,7 @@ def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str)
             networks["decoder"] = card.networks["decoder"].to_json()
             tensors.update({f"decoder.{k}": v for k, v in modelfile.network_tensors(t, "decoder").items()})
         methods[method] = method_spec(method, card.stage.latent_scale, card.to_json())
-        training[method] = dict(card.training)
+        training[card.training["stage"]] = dict(card.training)
     card = make_card(name, card1.bands, card1.latent, networks, with_regression(methods), training)
     if card1.normalisation is not None:  # a run on rasters records each raster's per-band normalisation
         card["normalisation"] = card1.normalisation

@@ -1,4 +1,4 @@
-"""Command line: python -m training stage1|e2diffsr|lcmsr|finetune|bundle|export-onnx (the benchmarks:
+"""Command line: python -m training stage1|e2diffsr|lcmsr|add|finetune|bundle|export-onnx (the benchmarks:
 python -m training.bench)."""
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from engine.registry import E2DIFFSR, LCMSR
 from . import recipe
 from .errors import Interrupted, TrainingError
 
-STAGES = {"stage1": recipe.STAGE1, E2DIFFSR.name: recipe.STAGE2, LCMSR.name: recipe.STAGE2}  # their defaults
+ADD = "add"  # LCMSR's last stage: its decoder trained on the decoded one-step samples (training.lcmsr.ADDStage)
+STAGES = {"stage1": recipe.STAGE1, E2DIFFSR.name: recipe.STAGE2, LCMSR.name: recipe.STAGE2, ADD: recipe.ADD}  # their defaults
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -43,7 +44,7 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--schedule-steps", type=int, help="horizon of the cosine LR schedule (default: --steps of the first run)")
     p.add_argument("--batch", type=int, default=run["batch"])
     p.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=run["warmup"], help="linear warmup steps")
+    p.add_argument("--warmup", type=int, default=d.get("warmup", run["warmup"]), help="linear warmup steps (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     p.add_argument("--ckpt-every", type=int, default=run["ckpt_every"])
@@ -76,13 +77,13 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--latent-dropout", type=float, default=o["latent_dropout"],
                        help="share of samples decoded with a zero latent, so the decoder also works as plain regression "
                             "(default %(default)s)")
-        p.add_argument("--detail-flat", action="store_true",
+        p.add_argument("--detail-flat", action=argparse.BooleanOptionalAction, default=o["detail_flat"],
                        help="the decoder's detail path answers a latent that is the same in every cell with a flat "
-                            "value instead of an 8×8 pattern (no lattice from a shared latent offset)")
-        p.add_argument("--synth", type=int, default=0, metavar="F",
+                            "value instead of an 8×8 pattern (no lattice from a shared latent offset; default %(default)s)")
+        p.add_argument("--synth", type=int, default=o["synth"], metavar="F",
                        help="the decoder gains a non-linear synthesis at the output resolution with F channels: the "
                             "latent and the upsampler's features through two 3×3 convolutions over the output pixels "
-                            "(default 0: none)")
+                            "(0: none; default %(default)s)")
     else:
         p.add_argument("--stage1", required=True, help="the --out folder of a stage-1 run")
         p.add_argument("--cond-weight", type=float, default=o["cond_weight"],
@@ -104,7 +105,15 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--energy-weight", type=float, default=o["energy_weight"],
                        help="with --gan-weight: weight of the energy score of two decoded samples against HR, "
                             "which asks their spread to follow the uncertainty (default %(default)s)")
-        p.add_argument("--init", help="start the conditioning net and denoiser from this method's networks in a bundle")
+        if name == ADD:
+            p.add_argument("--init", required=True,
+                           help="start the conditioning net and denoiser from this LCMSR run folder, or a bundle's LCMSR "
+                                "networks; the decoder starts from --stage1's and is trained on the decoded samples")
+            p.add_argument("--decoder-fidelity", type=float, default=o["decoder_fidelity"],
+                           help="weight of stage 1's L1 and spectrum loss of the true latent decoded (default %(default)s)")
+            return p
+        p.add_argument("--init", help="start the conditioning net and denoiser from this method's networks in a bundle, "
+                                      "or from a run folder of this method")
         p.add_argument("--train-decoder", action="store_true",
                        help="train the stage-1 decoder too, on every decoded term (the samples' adversarial, LR and "
                             "energy terms, the regression path's L1), plus --decoder-fidelity × stage 1's loss of the "
@@ -148,11 +157,15 @@ def parser() -> argparse.ArgumentParser:
     _train_parser(sub, "stage1", "stage 1: residual autoencoder with the continuous-scale decoder")
     _train_parser(sub, E2DIFFSR.name, "stage 2, E²DiffSR: conditioning net + short-chain latent diffusion")
     _train_parser(sub, LCMSR.name, "stage 2, LCMSR: conditioning net + latent consistency model")
+    _train_parser(sub, ADD, "LCMSR's one-step samples decoded and judged by the PatchGAN, with the gradient reaching the "
+                            "decoder (adversarial diffusion distillation): the last stage of the recipe")
     finetune_parser(sub)
     b = sub.add_parser("bundle", help="write an inference bundle for the engine")
     b.add_argument("--stage1", help="stage-1 run folder")
     b.add_argument("--e2diffsr", help="E²DiffSR run folder")
     b.add_argument("--lcmsr", help="LCMSR run folder")
+    b.add_argument("--add", help="the run folder of `add` (from --lcmsr's networks): LCMSR's networks and the decoder "
+                                 "are taken from it, and the card records both runs")
     b.add_argument("--random", action="store_true", help="randomly initialised networks instead of trained ones")
     b.add_argument("--preset", default="default", help="network sizes of --random")
     b.add_argument("--name", default=DEFAULT_MODEL)
@@ -175,6 +188,8 @@ def train(args) -> None:
                    **({"synth": args.synth} if args.synth else {})}
     elif args.command == E2DIFFSR.name:
         from .e2diffsr import E2DiffSRStage as stage
+    elif args.command == ADD:
+        from .lcmsr import ADDStage as stage
     else:
         from .lcmsr import LCMSRStage as stage
     if args.command != "stage1":
@@ -182,8 +197,9 @@ def train(args) -> None:
                    "gan_weight": args.gan_weight, "lr_weight": args.lr_weight,
                    "energy_weight": args.energy_weight, "features": args.features, "spread": args.spread,
                    **({"init": args.init} if args.init else {}),
-                   **({"train_decoder": True, "decoder_fidelity": args.decoder_fidelity} if args.train_decoder else {}),
-                   **({"detail_flat": True} if args.detail_flat else {})}
+                   **({"train_decoder": True, "decoder_fidelity": args.decoder_fidelity}
+                      if args.command == ADD or args.train_decoder else {}),
+                   **({"detail_flat": True} if getattr(args, "detail_flat", False) else {})}
     val = args.val if args.rasters or not args.val else args.val[0]
     settings = Settings(
         data=args.rasters or args.data, val=val, rasters=bool(args.rasters), raster_bands=args.raster_bands, out=args.out, steps=args.steps, schedule_steps=args.schedule_steps,
@@ -247,7 +263,7 @@ def run(args) -> None:
         if args.random:
             card, tensors = bundle.random_bundle(args.preset, name=args.name)
         elif args.stage1:
-            card, tensors = bundle.from_stages(args.stage1, args.e2diffsr, args.lcmsr, args.name)
+            card, tensors = bundle.from_stages(args.stage1, args.e2diffsr, args.lcmsr, args.name, args.add)
         else:
             raise TrainingError("give --stage1 (with --e2diffsr and/or --lcmsr), or --random")
         folder = bundle.write(Path(args.out) / args.name, card, tensors,

@@ -202,20 +202,25 @@ class LatentStage(Stage):
             self.adversary.load_tensors(aux_part(load_file(str(path), device=str(self.device))), optimizer=False)
 
     def start_from(self, folder: str) -> None:
-        """Start the conditioning net and the denoiser from this method's networks in a bundle
-        (bands adapted, training.bands); weights whose shape differs keep their fresh start. When
-        the bundle ships no stage-1 encoder, stage 1 made a new latent, which the bundle's
-        conditioning net does not predict: its output layer keeps the zero start."""
+        """Start the conditioning net and the denoiser from this method's networks in a bundle, or in
+        a run folder of this method (bands adapted, training.bands); weights whose shape differs keep
+        their fresh start. When the start was trained on another latent (a bundle that ships no
+        stage-1 encoder, whose stage 1 made a new latent; a run on another stage-1 model), the
+        start's conditioning net does not predict this one: its output layer keeps the zero start."""
         from .bundle import load_encoder
 
         card, tensors = modelfile.load(folder)
-        if self.method not in card.methods:
+        if card.kind == self.method:  # a run folder of this method: its networks by role
+            names = {role: role for role in ("condition", "denoiser")}
+            same_latent = card.stage1 == self.stage1_card.weights.sha256
+        elif self.method in card.methods:
+            spec = card.methods[self.method]
+            names = {role: getattr(spec, role) for role in ("condition", "denoiser")}  # the networks the entry names
+            same_latent = load_encoder(folder) is not None
+        else:
             raise TrainingError(f"{folder} has no {self.method} networks to start from")
-        spec = card.methods[self.method]
-        same_latent = load_encoder(folder) is not None
-        for role in ("condition", "denoiser"):
+        for role, net in names.items():
             skip = () if role == "denoiser" or same_latent else ("out.",)
-            net = getattr(spec, role)  # the network the bundle's entry names for the role
             load_adapted(self.nets[role], role, modelfile.network_tensors(tensors, net), card.bands, skip)
 
     def state(self) -> dict:

@@ -13,6 +13,11 @@ defaults, the Makefile:
   is lower than stage 2's, which trains its networks from scratch; a quarter of the samples decode a
   zero latent, so that the LR branch keeps a regression of its own; the PatchGAN joins at half way.
 - RUN: the options every stage shares (batch, crop, warmup, EMA, validation, checkpoints, seed).
+- ADD: the last stage (``python -m training add``): LCMSR's networks from its stage-2 run, and the
+  stage-1 decoder trained beside them on the decoded one-step samples (adversarial diffusion
+  distillation, training.latent ``train_decoder``), with decoder_fidelity × stage 1's loss of the
+  true latent decoded; a short warmup, the lower learning rate of a run that starts trained. The
+  bundle takes LCMSR's networks and the decoder from it, so E²DiffSR decodes with that decoder too.
 - FINETUNE: ``python -m training finetune`` and latentsr:train (training.finetune): stage 1 from the
   start bundle with latent dropout and no adversary, each stage 2 with the base losses (its networks,
   with their features and spread, come from the bundle).
@@ -27,9 +32,12 @@ STAGE2_BASE = {"cond_weight": 0.01, "cond_pixel_weight": 1.0, "gan_weight": 0.0,
                "energy_weight": 0.0, "features": 0, "spread": False}
 
 STAGE1 = {"steps": 1200, "lr": 2e-4,
-          "options": dict(STAGE1_BASE, latent_dropout=0.25, gan_weight=0.01, gan_start=600)}
+          "options": dict(STAGE1_BASE, latent_dropout=0.25, gan_weight=0.01, gan_start=600, detail_flat=True, synth=16)}
 STAGE2 = {"steps": 1500, "lr": 3e-4,
           "options": dict(STAGE2_BASE, gan_weight=0.5, lr_weight=5.0, energy_weight=10.0, features=16, spread=True)}
+
+ADD = {"steps": 1000, "lr": 2e-4, "warmup": 20,
+       "options": dict(STAGE2["options"], train_decoder=True, decoder_fidelity=4.0)}
 
 RUN = {"batch": 8, "warmup": 100, "crop": 96, "scales": (1.0, 8.0), "ema_decay": 0.999, "val_images": 16,
        "val_crop": 128, "ckpt_every": 250, "val_every": 250, "seed": 0}
