@@ -89,7 +89,6 @@ def test_bf16_stays_within_the_limits_on_a_small_raster():
         assert p16 - p32 >= -MAX_PSNR_LOSS and l16 - l32 <= MAX_LSD_RISE, (name, scores)
 
 
-
 def test_the_bench_quantises_every_graph_of_a_method_to_int8(tmp_path):
     """The precision bench's dynamic int8 path (training.bench.precision.quantised) swaps each ONNX
     graph of the bundled regression for its quantisation, read from the typed card; the result stays

@@ -134,7 +134,9 @@ def test_a_widened_grid_gains_output_pixels_within_the_whole_output_only():
     stays as it is."""
     axis = scale_axis(50, 2.5)  # 125 output pixels
     whole = Grid.whole(50, 50, 2.5)
-    assert whole.widened(2) == (whole, (0, 0, 0, 0))
+    same, pads = whole.widened(2)
+    assert pads == (0, 0, 0, 0) and (same.out_y0, same.out_x0) == (0, 0)
+    assert np.array_equal(same.ys, whole.ys) and np.array_equal(same.xs, whole.xs)
     # a tile of output rows 1..40 and columns 60..124, its input starting at LR pixel 3
     tile = Grid(ys=axis.centres(1, 41, 3), xs=axis.centres(60, 125, 3), scale=2.5, out_y0=1, out_x0=60,
                 in_y0=3, in_x0=3, in_h=50, in_w=50, out_h=125, out_w=125)
