@@ -30,6 +30,11 @@ def centres(n_in: float, n_out: int, start: int, stop: int, origin: float = 0) -
     return (x + 0.5) * (n_in / n_out) - 0.5 - origin
 
 
+def spacing(pos: np.ndarray, scale: float) -> float:
+    """Input pixels between the centres ``pos`` of consecutive output pixels; 1/scale for a single one."""
+    return float(pos[1] - pos[0]) if len(pos) > 1 else 1.0 / scale
+
+
 @dataclass(frozen=True)
 class Grid:
     """The sampling grid of one tile.
@@ -67,7 +72,7 @@ class Grid:
         def grow(pos: np.ndarray, first: int, whole: int) -> tuple[np.ndarray, int, int]:
             if n <= 0 or whole <= 0:
                 return pos, 0, 0
-            step = float(pos[1] - pos[0]) if len(pos) > 1 else 1.0 / self.scale  # as engine.models.sampling
+            step = spacing(pos, self.scale)
             before, after = min(n, first), max(0, min(n, whole - first - len(pos)))
             return np.concatenate([pos[0] - step * np.arange(before, 0, -1), pos,
                                    pos[-1] + step * np.arange(1, after + 1)]), before, after

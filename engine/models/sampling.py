@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..grid import Grid
+from ..grid import Grid, spacing
 from ..resample import cubic_taps
 
 LATENT_FACTOR = 8  # the cell size: one latent cell per 8×8 output pixels (every network and training read it here)
@@ -60,7 +60,7 @@ def axis_tables(pos: np.ndarray, n_in: int, out0: int, multiple: int, scale: flo
     """The tables for output positions ``pos`` (tile-local input coordinates) of output pixels
     out0 .. out0+len(pos)-1 over an axis of n_in LR pixels."""
     m = len(pos)
-    r = float(pos[1] - pos[0]) if m > 1 else 1.0 / scale
+    r = spacing(pos, scale)
     idx, w = [], []
     for k in LEVELS:
         i, wk = bilinear_taps((pos + 0.5) * k - 0.5, n_in * k)
