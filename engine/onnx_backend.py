@@ -199,7 +199,13 @@ class Sessions:
         so = self.ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.enable_cpu_mem_arena = False  # the arena keeps every peak: -40 % peak RSS for ~10 % time (docs/MODELS.md)
+        # The arena keeps a tile's buffers for the next tile: without it every tensor above the mmap
+        # threshold (engine.allocator) is mapped and faulted in anew, which took up to half the wall
+        # time in the kernel while other jobs loaded the machine (the same time on a quiet one). The
+        # memory pattern (a block planned per run) is off: beside the arena it added 0.6 GB of peak
+        # RSS (docs/MODELS.md, "Sessions").
+        so.enable_cpu_mem_arena = True
+        so.enable_mem_pattern = False
         so.log_severity_level = 4  # fatal only: a failure is reported once, as one line (Graph)
         return so
 

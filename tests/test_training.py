@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +233,15 @@ def test_the_add_stage_continues_lcmsr_with_the_decoder_and_the_bundle_takes_bot
         assert torch.equal(weights[k if k.startswith("decoder.") else f"lcmsr.{k}"], v), k
     # a run of another kind in the place of the add run is refused in one line
     assert main(["bundle", "--stage1", str(stage1), "--lcmsr", str(lcmsr), "--add", str(lcmsr),
+                 "--out", str(tmp_path / "other")]) == 2
+    assert not (tmp_path / "other").exists()
+    # so is a record of an LCMSR run trained on another stage-1 model than the bundle's
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(lcmsr, elsewhere)
+    moved = json.loads((elsewhere / "model.json").read_text())
+    moved["stage1"]["sha256"] = "0" * 64
+    (elsewhere / "model.json").write_text(json.dumps(moved))
+    assert main(["bundle", "--stage1", str(stage1), "--lcmsr", str(elsewhere), "--add", str(add),
                  "--out", str(tmp_path / "other")]) == 2
     assert not (tmp_path / "other").exists()
 

@@ -85,6 +85,8 @@ def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str,
         card = modelfile.read_card(Path(lcmsr))
         if card.kind != LCMSR.name:
             raise TrainingError(f"{lcmsr} is not the output of an {LCMSR.name} run")
+        if card.stage1 != card1.weights.sha256:
+            raise TrainingError(f"{lcmsr} was trained on another stage-1 model than {stage1}")
         training[LCMSR.name] = dict(card.training)
     for method, folder in ((E2DIFFSR.name, e2diffsr), (LCMSR.name, add or lcmsr)):
         if not folder:
