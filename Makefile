@@ -56,16 +56,19 @@ TRAIN_DATA ?= $(ROOT)/../shared/data/ucmerced/train
 VAL_DATA ?= $(ROOT)/../shared/data/ucmerced/val
 RUNS ?= $(ROOT)/runs
 # The recipe (steps, learning rates, loss weights, the spread and features of stage 2, the last stage
-# `add`: LCMSR's decoder trained on its decoded one-step samples) is the table
+# `add`: LCMSR's decoder trained on its decoded one-step samples, then `add-e2diffsr`: E²DiffSR trained
+# through that decoder) is the table
 # in training/recipe.py, the defaults of `python -m training`: the recipe that trained the committed
 # bundle. Stage 1 starts from the committed bundle: its stage-1 encoder and decoder (a bundle without
 # an encoder: its decoder's LR branch, with the encoder and detail path as a PCA of the residual).
-# STAGE1_STEPS, STAGE2_STEPS (empty: the recipe's) and STAGE1_ARGS, STAGE2_ARGS, ADD_ARGS override the recipe.
+# STAGE1_STEPS, STAGE2_STEPS (empty: the recipe's) and STAGE1_ARGS, STAGE2_ARGS, ADD_ARGS, ADD_E2DIFFSR_ARGS
+# override the recipe.
 STAGE1_STEPS ?=
 STAGE2_STEPS ?=
 STAGE1_ARGS ?= --init $(ROOT)/resources/models/latentsr-rgb
 STAGE2_ARGS ?=
 ADD_ARGS ?=
+ADD_E2DIFFSR_ARGS ?=
 TRAIN_ARGS ?=
 
 train: venv
@@ -77,8 +80,10 @@ train: venv
 	  --out $(RUNS)/lcmsr $(if $(STAGE2_STEPS),--steps $(STAGE2_STEPS)) --resume $(STAGE2_ARGS) $(TRAIN_ARGS)
 	cd $(ROOT) && $(PY) -m training add --stage1 $(RUNS)/stage1 --init $(RUNS)/lcmsr --data $(TRAIN_DATA) --val $(VAL_DATA) \
 	  --out $(RUNS)/add --resume $(ADD_ARGS) $(TRAIN_ARGS)
+	cd $(ROOT) && $(PY) -m training add-e2diffsr --stage1 $(RUNS)/stage1 --init $(RUNS)/e2diffsr --decoder $(RUNS)/add \
+	  --data $(TRAIN_DATA) --val $(VAL_DATA) --out $(RUNS)/add-e2diffsr --resume $(ADD_E2DIFFSR_ARGS) $(TRAIN_ARGS)
 	cd $(ROOT) && $(PY) -m training bundle --stage1 $(RUNS)/stage1 --e2diffsr $(RUNS)/e2diffsr --lcmsr $(RUNS)/lcmsr \
-	  --add $(RUNS)/add
+	  --add $(RUNS)/add --add-e2diffsr $(RUNS)/add-e2diffsr
 	cd $(ROOT) && $(PY) -m training export-onnx
 
 # The quality bench runs on BENCH_LIMIT val images spread over all classes (0: all 210); the peers of

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -222,15 +223,42 @@ def test_the_add_stage_continues_lcmsr_with_the_decoder_and_the_bundle_takes_bot
     card = json.loads((add / "model.json").read_text())
     assert card["kind"] == "lcmsr" and card["training"]["stage"] == "add" and "decoder" in card["networks"]
     assert card["training"]["options"]["train_decoder"] is True and card["training"]["options"]["init"] == str(lcmsr)
-    assert main(["bundle", "--stage1", str(stage1), "--e2diffsr", str(tmp_path / "e2diffsr"), "--lcmsr", str(lcmsr),
-                 "--add", str(add), "--name", "test-rgb", "--out", str(tmp_path / "models")]) == 0
+    # add-e2diffsr: E²DiffSR continued through the add run's decoder, frozen in place of stage 1's
+    e2diffsr, late = tmp_path / "e2diffsr", tmp_path / "add-e2diffsr"
+    from training.e2diffsr import AddE2DiffSRStage
+
+    settings = Settings(data=str(images / "train"), out=str(late), crop=32, batch=2, preset="tiny", stage1=str(stage1),
+                        options={"init": str(e2diffsr), "decoder": str(add)})
+    stage = AddE2DiffSRStage(settings, torch.device("cpu"), None)
+    trained = modelfile.network_tensors(load_file(str(add / "model.safetensors")), "decoder")
+    for k, v in stage.decoder.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+    assert not any(p.requires_grad for p in stage.decoder.parameters())
+    assert main(train_args("add-e2diffsr", images, late, 2, "--stage1", str(stage1), "--init", str(e2diffsr),
+                           "--decoder", str(add))) == 0
+    recorded = json.loads((late / "model.json").read_text())["training"]
+    assert recorded["stage"] == "add-e2diffsr"
+    assert recorded["options"]["decoder_sha256"] == json.loads((add / "model.json").read_text())["weights"]["sha256"]
+    assert main(["bundle", "--stage1", str(stage1), "--e2diffsr", str(e2diffsr), "--lcmsr", str(lcmsr),
+                 "--add", str(add), "--add-e2diffsr", str(late), "--name", "test-rgb", "--out", str(tmp_path / "models")]) == 0
     folder = tmp_path / "models" / "test-rgb"
     bundled = json.loads((folder / "model.json").read_text())
-    assert set(bundled["training"]) == {"stage1", "e2diffsr", "lcmsr", "add"}
+    assert set(bundled["training"]) == {"stage1", "e2diffsr", "lcmsr", "add", "add-e2diffsr"}
     assert bundled["training"]["lcmsr"]["stage"] == "lcmsr" and bundled["training"]["add"]["step"] == 2
+    assert bundled["training"]["e2diffsr"]["stage"] == "e2diffsr" and bundled["training"]["add-e2diffsr"]["step"] == 2
     weights, trained = load_file(str(folder / "model.safetensors")), load_file(str(add / "model.safetensors"))
     for k, v in trained.items():
         assert torch.equal(weights[k if k.startswith("decoder.") else f"lcmsr.{k}"], v), k
+    for k, v in load_file(str(late / "model.safetensors")).items():
+        assert torch.equal(weights[f"e2diffsr.{k}"], v), k
+    # a decoder that is not an add run's is refused in one line, and so is the bundle of an
+    # add-e2diffsr run without the add run whose decoder it was trained through
+    assert main(train_args("add-e2diffsr", images, tmp_path / "wrong", 2, "--stage1", str(stage1), "--init",
+                           str(e2diffsr), "--decoder", str(lcmsr))) == 2
+    assert not (tmp_path / "wrong").exists()
+    assert main(["bundle", "--stage1", str(stage1), "--e2diffsr", str(e2diffsr), "--add-e2diffsr", str(late),
+                 "--out", str(tmp_path / "other")]) == 2
+    assert not (tmp_path / "other").exists()
     # a run of another kind in the place of the add run is refused in one line
     assert main(["bundle", "--stage1", str(stage1), "--lcmsr", str(lcmsr), "--add", str(lcmsr),
                  "--out", str(tmp_path / "other")]) == 2
@@ -557,9 +585,7 @@ MAKE_TRAIN = {
 
 def make_train_stages() -> dict:
     """The options of each training command that `make train` runs, parsed by the training CLI."""
-    import re
     import shlex
-    import shutil
     import subprocess
 
     from training.cli import parser
@@ -571,7 +597,7 @@ def make_train_stages() -> dict:
                           check=True).stdout.replace("\\\n", " ")
     stages = {}
     for line in text.splitlines():
-        found = re.search(r"-m training (stage1|e2diffsr|lcmsr|add) (.*)", line)
+        found = re.search(r"-m training (stage1|e2diffsr|lcmsr|add-e2diffsr|add) (.*)", line)
         if found:
             stages[found.group(1)] = vars(parser().parse_args([found.group(1), *shlex.split(found.group(2))]))
     return stages
@@ -587,12 +613,13 @@ def test_make_train_runs_the_recipe_table_that_trained_the_bundle():
     from training.bench import step
 
     stages = make_train_stages()
-    assert set(stages) == {"stage1", "e2diffsr", "lcmsr", "add"}
+    assert set(stages) == {"stage1", "e2diffsr", "lcmsr", "add", "add-e2diffsr"}
     card = read_card(resolve("latentsr-rgb")).to_json()
-    tables = {"stage1": recipe.STAGE1, "e2diffsr": recipe.STAGE2, "lcmsr": recipe.STAGE2, "add": recipe.ADD}
+    tables = {"stage1": recipe.STAGE1, "e2diffsr": recipe.STAGE2, "lcmsr": recipe.STAGE2, "add": recipe.ADD,
+              "add-e2diffsr": recipe.ADD_E2DIFFSR}
     for name, args in stages.items():
         table = tables[name]
-        if name != "add":
+        if name in ("stage1", "e2diffsr", "lcmsr"):  # the stages the Makefile ran before the last ones
             made = MAKE_TRAIN["stage1" if name == "stage1" else "stage2"]
             assert {k: v for k, v in args.items() if k in made} == made, name
         assert {k: args[k] for k in table["options"] if k != "train_decoder"} \
@@ -604,12 +631,15 @@ def test_make_train_runs_the_recipe_table_that_trained_the_bundle():
         assert args["steps"] == card["training"][name]["step"]
         assert list(args["scales"]) == card["training"][name]["scales"] and args["batch"] == card["training"][name]["batch"]
         recorded = dict(card["training"][name]["options"])
-        if name == "stage1" or name == "add":  # the run it started from (stage 1: the bundle before it)
+        if name in ("stage1", "add", "add-e2diffsr"):  # the run it started from (stage 1: the bundle before it)
             assert recorded.pop("init")
+        if name == "add-e2diffsr":  # the add run it was trained through
+            assert recorded.pop("decoder") and re.fullmatch("[0-9a-f]{64}", recorded.pop("decoder_sha256"))
         assert recorded == table["options"], name
     assert Path(stages["stage1"]["init"]).resolve() == resolve("latentsr-rgb").resolve()
     assert stages["e2diffsr"]["stage1"] == stages["lcmsr"]["stage1"] == stages["add"]["stage1"] == stages["stage1"]["out"]
     assert stages["add"]["init"] == stages["lcmsr"]["out"]
+    assert stages["add-e2diffsr"]["init"] == stages["e2diffsr"]["out"] and stages["add-e2diffsr"]["decoder"] == stages["add"]["out"]
     # the fine-tune: its own steps and lr, stage 1 with latent dropout and without the PatchGAN
     assert finetune.Finetune(rasters=[], out="").lr == recipe.FINETUNE["lr"] == 2e-4
     assert recipe.FINETUNE["stage1_options"] == dict(recipe.STAGE1_BASE, latent_dropout=0.25)

@@ -70,30 +70,33 @@ def random_bundle(preset_name: str = "default", bands: int = 3, seed: int = 0,
 
 
 def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str,
-                add: str | None = None) -> tuple[Card, dict]:
+                add: str | None = None, add_e2diffsr: str | None = None) -> tuple[Card, dict]:
     """(card, tensors) of an inference bundle made from the output folders of the training stages.
     With ``add`` (the run of ``python -m training add``), LCMSR's networks and the decoder come from
-    it, and the card records the LCMSR run it started from (``lcmsr``) beside it."""
-    if not (e2diffsr or lcmsr or add):
+    it; with ``add_e2diffsr`` (``python -m training add-e2diffsr``, trained through that decoder),
+    E²DiffSR's networks; the card records the run each started from (``lcmsr``, ``e2diffsr``) beside it."""
+    if not (e2diffsr or lcmsr or add or add_e2diffsr):
         raise TrainingError("give at least one of --e2diffsr and --lcmsr")
     card1, t1 = modelfile.load(stage1)
     networks = {"decoder": card1.networks["decoder"].to_json()}
     tensors = {f"decoder.{k}": v for k, v in modelfile.network_tensors(t1, "decoder").items()}
     methods, training = {}, {"stage1": dict(card1.training)}
     decoder_from = None
-    if add and lcmsr:  # the record of the run the ADD stage started from
-        card = modelfile.read_card(Path(lcmsr))
-        if card.kind != LCMSR.name:
-            raise TrainingError(f"{lcmsr} is not the output of an {LCMSR.name} run")
-        if card.stage1 != card1.weights.sha256:
-            raise TrainingError(f"{lcmsr} was trained on another stage-1 model than {stage1}")
-        training[LCMSR.name] = dict(card.training)
-    for method, folder in ((E2DIFFSR.name, e2diffsr), (LCMSR.name, add or lcmsr)):
+    for method, start, last, last_stage in ((E2DIFFSR.name, e2diffsr, add_e2diffsr, "add-e2diffsr"),
+                                            (LCMSR.name, lcmsr, add, "add")):
+        if last and start:  # the record of the run the last stage started from
+            card = modelfile.read_card(Path(start))
+            if card.kind != method:
+                raise TrainingError(f"{start} is not the output of an {method} run")
+            if card.stage1 != card1.weights.sha256:
+                raise TrainingError(f"{start} was trained on another stage-1 model than {stage1}")
+            training[method] = dict(card.training)
+        folder = last or start
         if not folder:
             continue
         card, t = modelfile.load(folder)
-        if card.kind != method or (folder == add and card.training["stage"] != "add"):
-            raise TrainingError(f"{folder} is not the output of an {'add' if folder == add else method} run")
+        if card.kind != method or (folder == last and card.training["stage"] != last_stage):
+            raise TrainingError(f"{folder} is not the output of an {last_stage if folder == last else method} run")
         if card.stage1 != card1.weights.sha256:
             raise TrainingError(f"{folder} was trained on another stage-1 model than {stage1}")
         for net in REGISTRY[method].roles:
@@ -108,6 +111,10 @@ def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str,
             tensors.update({f"decoder.{k}": v for k, v in modelfile.network_tensors(t, "decoder").items()})
         methods[method] = method_spec(method, card.stage.latent_scale, card.to_json())
         training[card.training["stage"]] = dict(card.training)
+    trained_on = training.get("add-e2diffsr", {}).get("options", {}).get("decoder_sha256")
+    if trained_on and not (add and modelfile.read_card(Path(add)).weights.sha256 == trained_on):
+        raise TrainingError(f"{add_e2diffsr} was trained through the decoder of another add run than "
+                            f"{add or 'none (give it as --add)'}")
     card = make_card(name, card1.bands, card1.latent, networks, with_regression(methods), training)
     if card1.normalisation is not None:  # a run on rasters records each raster's per-band normalisation
         card["normalisation"] = card1.normalisation

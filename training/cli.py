@@ -1,4 +1,4 @@
-"""Command line: python -m training stage1|e2diffsr|lcmsr|add|finetune|bundle|export-onnx (the benchmarks:
+"""Command line: python -m training stage1|e2diffsr|lcmsr|add|add-e2diffsr|finetune|bundle|export-onnx (the benchmarks:
 python -m training.bench)."""
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from . import recipe
 from .errors import Interrupted, TrainingError
 
 ADD = "add"  # LCMSR's last stage: its decoder trained on the decoded one-step samples (training.lcmsr.ADDStage)
-STAGES = {"stage1": recipe.STAGE1, E2DIFFSR.name: recipe.STAGE2, LCMSR.name: recipe.STAGE2, ADD: recipe.ADD}  # their defaults
+ADD_E2DIFFSR = "add-e2diffsr"  # E²DiffSR's networks trained through that decoder (training.e2diffsr.AddE2DiffSRStage)
+STAGES = {"stage1": recipe.STAGE1, E2DIFFSR.name: recipe.STAGE2, LCMSR.name: recipe.STAGE2, ADD: recipe.ADD,
+          ADD_E2DIFFSR: recipe.ADD_E2DIFFSR}  # their defaults
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -112,6 +114,14 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
             p.add_argument("--decoder-fidelity", type=float, default=o["decoder_fidelity"],
                            help="weight of stage 1's L1 and spectrum loss of the true latent decoded (default %(default)s)")
             return p
+        if name == ADD_E2DIFFSR:
+            p.add_argument("--init", required=True,
+                           help="start the conditioning net and denoiser from this E²DiffSR run folder, or a bundle's "
+                                "E²DiffSR networks")
+            p.add_argument("--decoder", required=True,
+                           help="the run folder of `add`: its decoder (frozen) decodes the z0 predictions in place of "
+                                "--stage1's")
+            return p
         p.add_argument("--init", help="start the conditioning net and denoiser from this method's networks in a bundle, "
                                       "or from a run folder of this method")
         p.add_argument("--train-decoder", action="store_true",
@@ -158,7 +168,9 @@ def parser() -> argparse.ArgumentParser:
     _train_parser(sub, E2DIFFSR.name, "stage 2, E²DiffSR: conditioning net + short-chain latent diffusion")
     _train_parser(sub, LCMSR.name, "stage 2, LCMSR: conditioning net + latent consistency model")
     _train_parser(sub, ADD, "LCMSR's one-step samples decoded and judged by the PatchGAN, with the gradient reaching the "
-                            "decoder (adversarial diffusion distillation): the last stage of the recipe")
+                            "decoder (adversarial diffusion distillation)")
+    _train_parser(sub, ADD_E2DIFFSR, "E²DiffSR's training continued through the decoder of `add` (frozen): the last stage "
+                                     "of the recipe")
     finetune_parser(sub)
     b = sub.add_parser("bundle", help="write an inference bundle for the engine")
     b.add_argument("--stage1", help="stage-1 run folder")
@@ -166,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--lcmsr", help="LCMSR run folder")
     b.add_argument("--add", help="the run folder of `add` (from --lcmsr's networks): LCMSR's networks and the decoder "
                                  "are taken from it, and the card records both runs")
+    b.add_argument("--add-e2diffsr", help="the run folder of `add-e2diffsr` (from --e2diffsr's networks, through --add's "
+                                          "decoder): E²DiffSR's networks are taken from it, and the card records both runs")
     b.add_argument("--random", action="store_true", help="randomly initialised networks instead of trained ones")
     b.add_argument("--preset", default="default", help="network sizes of --random")
     b.add_argument("--name", default=DEFAULT_MODEL)
@@ -190,6 +204,8 @@ def train(args) -> None:
         from .e2diffsr import E2DiffSRStage as stage
     elif args.command == ADD:
         from .lcmsr import ADDStage as stage
+    elif args.command == ADD_E2DIFFSR:
+        from .e2diffsr import AddE2DiffSRStage as stage
     else:
         from .lcmsr import LCMSRStage as stage
     if args.command != "stage1":
@@ -198,8 +214,9 @@ def train(args) -> None:
                    "energy_weight": args.energy_weight, "features": args.features, "spread": args.spread,
                    **({"init": args.init} if args.init else {}),
                    **({"train_decoder": True, "decoder_fidelity": args.decoder_fidelity}
-                      if args.command == ADD or args.train_decoder else {}),
-                   **({"detail_flat": True} if getattr(args, "detail_flat", False) else {})}
+                      if args.command == ADD or getattr(args, "train_decoder", False) else {}),
+                   **({"detail_flat": True} if getattr(args, "detail_flat", False) else {}),
+                   **({"decoder": args.decoder} if args.command == ADD_E2DIFFSR else {})}
     val = args.val if args.rasters or not args.val else args.val[0]
     settings = Settings(
         data=args.rasters or args.data, val=val, rasters=bool(args.rasters), raster_bands=args.raster_bands, out=args.out, steps=args.steps, schedule_steps=args.schedule_steps,
@@ -263,7 +280,7 @@ def run(args) -> None:
         if args.random:
             card, tensors = bundle.random_bundle(args.preset, name=args.name)
         elif args.stage1:
-            card, tensors = bundle.from_stages(args.stage1, args.e2diffsr, args.lcmsr, args.name, args.add)
+            card, tensors = bundle.from_stages(args.stage1, args.e2diffsr, args.lcmsr, args.name, args.add, args.add_e2diffsr)
         else:
             raise TrainingError("give --stage1 (with --e2diffsr and/or --lcmsr), or --random")
         folder = bundle.write(Path(args.out) / args.name, card, tensors,

@@ -30,7 +30,7 @@ from engine.registry import E2DIFFSR
 from engine.schedulers import ddpm
 
 from . import distributed
-from .latent import LatentStage, cell_mean
+from .latent import LatentStage, cell_mean, trained_decoder
 
 SAMPLE_STEPS = 4
 ETA = 0.0  # DDIM between steps; the start noise makes the sample (module notes)
@@ -64,3 +64,17 @@ class E2DiffSRStage(LatentStage):
     def export_card(self):
         return dict(self.base_card(), betas=list(ddpm.DEFAULT_BETAS), eta=ETA, steps=SAMPLE_STEPS,
                     prediction=PREDICTION)
+
+
+class AddE2DiffSRStage(E2DiffSRStage):
+    """The recipe's stage after ``add`` (training.recipe.ADD_E2DIFFSR, ``python -m training
+    add-e2diffsr``): E²DiffSR's training continued from its stage-2 run (``init``) with the decoder of
+    the add run (``decoder``, frozen) in place of stage 1's, so that its z0 predictions are decoded,
+    and judged by the PatchGAN, as the bundle will decode them. Its card records it as its own stage,
+    with the add run's weights' SHA-256 (``decoder_sha256``), which training.bundle checks."""
+    name = "add-e2diffsr"
+
+    def __init__(self, settings, device, specs):
+        super().__init__(settings, device, specs)
+        self.decoder, settings.options["decoder_sha256"] = trained_decoder(settings.options["decoder"], settings.stage1,
+                                                                           device)

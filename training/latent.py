@@ -49,7 +49,7 @@ from engine import modelfile
 from engine.card import MethodSpec
 from engine.latent import from_residual, latent_guess, log_spread, run_tile
 from engine.models import preset
-from engine.registry import REGISTRY
+from engine.registry import LCMSR, REGISTRY
 from engine.torch_backend import TorchNetworks
 
 from . import distributed, recipe
@@ -68,6 +68,18 @@ def energy_score(a: torch.Tensor, b: torch.Tensor, truth: torch.Tensor) -> torch
     against the truth: ½(|a − y| + |b − y|) − ½|a − b|. It is strictly proper: its minimum is the
     samples drawn from the truth's own distribution, so their spread has to follow the uncertainty."""
     return (0.5 * ((a - truth).abs() + (b - truth).abs()) - 0.5 * (a - b).abs()).mean()
+
+
+def trained_decoder(folder: str, stage1: str, device) -> tuple[torch.nn.Module, str]:
+    """The decoder of an add run (``python -m training add``) trained from the stage-1 run ``stage1``,
+    frozen, and the SHA-256 of the run's weights."""
+    card, tensors = modelfile.load(folder)
+    if card.kind != LCMSR.name or "decoder" not in card.networks or card.training["stage"] != "add":
+        raise TrainingError(f"{folder} is not the output of an add run: its decoder is the one to train on")
+    if card.stage1 != modelfile.read_card(Path(stage1)).weights.sha256:
+        raise TrainingError(f"{folder} was trained on another stage-1 model than {stage1}")
+    decoder = modelfile.build_networks(card, tensors, ["decoder"], device)["decoder"]
+    return decoder.requires_grad_(False), card.weights.sha256
 
 
 def cell_mean(values: torch.Tensor, pair) -> torch.Tensor:
