@@ -307,6 +307,30 @@ def test_resume_continues_exactly(images, stage1, tmp_path, stage):
     assert sa["precision"] == sb["precision"] == precision.choose((chosen or ["auto"])[0], torch.device("cpu"))
 
 
+def test_the_last_stages_resume_exactly(images, stage1, tmp_path):
+    """add and add-e2diffsr (with the PatchGAN) resumed give the same weights, optimizer states and
+    history as a straight run: the decoder that add trains and the one add-e2diffsr reads included."""
+    start = ["--stage1", str(stage1)]
+    gan = ["--gan-weight", "0.1", "--energy-weight", "1"]
+    for method in ("lcmsr", "e2diffsr"):
+        assert main(train_args(method, images, tmp_path / method, 2, *start)) == 0
+    runs = {"add": ["--init", str(tmp_path / "lcmsr")],
+            "add-e2diffsr": ["--init", str(tmp_path / "e2diffsr"), "--decoder", str(tmp_path / "add" / "straight")]}
+    for stage, extra in runs.items():
+        out = tmp_path / stage
+        assert main(train_args(stage, images, out / "straight", 4, *start, *gan, *extra)) == 0
+        assert main(train_args(stage, images, out / "resumed", 2, "--schedule-steps", "4", *start, *gan, *extra)) == 0
+        assert main(train_args(stage, images, out / "resumed", 4, "--resume", *start, *gan, *extra)) == 0
+        a = load_file(str(out / "straight" / "checkpoint.safetensors"))
+        b = load_file(str(out / "resumed" / "checkpoint.safetensors"))
+        assert a.keys() == b.keys() and any(k.startswith("aux.discriminator_optim.") for k in a)
+        assert any(k.startswith("model.decoder.") for k in a) == (stage == "add")
+        for k in a:
+            assert torch.equal(a[k], b[k]), (stage, k)
+        sa, sb = (json.loads((out / run / "checkpoint.json").read_text()) for run in ("straight", "resumed"))
+        assert sa["history"] == sb["history"] and sa["step"] == sb["step"] == 4
+
+
 def test_precision_falls_back_to_float32_without_bf16_units(images, tmp_path, monkeypatch, capsys):
     """auto: bf16 only where the CPU's flags have bfloat16 matrix units (AMX) or the GPU bfloat16. A run records its
     precision in its checkpoint and card, a resume keeps it whatever the machine has, and an explicit
