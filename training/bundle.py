@@ -69,6 +69,15 @@ def random_bundle(preset_name: str = "default", bands: int = 3, seed: int = 0,
     return parse(card), tensors
 
 
+def check_run(card: Card, folder: str, method: str, stage1_sha: str, stage1: str, stage: str | None = None) -> None:
+    """Refuse the card of a run folder that is not ``method``'s (nor, with ``stage``, that stage's) or
+    was trained on another stage-1 model than ``stage1`` (weights ``stage1_sha``)."""
+    if card.kind != method or (stage and card.training["stage"] != stage):
+        raise TrainingError(f"{folder} is not the output of an {stage or method} run")
+    if card.stage1 != stage1_sha:
+        raise TrainingError(f"{folder} was trained on another stage-1 model than {stage1}")
+
+
 def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str,
                 add: str | None = None, add_e2diffsr: str | None = None) -> tuple[Card, dict]:
     """(card, tensors) of an inference bundle made from the output folders of the training stages.
@@ -81,24 +90,18 @@ def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str,
     networks = {"decoder": card1.networks["decoder"].to_json()}
     tensors = {f"decoder.{k}": v for k, v in modelfile.network_tensors(t1, "decoder").items()}
     methods, training = {}, {"stage1": dict(card1.training)}
-    decoder_from = None
+    decoder_from = decoder_sha = None
     for method, start, last, last_stage in ((E2DIFFSR.name, e2diffsr, add_e2diffsr, "add-e2diffsr"),
                                             (LCMSR.name, lcmsr, add, "add")):
         if last and start:  # the record of the run the last stage started from
             card = modelfile.read_card(Path(start))
-            if card.kind != method:
-                raise TrainingError(f"{start} is not the output of an {method} run")
-            if card.stage1 != card1.weights.sha256:
-                raise TrainingError(f"{start} was trained on another stage-1 model than {stage1}")
+            check_run(card, start, method, card1.weights.sha256, stage1)
             training[method] = dict(card.training)
         folder = last or start
         if not folder:
             continue
         card, t = modelfile.load(folder)
-        if card.kind != method or (folder == last and card.training["stage"] != last_stage):
-            raise TrainingError(f"{folder} is not the output of an {last_stage if folder == last else method} run")
-        if card.stage1 != card1.weights.sha256:
-            raise TrainingError(f"{folder} was trained on another stage-1 model than {stage1}")
+        check_run(card, folder, method, card1.weights.sha256, stage1, last_stage if folder == last else None)
         for net in REGISTRY[method].roles:
             networks[f"{method}.{net}"] = card.networks[net].to_json()
             tensors.update({f"{method}.{net}.{k}": v for k, v in modelfile.network_tensors(t, net).items()})
@@ -106,13 +109,13 @@ def from_stages(stage1: str, e2diffsr: str | None, lcmsr: str | None, name: str,
             if decoder_from:
                 raise TrainingError(f"{decoder_from} and {folder} both trained the decoder: the bundle has one, "
                                     "train it in one run only")
-            decoder_from = folder
+            decoder_from, decoder_sha = folder, card.weights.sha256
             networks["decoder"] = card.networks["decoder"].to_json()
             tensors.update({f"decoder.{k}": v for k, v in modelfile.network_tensors(t, "decoder").items()})
         methods[method] = method_spec(method, card.stage.latent_scale, card.to_json())
         training[card.training["stage"]] = dict(card.training)
     trained_on = training.get("add-e2diffsr", {}).get("options", {}).get("decoder_sha256")
-    if trained_on and not (add and modelfile.read_card(Path(add)).weights.sha256 == trained_on):
+    if trained_on and trained_on != decoder_sha:
         raise TrainingError(f"{add_e2diffsr} was trained through the decoder of another add run than "
                             f"{add or 'none (give it as --add)'}")
     card = make_card(name, card1.bands, card1.latent, networks, with_regression(methods), training)

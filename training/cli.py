@@ -17,7 +17,7 @@ from engine.registry import E2DIFFSR, LCMSR
 from . import recipe
 from .errors import Interrupted, TrainingError
 
-ADD = "add"  # LCMSR's last stage: its decoder trained on the decoded one-step samples (training.lcmsr.ADDStage)
+ADD = "add"  # LCMSR's stage after stage 2: its decoder trained on the decoded one-step samples (training.lcmsr.ADDStage)
 ADD_E2DIFFSR = "add-e2diffsr"  # E²DiffSR's networks trained through that decoder (training.e2diffsr.AddE2DiffSRStage)
 STAGES = {"stage1": recipe.STAGE1, E2DIFFSR.name: recipe.STAGE2, LCMSR.name: recipe.STAGE2, ADD: recipe.ADD,
           ADD_E2DIFFSR: recipe.ADD_E2DIFFSR}  # their defaults

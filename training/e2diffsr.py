@@ -76,5 +76,5 @@ class AddE2DiffSRStage(E2DiffSRStage):
 
     def __init__(self, settings, device, specs):
         super().__init__(settings, device, specs)
-        self.decoder, settings.options["decoder_sha256"] = trained_decoder(settings.options["decoder"], settings.stage1,
-                                                                           device)
+        self.decoder, settings.options["decoder_sha256"] = trained_decoder(settings.options["decoder"], self.stage1_card,
+                                                                           settings.stage1, device)

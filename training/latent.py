@@ -70,14 +70,15 @@ def energy_score(a: torch.Tensor, b: torch.Tensor, truth: torch.Tensor) -> torch
     return (0.5 * ((a - truth).abs() + (b - truth).abs()) - 0.5 * (a - b).abs()).mean()
 
 
-def trained_decoder(folder: str, stage1: str, device) -> tuple[torch.nn.Module, str]:
-    """The decoder of an add run (``python -m training add``) trained from the stage-1 run ``stage1``,
-    frozen, and the SHA-256 of the run's weights."""
+def trained_decoder(folder: str, stage1_card, stage1: str, device) -> tuple[torch.nn.Module, str]:
+    """The decoder of an add run (``python -m training add``) trained from the stage-1 run ``stage1``
+    (its card ``stage1_card``), frozen, and the SHA-256 of the run's weights."""
+    from .bundle import check_run
+
     card, tensors = modelfile.load(folder)
-    if card.kind != LCMSR.name or "decoder" not in card.networks or card.training["stage"] != "add":
-        raise TrainingError(f"{folder} is not the output of an add run: its decoder is the one to train on")
-    if card.stage1 != modelfile.read_card(Path(stage1)).weights.sha256:
-        raise TrainingError(f"{folder} was trained on another stage-1 model than {stage1}")
+    check_run(card, folder, LCMSR.name, stage1_card.weights.sha256, stage1, "add")
+    if "decoder" not in card.networks:
+        raise TrainingError(f"{folder} holds no trained decoder: give the folder of an add run")
     decoder = modelfile.build_networks(card, tensors, ["decoder"], device)["decoder"]
     return decoder.requires_grad_(False), card.weights.sha256
 

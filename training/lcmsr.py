@@ -4,7 +4,7 @@ Per sample t2 ~ U{1..T} and t1 = max(t2 - Δ, 0); z0 is noised to both with the 
 loss is the MSE between f_θ(z_t2, t2) and the EMA target f_EMA(z_t1, t1) (no gradient; at t1 = 0 it
 is z0 itself by the boundary condition), plus the conditioning net's loss (training.latent) and,
 with a discriminator, the adversarial term of the one-step sample f(noise, T) (training.latent).
-ADDStage continues a trained run with the decoder trained too: the recipe's last stage.
+ADDStage continues a trained run with the decoder trained too: the recipe's stage add.
 The denoiser sees the conditioning net's latent guess held fixed: only the conditioning net's own loss
 moves the regression path (with the adversarial term on, the consistency loss's pull through the
 denoiser cost it 0.5 dB in 1000 steps).
@@ -70,7 +70,7 @@ class LCMSRStage(LatentStage):
 
 
 class ADDStage(LCMSRStage):
-    """The recipe's last stage (training.recipe.ADD, ``python -m training add``): LCMSR's training
+    """The recipe's stage add (training.recipe.ADD, ``python -m training add``): LCMSR's training
     from its stage-2 run (``init``), with the stage-1 decoder trained on the decoded one-step samples
     (``train_decoder``, training.latent). Its card records it as its own stage, ``add``."""
     name = "add"

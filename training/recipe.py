@@ -13,7 +13,7 @@ defaults, the Makefile:
   is lower than stage 2's, which trains its networks from scratch; a quarter of the samples decode a
   zero latent, so that the LR branch keeps a regression of its own; the PatchGAN joins at half way.
 - RUN: the options every stage shares (batch, crop, warmup, EMA, validation, checkpoints, seed).
-- ADD: the last stage (``python -m training add``): LCMSR's networks from its stage-2 run, and the
+- ADD: the stage after them (``python -m training add``): LCMSR's networks from its stage-2 run, and the
   stage-1 decoder trained beside them on the decoded one-step samples (adversarial diffusion
   distillation, training.latent ``train_decoder``), with decoder_fidelity × stage 1's loss of the
   true latent decoded; a short warmup, the lower learning rate of a run that starts trained. The
