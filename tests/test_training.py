@@ -406,6 +406,34 @@ def test_energy_score_prefers_the_truths_own_spread():
     assert float(energy_score(draw(1.0), draw(1.0), truth)) < float(energy_score(draw(2.0), draw(2.0), truth)) - 0.05
 
 
+def test_sample_fidelity_adds_its_weight_times_the_samples_l1(images, stage1, tmp_path, monkeypatch):
+    """--sample-fidelity W adds W × the mean L1 of the two decoded samples against HR to a step's loss
+    (the first step of two runs from the same start differs by exactly that), and the card records it;
+    without it the option is left out of the card, as in runs from before it."""
+    from training import latent
+
+    seen = []
+    adversarial = latent.LatentStage.adversarial
+
+    def spy(self, pair, sample, second=None):
+        loss, logs = adversarial(self, pair, sample, second)
+        sr = [pair.keep_valid(self.decode(pair, s, self.nets)) for s in (sample, second)]
+        seen.append(float(sum((x - pair.hr).abs().mean() for x in sr).detach()) / 2)
+        return loss, logs
+
+    monkeypatch.setattr(latent.LatentStage, "adversarial", spy)
+    gan = ["--stage1", str(stage1), "--gan-weight", "0.1", "--energy-weight", "1"]
+    first = {}
+    for weight in (0, 5):
+        out = tmp_path / f"w{weight}"
+        assert main(train_args("lcmsr", images, out, 1, *gan, "--sample-fidelity", str(weight))) == 0
+        first[weight] = json.loads((out / "checkpoint.json").read_text())["history"]["loss"][0][1]
+        options = json.loads((out / "model.json").read_text())["training"]["options"]
+        assert options.get("sample_fidelity") == (5.0 if weight else None)
+    assert seen[0] == pytest.approx(seen[1]) and seen[0] > 0
+    assert first[5] - first[0] == pytest.approx(5 * seen[0], rel=1e-4)
+
+
 def test_lr_consistency_is_zero_for_the_image_that_made_the_lr():
     from training.adversary import lr_consistency
 

@@ -107,6 +107,9 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--energy-weight", type=float, default=o["energy_weight"],
                        help="with --gan-weight: weight of the energy score of two decoded samples against HR, "
                             "which asks their spread to follow the uncertainty (default %(default)s)")
+        p.add_argument("--sample-fidelity", type=float, default=o.get("sample_fidelity", 0.0),
+                       help="with --gan-weight: weight of the L1 of the decoded samples against HR, which trades their "
+                            "spread for fidelity (default %(default)s)")
         if name == ADD:
             p.add_argument("--init", required=True,
                            help="start the conditioning net and denoiser from this LCMSR run folder, or a bundle's LCMSR "
@@ -212,6 +215,7 @@ def train(args) -> None:
         options = {"cond_weight": args.cond_weight, "cond_pixel_weight": args.cond_pixel_weight,
                    "gan_weight": args.gan_weight, "lr_weight": args.lr_weight,
                    "energy_weight": args.energy_weight, "features": args.features, "spread": args.spread,
+                   **({"sample_fidelity": args.sample_fidelity} if args.sample_fidelity else {}),
                    **({"init": args.init} if args.init else {}),
                    **({"train_decoder": True, "decoder_fidelity": args.decoder_fidelity}
                       if args.command == ADD or getattr(args, "train_decoder", False) else {}),

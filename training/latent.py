@@ -18,6 +18,10 @@ samplers. The discriminator starts from stage 1's, which already tells decoded f
 With ``energy_weight``, each method also decodes a second sample and adds that weight × the pair's energy
 score against HR, a proper scoring rule: the GAN judges one sample at a time and leaves the samples
 free to vary alike everywhere, the energy score asks their spread to follow the uncertainty.
+With ``sample_fidelity``, the mean L1 of the decoded samples against HR is added with that weight:
+beside the energy score (whose own L1 half has energy_weight/2 per sample) it weighs fidelity above
+spread, so that a sample keeps the detail the critic asks for where the LR predicts it and departs
+less where it does not (docs/MODELS.md, "Samples trained for fidelity").
 
 The spread (``spread``): the conditioning net also predicts, per cell and channel, the spread of the
 true latent around its guess (its Laplace likelihood, the guess held; a prior on the LR's texture,
@@ -255,9 +259,14 @@ class LatentStage(Stage):
         lr = lr_consistency(sr, pair)
         loss = o["gan_weight"] * g + o["lr_weight"] * lr
         logs = {"d": d, "g": g.item(), "lr": lr.item()}
+        fidelity = (sr - pair.hr).abs().mean()
         if second is not None:
-            energy = energy_score(sr, pair.keep_valid(self.decode(pair, second, self.nets)), pair.hr)
+            other = pair.keep_valid(self.decode(pair, second, self.nets))
+            energy = energy_score(sr, other, pair.hr)
             loss, logs = loss + o["energy_weight"] * energy, dict(logs, energy=energy.item())
+            fidelity = 0.5 * (fidelity + (other - pair.hr).abs().mean())
+        if o.get("sample_fidelity"):
+            loss, logs = loss + o["sample_fidelity"] * fidelity, dict(logs, fidelity=fidelity.item())
         return loss, logs
 
     def run(self, pair, ema, detail: float) -> torch.Tensor:

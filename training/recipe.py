@@ -16,11 +16,13 @@ defaults, the Makefile:
 - ADD: the stage after them (``python -m training add``): LCMSR's networks from its stage-2 run, and the
   stage-1 decoder trained beside them on the decoded one-step samples (adversarial diffusion
   distillation, training.latent ``train_decoder``), with decoder_fidelity × stage 1's loss of the
-  true latent decoded; a short warmup, the lower learning rate of a run that starts trained. The
+  true latent decoded and sample_fidelity × the decoded samples' L1 against HR (training.latent
+  ``adversarial``); a short warmup, the lower learning rate of a run that starts trained. The
   bundle takes LCMSR's networks and the decoder from it, so E²DiffSR decodes with that decoder too.
 - ADD_E2DIFFSR: the stage after it (``python -m training add-e2diffsr``): E²DiffSR's networks from
   its stage-2 run, trained on, and judged through, the add run's decoder (frozen), with stage 2's
-  losses, the warmup and learning rate of ADD. The bundle takes E²DiffSR's networks from it.
+  losses and ADD's sample_fidelity, warmup and learning rate. The bundle takes E²DiffSR's networks
+  from it.
 - FINETUNE: ``python -m training finetune`` and latentsr:train (training.finetune): stage 1 from the
   start bundle with latent dropout and no adversary, each stage 2 with the base losses (its networks,
   with their features and spread, come from the bundle).
@@ -40,8 +42,8 @@ STAGE2 = {"steps": 1500, "lr": 3e-4,
           "options": dict(STAGE2_BASE, gan_weight=0.5, lr_weight=5.0, energy_weight=10.0, features=16, spread=True)}
 
 ADD = {"steps": 1000, "lr": 2e-4, "warmup": 20,
-       "options": dict(STAGE2["options"], train_decoder=True, decoder_fidelity=4.0)}
-ADD_E2DIFFSR = {"steps": 1000, "lr": 2e-4, "warmup": 20, "options": dict(STAGE2["options"])}
+       "options": dict(STAGE2["options"], train_decoder=True, decoder_fidelity=4.0, sample_fidelity=10.0)}
+ADD_E2DIFFSR = {"steps": 1000, "lr": 2e-4, "warmup": 20, "options": dict(STAGE2["options"], sample_fidelity=10.0)}
 
 RUN = {"batch": 8, "warmup": 100, "crop": 96, "scales": (1.0, 8.0), "ema_decay": 0.999, "val_images": 16,
        "val_crop": 128, "ckpt_every": 250, "val_every": 250, "seed": 0}
