@@ -259,13 +259,13 @@ class LatentStage(Stage):
         lr = lr_consistency(sr, pair)
         loss = o["gan_weight"] * g + o["lr_weight"] * lr
         logs = {"d": d, "g": g.item(), "lr": lr.item()}
-        fidelity = (sr - pair.hr).abs().mean()
+        decoded = [sr]
         if second is not None:
-            other = pair.keep_valid(self.decode(pair, second, self.nets))
-            energy = energy_score(sr, other, pair.hr)
+            decoded.append(pair.keep_valid(self.decode(pair, second, self.nets)))
+            energy = energy_score(*decoded, pair.hr)
             loss, logs = loss + o["energy_weight"] * energy, dict(logs, energy=energy.item())
-            fidelity = 0.5 * (fidelity + (other - pair.hr).abs().mean())
         if o.get("sample_fidelity"):
+            fidelity = sum((x - pair.hr).abs().mean() for x in decoded) / len(decoded)
             loss, logs = loss + o["sample_fidelity"] * fidelity, dict(logs, fidelity=fidelity.item())
         return loss, logs
 
