@@ -434,6 +434,53 @@ def test_sample_fidelity_adds_its_weight_times_the_samples_l1(images, stage1, tm
     assert first[5] - first[0] == pytest.approx(5 * seen[0], rel=1e-4)
 
 
+def test_unroll_judges_the_samplers_own_samples(images, stage1, tmp_path, monkeypatch):
+    """e2diffsr --unroll: the two samples that the adversarial terms judge are E²DiffSR's samples at
+    D = 1 as the engine draws them (engine.latent.sample_latent with the card's chain, from the same
+    start noise, through the step's networks), and the gradient reaches the denoiser through the chain;
+    the card records the option only when it is set."""
+    from engine import latent as engine_latent
+    from engine.card import MethodSpec
+    from engine.registry import E2DIFFSR
+    from training import e2diffsr, latent
+    from training.bundle import method_spec
+
+    starts, checked = [], []
+    ddim = e2diffsr.sample_ddim
+
+    def record(model, x, schedule, extra_args=None, noise=None):
+        starts.append((x.clone(), extra_args))
+        return ddim(model, x, schedule, extra_args, noise)
+
+    adversarial = latent.LatentStage.adversarial
+
+    def spy(self, pair, sample, second=None):
+        spec = MethodSpec.parse(self.method, method_spec(self.method, self.latent_scale, self.export_card()),
+                                self.layout.latent)
+        for judged, (start, extra) in zip((sample, second), starts[-2:]):
+            with torch.no_grad():
+                engine = engine_latent.sample_latent(E2DIFFSR, spec, spec.steps, lambda i: self.nets["denoiser"](*i),
+                                                     extra["cond"], extra["inv_scale"], lambda k: start)
+            checked.append(float((judged.detach() - engine).abs().max()))
+        denoiser = list(self.nets["denoiser"].parameters())
+        grads = torch.autograd.grad(sample.square().sum(), denoiser, retain_graph=True, allow_unused=True)
+        checked.append(sum(float(g.abs().sum()) for g in grads if g is not None))
+        return adversarial(self, pair, sample, second)
+
+    monkeypatch.setattr(e2diffsr, "sample_ddim", record)
+    monkeypatch.setattr(latent.LatentStage, "adversarial", spy)
+    gan = ["--stage1", str(stage1), "--gan-weight", "0.1", "--energy-weight", "1", "--spread", "--features", "2"]
+    for unroll in ("--unroll", "--no-unroll"):
+        out = tmp_path / unroll
+        assert main(train_args("e2diffsr", images, out, 1, *gan, unroll)) == 0
+        options = json.loads((out / "model.json").read_text())["training"]["options"]
+        assert options.get("unroll") is (True if unroll == "--unroll" else None)
+        if unroll == "--unroll":
+            assert len(starts) == 2 and len(checked) == 3
+            assert checked[0] < 1e-5 and checked[1] < 1e-5 and checked[2] > 0
+    assert len(starts) == 2  # without it, no chain is run
+
+
 def test_lr_consistency_is_zero_for_the_image_that_made_the_lr():
     from training.adversary import lr_consistency
 

@@ -16,6 +16,13 @@ regression path is trained for fidelity alone. With ``energy_weight``, a second 
 other noise at the same t joins it in the energy score against HR (training.latent), so that the
 predictions' spread, and with it the samples', follows the uncertainty.
 
+With ``unroll`` the adversarial terms (the PatchGAN, the LR consistency, the energy score and the
+sample fidelity) judge instead the sampler's own samples: the whole 4-step chain from fresh noise, as
+engine.samplers.ddim draws it at D = 1, with the gradient through every step (adversarial diffusion
+distillation applied to the chain's final ẑ0); the per-step z0 MSE stays beside them. A z0 prediction
+judged at one random step was sharp alone, yet the chain of four made blotchy samples less faithful
+than LCMSR's (docs/MODELS.md, "E²DiffSR judged on its own samples"). It costs 1.2× a step's time.
+
 The sampler steps deterministically between steps (DDIM, η = 0): each start noise gives its own
 sample. With the adversarially trained denoiser, re-noising (η = 1) washed the detail out: 18 val
 images at ×4, D = 1: LSD 7.44 with η = 1, 6.44 with η = 0.5, 6.51 with η = 0 (ΔPSNR +0.44, −1.53,
@@ -25,8 +32,10 @@ from __future__ import annotations
 
 import torch
 
+from engine.latent import denoiser_model
 from engine.models.inputs import DenoiserInputs
 from engine.registry import E2DIFFSR
+from engine.samplers.ddim import sample_ddim
 from engine.schedulers import ddpm
 
 from . import distributed
@@ -55,11 +64,22 @@ class E2DiffSRStage(LatentStage):
 
         z0 = predict()
         mse = cell_mean((z0 - r0) ** 2, pair)
-        second = None
-        if self.adversary is not None and self.options["energy_weight"] > 0:
-            second = self.clean(cond, predict())
-        adv, logs = self.adversarial(pair, self.clean(cond, z0), second)
+        pairs = 2 if self.adversary is not None and self.options["energy_weight"] > 0 else 1
+        if self.adversary is not None and self.options.get("unroll"):
+            judged = [self.clean(cond, self.chain(pair, held, r0.shape, gen)) for _ in range(pairs)]
+        else:
+            judged = [self.clean(cond, z) for z in [z0] + [predict() for _ in range(pairs - 1)]]
+        adv, logs = self.adversarial(pair, *judged)
         return mse + self.cond_loss(cond, x0, pair) + adv, dict({"z0": mse.item()}, **logs)
+
+    def chain(self, pair, held: torch.Tensor, shape, gen) -> torch.Tensor:
+        """The sampler's residual as the engine draws it at D = 1 (engine.samplers.ddim on the card's
+        chain: SAMPLE_STEPS steps, ETA, PREDICTION) from fresh start noise, with the gradient through every
+        step: what ``unroll`` judges."""
+        start = distributed.sample(torch.randn, shape, generator=gen, device=held.device)
+        model = denoiser_model(lambda inputs: self.nets["denoiser"](*inputs))
+        schedule = ddpm.schedule(SAMPLE_STEPS, ddpm.DEFAULT_BETAS, ETA, PREDICTION)
+        return sample_ddim(model, start, schedule, {"cond": held, "inv_scale": pair.inv_scale})
 
     def export_card(self):
         return dict(self.base_card(), betas=list(ddpm.DEFAULT_BETAS), eta=ETA, steps=SAMPLE_STEPS,
