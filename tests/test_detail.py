@@ -252,6 +252,27 @@ def test_bench_writes_the_suggested_detail_into_the_card(model_dir, tmp_path):
     assert card_default_detail("lcmsr", str(folder)) == 0.5
 
 
+def test_bench_calibrates_each_diffusion_method_on_its_own_samples(model_dir, tmp_path):
+    """The quality bench's calibration runs per diffusion method (LCMSR 1 step, E²DiffSR 4 steps, 4
+    samples at ×4, D = 1): the correlation pooled over the pixels of their own samples, and the
+    report has a line for each."""
+    from training.bench import quality
+
+    rng = np.random.default_rng(3)
+    img = np.clip(rng.normal(128, 40, (64, 64, 3)), 0, 255).astype(np.uint8)
+    (tmp_path / "val").mkdir()
+    Image.fromarray(img).save(tmp_path / "val" / "a.png")
+    files = [tmp_path / "val" / "a.png"]
+    found = [quality.calibration(files, model_dir, "torch", name) for name, *_ in quality.CALIBRATIONS]
+    assert [c["method"] for c in found] == ["lcmsr (1 step, D = 1)", "e2diffsr (4 steps, D = 1)"]
+    for c in found:
+        assert c["samples"] == 4 and c["scale"] == 4.0 and -1 <= c["pooled"] <= 1 and c["mean_std"] > 0
+    assert found[0]["pooled"] != found[1]["pooled"]
+    lines = [line for line in quality.calibration_lines(found) if "samples at ×4: correlation" in line]
+    assert [line.split(",")[0] for line in lines] == ["lcmsr (1 step", "e2diffsr (4 steps"]
+    assert f"**{found[1]['pooled']:.3f}**" in lines[1]
+
+
 def test_bench_writes_its_measures_into_the_card(model_dir, tmp_path):
     """make bench's --set-default also records the run's PSNR, ΔPSNR and LSD per row and scale in the card."""
     from training.bench import quality
@@ -260,12 +281,14 @@ def test_bench_writes_its_measures_into_the_card(model_dir, tmp_path):
     shutil.copytree(model_dir, folder)
     results = {quality.Row("bicubic").label: {"scales": {"2.0": {"psnr": 30.0, "lsd": 7.0}, "4.0": {"psnr": 25.0, "lsd": 12.0}}},
                quality.Row("lcmsr", 1, 1.0).label: {"scales": {"4.0": {"psnr": 24.5, "lsd": 5.25}}},
-               "calibration": {"method": "lcmsr (1 step, D = 1)", "samples": 4, "scale": 4.0, "pooled": 0.5,
-                               "per_image_median": 0.4, "mean_std": 6.0}}
+               "calibration": [{"method": "lcmsr (1 step, D = 1)", "samples": 4, "scale": 4.0, "pooled": 0.5,
+                                "per_image_median": 0.4, "mean_std": 6.0},
+                               {"method": "e2diffsr (4 steps, D = 1)", "samples": 4, "scale": 4.0, "pooled": 0.375,
+                                "per_image_median": 0.25, "mean_std": 5.0}]}
     quality.write_card_metrics(quality.card_metrics(results, [2.0, 4.0], 42, "make bench"), str(folder))
     m = json.loads((folder / "model.json").read_text())["metrics"]
     assert m["by_scale"]["x4"]["lcmsr (1 step, D = 1)"] == {"psnr_db": 24.5, "lsd_db": 5.25, "delta_psnr_db": -0.5}
     assert m["by_scale"]["x2"]["bicubic"]["delta_psnr_db"] == 0.0
-    assert m["uncertainty_calibration"]["pooled"] == 0.5 and "42" in m["protocol"]
+    assert [c["pooled"] for c in m["uncertainty_calibration"]] == [0.5, 0.375] and "42" in m["protocol"]
     card, tensors = modelfile.load(str(folder))  # the weights' checksum still holds
     assert tensors and card.to_json()["metrics"] == m

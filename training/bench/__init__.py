@@ -1,7 +1,8 @@
 """The benchmarks, one entry point: ``python -m training.bench KIND [options]`` (``make bench`` runs them).
 
 - ``quality``: PSNR, SSIM, ERGAS, SAM, consistency PSNR, HF ratio and timing of every method on the
-  UC Merced validation images, the uncertainty calibration and the comparison picture (docs/BENCHMARKS.md);
+  UC Merced validation images, the uncertainty calibration of each diffusion method and the comparison
+  picture (docs/BENCHMARKS.md);
 - ``backends``: ONNX Runtime against torch eager on CPU, time and peak RSS per method, each in its own process;
 - ``scale``: memory and time of the engine CLI against raster size;
 - ``speed``: parameters and time per LR tile of each method with random weights;

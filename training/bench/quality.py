@@ -86,7 +86,8 @@ SWEEP = tuple(Row(name, steps, d) for name, steps in ((LCMSR.name, 1), (E2DIFFSR
 PEER_ROWS = tuple(Row(f"peer:{k}") for k in range(len(peers.PEERS)))  # ×4 only
 PD_SCALE = 4.0
 TARGET_GAIN = 0.8  # dB over bicubic that the default detail must keep (issue 14)
-CALIBRATION = (LCMSR.name, 1, 4, 4.0, 1.0)  # method, steps, samples, scale, detail of the uncertainty calibration
+# method, steps, samples, scale, detail of each diffusion method's uncertainty calibration
+CALIBRATIONS = ((LCMSR.name, 1, 4, 4.0, 1.0), (E2DIFFSR.name, 4, 4, 4.0, 1.0))
 SCALES = (2.0, 2.5, 3.0, 4.0)
 COMPARE = (("buildings", 84), ("denseresidential", 81), ("harbor", 85), ("freeway", 83))
 COMPARE_SCALE = 4.0
@@ -183,10 +184,11 @@ def worker(row: Row, files: list[Path], scales, model: str | None, crops_dir: Pa
     return out
 
 
-def calibration(files: list[Path], model: str | None, backend: str) -> dict:
+def calibration(files: list[Path], model: str | None, backend: str, method_name: str) -> dict:
     """Pearson correlation, pooled over all pixels of all images, between the per-pixel std of K
-    samples and the absolute error of their mean against HR (8-bit units)."""
-    name, steps, samples, scale, detail = CALIBRATION
+    samples of ``method_name`` (its entry of CALIBRATIONS) and the absolute error of their mean
+    against HR (8-bit units)."""
+    name, steps, samples, scale, detail = next(entry for entry in CALIBRATIONS if entry[0] == method_name)
     method = build_method(name, MethodOptions(steps=steps, backend=backend, device="cpu", model=model, detail=detail))
     stds, errors, per_image = [], [], []
     for path in files:
@@ -350,7 +352,7 @@ def card_metrics(results: dict, scales, n_images: int, command: str) -> dict:
     ran (the ×4 detail sweep and the peers included), and the uncertainty calibration."""
     rows = {}
     for label, result in results.items():
-        if label == "calibration":
+        if label == "calibration":  # a list, one per method
             continue
         for key, m in result["scales"].items():
             base = results[Row(BICUBIC.name).label]["scales"].get(key)
@@ -359,12 +361,12 @@ def card_metrics(results: dict, scales, n_images: int, command: str) -> dict:
                 **({} if base is None else {"delta_psnr_db": round(m["psnr"] - base["psnr"], 2)}),
                 **({"lattice_db": round(m["lattice"], 1), "hr_lattice_db": round(m["lattice_hr"], 1)}
                    if "lattice" in m and math.isfinite(m["lattice"]) else {})}
-    cal = results.get("calibration", {})
+    cal = results.get("calibration", [])
     return {"protocol": f"docs/BENCHMARKS.md: {n_images} UC Merced val images, LR = antialiased bicubic, 8-bit outputs, "
                         "border crop ceil(s); LSD in dB (lower is closer to HR's spectrum)",
             "command": command, "date": time.strftime("%Y-%m-%d"), "by_scale": rows,
-            **({"uncertainty_calibration": {k: cal[k] for k in ("method", "samples", "scale", "pooled", "mean_std")}}
-               if cal else {})}
+            **({"uncertainty_calibration": [{k: c[k] for k in ("method", "samples", "scale", "pooled", "mean_std")}
+                                            for c in cal]} if cal else {})}
 
 
 def write_card_metrics(metrics_: dict, model: str | None) -> None:
@@ -452,14 +454,20 @@ def report(results: dict, scales, n_images: int, limit: int | None, command: str
     if pictures.get("compare"):
         lines += ["![LR, bicubic, regression, LCMSR at the default D and at D = 1, E²DiffSR at D = 1, the peers and HR at ×4]"
                   "(compare.png)", ""]
-    cal = results.get("calibration")
-    if cal:
-        lines += ["## Uncertainty calibration", "",
-                  f"{cal['method']}, {cal['samples']} samples at ×{cal['scale']:g}: correlation between the per-pixel "
-                  f"standard deviation of the samples and the absolute error of their mean against HR, pooled over all "
-                  f"pixels of all images: **{cal['pooled']:.3f}** (median per image {cal['per_image_median']:.3f}; "
-                  f"mean std {cal['mean_std']:.2f} DN).", ""]
+    if results.get("calibration"):
+        lines += calibration_lines(results["calibration"])
     return "\n".join(lines)
+
+
+def calibration_lines(cal: list[dict]) -> list[str]:
+    """The report's section of the calibrations (``calibration``'s results), a paragraph per method."""
+    lines = ["## Uncertainty calibration", ""]
+    for c in cal:
+        lines += [f"{c['method']}, {c['samples']} samples at ×{c['scale']:g}: correlation between the per-pixel "
+                  f"standard deviation of the samples and the absolute error of their mean against HR, pooled over "
+                  f"all pixels of all images: **{c['pooled']:.3f}** (median per image {c['per_image_median']:.3f}; "
+                  f"mean std {c['mean_std']:.2f} DN).", ""]
+    return lines
 
 
 def parse_row(method: str, steps: str, detail: str) -> Row:
@@ -480,12 +488,12 @@ def main(argv=None) -> int:
                          "--scales) into the model card as its detail_default before the default rows run, and this "
                          "run's measures into the card's metrics at the end")
     ap.add_argument("--worker", nargs=4, metavar=("METHOD", "STEPS", "DETAIL", "CROPS"), help=argparse.SUPPRESS)
-    ap.add_argument("--calibration-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--calibration-worker", choices=[entry[0] for entry in CALIBRATIONS], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     files = images(args.val, args.per_class, args.limit)
     if args.calibration_worker:
-        json.dump(calibration(files, args.model, args.backend), sys.stdout)
+        json.dump(calibration(files, args.model, args.backend, args.calibration_worker), sys.stdout)
         return 0
     if args.worker:
         *row, crops = args.worker
@@ -522,13 +530,15 @@ def main(argv=None) -> int:
                 log.error("%s failed: %s", row.label, done.stderr.strip().splitlines()[-1:] or "")
                 return 1
             results[row.label] = json.loads(done.stdout)
-        log.info("uncertainty calibration")
-        done = subprocess.run([sys.executable, "-m", "training.bench", "quality", *common, "--calibration-worker"],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            log.error("calibration failed: %s", done.stderr.strip().splitlines()[-1:] or "")
-            return 1
-        results["calibration"] = json.loads(done.stdout)
+        results["calibration"] = []
+        for name, *_ in CALIBRATIONS:
+            log.info("uncertainty calibration of %s", name)
+            done = subprocess.run([sys.executable, "-m", "training.bench", "quality", *common, "--calibration-worker", name],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                log.error("calibration of %s failed: %s", name, done.stderr.strip().splitlines()[-1:] or "")
+                return 1
+            results["calibration"].append(json.loads(done.stdout))
         card = None
         try:
             from engine import modelfile
