@@ -21,9 +21,9 @@ defaults, the Makefile:
   bundle takes LCMSR's networks and the decoder from it, so E²DiffSR decodes with that decoder too.
 - ADD_E2DIFFSR: the stage after it (``python -m training add-e2diffsr``): E²DiffSR's networks from
   its stage-2 run, trained on, and judged through, the add run's decoder (frozen), with stage 2's
-  losses and ADD's sample_fidelity, warmup and learning rate; its adversarial terms judge the
-  sampler's own 4-step samples (``unroll``, training.e2diffsr). The bundle takes E²DiffSR's networks
-  from it.
+  losses (the energy score at twice their weight) and ADD's sample_fidelity, warmup and learning
+  rate; its adversarial terms judge the sampler's own 4-step samples (``unroll``, training.e2diffsr).
+  The bundle takes E²DiffSR's networks from it.
 - FINETUNE: ``python -m training finetune`` and latentsr:train (training.finetune): stage 1 from the
   start bundle with latent dropout and no adversary, each stage 2 with the base losses (its networks,
   with their features and spread, come from the bundle).
@@ -45,7 +45,7 @@ STAGE2 = {"steps": 1500, "lr": 3e-4,
 ADD = {"steps": 1000, "lr": 2e-4, "warmup": 20,
        "options": dict(STAGE2["options"], train_decoder=True, decoder_fidelity=4.0, sample_fidelity=10.0)}
 ADD_E2DIFFSR = {"steps": 1000, "lr": 2e-4, "warmup": 20,
-                "options": dict(STAGE2["options"], sample_fidelity=10.0, unroll=True)}
+                "options": dict(STAGE2["options"], energy_weight=20.0, sample_fidelity=10.0, unroll=True)}
 
 RUN = {"batch": 8, "warmup": 100, "crop": 96, "scales": (1.0, 8.0), "ema_decay": 0.999, "val_images": 16,
        "val_crop": 128, "ckpt_every": 250, "val_every": 250, "seed": 0}
