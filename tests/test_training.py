@@ -415,8 +415,8 @@ def test_sample_fidelity_adds_its_weight_times_the_samples_l1(images, stage1, tm
     seen = []
     adversarial = latent.LatentStage.adversarial
 
-    def spy(self, pair, sample, second=None):
-        loss, logs = adversarial(self, pair, sample, second)
+    def spy(self, pair, sample, second=None, **kw):
+        loss, logs = adversarial(self, pair, sample, second, **kw)
         sr = [pair.keep_valid(self.decode(pair, s, self.nets)) for s in (sample, second)]
         seen.append(float(sum((x - pair.hr).abs().mean() for x in sr).detach()) / 2)
         return loss, logs
@@ -432,6 +432,86 @@ def test_sample_fidelity_adds_its_weight_times_the_samples_l1(images, stage1, tm
         assert options.get("sample_fidelity") == (5.0 if weight else None)
     assert seen[0] == pytest.approx(seen[1]) and seen[0] > 0
     assert first[5] - first[0] == pytest.approx(5 * seen[0], rel=1e-4)
+
+
+def test_lattice_power_is_the_benchs_lattice_measure():
+    """training.adversary.lattice_power's two sums give engine.metrics.lattice per image, at an integer and
+    a fractional scale, for details with and without a pattern locked to the LR pixels; below ×2 None."""
+    from engine import metrics
+    from training.adversary import lattice_power
+
+    g = torch.Generator().manual_seed(0)
+    y, x = torch.meshgrid(torch.arange(64.0), torch.arange(80.0), indexing="ij")
+    for scale in (4.0, 3.3):
+        cross = torch.cos(2 * math.pi * x / scale) + torch.cos(2 * math.pi * y / scale)
+        detail = torch.randn(3, 3, 64, 80, generator=g, dtype=torch.float64)
+        detail[1] += 0.5 * cross
+        peak, background = lattice_power(detail, scale)
+        mine = 10 * torch.log10(peak / background)
+        bench = [metrics.lattice(d.numpy(), scale) for d in detail]
+        assert mine.tolist() == pytest.approx(bench, abs=1e-9)
+        assert bench[1] > 5 > 1 > max(abs(bench[0]), abs(bench[2]))
+    assert lattice_power(torch.randn(1, 3, 32, 32), 1.9) is None
+
+
+def test_lattice_excess_asks_only_the_lr_pixel_frequency_to_fall():
+    """lattice_excess is 0 for a sample whose added detail has HR's lattice or less, and below ×2; for one
+    with a cross-hatch at the LR pixel period it is its ratio above HR's, and its gradient, a step against
+    which lowers the lattice, sits at the harmonics' frequencies along either axis (in each row or column
+    its own cosine): the rest of the detail is left alone."""
+    from engine import metrics
+    from training.adversary import lattice_excess
+
+    g = torch.Generator().manual_seed(1)
+    y, x = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    cross = torch.cos(2 * math.pi * x / 4) + torch.cos(2 * math.pi * y / 4)
+    regression = torch.rand(2, 3, 96, 96, generator=g)
+    texture = 0.05 * torch.randn(2, 3, 96, 96, generator=g)
+    hr = regression + texture
+    assert float(lattice_excess(hr.clone(), regression, hr, 4.0)) == 0.0
+    assert float(lattice_excess(regression + 0.05 * torch.randn(2, 3, 96, 96, generator=g), regression, hr, 1.5)) == 0.0
+    sr = (regression + 0.05 * torch.randn(2, 3, 96, 96, generator=g) + 0.02 * cross).requires_grad_(True)
+    excess = lattice_excess(sr, regression, hr, 4.0)
+    before = [metrics.lattice((sr - regression)[i].detach().numpy(), 4.0) for i in range(2)]
+    truth = [metrics.lattice((hr - regression)[i].numpy(), 4.0) for i in range(2)]
+    assert excess.item() == pytest.approx(np.mean([10 ** (b / 10) - 10 ** (t / 10) for b, t in zip(before, truth)]), rel=1e-4)
+    excess.backward()
+    grad = sr.grad.mean(1)[0].double()
+    power = torch.fft.fft2(grad).abs() ** 2
+    at = torch.zeros(96, 96, dtype=torch.bool)
+    at[:, [24, 48, 72]] = at[[24, 48, 72], :] = True  # ±0.25 and 0.5 cycles/pixel along x or y
+    harmonics = power[at].sum()
+    assert float(harmonics / power.sum()) > 0.99
+    after = (sr - 0.01 * sr.grad / sr.grad.abs().max() - regression).detach()
+    assert metrics.lattice(after[0].numpy(), 4.0) < before[0] - 1
+
+
+def test_lattice_weight_adds_its_weight_times_the_samples_lattice_excess(images, stage1, tmp_path, monkeypatch):
+    """--lattice-weight W adds W × the mean lattice excess of the two decoded samples over HR's, their added
+    detail taken against the regression path (the latent guess decoded by the same decoder), to a step's
+    loss (the first step of two runs from the same start differs by exactly that), and the card records it."""
+    from training import latent
+
+    seen, calls = [], []
+    excess = latent.lattice_excess
+
+    def spy(sr, regression, hr, scale):
+        value = excess(sr, regression, hr, scale)
+        calls.append((regression, scale))
+        seen.append(float(value.detach()))
+        return value
+
+    monkeypatch.setattr(latent, "lattice_excess", spy)
+    gan = ["--stage1", str(stage1), "--gan-weight", "0.1", "--energy-weight", "1", "--scales", "4", "4"]
+    first = {}
+    for weight in (0, 50):
+        out = tmp_path / f"w{weight}"
+        assert main(train_args("lcmsr", images, out, 1, *gan, "--lattice-weight", str(weight))) == 0
+        first[weight] = json.loads((out / "checkpoint.json").read_text())["history"]["loss"][0][1]
+        options = json.loads((out / "model.json").read_text())["training"]["options"]
+        assert options.get("lattice_weight") == (50.0 if weight else None)
+    assert len(seen) == 2 and sum(seen) > 0 and calls[0][1] == 4.0 and not calls[0][0].requires_grad
+    assert first[50] - first[0] == pytest.approx(50 * sum(seen) / 2, rel=1e-4, abs=1e-6)
 
 
 def test_unroll_judges_the_samplers_own_samples(images, stage1, tmp_path, monkeypatch):
@@ -454,7 +534,7 @@ def test_unroll_judges_the_samplers_own_samples(images, stage1, tmp_path, monkey
 
     adversarial = latent.LatentStage.adversarial
 
-    def spy(self, pair, sample, second=None):
+    def spy(self, pair, sample, second=None, **kw):
         spec = MethodSpec.parse(self.method, method_spec(self.method, self.latent_scale, self.export_card()),
                                 self.layout.latent)
         for judged, (start, extra) in zip((sample, second), starts[-2:]):
@@ -465,7 +545,7 @@ def test_unroll_judges_the_samplers_own_samples(images, stage1, tmp_path, monkey
         denoiser = list(self.nets["denoiser"].parameters())
         grads = torch.autograd.grad(sample.square().sum(), denoiser, retain_graph=True, allow_unused=True)
         checked.append(sum(float(g.abs().sum()) for g in grads if g is not None))
-        return adversarial(self, pair, sample, second)
+        return adversarial(self, pair, sample, second, **kw)
 
     monkeypatch.setattr(e2diffsr, "sample_ddim", record)
     monkeypatch.setattr(latent.LatentStage, "adversarial", spy)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.metrics import lattice_bins
 from engine.models import PRESETS
 from engine.models.discriminator import Discriminator
 
@@ -73,3 +74,39 @@ def lr_consistency(sr: torch.Tensor, pair) -> torch.Tensor:
                          align_corners=False)
     return (down - pair.lr).abs().mean()
 
+
+
+def lattice_power(detail: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """engine.metrics.lattice's two sums per image, differentiable: for an added detail B×C×H×W (its
+    band mean), the power at the LR pixel frequency's harmonics and the mean power of their adjacent
+    bins, each summed over the harmonics and both axes (engine.metrics.axis_power, lattice_bins):
+    (peak, background), each (B,); 10·log10(peak / background) is the metric. None where the scale
+    has no harmonic (below ×2)."""
+    img = detail.mean(1)
+    img = img - img.mean((1, 2), keepdim=True)
+    peak = background = None
+    for axis in (1, 2):
+        n = img.shape[axis]
+        bins = lattice_bins(n, scale)
+        if not bins:
+            continue
+        power = 2.0 * torch.fft.rfft(img, dim=axis).abs().pow(2).mean(3 - axis) / n ** 2  # (B, n//2 + 1)
+        for j, adjacent in bins:
+            p, b = power[:, j], power[:, adjacent].mean(1)
+            peak, background = (p, b) if peak is None else (peak + p, background + b)
+    return None if peak is None else (peak, background)
+
+
+def lattice_excess(sr: torch.Tensor, regression: torch.Tensor, hr: torch.Tensor, scale: float) -> torch.Tensor:
+    """How far the lattice of a sample's added detail (``sr`` − ``regression``) rises above HR's own
+    (``hr`` − ``regression``), as the mean over the batch of max(0, peak/background − HR's), the
+    background held fixed so that only the power at the LR pixel frequency is asked to fall (issue
+    25's "no lattice": the added detail's peak, against its neighbours, no higher than HR's). The
+    gradient reaches ``sr`` only; 0 below ×2."""
+    sums = lattice_power(sr - regression.detach(), scale)
+    if sums is None:
+        return sr.new_zeros(())
+    with torch.no_grad():
+        peak, background = lattice_power(hr - regression, scale)
+        truth = peak / background.clamp_min(1e-12)
+    return F.relu(sums[0] / sums[1].detach().clamp_min(1e-12) - truth).mean()

@@ -22,6 +22,10 @@ With ``sample_fidelity``, the mean L1 of the decoded samples against HR is added
 beside the energy score (whose own L1 half has energy_weight/2 per sample) it weighs fidelity above
 spread, so that a sample keeps the detail the critic asks for where the LR predicts it and departs
 less where it does not (docs/MODELS.md, "Samples trained for fidelity").
+With ``lattice_weight``, plus that weight × how far the lattice of each decoded sample's added detail
+(the sample decoded minus the regression path: the latent guess decoded) rises above HR's own
+(training.adversary.lattice_excess: engine.metrics.lattice, the bench's measure, per image, with
+its background held fixed): a pattern locked to the LR pixels is asked to go, texture is not.
 
 The spread (``spread``): the conditioning net also predicts, per cell and channel, the spread of the
 true latent around its guess (its Laplace likelihood, the guess held; a prior on the LR's texture,
@@ -57,7 +61,7 @@ from engine.registry import LCMSR, REGISTRY
 from engine.torch_backend import TorchNetworks
 
 from . import distributed, recipe
-from .adversary import Adversary, lr_consistency
+from .adversary import Adversary, lattice_excess, lr_consistency
 from .bands import load_adapted
 from .bundle import method_spec
 from .errors import TrainingError
@@ -247,9 +251,12 @@ class LatentStage(Stage):
         super().load_state(state)
         self.latent_scale = state["latent_scale"]
 
-    def adversarial(self, pair, sample: torch.Tensor, second: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    def adversarial(self, pair, sample: torch.Tensor, second: torch.Tensor | None = None, *,
+                    guess: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The adversarial term of a normalised latent ``sample`` (0 without a discriminator); with a
-        ``second`` sample of the same LR, plus energy_weight × their energy score against HR."""
+        ``second`` sample of the same LR, plus energy_weight × their energy score against HR; with
+        lattice_weight, plus that weight × the samples' lattice above HR's, their added detail taken
+        against the latent ``guess`` decoded (the regression path)."""
         if self.adversary is None:
             return torch.zeros((), device=sample.device), {}
         o = self.options
@@ -267,6 +274,11 @@ class LatentStage(Stage):
         if o.get("sample_fidelity"):
             fidelity = sum((x - pair.hr).abs().mean() for x in decoded) / len(decoded)
             loss, logs = loss + o["sample_fidelity"] * fidelity, dict(logs, fidelity=fidelity.item())
+        if o.get("lattice_weight") and guess is not None:
+            with torch.no_grad():
+                regression = pair.keep_valid(self.decode(pair, guess, self.nets))
+            excess = sum(lattice_excess(x, regression, pair.hr, pair.scale) for x in decoded) / len(decoded)
+            loss, logs = loss + o["lattice_weight"] * excess, dict(logs, lattice=excess.item())
         return loss, logs
 
     def run(self, pair, ema, detail: float) -> torch.Tensor:

@@ -61,7 +61,7 @@ class LCMSRStage(LatentStage):
                 other = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
                 second = self.clean(cond, self.f(self.nets, other, held, end, pair.inv_scale))
             first = self.clean(cond, self.f(self.nets, start, held, end, pair.inv_scale))
-            adv, more = self.adversarial(pair, first, second)
+            adv, more = self.adversarial(pair, first, second, guess=self.guess(cond))
             loss, logs = loss + adv, dict(logs, **more)
         return loss, logs
 
