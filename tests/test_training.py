@@ -460,7 +460,7 @@ def test_lattice_excess_asks_only_the_lr_pixel_frequency_to_fall():
     which lowers the lattice, sits at the harmonics' frequencies along either axis (in each row or column
     its own cosine): the rest of the detail is left alone."""
     from engine import metrics
-    from training.adversary import lattice_excess
+    from training.adversary import lattice_excess, lattice_power
 
     g = torch.Generator().manual_seed(1)
     y, x = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
@@ -474,7 +474,13 @@ def test_lattice_excess_asks_only_the_lr_pixel_frequency_to_fall():
     excess = lattice_excess(sr, regression, hr, 4.0)
     before = [metrics.lattice((sr - regression)[i].detach().numpy(), 4.0) for i in range(2)]
     truth = [metrics.lattice((hr - regression)[i].numpy(), 4.0) for i in range(2)]
-    assert excess.item() == pytest.approx(np.mean([10 ** (b / 10) - 10 ** (t / 10) for b, t in zip(before, truth)]), rel=1e-4)
+    _, background = lattice_power((sr - regression).detach(), 4.0)
+    _, hr_background = lattice_power(hr - regression, 4.0)
+    # the peak above HR's ratio times the sample's background, over HR's background, summed over the batch
+    above = [(10 ** (b / 10) - 10 ** (t / 10)) * float(g) for b, t, g in zip(before, truth, background)]
+    assert excess.item() == pytest.approx(sum(above) / float(hr_background.sum()), rel=1e-4)
+    # the texture here is as strong as HR's, so that is about the mean excess of the ratio
+    assert excess.item() == pytest.approx(np.mean([10 ** (b / 10) - 10 ** (t / 10) for b, t in zip(before, truth)]), rel=0.1)
     excess.backward()
     grad = sr.grad.mean(1)[0].double()
     power = torch.fft.fft2(grad).abs() ** 2
@@ -484,6 +490,13 @@ def test_lattice_excess_asks_only_the_lr_pixel_frequency_to_fall():
     assert float(harmonics / power.sum()) > 0.99
     after = (sr - 0.01 * sr.grad / sr.grad.abs().max() - regression).detach()
     assert metrics.lattice(after[0].numpy(), 4.0) < before[0] - 1
+    # a sample whose added detail is a faint pattern: the gradient shrinks with it instead of growing
+    norms = []
+    for amplitude in (1e-2, 1e-4):
+        faint = (regression + amplitude * (cross + 0.1 * torch.randn(2, 3, 96, 96, generator=g))).requires_grad_(True)
+        lattice_excess(faint, regression, hr, 4.0).backward()
+        norms.append(float(faint.grad.norm()))
+    assert 0 < norms[1] < norms[0] / 10
 
 
 def test_lattice_weight_adds_its_weight_times_the_samples_lattice_excess(images, stage1, tmp_path, monkeypatch):

@@ -99,14 +99,19 @@ def lattice_power(detail: torch.Tensor, scale: float) -> tuple[torch.Tensor, tor
 
 def lattice_excess(sr: torch.Tensor, regression: torch.Tensor, hr: torch.Tensor, scale: float) -> torch.Tensor:
     """How far the lattice of a sample's added detail (``sr`` − ``regression``) rises above HR's own
-    (``hr`` − ``regression``), as the mean over the batch of max(0, peak/background − HR's), the
-    background held fixed so that only the power at the LR pixel frequency is asked to fall (issue
-    25's "no lattice": the added detail's peak, against its neighbours, no higher than HR's). The
-    gradient reaches ``sr`` only; 0 below ×2."""
+    (``hr`` − ``regression``; issue 25's "no lattice": the added detail's peak, against its neighbours,
+    no higher than HR's): per image, the power at the LR pixel frequency's harmonics above what HR's
+    ratio allows over the sample's own background, max(0, peak − ratio_HR · background), summed over
+    the batch and divided by the batch's sum of HR's background. Everything but the sample's peak is
+    held fixed, so the gradient only asks the power at the harmonics to fall, and its size is set by
+    HR's texture, not by the sample's detail (a ratio of the sample's own powers has a gradient that
+    grows without bound as its detail vanishes). About the mean excess of the ratio when the sample
+    has HR's amount of detail. The gradient reaches ``sr`` only; 0 below ×2."""
     sums = lattice_power(sr - regression.detach(), scale)
     if sums is None:
         return sr.new_zeros(())
+    peak, background = sums
     with torch.no_grad():
-        peak, background = lattice_power(hr - regression, scale)
-        truth = peak / background.clamp_min(1e-12)
-    return F.relu(sums[0] / sums[1].detach().clamp_min(1e-12) - truth).mean()
+        hr_peak, hr_background = lattice_power(hr - regression, scale)
+        allowed = hr_peak / hr_background.clamp_min(1e-12) * background
+    return F.relu(peak - allowed).sum() / hr_background.sum().clamp_min(1e-12)
