@@ -75,7 +75,6 @@ def lr_consistency(sr: torch.Tensor, pair) -> torch.Tensor:
     return (down - pair.lr).abs().mean()
 
 
-
 def lattice_power(detail: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor] | None:
     """engine.metrics.lattice's two sums per image, differentiable: for an added detail B×C×H×W (its
     band mean), the power at the LR pixel frequency's harmonics and the mean power of their adjacent

@@ -24,8 +24,9 @@ spread, so that a sample keeps the detail the critic asks for where the LR predi
 less where it does not (docs/MODELS.md, "Samples trained for fidelity").
 With ``lattice_weight``, plus that weight × how far the lattice of each decoded sample's added detail
 (the sample decoded minus the regression path: the latent guess decoded) rises above HR's own
-(training.adversary.lattice_excess: engine.metrics.lattice, the bench's measure, per image, with
-its background held fixed): a pattern locked to the LR pixels is asked to go, texture is not.
+(training.adversary.lattice_excess: engine.metrics.lattice, the bench's measure, per image, in units
+of HR's texture, only the sample's power at the harmonics free): a pattern locked to the LR pixels is
+asked to go, texture is not.
 
 The spread (``spread``): the conditioning net also predicts, per cell and channel, the spread of the
 true latent around its guess (its Laplace likelihood, the guess held; a prior on the LR's texture,
@@ -256,7 +257,7 @@ class LatentStage(Stage):
         """The adversarial term of a normalised latent ``sample`` (0 without a discriminator); with a
         ``second`` sample of the same LR, plus energy_weight × their energy score against HR; with
         lattice_weight, plus that weight × the samples' lattice above HR's, their added detail taken
-        against the latent ``guess`` decoded (the regression path)."""
+        against the latent ``guess`` decoded (the regression path; needed with lattice_weight)."""
         if self.adversary is None:
             return torch.zeros((), device=sample.device), {}
         o = self.options
@@ -274,7 +275,7 @@ class LatentStage(Stage):
         if o.get("sample_fidelity"):
             fidelity = sum((x - pair.hr).abs().mean() for x in decoded) / len(decoded)
             loss, logs = loss + o["sample_fidelity"] * fidelity, dict(logs, fidelity=fidelity.item())
-        if o.get("lattice_weight") and guess is not None:
+        if o.get("lattice_weight"):  # both stages pass their guess
             with torch.no_grad():
                 regression = pair.keep_valid(self.decode(pair, guess, self.nets))
             excess = sum(lattice_excess(x, regression, pair.hr, pair.scale) for x in decoded) / len(decoded)
