@@ -712,7 +712,7 @@ def test_spread_and_features_reach_the_denoiser_and_not_the_decoder(images, stag
     grad = stage.nets["condition"].out.weight.grad
     assert grad[:2 * latent].abs().sum() == 0 and grad[2 * latent:].abs().sum() > 0
     stage.nets["condition"].zero_grad()
-    stage.cond_loss(stage.condition(stage.nets, pair), x0, pair).backward()
+    stage.cond_loss(stage.condition(stage.nets, pair), x0, pair)[0].backward()
     assert stage.nets["condition"].out.weight.grad[latent:2 * latent].abs().sum() > 0  # the spread's likelihood
 
     assert main(["bundle", "--stage1", str(stage1), "--e2diffsr", str(tmp_path / "e2diffsr"),

@@ -69,8 +69,9 @@ class E2DiffSRStage(LatentStage):
             judged = [self.clean(cond, self.chain(pair, held, r0.shape, gen)) for _ in range(pairs)]
         else:
             judged = [self.clean(cond, z) for z in [z0] + [predict() for _ in range(pairs - 1)]]
-        adv, logs = self.adversarial(pair, *judged, guess=self.guess(cond))
-        return mse + self.cond_loss(cond, x0, pair) + adv, dict({"z0": mse.item()}, **logs)
+        cond_loss, regression = self.cond_loss(cond, x0, pair)
+        adv, logs = self.adversarial(pair, *judged, regression=regression)
+        return mse + cond_loss + adv, dict({"z0": mse.item()}, **logs)
 
     def chain(self, pair, held: torch.Tensor, shape, gen) -> torch.Tensor:
         """The sampler's residual as the engine draws it at D = 1 (engine.samplers.ddim on the card's

@@ -23,7 +23,7 @@ beside the energy score (whose own L1 half has energy_weight/2 per sample) it we
 spread, so that a sample keeps the detail the critic asks for where the LR predicts it and departs
 less where it does not (docs/MODELS.md, "Samples trained for fidelity").
 With ``lattice_weight``, plus that weight × how far the lattice of each decoded sample's added detail
-(the sample decoded minus the regression path: the latent guess decoded) rises above HR's own
+(the sample decoded minus the regression path: the latent guess decoded, as cond_loss decodes it) rises above HR's own
 (training.adversary.lattice_excess: engine.metrics.lattice, the bench's measure, per image, in units
 of HR's texture, only the sample's power at the harmonics free): a pattern locked to the LR pixels is
 asked to go, texture is not.
@@ -253,11 +253,11 @@ class LatentStage(Stage):
         self.latent_scale = state["latent_scale"]
 
     def adversarial(self, pair, sample: torch.Tensor, second: torch.Tensor | None = None, *,
-                    guess: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                    regression: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The adversarial term of a normalised latent ``sample`` (0 without a discriminator); with a
         ``second`` sample of the same LR, plus energy_weight × their energy score against HR; with
         lattice_weight, plus that weight × the samples' lattice above HR's, their added detail taken
-        against the latent ``guess`` decoded (the regression path; needed with lattice_weight)."""
+        against ``regression``, the regression path as cond_loss decoded it (needed with lattice_weight)."""
         if self.adversary is None:
             return torch.zeros((), device=sample.device), {}
         o = self.options
@@ -275,9 +275,7 @@ class LatentStage(Stage):
         if o.get("sample_fidelity"):
             fidelity = sum((x - pair.hr).abs().mean() for x in decoded) / len(decoded)
             loss, logs = loss + o["sample_fidelity"] * fidelity, dict(logs, fidelity=fidelity.item())
-        if o.get("lattice_weight"):  # both stages pass their guess
-            with torch.no_grad():
-                regression = pair.keep_valid(self.decode(pair, guess, self.nets))
+        if o.get("lattice_weight"):  # both stages pass cond_loss's regression
             excess = sum(lattice_excess(x, regression, pair.hr, pair.scale) for x in decoded) / len(decoded)
             loss, logs = loss + o["lattice_weight"] * excess, dict(logs, lattice=excess.item())
         return loss, logs
@@ -312,10 +310,12 @@ class LatentStage(Stage):
     def condition(self, nets: dict, pair) -> torch.Tensor:
         return nets["condition"](*pair.condition_inputs())
 
-    def cond_loss(self, cond: torch.Tensor, x0: torch.Tensor, pair) -> torch.Tensor:
+    def cond_loss(self, cond: torch.Tensor, x0: torch.Tensor, pair) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The conditioning net's loss: decoded L1 against HR plus the latent L2 against x0; with the
         spread, plus its Laplace negative log-likelihood of x0 around the guess (held fixed), whose
-        minimum is the spread = the mean absolute deviation of x0 from the guess given the LR."""
+        minimum is the spread = the mean absolute deviation of x0 from the guess given the LR. Beside
+        it, the regression path (the guess decoded, no gradient) when the decoded L1 or the lattice
+        term reads it, else None: the lattice term takes it from here rather than decode it again."""
         o = self.options
         full, cond = cond, self.guess(cond)
         loss = o["cond_weight"] * cell_mean((cond - x0) ** 2, pair)
@@ -323,13 +323,17 @@ class LatentStage(Stage):
             log = log_spread(full, self.layout)
             loss = loss + cell_mean((x0 - cond.detach()).abs() / log.exp() + log, pair)
         pixel = o["cond_pixel_weight"]
+        regression = None
+        if pixel > 0 or o.get("lattice_weight"):
+            with torch.set_grad_enabled(pixel > 0 and torch.is_grad_enabled()):
+                regression = pair.keep_valid(self.decode(pair, cond, self.nets))
         if pixel > 0:
-            loss = loss + pixel * (pair.keep_valid(self.decode(pair, cond, self.nets)) - pair.hr).abs().mean()
+            loss = loss + pixel * (regression - pair.hr).abs().mean()
         if self.train_decoder:
             sr = pair.keep_valid(self.decode(pair, x0, self.nets))
             fidelity = (sr - pair.hr).abs().mean() + recipe.STAGE1_BASE["fft_weight"] * spectrum_l1(sr, pair.hr)
             loss = loss + o["decoder_fidelity"] * fidelity
-        return loss
+        return loss, None if regression is None else regression.detach()
 
     def decode(self, pair, x0: torch.Tensor, nets: dict) -> torch.Tensor:
         """The image of a normalised latent: the decoder in ``nets`` (the trained or the EMA networks)

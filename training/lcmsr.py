@@ -52,7 +52,8 @@ class LCMSRStage(LatentStage):
         with torch.no_grad():
             target = self.f(ema, noised(t1), self.condition(ema, pair), t1.to(x0.device), pair.inv_scale)
         consistency = cell_mean((pred - target) ** 2, pair)
-        loss, logs = consistency + self.cond_loss(cond, x0, pair), {"consistency": consistency.item()}
+        cond_loss, regression = self.cond_loss(cond, x0, pair)
+        loss, logs = consistency + cond_loss, {"consistency": consistency.item()}
         if self.adversary is not None:
             end = torch.full((b,), cm.T, device=x0.device)
             start = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
@@ -61,7 +62,7 @@ class LCMSRStage(LatentStage):
                 other = distributed.sample(torch.randn, x0.shape, generator=gen, device=x0.device)
                 second = self.clean(cond, self.f(self.nets, other, held, end, pair.inv_scale))
             first = self.clean(cond, self.f(self.nets, start, held, end, pair.inv_scale))
-            adv, more = self.adversarial(pair, first, second, guess=self.guess(cond))
+            adv, more = self.adversarial(pair, first, second, regression=regression)
             loss, logs = loss + adv, dict(logs, **more)
         return loss, logs
 
