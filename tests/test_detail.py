@@ -230,26 +230,64 @@ def test_full_detail_is_sharper_than_detail_zero_on_a_real_crop():
     assert scores[1.0] < scores[0.0] - SHARPER_BY, scores
 
 
+def scored(psnr, lsd):
+    """A bench result at ×4 (training.bench.quality's results entry) with this PSNR and LSD."""
+    from training.bench import quality
+    return {"scales": {str(quality.PD_SCALE): {"psnr": psnr, "lsd": lsd}}}
+
+
 def test_bench_writes_the_suggested_detail_into_the_card(model_dir, tmp_path):
-    """make bench's --set-default: the lowest-LSD detail that keeps +0.8 dB over bicubic at ×4, per method."""
+    """make bench's --set-default: the lowest-LSD detail that keeps +1.0 dB over bicubic at ×4, per
+    method, among the sweep's rows and those its search added."""
     from training.bench import quality
 
     folder = tmp_path / "model"
     shutil.copytree(model_dir, folder)
-
-    def scored(psnr, lsd):
-        return {"scales": {str(quality.PD_SCALE): {"psnr": psnr, "lsd": lsd}}}
-
     results = {quality.Row("bicubic").label: scored(25.0, 12.0)}
+    sweep = list(quality.SWEEP)
     for d, (psnr, lsd) in zip(quality.DETAILS, [(26.5, 9.0), (26.2, 7.0), (25.9, 6.0), (25.5, 5.0), (25.0, 4.0)]):
         results[quality.Row("lcmsr", 1, d).label] = scored(psnr, lsd)
-    for d in quality.DETAILS:  # E²DiffSR never keeps +0.8 dB: its most faithful detail
-        results[quality.Row("e2diffsr", 4, d).label] = scored(25.5 - d, 9.0 - d)
-    quality.set_default_detail(results, str(folder))
+    for d in quality.DETAILS:  # E²DiffSR never keeps +1.0 dB: its most faithful detail
+        results[quality.Row("e2diffsr", 4, d).label] = scored(25.9 - d, 9.0 - d)
+    quality.set_default_detail(results, sweep, str(folder))
+    assert json.loads((folder / "model.json").read_text())["methods"]["lcmsr"]["detail_default"] == 0.25
+    sweep.append(quality.Row("lcmsr", 1, 0.37))  # a row of the search that keeps the gain at a lower LSD
+    results[sweep[-1].label] = scored(26.05, 6.5)
+    quality.set_default_detail(results, sweep, str(folder))
     card = json.loads((folder / "model.json").read_text())
-    assert card["methods"]["lcmsr"]["detail_default"] == 0.5
+    assert card["methods"]["lcmsr"]["detail_default"] == 0.37
     assert card["methods"]["e2diffsr"]["detail_default"] == 0.0
-    assert card_default_detail("lcmsr", str(folder)) == 0.5
+    assert card_default_detail("lcmsr", str(folder)) == 0.37
+
+
+def test_bench_searches_the_default_detail_between_the_sweep_steps():
+    """The bench's search (refine_detail): regula falsi on ΔPSNR inside the sweep's bracket of +1.0 dB,
+    on a 0.01 grid, until no step is left inside it; no search without a bracket."""
+    from training.bench import quality
+
+    def gain(d):  # ΔPSNR over bicubic falling with D, not linearly
+        return 1.6 - 2.2 * d + 0.6 * d * d
+
+    results = {quality.Row("bicubic").label: scored(25.0, 12.0)}
+    sweep = list(quality.SWEEP)
+    for d in quality.DETAILS:
+        results[quality.Row("lcmsr", 1, d).label] = scored(25.0 + gain(d), 9.0 - 5 * d)
+    tried = []
+    while (d := quality.refine_detail(results, sweep, "lcmsr")) is not None:
+        assert 0.25 < d < 0.5 and d not in tried and abs(d * 100 - round(d * 100)) < 1e-9
+        tried.append(d)
+        sweep.append(quality.Row("lcmsr", 1, d))
+        results[sweep[-1].label] = scored(25.0 + gain(d), 9.0 - 5 * d)
+    # the exact crossing is D = 0.2967: the line between 0.25 and 0.5 lands on 0.3, the next on 0.29
+    assert tried == [0.3, 0.29]
+    assert quality.suggested_detail(results, sweep, "lcmsr") == 0.29
+    assert gain(0.29) >= quality.TARGET_GAIN > gain(0.3)
+    for d in quality.DETAILS:  # every D keeps the gain, or none does: nothing to search
+        results[quality.Row("e2diffsr", 4, d).label] = scored(27.0 - d, 9.0 - d)
+    assert quality.refine_detail(results, quality.SWEEP, "e2diffsr") is None
+    for d in quality.DETAILS:
+        results[quality.Row("e2diffsr", 4, d).label] = scored(25.9 - d, 9.0 - d)
+    assert quality.refine_detail(results, quality.SWEEP, "e2diffsr") is None
 
 
 def test_bench_calibrates_each_diffusion_method_on_its_own_samples(model_dir, tmp_path):

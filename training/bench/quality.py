@@ -82,10 +82,13 @@ class Row(tuple):
 ROWS = (Row(BICUBIC.name), Row(REGRESSION.name), Row(E2DIFFSR.name, 4), Row(LCMSR.name, 1), Row(LCMSR.name, 2),
         Row("regression+consistency"), Row("lcmsr+consistency", 1))  # at every scale; D: the card's default
 DETAILS = (0.0, 0.25, 0.5, 0.75, 1.0)
-SWEEP = tuple(Row(name, steps, d) for name, steps in ((LCMSR.name, 1), (E2DIFFSR.name, 4)) for d in DETAILS)  # ×4 only
+SWEEP_METHODS = ((LCMSR.name, 1), (E2DIFFSR.name, 4))
+SWEEP = tuple(Row(name, steps, d) for name, steps in SWEEP_METHODS for d in DETAILS)  # ×4 only
 PEER_ROWS = tuple(Row(f"peer:{k}") for k in range(len(peers.PEERS)))  # ×4 only
 PD_SCALE = 4.0
-TARGET_GAIN = 0.8  # dB over bicubic that the default detail must keep (issue 14)
+TARGET_GAIN = 1.0  # dB over bicubic that the default detail must keep at ×4 (issue 25)
+REFINE_ROWS = 3  # rows per diffusion method that search the sweep's bracket of TARGET_GAIN (refine_detail)
+REFINE_STEP = 0.01  # the resolution of that search, in D
 # method, steps, samples, scale, detail of each diffusion method's uncertainty calibration
 CALIBRATIONS = ((LCMSR.name, 1, 4, 4.0, 1.0), (E2DIFFSR.name, 4, 4, 4.0, 1.0))
 SCALES = (2.0, 2.5, 3.0, 4.0)
@@ -318,6 +321,31 @@ def pd_picture(series, out: Path) -> None:
     plt.close(fig)
 
 
+def refine_detail(results: dict, sweep, method: str) -> float | None:
+    """The next detail at which to run ``method`` so that its suggested detail (``suggested_detail``)
+    is found between the sweep's coarse steps: the sweep's rows of the method at ×4 bracket
+    TARGET_GAIN between the largest D that keeps it and the smallest larger D that does not, and the
+    next D is where the straight line between those two ΔPSNRs crosses TARGET_GAIN (regula falsi),
+    rounded to REFINE_STEP and strictly inside the bracket. None when there is no bracket (every D
+    keeps the gain or none does) or no step of REFINE_STEP left inside it."""
+    key = str(PD_SCALE)
+    base = results[Row(BICUBIC.name).label]["scales"][key]["psnr"]
+    gains = sorted((r.detail, results[r.label]["scales"][key]["psnr"] - base)
+                   for r in sweep if r.method == method and r.detail is not None and r.label in results)
+    kept = [(d, g) for d, g in gains if g >= TARGET_GAIN]
+    if not kept:
+        return None
+    lo, g_lo = max(kept)
+    above = [(d, g) for d, g in gains if d > lo]
+    if not above:
+        return None
+    hi, g_hi = min(above)
+    d = lo + (hi - lo) * (g_lo - TARGET_GAIN) / (g_lo - g_hi) if g_lo > g_hi else (lo + hi) / 2
+    steps_lo, steps_hi = round(lo / REFINE_STEP), round(hi / REFINE_STEP)
+    k = min(max(round(d / REFINE_STEP), steps_lo + 1), steps_hi - 1)
+    return round(k * REFINE_STEP, 6) if steps_lo < k < steps_hi else None
+
+
 def suggested_detail(results: dict, sweep, method: str) -> float | None:
     """The detail of ``method`` (lcmsr or e2diffsr, at the sweep's steps) with the lowest LSD that keeps
     ΔPSNR ≥ TARGET_GAIN at ×4 (the most faithful one when none does)."""
@@ -331,7 +359,7 @@ def suggested_detail(results: dict, sweep, method: str) -> float | None:
     return min(good)[1] if good else min(d for _, d in scored)
 
 
-def set_default_detail(results: dict, model: str | None) -> None:
+def set_default_detail(results: dict, sweep, model: str | None) -> None:
     """Write the sweep's suggested detail of each diffusion method into the model card's detail_default."""
     from engine import modelfile
     from engine.card import parse
@@ -340,7 +368,7 @@ def set_default_detail(results: dict, model: str | None) -> None:
     card = modelfile.read_card(folder)
     written = card.to_json()
     for name in (LCMSR.name, E2DIFFSR.name):
-        suggestion = suggested_detail(results, SWEEP, name)
+        suggestion = suggested_detail(results, sweep, name)
         if suggestion is not None and name in card.methods:
             written["methods"][name]["detail_default"] = suggestion
             log.info("%s: detail_default %g written to %s", name, suggestion, folder / "model.json")
@@ -387,7 +415,7 @@ def fmt_share(v: float) -> str:
 
 
 def report(results: dict, scales, n_images: int, limit: int | None, command: str, card: dict | None,
-           skipped: str | None, default_detail: dict[str, float], pictures: dict) -> str:
+           skipped: str | None, default_detail: dict[str, float], pictures: dict, sweep) -> str:
     data = (f"{n_images} validation images of UC Merced (images 80–89 of each class"
             + (f"; --limit {limit}: the first {n_images} taken class by class, so every class is in" if limit else "")
             + "), RGB 8-bit.")
@@ -435,9 +463,11 @@ def report(results: dict, scales, n_images: int, limit: int | None, command: str
         base = results[Row(BICUBIC.name).label]["scales"][key]["psnr"]
         lines += [f"## Faithful ↔ detailed at ×{PD_SCALE:g}", "",
                   "The diffusion methods at detail D = 0 (the regression latent: deterministic), 0.25, 0.5, 0.75 and 1 "
-                  "(a full sample), and two GAN peers run on the CPU with ncnn (training/bench/peers.py).", "",
+                  f"(a full sample), at up to {REFINE_ROWS} more D each where the search for the default ran "
+                  f"(between the steps that bracket +{TARGET_GAIN:g} dB, to {REFINE_STEP:g}), and two GAN peers run on "
+                  "the CPU with ncnn (training/bench/peers.py).", "",
                   heading, rule]
-        for row in (Row(BICUBIC.name), Row(REGRESSION.name), *SWEEP, *PEER_ROWS):
+        for row in (Row(BICUBIC.name), Row(REGRESSION.name), *sweep, *PEER_ROWS):
             if row.label in results:
                 r = results[row.label]
                 lines.append(line(row, r, r["scales"][key], base))
@@ -445,7 +475,7 @@ def report(results: dict, scales, n_images: int, limit: int | None, command: str
         if skipped:
             lines += [f"The peers were skipped: {skipped}.", ""]
         for name in (LCMSR.name, E2DIFFSR.name):
-            suggestion = suggested_detail(results, SWEEP, name)
+            suggestion = suggested_detail(results, sweep, name)
             if suggestion is not None:
                 lines += [f"{name}: the lowest LSD with ΔPSNR ≥ +{TARGET_GAIN:g} dB over bicubic is at D = {suggestion:g} "
                           f"(this run's default: {default_detail[name]:g}).", ""]
@@ -514,12 +544,11 @@ def main(argv=None) -> int:
             log.warning("the peers are skipped: %s", skipped)
         else:
             first += [(row, [PD_SCALE]) for row in PEER_ROWS]
-    plan = first + [(row, args.scales) for row in ROWS[1:]]
     results = {}
+    sweep = list(SWEEP)
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (row, scales) in enumerate(plan):
-            if args.set_default and PD_SCALE in args.scales and i == len(first):
-                set_default_detail(results, args.model)
+
+        def run_row(row: Row, scales) -> bool:
             crops = Path(tmp) / row.key
             crops.mkdir()
             log.info("%s on %d images at ×%s", row.label, len(files), ", ×".join(f"{s:g}" for s in scales))
@@ -528,8 +557,28 @@ def main(argv=None) -> int:
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 log.error("%s failed: %s", row.label, done.stderr.strip().splitlines()[-1:] or "")
-                return 1
+                return False
             results[row.label] = json.loads(done.stdout)
+            return True
+
+        for row, scales in first:
+            if not run_row(row, scales):
+                return 1
+        if PD_SCALE in args.scales:  # the default's search between the sweep's steps
+            for name, steps in SWEEP_METHODS:
+                for _ in range(REFINE_ROWS):
+                    detail = refine_detail(results, sweep, name)
+                    if detail is None:
+                        break
+                    sweep.append(Row(name, steps, detail))
+                    if not run_row(sweep[-1], [PD_SCALE]):
+                        return 1
+            sweep.sort(key=lambda r: (SWEEP_METHODS.index((r.method, r.steps)), r.detail))
+            if args.set_default:
+                set_default_detail(results, sweep, args.model)
+        for row in ROWS[1:]:
+            if not run_row(row, args.scales):
+                return 1
         results["calibration"] = []
         for name, *_ in CALIBRATIONS:
             log.info("uncertainty calibration of %s", name)
@@ -551,11 +600,11 @@ def main(argv=None) -> int:
         if COMPARE_SCALE in args.scales:
             compare_picture(args.val, Path(tmp), COMPARE_ROWS, args.out.parent / "compare.png", default_detail)
             pictures["compare"] = True
-            pd_picture(pd_points(results, SWEEP, PEER_ROWS), args.out.parent / "pd.png")
+            pd_picture(pd_points(results, sweep, PEER_ROWS), args.out.parent / "pd.png")
             pictures["pd"] = True
     if args.set_default:
         write_card_metrics(card_metrics(results, args.scales, len(files), command), args.model)
     args.out.write_text(report(results, args.scales, len(files), args.limit, command, card, skipped, default_detail,
-                               pictures), encoding="utf-8")
+                               pictures, sweep), encoding="utf-8")
     log.info("wrote %s", args.out)
     return 0
