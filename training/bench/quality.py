@@ -44,7 +44,7 @@ from engine.projection import Projected
 from engine.registry import BICUBIC, E2DIFFSR, LCMSR, REGRESSION, STOCHASTIC
 from engine.resample import downsample
 
-from . import peers
+from . import peers, spectrum
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ COMPARE_SCALE = 4.0
 COMPARE_ROWS = (Row(BICUBIC.name), Row(REGRESSION.name), Row(LCMSR.name, 1), Row(LCMSR.name, 1, 1.0), Row(E2DIFFSR.name, 4, 1.0),
                 *PEER_ROWS)
 LATTICE_METHODS = STOCHASTIC  # the rows with a lattice figure (the sampling methods): what they add to the regression
+SPECTRUM_ROW = Row(LCMSR.name, 1)  # the row (at the card's default D, every scale) whose spectra docs/spectrum.png draws
 CROP = 64  # HR pixels of each crop in the comparison picture
 LABEL_CHARS = 20  # a column label's line: the 2× zoomed crop is 128 px, 6 px a character
 
@@ -155,12 +156,14 @@ def lattice_figures(sr: np.ndarray, hr: np.ndarray, regression: np.ndarray, scal
 def worker(row: Row, files: list[Path], scales, model: str | None, crops_dir: Path, backend: str, val: Path) -> dict:
     """Metrics (means over images) and timing of one row at each scale, its peak RSS, and its crops of
     the comparison images at ×4. A diffusion row also runs the regression (untimed) for the lattice
-    figures of its added detail and of HR's (``lattice_figures``; their mean in dB over the images)."""
+    figures of its added detail and of HR's (``lattice_figures``; their mean in dB over the images) and
+    their mean spectra (training.bench.spectrum), under "spectra"."""
     run, backend_name = build(row, model, backend)
     regression = build(Row(REGRESSION.name), model, backend)[0] if row.method.split("+")[0] in LATTICE_METHODS else None
     out = {"scales": {}, "backend": backend_name}
     for scale in scales:
         sums, seconds, pixels = {}, 0.0, 0
+        spectra = {"sr": spectrum.MeanSpectrum(), "hr": spectrum.MeanSpectrum()}
         for path in files:
             hr, lr = hr_lr(path, scale)
             start = time.perf_counter()
@@ -169,8 +172,11 @@ def worker(row: Row, files: list[Path], scales, model: str | None, crops_dir: Pa
             pixels += sr.shape[1] * sr.shape[2]
             m = metrics.all_metrics(quantise(sr).astype(np.float64), hr.astype(np.float64), lr * 255.0, scale, 255.0)
             if regression is not None:
-                m.update(lattice_figures(quantise(sr).astype(np.float64), hr.astype(np.float64),
-                                         quantise(regression(lr, scale)).astype(np.float64), scale))
+                reg = quantise(regression(lr, scale)).astype(np.float64)
+                m.update(lattice_figures(quantise(sr).astype(np.float64), hr.astype(np.float64), reg, scale))
+                b = math.ceil(scale)
+                for key, image in (("sr", quantise(sr)), ("hr", hr)):
+                    spectra[key].add(metrics.crop_border(image.astype(np.float64) - reg, b))
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
         row_metrics = {k: v / len(files) for k, v in sums.items()}
@@ -178,6 +184,8 @@ def worker(row: Row, files: list[Path], scales, model: str | None, crops_dir: Pa
             row_metrics["consistency_psnr"] = math.inf
         row_metrics["s_per_mp"] = seconds / (pixels / 1e6)
         out["scales"][str(scale)] = row_metrics
+        if regression is not None and spectra["sr"].count and spectra["hr"].count:
+            out.setdefault("spectra", {})[str(scale)] = {k: v.result() for k, v in spectra.items()}
     if COMPARE_SCALE in scales:
         for cls, idx in COMPARE:
             path = val / cls / f"{cls}{idx:02d}.png"
@@ -438,6 +446,12 @@ def report(results: dict, scales, n_images: int, limit: int | None, command: str
               "mean) at the LR pixel frequency 1/scale and its harmonics up to 0.5 cycles/pixel, on both axes, against "
               "the frequency bins 2–6 away from them (engine.metrics.lattice; 0 dB: no peak), the mean over the images; "
               "in brackets HR's own, HR − regression. Above HR's figure, the added detail is locked to the LR pixels.", ""]
+    if pictures.get("spectrum"):
+        lines += ["The spectra behind the figure (training/bench/spectrum.py): the mean over the images of the power "
+                  "the lattice figure reads, per frequency from 0.125 cycles/pixel to Nyquist, each image's divided by "
+                  "its mean; the harmonics dashed, their adjacent bins shaded. A narrow peak at a dashed line is a "
+                  "lattice; a spectrum that falls or rises steeply across it moves the figure without one.", "",
+                  f"![The added detail's and HR's spectra of {SPECTRUM_ROW.label}](spectrum.png)", ""]
     heading = ("| method | backend | PSNR | ΔPSNR vs bicubic | SSIM | ERGAS | SAM (°) | consistency PSNR | HF ratio | LSD (dB) "
                "| lattice (dB) (HR's) | improv. % | omiss. % | halluc. % | s / output MP | peak RSS (MB) |")
     rule = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -602,6 +616,12 @@ def main(argv=None) -> int:
             pictures["compare"] = True
             pd_picture(pd_points(results, sweep, PEER_ROWS), args.out.parent / "pd.png")
             pictures["pd"] = True
+        spectra = results.get(SPECTRUM_ROW.label, {}).get("spectra")
+        if spectra:
+            spectrum.picture({float(k): v for k, v in spectra.items()}, args.out.parent / "spectrum.png",
+                             f"{SPECTRUM_ROW.label} at D = {default_detail[SPECTRUM_ROW.method]:g}: mean spectrum of "
+                             f"the added detail and of HR's, {len(files)} val images")
+            pictures["spectrum"] = True
     if args.set_default:
         write_card_metrics(card_metrics(results, args.scales, len(files), command), args.model)
     args.out.write_text(report(results, args.scales, len(files), args.limit, command, card, skipped, default_detail,
