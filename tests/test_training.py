@@ -527,6 +527,66 @@ def test_lattice_weight_adds_its_weight_times_the_samples_lattice_excess(images,
     assert first[50] - first[0] == pytest.approx(50 * sum(seen) / 2, rel=1e-4, abs=1e-6)
 
 
+def test_detail_spectrum_gap_asks_the_added_detail_for_hrs_spectrum():
+    """detail_spectrum_gap reads the lattice figure's power (engine.metrics.axis_power) at every bin from
+    0.125 cycles/pixel to Nyquist on both axes; it is 0 for a sample whose added detail is HR's, grows
+    with a missing band (detail that stops at 1/scale: the cliff of docs/spectrum.png) and with a peak,
+    and a step against its gradient (which reaches only the sample) brings the missing band back."""
+    from engine import metrics
+    from training.adversary import axis_spectra, detail_spectrum_gap
+
+    g = torch.Generator().manual_seed(2)
+    detail = torch.randn(2, 3, 96, 80, generator=g, dtype=torch.float64)
+    spectra = axis_spectra(detail)
+    img = detail.mean(1)[0].numpy()
+    bench = np.concatenate([metrics.axis_power(img, 0)[12:], metrics.axis_power(img, 1)[10:]])
+    assert spectra[0].numpy() == pytest.approx(bench, rel=1e-9)
+
+    regression = torch.rand(2, 3, 96, 96, generator=g)
+    texture = 0.05 * torch.randn(2, 3, 96, 96, generator=g)
+    hr = regression + texture
+    assert float(detail_spectrum_gap(hr.clone(), regression, hr)) == pytest.approx(0.0, abs=1e-6)
+    f = torch.fft.fftfreq(96)
+    below = (torch.maximum(f.abs()[:, None], f.abs()[None, :]) < 0.25).double()  # what a ×4 cliff keeps
+    cliff = torch.fft.ifft2(torch.fft.fft2(texture.double()) * below).real.float()
+    y, x = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    peak = texture + 0.05 * (torch.cos(2 * math.pi * x / 4) + torch.cos(2 * math.pi * y / 4))
+    gaps = [float(detail_spectrum_gap(regression + d, regression, hr)) for d in (texture, cliff, peak)]
+    assert gaps[0] < 1e-6 < 1.0 < gaps[1] and gaps[2] > 0.05
+    sr = (regression + cliff).requires_grad_(True)
+    detail_spectrum_gap(sr, regression, hr).backward()
+    above = (sr - regression - 0.02 * sr.grad / sr.grad.abs().max()).detach()
+    assert float(detail_spectrum_gap(regression + above, regression, hr)) < gaps[1] - 0.1
+
+
+def test_spectrum_weight_adds_its_weight_times_the_samples_spectrum_gap(images, stage1, tmp_path, monkeypatch):
+    """--spectrum-weight W adds W × the mean spectrum gap of the two decoded samples' added detail to a
+    step's loss (the first step of two runs from the same start differs by exactly that), their added
+    detail taken against the regression path, and the card records the option."""
+    from training import latent
+
+    seen, calls = [], []
+    gap = latent.detail_spectrum_gap
+
+    def spy(sr, regression, hr):
+        value = gap(sr, regression, hr)
+        calls.append(regression)
+        seen.append(float(value.detach()))
+        return value
+
+    monkeypatch.setattr(latent, "detail_spectrum_gap", spy)
+    gan = ["--stage1", str(stage1), "--gan-weight", "0.1", "--energy-weight", "1", "--scales", "4", "4"]
+    first = {}
+    for weight in (0, 3):
+        out = tmp_path / f"w{weight}"
+        assert main(train_args("lcmsr", images, out, 1, *gan, "--spectrum-weight", str(weight))) == 0
+        first[weight] = json.loads((out / "checkpoint.json").read_text())["history"]["loss"][0][1]
+        options = json.loads((out / "model.json").read_text())["training"]["options"]
+        assert options.get("spectrum_weight") == (3.0 if weight else None)
+    assert len(seen) == 2 and sum(seen) > 0 and not calls[0].requires_grad
+    assert first[3] - first[0] == pytest.approx(3 * sum(seen) / 2, rel=1e-4, abs=1e-6)
+
+
 def test_unroll_judges_the_samplers_own_samples(images, stage1, tmp_path, monkeypatch):
     """e2diffsr --unroll: the two samples that the adversarial terms judge are E²DiffSR's samples at
     D = 1 as the engine draws them (engine.latent.sample_latent with the card's chain, from the same

@@ -5,6 +5,8 @@ weights and optimizer as aux tensors, bundles never ship it.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -114,3 +116,36 @@ def lattice_excess(sr: torch.Tensor, regression: torch.Tensor, hr: torch.Tensor,
         hr_peak, hr_background = lattice_power(hr - regression, scale)
         allowed = hr_peak / hr_background.clamp_min(1e-12) * background
     return F.relu(peak - allowed).sum() / hr_background.sum().clamp_min(1e-12)
+
+
+SPECTRUM_LOW = 0.125  # cycles/pixel: the start of the LSD band (engine.metrics), where the detail term begins
+SPECTRUM_FLOOR = 0.1  # ε of the detail term: this fraction of HR's mean power over the band, per image
+
+
+def axis_spectra(detail: torch.Tensor) -> torch.Tensor:
+    """The power of an added detail B×C×H×W (its band mean, its mean removed) along each axis, averaged
+    over the other (engine.metrics.axis_power), at the bins from SPECTRUM_LOW cycles/pixel to Nyquist,
+    the two axes' bins side by side: (B, K)."""
+    img = detail.mean(1)
+    img = img - img.mean((1, 2), keepdim=True)
+    out = []
+    for axis in (1, 2):
+        n = img.shape[axis]
+        power = 2.0 * torch.fft.rfft(img, dim=axis).abs().pow(2).mean(3 - axis) / n ** 2
+        out.append(power[:, math.ceil(SPECTRUM_LOW * n):])
+    return torch.cat(out, 1)
+
+
+def detail_spectrum_gap(sr: torch.Tensor, regression: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """How far the spectrum of a sample's added detail (``sr`` − ``regression``) is from HR's own
+    (``hr`` − ``regression``), at every frequency from 0.125 cycles/pixel to Nyquist: the mean over
+    the images and bins (``axis_spectra``) of |ln(P_sr + ε) − ln(P_HR + ε)|, ε = SPECTRUM_FLOOR × HR's
+    mean power over the bins, per image (so that the gradient at a bin where the sample has no power
+    is bounded by HR's texture, not by the sample's). Where the lattice term asks only the LR pixel
+    frequency's harmonics to fall, this asks the whole spectrum of what a sample adds to be HR's: no
+    peak, and no cliff at 1/scale (docs/spectrum.png). The gradient reaches ``sr`` only."""
+    p = axis_spectra(sr - regression.detach())
+    with torch.no_grad():
+        target = axis_spectra(hr - regression)
+        eps = SPECTRUM_FLOOR * target.mean(1, keepdim=True).clamp_min(1e-12)
+    return ((p + eps).log() - (target + eps).log()).abs().mean()

@@ -113,6 +113,9 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--lattice-weight", type=float, default=o.get("lattice_weight", 0.0),
                        help="with --gan-weight: weight of how far the lattice of the decoded samples' added detail (the "
                             "power at the LR pixel frequency, the bench's measure) rises above HR's own (default %(default)s)")
+        p.add_argument("--spectrum-weight", type=float, default=o.get("spectrum_weight", 0.0),
+                       help="with --gan-weight: weight of the mean |log| gap between the spectrum of the decoded samples' "
+                            "added detail and HR's, 0.125 cycles/pixel to Nyquist (default %(default)s)")
         if name in (E2DIFFSR.name, ADD_E2DIFFSR):
             p.add_argument("--unroll", action=argparse.BooleanOptionalAction, default=o.get("unroll", False),
                            help="with --gan-weight: judge the sampler's own samples (its whole chain from noise, with the "
@@ -225,6 +228,7 @@ def train(args) -> None:
                    "energy_weight": args.energy_weight, "features": args.features, "spread": args.spread,
                    **({"sample_fidelity": args.sample_fidelity} if args.sample_fidelity else {}),
                    **({"lattice_weight": args.lattice_weight} if args.lattice_weight else {}),
+                   **({"spectrum_weight": args.spectrum_weight} if args.spectrum_weight else {}),
                    **({"unroll": True} if getattr(args, "unroll", False) else {}),
                    **({"init": args.init} if args.init else {}),
                    **({"train_decoder": True, "decoder_fidelity": args.decoder_fidelity}

@@ -62,7 +62,7 @@ from engine.registry import LCMSR, REGISTRY
 from engine.torch_backend import TorchNetworks
 
 from . import distributed, recipe
-from .adversary import Adversary, lattice_excess, lr_consistency
+from .adversary import Adversary, detail_spectrum_gap, lattice_excess, lr_consistency
 from .bands import load_adapted
 from .bundle import method_spec
 from .errors import TrainingError
@@ -256,8 +256,9 @@ class LatentStage(Stage):
                     regression: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The adversarial term of a normalised latent ``sample`` (0 without a discriminator); with a
         ``second`` sample of the same LR, plus energy_weight × their energy score against HR; with
-        lattice_weight, plus that weight × the samples' lattice above HR's, their added detail taken
-        against ``regression``, the regression path as cond_loss decoded it (needed with lattice_weight)."""
+        lattice_weight, plus that weight × the samples' lattice above HR's, and with spectrum_weight, that
+        weight × their added detail's spectrum gap to HR's (training.adversary), their added detail taken
+        against ``regression``, the regression path as cond_loss decoded it (needed with either)."""
         if self.adversary is None:
             return torch.zeros((), device=sample.device), {}
         o = self.options
@@ -278,6 +279,9 @@ class LatentStage(Stage):
         if o.get("lattice_weight"):  # both stages pass cond_loss's regression
             excess = sum(lattice_excess(x, regression, pair.hr, pair.scale) for x in decoded) / len(decoded)
             loss, logs = loss + o["lattice_weight"] * excess, dict(logs, lattice=excess.item())
+        if o.get("spectrum_weight"):
+            gap = sum(detail_spectrum_gap(x, regression, pair.hr) for x in decoded) / len(decoded)
+            loss, logs = loss + o["spectrum_weight"] * gap, dict(logs, spectrum=gap.item())
         return loss, logs
 
     def run(self, pair, ema, detail: float) -> torch.Tensor:
@@ -314,8 +318,8 @@ class LatentStage(Stage):
         """The conditioning net's loss: decoded L1 against HR plus the latent L2 against x0; with the
         spread, plus its Laplace negative log-likelihood of x0 around the guess (held fixed), whose
         minimum is the spread = the mean absolute deviation of x0 from the guess given the LR. Beside
-        it, the regression path (the guess decoded, no gradient) when the decoded L1 or the lattice
-        term reads it, else None: the lattice term takes it from here rather than decode it again."""
+        it, the regression path (the guess decoded, no gradient) when the decoded L1, the lattice or the
+        spectrum term reads it, else None: those terms take it from here rather than decode it again."""
         o = self.options
         full, cond = cond, self.guess(cond)
         loss = o["cond_weight"] * cell_mean((cond - x0) ** 2, pair)
@@ -324,7 +328,7 @@ class LatentStage(Stage):
             loss = loss + cell_mean((x0 - cond.detach()).abs() / log.exp() + log, pair)
         pixel = o["cond_pixel_weight"]
         regression = None
-        if pixel > 0 or o.get("lattice_weight"):
+        if pixel > 0 or o.get("lattice_weight") or o.get("spectrum_weight"):
             with torch.set_grad_enabled(pixel > 0 and torch.is_grad_enabled()):
                 regression = pair.keep_valid(self.decode(pair, cond, self.nets))
         if pixel > 0:
