@@ -16,9 +16,11 @@ defaults, the Makefile:
 - ADD: the stage after them (``python -m training add``): LCMSR's networks from its stage-2 run, and the
   stage-1 decoder trained beside them on the decoded one-step samples (adversarial diffusion
   distillation, training.latent ``train_decoder``), with decoder_fidelity × stage 1's loss of the
-  true latent decoded, sample_fidelity × the decoded samples' L1 against HR and lattice_weight × how
-  far their added detail's lattice rises above HR's (training.latent ``adversarial``); a short
-  warmup, the lower learning rate of a run that starts trained. The
+  true latent decoded, cond_pixel_weight × the regression path's L1 (4: stage 2's 1 lifted, for the
+  faithful end), sample_fidelity × the decoded samples' L1 against HR, lattice_weight × how far
+  their added detail's lattice rises above HR's and spectrum_weight × the gap between their added
+  detail's spectrum and HR's (training.latent ``adversarial``); a short warmup, the lower learning
+  rate of a run that starts trained. The
   bundle takes LCMSR's networks and the decoder from it, so E²DiffSR decodes with that decoder too.
 - ADD_E2DIFFSR: the stage after it (``python -m training add-e2diffsr``): E²DiffSR's networks from
   its stage-2 run, trained on, and judged through, the add run's decoder (frozen), with stage 2's
@@ -44,8 +46,8 @@ STAGE2 = {"steps": 1500, "lr": 3e-4,
           "options": dict(STAGE2_BASE, gan_weight=0.5, lr_weight=5.0, energy_weight=10.0, features=16, spread=True)}
 
 ADD = {"steps": 1000, "lr": 2e-4, "warmup": 20,
-       "options": dict(STAGE2["options"], train_decoder=True, decoder_fidelity=4.0, sample_fidelity=10.0,
-                       lattice_weight=0.1)}
+       "options": dict(STAGE2["options"], cond_pixel_weight=4.0, train_decoder=True, decoder_fidelity=4.0,
+                       sample_fidelity=15.0, lattice_weight=0.1, spectrum_weight=0.05)}
 ADD_E2DIFFSR = {"steps": 1000, "lr": 2e-4, "warmup": 20,
                 "options": dict(STAGE2["options"], energy_weight=20.0, sample_fidelity=10.0, unroll=True)}
 
