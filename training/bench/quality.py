@@ -170,13 +170,13 @@ def worker(row: Row, files: list[Path], scales, model: str | None, crops_dir: Pa
             sr = run(lr, scale)
             seconds += time.perf_counter() - start
             pixels += sr.shape[1] * sr.shape[2]
-            m = metrics.all_metrics(quantise(sr).astype(np.float64), hr.astype(np.float64), lr * 255.0, scale, 255.0)
+            sr8, hr64 = quantise(sr).astype(np.float64), hr.astype(np.float64)
+            m = metrics.all_metrics(sr8, hr64, lr * 255.0, scale, 255.0)
             if regression is not None:
                 reg = quantise(regression(lr, scale)).astype(np.float64)
-                m.update(lattice_figures(quantise(sr).astype(np.float64), hr.astype(np.float64), reg, scale))
-                b = math.ceil(scale)
-                for key, image in (("sr", quantise(sr)), ("hr", hr)):
-                    spectra[key].add(metrics.crop_border(image.astype(np.float64) - reg, b))
+                m.update(lattice_figures(sr8, hr64, reg, scale))
+                for key, image in (("sr", sr8), ("hr", hr64)):
+                    spectra[key].add(metrics.crop_border(image - reg, math.ceil(scale)))
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
         row_metrics = {k: v / len(files) for k, v in sums.items()}
@@ -348,7 +348,7 @@ def refine_detail(results: dict, sweep, method: str) -> float | None:
     if not above:
         return None
     hi, g_hi = min(above)
-    d = lo + (hi - lo) * (g_lo - TARGET_GAIN) / (g_lo - g_hi) if g_lo > g_hi else (lo + hi) / 2
+    d = lo + (hi - lo) * (g_lo - TARGET_GAIN) / (g_lo - g_hi)  # g_lo ≥ TARGET_GAIN > g_hi
     steps_lo, steps_hi = round(lo / REFINE_STEP), round(hi / REFINE_STEP)
     k = min(max(round(d / REFINE_STEP), steps_lo + 1), steps_hi - 1)
     return round(k * REFINE_STEP, 6) if steps_lo < k < steps_hi else None
