@@ -499,34 +499,6 @@ def test_lattice_excess_asks_only_the_lr_pixel_frequency_to_fall():
     assert 0 < norms[1] < norms[0] / 10
 
 
-def test_lattice_weight_adds_its_weight_times_the_samples_lattice_excess(images, stage1, tmp_path, monkeypatch):
-    """--lattice-weight W adds W × the mean lattice excess of the two decoded samples over HR's, their added
-    detail taken against the regression path (the latent guess decoded by the same decoder), to a step's
-    loss (the first step of two runs from the same start differs by exactly that), and the card records it."""
-    from training import latent
-
-    seen, calls = [], []
-    excess = latent.lattice_excess
-
-    def spy(sr, regression, hr, scale):
-        value = excess(sr, regression, hr, scale)
-        calls.append((regression, scale))
-        seen.append(float(value.detach()))
-        return value
-
-    monkeypatch.setattr(latent, "lattice_excess", spy)
-    gan = ["--stage1", str(stage1), "--gan-weight", "0.1", "--energy-weight", "1", "--scales", "4", "4"]
-    first = {}
-    for weight in (0, 50):
-        out = tmp_path / f"w{weight}"
-        assert main(train_args("lcmsr", images, out, 1, *gan, "--lattice-weight", str(weight))) == 0
-        first[weight] = json.loads((out / "checkpoint.json").read_text())["history"]["loss"][0][1]
-        options = json.loads((out / "model.json").read_text())["training"]["options"]
-        assert options.get("lattice_weight") == (50.0 if weight else None)
-    assert len(seen) == 2 and sum(seen) > 0 and calls[0][1] == 4.0 and not calls[0][0].requires_grad
-    assert first[50] - first[0] == pytest.approx(50 * sum(seen) / 2, rel=1e-4, abs=1e-6)
-
-
 def test_detail_spectrum_gap_asks_the_added_detail_for_hrs_spectrum():
     """detail_spectrum_gap reads the lattice figure's power (engine.metrics.axis_power) at every bin from
     0.125 cycles/pixel to Nyquist on both axes; it is 0 for a sample whose added detail is HR's, grows
@@ -559,32 +531,39 @@ def test_detail_spectrum_gap_asks_the_added_detail_for_hrs_spectrum():
     assert float(detail_spectrum_gap(regression + above, regression, hr)) < gaps[1] - 0.1
 
 
-def test_spectrum_weight_adds_its_weight_times_the_samples_spectrum_gap(images, stage1, tmp_path, monkeypatch):
-    """--spectrum-weight W adds W × the mean spectrum gap of the two decoded samples' added detail to a
-    step's loss (the first step of two runs from the same start differs by exactly that), their added
-    detail taken against the regression path, and the card records the option."""
+@pytest.mark.parametrize("term, flag, option, weight", [
+    ("lattice_excess", "--lattice-weight", "lattice_weight", 50.0),
+    ("detail_spectrum_gap", "--spectrum-weight", "spectrum_weight", 3.0)])
+def test_a_detail_term_adds_its_weight_times_its_value_on_the_samples(images, stage1, tmp_path, monkeypatch,
+                                                                      term, flag, option, weight):
+    """--lattice-weight W adds W × the mean lattice excess of the two decoded samples over HR's, and
+    --spectrum-weight W W × the mean gap of their added detail's spectrum to HR's, their added detail
+    taken against the regression path (the latent guess decoded by the same decoder, no gradient), to
+    a step's loss (the first step of two runs from the same start differs by exactly that), and the
+    card records the option only when it is set."""
     from training import latent
 
     seen, calls = [], []
-    gap = latent.detail_spectrum_gap
+    measure = getattr(latent, term)
 
-    def spy(sr, regression, hr):
-        value = gap(sr, regression, hr)
-        calls.append(regression)
+    def spy(sr, regression, hr, *scale):
+        value = measure(sr, regression, hr, *scale)
+        calls.append((regression, scale))
         seen.append(float(value.detach()))
         return value
 
-    monkeypatch.setattr(latent, "detail_spectrum_gap", spy)
+    monkeypatch.setattr(latent, term, spy)
     gan = ["--stage1", str(stage1), "--gan-weight", "0.1", "--energy-weight", "1", "--scales", "4", "4"]
     first = {}
-    for weight in (0, 3):
-        out = tmp_path / f"w{weight}"
-        assert main(train_args("lcmsr", images, out, 1, *gan, "--spectrum-weight", str(weight))) == 0
-        first[weight] = json.loads((out / "checkpoint.json").read_text())["history"]["loss"][0][1]
+    for w in (0.0, weight):
+        out = tmp_path / f"w{w:g}"
+        assert main(train_args("lcmsr", images, out, 1, *gan, flag, str(w))) == 0
+        first[w] = json.loads((out / "checkpoint.json").read_text())["history"]["loss"][0][1]
         options = json.loads((out / "model.json").read_text())["training"]["options"]
-        assert options.get("spectrum_weight") == (3.0 if weight else None)
-    assert len(seen) == 2 and sum(seen) > 0 and not calls[0].requires_grad
-    assert first[3] - first[0] == pytest.approx(3 * sum(seen) / 2, rel=1e-4, abs=1e-6)
+        assert options.get(option) == (weight if w else None)
+    assert len(seen) == 2 and sum(seen) > 0 and not calls[0][0].requires_grad
+    assert calls[0][1] == ((4.0,) if term == "lattice_excess" else ())
+    assert first[weight] - first[0.0] == pytest.approx(weight * sum(seen) / 2, rel=1e-4, abs=1e-6)
 
 
 def test_unroll_judges_the_samplers_own_samples(images, stage1, tmp_path, monkeypatch):
