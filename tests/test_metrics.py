@@ -192,7 +192,7 @@ def test_lattice_without_harmonics_or_power():
 
 def test_bench_lattice_figures_are_against_the_regression_on_the_border_crop():
     """make bench's diffusion rows: the figure of SR − regression beside HR − regression, both cropped."""
-    from training.bench.quality import lattice_figures
+    from training.bench.quality import added_details, lattice_figures
 
     rng = np.random.default_rng(2)
     regression = pink_texture(72, 2.0, 3) * 20 + 128
@@ -200,6 +200,7 @@ def test_bench_lattice_figures_are_against_the_regression_on_the_border_crop():
     hatch = 3 * np.add.outer(np.cos(2 * np.pi * t / 4), np.cos(2 * np.pi * t / 4)) + rng.normal(0, 1, (72, 72))
     hr = regression + rng.normal(0, 3, regression.shape)
     hatch[:4] = 1000.0  # in the border crop of ceil(4): left out
-    figures = lattice_figures(np.stack([regression + hatch] * 3), np.stack([hr] * 3), np.stack([regression] * 3), 4.0)
+    figures = lattice_figures(added_details(np.stack([regression + hatch] * 3), np.stack([hr] * 3),
+                                            np.stack([regression] * 3), 4.0), 4.0)
     assert figures["lattice"] == pytest.approx(metrics.lattice(metrics.crop_border(hatch, 4), 4), abs=1e-6)
     assert figures["lattice"] > 10 and abs(figures["lattice_hr"]) < 2

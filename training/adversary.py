@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from engine.metrics import lattice_bins
+from engine.metrics import LSD_BAND, lattice_bins
 from engine.models import PRESETS
 from engine.models.discriminator import Discriminator
 
@@ -77,22 +77,25 @@ def lr_consistency(sr: torch.Tensor, pair) -> torch.Tensor:
     return (down - pair.lr).abs().mean()
 
 
+def axis_powers(detail: torch.Tensor):
+    """engine.metrics.axis_power of an added detail B×C×H×W, differentiable: its band mean, mean removed,
+    along each axis (H, then W) averaged over the other, per bin j = 0..n//2; yields (n, power (B, n//2 + 1))."""
+    img = detail.mean(1)
+    img = img - img.mean((1, 2), keepdim=True)
+    for axis in (1, 2):
+        n = img.shape[axis]
+        yield n, 2.0 * torch.fft.rfft(img, dim=axis).abs().pow(2).mean(3 - axis) / n ** 2
+
+
 def lattice_power(detail: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor] | None:
     """engine.metrics.lattice's two sums per image, differentiable: for an added detail B×C×H×W (its
     band mean), the power at the LR pixel frequency's harmonics and the mean power of their adjacent
-    bins, each summed over the harmonics and both axes (engine.metrics.axis_power, lattice_bins):
+    bins, each summed over the harmonics and both axes (``axis_powers``, lattice_bins):
     (peak, background), each (B,); 10·log10(peak / background) is the metric. None where the scale
     has no harmonic (below ×2)."""
-    img = detail.mean(1)
-    img = img - img.mean((1, 2), keepdim=True)
     peak = background = None
-    for axis in (1, 2):
-        n = img.shape[axis]
-        bins = lattice_bins(n, scale)
-        if not bins:
-            continue
-        power = 2.0 * torch.fft.rfft(img, dim=axis).abs().pow(2).mean(3 - axis) / n ** 2  # (B, n//2 + 1)
-        for j, adjacent in bins:
+    for n, power in axis_powers(detail):
+        for j, adjacent in lattice_bins(n, scale):
             p, b = power[:, j], power[:, adjacent].mean(1)
             peak, background = (p, b) if peak is None else (peak + p, background + b)
     return None if peak is None else (peak, background)
@@ -118,22 +121,13 @@ def lattice_excess(sr: torch.Tensor, regression: torch.Tensor, hr: torch.Tensor,
     return F.relu(peak - allowed).sum() / hr_background.sum().clamp_min(1e-12)
 
 
-SPECTRUM_LOW = 0.125  # cycles/pixel: the start of the LSD band (engine.metrics), where the detail term begins
 SPECTRUM_FLOOR = 0.1  # ε of the detail term: this fraction of HR's mean power over the band, per image
 
 
 def axis_spectra(detail: torch.Tensor) -> torch.Tensor:
-    """The power of an added detail B×C×H×W (its band mean, its mean removed) along each axis, averaged
-    over the other (engine.metrics.axis_power), at the bins from SPECTRUM_LOW cycles/pixel to Nyquist,
-    the two axes' bins side by side: (B, K)."""
-    img = detail.mean(1)
-    img = img - img.mean((1, 2), keepdim=True)
-    out = []
-    for axis in (1, 2):
-        n = img.shape[axis]
-        power = 2.0 * torch.fft.rfft(img, dim=axis).abs().pow(2).mean(3 - axis) / n ** 2
-        out.append(power[:, math.ceil(SPECTRUM_LOW * n):])
-    return torch.cat(out, 1)
+    """``axis_powers`` of an added detail B×C×H×W at the bins from the LSD band's start (engine.metrics
+    LSD_BAND, 0.125 cycles/pixel) to Nyquist, the two axes' bins side by side: (B, K)."""
+    return torch.cat([power[:, math.ceil(LSD_BAND[0] * n):] for n, power in axis_powers(detail)], 1)
 
 
 def detail_spectrum_gap(sr: torch.Tensor, regression: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:

@@ -144,19 +144,23 @@ def build(row: Row, model: str | None, backend: str):
         nets.backend if nets is not None else "numpy"
 
 
-def lattice_figures(sr: np.ndarray, hr: np.ndarray, regression: np.ndarray, scale: float) -> dict[str, float]:
-    """The lattice figures (engine.metrics.lattice, dB) of SR − regression and of HR − regression, on the
-    border crop of ceil(scale); the images in the same units."""
+def added_details(sr: np.ndarray, hr: np.ndarray, regression: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """SR − regression and HR − regression on the border crop of ceil(scale): what a diffusion row adds,
+    and what HR adds, to the regression; the images in the same units."""
     b = math.ceil(scale)
     reg = metrics.crop_border(regression, b)
-    return {"lattice": metrics.lattice(metrics.crop_border(sr, b) - reg, scale),
-            "lattice_hr": metrics.lattice(metrics.crop_border(hr, b) - reg, scale)}
+    return metrics.crop_border(sr, b) - reg, metrics.crop_border(hr, b) - reg
+
+
+def lattice_figures(details: tuple[np.ndarray, np.ndarray], scale: float) -> dict[str, float]:
+    """The lattice figures (engine.metrics.lattice, dB) of ``added_details``' SR − regression and HR − regression."""
+    return {"lattice": metrics.lattice(details[0], scale), "lattice_hr": metrics.lattice(details[1], scale)}
 
 
 def worker(row: Row, files: list[Path], scales, model: str | None, crops_dir: Path, backend: str, val: Path) -> dict:
     """Metrics (means over images) and timing of one row at each scale, its peak RSS, and its crops of
     the comparison images at ×4. A diffusion row also runs the regression (untimed) for the lattice
-    figures of its added detail and of HR's (``lattice_figures``; their mean in dB over the images) and
+    figures of its added detail and of HR's (``added_details``, ``lattice_figures``; their mean in dB over the images) and
     their mean spectra (training.bench.spectrum), under "spectra"."""
     run, backend_name = build(row, model, backend)
     regression = build(Row(REGRESSION.name), model, backend)[0] if row.method.split("+")[0] in LATTICE_METHODS else None
@@ -173,10 +177,10 @@ def worker(row: Row, files: list[Path], scales, model: str | None, crops_dir: Pa
             sr8, hr64 = quantise(sr).astype(np.float64), hr.astype(np.float64)
             m = metrics.all_metrics(sr8, hr64, lr * 255.0, scale, 255.0)
             if regression is not None:
-                reg = quantise(regression(lr, scale)).astype(np.float64)
-                m.update(lattice_figures(sr8, hr64, reg, scale))
-                for key, image in (("sr", sr8), ("hr", hr64)):
-                    spectra[key].add(metrics.crop_border(image - reg, math.ceil(scale)))
+                details = added_details(sr8, hr64, quantise(regression(lr, scale)).astype(np.float64), scale)
+                for key, detail in zip(("sr", "hr"), details):
+                    spectra[key].add(detail)
+                m.update(lattice_figures(details, scale))
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
         row_metrics = {k: v / len(files) for k, v in sums.items()}

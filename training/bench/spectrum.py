@@ -22,20 +22,17 @@ import numpy as np
 
 from engine import metrics
 
-LOW = 0.125  # cycles/pixel: the start of the LSD band
-
-
 def detail_spectrum(detail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(frequencies, power / its mean) of an added detail C×H×W or H×W (engine.metrics.lattice's sums,
-    per bin) on its top-left square, from LOW cycles/pixel to Nyquist; the power is NaN where the
-    detail has none."""
+    per bin) on its top-left square, from the LSD band's start (engine.metrics.LSD_BAND) to Nyquist;
+    the power is NaN where the detail has none."""
     img = np.asarray(detail, np.float64)
     if img.ndim == 3:
         img = img.mean(axis=0)
     n = min(img.shape)
     img = img[:n, :n]
     power = (metrics.axis_power(img, 0) + metrics.axis_power(img, 1)) / 2.0
-    j = np.arange(int(np.ceil(LOW * n)), n // 2 + 1)
+    j = np.arange(int(np.ceil(metrics.LSD_BAND[0] * n)), n // 2 + 1)
     p, mean = power[j], power[j].mean()
     return j / n, (p / mean if mean > 0 else np.full(len(j), np.nan))
 
