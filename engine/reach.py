@@ -21,8 +21,9 @@ those 4 cells still left 2 DN at ×3.3 and 5 gave 1 DN; ``SAMPLE_EDGE_CELLS`` ke
 reach of the decoder plus, when the method samples, the guide's exact reach and that measured
 edge, in cells of the run's scale (``method_halo``).
 
-The decoder's output-resolution synthesis also reads its neighbours among the output pixels: a tile
-makes ``output_margin`` more output pixels on each side, within the whole output, and drops them.
+The decoder's output-resolution synthesis and its gate also read their neighbours among the output
+pixels: a tile makes ``output_margin`` more output pixels on each side, within the whole output, and
+drops them.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .models.sampling import LATENT_FACTOR
 
 SAMPLE_EDGE_CELLS = 6  # measured: a sampled latent within this many cells of a tile's edge differs from a whole run's
 SYNTH_REACH = 2  # the decoder's output-resolution synthesis: two 3×3 convs, 2 output pixels (at most 2 LR pixels, at ×1)
+GATE_REACH = 1  # the decoder's gate: one 3×3 conv over the output pixels
 GUIDE_CELLS = 3  # the decoder's guide: two 3×3 convs on the latent, then bilinear to the LR pixels (the detail path: one conv)
 
 
@@ -39,16 +41,17 @@ def decoder_reach(config: dict) -> int:
     """LR pixels an output pixel reads through the feature branch of a decoder with this config: its
     head, two 3×3 convs per guided block and body_out, one pixel of the pyramid's bilinear taps and
     one for the output pixel's place in its LR pixel (the bicubic skip's 2 pixels are within it), and
-    the synthesis's 2 output pixels when it has one (2 LR pixels at most)."""
-    return 1 + 2 * int(config["blocks"]) + 1 + 1 + 1 + (SYNTH_REACH if config.get("synth") else 0)
+    the output pixels that its synthesis and gate read (``output_margin``, as many LR pixels at most)."""
+    return 1 + 2 * int(config["blocks"]) + 1 + 1 + 1 + output_margin(config)
 
 
 def output_margin(config: dict) -> int:
     """Output pixels on each side of a tile's output that a decoder with this config must also make:
-    the synthesis's 3×3 convolutions read their neighbours at the output resolution, so a tile runs on
-    its output grid widened by SYNTH_REACH pixels within the whole output and crops them
+    the synthesis's 3×3 convolutions (SYNTH_REACH) and the gate's (GATE_REACH), side by side on the
+    pyramid's features, read their neighbours at the output resolution, so a tile runs on its output
+    grid widened by the farther of them within the whole output and crops them
     (engine.grid.Grid.widened), and its edge pixels read what they read in a whole run."""
-    return SYNTH_REACH if config.get("synth") else 0
+    return max(SYNTH_REACH if config.get("synth") else 0, GATE_REACH if config.get("gate") else 0)
 
 
 def method_halo(decoder: dict, scale: float, samples: bool) -> int:

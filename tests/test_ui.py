@@ -184,7 +184,10 @@ def test_new_results_stack_above_older_ones_with_distinct_names(make_dock, small
     dock.output.setFilePath(str(tmp_path / "three.tif"))
     dock.uncertainty.setFilePath(str(tmp_path / "three_std.tif"))
     run_dock(dock)
-    assert tree_names()[1:4] == ["small ×2.5 LCMSR D0.37 s7", "small ×2.5 LCMSR D0.37 s7 σ", "small ×2.5 Bicubic #2"]
+    from engine.methods import card_default_detail
+
+    name = f"small ×2.5 LCMSR D{card_default_detail('lcmsr'):g} s7"  # the bundled card's default detail
+    assert tree_names()[1:4] == [name, name + " σ", "small ×2.5 Bicubic #2"]
     root = QgsProject.instance().layerTreeRoot()
     (sigma,) = [n for n in root.findLayers() if n.name().endswith("σ")]
     assert isinstance(sigma, QgsLayerTreeLayer) and not sigma.itemVisibilityChecked()

@@ -127,6 +127,9 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
                                 "networks; the decoder starts from --stage1's and is trained on the decoded samples")
             p.add_argument("--decoder-fidelity", type=float, default=o["decoder_fidelity"],
                            help="weight of stage 1's L1 and spectrum loss of the true latent decoded (default %(default)s)")
+            p.add_argument("--gate", action=argparse.BooleanOptionalAction, default=o.get("gate", False),
+                           help="the decoder gains a gate: a gain per output pixel and band, read from the LR branch's "
+                                "features there, on what the latent adds at the output resolution (default %(default)s)")
             return p
         if name == ADD_E2DIFFSR:
             p.add_argument("--init", required=True,
@@ -234,6 +237,7 @@ def train(args) -> None:
                    **({"train_decoder": True, "decoder_fidelity": args.decoder_fidelity}
                       if args.command == ADD or getattr(args, "train_decoder", False) else {}),
                    **({"detail_flat": True} if getattr(args, "detail_flat", False) else {}),
+                   **({"gate": True} if getattr(args, "gate", False) else {}),
                    **({"decoder": args.decoder} if args.command == ADD_E2DIFFSR else {})}
     val = args.val if args.rasters or not args.val else args.val[0]
     settings = Settings(

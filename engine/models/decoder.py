@@ -28,11 +28,20 @@
    it was). It reaches 2 output pixels further (engine.reach), and it has no pooling or
    normalisation over space; a tile runs it on its output grid widened by those 2 pixels within the
    whole output and drops them (engine.reach.output_margin), so tiles stay exact.
+6. With ``gate`` (issue 25), a gain per output pixel and band on what the latent adds at the output
+   resolution: the detail path's and the synthesis's outputs are multiplied by softplus(g)/ln 2, where
+   g is a 3×3 conv over the pyramid's mixed features at the output pixels. The detail path's 8×8
+   blocks become a pattern that the LR's features set at every output pixel, so a sample's detail,
+   and the spread of several samples, can follow the edges inside a cell instead of filling it evenly.
+   Its conv starts at zero, a gain of 1 (a decoder that gains it starts as it was). It reads 1 output
+   pixel further (engine.reach.GATE_REACH), within the synthesis's margin when the decoder has both.
 All resampling is by index/weight tables (engine.models.sampling), so it exports to ONNX. The pyramid
 runs channels last, laid out for ONNX Runtime's CPU kernels (docs/MODELS.md, "The exported layout"):
 the exported graph is this forward as it is.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +52,7 @@ from .sampling import DETAIL_ROW, LATENT_FACTOR, LEVELS
 
 
 DETAIL_INIT = 0.01  # spread of a fresh detail path's bias, in reflectance
+LN2 = math.log(2.0)  # softplus(0): the gate's logit 0 is a gain of 1
 
 
 def cell_pixels(cells, out_y_idx, out_y_w, out_x_idx, out_x_w) -> torch.Tensor:
@@ -74,7 +84,7 @@ class GuidedBlock(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, bands: int = 3, latent: int = 4, channels: int = 48, blocks: int = 4,
                  up_channels: int = 8, tail_channels: int = 16, emb_dim: int = 64, detail: bool = False,
-                 detail_flat: bool = False, synth: int = 0):
+                 detail_flat: bool = False, synth: int = 0, gate: bool = False):
         super().__init__()
         self.config = {"bands": bands, "latent": latent, "channels": channels, "blocks": blocks,
                        "up_channels": up_channels, "tail_channels": tail_channels, "emb_dim": emb_dim}
@@ -86,6 +96,10 @@ class Decoder(nn.Module):
             self.config["detail_flat"] = True
         if synth:  # cards written before it lack the key
             self.config["synth"] = int(synth)
+        if gate:  # cards written before it lack the key
+            if not (detail or synth):
+                raise ValueError("the gate needs what it scales: the detail path or the synthesis")
+            self.config["gate"] = True
         self.detail_flat = detail_flat
         self.detail = nn.Conv2d(latent, bands * LATENT_FACTOR ** 2, 3, padding=1) if detail else None
         if detail:  # fresh, it reads nothing (stage 1 sets it by PCA) and adds a small fixed 8×8 pattern per cell
@@ -107,6 +121,10 @@ class Decoder(nn.Module):
         if synth:
             nn.init.zeros_(self.synth[-1].weight)
             nn.init.zeros_(self.synth[-1].bias)
+        self.gate = nn.Conv2d(up_channels, bands, 3, padding=1) if gate else None
+        if gate:  # a gain of 1: a decoder that gains it starts as it was
+            nn.init.zeros_(self.gate.weight)
+            nn.init.zeros_(self.gate.bias)
 
     def features(self, lr, z, emb, lat_y_idx, lat_y_w, lat_x_idx, lat_x_w) -> torch.Tensor:
         """The LR-resolution feature branch (B, channels, h, w), guided by the latent."""
@@ -176,6 +194,11 @@ class Decoder(nn.Module):
         f = cell_pixels(self.synth_cells(z), out_y_idx, out_y_w, out_x_idx, out_x_w)
         return self.synth(torch.cat([f, acc], 3).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
+    def gain(self, acc: torch.Tensor) -> torch.Tensor:
+        """The gate's gain (module notes, 6.) from the pyramid's features ``acc``, channels last
+        (B, n_rows, n_cols, bands)."""
+        return (F.softplus(self.gate(acc.permute(0, 3, 1, 2))) / LN2).permute(0, 2, 3, 1)
+
     def parts(self, lr, z, inv_scale, out_y_idx, out_y_w, out_x_idx, out_x_w,
               lat_y_idx, lat_y_w, lat_x_idx, lat_x_w) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """What each part adds to the bicubic skip, channels last (B, n_rows, n_cols, bands), in the
@@ -189,6 +212,9 @@ class Decoder(nn.Module):
             out["synth"] = self.synth_map(z, acc, out_y_idx, out_y_w, out_x_idx, out_x_w)
         if self.detail is not None:
             out["detail"] = self.detail_map(z, out_y_idx, out_y_w, out_x_idx, out_x_w)
+        if self.gate is not None:
+            gain = self.gain(acc)
+            out.update({name: out[name] * gain for name in ("synth", "detail") if name in out})
         return out, acc
 
     def forward(self, lr, z, inv_scale, out_y_idx, out_y_w, out_x_idx, out_x_w,

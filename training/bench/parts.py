@@ -45,8 +45,10 @@ def part_outputs(dec, a) -> tuple[dict, torch.Tensor]:
 
 
 def synth_output(dec, a, acc) -> torch.Tensor:
-    """The synthesis for the latent of ``a`` and the pyramid's features ``acc`` (channels first, one image)."""
-    return dec.synth_map(a.z, acc, a.out_y_idx, a.out_y_w, a.out_x_idx, a.out_x_w)[0].permute(2, 0, 1)
+    """The synthesis for the latent of ``a`` and the pyramid's features ``acc`` (channels first, one image),
+    times the gate's gain when the decoder has one."""
+    out = dec.synth_map(a.z, acc, a.out_y_idx, a.out_y_w, a.out_x_idx, a.out_x_w)
+    return (out if dec.gate is None else out * dec.gain(acc))[0].permute(2, 0, 1)
 
 
 def image_parts(method, hr: np.ndarray, lr: np.ndarray, scale: float, seed: int) -> dict[str, tuple[float, float]]:
