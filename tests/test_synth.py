@@ -74,14 +74,11 @@ def test_what_the_synthesis_adds_crosses_the_cells():
     assert (changed[ring] > 0).all()
 
 
-def test_a_tile_of_the_decoder_with_the_synthesis_gives_the_whole_images_pixels():
-    """The decoder with a live synthesis on a tile (its LR and latent cut from the whole image's, on the
-    global grid) gives exactly the whole image's output pixels that lie far enough inside the tile:
-    decoder_reach LR pixels and the guide's GUIDE_CELLS cells (the halo of engine.reach for a sampled
-    latent, less its measured edge), so tiles stay exact with the synthesis."""
-    torch.manual_seed(2)
-    config = dict(preset("tiny", "decoder"), synth=4)
-    dec = live(build("decoder", config))
+def tile_and_whole(dec: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The decoder on a tile (its LR and latent cut from the whole image's, on the global grid) and on
+    the whole image, at ×2.5: the tile's output, the whole output's rows the tile makes, and which of
+    them lie decoder_reach LR pixels and the guide's GUIDE_CELLS cells inside the tile (the halo of
+    engine.reach for a sampled latent, less its measured edge)."""
     scale, h, w, in_y0, tile_h = 2.5, 64, 24, 6, 52
     gen = np.random.default_rng(1)
     image = torch.from_numpy(gen.random((1, 3, h, w), dtype=np.float32))
@@ -95,11 +92,20 @@ def test_a_tile_of_the_decoder_with_the_synthesis_gives_the_whole_images_pixels(
         z = field[:, :, plan.rows.cells][:, :, :, plan.cols.cells]
         outs.append(run(dec, image[:, :, lr_rows], z, scale, plan.tensors("cpu")))
     ys = whole.ys[rows]
-    reach_lr = reach.decoder_reach(config) + reach.GUIDE_CELLS * LATENT_FACTOR / scale
+    reach_lr = reach.decoder_reach(dec.config) + reach.GUIDE_CELLS * LATENT_FACTOR / scale
     inside = torch.from_numpy((ys - in_y0 >= reach_lr) & (in_y0 + tile_h - ys >= reach_lr))
+    return outs[1], outs[0][:, :, rows], inside
+
+
+def test_a_tile_of_the_decoder_with_the_synthesis_gives_the_whole_images_pixels():
+    """The decoder with a live synthesis on a tile gives exactly the whole image's output pixels that lie
+    far enough inside the tile (tile_and_whole), so tiles stay exact with the synthesis."""
+    torch.manual_seed(2)
+    dec = live(build("decoder", dict(preset("tiny", "decoder"), synth=4)))
+    tiled, whole, inside = tile_and_whole(dec)
     assert inside.sum() > 10
-    torch.testing.assert_close(outs[1][:, :, inside], outs[0][:, :, rows][:, :, inside], atol=1e-5, rtol=0)
-    assert (outs[1] - outs[0][:, :, rows]).abs().amax() > 1e-3  # the edges do differ: the test sees them
+    torch.testing.assert_close(tiled[:, :, inside], whole[:, :, inside], atol=1e-5, rtol=0)
+    assert (tiled - whole).abs().amax() > 1e-3  # the edges do differ: the test sees them
 
 
 def synth_bundle():
