@@ -19,7 +19,8 @@ defaults, the Makefile:
   true latent decoded, cond_pixel_weight × the regression path's L1 (4: stage 2's 1 lifted, for the
   faithful end), sample_fidelity × the decoded samples' L1 against HR, lattice_weight × how far
   their added detail's lattice rises above HR's and spectrum_weight × the gap between their added
-  detail's spectrum and HR's (training.latent ``adversarial``); a short warmup, the lower learning
+  detail's spectrum and HR's (training.latent ``adversarial``), and the decoder gains its gate (a gain
+  per output pixel on what the latent adds, engine.models.decoder); a short warmup, the lower learning
   rate of a run that starts trained. The
   bundle takes LCMSR's networks and the decoder from it, so E²DiffSR decodes with that decoder too.
 - ADD_E2DIFFSR: the stage after it (``python -m training add-e2diffsr``): E²DiffSR's networks from
@@ -47,7 +48,7 @@ STAGE2 = {"steps": 1500, "lr": 3e-4,
 
 ADD = {"steps": 1000, "lr": 2e-4, "warmup": 20,
        "options": dict(STAGE2["options"], cond_pixel_weight=4.0, train_decoder=True, decoder_fidelity=4.0,
-                       sample_fidelity=15.0, lattice_weight=0.1, spectrum_weight=0.05)}
+                       sample_fidelity=20.0, lattice_weight=0.1, spectrum_weight=0.05, gate=True)}
 ADD_E2DIFFSR = {"steps": 1000, "lr": 2e-4, "warmup": 20,
                 "options": dict(STAGE2["options"], energy_weight=20.0, sample_fidelity=10.0, unroll=True)}
 
