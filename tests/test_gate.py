@@ -147,3 +147,11 @@ def test_add_gate_on_a_decoder_with_nothing_to_scale_is_one_line(images, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert err and "--gate needs" in err[-1] and "Traceback" not in "".join(err)
     assert not (tmp_path / "add" / "model.json").exists()
+
+
+def test_a_gated_decoder_keeps_its_preset_for_the_fine_tunes_encoder():
+    """training.finetune picks the encoder's preset by the decoder's sizes; the gate is not a size."""
+    from training.finetune import encoder_preset
+
+    assert encoder_preset(dict(preset("tiny", "decoder"), synth=4, gate=True)) == "tiny"
+    assert encoder_preset(dict(preset("small", "decoder"), gate=True)) == "small"

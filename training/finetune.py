@@ -85,9 +85,10 @@ class Finetune:
 
 def encoder_preset(decoder_config: dict) -> str:
     """The preset whose decoder has this configuration (sizes only), else "default"."""
-    sizes = {k: v for k, v in decoder_config.items() if k not in ("bands", "latent", "detail", "detail_flat", "synth")}
+    shape = ("detail", "detail_flat", "synth", "gate")
+    sizes = {k: v for k, v in decoder_config.items() if k not in ("bands", "latent", *shape)}
     for name, kinds in PRESETS.items():
-        if {k: v for k, v in kinds["decoder"].items() if k not in ("detail", "detail_flat", "synth")} == sizes:
+        if {k: v for k, v in kinds["decoder"].items() if k not in shape} == sizes:
             return name
     return "default"
 

@@ -153,8 +153,8 @@ class LatentStage(Stage):
                 if not any(specs["decoder"]["config"].get(k) for k in ("detail", "synth")):
                     raise TrainingError("--gate needs a stage-1 decoder with a detail path or a synthesis for it to scale")
                 specs["decoder"]["config"]["gate"] = True
-        elif self.options.get("detail_flat") or self.options.get("gate"):
-            raise TrainingError("--detail-flat and --gate in stage 2 change the decoder: they need --train-decoder")
+        elif self.options.get("detail_flat"):
+            raise TrainingError("--detail-flat in stage 2 changes the decoder: it needs --train-decoder")
         return specs
 
     def guess(self, cond: torch.Tensor) -> torch.Tensor:
@@ -184,10 +184,8 @@ class LatentStage(Stage):
         latent, so the regression path starts as stage 1's own zero-latent regression, and a unit
         spread (its feature channels keep their random start: from zero the denoiser's gradient
         hardly moved them)."""
-        if self.train_decoder:  # stage 1's decoder; a gate it lacks starts at a gain of 1
-            missing, _ = self.nets["decoder"].load_state_dict(self.decoder.state_dict(), strict=False)
-            if any(not key.startswith("gate.") for key in missing):
-                raise TrainingError(f"the stage-1 decoder lacks {', '.join(missing)}")
+        if self.train_decoder:  # stage 1's decoder; a gate it lacks keeps its fresh start, a gain of 1
+            self.nets["decoder"].load_state_dict(dict(self.nets["decoder"].state_dict(), **self.decoder.state_dict()))
         with torch.no_grad():
             pairs = list(self.stats_pairs(LATENT_BATCHES))
             means = [self.encoder(pair.hr, pair.lr_up) for pair in pairs]
