@@ -58,6 +58,7 @@ from engine import modelfile
 from engine.card import MethodSpec
 from engine.latent import from_residual, latent_guess, log_spread, run_tile
 from engine.models import preset
+from engine.models.decoder import gated
 from engine.registry import LCMSR, REGISTRY
 from engine.torch_backend import TorchNetworks
 
@@ -150,7 +151,7 @@ class LatentStage(Stage):
             if self.options.get("detail_flat"):  # engine.models.decoder: the detail path's response to a uniform latent made flat
                 specs["decoder"]["config"]["detail_flat"] = True
             if self.options.get("gate"):  # engine.models.decoder: the gain on what the latent adds at the output resolution
-                if not any(specs["decoder"]["config"].get(k) for k in ("detail", "synth")):
+                if not gated(specs["decoder"]["config"]):
                     raise TrainingError("--gate needs a stage-1 decoder with a detail path or a synthesis for it to scale")
                 specs["decoder"]["config"]["gate"] = True
         elif self.options.get("detail_flat"):

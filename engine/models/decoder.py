@@ -53,6 +53,12 @@ from .sampling import DETAIL_ROW, LATENT_FACTOR, LEVELS
 
 DETAIL_INIT = 0.01  # spread of a fresh detail path's bias, in reflectance
 LN2 = math.log(2.0)  # softplus(0): the gate's logit 0 is a gain of 1
+GATED = ("synth", "detail")  # the parts the gate scales (module notes, 6.); it needs one of them
+
+
+def gated(config: dict) -> bool:
+    """Whether a decoder with this config has a part the gate scales (GATED)."""
+    return any(config.get(name) for name in GATED)
 
 
 def cell_pixels(cells, out_y_idx, out_y_w, out_x_idx, out_x_w) -> torch.Tensor:
@@ -97,7 +103,7 @@ class Decoder(nn.Module):
         if synth:  # cards written before it lack the key
             self.config["synth"] = int(synth)
         if gate:  # cards written before it lack the key
-            if not (detail or synth):
+            if not gated(self.config):
                 raise ValueError("the gate needs what it scales: the detail path or the synthesis")
             self.config["gate"] = True
         self.detail_flat = detail_flat
@@ -214,7 +220,7 @@ class Decoder(nn.Module):
             out["detail"] = self.detail_map(z, out_y_idx, out_y_w, out_x_idx, out_x_w)
         if self.gate is not None:
             gain = self.gain(acc)
-            out.update({name: out[name] * gain for name in ("synth", "detail") if name in out})
+            out.update({name: out[name] * gain for name in GATED if name in out})
         return out, acc
 
     def forward(self, lr, z, inv_scale, out_y_idx, out_y_w, out_x_idx, out_x_w,
