@@ -17,7 +17,9 @@ defaults, the Makefile:
   stage-1 decoder trained beside them on the decoded one-step samples (adversarial diffusion
   distillation, training.latent ``train_decoder``), with decoder_fidelity × stage 1's loss of the
   true latent decoded, cond_pixel_weight × the regression path's L1 (4: stage 2's 1 lifted, for the
-  faithful end), sample_fidelity × the decoded samples' L1 against HR, lattice_weight × how far
+  faithful end), the energy score at 8 × stage 2's weight (it lifts the faithful end and the
+  calibration, and sharpens the samples), sample_fidelity × the decoded samples' L1 against HR (which
+  holds them faithful against that), lattice_weight × how far
   their added detail's lattice rises above HR's and spectrum_weight × the gap between their added
   detail's spectrum and HR's (training.latent ``adversarial``), and the decoder gains its gate (a gain
   per output pixel on what the latent adds, engine.models.decoder); a short warmup, the lower learning
@@ -25,8 +27,8 @@ defaults, the Makefile:
   bundle takes LCMSR's networks and the decoder from it, so E²DiffSR decodes with that decoder too.
 - ADD_E2DIFFSR: the stage after it (``python -m training add-e2diffsr``): E²DiffSR's networks from
   its stage-2 run, trained on, and judged through, the add run's decoder (frozen), with stage 2's
-  losses (the energy score at twice their weight) and ADD's sample_fidelity, warmup and learning
-  rate; its adversarial terms judge the sampler's own 4-step samples (``unroll``, training.e2diffsr).
+  losses (the energy score at twice their weight), its own sample_fidelity, and ADD's warmup and
+  learning rate; its adversarial terms judge the sampler's own 4-step samples (``unroll``, training.e2diffsr).
   The bundle takes E²DiffSR's networks from it.
 - FINETUNE: ``python -m training finetune`` and latentsr:train (training.finetune): stage 1 from the
   start bundle with latent dropout and no adversary, each stage 2 with the base losses (its networks,
@@ -47,10 +49,11 @@ STAGE2 = {"steps": 1500, "lr": 3e-4,
           "options": dict(STAGE2_BASE, gan_weight=0.5, lr_weight=5.0, energy_weight=10.0, features=16, spread=True)}
 
 ADD = {"steps": 1000, "lr": 2e-4, "warmup": 20,
-       "options": dict(STAGE2["options"], cond_pixel_weight=4.0, train_decoder=True, decoder_fidelity=4.0,
-                       sample_fidelity=20.0, lattice_weight=0.1, spectrum_weight=0.05, gate=True)}
+       "options": dict(STAGE2["options"], cond_pixel_weight=4.0, energy_weight=80.0, train_decoder=True,
+                       decoder_fidelity=4.0, sample_fidelity=30.0, lattice_weight=0.1, spectrum_weight=0.05,
+                       gate=True)}
 ADD_E2DIFFSR = {"steps": 1000, "lr": 2e-4, "warmup": 20,
-                "options": dict(STAGE2["options"], energy_weight=20.0, sample_fidelity=10.0, unroll=True)}
+                "options": dict(STAGE2["options"], energy_weight=20.0, sample_fidelity=30.0, unroll=True)}
 
 RUN = {"batch": 8, "warmup": 100, "crop": 96, "scales": (1.0, 8.0), "ema_decay": 0.999, "val_images": 16,
        "val_crop": 128, "ckpt_every": 250, "val_every": 250, "seed": 0}
