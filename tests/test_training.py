@@ -406,6 +406,66 @@ def test_energy_score_prefers_the_truths_own_spread():
     assert float(energy_score(draw(1.0), draw(1.0), truth)) < float(energy_score(draw(2.0), draw(2.0), truth)) - 0.05
 
 
+def test_calibration_gap_asks_the_spread_to_sit_where_the_error_is():
+    """training.latent.calibration_gap: three draws from one distribution (whose scale varies over the
+    image) agree with its ratio to within 2 % of their error; the gradient never moves the samples'
+    mean (the error is held); and a step down it moves a spread that is even over the image toward
+    the half where the mean is wrong, and lowers the gap."""
+    from training.latent import CALIBRATION_RATIO, calibration_gap, local_mean
+
+    g = torch.Generator().manual_seed(0)
+    sigma = torch.linspace(0.1, 2.0, 256).view(1, 1, 1, 256).expand(1, 3, 256, 256)
+    a, b, y = (sigma * torch.randn(1, 3, 256, 256, generator=g) for _ in range(3))
+    error = ((a + b) / 2 - y).abs().mean(1, keepdim=True)
+    assert float(calibration_gap(a, b, y)) < 0.5 * float(error.mean())
+    ratio = float((a - b).abs().mean() / ((a + b) / 2 - y).abs().mean())
+    assert ratio == pytest.approx(CALIBRATION_RATIO, rel=0.02)
+    flat = torch.ones(1, 1, 9, 9)
+    assert torch.allclose(local_mean(flat), flat)
+
+    half = torch.cat([torch.zeros(1, 3, 32, 16), torch.ones(1, 3, 32, 16)], 3)  # the mean is wrong on the right
+    noise = torch.randn(1, 3, 32, 32, generator=g).sign()
+    a = (0.5 * noise).requires_grad_(True)
+    b = (-0.5 * noise).requires_grad_(True)
+    gap = calibration_gap(a, b, half)
+    ga, gb = torch.autograd.grad(gap, (a, b))
+    assert float((ga + gb).abs().max()) < 1e-7
+    step = 0.5 / float(ga.abs().max())
+    a2, b2 = (a - step * ga).detach(), (b - step * gb).detach()
+    spread = (a2 - b2).abs().mean((0, 1, 2))
+    assert float(spread[16:].mean()) > 1.0 > float(spread[:16].mean())
+    assert float(calibration_gap(a2, b2, half)) < float(gap.detach()) - 0.1
+
+
+def test_calibration_weight_adds_its_weight_times_the_gap(images, stage1, tmp_path, monkeypatch):
+    """--calibration-weight W adds W × the calibration gap of the two decoded samples to a step's loss
+    (the first step of two runs from the same start differs by exactly that), and the card records it
+    only when it is set."""
+    from training import latent
+
+    seen = []
+    gap = latent.calibration_gap
+
+    def spy(a, b, truth):
+        value = gap(a, b, truth)
+        seen.append(float(value.detach()))
+        return value
+
+    monkeypatch.setattr(latent, "calibration_gap", spy)
+    gan = ["--stage1", str(stage1), "--gan-weight", "0.1", "--energy-weight", "1"]
+    first = {}
+    for weight in (0, 5):
+        out = tmp_path / f"w{weight}"
+        assert main(train_args("lcmsr", images, out, 1, *gan, "--calibration-weight", str(weight))) == 0
+        first[weight] = json.loads((out / "checkpoint.json").read_text())["history"]["loss"][0][1]
+        options = json.loads((out / "model.json").read_text())["training"]["options"]
+        assert options.get("calibration_weight") == (5.0 if weight else None)
+    assert len(seen) == 1 and seen[0] > 0
+    assert first[5] - first[0] == pytest.approx(5 * seen[0], rel=1e-4)
+    bare = main(train_args("lcmsr", images, tmp_path / "bare", 1, "--stage1", str(stage1), "--calibration-weight", "5"))
+    assert bare == 2 and not (tmp_path / "bare").exists()
+
+
 def test_sample_fidelity_adds_its_weight_times_the_samples_l1(images, stage1, tmp_path, monkeypatch):
     """--sample-fidelity W adds W × the mean L1 of the two decoded samples against HR to a step's loss
     (the first step of two runs from the same start differs by exactly that), and the card records it;

@@ -110,6 +110,10 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--sample-fidelity", type=float, default=o.get("sample_fidelity", 0.0),
                        help="with --gan-weight: weight of the L1 of the decoded samples against HR, which trades their "
                             "spread for fidelity (default %(default)s)")
+        p.add_argument("--calibration-weight", type=float, default=o.get("calibration_weight", 0.0),
+                       help="with --energy-weight: weight of the gap between the local spread of the two decoded samples "
+                            "and the local error of their mean against HR (training.latent.calibration_gap), which asks "
+                            "the spread to sit where the error is (default %(default)s)")
         p.add_argument("--lattice-weight", type=float, default=o.get("lattice_weight", 0.0),
                        help="with --gan-weight: weight of how far the lattice of the decoded samples' added detail (the "
                             "power at the LR pixel frequency, the bench's measure) rises above HR's own (default %(default)s)")
@@ -225,11 +229,14 @@ def train(args) -> None:
         from .e2diffsr import AddE2DiffSRStage as stage
     else:
         from .lcmsr import LCMSRStage as stage
+    if args.command != "stage1" and args.calibration_weight and not (args.gan_weight > 0 and args.energy_weight > 0):
+        raise TrainingError("--calibration-weight needs the second sample that --gan-weight and --energy-weight draw")
     if args.command != "stage1":
         options = {"cond_weight": args.cond_weight, "cond_pixel_weight": args.cond_pixel_weight,
                    "gan_weight": args.gan_weight, "lr_weight": args.lr_weight,
                    "energy_weight": args.energy_weight, "features": args.features, "spread": args.spread,
                    **({"sample_fidelity": args.sample_fidelity} if args.sample_fidelity else {}),
+                   **({"calibration_weight": args.calibration_weight} if args.calibration_weight else {}),
                    **({"lattice_weight": args.lattice_weight} if args.lattice_weight else {}),
                    **({"spectrum_weight": args.spectrum_weight} if args.spectrum_weight else {}),
                    **({"unroll": True} if getattr(args, "unroll", False) else {}),

@@ -22,6 +22,10 @@ With ``sample_fidelity``, the mean L1 of the decoded samples against HR is added
 beside the energy score (whose own L1 half has energy_weight/2 per sample) it weighs fidelity above
 spread, so that a sample keeps the detail the critic asks for where the LR predicts it and departs
 less where it does not (docs/MODELS.md, "Samples trained for fidelity").
+With ``calibration_weight`` (beside the energy score), plus that weight × the calibration gap of the two
+decoded samples (``calibration_gap``): their local spread against the local error of their mean, the
+error held, so that the spread is asked to sit where the error is (docs/MODELS.md, "Nor does asking
+the spread to sit where the error is": it costs the samples' fidelity, and the recipe leaves it off).
 With ``lattice_weight``, plus that weight × how far the lattice of each decoded sample's added detail
 (the sample decoded minus the regression path: the latent guess decoded, as cond_loss decodes it) rises above HR's own
 (training.adversary.lattice_excess: engine.metrics.lattice, the bench's measure, per image, in units
@@ -50,9 +54,11 @@ Diffusion runs on the normalised latent x0 = latent_scale · encoder(HR, LR), wi
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from engine import modelfile
 from engine.card import MethodSpec
@@ -78,6 +84,31 @@ def energy_score(a: torch.Tensor, b: torch.Tensor, truth: torch.Tensor) -> torch
     against the truth: ½(|a − y| + |b − y|) − ½|a − b|. It is strictly proper: its minimum is the
     samples drawn from the truth's own distribution, so their spread has to follow the uncertainty."""
     return (0.5 * ((a - truth).abs() + (b - truth).abs()) - 0.5 * (a - b).abs()).mean()
+
+
+CALIBRATION_SIGMA = 1.0  # output pixels: the local mean that the spread is asked to match
+CALIBRATION_RATIO = math.sqrt(4.0 / 3.0)  # E|a − b| / E|(a + b)/2 − y| for a, b, y drawn alike from one Gaussian
+
+
+def local_mean(x: torch.Tensor, sigma: float = CALIBRATION_SIGMA) -> torch.Tensor:
+    """``x`` (B×1×H×W) smoothed by a Gaussian of ``sigma`` pixels (taps to 3σ, edges replicated)."""
+    r = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = F.pad(x, (r, r, r, r), mode="replicate")
+    return F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+
+
+def calibration_gap(a: torch.Tensor, b: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """How far the spread of the samples a and b departs, pixel by pixel, from the error of their mean
+    against the truth: the mean absolute difference of the local means (local_mean) of |a − b| and of
+    CALIBRATION_RATIO × |(a + b)/2 − truth| (band means). When a, b and the truth are three draws from
+    one distribution the two agree in expectation; the error is held fixed, so the term moves only
+    where the samples differ: toward where their mean is wrong, away from where it is right."""
+    spread = (a - b).abs().mean(1, keepdim=True)
+    error = ((a + b) / 2 - truth).abs().mean(1, keepdim=True).detach()
+    return (local_mean(spread) - CALIBRATION_RATIO * local_mean(error)).abs().mean()
 
 
 def trained_decoder(folder: str, stage1_card, stage1: str, device) -> tuple[torch.nn.Module, str]:
@@ -278,6 +309,9 @@ class LatentStage(Stage):
             decoded.append(pair.keep_valid(self.decode(pair, second, self.nets)))
             energy = energy_score(*decoded, pair.hr)
             loss, logs = loss + o["energy_weight"] * energy, dict(logs, energy=energy.item())
+            if o.get("calibration_weight"):
+                gap = calibration_gap(*decoded, pair.hr)
+                loss, logs = loss + o["calibration_weight"] * gap, dict(logs, calibration=gap.item())
         if o.get("sample_fidelity"):
             fidelity = sum((x - pair.hr).abs().mean() for x in decoded) / len(decoded)
             loss, logs = loss + o["sample_fidelity"] * fidelity, dict(logs, fidelity=fidelity.item())
