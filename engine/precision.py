@@ -4,10 +4,11 @@ under torch.autocast(bfloat16) with its networks in channels_last (the weights s
 The quality limits are issue 27's: at most 0.05 dB of PSNR and 0.1 dB of LSD lost at ×4 on val
 (``python -m training.bench precision``, docs/BENCHMARKS.md "Precision"). bf16 keeps well within them
 for regression and LCMSR. ``--precision auto`` (the default) takes bf16 for the torch backend on a CPU
-with AMX (amx_bf16 in Linux's /proc/cpuinfo; other systems' CPUs are not inspected), as training's auto
-does (training.precision). On the CPU measured, an AMD EPYC with avx512_bf16 but no AMX, bf16 was
-1.2-1.5x faster than torch in float32 and 2.5x slower than ONNX Runtime in float32, which backend
-auto runs there, so auto keeps float32 on it and ``--precision bf16`` asks for bf16. ONNX Runtime runs
+with AMX (amx_bf16 in Linux's /proc/cpuinfo; other systems' CPUs are not inspected). On the CPU
+measured, an AMD EPYC with avx512_bf16 but no AMX, bf16 was 1.2-1.5x faster than torch in float32 and
+2.5x slower than ONNX Runtime in float32, which backend auto runs there, so auto keeps float32 on it
+and ``--precision bf16`` asks for bf16 (training's auto, which has no ONNX Runtime to weigh, takes bf16
+there: training.precision). ONNX Runtime runs
 float32 only: its CPU provider has no bfloat16 kernels for Conv, MatMul or Mul, and its int8
 quantisation (dynamic, or static QDQ calibrated on training crops) was slower than its float32 graphs
 (0.4-0.7x; 1.03x for LCMSR's static QDQ, within the load's noise, with LSD moved by 0.17 dB), because

@@ -63,7 +63,8 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", help="network sizes: default, small or tiny")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "float32"),
                    help="bf16: autocast to bfloat16 in the steps' forward passes; auto (default): bf16 on a CPU "
-                        "with AMX (amx_bf16) or a GPU with bfloat16 support, else float32; a resumed run keeps its own")
+                        "with bfloat16 units (amx_bf16 or avx512_bf16) or a GPU with bfloat16 support, else float32; a "
+                        "resumed run keeps its own")
     if name == "stage1":
         p.add_argument("--bands", type=int, default=3, help="band count of the model")
         p.add_argument("--kl-weight", type=float, default=o["kl_weight"], help="weight of the latent's KL against N(0, I)")

@@ -2,14 +2,14 @@
 each step's forward passes and losses (the weights, their gradients, the optimizer and the EMA stay
 float32; validation runs in float32).
 
-``auto`` takes bf16 where the hardware has bfloat16 matrix units: a CUDA GPU for which
-torch.cuda.is_bf16_supported(), a CPU whose /proc/cpuinfo flags name amx_bf16 (Linux); float32
-everywhere else. A CPU with only avx512_bf16 computes bf16 natively, but on the 2-core AMD EPYC
-measured in docs/TRAINING.md ("Precision") a make-train step under bf16 was not reliably faster than
-float32 (0.4-1.6x, median 1.02x for stage 1), so auto keeps float32 there and ``--precision bf16``
-asks for it. A CPU without either would emulate bf16, slower than float32; other systems' CPUs are
-not inspected. A run records its precision in its checkpoint and card, and
-a resumed run keeps it, so resuming stays exact.
+``auto`` takes bf16 where the hardware computes bfloat16 natively: a CUDA GPU for which
+torch.cuda.is_bf16_supported(), a CPU whose /proc/cpuinfo flags name amx_bf16 or avx512_bf16 (Linux);
+float32 everywhere else. On the 2-core AMD EPYC of docs/TRAINING.md ("Precision"), which has
+avx512_bf16 and no AMX, make train's steps ran 1.6x (stage 1) and 1.7x (LCMSR) the samples per second
+of float32 with the machine to themselves; on the same machine shared with four other sessions they
+had measured 0.4-1.6x. A CPU without either flag would emulate bf16, slower than float32; other
+systems' CPUs are not inspected. A run records its precision in its checkpoint and card, and a
+resumed run keeps it, so resuming stays exact. Inference's auto (engine.precision) is measured apart.
 """
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ from .errors import TrainingError
 log = logging.getLogger(__name__)
 
 CHOICES = ("auto", "bf16", "float32")
-CPU_FLAGS = BF16_CPU_FLAGS  # the CPU computes bfloat16 natively
-AUTO_CPU_FLAGS = ("amx_bf16",)  # ... and fast enough for auto to take it (module notes)
+CPU_FLAGS = BF16_CPU_FLAGS  # the CPU computes bfloat16 natively, and auto takes it (module notes)
 
 
 def has_bf16(device: torch.device) -> bool:
@@ -40,8 +39,7 @@ def choose(choice: str, device: torch.device) -> str:
     if choice not in CHOICES:
         raise TrainingError(f"--precision must be one of {', '.join(CHOICES)}, got '{choice}'")
     if choice == "auto":
-        fast = has_bf16(device) if device.type == "cuda" else bool(set(AUTO_CPU_FLAGS) & cpu_flags())
-        return "bf16" if fast else "float32"
+        return "bf16" if has_bf16(device) else "float32"
     if choice == "bf16" and not has_bf16(device):
         log.warning("--precision bf16 on %s, which has no bfloat16 units: it is emulated, slower than float32", device)
     return choice
