@@ -22,14 +22,16 @@ defaults, the Makefile:
   holds them faithful against that), lattice_weight × how far
   their added detail's lattice rises above HR's and spectrum_weight × the gap between their added
   detail's spectrum and HR's (training.latent ``adversarial``), and the decoder gains its gate (a gain
-  per output pixel on what the latent adds, engine.models.decoder); a short warmup, the lower learning
-  rate of a run that starts trained. The
+  per output pixel on what the latent adds, engine.models.decoder); a short warmup, and a learning rate
+  of 1e-3, five times stage 1's (at 2e-4 the samples' spread followed the error less: docs/MODELS.md,
+  "The add stage's learning rate"). The
   bundle takes LCMSR's networks and the decoder from it, so E²DiffSR decodes with that decoder too.
 - ADD_E2DIFFSR: the stage after it (``python -m training add-e2diffsr``): E²DiffSR's networks from
   its stage-2 run, trained on, and judged through, the add run's decoder (frozen), with stage 2's
-  losses (the energy score at twice their weight), its own sample_fidelity, and ADD's warmup and
-  learning rate; its adversarial terms judge the sampler's own 4-step samples (``unroll``, training.e2diffsr).
-  The bundle takes E²DiffSR's networks from it.
+  losses (the energy score at twice their weight), its own sample_fidelity, ADD's warmup and stage 1's
+  learning rate (at ADD's, E²DiffSR's D = 1 came 0.49 dB from LCMSR's); its adversarial terms judge
+  the sampler's own 4-step samples (``unroll``, training.e2diffsr). The bundle takes E²DiffSR's
+  networks from it.
 - FINETUNE: ``python -m training finetune`` and latentsr:train (training.finetune): stage 1 from the
   start bundle with latent dropout and no adversary, each stage 2 with the base losses (its networks,
   with their features and spread, come from the bundle).
@@ -48,7 +50,7 @@ STAGE1 = {"steps": 1200, "lr": 2e-4,
 STAGE2 = {"steps": 1500, "lr": 3e-4,
           "options": dict(STAGE2_BASE, gan_weight=0.5, lr_weight=5.0, energy_weight=10.0, features=16, spread=True)}
 
-ADD = {"steps": 1000, "lr": 2e-4, "warmup": 20,
+ADD = {"steps": 1000, "lr": 1e-3, "warmup": 20,
        "options": dict(STAGE2["options"], cond_pixel_weight=4.0, energy_weight=80.0, train_decoder=True,
                        decoder_fidelity=4.0, sample_fidelity=30.0, lattice_weight=0.1, spectrum_weight=0.05,
                        gate=True)}
