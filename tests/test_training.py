@@ -439,6 +439,21 @@ def test_calibration_gap_asks_the_spread_to_sit_where_the_error_is():
     assert float(calibration_gap(a2, b2, half)) < float(gap.detach()) - 0.1
 
 
+def loss_added_by(images, stage1, tmp_path, flag, option, weight, *extra):
+    """What ``flag`` at ``weight`` adds to the first step's loss of a short LCMSR run with the PatchGAN
+    and the energy score (two samples), against the same run at 0 from the same start; the card
+    records ``option`` only when it is set."""
+    first = {}
+    for w in (0.0, float(weight)):
+        out = tmp_path / f"w{w:g}"
+        assert main(train_args("lcmsr", images, out, 1, "--stage1", str(stage1), "--gan-weight", "0.1",
+                               "--energy-weight", "1", *extra, flag, str(w))) == 0
+        first[w] = json.loads((out / "checkpoint.json").read_text())["history"]["loss"][0][1]
+        options = json.loads((out / "model.json").read_text())["training"]["options"]
+        assert options.get(option) == (w if w else None)
+    return first[float(weight)] - first[0.0]
+
+
 def test_calibration_weight_adds_its_weight_times_the_gap(images, stage1, tmp_path, monkeypatch):
     """--calibration-weight W adds W × the calibration gap of the two decoded samples to a step's loss
     (the first step of two runs from the same start differs by exactly that), and the card records it
@@ -454,16 +469,9 @@ def test_calibration_weight_adds_its_weight_times_the_gap(images, stage1, tmp_pa
         return value
 
     monkeypatch.setattr(latent, "calibration_gap", spy)
-    gan = ["--stage1", str(stage1), "--gan-weight", "0.1", "--energy-weight", "1"]
-    first = {}
-    for weight in (0, 5):
-        out = tmp_path / f"w{weight}"
-        assert main(train_args("lcmsr", images, out, 1, *gan, "--calibration-weight", str(weight))) == 0
-        first[weight] = json.loads((out / "checkpoint.json").read_text())["history"]["loss"][0][1]
-        options = json.loads((out / "model.json").read_text())["training"]["options"]
-        assert options.get("calibration_weight") == (5.0 if weight else None)
+    added = loss_added_by(images, stage1, tmp_path, "--calibration-weight", "calibration_weight", 5)
     assert len(seen) == 1 and seen[0] > 0
-    assert first[5] - first[0] == pytest.approx(5 * seen[0], rel=1e-4)
+    assert added == pytest.approx(5 * seen[0], rel=1e-4)
     bare = main(train_args("lcmsr", images, tmp_path / "bare", 1, "--stage1", str(stage1), "--calibration-weight", "5"))
     assert bare == 2 and not (tmp_path / "bare").exists()
 
@@ -484,16 +492,9 @@ def test_sample_fidelity_adds_its_weight_times_the_samples_l1(images, stage1, tm
         return loss, logs
 
     monkeypatch.setattr(latent.LatentStage, "adversarial", spy)
-    gan = ["--stage1", str(stage1), "--gan-weight", "0.1", "--energy-weight", "1"]
-    first = {}
-    for weight in (0, 5):
-        out = tmp_path / f"w{weight}"
-        assert main(train_args("lcmsr", images, out, 1, *gan, "--sample-fidelity", str(weight))) == 0
-        first[weight] = json.loads((out / "checkpoint.json").read_text())["history"]["loss"][0][1]
-        options = json.loads((out / "model.json").read_text())["training"]["options"]
-        assert options.get("sample_fidelity") == (5.0 if weight else None)
+    added = loss_added_by(images, stage1, tmp_path, "--sample-fidelity", "sample_fidelity", 5)
     assert seen[0] == pytest.approx(seen[1]) and seen[0] > 0
-    assert first[5] - first[0] == pytest.approx(5 * seen[0], rel=1e-4)
+    assert added == pytest.approx(5 * seen[0], rel=1e-4)
 
 
 def test_lattice_power_is_the_benchs_lattice_measure():
@@ -615,17 +616,10 @@ def test_a_detail_term_adds_its_weight_times_its_value_on_the_samples(images, st
         return value
 
     monkeypatch.setattr(latent, term, spy)
-    gan = ["--stage1", str(stage1), "--gan-weight", "0.1", "--energy-weight", "1", "--scales", "4", "4"]
-    first = {}
-    for w in (0.0, weight):
-        out = tmp_path / f"w{w:g}"
-        assert main(train_args("lcmsr", images, out, 1, *gan, flag, str(w))) == 0
-        first[w] = json.loads((out / "checkpoint.json").read_text())["history"]["loss"][0][1]
-        options = json.loads((out / "model.json").read_text())["training"]["options"]
-        assert options.get(option) == (weight if w else None)
+    added = loss_added_by(images, stage1, tmp_path, flag, option, weight, "--scales", "4", "4")
     assert len(seen) == 2 and sum(seen) > 0 and not calls[0][0].requires_grad
     assert calls[0][1] == ((4.0,) if term == "lattice_excess" else ())
-    assert first[weight] - first[0.0] == pytest.approx(weight * sum(seen) / 2, rel=1e-4, abs=1e-6)
+    assert added == pytest.approx(weight * sum(seen) / 2, rel=1e-4, abs=1e-6)
 
 
 def test_unroll_judges_the_samplers_own_samples(images, stage1, tmp_path, monkeypatch):
