@@ -1,6 +1,7 @@
 """Where a training step's time goes (python -m training.bench step --data DIR [options]).
 
-Runs ``make train``'s stage-1 recipe (its PatchGAN on from the first step) and then its LCMSR
+Runs ``make train``'s stage-1 recipe (a PatchGAN, where the recipe has one, on from the first step;
+the recipe has none since the third 2026-12-05 bundle) and then its LCMSR
 recipe (the spread, 16 feature channels, the PatchGAN, the LR consistency and the energy score) on
 that stage 1, through the real trainer, in each precision of ``--precisions`` (training.precision)
 and with or without channels_last weights, the configurations taking turns every ``--steps`` steps
@@ -39,7 +40,7 @@ from ..lcmsr import LCMSRStage
 from ..stage1 import Stage1
 from ..trainer import Settings, Trainer
 
-STAGE1_OPTIONS = dict(recipe.STAGE1["options"], gan_start=0)  # the recipe's, the PatchGAN on from the first step
+STAGE1_OPTIONS = dict(recipe.STAGE1["options"], gan_start=0)  # the recipe's, a PatchGAN (if any) on from the first step
 
 
 class Timers:
