@@ -25,14 +25,14 @@ defaults, the Makefile:
   their added detail's lattice rises above HR's and spectrum_weight × the gap between their added
   detail's spectrum and HR's (training.latent ``adversarial``), and the decoder gains its gate (a gain
   per output pixel on what the latent adds, engine.models.decoder); a short warmup, and a learning rate
-  of 1e-3, five times stage 1's (at 2e-4 the samples' spread followed the error less: docs/MODELS.md,
+  of 1e-3 (at 2e-4 the samples' spread followed the error less: docs/MODELS.md,
   "The add stage's learning rate"), for 2000 steps (at 1000 the samples were less faithful and less
   sharp at D = 1, and their spread followed the error less: "The add stage's length"). The
   bundle takes LCMSR's networks and the decoder from it, so E²DiffSR decodes with that decoder too.
 - ADD_E2DIFFSR: the stage after it (``python -m training add-e2diffsr``): E²DiffSR's networks from
   its stage-2 run, trained on, and judged through, the add run's decoder (frozen), with stage 2's
-  losses (the energy score at twice their weight), its own sample_fidelity, ADD's warmup and stage 1's
-  learning rate (at ADD's, E²DiffSR's D = 1 came 0.49 dB from LCMSR's); its adversarial terms judge
+  losses (the energy score at twice their weight), its own sample_fidelity, ADD's warmup and a
+  learning rate of 2e-4 (at ADD's, E²DiffSR's D = 1 came 0.49 dB from LCMSR's); its adversarial terms judge
   the sampler's own 4-step samples (``unroll``, training.e2diffsr). The bundle takes E²DiffSR's
   networks from it.
 - FINETUNE: ``python -m training finetune`` and latentsr:train (training.finetune): stage 1 from the
