@@ -84,6 +84,7 @@ train: venv
 	  --data $(TRAIN_DATA) --val $(VAL_DATA) --out $(RUNS)/add-e2diffsr --resume $(ADD_E2DIFFSR_ARGS) $(TRAIN_ARGS)
 	cd $(ROOT) && $(PY) -m training bundle --stage1 $(RUNS)/stage1 --e2diffsr $(RUNS)/e2diffsr --lcmsr $(RUNS)/lcmsr \
 	  --add $(RUNS)/add --add-e2diffsr $(RUNS)/add-e2diffsr
+	cd $(ROOT) && $(PY) -m training reach --rasters $(VAL_DATA)
 	cd $(ROOT) && $(PY) -m training export-onnx
 
 # The quality bench runs on BENCH_LIMIT val images spread over all classes (0: all 210); the peers of

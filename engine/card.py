@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 from .errors import LatentSRError
 from .models import KINDS, LATENT
+from .reach import SAMPLE_EDGE_CELLS
 from .registry import LEARNED, REGISTRY
 from .schedulers import consistency, ddpm
 
@@ -33,6 +34,7 @@ WEIGHTS = "model.safetensors"
 DECODER = "decoder"  # the decoder's network when the card does not name it
 CONFIG_LIMIT = 4096  # the largest whole number in a network's config (widths, blocks): the shipped model has 128
 CONFIG_LIST_LIMIT = 16  # the longest list in a network's config (levels): the shipped model has 3
+EDGE_LIMIT = 64  # the widest edge of a sampled latent a card may record, in latent cells (the bundle's widest: 12)
 NETWORK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 
@@ -144,6 +146,12 @@ class MethodSpec(Entry):
     steps: int = 0  # the default steps (the registry's unless the card says)
     max_steps: int = 0  # the most steps: the betas' count, the card's max_steps, else the registry's
     detail_default: float | None = None  # stochastic methods: the card's detail_default, else the registry's
+    sample_edge: tuple[int, ...] | None = None  # the sampled latent's measured edge at 1..max_steps steps (training.reach)
+
+    def edge(self, steps: int) -> int:
+        """The latent cells beyond a tile's trusted output that the latent this method samples in
+        ``steps`` steps still reads (engine.reach): the card's measurement, else SAMPLE_EDGE_CELLS."""
+        return SAMPLE_EDGE_CELLS if self.sample_edge is None else self.sample_edge[steps - 1]
 
     @property
     def split(self) -> bool:
@@ -178,12 +186,26 @@ class MethodSpec(Entry):
         if detail is not None and (isinstance(detail, bool) or not isinstance(detail, (int, float))
                                    or not 0 <= detail <= 1):
             raise CardProblem(f"'{where}detail_default' is {detail!r}: detail must be between 0 and 1")
+        edge = sample_edge(raw, where, top) if "sample_edge" in raw else None
+        if edge is not None and not method.stochastic:
+            raise CardProblem(f"'{where}sample_edge' is given, but {name} does not sample a latent")
         extra = kept(raw, cls)
         if "betas" in raw and "max_steps" in raw:  # the betas' count is the most steps: max_steps stays as written
             extra["max_steps"] = raw["max_steps"]
         return cls(name, **values, latent_scale=scale, latent=whole(raw, "latent", where, latent),
                    betas=tuple(raw.get("betas", cls.betas)), prediction=raw.get("prediction", cls.prediction),
-                   steps=steps, max_steps=top, detail_default=detail, given=tuple(raw), extra=extra)
+                   steps=steps, max_steps=top, detail_default=detail, sample_edge=edge, given=tuple(raw), extra=extra)
+
+
+def sample_edge(raw: dict, where: str, top: int) -> tuple[int, ...]:
+    """A method entry's ``sample_edge``: one whole number of latent cells, 0 to EDGE_LIMIT, for each
+    step count from 1 to the method's most steps ``top``."""
+    value = raw["sample_edge"]
+    if (not isinstance(value, list) or len(value) != top
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= EDGE_LIMIT for v in value)):
+        raise CardProblem(f"'{where}sample_edge' must list {top} whole numbers of latent cells between 0 and "
+                          f"{EDGE_LIMIT}, one for each step count, got {value!r}")
+    return tuple(value)
 
 
 def steps_of(name: str, raw: dict, where: str) -> tuple[int, int]:

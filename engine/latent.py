@@ -217,8 +217,9 @@ class LatentMethod:
         return not self.stochastic or self.detail == 0
 
     def halo(self, scale: float) -> int:
-        """The LR pixels of context a tile needs at ``scale`` (engine.reach.method_halo)."""
-        return method_halo(self.decoder, scale, not self.deterministic)
+        """The LR pixels of context a tile needs at ``scale`` (engine.reach.method_halo): with the card's
+        edge of the sampled latent at this method's steps when it samples."""
+        return method_halo(self.decoder, scale, None if self.deterministic else self.spec.edge(self.steps))
 
     def __call__(self, tile: np.ndarray, grid: Grid, seed: int = 0) -> np.ndarray:
         n, h, w = tile.shape

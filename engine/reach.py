@@ -17,8 +17,13 @@ Measured by truncating a tile at a distance h from the pixels compared (docs/MOD
 the regression latent changes the output by less than 0.01 DN at h = 12 LR pixels, but a sampled
 latent (D > 0) by up to 2–3 DN at h = 16, and by less than 0.2 DN once h covers the decoder's reach,
 the guide's 3 cells and about 4 more. Through the tiler, on a 512² mosaic of four UC Merced images,
-those 4 cells still left 2 DN at ×3.3 and 5 gave 1 DN; ``SAMPLE_EDGE_CELLS`` keeps one more. The halo is therefore the exact
-reach of the decoder plus, when the method samples, the guide's exact reach and that measured
+those 4 cells still left 2 DN at ×3.3 and 5 gave 1 DN; ``SAMPLE_EDGE_CELLS`` keeps one more. How far
+the sampled latent carries a tile's edge is a property of the trained denoiser and of how often it runs:
+the fifth 2026-12-05 bundle's E²DiffSR needs 9 cells at 1 step, 18 at 2 and 14 at 4 (training.reach's
+measure). So training measures it for
+each bundle, method and step count (training.reach) and the card records it (``sample_edge``);
+``SAMPLE_EDGE_CELLS`` is the edge of a card written before that. The halo is therefore the exact
+reach of the decoder plus, when the method samples, the guide's exact reach and the sampled latent's
 edge, in cells of the run's scale (``method_halo``).
 
 The decoder's output-resolution synthesis and its gate also read their neighbours among the output
@@ -31,7 +36,7 @@ import math
 
 from .models.sampling import LATENT_FACTOR
 
-SAMPLE_EDGE_CELLS = 6  # measured: a sampled latent within this many cells of a tile's edge differs from a whole run's
+SAMPLE_EDGE_CELLS = 6  # a card without a measured edge (engine.card.MethodSpec.edge): the edge measured before cards had one
 SYNTH_REACH = 2  # the decoder's output-resolution synthesis: two 3×3 convs, 2 output pixels (at most 2 LR pixels, at ×1)
 GATE_REACH = 1  # the decoder's gate: one 3×3 conv over the output pixels
 GUIDE_CELLS = 3  # the decoder's guide: two 3×3 convs on the latent, then bilinear to the LR pixels (the detail path: one conv)
@@ -54,12 +59,12 @@ def output_margin(config: dict) -> int:
     return max(SYNTH_REACH if config.get("synth") else 0, GATE_REACH if config.get("gate") else 0)
 
 
-def method_halo(decoder: dict, scale: float, samples: bool) -> int:
+def method_halo(decoder: dict, scale: float, edge: int | None) -> int:
     """The halo, in LR pixels, that a learned method whose decoder has the config ``decoder`` needs
-    around the output it is trusted on at ``scale``: the decoder's reach and, when the method
-    ``samples`` a latent (D > 0), the guide's reach and the measured edge of the sampled latent,
-    in cells of 8/scale LR pixels (module notes)."""
+    around the output it is trusted on at ``scale``: the decoder's reach and, when the method samples
+    a latent (D > 0), the guide's reach and ``edge``, the measured edge of the sampled latent (None: it
+    does not sample), in cells of 8/scale LR pixels (module notes)."""
     halo = decoder_reach(decoder)
-    if samples:
-        halo += (GUIDE_CELLS + SAMPLE_EDGE_CELLS) * LATENT_FACTOR / scale
+    if edge is not None:
+        halo += (GUIDE_CELLS + edge) * LATENT_FACTOR / scale
     return math.ceil(halo - 1e-9)

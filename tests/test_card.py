@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import modelfile
+from engine import modelfile, reach
 from engine.card import Card, MethodSpec, parse
 from engine.errors import LatentSRError
 from engine.registry import REGISTRY
@@ -63,7 +63,12 @@ def test_defaults_live_in_the_card():
     (lambda c: c["methods"]["lcmsr"].__setitem__("latent_scale", -1), "'methods.lcmsr.latent_scale'"),
     (lambda c: c["methods"]["e2diffsr"].__setitem__("denoiser", "nowhere"), "'methods.e2diffsr.denoiser' names"),
     (lambda c: c["networks"]["decoder"].__setitem__("kind", "oracle"), "'networks.decoder.kind'"),
-], ids=["bands", "steps", "detail", "latent-scale", "role", "kind"])
+    (lambda c: c["methods"]["lcmsr"].__setitem__("sample_edge", [6, 7]), "'methods.lcmsr.sample_edge' must list 4"),
+    (lambda c: c["methods"]["e2diffsr"].__setitem__("sample_edge", [6, -1, 7, 8]), "'methods.e2diffsr.sample_edge'"),
+    (lambda c: c["methods"]["e2diffsr"].__setitem__("sample_edge", [6, True, 7, 65]), "between 0 and 64"),
+    (lambda c: c["methods"]["regression"].__setitem__("sample_edge", []), "regression does not sample"),
+], ids=["bands", "steps", "detail", "latent-scale", "role", "kind", "edge-count", "edge-negative", "edge-type",
+        "edge-deterministic"])
 def test_a_writer_cannot_write_what_the_reader_refuses(tmp_path, edit, named):
     card, tensors = random_bundle("tiny", seed=1)
     raw = card.to_json()
@@ -73,6 +78,19 @@ def test_a_writer_cannot_write_what_the_reader_refuses(tmp_path, edit, named):
     with pytest.raises(LatentSRError, match=named):
         card.updated(**raw)
     assert not (tmp_path / "never").exists()
+
+
+def test_the_sampled_latents_edge_is_the_cards_at_each_step_count():
+    """A card's measured edge (training.reach) is read per step count and written back; a card without
+    one gets the edge measured before cards had one."""
+    card, _ = random_bundle("tiny", seed=1)
+    raw = card.to_json()
+    assert card.methods["e2diffsr"].sample_edge is None
+    assert [card.methods["e2diffsr"].edge(k) for k in (1, 4)] == [reach.SAMPLE_EDGE_CELLS] * 2
+    raw["methods"]["e2diffsr"]["sample_edge"] = [4, 9, 11, 12]
+    e2 = parse(raw).methods["e2diffsr"]
+    assert [e2.edge(k) for k in (1, 2, 3, 4)] == [4, 9, 11, 12]
+    assert parse(raw).to_json() == raw and parse(raw).methods["lcmsr"].edge(1) == reach.SAMPLE_EDGE_CELLS
 
 
 def test_a_stage_runs_card_holds_its_method_at_the_top():

@@ -140,9 +140,15 @@ def check_widened_decoder(n):
             torch.testing.assert_close(out[:, b], ref, rtol=0, atol=1e-10)
 
 
+INIT_EDGE = [1, 3, 2, 2]  # the start model's edge of E²DiffSR's sampled latent per step count (training.reach)
+
+
 @pytest.fixture(scope="module")
 def tiny_init(tmp_path_factory):
-    return str(write(tmp_path_factory.mktemp("models") / "tiny-rgb", *random_bundle("tiny", seed=0, name="tiny-rgb")))
+    card, tensors = random_bundle("tiny", seed=0, name="tiny-rgb")
+    methods = card.to_json()["methods"]
+    methods["e2diffsr"]["sample_edge"] = INIT_EDGE
+    return str(write(tmp_path_factory.mktemp("models") / "tiny-rgb", card.updated(methods=methods), tensors))
 
 
 def finetune_args(raster, out, init, steps=2, *extra):
@@ -159,6 +165,8 @@ def test_finetune_writes_a_bundle_that_superresolves(uint16_raster, tiny_init, t
     assert card["networks"]["decoder"]["config"]["channels"] == 2 * json.loads(
         (Path(tiny_init) / "model.json").read_text())["networks"]["decoder"]["config"]["channels"]
     assert set(card["methods"]) == {"e2diffsr", "lcmsr", "regression"} and card["onnx"]
+    # the start model's measured edge goes with its E²DiffSR; its LCMSR had none
+    assert card["methods"]["e2diffsr"]["sample_edge"] == INIT_EDGE and "sample_edge" not in card["methods"]["lcmsr"]
     ds = engine_raster.open_raster(uint16_raster)
     norms = engine_raster.band_norms(ds, engine_raster.describe(ds, None))
     recorded = card["normalisation"]["rasters"][0]["bands"]

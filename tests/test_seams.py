@@ -42,7 +42,10 @@ def test_tiled_equals_untiled_with_the_default_overlap(naip_crop, tmp_path, name
     the pixels (seeds 5 and 6), inside the blend zones; with an overlap of 48 instead of 32 on 0.86–0.94 %:
     more context does not lower it, more blended pixels raise it, so these are the two tiles' float
     differences rounding to the other side, not a halo short of the receptive field, and the share is
-    bounded at 1 %."""
+    bounded at 1 %. The fifth 2026-12-05 bundle's E²DiffSR carried a tile's edge further into its
+    sampled latent: with the 6-cell edge of the bundles before it gave 2 DN at ×4 (D = 1 and the
+    default); with the edges its card measured (training.reach: 14 cells at 4 steps) every case is
+    within 1 DN, on 0.06 % of the pixels at most."""
     outputs = []
     for tile, overlap in ((max(CROP[2:]) + 1, 0), (TILE, DEFAULTS.overlap)):
         out = str(tmp_path / f"{tile}.tif")
@@ -55,15 +58,21 @@ def test_tiled_equals_untiled_with_the_default_overlap(naip_crop, tmp_path, name
     assert diff.mean() <= 0.01
 
 
-def test_halo_follows_scale_and_detail():
+def test_halo_follows_scale_detail_and_steps():
+    """The decoder's reach at D = 0; at D > 0 the guide's and the sampled latent's edge that the card
+    measured (training.reach) for the method's steps, in cells of 8/scale LR pixels."""
     card = modelfile.read_card(modelfile.resolve(None))
     decoder = card.networks[card.decoder].config
     assert reach.decoder_reach(decoder) == 14  # 4 guided blocks and the output-resolution synthesis
     assert reach.output_margin(decoder) == 2
-    assert [reach.method_halo(decoder, s, False) for s in (2, 3.3, 4, 8)] == [14] * 4
-    assert [reach.method_halo(decoder, s, True) for s in (2, 3.3, 4, 8)] == [50, 36, 32, 23]  # + 9 cells of 8/scale
-    d1 = build_method("e2diffsr", MethodOptions(detail=1.0))
-    assert d1.halo(2.0) == 50 and build_method("e2diffsr", MethodOptions(detail=0.0)).halo(2.0) == 14
+    assert [reach.method_halo(decoder, s, None) for s in (2, 3.3, 4, 8)] == [14] * 4
+    assert [reach.method_halo(decoder, s, 6) for s in (2, 3.3, 4, 8)] == [50, 36, 32, 23]  # + 9 cells of 8/scale
+    e2 = card.methods["e2diffsr"]
+    assert len(e2.sample_edge) == e2.max_steps
+    for steps in (1, e2.max_steps):
+        d1 = build_method("e2diffsr", MethodOptions(detail=1.0, steps=steps))
+        assert d1.halo(2.0) == reach.method_halo(decoder, 2.0, e2.edge(steps))
+    assert build_method("e2diffsr", MethodOptions(detail=0.0)).halo(2.0) == 14
     assert build_method("regression").halo(2.0) == 14
 
 

@@ -879,8 +879,8 @@ MAKE_TRAIN = {
 }
 
 
-def make_train_stages() -> dict:
-    """The options of each training command that `make train` runs, parsed by the training CLI."""
+def make_train_commands() -> list[tuple[str, dict]]:
+    """Each training command that `make train` runs, in order, with its options parsed by the training CLI."""
     import shlex
     import subprocess
 
@@ -891,12 +891,27 @@ def make_train_stages() -> dict:
     root = Path(__file__).resolve().parents[1]
     text = subprocess.run(["make", "-n", "-o", "venv", "train"], cwd=root, capture_output=True, text=True,
                           check=True).stdout.replace("\\\n", " ")
-    stages = {}
+    commands = []
     for line in text.splitlines():
-        found = re.search(r"-m training (stage1|e2diffsr|lcmsr|add-e2diffsr|add) (.*)", line)
+        found = re.search(r"-m training (\S+)(.*)", line)
         if found:
-            stages[found.group(1)] = vars(parser().parse_args([found.group(1), *shlex.split(found.group(2))]))
-    return stages
+            commands.append((found.group(1), vars(parser().parse_args([found.group(1), *shlex.split(found.group(2))]))))
+    return commands
+
+
+def make_train_stages() -> dict:
+    """The options of each training stage that `make train` runs."""
+    return {name: args for name, args in make_train_commands()
+            if name in ("stage1", "e2diffsr", "lcmsr", "add-e2diffsr", "add")}
+
+
+def test_make_train_measures_the_sampled_latents_edge_before_the_export():
+    """The bundle's card gets its measured edge (training.reach) on the val images before the ONNX
+    graphs are exported from it."""
+    commands = make_train_commands()
+    assert [name for name, _ in commands][-3:] == ["bundle", "reach", "export-onnx"]
+    stages = dict(commands)
+    assert stages["reach"]["rasters"] == [stages["stage1"]["val"][0]] and stages["reach"]["model"] is None
 
 
 def test_make_train_runs_the_recipe_table_that_trained_the_bundle():

@@ -206,6 +206,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", default="default", help="network sizes of --random")
     b.add_argument("--name", default=DEFAULT_MODEL)
     b.add_argument("--out", default=str(MODELS_DIR), help="parent folder of the bundle (default resources/models)")
+    r = sub.add_parser("reach", help="measure how far each sampling method's latent carries a tile's edge, at every "
+                                     "step count, and write it to the bundle's card (the halo the engine gives tiles)")
+    r.add_argument("--model", help=f"bundle name under resources/models or bundle folder (default {DEFAULT_MODEL})")
+    r.add_argument("--rasters", nargs="+", required=True, metavar="PATH",
+                   help="rasters, or folders of images, to measure on (their centre windows; real imagery)")
+    r.add_argument("--bands", type=band_list, metavar="1,2,3", help="the rasters' bands, in the model's order (default all)")
     e = sub.add_parser("export-onnx", help="export a bundle's inference graphs to ONNX, into the bundle folder")
     e.add_argument("--model", help=f"bundle name under resources/models or bundle folder (default {DEFAULT_MODEL})")
     return ap
@@ -316,6 +322,10 @@ def run(args) -> None:
         folder = bundle.write(Path(args.out) / args.name, card, tensors,
                               bundle.stage1_encoder(args.stage1) if args.stage1 else None)
         logging.getLogger(__name__).info("wrote %s (methods: %s)", folder, ", ".join(card.methods))
+    elif args.command == "reach":
+        from . import reach
+
+        reach.measure(args.model, args.rasters, args.bands)
     else:
         from . import export
 

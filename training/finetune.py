@@ -332,6 +332,9 @@ def run(job: Finetune, report: Callable | None = None, should_stop: Callable[[],
     for method, spec in card.methods.items():
         if "detail_default" in spec.given and method in made.methods:
             result["methods"][method]["detail_default"] = spec.detail_default
+        if spec.sample_edge is not None and method in made.methods and made.methods[method].max_steps == spec.max_steps:
+            # a short fine-tune from the start model keeps its measured edge (python -m training reach measures this one)
+            result["methods"][method]["sample_edge"] = list(spec.sample_edge)
     result["fine_tuned_from"] = {"model": card.name, "folder": str(folder), "sha256": card.weights.sha256,
                                  "bands": old_bands}
     if n != old_bands:
