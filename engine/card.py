@@ -34,7 +34,7 @@ WEIGHTS = "model.safetensors"
 DECODER = "decoder"  # the decoder's network when the card does not name it
 CONFIG_LIMIT = 4096  # the largest whole number in a network's config (widths, blocks): the shipped model has 128
 CONFIG_LIST_LIMIT = 16  # the longest list in a network's config (levels): the shipped model has 3
-EDGE_LIMIT = 64  # the widest edge of a sampled latent a card may record, in latent cells (the bundle's widest: 12)
+EDGE_LIMIT = 64  # the widest edge of a sampled latent a card may record, in latent cells (the bundle's widest: 18)
 NETWORK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 

@@ -19,10 +19,9 @@ latent (D > 0) by up to 2–3 DN at h = 16, and by less than 0.2 DN once h cover
 the guide's 3 cells and about 4 more. Through the tiler, on a 512² mosaic of four UC Merced images,
 those 4 cells still left 2 DN at ×3.3 and 5 gave 1 DN; ``SAMPLE_EDGE_CELLS`` keeps one more. How far
 the sampled latent carries a tile's edge is a property of the trained denoiser and of how often it runs:
-the fifth 2026-12-05 bundle's E²DiffSR needs 9 cells at 1 step, 18 at 2 and 14 at 4 (training.reach's
-measure). So training measures it for
-each bundle, method and step count (training.reach) and the card records it (``sample_edge``);
-``SAMPLE_EDGE_CELLS`` is the edge of a card written before that. The halo is therefore the exact
+the fifth 2026-12-05 bundle's E²DiffSR needs 9 cells at 1 step, 18 at 2 and 14 at 4. So training
+measures it for each bundle, method and step count (training.reach) and the card records it
+(``sample_edge``); ``SAMPLE_EDGE_CELLS`` is the edge of a card written before that. The halo is therefore the exact
 reach of the decoder plus, when the method samples, the guide's exact reach and the sampled latent's
 edge, in cells of the run's scale (``method_halo``).
 

@@ -177,6 +177,8 @@ def measure(model: str, rasters: list[str], bands: list[int] | None = None, coun
         methods = {m: dict(s.to_json(), sample_edge=edges[m]) if m in edges else s.to_json()
                    for m, s in card.methods.items()}
         modelfile.write_card(folder, card.updated(methods=methods, training=training))
+    log.info("wrote the edges (%s) into %s", "; ".join(f"{m} {record['methods'][m]['edge']}" for m in sampling),
+             folder / modelfile.CARD)
     return record
 
 
