@@ -28,12 +28,12 @@ def test_the_search_finds_the_first_edge_that_passes(lo):
         assert reach.smallest_edge(passes, lo, 64) == first
         assert len(asked) <= 2 * math.ceil(math.log2(first + 2)) + 1, (first, asked)
     assert reach.smallest_edge(lambda e: e >= 70, lo, 64) is None
-    assert reach.smallest_edge(lambda e: True, lo, 64) == lo  # the edge of the step count before holds
+    assert reach.smallest_edge(lambda e: True, lo, 64) == lo  # the search's start passes: it is the answer
 
 
 def test_the_measured_edge_goes_into_the_card_and_the_halo(tmp_path, monkeypatch):
     """On a tiny random bundle (one scale and seed, to stay fast): every sampling method gets one edge
-    per step count, from the search's start up, the card records how they were measured, and the
+    per step count, each searched from 0, the card records how they were measured, and the
     engine's halo at each step count is the one its edge gives."""
     monkeypatch.setattr(reach, "SCALES", (4.0,))
     monkeypatch.setattr(reach, "SEEDS", (0,))
