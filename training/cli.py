@@ -210,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
                                      "step count, and write it to the bundle's card (the halo the engine gives tiles)")
     r.add_argument("--model", help=f"bundle name under resources/models or bundle folder (default {DEFAULT_MODEL})")
     r.add_argument("--rasters", nargs="+", required=True, metavar="PATH",
-                   help="rasters, or folders of images, to measure on (their centre windows; real imagery)")
+                   help="rasters, or folders searched for rasters, to measure on (their centre windows; real imagery)")
     r.add_argument("--bands", type=band_list, metavar="1,2,3", help="the rasters' bands, in the model's order (default all)")
     e = sub.add_parser("export-onnx", help="export a bundle's inference graphs to ONNX, into the bundle folder")
     e.add_argument("--model", help=f"bundle name under resources/models or bundle folder (default {DEFAULT_MODEL})")

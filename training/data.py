@@ -178,9 +178,14 @@ def batch_scale(seed: int, step: int, low: float, high: float) -> float:
     return float(np.random.default_rng([seed, step, 1 << 30]).uniform(low, high))
 
 
+def spread(n: int, count: int) -> np.ndarray:
+    """Up to ``count`` indices of ``n`` items, evenly spread from the first to the last (none of none)."""
+    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
+
+
 def centre_crops(files: list[Path], crop: int, bands: int, count: int) -> np.ndarray:
     """Centre crops of up to ``count`` files evenly spread over the list: N×C×crop×crop."""
-    picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int))
+    picks = spread(len(files), count)
     out = []
     for k in picks:
         img = fit(pick_bands(read_image(files[k]), bands, None), crop)

@@ -21,6 +21,7 @@ import numpy as np
 from engine import raster
 from engine.errors import LatentSRError
 
+from .data import spread
 from .errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ class RasterSet:
                     raise TrainingError(f"the validation raster {path} has {len(src.bands)} bands, the training rasters {self.bands}")
                 valid = validity(ds, info, src.step)
                 found += [(src, ds, info, y, x) for y, x in grid_origins(valid, src.step, crop, 0, src.height, src.width)]
-        picks = np.unique(np.linspace(0, len(found) - 1, min(count, len(found))).round().astype(int)) if found else []
+        picks = spread(len(found), count)
         chosen = set(picks)
         crops = {}
         for k in [*picks, *(k for k in range(len(found)) if k not in chosen)]:

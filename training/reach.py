@@ -39,8 +39,9 @@ from engine.methods import DEFAULTS, RunOptions
 from engine.pipeline import Request, superresolve
 from engine.registry import REGISTRY
 
-from .data import list_images
+from .data import spread
 from .errors import TrainingError
+from .rasters import list_rasters
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +82,14 @@ def smallest_edge(passes: Callable[[int], bool], lo: int, hi: int) -> int | None
 
 def windows(rasters: list[str], bands: list[int] | None, count: int, folder: Path) -> list[tuple[str, str, float]]:
     """Float32 GeoTIFFs of the centre WINDOW² of up to ``count`` rasters evenly spread over ``rasters``
-    (files, or folders of images), with ``bands`` (1-based; None: all): each as (the raster's path relative
-    to its folder, the window's path, its value range)."""
+    (files, or folders searched for rasters: training.rasters.list_rasters), with ``bands`` (1-based;
+    None: all): each as (the raster's path relative to its folder, the window's path, its value range)."""
     from osgeo import gdal
 
     gdal.UseExceptions()
-    found = [(f, f.relative_to(r)) for r in map(Path, rasters) for f in (list_images(r) if r.is_dir() else [r])]
+    found = [(f, f.relative_to(r)) for r in rasters for f in list_rasters([r])]
     files = [f for f, _ in found]
-    if not files:
-        raise TrainingError(f"no rasters to measure the sampled latent's edge on in {', '.join(rasters)}")
-    picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int))
+    picks = spread(len(files), count)
     out = []
     for k in picks:
         try:
@@ -109,6 +108,12 @@ def windows(rasters: list[str], bands: list[int] | None, count: int, folder: Pat
             raise TrainingError(f"the centre of {files[k]} is one value: measuring the sampled latent's edge needs texture")
         out.append((found[k][1].as_posix() if found[k][1].parts else files[k].name, path, float(a.max() - a.min())))
     return out
+
+
+def with_edges(card, edges: dict[str, list[int]], **updates):
+    """``card`` with ``edges[m]`` as the ``sample_edge`` of each method m in it, and ``updates``."""
+    methods = {m: dict(s.to_json(), **({"sample_edge": edges[m]} if m in edges else {})) for m, s in card.methods.items()}
+    return card.updated(methods=methods, **updates)
 
 
 @contextlib.contextmanager
@@ -173,10 +178,7 @@ def measure(model: str, rasters: list[str], bands: list[int] | None = None, coun
                          f"{run.worst[edge - 1]:.3g} at {edge - 1}" if edge - 1 in run.worst else "the search's start")
             record["methods"][name] = {"edge": edges[name], "largest_difference": widest, "one_cell_less": below}
         record["seconds"] = round(time.perf_counter() - start)
-        training = dict(card.training, sample_edge=record)
-        methods = {m: dict(s.to_json(), sample_edge=edges[m]) if m in edges else s.to_json()
-                   for m, s in card.methods.items()}
-        modelfile.write_card(folder, card.updated(methods=methods, training=training))
+        modelfile.write_card(folder, with_edges(card, edges, training=dict(card.training, sample_edge=record)))
     log.info("wrote the edges (%s) into %s", "; ".join(f"{m} {record['methods'][m]['edge']}" for m in sampling),
              folder / modelfile.CARD)
     return record
@@ -205,9 +207,7 @@ class Runner:
     def passes(self, edge: int) -> bool:
         trial = {m: list(e) for m, e in self.edges.items()}
         trial[self.name][self.steps - 1] = edge
-        methods = {m: dict(s.to_json(), **({"sample_edge": trial[m]} if m in trial else {}))
-                   for m, s in self.card.methods.items()}
-        modelfile.write_card(self.copy, self.card.updated(methods=methods))
+        modelfile.write_card(self.copy, with_edges(self.card, trial))
         worst = 0.0
         for case in self.cases:
             if case not in self.whole:
