@@ -995,3 +995,17 @@ def test_validation_runs_the_engines_tile_routine(images, stage1, tmp_path, name
             sample = sample_ddim(model, start, schedule, extra)
         torch.testing.assert_close(sr, stage.decode(pair, stage.clean(cond, sample), stage.nets), rtol=0, atol=0)
         torch.testing.assert_close(ref, stage.decode(pair, stage.guess(cond), stage.nets), rtol=0, atol=0)
+
+
+def test_stage1_channels_widens_the_start_decoder(images, stage1, tmp_path, capsys):
+    """--channels gives the run's decoder a wider trunk, started from the narrower --init decoder
+    (training.widen; tests/test_widen.py checks that it decodes as the start); a narrower one is refused
+    in one line, before the run folder is made."""
+    assert main(train_args("stage1", images, tmp_path / "wide", 1, "--init", str(stage1), "--channels", "16")) == 0
+    card = json.loads((tmp_path / "wide" / "model.json").read_text())
+    assert card["networks"]["decoder"]["config"]["channels"] == 16
+    assert json.loads((stage1 / "model.json").read_text())["networks"]["decoder"]["config"]["channels"] == 8
+    assert main(train_args("stage1", images, tmp_path / "narrow", 1, "--init", str(tmp_path / "wide"),
+                           "--channels", "8")) == 2
+    assert "trunk has 16 channels and this run's 8" in capsys.readouterr().err
+    assert not (tmp_path / "narrow").exists()

@@ -19,6 +19,7 @@ import torch
 from engine.latent import band_groups
 
 from .errors import TrainingError
+from .widen import trunk_channels, widen_trunk
 
 # (network kind, parameter) -> (dim, groups, inner, reads): the band axis of the parameter is dim,
 # laid out as groups × bands × inner (pixel_shuffle's and torch.cat's orders); ``reads``: the layer
@@ -63,8 +64,11 @@ def load_adapted(net: torch.nn.Module, kind: str, state: dict, old_bands: int, s
     size), keep their start. Returns the names that were not loaded."""
     own = net.state_dict()
     new_bands = net.config["bands"] if "bands" in net.config else old_bands
-    widened = kind == "decoder" and "head.weight" in state and own["head.weight"].shape[0] != state["head.weight"].shape[0]
+    widened = (kind == "decoder" and band_group_copies(old_bands, new_bands) > 1 and "head.weight" in state
+               and own["head.weight"].shape[0] != state["head.weight"].shape[0])
     start = widen_decoder(state, old_bands, new_bands) if widened else adapt_state(kind, state, old_bands, new_bands)
+    if kind == "decoder" and "head.weight" in start and trunk_channels(start) != trunk_channels(own):
+        start = widen_trunk(start, own)
     left = []
     with torch.no_grad():
         for key, value in start.items():

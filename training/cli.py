@@ -87,6 +87,9 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
                        help="the decoder gains a non-linear synthesis at the output resolution with F channels: the "
                             "latent and the upsampler's features through two 3×3 convolutions over the output pixels "
                             "(0: none; default %(default)s)")
+        p.add_argument("--channels", type=int, default=o.get("channels"), metavar="C",
+                       help="the channels of the decoder's LR trunk (default: %(default)s; a narrower --init decoder is "
+                            "widened to it and starts as it was)")
     else:
         p.add_argument("--stage1", required=True, help="the --out folder of a stage-1 run")
         p.add_argument("--cond-weight", type=float, default=o["cond_weight"],
@@ -227,7 +230,8 @@ def train(args) -> None:
         options = {"kl_weight": args.kl_weight, "fft_weight": args.fft_weight, "latent_dropout": args.latent_dropout,
                    "latent_noise": args.latent_noise, "init": args.init, "gan_weight": args.gan_weight,
                    "gan_start": args.gan_start, **({"detail_flat": True} if args.detail_flat else {}),
-                   **({"synth": args.synth} if args.synth else {})}
+                   **({"synth": args.synth} if args.synth else {}),
+                   **({"channels": args.channels} if args.channels else {})}
     elif args.command == E2DIFFSR.name:
         from .e2diffsr import E2DiffSRStage as stage
     elif args.command == ADD:

@@ -181,6 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds, the first a warm-up (default %(default)s)")
     ap.add_argument("--precisions", nargs="+", default=["float32", "bf16"], choices=("float32", "bf16"))
     ap.add_argument("--channels-last", choices=("no", "yes", "both"), default="both")
+    ap.add_argument("--channels", type=int, help="stage 1's decoder trunk channels (default: the recipe's; a narrower "
+                                                 "--init decoder is widened to it, training.widen)")
     stages = (Stage1.name, LCMSRStage.name)
     ap.add_argument("--stages", nargs="+", default=list(stages), choices=stages)
     args = ap.parse_args(argv)
@@ -196,7 +198,8 @@ def main(argv=None) -> int:
             for prec, cl in configs:
                 out = Path(tmp) / f"{stage_name}-{prec}-{int(cl)}"
                 first = stage_name == "stage1"
-                options = dict(STAGE1_OPTIONS, init=args.init) if first else dict(recipe.STAGE2["options"])
+                options = (dict(STAGE1_OPTIONS, init=args.init, **({"channels": args.channels} if args.channels else {}))
+                           if first else dict(recipe.STAGE2["options"]))
                 settings = Settings(data=args.data, out=str(out), steps=0, schedule_steps=10 ** 6, batch=args.batch,
                                     lr=(recipe.STAGE1 if first else recipe.STAGE2)["lr"], warmup=recipe.RUN["warmup"],
                                     ckpt_every=10 ** 9, val_every=10 ** 9, crop=args.crop, preset=args.preset, progress=False,

@@ -1,0 +1,79 @@
+"""A decoder's LR trunk widened from a narrower start (training.widen, stage 1's --channels)."""
+import pytest
+import torch
+
+from engine.models import build
+from training import bands
+from training.batch import make_pair
+from training.errors import TrainingError
+from training.widen import trunk_channels
+
+
+def decoder(channels, **extra):
+    config = dict(bands=3, latent=4, channels=channels, blocks=2, up_channels=4, tail_channels=6, emb_dim=16,
+                  detail=True, synth=4, gate=True, **extra)
+    return build("decoder", config).double()
+
+
+@pytest.fixture
+def float64():
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # make_pair's tables too
+    yield
+    torch.set_default_dtype(dtype)
+
+
+@pytest.fixture
+def narrow():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        old = decoder(8)
+        for p in old.parameters():  # no zero-initialised layer: every path carries signal
+            torch.nn.init.normal_(p, std=0.3)
+    return old.eval()
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.5, 4.0])
+def test_widened_trunk_decodes_as_the_narrow_one(float64, narrow, scale):
+    wide = decoder(20).eval()
+    assert bands.load_adapted(wide, "decoder", narrow.state_dict(), 3) == []
+    assert trunk_channels(wide.state_dict()) == 20
+    pair = make_pair(torch.rand(2, 3, 32, 32), scale, 1)
+    z = torch.randn(2, 4, *pair.latent_shape(4)[2:])
+    with torch.no_grad():
+        torch.testing.assert_close(wide(*pair.decoder_inputs(z)), narrow(*pair.decoder_inputs(z)), rtol=1e-10, atol=1e-10)
+
+
+def test_new_channels_carry_signal_and_learn(float64, narrow):
+    """The new channels' rows start random, so the zero columns that read them get a gradient."""
+    wide = decoder(20)
+    bands.load_adapted(wide, "decoder", narrow.state_dict(), 3)
+    pair = make_pair(torch.rand(2, 3, 32, 32), 3.0, 1)
+    z = torch.randn(2, 4, *pair.latent_shape(4)[2:])
+    wide(*pair.decoder_inputs(z)).square().mean().backward()
+    for name in ("blocks.0.conv1.weight", "blocks.1.conv2.weight", "body_out.weight", "levels.0.weight"):
+        weight = dict(wide.named_parameters())[name]
+        assert not weight.detach()[:, 8:].any() if name.startswith("levels") else not weight.detach()[:8, 8:].any()
+        grad = weight.grad[:, 8:] if name.startswith("levels") else weight.grad[:8, 8:]
+        assert grad.abs().max() > 0, name
+    # the old scale and shift rows of a block's guidance sit at the start of each half
+    guide = dict(wide.named_parameters())["blocks.0.guide.weight"].detach()
+    old_guide = narrow.state_dict()["blocks.0.guide.weight"]
+    torch.testing.assert_close(guide[20:28, :8], old_guide[8:16])
+
+
+def test_a_trunk_does_not_narrow(narrow):
+    with pytest.raises(TrainingError, match="trunk has 8 channels and this run's 6"):
+        bands.load_adapted(decoder(6), "decoder", narrow.state_dict(), 3)
+
+
+def test_another_latent_keeps_its_start(narrow):
+    """Weights whose other axes differ (another latent size) are not the widening's: they keep the
+    fresh start, as load_adapted does for a decoder of the same width."""
+    wide = build("decoder", dict(bands=3, latent=6, channels=20, blocks=2, up_channels=4, tail_channels=6, emb_dim=16,
+                                 detail=True, synth=4, gate=True)).double()
+    fresh = {k: v.clone() for k, v in wide.state_dict().items()}
+    left = bands.load_adapted(wide, "decoder", narrow.state_dict(), 3)
+    assert {"guide.0.weight", "detail.weight", "synth_cells.weight"} <= set(left)
+    torch.testing.assert_close(wide.state_dict()["guide.0.weight"], fresh["guide.0.weight"])
+    torch.testing.assert_close(wide.state_dict()["head.weight"][:8], narrow.state_dict()["head.weight"])
