@@ -88,8 +88,8 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
                             "latent and the upsampler's features through two 3×3 convolutions over the output pixels "
                             "(0: none; default %(default)s)")
         p.add_argument("--channels", type=int, default=o.get("channels"), metavar="C",
-                       help="the channels of the decoder's LR trunk (default: %(default)s; a narrower --init decoder is "
-                            "widened to it and starts as it was)")
+                       help="the channels of the decoder's LR trunk (default: the preset's, 48 in the default preset); "
+                            "a narrower --init decoder is widened to it and starts as it was")
     else:
         p.add_argument("--stage1", required=True, help="the --out folder of a stage-1 run")
         p.add_argument("--cond-weight", type=float, default=o["cond_weight"],
