@@ -45,7 +45,7 @@ def test_widened_trunk_decodes_as_the_narrow_one(float64, narrow, scale):
 
 
 def test_new_channels_carry_signal_and_learn(float64, narrow):
-    """The new channels' rows start random, so the zero columns that read them get a gradient."""
+    """The new channels' rows start random (scaled down), so the zero columns that read them get a gradient."""
     wide = decoder(20)
     bands.load_adapted(wide, "decoder", narrow.state_dict(), 3)
     pair = make_pair(torch.rand(2, 3, 32, 32), 3.0, 1)

@@ -68,9 +68,8 @@ def widen_trunk(state: dict, fresh: dict) -> dict:
             out[key] = w  # not the trunk's to widen (another latent size): load_adapted leaves its start
             continue
         target = fresh[key].clone()
-        if writes_trunk(key):
+        if writes_trunk(key):  # the new rows scaled, the old rows (of each half) where they were
             target *= NEW_GAIN
-        if writes_trunk(key):  # the old rows (of each half) where they were
             halves = 2 if key.startswith("blocks.") and any(h in key for h in HALVED) else 1
             parts = [(h * new, w[h * old:(h + 1) * old]) for h in range(halves)]
         else:
