@@ -1,11 +1,16 @@
 """A decoder's LR trunk widened from a narrower start (training.widen, stage 1's --channels)."""
+from pathlib import Path
+
 import pytest
 import torch
 
 from engine.models import build
 from training import bands
 from training.batch import make_pair
+from training.bundle import random_bundle, write
 from training.errors import TrainingError
+from training.stage1 import Stage1
+from training.trainer import Settings
 from training.widen import trunk_channels
 
 
@@ -41,7 +46,8 @@ def test_widened_trunk_decodes_as_the_narrow_one(float64, narrow, scale):
     pair = make_pair(torch.rand(2, 3, 32, 32), scale, 1)
     z = torch.randn(2, 4, *pair.latent_shape(4)[2:])
     with torch.no_grad():
-        torch.testing.assert_close(wide(*pair.decoder_inputs(z)), narrow(*pair.decoder_inputs(z)), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(wide(*pair.decoder_inputs(z)), narrow(*pair.decoder_inputs(z)),
+                                   rtol=1e-10, atol=1e-10)
 
 
 def test_new_channels_carry_signal_and_learn(float64, narrow):
@@ -77,3 +83,30 @@ def test_another_latent_keeps_its_start(narrow):
     assert {"guide.0.weight", "detail.weight", "synth_cells.weight"} <= set(left)
     torch.testing.assert_close(wide.state_dict()["guide.0.weight"], fresh["guide.0.weight"])
     torch.testing.assert_close(wide.state_dict()["head.weight"][:8], narrow.state_dict()["head.weight"])
+
+
+@pytest.mark.parametrize("channels", [16, 12])
+def test_stage1_widens_a_bundle_without_its_encoder(float64, tmp_path, channels):
+    """A start bundle without a stage-1 encoder gives stage 1 its decoder with the latent guidance folded
+    into its zero-latent constant (Stage1.start_decoder_from); with --channels the trunk is widened too,
+    to a width that need not be a multiple of the start's, and decodes a zero latent as the same start
+    at its own width does (the detail path's constant aside: stage 1 sets it by PCA)."""
+    folder = write(tmp_path / "start", *random_bundle("tiny", name="start"))
+
+    def started(width):
+        settings = Settings(data=str(Path(__file__).parent / "data"), out="", preset="tiny", crop=64, batch=2,
+                            options={"init": str(folder), "channels": width})
+        stage = Stage1(settings, torch.device("cpu"), None)
+        stage.setup()
+        dec = stage.nets["decoder"].eval()
+        with torch.no_grad():
+            dec.detail.bias.zero_()
+        return dec
+
+    narrow, wide = started(8), started(channels)
+    assert wide.config["channels"] == channels and narrow.config["channels"] == 8
+    pair = make_pair(torch.rand(2, 3, 32, 32), 2.5, 1)
+    z0 = torch.zeros(pair.latent_shape(wide.config["latent"]))
+    with torch.no_grad():
+        torch.testing.assert_close(wide(*pair.decoder_inputs(z0)), narrow(*pair.decoder_inputs(z0)),
+                                   rtol=1e-10, atol=1e-10)

@@ -24,7 +24,7 @@ from engine.models import build
 from engine.models.encoder import pca, residual_blocks
 
 from . import distributed, recipe
-from .bands import load_adapted
+from .bands import band_group_copies, load_adapted
 from .adversary import Adversary
 from .errors import TrainingError
 from .trainer import Stage
@@ -103,7 +103,10 @@ class Stage1(Stage):
         load_adapted(dec, "decoder", old.state_dict(), card.bands, skip=("guide.", "detail."))
         with torch.no_grad():
             constant = old.guide(torch.zeros(1, spec.config["latent"], 1, 1, device=self.device))[0, :, 0, 0]
-            constant = constant.repeat(dec.blocks[0].guide.weight.shape[1] // constant.numel())  # a widened trunk's copies
+            # as load_adapted lays the trunk out: one copy per band group (training.bands), then the channels
+            # a wider trunk adds (training.widen), which the old channels read through zeros
+            constant = constant.repeat(band_group_copies(card.bands, dec.config["bands"]))
+            constant = torch.nn.functional.pad(constant, (0, dec.blocks[0].guide.weight.shape[1] - constant.numel()))
             for block in dec.blocks:
                 block.guide.bias.add_(block.guide.weight[:, :, 0, 0] @ constant)
                 block.guide.weight.zero_()
