@@ -333,6 +333,56 @@ def test_the_last_stages_resume_exactly(images, stage1, tmp_path):
         assert sa["history"] == sb["history"] and sa["step"] == sb["step"] == 4
 
 
+def spiking(monkeypatch, at, **guard):
+    """Stage 1 whose loss is 1e4 times itself at the step indices where ``at(step)`` holds (so its gradient
+    is too), under a guard with ``guard``'s settings (a warmup of 2 admitted steps unless given)."""
+    from training import trainer
+    from training.spikes import StepGuard
+
+    loss = Stage1.loss
+
+    def spiked(self, pair, gen, ema):
+        value, logs = loss(self, pair, gen, ema)
+        return (value * 1e4 if at(self.step) else value), logs
+
+    monkeypatch.setattr(Stage1, "loss", spiked)
+    monkeypatch.setattr(trainer, "StepGuard", lambda: StepGuard(**{"warmup": 2, **guard}))
+
+
+def test_a_spiked_step_is_skipped_and_the_guard_resumes_exactly(images, tmp_path, monkeypatch):
+    """One update whose gradient is 1e4 times the usual is skipped (weights and optimizer as they were),
+    recorded in the history and the card; a run resumed across it ends as the straight run does."""
+    spiking(monkeypatch, at=lambda step: step == 4)  # the 5th update
+    assert main(train_args("stage1", images, tmp_path / "straight", 6)) == 0
+    assert main(train_args("stage1", images, tmp_path / "resumed", 4, "--schedule-steps", "6")) == 0
+    shutil.copytree(tmp_path / "resumed", tmp_path / "five")
+    assert main(train_args("stage1", images, tmp_path / "five", 5, "--resume")) == 0
+    before = load_file(str(tmp_path / "resumed" / "checkpoint.safetensors"))
+    after = load_file(str(tmp_path / "five" / "checkpoint.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the 5th update was skipped whole
+    assert main(train_args("stage1", images, tmp_path / "resumed", 6, "--resume")) == 0
+    a = load_file(str(tmp_path / "straight" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "checkpoint.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["model.decoder.head.weight"],
+                                                                     before["model.decoder.head.weight"])
+    sa, sb = (json.loads((tmp_path / run / "checkpoint.json").read_text()) for run in ("straight", "resumed"))
+    assert sa["history"] == sb["history"] and sa["guard"] == sb["guard"]
+    assert [step for step, _ in sa["history"]["skipped"]] == [5] and sa["history"]["skipped"][0][1] > 100
+    assert len(sa["guard"]["recent"]) == 5 and sa["guard"]["in_a_row"] == 0
+    card = json.loads((tmp_path / "straight" / "model.json").read_text())
+    assert card["training"]["skipped_steps"] == 1
+
+
+def test_a_run_whose_every_step_spikes_stops_in_one_line(images, tmp_path, monkeypatch, capsys):
+    spiking(monkeypatch, at=lambda step: step >= 4, patience=3)
+    assert main(train_args("stage1", images, tmp_path / "run", 10)) == 2
+    *lines, err = capsys.readouterr().err.strip().splitlines()  # the log's lines (what it shows depends on its level), then the error
+    assert [w.split(":")[0] for w in lines if "skipped" in w] == ["step 5 skipped", "step 6 skipped", "step 7 skipped"]
+    assert err.startswith("error: training diverged at step 7") and err.endswith("resume it with a lower --lr")
+    state = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert state["step"] == 6 and [s for s, _ in state["history"]["skipped"]] == [5, 6]
+
+
 def test_precision_falls_back_to_float32_without_bf16_units(images, tmp_path, monkeypatch, capsys):
     """auto: bf16 only where the CPU's flags say it computes bfloat16 (AMX or AVX-512 BF16) or the GPU has bfloat16. A run records its
     precision in its checkpoint and card, a resume keeps it whatever the machine has, and an explicit

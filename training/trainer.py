@@ -32,6 +32,7 @@ from engine.card import parse
 from engine.models import LATENT, build, preset
 
 from . import curves, data, distributed, precision, recipe
+from .spikes import StepGuard
 from .errors import Interrupted, TrainingError
 from .batch import make_pair
 
@@ -315,7 +316,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=0.0)
         self.step = 0
         self.horizon = settings.schedule_steps or settings.steps
-        self.history = {"loss": [], "val": []}
+        self.history = {"loss": [], "val": [], "skipped": []}
+        self.guard = StepGuard()
         self.seconds = 0.0  # wall time of the training loop, over all resumes
         if saved:
             self._restore(saved)
@@ -345,7 +347,9 @@ class Trainer:
             load_optimizer(self.opt, tensors, "optim", saved["param_groups"])
             self.step = int(saved["step"])
             self.horizon = self.s.schedule_steps or int(saved["horizon"])
-            self.history = {"loss": list(saved["history"]["loss"]), "val": list(saved["history"]["val"])}
+            self.history = {"loss": list(saved["history"]["loss"]), "val": list(saved["history"]["val"]),
+                            "skipped": list(saved["history"].get("skipped", []))}
+            self.guard.load_state(saved.get("guard", {}))
             self.seconds = float(saved.get("seconds", 0.0))
             self.stage.load_state(saved["stage"])
             self.stage.load_aux_tensors(aux_part(tensors))
@@ -369,7 +373,8 @@ class Trainer:
         settings = {k: v for k, v in asdict(self.s).items() if k != "resume"}
         state = {"step": self.step, "horizon": self.horizon, "networks": self.stage.specs,
                  "param_groups": opt["param_groups"], "stage": self.stage.state(), "settings": settings,
-                 "history": self.history, "seconds": self.seconds, "precision": self.precision}
+                 "history": self.history, "seconds": self.seconds, "precision": self.precision,
+                 "guard": self.guard.state()}
         save_file(tensors, str(self.out / (CHECKPOINT + ".tmp")), metadata={"step": str(self.step)})
         (self.out / (STATE + ".tmp")).write_text(json.dumps(state))
         os.replace(self.out / (CHECKPOINT + ".tmp"), self.out / CHECKPOINT)
@@ -386,7 +391,7 @@ class Trainer:
                             "seed": self.s.seed, "options": {k: v for k, v in self.s.options.items() if k != "networks"},
                             "seconds": round(self.seconds), "hardware": hardware(self.device), "precision": self.precision,
                             "torch": torch.__version__,
-                            "ranks": distributed.world_size()}
+                            "ranks": distributed.world_size(), "skipped_steps": len(self.history["skipped"])}
         if not isinstance(self.files, list):  # rasters: their per-band normalisation
             card["normalisation"] = self.files.card()
         tensors = {f"{n}.{k}": v for n, m in self.ema.items() for k, v in m.state_dict().items()}
@@ -405,6 +410,16 @@ class Trainer:
                 rows.append([psnr(self.stage.predict(pair, self.ema), pair.hr, border), psnr(pair.lr_up, pair.hr, border)]
                             + ([] if ref is None else [psnr(ref, pair.hr, border)]))
         return [float(torch.cat(col).mean()) for col in zip(*rows)]
+
+    def skip(self, norm: float) -> None:
+        """A step the guard refused (training.spikes): logged, recorded, and after too many in a row, the end."""
+        self.history["skipped"].append([self.step + 1, norm])
+        log.warning("step %d skipped: gradient norm %.3g against a median of %.3g over the last %d steps",
+                    self.step + 1, norm, self.guard.median, len(self.guard.recent))
+        if self.guard.stuck:
+            raise TrainingError(f"training diverged at step {self.step + 1}: {self.guard.in_a_row} updates in a row had "
+                                f"gradients far over the usual ones; {self.out} holds the last checkpoint before it, "
+                                f"resume it with a lower --lr")
 
     def run(self) -> None:
         s = self.s
@@ -435,13 +450,16 @@ class Trainer:
                     loss, logs = self.stage.loss(pair, step_generator(self.device, s.seed, self.step), self.ema)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP)
-            self.opt.step()
-            decay = ema_decay(self.step, s.ema_decay)
-            with torch.no_grad():
-                for name, net in self.stage.nets.items():
-                    for e, p in zip(self.ema[name].parameters(), net.parameters()):
-                        e.lerp_(p, 1.0 - decay)
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP))  # the same on every rank
+            if self.guard.admit(norm):
+                self.opt.step()
+                decay = ema_decay(self.step, s.ema_decay)
+                with torch.no_grad():
+                    for name, net in self.stage.nets.items():
+                        for e, p in zip(self.ema[name].parameters(), net.parameters()):
+                            e.lerp_(p, 1.0 - decay)
+            else:
+                self.skip(norm)
             self.step += 1
             now = time.perf_counter()
             self.seconds, clock = self.seconds + now - clock, now
