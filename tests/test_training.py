@@ -346,7 +346,7 @@ def spiking(monkeypatch, at, **guard):
         return (value * 1e4 if at(self.step) else value), logs
 
     monkeypatch.setattr(Stage1, "loss", spiked)
-    monkeypatch.setattr(trainer, "StepGuard", lambda: StepGuard(**{"warmup": 2, **guard}))
+    monkeypatch.setattr(trainer, "StepGuard", lambda factor: StepGuard(factor, **{"warmup": 2, **guard}))
 
 
 def test_a_spiked_step_is_skipped_and_the_guard_resumes_exactly(images, tmp_path, monkeypatch):
@@ -371,6 +371,25 @@ def test_a_spiked_step_is_skipped_and_the_guard_resumes_exactly(images, tmp_path
     assert len(sa["guard"]["recent"]) == 5 and sa["guard"]["in_a_row"] == 0
     card = json.loads((tmp_path / "straight" / "model.json").read_text())
     assert card["training"]["skipped_steps"] == 1
+
+
+def test_the_guard_is_stage_1s_and_can_be_turned_off_or_refused(images, stage1, tmp_path, monkeypatch, capsys):
+    """Stage 1 is guarded by the recipe's factor, the other stages (whose critic makes their gradients
+    heavy-tailed) are not unless asked; --guard 0 turns it off; a factor of 1 or less is refused in one line."""
+    from training import recipe
+
+    spiking(monkeypatch, at=lambda step: step == 4)
+    assert recipe.STAGE1["guard"] > 1 and "guard" not in recipe.STAGE2
+    assert main(train_args("stage1", images, tmp_path / "off", 6, "--guard", "0")) == 0
+    state = json.loads((tmp_path / "off" / "checkpoint.json").read_text())
+    assert state["history"]["skipped"] == [] and state["guard"] is None
+    assert json.loads((tmp_path / "off" / "model.json").read_text())["training"]["guard"] == 0
+    assert main(train_args("lcmsr", images, tmp_path / "lcmsr", 2, "--stage1", str(stage1))) == 0
+    assert json.loads((tmp_path / "lcmsr" / "checkpoint.json").read_text())["guard"] is None
+    capsys.readouterr()
+    assert main(train_args("stage1", images, tmp_path / "bad", 2, "--guard", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --guard must be 0 (off) or a factor greater than 1, got 1" and not (tmp_path / "bad").exists()
 
 
 def test_a_run_whose_every_step_spikes_stops_in_one_line(images, tmp_path, monkeypatch, capsys):
@@ -920,12 +939,12 @@ MAKE_TRAIN = {
                "scales": (1.0, 8.0), "ema_decay": 0.999, "val_images": 16, "val_crop": 128, "no_progress": False,
                "preset": "default", "precision": "auto", "bands": 3, "kl_weight": 1e-4, "latent_noise": 0.1,
                "latent": 16, "gan_weight": 0.0, "gan_start": 600, "fft_weight": 0.05, "latent_dropout": 0.5,
-               "detail_flat": True, "synth": 16},
+               "detail_flat": True, "synth": 16, "guard": 10.0},
     "stage2": {"steps": 1500, "schedule_steps": None, "batch": 8, "lr": 3e-4, "warmup": 100, "resume": True,
                "device": "cpu", "ckpt_every": 250, "val_every": 250, "crop": 96, "workers": 0, "seed": 0,
                "scales": (1.0, 8.0), "ema_decay": 0.999, "val_images": 16, "val_crop": 128, "no_progress": False,
                "preset": "default", "precision": "auto", "cond_weight": 0.01, "cond_pixel_weight": 1.0,
-               "gan_weight": 0.5, "lr_weight": 5.0, "features": 16, "spread": True, "energy_weight": 10.0},
+               "gan_weight": 0.5, "lr_weight": 5.0, "features": 16, "spread": True, "energy_weight": 10.0, "guard": 0.0},
 }
 
 
@@ -985,7 +1004,8 @@ def test_make_train_runs_the_recipe_table_that_trained_the_bundle():
             assert {k: v for k, v in args.items() if k in made} == made, name
         assert {k: args[k] for k in table["options"] if k != "train_decoder"} \
             == {k: v for k, v in table["options"].items() if k != "train_decoder"}
-        assert (args["steps"], args["lr"], args["warmup"]) == (table["steps"], table["lr"], table.get("warmup", recipe.RUN["warmup"]))
+        assert (args["steps"], args["lr"], args["warmup"], args["guard"]) \
+            == (table["steps"], table["lr"], table.get("warmup", recipe.RUN["warmup"]), table.get("guard", 0.0))
         assert {k: args[k] for k in ("batch", "crop", "ema_decay", "val_images", "val_crop", "ckpt_every",
                                      "val_every", "seed")} == {k: v for k, v in recipe.RUN.items() if k not in ("scales", "warmup")}
         assert tuple(args["scales"]) == recipe.RUN["scales"]

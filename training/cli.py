@@ -61,6 +61,9 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--val-crop", type=int, default=run["val_crop"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--preset", default="default", help="network sizes: default, small or tiny")
+    p.add_argument("--guard", type=float, default=d.get("guard", 0.0), metavar="FACTOR",
+                   help="skip an update whose gradient norm is over FACTOR times the median of the last 200 "
+                        "(training.spikes; 0: off, default %(default)s)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "float32"),
                    help="bf16: autocast to bfloat16 in the steps' forward passes; auto (default): bf16 on a CPU "
                         "with bfloat16 units (amx_bf16 or avx512_bf16) or a GPU with bfloat16 support, else float32; a "
@@ -264,7 +267,8 @@ def train(args) -> None:
         ckpt_every=args.ckpt_every, val_every=args.val_every, crop=args.crop, workers=args.workers, seed=args.seed,
         scale_min=args.scales[0], scale_max=args.scales[1], ema_decay=args.ema_decay, preset=args.preset,
         bands=getattr(args, "bands", 3), latent=getattr(args, "latent", 16), val_images=args.val_images, val_crop=args.val_crop,
-        progress=not args.no_progress, stage1=getattr(args, "stage1", None), options=options, precision=args.precision)
+        progress=not args.no_progress, stage1=getattr(args, "stage1", None), options=options, precision=args.precision,
+        guard=args.guard)
     with logging_redirect_tqdm():
         Trainer(stage, settings).run()
 

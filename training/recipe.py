@@ -50,7 +50,7 @@ STAGE1_BASE = {"kl_weight": 1e-4, "fft_weight": 0.05, "latent_noise": 0.1, "late
 STAGE2_BASE = {"cond_weight": 0.01, "cond_pixel_weight": 1.0, "gan_weight": 0.0, "lr_weight": 1.0,
                "energy_weight": 0.0, "features": 0, "spread": False}
 
-STAGE1 = {"steps": 6000, "lr": 1e-3,
+STAGE1 = {"steps": 6000, "lr": 1e-3, "guard": 10.0,
           "options": dict(STAGE1_BASE, latent_dropout=0.5, gan_start=600, detail_flat=True, synth=16)}
 STAGE2 = {"steps": 1500, "lr": 3e-4,
           "options": dict(STAGE2_BASE, gan_weight=0.5, lr_weight=5.0, energy_weight=10.0, features=16, spread=True)}

@@ -12,6 +12,9 @@ skips the update: the weights, their EMA and the optimizer state stay as they we
 on to the next step's batch. The window is part of the checkpoint, so a resumed run decides as the
 uninterrupted one would. PATIENCE skips in a row mean that the weights themselves are broken, not one
 batch: the run stops with an error rather than spinning.
+
+The factor is a run's ``--guard`` (0: off). The recipe guards stage 1 only: the stages with a critic
+have heavy-tailed gradients, which a factor of 10 would keep skipping (docs/MODELS.md, Training).
 """
 from __future__ import annotations
 

@@ -83,6 +83,7 @@ class Settings:
     rasters: bool = False  # data (and val) name GDAL rasters or folders of them (training.rasters)
     raster_bands: list | None = None  # the rasters' 1-based bands to train on (None: all)
     precision: str = "auto"  # auto, bf16 or float32 (training.precision)
+    guard: float = 0.0  # training.spikes' factor (0: no guard)
 
 
 def learning_rate(step: int, peak: float, warmup: int, horizon: int) -> float:
@@ -279,6 +280,8 @@ class Trainer:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise TrainingError("--device cuda was given but PyTorch sees no CUDA GPU")
         check_options(settings)
+        if not math.isfinite(settings.guard) or not (settings.guard == 0 or settings.guard > 1):
+            raise TrainingError(f"--guard must be 0 (off) or a factor greater than 1, got {settings.guard:g}")
         distributed.init(self.device)
         if settings.batch % distributed.world_size():
             raise TrainingError(f"--batch {settings.batch} does not split evenly over {distributed.world_size()} ranks")
@@ -317,7 +320,7 @@ class Trainer:
         self.step = 0
         self.horizon = settings.schedule_steps or settings.steps
         self.history = {"loss": [], "val": [], "skipped": []}
-        self.guard = StepGuard()
+        self.guard = StepGuard(settings.guard) if settings.guard > 0 else None
         self.seconds = 0.0  # wall time of the training loop, over all resumes
         if saved:
             self._restore(saved)
@@ -349,7 +352,8 @@ class Trainer:
             self.horizon = self.s.schedule_steps or int(saved["horizon"])
             self.history = {"loss": list(saved["history"]["loss"]), "val": list(saved["history"]["val"]),
                             "skipped": list(saved["history"].get("skipped", []))}
-            self.guard.load_state(saved.get("guard", {}))
+            if self.guard is not None:
+                self.guard.load_state(saved.get("guard", {}))
             self.seconds = float(saved.get("seconds", 0.0))
             self.stage.load_state(saved["stage"])
             self.stage.load_aux_tensors(aux_part(tensors))
@@ -374,7 +378,7 @@ class Trainer:
         state = {"step": self.step, "horizon": self.horizon, "networks": self.stage.specs,
                  "param_groups": opt["param_groups"], "stage": self.stage.state(), "settings": settings,
                  "history": self.history, "seconds": self.seconds, "precision": self.precision,
-                 "guard": self.guard.state()}
+                 "guard": None if self.guard is None else self.guard.state()}
         save_file(tensors, str(self.out / (CHECKPOINT + ".tmp")), metadata={"step": str(self.step)})
         (self.out / (STATE + ".tmp")).write_text(json.dumps(state))
         os.replace(self.out / (CHECKPOINT + ".tmp"), self.out / CHECKPOINT)
@@ -391,7 +395,8 @@ class Trainer:
                             "seed": self.s.seed, "options": {k: v for k, v in self.s.options.items() if k != "networks"},
                             "seconds": round(self.seconds), "hardware": hardware(self.device), "precision": self.precision,
                             "torch": torch.__version__,
-                            "ranks": distributed.world_size(), "skipped_steps": len(self.history["skipped"])}
+                            "ranks": distributed.world_size(), "guard": self.s.guard,
+                            "skipped_steps": len(self.history["skipped"])}
         if not isinstance(self.files, list):  # rasters: their per-band normalisation
             card["normalisation"] = self.files.card()
         tensors = {f"{n}.{k}": v for n, m in self.ema.items() for k, v in m.state_dict().items()}
@@ -451,7 +456,7 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
             norm = float(torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP))  # the same on every rank
-            if self.guard.admit(norm):
+            if self.guard is None or self.guard.admit(norm):
                 self.opt.step()
                 decay = ema_decay(self.step, s.ema_decay)
                 with torch.no_grad():
