@@ -14,7 +14,9 @@ defaults, the Makefile:
   keeps a regression of its own, and it has no PatchGAN (gan_start is when a run that asks for one
   with ``--gan-weight`` starts it): the faithful end rose by 0.1 dB at the validation's zero latent
   and the latent's worth with it, and both went on rising from 3000 steps to 6000
-  (docs/MODELS.md, "Stage 1 longer, without its PatchGAN").
+  (docs/MODELS.md, "Stage 1 longer, without its PatchGAN"). Its guard (training.spikes, ``--guard``)
+  skips an update whose gradient norm is over 10 times the recent median; the stages with a critic
+  have none.
 - RUN: the options every stage shares (batch, crop, warmup, EMA, validation, checkpoints, seed).
 - ADD: the stage after them (``python -m training add``): LCMSR's networks from its stage-2 run, and the
   stage-1 decoder trained beside them on the decoded one-step samples (adversarial diffusion
