@@ -384,6 +384,9 @@ def test_the_guard_is_stage_1s_and_can_be_turned_off_or_refused(images, stage1, 
     state = json.loads((tmp_path / "off" / "checkpoint.json").read_text())
     assert state["history"]["skipped"] == [] and state["guard"] is None
     assert json.loads((tmp_path / "off" / "model.json").read_text())["training"]["guard"] == 0
+    assert main(train_args("stage1", images, tmp_path / "off", 8, "--resume")) == 0  # resumed with the guard on
+    state = json.loads((tmp_path / "off" / "checkpoint.json").read_text())
+    assert state["step"] == 8 and len(state["guard"]["recent"]) == 2 and state["history"]["skipped"] == []
     assert main(train_args("lcmsr", images, tmp_path / "lcmsr", 2, "--stage1", str(stage1))) == 0
     assert json.loads((tmp_path / "lcmsr" / "checkpoint.json").read_text())["guard"] is None
     capsys.readouterr()

@@ -353,7 +353,7 @@ class Trainer:
             self.history = {"loss": list(saved["history"]["loss"]), "val": list(saved["history"]["val"]),
                             "skipped": list(saved["history"].get("skipped", []))}
             if self.guard is not None:
-                self.guard.load_state(saved.get("guard", {}))
+                self.guard.load_state(saved.get("guard") or {})  # a run saved unguarded (null) or before the guard
             self.seconds = float(saved.get("seconds", 0.0))
             self.stage.load_state(saved["stage"])
             self.stage.load_aux_tensors(aux_part(tensors))
