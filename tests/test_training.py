@@ -935,9 +935,9 @@ def test_step_bench_splits_a_step(images, capsys):
 # `make train`'s stage 1 and stage 2, every option as parsed (data and folders left out): the Makefile's
 # STAGE1_ARGS and STAGE2_ARGS over the CLI's defaults from before the recipe moved into training.recipe,
 # with stage 1 as the recipe has run it since the third 2026-12-05 bundle (lr 1e-3, half of the samples
-# at a zero latent, no PatchGAN), for 6000 steps since the fourth
+# at a zero latent, no PatchGAN), for 16000 steps at lr 5e-4 since the 2026-12-06 bundle
 MAKE_TRAIN = {
-    "stage1": {"steps": 6000, "schedule_steps": None, "batch": 8, "lr": 1e-3, "warmup": 100, "resume": True,
+    "stage1": {"steps": 16000, "schedule_steps": None, "batch": 8, "lr": 5e-4, "warmup": 100, "resume": True,
                "device": "cpu", "ckpt_every": 250, "val_every": 250, "crop": 96, "workers": 0, "seed": 0,
                "scales": (1.0, 8.0), "ema_decay": 0.999, "val_images": 16, "val_crop": 128, "no_progress": False,
                "preset": "default", "precision": "auto", "bands": 3, "kl_weight": 1e-4, "latent_noise": 0.1,
