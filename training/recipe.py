@@ -14,9 +14,9 @@ defaults, the Makefile:
   keeps a regression of its own, and it has no PatchGAN (gan_start is when a run that asks for one
   with ``--gan-weight`` starts it): the faithful end rose by 0.1 dB at the validation's zero latent
   and the latent's worth with it, and both went on rising from 3000 steps to 6000
-  (docs/MODELS.md, "Stage 1 longer, without its PatchGAN"), and at half the rate on to 16000
-  (the zero latent 0.13 dB over the bundle's at ×4 and 0.15 at ×2: "A longer schedule at half the
-  rate"; at 1e-3 a 16000-step run diverged at step 2444). Its guard (training.spikes, ``--guard``)
+  (docs/MODELS.md, "Stage 1 longer, without its PatchGAN"), and at half the rate on to 16000 (the
+  zero latent 0.13 dB over the sixth 2026-12-05 bundle's at ×4 and 0.15 at ×2: "A longer schedule at
+  half the rate"; at 1e-3 a 16000-step run diverged at step 2444). Its guard (training.spikes, ``--guard``)
   skips an update whose gradient norm is over 10 times the recent median; the stages with a critic
   have none.
 - RUN: the options every stage shares (batch, crop, warmup, EMA, validation, checkpoints, seed).
