@@ -27,21 +27,21 @@ def test_the_guard_keeps_only_admitted_norms_and_stops_after_its_patience():
 
 
 def test_the_guards_state_round_trips():
-    g = StepGuard(window=4)
+    g = StepGuard(10, window=4)
     for v in (1.0, 2.0, 3.0):
         g.admit(v)
     g.in_a_row = 2
-    h = StepGuard(window=4)
+    h = StepGuard(10, window=4)
     h.load_state(g.state())
     assert h.recent == g.recent and h.in_a_row == 2
-    fresh = StepGuard()
+    fresh = StepGuard(10)
     fresh.load_state({})  # a checkpoint from before the guard
     assert fresh.recent == [] and fresh.in_a_row == 0
 
 
 @pytest.mark.parametrize("window", [1, 5])
 def test_the_window_bounds_what_the_median_sees(window):
-    g = StepGuard(window=window, warmup=1)
+    g = StepGuard(10, window=window, warmup=1)
     for v in range(1, 11):
         assert g.admit(float(v))
     assert len(g.recent) == window and g.recent[-1] == 10.0

@@ -7,13 +7,13 @@ which divides each parameter's update by its own running scale: a gradient many 
 still moves the quiet parameters by several times the learning rate.
 
 So before the optimizer steps, the gradient's norm (before clipping) is compared with the median of
-the last WINDOW admitted steps' norms. A norm that is not finite, or over FACTOR times that median,
+the last WINDOW admitted steps' norms. A norm that is not finite, or over the factor times that median,
 skips the update: the weights, their EMA and the optimizer state stay as they were, and the run goes
 on to the next step's batch. The window is part of the checkpoint, so a resumed run decides as the
 uninterrupted one would. PATIENCE skips in a row mean that the weights themselves are broken, not one
 batch: the run stops with an error rather than spinning.
 
-The factor is a run's ``--guard`` (0: off). The recipe guards stage 1 only: the stages with a critic
+The factor is a run's ``--guard`` (0: off; training.recipe gives it). The recipe guards stage 1 only: the stages with a critic
 have heavy-tailed gradients, which a factor of 10 would keep skipping (docs/MODELS.md, Training).
 """
 from __future__ import annotations
@@ -23,11 +23,10 @@ import statistics
 
 WINDOW = 200  # admitted steps whose gradient norms make the median
 WARMUP = 50  # admitted steps before the guard judges (a non-finite norm is always skipped)
-FACTOR = 10.0  # a norm over FACTOR × the median is a spike
 PATIENCE = 25  # this many skips in a row stop the run
 
 
-def is_spike(norm: float, recent: list[float], factor: float = FACTOR, warmup: int = WARMUP) -> bool:
+def is_spike(norm: float, recent: list[float], factor: float, warmup: int = WARMUP) -> bool:
     """Whether a step with this gradient norm should be skipped, given the recent admitted norms."""
     if not math.isfinite(norm):
         return True
@@ -39,7 +38,7 @@ def is_spike(norm: float, recent: list[float], factor: float = FACTOR, warmup: i
 class StepGuard:
     """The recent admitted norms and the run of skips; ``admit`` decides one step."""
 
-    def __init__(self, factor: float = FACTOR, window: int = WINDOW, warmup: int = WARMUP, patience: int = PATIENCE):
+    def __init__(self, factor: float, window: int = WINDOW, warmup: int = WARMUP, patience: int = PATIENCE):
         self.factor, self.window, self.warmup, self.patience = factor, window, warmup, patience
         self.recent: list[float] = []
         self.in_a_row = 0
