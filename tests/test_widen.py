@@ -1,4 +1,4 @@
-"""A decoder's LR trunk widened from a narrower start (training.widen, stage 1's --channels)."""
+"""A decoder's LR trunk widened or deepened from a smaller start (training.widen, stage 1's --channels and --blocks)."""
 from pathlib import Path
 
 import pytest
@@ -14,8 +14,8 @@ from training.trainer import Settings
 from training.widen import trunk_channels
 
 
-def decoder(channels, **extra):
-    config = dict(bands=3, latent=4, channels=channels, blocks=2, up_channels=4, tail_channels=6, emb_dim=16,
+def decoder(channels, blocks=2, **extra):
+    config = dict(bands=3, latent=4, channels=channels, blocks=blocks, up_channels=4, tail_channels=6, emb_dim=16,
                   detail=True, synth=4, gate=True, **extra)
     return build("decoder", config).double()
 
@@ -109,4 +109,60 @@ def test_stage1_widens_a_bundle_without_its_encoder(float64, tmp_path, channels)
     z0 = torch.zeros(pair.latent_shape(wide.config["latent"]))
     with torch.no_grad():
         torch.testing.assert_close(wide(*pair.decoder_inputs(z0)), narrow(*pair.decoder_inputs(z0)),
+                                   rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.5, 4.0])
+def test_deepened_trunk_decodes_as_the_shallow_one(float64, narrow, scale):
+    """New guided blocks after the start's pass their input through (their second conv at zero), also
+    when the trunk is widened at the same time."""
+    for deep in (decoder(8, blocks=5).eval(), decoder(12, blocks=3).eval()):
+        assert bands.load_adapted(deep, "decoder", narrow.state_dict(), 3) == []
+        pair = make_pair(torch.rand(2, 3, 32, 32), scale, 1)
+        z = torch.randn(2, 4, *pair.latent_shape(4)[2:])
+        with torch.no_grad():
+            torch.testing.assert_close(deep(*pair.decoder_inputs(z)), narrow(*pair.decoder_inputs(z)),
+                                       rtol=1e-10, atol=1e-10)
+
+
+def test_new_blocks_learn(float64, narrow):
+    """A new block's second conv gets a gradient from the first step; the old blocks keep theirs."""
+    deep = decoder(8, blocks=4)
+    bands.load_adapted(deep, "decoder", narrow.state_dict(), 3)
+    torch.testing.assert_close(deep.blocks[1].conv2.weight.detach(), narrow.blocks[1].conv2.weight)
+    assert not deep.blocks[2].conv2.weight.detach().any() and not deep.blocks[3].conv2.bias.detach().any()
+    pair = make_pair(torch.rand(2, 3, 32, 32), 3.0, 1)
+    z = torch.randn(2, 4, *pair.latent_shape(4)[2:])
+    deep(*pair.decoder_inputs(z)).square().mean().backward()
+    for block in deep.blocks[2:]:
+        assert block.conv2.weight.grad.abs().max() > 0
+
+
+def test_a_trunk_does_not_get_shallower(narrow):
+    with pytest.raises(TrainingError, match="trunk has 2 guided blocks and this run's 1"):
+        bands.load_adapted(decoder(8, blocks=1), "decoder", narrow.state_dict(), 3)
+
+
+def test_stage1_deepens_a_bundle(float64, tmp_path):
+    """Stage 1's --blocks from a bundle: the run's decoder has the blocks asked for and decodes a zero
+    latent as the start's depth does."""
+    folder = write(tmp_path / "start", *random_bundle("tiny", name="start"))
+
+    def started(**options):
+        settings = Settings(data=str(Path(__file__).parent / "data"), out="", preset="tiny", crop=64, batch=2,
+                            options={"init": str(folder), **options})
+        stage = Stage1(settings, torch.device("cpu"), None)
+        stage.setup()
+        dec = stage.nets["decoder"].eval()
+        with torch.no_grad():
+            dec.detail.bias.zero_()
+        return dec
+
+    shallow = started()
+    deep = started(blocks=len(shallow.blocks) + 3)
+    assert deep.config["blocks"] == shallow.config["blocks"] + 3 == len(deep.blocks)
+    pair = make_pair(torch.rand(2, 3, 32, 32), 3.3, 1)
+    z0 = torch.zeros(pair.latent_shape(deep.config["latent"]))
+    with torch.no_grad():
+        torch.testing.assert_close(deep(*pair.decoder_inputs(z0)), shallow(*pair.decoder_inputs(z0)),
                                    rtol=1e-10, atol=1e-10)

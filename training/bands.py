@@ -19,7 +19,7 @@ import torch
 from engine.latent import band_groups
 
 from .errors import TrainingError
-from .widen import trunk_channels, widen_trunk
+from .widen import deepen_trunk, trunk_blocks, trunk_channels, widen_trunk
 
 # (network kind, parameter) -> (dim, groups, inner, reads): the band axis of the parameter is dim,
 # laid out as groups × bands × inner (pixel_shuffle's and torch.cat's orders); ``reads``: the layer
@@ -69,6 +69,8 @@ def load_adapted(net: torch.nn.Module, kind: str, state: dict, old_bands: int, s
     start = widen_decoder(state, old_bands, new_bands) if widened else adapt_state(kind, state, old_bands, new_bands)
     if kind == "decoder" and "head.weight" in start and trunk_channels(start) != trunk_channels(own):
         start = widen_trunk(start, own)
+    if kind == "decoder" and "head.weight" in start:
+        deepen_trunk(net, trunk_blocks(start))
     left = []
     with torch.no_grad():
         for key, value in start.items():

@@ -93,6 +93,9 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--channels", type=int, default=o.get("channels"), metavar="C",
                        help="the channels of the decoder's LR trunk (default: the preset's, 48 in the default preset); "
                             "a narrower --init decoder is widened to it and starts as it was")
+        p.add_argument("--blocks", type=int, default=o.get("blocks"), metavar="N",
+                       help="the guided blocks of the decoder's LR trunk (default: the preset's, 4 in the default preset); "
+                            "a shallower --init decoder gains identity blocks after its own and starts as it was")
     else:
         p.add_argument("--stage1", required=True, help="the --out folder of a stage-1 run")
         p.add_argument("--cond-weight", type=float, default=o["cond_weight"],
@@ -234,7 +237,8 @@ def train(args) -> None:
                    "latent_noise": args.latent_noise, "init": args.init, "gan_weight": args.gan_weight,
                    "gan_start": args.gan_start, **({"detail_flat": True} if args.detail_flat else {}),
                    **({"synth": args.synth} if args.synth else {}),
-                   **({"channels": args.channels} if args.channels else {})}
+                   **({"channels": args.channels} if args.channels else {}),
+                   **({"blocks": args.blocks} if args.blocks else {})}
     elif args.command == E2DIFFSR.name:
         from .e2diffsr import E2DiffSRStage as stage
     elif args.command == ADD:

@@ -30,7 +30,7 @@ from .errors import TrainingError
 from .trainer import Stage
 
 PCA_BATCHES = 16
-DECODER_SHAPE = ("detail_flat", "synth", "channels")  # the options that change the preset's decoder (a fresh run's)
+DECODER_SHAPE = ("detail_flat", "synth", "channels", "blocks")  # the options that change the preset's decoder (a fresh run's)
 
 
 def spectrum_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""A decoder with a wider LR trunk started from a narrower one, so that it decodes exactly as the
-narrower one did (issue 25, item 4: the faithful end's capacity, within the cost limits).
+"""A decoder with a wider or deeper LR trunk started from a narrower or shallower one, so that it decodes
+exactly as that one did (issue 25, item 4: the faithful end's capacity, within the cost limits).
 
 The trunk's channels (engine.models.decoder: the head, the latent guidance, the guided blocks with
 their FiLM, body_out; the pyramid levels read them) gain new channels. The old channels keep their
@@ -8,6 +8,11 @@ channels, and all that reads them, compute what they computed. The new channels'
 rows) are the fresh network's random start scaled by NEW_GAIN, so they carry signal from the first
 step, and the zero columns that read them get a gradient and are learned. At the start the output is
 the narrower decoder's, to the rounding of the floats.
+
+A deeper trunk gains guided blocks after the start's (stage 1's --blocks). The blocks are residual, so a
+new block whose second convolution is zero passes its input through: the deeper decoder decodes as the
+start did, exactly. That convolution gets a gradient from the first step, and the block's first
+convolution, guidance and FiLM keep their fresh start and are learned once it has moved.
 """
 from __future__ import annotations
 
@@ -30,6 +35,22 @@ NEW_GAIN = 0.1
 
 def trunk_channels(state: dict) -> int:
     return state["head.weight"].shape[0]
+
+
+def trunk_blocks(state: dict) -> int:
+    """The guided blocks of a decoder's state."""
+    return len({key.split(".")[1] for key in state if key.startswith("blocks.")})
+
+
+def deepen_trunk(net: torch.nn.Module, start_blocks: int) -> None:
+    """The blocks of ``net`` (a decoder) after the start's first ``start_blocks`` made identities."""
+    if len(net.blocks) < start_blocks:
+        raise TrainingError(f"the start decoder's trunk has {start_blocks} guided blocks and this run's "
+                            f"{len(net.blocks)}: a trunk only deepens (stage 1's --blocks {start_blocks} or more)")
+    with torch.no_grad():
+        for block in net.blocks[start_blocks:]:
+            torch.nn.init.zeros_(block.conv2.weight)
+            torch.nn.init.zeros_(block.conv2.bias)
 
 
 def reads_trunk(key: str) -> bool:
