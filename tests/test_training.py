@@ -526,31 +526,6 @@ def loss_added_by(images, stage1, tmp_path, flag, option, weight, *extra):
     return first[float(weight)] - first[0.0]
 
 
-def test_freeze_trunk_trains_only_what_reads_the_latent(images, stage1, tmp_path):
-    """`add --freeze-trunk`: the decoder's trunk (what decodes a zero latent) ends as stage 1's, to the bit,
-    while what reads the latent (guidance, detail path, synthesis) is trained; the card records the option,
-    and without a trained decoder the option is refused in one line."""
-    from engine import modelfile
-    from training.latent import in_trunk
-
-    lcmsr, add = tmp_path / "lcmsr", tmp_path / "add"
-    assert main(train_args("lcmsr", images, lcmsr, 2, "--stage1", str(stage1))) == 0
-    assert main(train_args("add", images, add, 3, "--stage1", str(stage1), "--init", str(lcmsr), "--freeze-trunk",
-                           "--lr", "1e-2")) == 0
-    card = json.loads((add / "model.json").read_text())
-    assert card["training"]["options"]["freeze_trunk"] is True
-    start = modelfile.network_tensors(load_file(str(stage1 / "model.safetensors")), "decoder")
-    trained = modelfile.network_tensors(load_file(str(add / "model.safetensors")), "decoder")
-    held = {k for k in start if in_trunk(k)}
-    assert {"head.weight", "blocks.0.conv2.weight", "blocks.0.film.bias", "levels.0.weight", "tail.2.bias"} <= held
-    assert "blocks.0.guide.weight" not in held and "guide.0.weight" not in held and "detail.weight" not in held
-    for k in held:
-        assert torch.equal(trained[k], start[k]), k
-    assert any(not torch.equal(trained[k], start[k]) for k in start if k not in held)
-    assert main(train_args("lcmsr", images, tmp_path / "plain", 2, "--stage1", str(stage1), "--freeze-trunk")) == 2
-    assert not (tmp_path / "plain").exists()
-
-
 def test_calibration_weight_adds_its_weight_times_the_gap(images, stage1, tmp_path, monkeypatch):
     """--calibration-weight W adds W × the calibration gap of the two decoded samples to a step's loss
     (the first step of two runs from the same start differs by exactly that), and the card records it

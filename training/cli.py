@@ -144,7 +144,6 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
             p.add_argument("--gate", action=argparse.BooleanOptionalAction, default=o.get("gate", False),
                            help="the decoder gains a gate: a gain per output pixel and band, read from the LR branch's "
                                 "features there, on what the latent adds at the output resolution (default %(default)s)")
-            freeze_trunk_option(p, o)
             return p
         if name == ADD_E2DIFFSR:
             p.add_argument("--init", required=True,
@@ -166,15 +165,7 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--detail-flat", action="store_true",
                        help="with --train-decoder: the decoder's detail path answers a latent that is the same in every "
                             "cell with a flat value instead of an 8×8 pattern")
-        freeze_trunk_option(p, o)
     return p
-
-
-def freeze_trunk_option(p, o: dict) -> None:
-    p.add_argument("--freeze-trunk", action=argparse.BooleanOptionalAction, default=o.get("freeze_trunk", False),
-                   help="with a trained decoder: hold its trunk, the part that decodes a zero latent, at stage 1's, so "
-                        "that only what reads the latent (its guidance, the detail path, the synthesis, the gate) is "
-                        "trained (default %(default)s)")
 
 
 def finetune_parser(sub) -> None:
@@ -272,7 +263,6 @@ def train(args) -> None:
                       if args.command == ADD or getattr(args, "train_decoder", False) else {}),
                    **({"detail_flat": True} if getattr(args, "detail_flat", False) else {}),
                    **({"gate": True} if getattr(args, "gate", False) else {}),
-                   **({"freeze_trunk": True} if getattr(args, "freeze_trunk", False) else {}),
                    **({"decoder": args.decoder} if args.command == ADD_E2DIFFSR else {})}
     val = args.val if args.rasters or not args.val else args.val[0]
     settings = Settings(

@@ -111,27 +111,6 @@ def calibration_gap(a: torch.Tensor, b: torch.Tensor, truth: torch.Tensor) -> to
     return (local_mean(spread) - CALIBRATION_RATIO * local_mean(error)).abs().mean()
 
 
-# The decoder's parameters that make its picture of a zero latent: the LR trunk (its head, the guided blocks'
-# convolutions and scale FiLM, body_out), the pyramid and its mix, the scale embedding and the tail. The
-# rest reads the latent: its guidance (the guide convs and the blocks' guide layers), the detail path, the
-# synthesis and the gate.
-TRUNK = ("head.", "body_out.", "levels.", "mix.", "scale_emb.", "tail.")
-TRUNK_IN_BLOCKS = (".conv1.", ".conv2.", ".film.")
-
-
-def in_trunk(name: str) -> bool:
-    """Whether a decoder parameter is one of TRUNK's."""
-    return name.startswith(TRUNK) or (name.startswith("blocks.") and any(part in name for part in TRUNK_IN_BLOCKS))
-
-
-def freeze_trunk(decoder: torch.nn.Module) -> None:
-    """``decoder``'s trunk held as it starts (``freeze_trunk``): the samples' terms then move only what
-    reads the latent, and the zero latent decodes as stage 1's decoder does."""
-    for name, p in decoder.named_parameters():
-        if in_trunk(name):
-            p.requires_grad_(False)
-
-
 def trained_decoder(folder: str, stage1_card, stage1: str, device) -> tuple[torch.nn.Module, str]:
     """The decoder of an add run (``python -m training add``) trained from the stage-1 run ``stage1``
     (its card ``stage1_card``), frozen, and the SHA-256 of the run's weights."""
@@ -174,10 +153,6 @@ class LatentStage(Stage):
         self.options = dict(recipe.STAGE2_BASE, **settings.options)
         super().__init__(settings, device, specs or settings.options.get("networks") or self.fresh_specs(settings))
         self.train_decoder = "decoder" in self.specs  # a fresh run with --train-decoder, or a resumed run that trains it
-        if self.options.get("freeze_trunk"):
-            if not self.train_decoder:
-                raise TrainingError("--freeze-trunk holds part of the decoder that --train-decoder trains: it needs it")
-            freeze_trunk(self.nets["decoder"])
         config = self.specs["condition"]["config"]
         # the condition's layout, as the card's method entry will give it (engine.latent reads it)
         self.layout = MethodSpec(self.method, latent=settings.latent, features=int(config.get("features", 0)),
