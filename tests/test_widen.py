@@ -166,3 +166,16 @@ def test_stage1_deepens_a_bundle(float64, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(deep(*pair.decoder_inputs(z0)), shallow(*pair.decoder_inputs(z0)),
                                    rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("option, value, message", [("--blocks", "0", "--blocks: 0 is less than 1"),
+                                                     ("--channels", "-3", "--channels: -3 is less than 1"),
+                                                     ("--synth", "-1", "--synth: -1 is less than 0"),
+                                                     ("--blocks", "x", "--blocks: 'x' is not a whole number")])
+def test_a_trunk_size_that_is_no_size_is_refused_in_one_line(tmp_path, capsys, option, value, message):
+    from training.cli import main
+
+    assert main(["stage1", "--data", str(tmp_path), "--out", str(tmp_path / "run"), option, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
