@@ -168,11 +168,14 @@ def test_stage1_deepens_a_bundle(float64, tmp_path):
                                    rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("option, value, message", [("--blocks", "0", "--blocks: 0 is less than 1"),
-                                                     ("--channels", "-3", "--channels: -3 is less than 1"),
-                                                     ("--synth", "-1", "--synth: -1 is less than 0"),
-                                                     ("--blocks", "x", "--blocks: 'x' is not a whole number")])
-def test_a_trunk_size_that_is_no_size_is_refused_in_one_line(tmp_path, capsys, option, value, message):
+@pytest.mark.parametrize("option, value, message", [("--blocks", "0", "--blocks must be at least 1, got 0"),
+                                                     ("--channels", "-3", "--channels must be at least 1, got -3"),
+                                                     ("--synth", "-1", "--synth must be 0 (none) or more, got -1"),
+                                                     ("--latent", "0", "--latent must be at least 1, got 0"),
+                                                     ("--steps", "0", "--steps must be at least 1, got 0"),
+                                                     ("--blocks", "x", "--blocks: invalid int value: 'x'")])
+def test_a_size_that_is_no_size_is_refused_in_one_line(tmp_path, capsys, option, value, message):
+    """Before anything is read or written (--channels -3 and --latent 0 were tracebacks from torch)."""
     from training.cli import main
 
     assert main(["stage1", "--data", str(tmp_path), "--out", str(tmp_path / "run"), option, value]) == 2

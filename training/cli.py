@@ -30,19 +30,6 @@ class OneLineParser(argparse.ArgumentParser):
         raise TrainingError(f"{self.prog}: {message}")
 
 
-def count(least: int):
-    """An argparse type: a whole number of at least ``least`` (a network's channels, blocks)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{value} is less than {least}")
-        return value
-    return parse
-
-
 def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     d, o, run = STAGES[name], STAGES[name]["options"], recipe.RUN
     p = sub.add_parser(name, help=help_text)
@@ -99,14 +86,14 @@ def _train_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
         p.add_argument("--detail-flat", action=argparse.BooleanOptionalAction, default=o["detail_flat"],
                        help="the decoder's detail path answers a latent that is the same in every cell with a flat "
                             "value instead of an 8×8 pattern (no lattice from a shared latent offset; default %(default)s)")
-        p.add_argument("--synth", type=count(0), default=o["synth"], metavar="F",
+        p.add_argument("--synth", type=int, default=o["synth"], metavar="F",
                        help="the decoder gains a non-linear synthesis at the output resolution with F channels: the "
                             "latent and the upsampler's features through two 3×3 convolutions over the output pixels "
                             "(0: none; default %(default)s)")
-        p.add_argument("--channels", type=count(1), default=o.get("channels"), metavar="C",
+        p.add_argument("--channels", type=int, default=o.get("channels"), metavar="C",
                        help="the channels of the decoder's LR trunk (default: the preset's, 48 in the default preset); "
                             "a narrower --init decoder is widened to it and starts as it was")
-        p.add_argument("--blocks", type=count(1), default=o.get("blocks"), metavar="N",
+        p.add_argument("--blocks", type=int, default=o.get("blocks"), metavar="N",
                        help="the guided blocks of the decoder's LR trunk (default: the preset's, 4 in the default preset); "
                             "a shallower --init decoder gains identity blocks after its own and starts as it was")
     else:
@@ -250,8 +237,8 @@ def train(args) -> None:
                    "latent_noise": args.latent_noise, "init": args.init, "gan_weight": args.gan_weight,
                    "gan_start": args.gan_start, **({"detail_flat": True} if args.detail_flat else {}),
                    **({"synth": args.synth} if args.synth else {}),
-                   **({"channels": args.channels} if args.channels else {}),
-                   **({"blocks": args.blocks} if args.blocks else {})}
+                   **({"channels": args.channels} if args.channels is not None else {}),
+                   **({"blocks": args.blocks} if args.blocks is not None else {})}
     elif args.command == E2DIFFSR.name:
         from .e2diffsr import E2DiffSRStage as stage
     elif args.command == ADD:
