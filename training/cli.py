@@ -264,6 +264,8 @@ def train(args) -> None:
                    **({"detail_flat": True} if getattr(args, "detail_flat", False) else {}),
                    **({"gate": True} if getattr(args, "gate", False) else {}),
                    **({"decoder": args.decoder} if args.command == ADD_E2DIFFSR else {})}
+    if args.steps < 1:  # a run's length (the step bench builds its trainers at 0 and sets their steps itself)
+        raise TrainingError(f"--steps must be at least 1, got {args.steps}")
     val = args.val if args.rasters or not args.val else args.val[0]
     settings = Settings(
         data=args.rasters or args.data, val=val, rasters=bool(args.rasters), raster_bands=args.raster_bands, out=args.out, steps=args.steps, schedule_steps=args.schedule_steps,

@@ -286,7 +286,7 @@ class Trainer:
         if settings.batch % distributed.world_size():
             raise TrainingError(f"--batch {settings.batch} does not split evenly over {distributed.world_size()} ranks")
         for flag, value in (("--ckpt-every", settings.ckpt_every), ("--val-every", settings.val_every),
-                            ("--steps", settings.steps), ("--latent", settings.latent),
+                            ("--latent", settings.latent),
                             *((f"--{key}", settings.options[key]) for key in ("channels", "blocks") if key in settings.options)):
             if value < 1:
                 raise TrainingError(f"{flag} must be at least 1, got {value}")
