@@ -38,16 +38,34 @@ def narrow():
     return old.eval()
 
 
+def assert_decodes_alike(a, b, scale, latent=None):
+    """``a`` and ``b`` decode the same LR and latent alike, to the rounding of float64: a random latent
+    of 4 channels, or with ``latent`` a zero latent of that many."""
+    pair = make_pair(torch.rand(2, 3, 32, 32), scale, 1)
+    z = torch.randn(2, 4, *pair.latent_shape(4)[2:]) if latent is None else torch.zeros(pair.latent_shape(latent))
+    with torch.no_grad():
+        torch.testing.assert_close(a(*pair.decoder_inputs(z)), b(*pair.decoder_inputs(z)), rtol=1e-10, atol=1e-10)
+
+
+def stage1_decoder(folder, **options):
+    """The decoder stage 1 starts from the bundle ``folder`` with ``options`` (its detail path's constant
+    at zero: stage 1 sets it by PCA)."""
+    settings = Settings(data=str(Path(__file__).parent / "data"), out="", preset="tiny", crop=64, batch=2,
+                        options={"init": str(folder), **options})
+    stage = Stage1(settings, torch.device("cpu"), None)
+    stage.setup()
+    dec = stage.nets["decoder"].eval()
+    with torch.no_grad():
+        dec.detail.bias.zero_()
+    return dec
+
+
 @pytest.mark.parametrize("scale", [1.0, 2.5, 4.0])
 def test_widened_trunk_decodes_as_the_narrow_one(float64, narrow, scale):
     wide = decoder(20).eval()
     assert bands.load_adapted(wide, "decoder", narrow.state_dict(), 3) == []
     assert trunk_channels(wide.state_dict()) == 20
-    pair = make_pair(torch.rand(2, 3, 32, 32), scale, 1)
-    z = torch.randn(2, 4, *pair.latent_shape(4)[2:])
-    with torch.no_grad():
-        torch.testing.assert_close(wide(*pair.decoder_inputs(z)), narrow(*pair.decoder_inputs(z)),
-                                   rtol=1e-10, atol=1e-10)
+    assert_decodes_alike(wide, narrow, scale)
 
 
 def test_new_channels_carry_signal_and_learn(float64, narrow):
@@ -92,24 +110,9 @@ def test_stage1_widens_a_bundle_without_its_encoder(float64, tmp_path, channels)
     to a width that need not be a multiple of the start's, and decodes a zero latent as the same start
     at its own width does (the detail path's constant aside: stage 1 sets it by PCA)."""
     folder = write(tmp_path / "start", *random_bundle("tiny", name="start"))
-
-    def started(width):
-        settings = Settings(data=str(Path(__file__).parent / "data"), out="", preset="tiny", crop=64, batch=2,
-                            options={"init": str(folder), "channels": width})
-        stage = Stage1(settings, torch.device("cpu"), None)
-        stage.setup()
-        dec = stage.nets["decoder"].eval()
-        with torch.no_grad():
-            dec.detail.bias.zero_()
-        return dec
-
-    narrow, wide = started(8), started(channels)
+    narrow, wide = stage1_decoder(folder, channels=8), stage1_decoder(folder, channels=channels)
     assert wide.config["channels"] == channels and narrow.config["channels"] == 8
-    pair = make_pair(torch.rand(2, 3, 32, 32), 2.5, 1)
-    z0 = torch.zeros(pair.latent_shape(wide.config["latent"]))
-    with torch.no_grad():
-        torch.testing.assert_close(wide(*pair.decoder_inputs(z0)), narrow(*pair.decoder_inputs(z0)),
-                                   rtol=1e-10, atol=1e-10)
+    assert_decodes_alike(wide, narrow, 2.5, latent=wide.config["latent"])
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.5, 4.0])
@@ -118,11 +121,7 @@ def test_deepened_trunk_decodes_as_the_shallow_one(float64, narrow, scale):
     when the trunk is widened at the same time."""
     for deep in (decoder(8, blocks=5).eval(), decoder(12, blocks=3).eval()):
         assert bands.load_adapted(deep, "decoder", narrow.state_dict(), 3) == []
-        pair = make_pair(torch.rand(2, 3, 32, 32), scale, 1)
-        z = torch.randn(2, 4, *pair.latent_shape(4)[2:])
-        with torch.no_grad():
-            torch.testing.assert_close(deep(*pair.decoder_inputs(z)), narrow(*pair.decoder_inputs(z)),
-                                       rtol=1e-10, atol=1e-10)
+        assert_decodes_alike(deep, narrow, scale)
 
 
 def test_new_blocks_learn(float64, narrow):
@@ -147,25 +146,10 @@ def test_stage1_deepens_a_bundle(float64, tmp_path):
     """Stage 1's --blocks from a bundle: the run's decoder has the blocks asked for and decodes a zero
     latent as the start's depth does."""
     folder = write(tmp_path / "start", *random_bundle("tiny", name="start"))
-
-    def started(**options):
-        settings = Settings(data=str(Path(__file__).parent / "data"), out="", preset="tiny", crop=64, batch=2,
-                            options={"init": str(folder), **options})
-        stage = Stage1(settings, torch.device("cpu"), None)
-        stage.setup()
-        dec = stage.nets["decoder"].eval()
-        with torch.no_grad():
-            dec.detail.bias.zero_()
-        return dec
-
-    shallow = started()
-    deep = started(blocks=len(shallow.blocks) + 3)
+    shallow = stage1_decoder(folder)
+    deep = stage1_decoder(folder, blocks=len(shallow.blocks) + 3)
     assert deep.config["blocks"] == shallow.config["blocks"] + 3 == len(deep.blocks)
-    pair = make_pair(torch.rand(2, 3, 32, 32), 3.3, 1)
-    z0 = torch.zeros(pair.latent_shape(deep.config["latent"]))
-    with torch.no_grad():
-        torch.testing.assert_close(deep(*pair.decoder_inputs(z0)), shallow(*pair.decoder_inputs(z0)),
-                                   rtol=1e-10, atol=1e-10)
+    assert_decodes_alike(deep, shallow, 3.3, latent=deep.config["latent"])
 
 
 @pytest.mark.parametrize("option, value, message", [("--blocks", "0", "--blocks must be at least 1, got 0"),

@@ -67,9 +67,9 @@ def load_adapted(net: torch.nn.Module, kind: str, state: dict, old_bands: int, s
     widened = (kind == "decoder" and band_group_copies(old_bands, new_bands) > 1 and "head.weight" in state
                and own["head.weight"].shape[0] != state["head.weight"].shape[0])
     start = widen_decoder(state, old_bands, new_bands) if widened else adapt_state(kind, state, old_bands, new_bands)
-    if kind == "decoder" and "head.weight" in start and trunk_channels(start) != trunk_channels(own):
-        start = widen_trunk(start, own)
-    if kind == "decoder" and "head.weight" in start:
+    if kind == "decoder" and "head.weight" in start:  # a wider or deeper trunk than the start's
+        if trunk_channels(start) != trunk_channels(own):
+            start = widen_trunk(start, own)
         deepen_trunk(net, trunk_blocks(start))
     left = []
     with torch.no_grad():
